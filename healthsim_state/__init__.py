@@ -1,0 +1,43 @@
+"""healthsim-state: save, load and query HealthSim scenarios in DuckDB.
+
+>>> from healthsim_state import StateManager
+>>> with StateManager("demo.duckdb") as sm:                        # doctest: +SKIP
+...     sid = sm.save_scenario("demo", {"patients": [{"name": {"given": "Ana"}}]})
+...     sm.load_scenario("demo")["entities"]["patient"]
+"""
+
+from .errors import (
+    HealthSimError,
+    IncompatibleDatabaseError,
+    MappingError,
+    Problem,
+    ScenarioExistsError,
+    ScenarioNotFoundError,
+    StoreError,
+    ValidationError,
+)
+from .manager import (
+    StateManager,
+    delete_scenario,
+    list_scenarios,
+    load_scenario,
+    save_scenario,
+)
+
+__all__ = [
+    "StateManager",
+    "save_scenario",
+    "load_scenario",
+    "list_scenarios",
+    "delete_scenario",
+    "HealthSimError",
+    "ValidationError",
+    "MappingError",
+    "Problem",
+    "ScenarioExistsError",
+    "ScenarioNotFoundError",
+    "StoreError",
+    "IncompatibleDatabaseError",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,254 @@
+"""The mapping types, as one table of data (the sqlglot way).
+
+For every type a mapping may declare, :data:`TYPES` (and :func:`column_type`
+for ``decimal(P,S)``) gives:
+
+- ``sql``: the DuckDB column type;
+- ``convert(value) -> (column_value, kept)``: the typed copy for the column, and
+  the value the entity must keep in its residual because the column cannot
+  reproduce it exactly (``MISSING`` when it can). Raises :class:`Unfit`;
+- ``render(column_value)``: the JSON value a load puts back at the field's path;
+- ``fast_test``: a Python expression over ``v``, true when ``v`` is its own
+  column value and its own rendering, so compiled flatten code skips the call
+  for the common case.
+
+"Exact values" is the contract: a load returns what was given. So ``convert``
+compares ``render(column)`` with the canonical form of the input and keeps the
+input whenever they differ ("2024-01-15T10:30Z" stays so; an int given to a
+``double`` comes back an int).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import re
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable
+
+from .values import MISSING, NotJSON, to_json
+
+
+class Unfit(ValueError):
+    """A value does not fit a field's type. The message says what was expected."""
+
+
+@dataclass(frozen=True)
+class ColumnType:
+    name: str
+    sql: str
+    convert: Callable[[Any], tuple[Any, Any]]
+    render: Callable[[Any], Any]
+    fast_test: str | None = None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """True when ``a`` and ``b`` are the same JSON scalar, type and sign included."""
+    if a.__class__ is not b.__class__ or a != b:
+        return False
+    return a.__class__ is not float or math.copysign(1.0, a) == math.copysign(1.0, b)
+
+
+# --- varchar ---------------------------------------------------------------
+
+def _varchar(value: Any) -> tuple[Any, Any]:
+    if value.__class__ is str:
+        return value, MISSING
+    if isinstance(value, uuid.UUID):
+        return str(value), MISSING
+    raise Unfit("expected a string")
+
+
+# --- integer / bigint ---------------------------------------------------------
+
+def _integer_converter(bits: int) -> Callable[[Any], tuple[Any, Any]]:
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+    def convert(value: Any) -> tuple[Any, Any]:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if low <= value <= high:
+                return int(value), MISSING
+            raise Unfit(f"expected an integer in [{low}, {high}]")
+        raise Unfit("expected an integer")
+
+    return convert
+
+
+# --- double --------------------------------------------------------------------
+
+def _double(value: Any) -> tuple[Any, Any]:
+    if isinstance(value, bool):
+        raise Unfit("expected a number, not a bool")
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return float(value), MISSING
+        raise Unfit("NaN and Infinity are not JSON numbers and are not stored")
+    if isinstance(value, int):
+        try:
+            return float(value), int(value)  # the column holds a float; keep the int
+        except OverflowError:
+            raise Unfit("integer too large for a double") from None
+    if isinstance(value, Decimal):
+        kept = to_json(value)
+        number = float(value)
+        if not math.isfinite(number):
+            raise Unfit("expected a finite number")
+        return number, MISSING if _same(number, kept) else kept
+    raise Unfit("expected a number")
+
+
+# --- decimal(P,S) ---------------------------------------------------------------
+
+def _decimal_converter(precision: int, scale: int) -> Callable[[Any], tuple[Any, Any]]:
+    quantum = Decimal(1).scaleb(-scale)
+    limit = Decimal(10) ** (precision - scale)
+
+    def convert(value: Any) -> tuple[Any, Any]:
+        if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+            raise Unfit(f"expected a number for decimal({precision},{scale})")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise Unfit("NaN and Infinity are not JSON numbers and are not stored")
+        exact = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        if not exact.is_finite():
+            raise Unfit("expected a finite number")
+        try:
+            column = exact.quantize(quantum)
+        except InvalidOperation:
+            column = None
+        if column is None or column != exact or abs(column) >= limit:
+            raise Unfit(f"does not fit decimal({precision},{scale}) without losing a digit")
+        kept = to_json(value)
+        return column, MISSING if _same(float(column), kept) else kept
+
+    return convert
+
+
+def _render_decimal(column: Decimal) -> float:
+    return float(column)
+
+
+# --- boolean ---------------------------------------------------------------------
+
+def _boolean(value: Any) -> tuple[Any, Any]:
+    if value is True or value is False:
+        return value, MISSING
+    raise Unfit("expected true or false")
+
+
+# --- date ------------------------------------------------------------------------
+
+def _date(value: Any) -> tuple[Any, Any]:
+    if value.__class__ is str:
+        try:
+            day = _dt.date.fromisoformat(value)
+        except ValueError:
+            raise Unfit("expected a full ISO date (YYYY-MM-DD)") from None
+        return day, MISSING if day.isoformat() == value else value
+    if isinstance(value, _dt.date) and not isinstance(value, _dt.datetime):
+        return value, MISSING
+    raise Unfit("expected a full ISO date (YYYY-MM-DD) or a datetime.date")
+
+
+def _render_date(column: _dt.date) -> str:
+    return column.isoformat()
+
+
+# --- timestamp ---------------------------------------------------------------------
+
+def _utc_naive(moment: _dt.datetime) -> _dt.datetime:
+    """The instant as a naive UTC datetime. A naive input is taken as UTC: the
+    machine's time zone never enters (``astimezone`` is only called on aware
+    datetimes)."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        return moment.replace(tzinfo=None)
+    try:
+        return moment.astimezone(_dt.timezone.utc).replace(tzinfo=None)
+    except OverflowError:
+        raise Unfit("the instant is out of the supported range in UTC") from None
+
+
+def _timestamp(value: Any) -> tuple[Any, Any]:
+    if value.__class__ is str:
+        try:
+            moment = _dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise Unfit("expected an ISO date-time (YYYY-MM-DDTHH:MM[:SS][offset])") from None
+        column = _utc_naive(moment)
+        return column, MISSING if column.isoformat() == value else value
+    if isinstance(value, _dt.datetime):
+        column = _utc_naive(value)
+        kept = value.isoformat()
+        return column, MISSING if column.isoformat() == kept else kept
+    raise Unfit("expected an ISO date-time string or a datetime.datetime")
+
+
+def _render_timestamp(column: _dt.datetime) -> str:
+    return column.isoformat()
+
+
+# --- json ---------------------------------------------------------------------
+
+def _json(value: Any) -> tuple[Any, Any]:
+    try:
+        canonical = to_json(value)
+        text = json.dumps(canonical, ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")
+    except NotJSON as problem:
+        raise Unfit(str(problem)) from None
+    except UnicodeEncodeError:
+        raise Unfit("a string holds a lone surrogate, which a json column cannot store") from None
+    return text, MISSING
+
+
+def identity(value: Any) -> Any:
+    """The render of types whose column value is already the JSON value."""
+    return value
+
+
+TYPES: dict[str, ColumnType] = {
+    "varchar": ColumnType("varchar", "VARCHAR", _varchar, identity, "v.__class__ is str"),
+    "integer": ColumnType(
+        "integer", "INTEGER", _integer_converter(32), identity,
+        "v.__class__ is int and -2147483648 <= v <= 2147483647",
+    ),
+    "bigint": ColumnType(
+        "bigint", "BIGINT", _integer_converter(64), identity,
+        "v.__class__ is int and -9223372036854775808 <= v <= 9223372036854775807",
+    ),
+    # ``v - v == 0.0`` is false exactly for NaN and the infinities.
+    "double": ColumnType("double", "DOUBLE", _double, identity, "v.__class__ is float and v - v == 0.0"),
+    "boolean": ColumnType("boolean", "BOOLEAN", _boolean, identity, "v.__class__ is bool"),
+    "date": ColumnType("date", "DATE", _date, _render_date),
+    "timestamp": ColumnType("timestamp", "TIMESTAMP", _timestamp, _render_timestamp),
+    "json": ColumnType("json", "JSON", _json, json.loads),
+}
+
+_DECIMAL = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
+MAX_DECIMAL_PRECISION = 38
+
+
+def column_type(name: str) -> ColumnType:
+    """The :class:`ColumnType` for a mapping's ``type`` text.
+
+    Raises ``ValueError`` with a reason for an unknown type or a bad decimal.
+    """
+    found = TYPES.get(name)
+    if found is not None:
+        return found
+    match = _DECIMAL.match(name)
+    if not match:
+        raise ValueError(f"unknown type {name!r}")
+    precision, scale = int(match[1]), int(match[2])
+    if not 1 <= precision <= MAX_DECIMAL_PRECISION or scale > precision:
+        raise ValueError(
+            f"decimal({precision},{scale}) needs 1 <= P <= {MAX_DECIMAL_PRECISION} and S <= P"
+        )
+    return ColumnType(
+        f"decimal({precision},{scale})",
+        f"DECIMAL({precision},{scale})",
+        _decimal_converter(precision, scale),
+        _render_decimal,
+    )

@@ -1,0 +1,106 @@
+"""JSON values: the sentinel for "absent", and the canonical rendering of input.
+
+An entity may hold ``datetime.date``, ``datetime.datetime``, ``uuid.UUID`` and
+``decimal.Decimal`` objects; they are rendered as the JSON values a load gives
+back (ISO strings, strings, numbers). Everything else that is not JSON (a
+tuple, a set, bytes, a non-string key, NaN or Infinity) is refused with the
+path where it was found.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import uuid
+from decimal import Decimal
+from typing import Any
+
+
+class _Missing:
+    """The one "absent" marker: a key that is not there (``None`` is a value)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING: Any = _Missing()
+
+_SCALARS = (str, int, bool, type(None))
+
+
+class NotJSON(ValueError):
+    """A value that is not JSON and has no canonical rendering.
+
+    ``path`` is a list of the keys and indexes leading to it.
+    """
+
+    def __init__(self, reason: str, path: list[Any]):
+        self.reason = reason
+        self.path = path
+        where = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path)
+        super().__init__(f"{reason} at {where.lstrip('.')}" if path else reason)
+
+
+def render_object(value: Any) -> Any:
+    """The JSON rendering of one non-JSON scalar object, or raise ``TypeError``."""
+    if isinstance(value, _dt.datetime) or isinstance(value, _dt.date):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise TypeError("NaN and Infinity are not JSON numbers")
+        return json.loads(str(value))
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def to_json(value: Any, path: list[Any] | None = None) -> Any:
+    """``value`` in canonical JSON form; the same object when nothing changes.
+
+    Raises :class:`NotJSON` naming the path of the first offending value.
+    """
+    cls = value.__class__
+    if cls in _SCALARS:
+        return value
+    if cls is float:
+        if value - value == 0.0:
+            return value
+        raise NotJSON("NaN and Infinity are not JSON numbers", path or [])
+    if cls is dict:
+        return _dict_to_json(value, path or [])
+    if cls is list:
+        return _list_to_json(value, path or [])
+    try:
+        return render_object(value)
+    except TypeError as problem:
+        raise NotJSON(str(problem), path or []) from None
+
+
+def _dict_to_json(value: dict, path: list[Any]) -> dict:
+    changed = None
+    for key, item in value.items():
+        if key.__class__ is not str:
+            raise NotJSON(f"key {key!r} is not a string", path)
+        rendered = to_json(item, path + [key]) if item.__class__ not in _SCALARS else item
+        if rendered is not item:
+            if changed is None:
+                changed = dict(value)
+            changed[key] = rendered
+    return value if changed is None else changed
+
+
+def _list_to_json(value: list, path: list[Any]) -> list:
+    changed = None
+    for index, item in enumerate(value):
+        rendered = to_json(item, path + [index]) if item.__class__ not in _SCALARS else item
+        if rendered is not item:
+            if changed is None:
+                changed = list(value)
+            changed[index] = rendered
+    return value if changed is None else changed

@@ -1,0 +1,99 @@
+"""Every error a user of healthsim-state can cause.
+
+Each class subclasses the builtin a caller would already catch (``ValueError``,
+``LookupError``, ``RuntimeError``) and our common base :class:`HealthSimError`.
+Validation errors carry *all* the problems found (a user fixing a 10,000-entity
+file wants every problem in one run), each with the place it was found; the
+message shows the first :data:`SHOWN_PROBLEMS` of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+SHOWN_PROBLEMS = 20
+_VALUE_PREVIEW = 80
+
+
+class HealthSimError(Exception):
+    """Base class of every error raised by healthsim-state."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the input, and where it is.
+
+    ``entity_type`` and ``position`` (0-based index in the type's list) are None
+    when the problem is not inside one entity; ``path`` is a dotted path inside
+    the entity (or a key of the save call, such as ``entities.foo``).
+    """
+
+    message: str
+    entity_type: str | None = None
+    position: int | None = None
+    path: str | None = None
+    value: Any = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.entity_type is not None:
+            where.append(self.entity_type)
+        if self.position is not None:
+            where.append(f"[{self.position}]")
+        place = "".join(where)
+        if self.path:
+            place = f"{place} @ {self.path}" if place else self.path
+        return f"{place}: {self.message}" if place else self.message
+
+
+def preview(value: Any) -> str:
+    """A short repr of a user's value for an error message."""
+    text = repr(value)
+    if len(text) > _VALUE_PREVIEW:
+        text = text[: _VALUE_PREVIEW - 3] + "..."
+    return text
+
+
+class ValidationError(HealthSimError, ValueError):
+    """Input that cannot be saved. Nothing was written.
+
+    ``problems`` holds every problem found; the message lists the first
+    :data:`SHOWN_PROBLEMS`.
+    """
+
+    def __init__(self, problems: list[Problem], summary: str = "invalid input"):
+        self.problems = list(problems)
+        count = len(self.problems)
+        lines = [f"{summary}: {count} problem{'s' if count != 1 else ''}"]
+        lines += [f"  - {p}" for p in self.problems[:SHOWN_PROBLEMS]]
+        if count > SHOWN_PROBLEMS:
+            lines.append(f"  ... and {count - SHOWN_PROBLEMS} more")
+        super().__init__("\n".join(lines))
+
+
+class MappingError(ValidationError):
+    """A mapping file (or a set of them) is malformed. Nothing was loaded.
+
+    Each problem's ``path`` is ``<file>: <key>`` and its message says what to do.
+    """
+
+    def __init__(self, problems: list[Problem]):
+        super().__init__(problems, summary="invalid mapping")
+
+
+class ScenarioExistsError(HealthSimError, ValueError):
+    """A save used the name of an existing scenario without ``overwrite=True``."""
+
+
+class ScenarioNotFoundError(HealthSimError, LookupError, ValueError):
+    """No scenario has the given id or name."""
+
+
+class StoreError(HealthSimError, RuntimeError):
+    """The database file cannot be used (not a DuckDB file, newer version, ...)."""
+
+
+class IncompatibleDatabaseError(StoreError):
+    """The database was written by a newer, unknown version of healthsim-state,
+    or with table layouts that the loaded mappings do not match."""

@@ -1,0 +1,246 @@
+"""The public API: :class:`StateManager` and the module-level shortcuts.
+
+The manager puts the pieces together: the registry (mappings compiled by the
+engine) validates and flattens a whole scenario *before* the store is touched,
+then the store writes it in one transaction. So a save either fully happens or
+does not happen at all, and bad input changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+import duckdb
+
+from .engine.batch import flatten_scenario, rebuild_rows
+from .engine.registry import Registry
+from .errors import (
+    Problem,
+    ScenarioExistsError,
+    ScenarioNotFoundError,
+    StoreError,
+    ValidationError,
+)
+from .mapping.loader import load_mappings
+from .store import Store, default_db_path, new_scenario_id, utc_now
+
+
+class StateManager:
+    """Save, load, list and delete scenarios in one DuckDB file.
+
+    ``db_path`` defaults to ``$HEALTHSIM_DB``, else ``~/.healthsim/healthsim.duckdb``.
+    ``mapping_dirs`` adds directories of mapping files to the built-in ones (and
+    to ``$HEALTHSIM_MAPPINGS``); a file there with a new ``entity`` adds a type,
+    one with an existing ``entity`` replaces it.
+
+    Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, db_path: str | os.PathLike | None = None, *,
+                 mapping_dirs: Iterable[str | os.PathLike] | None = None):
+        self.registry = Registry(load_mappings(mapping_dirs).values())
+        self.db_path = default_db_path() if db_path is None else db_path
+        self._store = Store(self.db_path, self.registry.codecs)
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> "StateManager":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def entity_types(self) -> tuple[str, ...]:
+        """The registered entity types, by singular name."""
+        return self.registry.entity_types
+
+    # --- writes ------------------------------------------------------------------------
+
+    def save_scenario(self, name: str, entities: Any, description: str | None = None,
+                      tags: Iterable[str] | None = None, overwrite: bool = False) -> str:
+        """Save ``entities`` (entity type, singular or plural, to a list of dicts)
+        as scenario ``name``; return its id.
+
+        Saving an existing name raises :class:`ScenarioExistsError` unless
+        ``overwrite=True``, which replaces entities, tags and description and
+        keeps the id and ``created_at``. Invalid input raises
+        :class:`ValidationError` listing every problem; nothing is written.
+        """
+        _check_arguments(name, description)
+        tag_list = _check_tags(tags)
+        store = self._store
+        with store.transaction() as con:
+            existing = store.find_scenario(con, name, by_id=False)
+        if existing is not None and not overwrite:
+            raise ScenarioExistsError(
+                f"scenario {name!r} already exists (id {existing['scenario_id']}); "
+                "pass overwrite=True to replace it")
+        scenario_id = existing["scenario_id"] if existing else new_scenario_id()
+        batches = flatten_scenario(self.registry, entities, scenario_id)
+        counts = {entity: len(rows) for entity, rows in batches.items()}
+        with store.transaction() as con:
+            current = store.find_scenario(con, name, by_id=False)
+            if _id_of(current) != _id_of(existing):  # another process saved or deleted it meanwhile
+                raise ScenarioExistsError(f"scenario {name!r} was changed by another process; try again")
+            now = utc_now()
+            if current is None:
+                store.insert_scenario(con, scenario_id, name, description, counts, now)
+            else:
+                store.delete_rows(con, scenario_id, list(current["entity_counts"]))
+                store.update_scenario(con, scenario_id, description, counts, now)
+            store.replace_tags(con, scenario_id, tag_list)
+            for entity, rows in batches.items():
+                self._append(con, entity, rows)
+        return scenario_id
+
+    def _append(self, con: duckdb.DuckDBPyConnection, entity: str, rows: list[tuple]) -> None:
+        codec = self.registry.codecs[entity]
+        try:
+            self._store.append_rows(con, codec, rows)
+        except duckdb.Error as error:
+            problems = _unstorable_strings(codec, rows)
+            if problems:
+                raise ValidationError(problems, summary="scenario not saved") from None
+            raise StoreError(f"writing {entity} rows to {self.db_path} failed: {error}") from error
+
+    def delete_scenario(self, name_or_id: str) -> bool:
+        """Remove a scenario, its tags and all its entity rows. False if unknown."""
+        store = self._store
+        with store.transaction() as con:
+            found = store.find_scenario(con, name_or_id)
+            if found is None:
+                return False
+            store.delete_rows(con, found["scenario_id"], list(found["entity_counts"]))
+            store.delete_scenario_row(con, found["scenario_id"])
+        return True
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def load_scenario(self, name_or_id: str) -> dict[str, Any]:
+        """The scenario with this id (looked up first) or name.
+
+        Returns ``scenario_id, name, description, created_at, updated_at`` (UTC,
+        timezone-aware), ``entity_count``, ``tags`` and ``entities``: every
+        registered type (singular) mapped to its list in saved order, each
+        entity in canonical shape.
+        """
+        store = self._store
+        with store.transaction() as con:
+            found = store.find_scenario(con, name_or_id)
+            if found is None:
+                raise ScenarioNotFoundError(f"no scenario has the id or name {name_or_id!r}")
+            scenario_id = found["scenario_id"]
+            entities: dict[str, list[dict]] = {entity: [] for entity in self.entity_types}
+            for entity, count in found.pop("entity_counts").items():
+                codec = self.registry.codecs.get(entity)
+                if codec is not None and count:
+                    entities[entity] = rebuild_rows(codec, store.fetch_rows(con, codec, scenario_id))
+            found["tags"] = store.tags_of(con, scenario_id)
+        found["entities"] = entities
+        return found
+
+    def scenario_exists(self, name_or_id: str) -> bool:
+        with self._store.transaction() as con:
+            return self._store.find_scenario(con, name_or_id) is not None
+
+    def list_scenarios(self, tag: str | None = None, search: str | None = None,
+                       limit: int | None = 100) -> list[dict[str, Any]]:
+        """Scenario summaries, newest ``updated_at`` first.
+
+        ``tag`` matches one tag, ``search`` a substring of name or description;
+        both case-insensitive, combined with AND. Each item carries scenario_id,
+        name, description, created_at, updated_at, entity_count, entity_counts, tags.
+        """
+        for label, value in (("tag", tag), ("search", search)):
+            if value is not None and not isinstance(value, str):
+                raise ValidationError([Problem(f"{label} must be a string, got {type(value).__name__}", path=label)],
+                                      summary="invalid list_scenarios call")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValidationError([Problem(f"limit must be a non-negative integer or None, got {limit!r}",
+                                           path="limit")], summary="invalid list_scenarios call")
+        with self._store.transaction() as con:
+            return self._store.list_scenarios(con, tag, search, limit)
+
+
+# --- argument checks ---------------------------------------------------------------
+
+def _id_of(scenario: dict[str, Any] | None) -> str | None:
+    return None if scenario is None else scenario["scenario_id"]
+
+
+def _check_arguments(name: Any, description: Any) -> None:
+    problems = []
+    if not isinstance(name, str) or not name:
+        problems.append(Problem(f"the scenario name must be a non-empty string, got {name!r}", path="name"))
+    if description is not None and not isinstance(description, str):
+        problems.append(Problem(f"description must be a string or None, got {type(description).__name__}",
+                                path="description"))
+    if problems:
+        raise ValidationError(problems, summary="scenario not saved")
+
+
+def _check_tags(tags: Any) -> list[str]:
+    """Tags in the order given, exact repeats dropped."""
+    if tags is None:
+        return []
+    if isinstance(tags, str) or not isinstance(tags, Iterable):
+        raise ValidationError([Problem(f"tags must be a list of strings, got {type(tags).__name__}", path="tags")],
+                              summary="scenario not saved")
+    result: list[str] = []
+    problems = []
+    for index, tag in enumerate(tags):
+        if not isinstance(tag, str) or not tag:
+            problems.append(Problem(f"a tag must be a non-empty string, got {tag!r}", path=f"tags[{index}]"))
+        elif tag not in result:
+            result.append(tag)
+    if problems:
+        raise ValidationError(problems, summary="scenario not saved")
+    return result
+
+
+def _unstorable_strings(codec, rows: list[tuple]) -> list[Problem]:
+    """After a failed bulk write: the strings DuckDB cannot store (lone
+    surrogates are not Unicode text). Checked only on failure, so the common
+    path pays nothing."""
+    problems = []
+    fields = codec.mapping.fields
+    for row in rows:
+        for index, value in enumerate(row[2:-1]):
+            if value.__class__ is str:
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    problems.append(Problem("the string holds a lone surrogate, which is not valid Unicode text",
+                                            codec.mapping.entity, row[1], fields[index].dotted, value))
+    return problems
+
+
+# --- module-level shortcuts on the default database -----------------------------
+
+def save_scenario(name: str, entities: Any, **options: Any) -> str:
+    """:meth:`StateManager.save_scenario` on the default database."""
+    with StateManager() as manager:
+        return manager.save_scenario(name, entities, **options)
+
+
+def load_scenario(name_or_id: str) -> dict[str, Any]:
+    """:meth:`StateManager.load_scenario` on the default database."""
+    with StateManager() as manager:
+        return manager.load_scenario(name_or_id)
+
+
+def list_scenarios(**options: Any) -> list[dict[str, Any]]:
+    """:meth:`StateManager.list_scenarios` on the default database."""
+    with StateManager() as manager:
+        return manager.list_scenarios(**options)
+
+
+def delete_scenario(name_or_id: str) -> bool:
+    """:meth:`StateManager.delete_scenario` on the default database."""
+    with StateManager() as manager:
+        return manager.delete_scenario(name_or_id)

@@ -1,0 +1,349 @@
+"""Read mapping files: YAML, the JSON Schema, then the checks a schema cannot make.
+
+Every problem of every file is collected and reported together, each naming
+the file, the entity, the key and what to do. Nothing loads unless everything
+is valid: a malformed file never half-loads.
+
+Where mappings come from, in order (a later file with the same ``entity``
+replaces an earlier one): the built-in directory shipped in the package, the
+directories of ``$HEALTHSIM_MAPPINGS`` (separated by ``os.pathsep``), then the
+``mapping_dirs`` a caller passes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+import yaml
+
+from ..engine.types import column_type
+from ..engine.values import MISSING, NotJSON, to_json
+from ..errors import MappingError, Problem
+from .model import UUID4, Field, Mapping
+
+ENV_MAPPINGS = "HEALTHSIM_MAPPINGS"
+RESERVED_COLUMNS = frozenset({"scenario_id", "_position", "_residual"})
+RESERVED_TABLES = frozenset({"scenarios", "scenario_tags"})
+RESERVED_TABLE_PREFIX = "_healthsim"
+
+_TYPE_NAMES = "varchar, integer, bigint, double, decimal(P,S), boolean, date, timestamp, json"
+_TOP_KEYS = ("entity", "plural", "table", "description", "primary_key", "fields")
+_FIELD_KEYS = ("column", "path", "type", "aliases", "default", "required", "strict", "description")
+
+
+@lru_cache(maxsize=1)
+def _schema_validator() -> jsonschema.protocols.Validator:
+    text = resources.files(__package__).joinpath("mapping.schema.json").read_text("utf-8")
+    schema = json.loads(text)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def builtin_mapping_dir() -> Path:
+    """The built-in mappings: inside the installed package, or the repo's
+    top-level ``mappings/`` when running from a source checkout."""
+    packaged = Path(str(resources.files("healthsim_state"))) / "mappings"
+    if packaged.is_dir():
+        return packaged
+    checkout = Path(__file__).resolve().parents[2] / "mappings"
+    if checkout.is_dir():
+        return checkout
+    raise FileNotFoundError(
+        f"built-in mappings not found in {packaged} or {checkout}; reinstall healthsim-state"
+    )
+
+
+def mapping_dirs_from_env() -> list[Path]:
+    value = os.environ.get(ENV_MAPPINGS, "")
+    return [Path(part) for part in value.split(os.pathsep) if part.strip()]
+
+
+def load_mappings(extra_dirs: Iterable[str | os.PathLike] | None = None) -> dict[str, Mapping]:
+    """All mappings in force: built-ins, then ``$HEALTHSIM_MAPPINGS``, then
+    ``extra_dirs``. Returns ``{entity: Mapping}`` in a stable order."""
+    dirs = [builtin_mapping_dir(), *mapping_dirs_from_env(), *(Path(d) for d in extra_dirs or ())]
+    return load_mapping_dirs(dirs)
+
+
+def load_mapping_dirs(dirs: Iterable[Path]) -> dict[str, Mapping]:
+    problems: list[Problem] = []
+    chosen: dict[str, Mapping] = {}
+    for directory in dirs:
+        found = _load_directory(Path(directory), problems)
+        chosen.update(found)
+    _check_across(chosen, problems)
+    if problems:
+        raise MappingError(problems)
+    return dict(sorted(chosen.items()))
+
+
+def _load_directory(directory: Path, problems: list[Problem]) -> dict[str, Mapping]:
+    if not directory.is_dir():
+        problems.append(Problem(f"mapping directory {str(directory)!r} does not exist or is not a directory; "
+                                "fix the path, or remove it from the list"))
+        return {}
+    found: dict[str, Mapping] = {}
+    files = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    for path in files:
+        mapping = load_mapping_file(path, problems)
+        if mapping is None:
+            continue
+        if mapping.entity in found:
+            problems.append(_problem(path, mapping.entity, "entity",
+                                     f"entity {mapping.entity!r} is also defined in {found[mapping.entity].source}; "
+                                     "keep one file per entity type in a directory"))
+            continue
+        found[mapping.entity] = mapping
+    return found
+
+
+def load_mapping_file(path: Path, problems: list[Problem]) -> Mapping | None:
+    """Parse and check one file; append its problems and return None if any."""
+    before = len(problems)
+    try:
+        document = yaml.safe_load(path.read_text("utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "document"
+        problems.append(_problem(path, None, where, f"not valid YAML ({getattr(error, 'problem', error)}); fix the syntax"))
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        problems.append(_problem(path, None, "file", f"cannot be read ({error})"))
+        return None
+    if not isinstance(document, dict):
+        problems.append(_problem(path, None, "document",
+                                 "a mapping file must be a YAML mapping with keys entity, table, primary_key, fields"))
+        return None
+    entity = document.get("entity") if isinstance(document.get("entity"), str) else None
+    for error in sorted(_schema_validator().iter_errors(document), key=lambda e: list(e.absolute_path)):
+        problems.append(_problem(path, entity, _key_of(error, document), _explain(error)))
+    if len(problems) > before:
+        return None
+    mapping = _build(path, document, problems)
+    return mapping if len(problems) == before else None
+
+
+def _build(path: Path, doc: dict[str, Any], problems: list[Problem]) -> Mapping | None:
+    entity = doc["entity"]
+    fields = []
+    for index, raw in enumerate(doc["fields"]):
+        key = f"fields[{index}] ({raw['column']})"
+        try:
+            ctype = column_type(raw["type"])
+        except ValueError as reason:
+            problems.append(_problem(path, entity, f"{key}.type", f"{reason}; use one of {_TYPE_NAMES}"))
+            continue
+        default = _check_default(path, entity, key, raw, ctype, problems)
+        fields.append(Field(
+            column=raw["column"],
+            path=tuple(raw["path"].split(".")),
+            type=ctype,
+            aliases=tuple(tuple(a.split(".")) for a in raw.get("aliases", ())),
+            default=default,
+            # A key column without a default is required (the format says so).
+            required=raw.get("required", False) or (
+                default is MISSING and raw["column"] in _key_columns(doc)),
+            strict=raw.get("strict", True),
+            description=raw.get("description"),
+        ))
+    primary_key = _key_columns(doc)
+    mapping = Mapping(
+        entity=entity,
+        plural=doc.get("plural", entity + "s"),
+        table=doc["table"],
+        primary_key=primary_key,
+        fields=tuple(fields),
+        description=doc.get("description"),
+        source=str(path),
+    )
+    _check_names(path, mapping, problems)
+    _check_keys(path, mapping, doc, problems)
+    _check_paths(path, mapping, problems)
+    return mapping
+
+
+def _key_columns(doc: dict[str, Any]) -> tuple[str, ...]:
+    key = doc["primary_key"]
+    return (key,) if isinstance(key, str) else tuple(key)
+
+
+def _check_default(path, entity, key, raw, ctype, problems) -> Any:
+    if "default" not in raw:
+        return MISSING
+    default = raw["default"]
+    if default == UUID4:
+        if ctype.name != "varchar":
+            problems.append(_problem(path, entity, f"{key}.default",
+                                     f"default uuid4 makes a string, but the field's type is {ctype.name}; "
+                                     "use type varchar or another default"))
+        return UUID4
+    if default is None:
+        problems.append(_problem(path, entity, f"{key}.default",
+                                 "default null does nothing; remove the default key"))
+        return MISSING
+    try:
+        ctype.convert(default)
+        return to_json(default)
+    except (ValueError, NotJSON) as reason:
+        problems.append(_problem(path, entity, f"{key}.default",
+                                 f"default {default!r} does not fit type {ctype.name} ({reason}); "
+                                 "change the default or the type"))
+        return MISSING
+
+
+def _check_names(path: Path, mapping: Mapping, problems: list[Problem]) -> None:
+    entity = mapping.entity
+    if mapping.table in RESERVED_TABLES or mapping.table.startswith(RESERVED_TABLE_PREFIX):
+        problems.append(_problem(path, entity, "table",
+                                 f"table name {mapping.table!r} is reserved by the store; choose another"))
+    seen: dict[str, int] = {}
+    for index, field in enumerate(mapping.fields):
+        key = f"fields[{index}] ({field.column}).column"
+        if field.column in RESERVED_COLUMNS:
+            problems.append(_problem(path, entity, key,
+                                     f"column name {field.column!r} is reserved by the store "
+                                     f"({', '.join(sorted(RESERVED_COLUMNS))}); choose another"))
+        if field.column in seen:
+            problems.append(_problem(path, entity, key,
+                                     f"column {field.column!r} is already used by fields[{seen[field.column]}]; "
+                                     "give each field its own column"))
+        seen.setdefault(field.column, index)
+
+
+def _check_keys(path: Path, mapping: Mapping, doc: dict[str, Any], problems: list[Problem]) -> None:
+    columns = {f.column: f for f in mapping.fields}
+    for column in mapping.primary_key:
+        field = columns.get(column)
+        if field is None:
+            problems.append(_problem(path, mapping.entity, "primary_key",
+                                     f"key column {column!r} is not a field; add a field with column {column!r} "
+                                     f"or use one of: {', '.join(columns)}"))
+            continue
+        if not field.strict:
+            problems.append(_problem(path, mapping.entity, "primary_key",
+                                     f"key column {column!r} is declared strict: false; a key is always strict, "
+                                     "remove strict: false"))
+        if field.type.name == "json":
+            problems.append(_problem(path, mapping.entity, "primary_key",
+                                     f"key column {column!r} has type json; a key must be a scalar type"))
+    for index, raw in enumerate(doc["fields"]):
+        if raw.get("required") and "default" in raw:
+            problems.append(_problem(path, mapping.entity, f"fields[{index}] ({raw['column']}).required",
+                                     "a field with a default is never missing; drop required or the default"))
+
+
+def _check_paths(path: Path, mapping: Mapping, problems: list[Problem]) -> None:
+    """Paths and aliases must be distinct, and none may lie inside another
+    (a value at ``a`` and one at ``a.b`` cannot both be fields)."""
+    owners: dict[tuple[str, ...], str] = {}
+    for index, field in enumerate(mapping.fields):
+        for kind, keys in [("path", field.path)] + [(f"aliases[{i}]", a) for i, a in enumerate(field.aliases)]:
+            where = f"fields[{index}] ({field.column}).{kind}"
+            dotted = ".".join(keys)
+            if keys in owners:
+                problems.append(_problem(path, mapping.entity, where,
+                                         f"{dotted!r} is already the {owners[keys]}; each path and alias may "
+                                         "appear once in a mapping"))
+                continue
+            for other, owner in owners.items():
+                shorter, longer = (other, keys) if len(other) < len(keys) else (keys, other)
+                if longer[: len(shorter)] == shorter:
+                    problems.append(_problem(path, mapping.entity, where,
+                                             f"{dotted!r} overlaps the {owner} ({'.'.join(other)!r}): one lies "
+                                             "inside the other; rename one of them"))
+            owners[keys] = f"{'path' if kind == 'path' else 'alias'} of column {field.column}"
+
+
+def _check_across(mappings: dict[str, Mapping], problems: list[Problem]) -> None:
+    """Names must not collide between entity types: tables, and input keys."""
+    tables: dict[str, Mapping] = {}
+    input_keys: dict[str, Mapping] = {}
+    for mapping in mappings.values():
+        other = tables.setdefault(mapping.table, mapping)
+        if other is not mapping:
+            problems.append(_problem(Path(mapping.source), mapping.entity, "table",
+                                     f"table {mapping.table!r} is also used by entity {other.entity!r} "
+                                     f"({other.source}); choose another table name"))
+        for name in {mapping.entity, mapping.plural}:
+            other = input_keys.setdefault(name, mapping)
+            if other is not mapping:
+                problems.append(_problem(Path(mapping.source), mapping.entity, "plural",
+                                         f"{name!r} already names entity {other.entity!r} ({other.source}); "
+                                         "choose another entity or plural"))
+
+
+# --- messages ---------------------------------------------------------------
+
+def _problem(path: Path, entity: str | None, key: str, message: str) -> Problem:
+    label = f"{path}" + (f" (entity {entity})" if entity else "")
+    return Problem(message=message, path=f"{label}: {key}")
+
+
+def _key_of(error: jsonschema.ValidationError, doc: dict[str, Any]) -> str:
+    parts: list[str] = []
+    node: Any = doc
+    for part in error.absolute_path:
+        if isinstance(part, int):
+            label = f"[{part}]"
+            item = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(item, dict) and isinstance(item.get("column"), str):
+                label += f" ({item['column']})"
+            parts.append(label)
+        else:
+            parts.append(("." if parts else "") + str(part))
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return "".join(parts) or "document"
+
+
+def _explain(error: jsonschema.ValidationError) -> str:
+    kind, value = error.validator, error.instance
+    where = error.absolute_path[-1] if error.absolute_path else None
+    if kind == "additionalProperties":
+        allowed = _FIELD_KEYS if "column" in error.schema.get("properties", {}) else _TOP_KEYS
+        unknown = sorted(set(value) - set(allowed))
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        return f"unknown key {', '.join(hints)}; allowed keys are {', '.join(allowed)}"
+    if kind == "required":
+        return f"{error.message.split(' is ')[0]} is missing; add it"
+    if kind == "pattern":
+        if where == "type" or "varchar" in error.validator_value:
+            return f"unknown type {value!r}; use one of {_TYPE_NAMES}"
+        if "[^.]" in error.validator_value:
+            return f"{value!r} is not a valid path: keys joined by single dots, none empty"
+        return (f"{value!r} is not a valid name: use lowercase letters, digits and underscores, "
+                "not starting with a digit")
+    if kind == "type":
+        expected = error.validator_value
+        return f"expected {_a(expected)}, got {value!r}" + (
+            "; quote it in YAML" if expected == "string" and not isinstance(value, (list, dict)) else "")
+    if kind == "oneOf" and where == "primary_key":
+        return f"primary_key must be a column name or a non-empty list of column names, got {value!r}"
+    if kind == "minItems":
+        return f"{where} must not be empty"
+    if kind == "uniqueItems":
+        return f"{where} lists the same item twice; remove the repeat"
+    if kind == "not":
+        return f"default must be a single value (a string, number or bool), got {value!r}"
+    return error.message
+
+
+def _a(expected: Any) -> str:
+    names = {"string": "a string", "boolean": "true or false", "array": "a list",
+             "object": "a mapping", "integer": "an integer"}
+    if isinstance(expected, list):
+        return " or ".join(names.get(e, e) for e in expected)
+    return names.get(expected, expected)

@@ -1,0 +1,75 @@
+"""What a validated mapping file says, as plain immutable objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine.types import ColumnType
+from ..engine.values import MISSING
+
+UUID4 = "uuid4"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One mapped field: a typed column, the path it lives at, how to find it."""
+
+    column: str
+    path: tuple[str, ...]
+    type: ColumnType
+    aliases: tuple[tuple[str, ...], ...] = ()
+    default: Any = MISSING  # MISSING: none; UUID4: a fresh uuid string; else a literal
+    required: bool = False
+    strict: bool = True
+    description: str | None = None
+
+    @property
+    def dotted(self) -> str:
+        return ".".join(self.path)
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One entity type: its names, table, key and fields (in declared order)."""
+
+    entity: str
+    plural: str
+    table: str
+    primary_key: tuple[str, ...]
+    fields: tuple[Field, ...]
+    description: str | None = None
+    source: str = "<memory>"  # the file it came from, for messages
+
+    def field(self, column: str) -> Field:
+        for candidate in self.fields:
+            if candidate.column == column:
+                return candidate
+        raise KeyError(column)
+
+    @property
+    def key_fields(self) -> tuple[Field, ...]:
+        return tuple(self.field(column) for column in self.primary_key)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready description (for the CLI, the MCP server, the store)."""
+        return {
+            "entity": self.entity,
+            "plural": self.plural,
+            "table": self.table,
+            "description": self.description,
+            "primary_key": list(self.primary_key),
+            "fields": [
+                {
+                    "column": f.column,
+                    "path": f.dotted,
+                    "type": f.type.name,
+                    "aliases": [".".join(a) for a in f.aliases],
+                    "required": f.required,
+                    "strict": f.strict,
+                    **({} if f.default is MISSING else {"default": f.default}),
+                    **({"description": f.description} if f.description else {}),
+                }
+                for f in self.fields
+            ],
+        }

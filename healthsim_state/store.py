@@ -1,0 +1,282 @@
+"""The DuckDB file: its tables, transactions, bulk writes and reads.
+
+Layout (schema version :data:`SCHEMA_VERSION`):
+
+- ``_healthsim_meta(key, value)``: the schema version;
+- ``_healthsim_tables(entity, table_name, mapping, created_at)``: the mapping
+  each entity table was created from (so a later version can tell what changed);
+- ``scenarios``: one row a scenario, ``scenario_tags``: its tags in order;
+- one table per entity type: ``scenario_id``, ``_position`` (index in the
+  type's list), one typed column per mapped field, ``_residual`` (JSON text of
+  what the columns cannot reproduce; NULL for most rows).
+
+Rows are keyed by scenario, so scenarios are isolated snapshots. Scenario ids
+are time-ordered (UUID version 7): a scenario's rows sit together and DuckDB's
+min/max zone maps skip the rest of a large table on a load, with no index to
+maintain on bulk writes. Duplicate keys are caught by the engine before any
+write, so entity tables carry no key index either.
+
+Identifiers in SQL come only from validated mappings and are quoted; every
+value travels as a parameter.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import secrets
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+
+from .engine.compile import Codec
+from .errors import IncompatibleDatabaseError, StoreError
+
+SCHEMA_VERSION = 1
+ENV_DB = "HEALTHSIM_DB"
+
+_SCENARIO_COLUMNS = ("scenario_id", "name", "description", "created_at", "updated_at", "entity_count",
+                     "entity_counts")
+
+_BASE_DDL = (
+    "CREATE TABLE IF NOT EXISTS _healthsim_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS _healthsim_tables (
+        entity VARCHAR PRIMARY KEY, table_name VARCHAR NOT NULL, mapping JSON NOT NULL,
+        created_at TIMESTAMP NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS scenarios (
+        scenario_id VARCHAR PRIMARY KEY, name VARCHAR NOT NULL UNIQUE, description VARCHAR,
+        created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL,
+        entity_count BIGINT NOT NULL, entity_counts JSON NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS scenario_tags (
+        scenario_id VARCHAR NOT NULL, position INTEGER NOT NULL, tag VARCHAR NOT NULL)""",
+)
+
+
+def default_db_path() -> Path:
+    """``$HEALTHSIM_DB`` if set, else ``~/.healthsim/healthsim.duckdb``."""
+    value = os.environ.get(ENV_DB)
+    return Path(value).expanduser() if value else Path.home() / ".healthsim" / "healthsim.duckdb"
+
+
+def new_scenario_id() -> str:
+    """A UUID version 7 string: 48 bits of Unix milliseconds, then random bits,
+    so ids sort by creation time."""
+    millis = time.time_ns() // 1_000_000
+    value = (millis & ((1 << 48) - 1)) << 80 | secrets.randbits(80)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def utc_now() -> _dt.datetime:
+    """Now, as the naive UTC datetime the store keeps (microsecond resolution)."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
+
+
+def quote(identifier: str) -> str:
+    """A quoted SQL identifier. Identifiers come from validated mappings only."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def table_ddl(codec: Codec) -> str:
+    mapping = codec.mapping
+    keys = set(mapping.primary_key)
+    columns = ["scenario_id VARCHAR NOT NULL", "_position INTEGER NOT NULL"]
+    for field in mapping.fields:
+        columns.append(f"{quote(field.column)} {field.type.sql}" + (" NOT NULL" if field.column in keys else ""))
+    columns.append("_residual VARCHAR")
+    return f"CREATE TABLE {quote(mapping.table)} ({', '.join(columns)})"
+
+
+def expected_columns(codec: Codec) -> list[tuple[str, str]]:
+    fields = [(f.column, f.type.sql) for f in codec.mapping.fields]
+    return [("scenario_id", "VARCHAR"), ("_position", "INTEGER"), *fields, ("_residual", "VARCHAR")]
+
+
+class Store:
+    """One open DuckDB file holding scenarios of the given entity types."""
+
+    def __init__(self, path: str | os.PathLike, codecs: dict[str, Codec]):
+        self.path = Path(path).expanduser()
+        self.codecs = codecs
+        self._con = _connect(self.path)
+        try:
+            self._prepare()
+        except BaseException:
+            self._con.close()
+            raise
+
+    # --- connection and layout -------------------------------------------------
+
+    def close(self) -> None:
+        self._con.close()
+
+    def _prepare(self) -> None:
+        """Check the schema version, and create what is missing, in one transaction."""
+        with self.transaction() as con:
+            for ddl in _BASE_DDL:
+                con.execute(ddl)
+            row = con.execute("SELECT value FROM _healthsim_meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                con.execute("INSERT INTO _healthsim_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+            elif not row[0].isdigit() or int(row[0]) > SCHEMA_VERSION:
+                raise IncompatibleDatabaseError(
+                    f"{self.path} was written by a newer healthsim-state (schema version {row[0]}; this version "
+                    f"reads up to {SCHEMA_VERSION}); upgrade healthsim-state to open it")
+            existing = self._table_columns(con)
+            for codec in self.codecs.values():
+                table = codec.mapping.table
+                if table not in existing:
+                    con.execute(table_ddl(codec))
+                    con.execute("INSERT OR REPLACE INTO _healthsim_tables VALUES (?, ?, ?, ?)",
+                                [codec.mapping.entity, table, json.dumps(codec.mapping.describe()), utc_now()])
+                elif existing[table] != expected_columns(codec):
+                    raise IncompatibleDatabaseError(_layout_message(self.path, codec, existing[table]))
+
+    @staticmethod
+    def _table_columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[str, str]]]:
+        rows = con.execute(
+            "SELECT table_name, column_name, data_type FROM duckdb_columns() "
+            "WHERE schema_name = 'main' AND database_name = current_database() "
+            "ORDER BY table_name, column_index").fetchall()
+        tables: dict[str, list[tuple[str, str]]] = {}
+        for table, column, sql_type in rows:
+            tables.setdefault(table, []).append((column, sql_type))
+        return tables
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """All of it or none of it: commit on success, roll back on any error."""
+        con = self._con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    # --- scenarios ------------------------------------------------------------------
+
+    def find_scenario(self, con: duckdb.DuckDBPyConnection, name_or_id: str, *,
+                      by_id: bool = True) -> dict[str, Any] | None:
+        """The scenario row whose id (first) or name is ``name_or_id``."""
+        columns = ", ".join(_SCENARIO_COLUMNS)
+        if by_id:
+            sql = (f"SELECT {columns} FROM (SELECT *, 0 AS rank FROM scenarios WHERE scenario_id = $1 "
+                   f"UNION ALL SELECT *, 1 AS rank FROM scenarios WHERE name = $1) ORDER BY rank LIMIT 1")
+        else:
+            sql = f"SELECT {columns} FROM scenarios WHERE name = $1"
+        row = con.execute(sql, [name_or_id]).fetchone()
+        return None if row is None else _scenario_dict(row)
+
+    def insert_scenario(self, con, scenario_id: str, name: str, description: str | None,
+                        counts: dict[str, int], now: _dt.datetime) -> None:
+        con.execute("INSERT INTO scenarios VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [scenario_id, name, description, now, now, sum(counts.values()), json.dumps(counts)])
+
+    def update_scenario(self, con, scenario_id: str, description: str | None,
+                        counts: dict[str, int], now: _dt.datetime) -> None:
+        con.execute("UPDATE scenarios SET description = ?, updated_at = ?, entity_count = ?, entity_counts = ? "
+                    "WHERE scenario_id = ?",
+                    [description, now, sum(counts.values()), json.dumps(counts), scenario_id])
+
+    def delete_scenario_row(self, con, scenario_id: str) -> None:
+        con.execute("DELETE FROM scenario_tags WHERE scenario_id = ?", [scenario_id])
+        con.execute("DELETE FROM scenarios WHERE scenario_id = ?", [scenario_id])
+
+    def replace_tags(self, con, scenario_id: str, tags: list[str]) -> None:
+        con.execute("DELETE FROM scenario_tags WHERE scenario_id = ?", [scenario_id])
+        if tags:
+            with con.appender("scenario_tags") as appender:
+                appender.append_rows([(scenario_id, i, tag) for i, tag in enumerate(tags)])
+
+    def tags_of(self, con, scenario_id: str) -> list[str]:
+        rows = con.execute("SELECT tag FROM scenario_tags WHERE scenario_id = ? ORDER BY position",
+                           [scenario_id]).fetchall()
+        return [tag for (tag,) in rows]
+
+    def list_scenarios(self, con, tag: str | None, search: str | None, limit: int | None) -> list[dict[str, Any]]:
+        """Newest ``updated_at`` first. ``tag`` matches one tag and ``search`` a
+        substring of name or description, both case-insensitively (``contains``,
+        not ``LIKE``: a ``%`` in a search is a percent sign)."""
+        columns = ", ".join(f"s.{c}" for c in _SCENARIO_COLUMNS)
+        sql = f"""
+            SELECT {columns},
+                   (SELECT list(t.tag ORDER BY t.position) FROM scenario_tags t
+                     WHERE t.scenario_id = s.scenario_id) AS tags
+            FROM scenarios s
+            WHERE ($tag IS NULL OR EXISTS (SELECT 1 FROM scenario_tags t
+                                           WHERE t.scenario_id = s.scenario_id AND lower(t.tag) = lower($tag)))
+              AND ($search IS NULL OR contains(lower(s.name), lower($search))
+                   OR contains(lower(coalesce(s.description, '')), lower($search)))
+            ORDER BY s.updated_at DESC, s.scenario_id DESC
+            LIMIT $limit"""
+        rows = con.execute(sql, {"tag": tag, "search": search, "limit": limit}).fetchall()
+        result = []
+        for row in rows:
+            item = _scenario_dict(row[:-1])
+            item["tags"] = list(row[-1] or [])
+            result.append(item)
+        return result
+
+    # --- entity rows -------------------------------------------------------------------
+
+    def append_rows(self, con, codec: Codec, rows: list[tuple]) -> None:
+        """One bulk write of a type's rows (DuckDB's appender: no SQL per row)."""
+        with con.appender(codec.mapping.table) as appender:
+            appender.append_rows(rows)
+
+    def delete_rows(self, con, scenario_id: str, entities: list[str]) -> None:
+        for entity in entities:
+            codec = self.codecs.get(entity)
+            if codec is not None:
+                con.execute(f"DELETE FROM {quote(codec.mapping.table)} WHERE scenario_id = ?", [scenario_id])
+
+    def fetch_rows(self, con, codec: Codec, scenario_id: str) -> list[tuple]:
+        """A type's rows of one scenario, in saved order, in one query:
+        ``(col_0, ..., col_n, residual)``."""
+        columns = ", ".join(quote(f.column) for f in codec.mapping.fields)
+        sql = (f"SELECT {columns}, _residual FROM {quote(codec.mapping.table)} "
+               f"WHERE scenario_id = ? ORDER BY _position")
+        return con.execute(sql, [scenario_id]).fetchall()
+
+
+def _connect(path: Path) -> duckdb.DuckDBPyConnection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"cannot create the directory for the database {path}: {error.strerror or error}") from None
+    try:
+        return duckdb.connect(str(path))
+    except duckdb.Error as error:
+        raise StoreError(f"cannot open {path} as a healthsim-state database: {error}") from None
+
+
+def _scenario_dict(row: tuple) -> dict[str, Any]:
+    item = dict(zip(_SCENARIO_COLUMNS, row))
+    item["created_at"] = item["created_at"].replace(tzinfo=_dt.timezone.utc)
+    item["updated_at"] = item["updated_at"].replace(tzinfo=_dt.timezone.utc)
+    item["entity_counts"] = json.loads(item["entity_counts"])
+    return item
+
+
+def _layout_message(path: Path, codec: Codec, found: list[tuple[str, str]]) -> str:
+    expected = expected_columns(codec)
+    missing = [c for c, _ in expected if c not in dict(found)]
+    extra = [c for c, _ in found if c not in dict(expected)]
+    changed = [c for c, t in expected if c in dict(found) and dict(found)[c] != t]
+    details = "; ".join(part for part in (
+        f"new columns {missing}" if missing else "",
+        f"columns no longer mapped {extra}" if extra else "",
+        f"columns whose type changed {changed}" if changed else "",
+        "columns in a different order" if not (missing or extra or changed) else "",
+    ) if part)
+    return (f"table {codec.mapping.table!r} in {path} was created from a different mapping of "
+            f"{codec.mapping.entity!r} ({codec.mapping.source}): {details}. This version cannot migrate "
+            "stored data to an edited mapping yet; restore the mapping file, or use a new database")
