@@ -1,0 +1,416 @@
+"""The public API of StateManager: the seed's five examples (in canonical shape),
+isolation, atomicity, errors, listing, and the database file itself."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import healthsim_state
+from healthsim_state import (
+    HealthSimError,
+    IncompatibleDatabaseError,
+    ScenarioExistsError,
+    ScenarioNotFoundError,
+    StateManager,
+    StoreError,
+    ValidationError,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+PATIENT_ID = "123e4567-e89b-12d3-a456-426614174000"
+
+
+def patient(pid: str = PATIENT_ID, given: str = "John", **extra) -> dict:
+    return {"patient_id": pid, "name": {"given": given, "family": "Doe"}, "birthDate": "1980-01-15",
+            "gender": "male", **extra}
+
+
+def provenance(system: str = "patientsim") -> dict:
+    return {"_provenance": {"source_type": "generated", "source_system": system}}
+
+
+# --- the seed's five examples ------------------------------------------------------
+
+def test_save_and_load_scenario(sm):
+    flat = {"patient_id": PATIENT_ID, "given_name": "John", "family_name": "Doe",
+            "date_of_birth": "1980-01-15", "gender": "male"}
+    scenario_id = sm.save_scenario("test-scenario", {"patient": [flat], "encounter": []},
+                                   description="Test scenario")
+    loaded = sm.load_scenario("test-scenario")
+    assert loaded["scenario_id"] == scenario_id
+    assert loaded["name"] == "test-scenario"
+    assert loaded["description"] == "Test scenario"
+    assert loaded["entity_count"] == 1
+    # The seed expected the flat given_name back; the product returns the canonical shape.
+    assert loaded["entities"]["patient"] == [{**patient(), **provenance()}]
+    assert set(loaded["entities"]) == set(sm.entity_types)
+    assert loaded["entities"]["encounter"] == []
+
+
+def test_list_scenarios(sm):
+    sm.save_scenario("scenario-1", {"patient": []})
+    sm.save_scenario("scenario-2", {"patient": []})
+    names = [s["name"] for s in sm.list_scenarios()]
+    assert names == ["scenario-2", "scenario-1"]  # newest first
+    item = sm.list_scenarios()[0]
+    assert {"scenario_id", "name", "description", "created_at", "updated_at", "entity_count", "tags"} <= set(item)
+
+
+def test_delete_scenario(sm):
+    sm.save_scenario("to-delete", {"patient": [patient()]})
+    assert sm.delete_scenario("to-delete") is True
+    assert "to-delete" not in [s["name"] for s in sm.list_scenarios()]
+    assert sm.delete_scenario("to-delete") is False
+    assert sm.scenario_exists("to-delete") is False
+
+
+def test_overwrite_scenario(sm):
+    first_id = sm.save_scenario("overwrite-test", {"patient": [{"given_name": "First"}]},
+                                description="one", tags=["a"])
+    created = sm.load_scenario(first_id)["created_at"]
+    second_id = sm.save_scenario("overwrite-test", {"patient": [{"given_name": "Second"}]},
+                                 overwrite=True, tags=["b"])
+    loaded = sm.load_scenario("overwrite-test")
+    assert second_id == first_id
+    assert [p["name"]["given"] for p in loaded["entities"]["patient"]] == ["Second"]
+    assert loaded["tags"] == ["b"] and loaded["description"] is None
+    assert loaded["created_at"] == created and loaded["updated_at"] > created
+
+
+def test_scenario_tags(sm):
+    sm.save_scenario("tagged", {"patient": []}, tags=["Diabetes", "test"])
+    assert [s["name"] for s in sm.list_scenarios(tag="diabetes")] == ["tagged"]
+    assert sm.list_scenarios(tag="nonexistent") == []
+    assert sm.load_scenario("tagged")["tags"] == ["Diabetes", "test"]
+
+
+# --- the shape of what comes back -------------------------------------------------------
+
+def test_load_returns_utc_aware_datetimes_and_all_types(sm):
+    sm.save_scenario("s", {})
+    loaded = sm.load_scenario("s")
+    for key in ("created_at", "updated_at"):
+        assert loaded[key].tzinfo is not None and loaded[key].utcoffset() == dt.timedelta(0)
+    assert loaded["entities"] == {t: [] for t in sm.entity_types}
+    assert loaded["entity_count"] == 0 and loaded["tags"] == []
+
+
+def test_plural_keys_and_order_are_kept(sm):
+    ids = [f"p{i}" for i in (5, 1, 9, 3)]
+    sm.save_scenario("s", {"patients": [{"patient_id": i} for i in ids]})
+    assert [p["patient_id"] for p in sm.load_scenario("s")["entities"]["patient"]] == ids
+
+
+def test_lookup_by_id_comes_before_name(sm):
+    first = sm.save_scenario("alpha", {})
+    sm.save_scenario(first, {}, description="named like the other's id")
+    assert sm.load_scenario(first)["name"] == "alpha"
+
+
+def test_names_are_stored_verbatim(sm):
+    names = ["O'Brien; DROP TABLE scenarios; --", "日本語 シナリオ", "../../etc/passwd", "line\nbreak", " "]
+    for name in names:
+        sm.save_scenario(name, {"patient": [patient()]})
+    assert sorted(s["name"] for s in sm.list_scenarios()) == sorted(names)
+    for name in names:
+        assert sm.load_scenario(name)["name"] == name
+
+
+def test_entity_types_are_the_registered_singular_names(sm):
+    assert len(sm.entity_types) == 14 and "lab_result" in sm.entity_types
+
+
+def test_typed_columns_are_queryable_with_sql(sm, db_path):
+    sid = sm.save_scenario("sql", {"patient": [patient(given="Ana"), patient("p2", given="Bo")]})
+    sm.close()
+    con = duckdb.connect(str(db_path), read_only=True)
+    rows = con.execute("SELECT given_name, date_of_birth FROM patients WHERE scenario_id = ? ORDER BY _position",
+                       [sid]).fetchall()
+    con.close()
+    assert rows == [("Ana", dt.date(1980, 1, 15)), ("Bo", dt.date(1980, 1, 15))]
+
+
+# --- isolation ---------------------------------------------------------------------------
+
+def test_same_patient_id_in_two_scenarios_is_isolated(sm):
+    sm.save_scenario("a", {"patient": [patient(given="Alice")]})
+    sm.save_scenario("b", {"patient": [patient(given="Bob")]})
+    sm.save_scenario("b", {"patient": [patient(given="Bobby")]}, overwrite=True)
+    assert sm.load_scenario("a")["entities"]["patient"][0]["name"]["given"] == "Alice"
+    sm.delete_scenario("b")
+    assert sm.load_scenario("a")["entities"]["patient"] == [{**patient(given="Alice"), **provenance()}]
+
+
+def test_delete_leaves_no_rows_behind(sm, db_path):
+    sm.save_scenario("keep", {"patient": [patient()], "encounter": [{"patient_id": PATIENT_ID}]})
+    sid = sm.save_scenario("gone", {"patient": [patient()], "encounter": [{"patient_id": PATIENT_ID}]},
+                           tags=["x"])
+    sm.delete_scenario(sid)
+    sm.close()
+    con = duckdb.connect(str(db_path), read_only=True)
+    tables = [t for (t,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+    leftovers = {t: con.execute(f'SELECT count(*) FROM "{t}" WHERE scenario_id = ?', [sid]).fetchone()[0]
+                 for t in tables if t not in ("_healthsim_meta", "_healthsim_tables")}
+    kept = con.execute("SELECT count(*) FROM patients").fetchone()[0]
+    con.close()
+    assert set(leftovers.values()) == {0} and kept == 1
+
+
+# --- atomicity -----------------------------------------------------------------------------
+
+def snapshot(db_path: Path) -> dict:
+    con = duckdb.connect(str(db_path), read_only=True)
+    tables = [t for (t,) in con.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()]
+    data = {t: sorted(map(repr, con.execute(f'SELECT * FROM "{t}"').fetchall())) for t in tables}
+    con.close()
+    return data
+
+
+def big_scenario(bad_at: int | None = None, size: int = 10_000) -> dict:
+    patients = [{"patient_id": f"p{i}", "name": {"given": f"G{i}"}, "birthDate": "1990-02-03"} for i in range(size)]
+    if bad_at is not None:
+        patients[bad_at]["birthDate"] = "1990-02-30"
+    return {"patient": patients}
+
+
+def test_invalid_entity_7000_of_10000_leaves_the_database_as_before(db_path):
+    with StateManager(db_path) as sm:
+        sm.save_scenario("existing", {"patient": [patient()]})
+    before = snapshot(db_path)
+    with StateManager(db_path) as sm:
+        with pytest.raises(ValidationError) as caught:
+            sm.save_scenario("big", big_scenario(bad_at=7000))
+        assert not sm.scenario_exists("big")
+    problem = caught.value.problems[0]
+    assert (problem.entity_type, problem.position, problem.path, problem.value) == (
+        "patient", 7000, "birthDate", "1990-02-30")
+    assert "patient[7000] @ birthDate" in str(caught.value)
+    assert snapshot(db_path) == before
+
+
+def test_invalid_overwrite_leaves_the_old_scenario_intact(db_path):
+    with StateManager(db_path) as sm:
+        sm.save_scenario("big", big_scenario(size=2_000), tags=["v1"])
+    before = snapshot(db_path)
+    with StateManager(db_path) as sm:
+        with pytest.raises(ValidationError):
+            sm.save_scenario("big", big_scenario(bad_at=1999, size=2_000), overwrite=True, tags=["v2"])
+        assert len(sm.load_scenario("big")["entities"]["patient"]) == 2_000
+    assert snapshot(db_path) == before
+
+
+def test_a_failure_inside_the_write_rolls_everything_back(db_path):
+    """A value only DuckDB refuses (a lone surrogate) fails in the middle of the
+    bulk write, after the scenario row and other types were written."""
+    with StateManager(db_path) as sm:
+        sm.save_scenario("existing", {"patient": [patient()]})
+    before = snapshot(db_path)
+    with StateManager(db_path) as sm:
+        entities = {"encounter": [{"encounter_id": "e1"}], "patient": [patient(), patient("p2", given="\ud800")]}
+        with pytest.raises(ValidationError) as caught:
+            sm.save_scenario("bad", entities)
+        problem = caught.value.problems[0]
+        assert (problem.entity_type, problem.position, problem.path) == ("patient", 1, "name.given")
+    assert snapshot(db_path) == before
+
+
+# --- validation errors ------------------------------------------------------------------------
+
+def test_every_bad_entity_is_reported_with_a_cap_in_the_message(sm):
+    entities = {"patient": [{"patient_id": i} for i in range(30)]}  # ints are not varchar
+    with pytest.raises(ValidationError) as caught:
+        sm.save_scenario("bad", entities)
+    error = caught.value
+    assert [p.position for p in error.problems] == list(range(30))
+    assert "30 problems" in str(error) and "... and 10 more" in str(error)
+    assert "expected a string, got 0 (type varchar)" in str(error)
+
+
+@pytest.mark.parametrize("entities, fragment", [
+    ({"spaceship": []}, "unknown entity type 'spaceship'; registered types:"),
+    ({"patient": {"patient_id": "x"}}, "expected a list of entities, got dict"),
+    ({"patient": ["not a dict"]}, "expected an object (a dict), got str"),
+    ({"patient": [], "patients": []}, "given twice"),
+    ({"member": [{"name": {"given": "A"}}]}, "member[0] @ member_id: required field is missing"),
+    ({"patient": [{"patient_id": None}]}, "a key or required field may not be null"),
+    ({"patient": [patient(), patient()]}, "duplicate key (patient_id='123e4567-e89b-12d3-a456-426614174000'): "
+                                          "positions 0 and 1"),
+    ({"trial_visit": [{"usubjid": "S-1", "visit_num": 1}, {"usubjid": "S-1", "visit_num": 1.0}]},
+     "duplicate key (usubjid='S-1', visit_num=1.0): positions 0 and 1"),
+    ({"patient": [{"x": float("nan")}]}, "patient[0] @ x: NaN and Infinity are not JSON numbers"),
+    ({"patient": [{"x": (1, 2)}]}, "tuple is not a JSON value"),
+    ({"patient": [{"x": {1: "a"}}]}, "key 1 is not a string"),
+    ({"claim": [{"total_charge": 1.005}]}, "does not fit decimal(12,2) without losing a digit"),
+    ({"vital_sign": [{"blood_pressure": {"systolic": True}}]}, "expected an integer"),
+    ({"encounter": [{"period": {"start": "yesterday"}}]}, "expected an ISO date-time"),
+    ({"patient": [{"birthDate": "1970-03"}]}, "expected a full ISO date"),
+    ({"patient": [{"deceased": "no"}]}, "expected true or false"),
+    ({"subject": [{"usubjid": "S", "name": "Jane Doe"}], }, None),  # blocked path: fine, kept as given
+    (["patient"], "entities must be a dict"),
+])
+def test_bad_input_is_a_validation_error_naming_the_place(sm, entities, fragment):
+    if fragment is None:
+        sm.save_scenario("ok", entities)
+        assert sm.load_scenario("ok")["entities"]["subject"][0]["name"] == "Jane Doe"
+        return
+    with pytest.raises(ValidationError) as caught:
+        sm.save_scenario("bad", entities)
+    assert fragment in str(caught.value)
+    assert not sm.scenario_exists("bad")
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda sm: sm.save_scenario("", {}), "the scenario name must be a non-empty string"),
+    (lambda sm: sm.save_scenario(None, {}), "the scenario name must be a non-empty string"),
+    (lambda sm: sm.save_scenario("x", {}, description=5), "description must be a string"),
+    (lambda sm: sm.save_scenario("x", {}, tags="one"), "tags must be a list of strings"),
+    (lambda sm: sm.save_scenario("x", {}, tags=["ok", 3]), "tags[1]: a tag must be a non-empty string"),
+    (lambda sm: sm.list_scenarios(limit=-1), "limit must be a non-negative integer"),
+])
+def test_bad_arguments_are_validation_errors(sm, call, fragment):
+    with pytest.raises(ValidationError) as caught:
+        call(sm)
+    assert fragment in str(caught.value)
+
+
+def test_existing_name_needs_overwrite(sm):
+    sm.save_scenario("dup", {})
+    with pytest.raises(ScenarioExistsError, match="overwrite=True"):
+        sm.save_scenario("dup", {})
+    assert issubclass(ScenarioExistsError, ValueError) and issubclass(ScenarioExistsError, HealthSimError)
+
+
+def test_not_found_is_a_lookup_error_and_a_value_error(sm):
+    with pytest.raises(ScenarioNotFoundError, match="'nope'") as caught:
+        sm.load_scenario("nope")
+    assert isinstance(caught.value, LookupError) and isinstance(caught.value, ValueError)
+
+
+# --- list_scenarios ---------------------------------------------------------------------------
+
+def test_list_filters_combine_and_are_case_insensitive(sm):
+    sm.save_scenario("Diabetes cohort", {}, tags=["Chronic"])
+    sm.save_scenario("ER visits", {}, description="diabetic emergencies", tags=["acute"])
+    sm.save_scenario("Asthma", {}, tags=["chronic"])
+    assert [s["name"] for s in sm.list_scenarios(search="DIABET")] == ["ER visits", "Diabetes cohort"]
+    assert [s["name"] for s in sm.list_scenarios(tag="CHRONIC")] == ["Asthma", "Diabetes cohort"]
+    assert [s["name"] for s in sm.list_scenarios(tag="chronic", search="diab")] == ["Diabetes cohort"]
+    assert [s["name"] for s in sm.list_scenarios(limit=1)] == ["Asthma"]
+    assert sm.list_scenarios(search="%") == []  # a percent sign is text, not a wildcard
+
+
+def test_overwrite_moves_a_scenario_to_the_top_of_the_list(sm):
+    sm.save_scenario("old", {})
+    sm.save_scenario("new", {})
+    sm.save_scenario("old", {}, overwrite=True)
+    assert [s["name"] for s in sm.list_scenarios()] == ["old", "new"]
+
+
+# --- the database file -------------------------------------------------------------------------
+
+def test_default_path_is_created_under_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with StateManager() as sm:
+        sm.save_scenario("x", {})
+    assert (tmp_path / ".healthsim" / "healthsim.duckdb").is_file()
+
+
+def test_module_functions_use_healthsim_db(monkeypatch, tmp_path):
+    monkeypatch.setenv("HEALTHSIM_DB", str(tmp_path / "env.duckdb"))
+    sid = healthsim_state.save_scenario("m", {"patient": [patient()]}, tags=["t"])
+    assert healthsim_state.load_scenario("m")["scenario_id"] == sid
+    assert [s["name"] for s in healthsim_state.list_scenarios(tag="t")] == ["m"]
+    assert healthsim_state.delete_scenario(sid) is True
+    assert (tmp_path / "env.duckdb").is_file()
+
+
+def test_a_file_from_a_newer_version_is_refused(db_path):
+    StateManager(db_path).close()
+    con = duckdb.connect(str(db_path))
+    con.execute("UPDATE _healthsim_meta SET value = '99' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(IncompatibleDatabaseError, match="schema version 99"):
+        StateManager(db_path)
+
+
+def test_a_file_that_is_not_a_database_is_refused_and_untouched(tmp_path):
+    path = tmp_path / "notes.duckdb"
+    path.write_bytes(b"just some text, not a database" * 100)
+    with pytest.raises(StoreError, match="notes.duckdb"):
+        StateManager(path)
+    assert path.read_bytes() == b"just some text, not a database" * 100
+
+
+def test_a_table_made_from_another_mapping_is_reported(tmp_path):
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    text = "entity: widget\ntable: widgets\nprimary_key: id\nfields:\n  - {column: id, path: id, type: varchar}\n"
+    (maps / "widget.yaml").write_text(text)
+    StateManager(tmp_path / "db.duckdb", mapping_dirs=[maps]).close()
+    (maps / "widget.yaml").write_text(text + "  - {column: size, path: size, type: integer}\n")
+    with pytest.raises(IncompatibleDatabaseError, match=r"table 'widgets'.*new columns \['size'\]"):
+        StateManager(tmp_path / "db.duckdb", mapping_dirs=[maps])
+
+
+# --- time zones ---------------------------------------------------------------------------------
+
+SAVE_IN_TZ = """
+import sys, duckdb
+from healthsim_state import StateManager
+with StateManager(sys.argv[1]) as sm:
+    sm.save_scenario(sys.argv[2], {"encounter": [{"encounter_id": "e", "period": {"start": "2024-03-10T01:30:00-05:00"}}]})
+    assert sm.load_scenario(sys.argv[2])["entities"]["encounter"][0]["period"]["start"] == "2024-03-10T01:30:00-05:00"
+"""
+
+
+def test_the_stored_instant_does_not_depend_on_the_machine_time_zone(tmp_path):
+    db = tmp_path / "tz.duckdb"
+    for zone in ("UTC", "America/New_York", "Asia/Kolkata"):
+        env = {**os.environ, "TZ": zone, "PYTHONPATH": str(REPO)}
+        subprocess.run([sys.executable, "-c", SAVE_IN_TZ, str(db), zone], check=True, env=env)
+    con = duckdb.connect(str(db), read_only=True)
+    instants = {row[0] for row in con.execute("SELECT admission_time FROM encounters").fetchall()}
+    con.close()
+    assert instants == {dt.datetime(2024, 3, 10, 6, 30)}
+
+
+# --- no SQL per entity ---------------------------------------------------------------------------
+
+class CountingConnection:
+    """Wraps a DuckDB connection and counts the statements sent through it."""
+
+    def __init__(self, con):
+        self._con, self.statements = con, 0
+
+    def execute(self, *args, **kwargs):
+        self.statements += 1
+        return self._con.execute(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
+@pytest.mark.parametrize("size", [10, 5_000])
+def test_statement_count_does_not_grow_with_entities(sm, size):
+    counter = sm._store._con = CountingConnection(sm._store._con)
+    entities = {"patient": [{"patient_id": f"p{i}"} for i in range(size)],
+                "encounter": [{"encounter_id": f"e{i}"} for i in range(size)]}
+    sm.save_scenario("s", entities)
+    saved = counter.statements
+    counter.statements = 0
+    assert len(sm.load_scenario("s")["entities"]["encounter"]) == size
+    assert (saved, counter.statements) == (STATEMENTS_PER_SAVE, STATEMENTS_PER_LOAD)
+
+
+# A save: read the name, BEGIN, re-read, insert the scenario, delete and write tags, COMMIT.
+# A load: BEGIN, find, one SELECT per non-empty type (2 here), tags, COMMIT.
+STATEMENTS_PER_SAVE = 8
+STATEMENTS_PER_LOAD = 6
