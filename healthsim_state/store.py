@@ -241,7 +241,7 @@ class Store:
     def fetch_rows(self, con, codec: Codec, scenario_id: str) -> list[tuple]:
         """A type's rows of one scenario, in saved order, in one query:
         ``(col_0, ..., col_n, residual)``."""
-        columns = ", ".join(quote(f.column) for f in codec.mapping.fields)
+        columns = ", ".join(f.type.select.format(quote(f.column)) for f in codec.mapping.fields)
         sql = (f"SELECT {columns}, _residual FROM {quote(codec.mapping.table)} "
                f"WHERE scenario_id = ? ORDER BY _position")
         return con.execute(sql, [scenario_id]).fetchall()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any, Mapping as AnyMapping
 
 from ..errors import Problem, ValidationError, preview
@@ -66,9 +67,13 @@ def _check_duplicate_keys(codec: Codec, rows: list[tuple | None], problems: list
     mapping = codec.mapping
     seen: dict[Any, int] = {}
     single = indexes[0] if len(indexes) == 1 else None
+    # A decimal column may hold a float (its fast path) or a Decimal; compare as Decimal.
+    decimals = [i for i, f in zip(indexes, mapping.key_fields) if f.type.name.startswith("decimal")]
     for position, row in enumerate(rows):
         if row is None:
             continue
+        if decimals:
+            row = tuple(Decimal(repr(v)) if i in decimals and v.__class__ is float else v for i, v in enumerate(row))
         key = row[single] if single is not None else tuple(row[i] for i in indexes)
         first = seen.setdefault(key, position)
         if first != position:

@@ -30,7 +30,6 @@ unmapped data and is kept.
 from __future__ import annotations
 
 import itertools
-import json
 import linecache
 import uuid
 from dataclasses import dataclass, field as dataclass_field
@@ -39,7 +38,7 @@ from typing import Any, Callable
 from ..errors import Problem, preview
 from ..mapping.model import UUID4, Field, Mapping
 from .types import Unfit, identity
-from .values import MISSING, NotJSON, to_json
+from .values import MISSING, NotJSON, dump_residual_json, parse_json, to_json
 
 
 class _Blocked:
@@ -225,11 +224,34 @@ def _rebuild_source(mapping: Mapping, root: _Node) -> str:
     out("return e")
     out.dedent()
     out("e = loads(residual)")
-    for index, f in enumerate(mapping.fields):
-        out(f"if c{index} is not None:")
-        out(f"    merge(e, P{index}, {_render(index, f)})")
+    _build_merged(out, root, "e", itertools.count())
     out("return e")
     return out.text()
+
+
+def _build_merged(out: _Source, node: _Node, var: str, names: "itertools.count[int]") -> None:
+    """Put each non-null column at its path in the parsed residual ``var``,
+    unless the residual already holds a value there (the given form wins)."""
+    for index, f in node.fields:
+        key = repr(f.path[-1])
+        out(f"if c{index} is not None and {key} not in {var}:")
+        out(f"    {var}[{key}] = {_render(index, f)}")
+    for key, child in node.children.items():
+        if not _has_fields(child):
+            continue
+        sub = f"d{next(names)}"
+        out(f"{sub} = {var}.get({key!r})")
+        out(f"if {sub}.__class__ is dict:")
+        out.indent()
+        _build_merged(out, child, sub, names)
+        out.dedent()
+        out("else:")  # absent (or null, or blocked: then the columns below are all null)
+        out.indent()
+        out(f"{sub} = {{}}")
+        _build_plain(out, child, sub, names)
+        out(f"if {sub}:")
+        out(f"    {var}[{key!r}] = {sub}")
+        out.dedent()
 
 
 def _render(index: int, f: Field) -> str:
@@ -260,20 +282,6 @@ def _missing_message(value: Any, path: str) -> str:
     if value is BLOCKED:
         return "required field is missing: a non-object value sits on its path"
     return "required field is missing"
-
-
-def _merge(entity: dict, keys: tuple[str, ...], value: Any) -> None:
-    """Put ``value`` at ``keys`` unless the residual already holds a value there."""
-    node = entity
-    for key in keys[:-1]:
-        child = node.get(key, MISSING)
-        if child is MISSING:
-            child = node[key] = {}
-        elif child.__class__ is not dict:
-            raise ValueError(f"stored residual has a non-object at {key!r} on the path {'.'.join(keys)!r}")
-        node = child
-    if keys[-1] not in node:
-        node[keys[-1]] = value
 
 
 @dataclass(frozen=True)
@@ -323,7 +331,7 @@ def compile_mapping(mapping: Mapping) -> Codec:
 
     def dump_residual(rest: dict, position: int, problems: list[Problem]) -> str | None:
         try:
-            return json.dumps(to_json(rest), allow_nan=False)
+            return dump_residual_json(to_json(rest))
         except NotJSON as reason:
             where = ".".join(str(k) for k in reason.path)
             problems.append(Problem(reason.reason, entity, position, where or None, None))
@@ -335,12 +343,11 @@ def compile_mapping(mapping: Mapping) -> Codec:
     scope: dict[str, Any] = {
         "MISSING": MISSING, "BLOCKED": BLOCKED, "Problem": Problem, "ENTITY": entity,
         "uuid4": uuid.uuid4, "convert": convert, "dump_residual": dump_residual,
-        "missing_message": _missing_message, "loads": json.loads, "merge": _merge,
+        "missing_message": _missing_message, "loads": parse_json,
     }
     for index, f in enumerate(mapping.fields):
         scope[f"F{index}"] = f
         scope[f"D{index}"] = f.default
-        scope[f"P{index}"] = f.path
         scope[f"R{index}"] = f.type.render
     flatten_source = _flatten_source(mapping, nodes)
     rebuild_source = _rebuild_source(mapping, root)

@@ -1,0 +1,151 @@
+"""A deterministic generator of realistic HealthSim scenarios (stdlib only).
+
+``scenario(patients, seed)`` returns ``{entity_type: [entity, ...]}`` with about
+80 entities per patient across all 14 types: per patient 5 encounters, 3
+diagnoses, 2 procedures, 4 medications, 10 lab results, 8 vital signs and a
+clinical note; a member with 6 claims of 3 lines each and 6 prescriptions; a
+trial subject with 14 visits. Entities carry unmapped data as real files do
+(nested objects, lists of objects) and mix canonical paths with aliases.
+Same arguments, same data, on every machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from typing import Any
+
+PER_PATIENT = 80
+GIVEN = ["Maria", "James", "Aiko", "Omar", "Lena", "Chen", "Priya", "Diego", "Fatima", "Noah", "Zara", "Ivan"]
+FAMILY = ["Gonzalez", "Smith", "Tanaka", "Haddad", "Novak", "Wang", "Patel", "Silva", "Okafor", "Brown"]
+CITIES = [("San Antonio", "TX", "782"), ("Boston", "MA", "021"), ("Denver", "CO", "802"), ("Seattle", "WA", "981")]
+ICD10 = [("E11.9", "Type 2 diabetes mellitus"), ("I10", "Essential hypertension"), ("J45.909", "Asthma"),
+         ("E78.5", "Hyperlipidemia"), ("N18.3", "Chronic kidney disease, stage 3"), ("F32.9", "Depression")]
+LOINC = [("4548-4", "Hemoglobin A1c", "%", "4.0-5.6"), ("2345-7", "Glucose", "mg/dL", "70-99"),
+         ("2160-0", "Creatinine", "mg/dL", "0.6-1.2"), ("718-7", "Hemoglobin", "g/dL", "12-16")]
+DRUGS = [("860975", "Metformin 500 MG Oral Tablet"), ("197361", "Amlodipine 5 MG Oral Tablet"),
+         ("617314", "Atorvastatin 10 MG Oral Tablet"), ("310965", "Ibuprofen 200 MG Oral Tablet")]
+CPT = ["99213", "99214", "80053", "83036", "93000", "36415"]
+
+
+def scenario(patients: int, seed: int = 42) -> dict[str, list[dict[str, Any]]]:
+    """A scenario of ``patients`` patients (about 80 entities each)."""
+    rng = random.Random(seed)
+    out: dict[str, list[dict[str, Any]]] = {kind: [] for kind in (
+        "patient", "encounter", "diagnosis", "procedure", "medication", "lab_result", "vital_sign",
+        "clinical_note", "member", "claim", "claim_line", "prescription", "subject", "trial_visit")}
+    start = dt.datetime(2023, 1, 1, 8, 0)
+    for p in range(patients):
+        _one_patient(rng, out, p, start)
+    return out
+
+
+def entity_count(data: dict[str, list]) -> int:
+    return sum(len(items) for items in data.values())
+
+
+def _one_patient(rng: random.Random, out: dict[str, list], p: int, start: dt.datetime) -> None:
+    pid, mrn = f"PAT-{p:08d}", f"MRN{p:08d}"
+    city, state, zip3 = rng.choice(CITIES)
+    born = dt.date(1940, 1, 1) + dt.timedelta(days=rng.randrange(25_000))
+    given, family = rng.choice(GIVEN), rng.choice(FAMILY)
+    out["patient"].append({
+        "patient_id": pid, "mrn": mrn, "name": {"given": given, "family": family},
+        "birthDate": born.isoformat(), "gender": rng.choice(["female", "male"]),
+        "address": {"line1": f"{rng.randrange(1, 9999)} Oak St", "city": city, "state": state,
+                    "postalCode": f"{zip3}{rng.randrange(100):02d}"},
+        "telecom": {"phone": f"555-{rng.randrange(10**7):07d}"},
+        "insurance": {"primary": {"payer_id": "60054", "member_id": f"MEM{p:08d}"}},
+        "emergency_contact": {"name": f"{rng.choice(GIVEN)} {family}", "relationship": "spouse"},
+        "_provenance": {"source_type": "generated", "source_system": "patientsim", "seed": p},
+    })
+    visit_times = sorted(start + dt.timedelta(minutes=rng.randrange(700_000)) for _ in range(5))
+    for e, when in enumerate(visit_times):
+        eid = f"ENC-{p:08d}-{e}"
+        out["encounter"].append({
+            "encounter_id": eid, "patient_id": pid, "patient_mrn": mrn, "class": rng.choice("IOE"),
+            "status": "finished", "period": {"start": when.isoformat(), "end": (when + dt.timedelta(hours=2)).isoformat()},
+            "facility": {"name": f"{city} General", "npi": f"1{rng.randrange(10**9):09d}"} if e % 2 else f"{city} Clinic",
+            "chief_complaint": "follow-up", "attending_physician": f"Dr. {rng.choice(FAMILY)}",
+        })
+        _clinical(rng, out, p, e, pid, mrn, eid, when)
+    _claims(rng, out, p, pid, visit_times)
+    _trial(rng, out, p, pid, born, given, family)
+
+
+def _clinical(rng, out, p, e, pid, mrn, eid, when) -> None:
+    link = {"patient_id": pid, "patient_mrn": mrn, "encounter_id": eid}
+    if e < 3:
+        code, text = rng.choice(ICD10)
+        out["diagnosis"].append({"diagnosis_id": f"DX-{p}-{e}", **link, "code": code, "description": text,
+                                 "type": "final", "diagnosed_date": when.date().isoformat(), "status": "active"})
+    if e < 2:
+        out["procedure"].append({"procedure_id": f"PR-{p}-{e}", **link, "code": rng.choice(CPT), "code_system": "CPT",
+                                 "performed_time": when.isoformat(), "charge": round(rng.uniform(50, 900), 2)})
+    if e < 4:
+        rx, name = rng.choice(DRUGS)
+        out["medication"].append({"medication_id": f"MED-{p}-{e}", **link, "name": name, "rxnorm_code": rx,
+                                  "dose": "1 tablet", "route": "oral", "frequency": "BID",
+                                  "start_time": when.isoformat(), "status": "active"})
+    for k in range(2):
+        loinc, test, unit, ref = rng.choice(LOINC)
+        value = round(rng.uniform(3, 200), 1)
+        out["lab_result"].append({"lab_result_id": f"LAB-{p}-{e}-{k}", **link, "test_name": test, "loinc_code": loinc,
+                                  "value": str(value), "numeric_value": value, "unit": unit, "reference_range": ref,
+                                  "abnormal_flag": rng.choice("NHL"), "collected_time": when.isoformat(),
+                                  "specimen": {"type": "blood", "container": "lavender top"}})
+    if e < 4:
+        for k in range(2):
+            vitals = {"vital_sign_id": f"VS-{p}-{e}-{k}", **link, "observation_time": when.isoformat(),
+                      "temperature": round(rng.uniform(36.1, 38.5), 1), "heart_rate": rng.randrange(55, 120),
+                      "blood_pressure": {"systolic": rng.randrange(100, 180), "diastolic": rng.randrange(60, 110)},
+                      "spo2": rng.randrange(90, 100), "weight_kg": round(rng.uniform(45, 130), 1)}
+            if k:  # real files also hold measurements as objects
+                vitals["heart_rate"] = {"value": vitals["heart_rate"], "unit": "bpm"}
+            out["vital_sign"].append(vitals)
+    if e == 0:
+        out["clinical_note"].append({"note_id": f"NOTE-{p}", **link, "note_type": "progress", "note_time": when.isoformat(),
+                                     "author": "Dr. Who", "content": "Patient seen for follow-up. " * 8})
+
+
+def _claims(rng, out, p, pid, visit_times) -> None:
+    member_id = f"MEM{p:08d}"
+    out["member"].append({"member_id": member_id, "patient_id": pid, "subscriber_id": member_id,
+                          "relationship_code": "18", "group_id": f"GRP{p % 50:04d}", "plan_code": "PPO-GOLD",
+                          "coverage_start": "2023-01-01", "payer_name": "Aetna",
+                          "benefits": {"deductible": 1500, "oop_max": 6000}})
+    for c in range(6):
+        claim_id = f"CLM-{p:08d}-{c}"
+        day = visit_times[c % len(visit_times)].date().isoformat()
+        charges = [round(rng.uniform(20, 400), 2) for _ in range(3)]
+        total = round(sum(charges), 2)
+        out["claim"].append({"claim_id": claim_id, "claim_type": "PROFESSIONAL", "member_id": member_id,
+                             "patient_id": pid, "provider_npi": "1234567893", "service_date": day,
+                             "principal_diagnosis": rng.choice(ICD10)[0], "other_diagnoses": ["I10", "E78.5"],
+                             "total_charge": total, "total_allowed": round(total * 0.8, 2),
+                             "total_paid": round(total * 0.7, 2), "status": "paid",
+                             "adjudication": [{"code": "CO-45", "amount": round(total * 0.2, 2)}]})
+        for line, charge in enumerate(charges, start=1):
+            out["claim_line"].append({"claim_id": claim_id, "line_number": line, "procedure_code": rng.choice(CPT),
+                                      "service_date": day, "units": 1.0, "charge_amount": charge,
+                                      "allowed_amount": round(charge * 0.8, 2), "paid_amount": round(charge * 0.7, 2),
+                                      "diagnosis_pointers": [1]})
+    for r in range(6):
+        rx, name = rng.choice(DRUGS)
+        out["prescription"].append({"prescription_number": f"RX-{p:08d}-{r}", "patient_id": pid,
+                                    "member_id": member_id, "ndc": f"00093{rng.randrange(10**6):06d}",
+                                    "drug_name": name, "quantity": 60.0, "days_supply": 30, "refills_authorized": 3,
+                                    "written_date": "2023-06-01", "status": "filled",
+                                    "pharmacy": {"ncpdp": "1234567", "name": "Corner Drug"}})
+
+
+def _trial(rng, out, p, pid, born, given, family) -> None:
+    usubjid = f"STUDY01-{p % 20:03d}-{p:06d}"
+    out["subject"].append({"usubjid": usubjid, "subject_id": f"{p:06d}", "study_id": "STUDY01",
+                           "site_id": f"{p % 20:03d}", "patient_id": pid, "birthDate": born.isoformat(),
+                           "name": {"given": given, "family": family}, "treatment_arm": rng.choice(["A", "B"]),
+                           "status": "enrolled", "screening_date": "2023-02-01"})
+    for v in range(14):
+        out["trial_visit"].append({"usubjid": usubjid, "visit_num": float(v + 1), "visit_name": f"Week {v * 2}",
+                                   "visit_date": (dt.date(2023, 3, 1) + dt.timedelta(days=14 * v)).isoformat(),
+                                   "study_day": 14 * v + 1, "visit_status": "completed"})
