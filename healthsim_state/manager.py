@@ -13,7 +13,8 @@ from typing import Any, Iterable
 
 import duckdb
 
-from .engine.batch import flatten_scenario, rebuild_rows
+from .engine.batch import ScenarioBatch, rebuild_rows
+from .engine.compile import Codec
 from .engine.registry import Registry
 from .errors import (
     Problem,
@@ -81,32 +82,32 @@ class StateManager:
                 f"scenario {name!r} already exists (id {existing['scenario_id']}); "
                 "pass overwrite=True to replace it")
         scenario_id = existing["scenario_id"] if existing else new_scenario_id()
-        batches = flatten_scenario(self.registry, entities, scenario_id)
-        counts = {entity: len(rows) for entity, rows in batches.items()}
+        batch = ScenarioBatch(self.registry, entities, scenario_id)
+        batch.raise_if_invalid()  # the shape of the call, before the file is touched
         with store.transaction() as con:
             current = store.find_scenario(con, name, by_id=False)
             if _id_of(current) != _id_of(existing):  # another process saved or deleted it meanwhile
                 raise ScenarioExistsError(f"scenario {name!r} was changed by another process; try again")
             now = utc_now()
             if current is None:
-                store.insert_scenario(con, scenario_id, name, description, counts, now)
+                store.insert_scenario(con, scenario_id, name, description, batch.counts, now)
             else:
                 store.delete_rows(con, scenario_id, list(current["entity_counts"]))
-                store.update_scenario(con, scenario_id, description, counts, now)
+                store.update_scenario(con, scenario_id, description, batch.counts, now)
             store.replace_tags(con, scenario_id, tag_list)
-            for entity, rows in batches.items():
-                self._append(con, entity, rows)
+            for codec, rows in batch.chunks():
+                self._append(con, codec, rows)
+            batch.raise_if_invalid()  # rolls the transaction back
         return scenario_id
 
-    def _append(self, con: duckdb.DuckDBPyConnection, entity: str, rows: list[tuple]) -> None:
-        codec = self.registry.codecs[entity]
+    def _append(self, con: duckdb.DuckDBPyConnection, codec: Codec, rows: list[tuple]) -> None:
         try:
             self._store.append_rows(con, codec, rows)
         except duckdb.Error as error:
             problems = _unstorable_strings(codec, rows)
             if problems:
                 raise ValidationError(problems, summary="scenario not saved") from None
-            raise StoreError(f"writing {entity} rows to {self.db_path} failed: {error}") from error
+            raise StoreError(f"writing {codec.mapping.entity} rows to {self.db_path} failed: {error}") from error
 
     def delete_scenario(self, name_or_id: str) -> bool:
         """Remove a scenario, its tags and all its entity rows. False if unknown."""

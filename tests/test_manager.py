@@ -414,3 +414,34 @@ def test_statement_count_does_not_grow_with_entities(sm, size):
 # A load: BEGIN, find, one SELECT per non-empty type (2 here), tags, COMMIT.
 STATEMENTS_PER_SAVE = 8
 STATEMENTS_PER_LOAD = 6
+
+
+# --- streaming in chunks ------------------------------------------------------------------------
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    from healthsim_state.engine import batch
+
+    monkeypatch.setattr(batch, "CHUNK", 100)
+
+
+def test_duplicate_keys_are_found_across_chunks(sm, small_chunks):
+    patients = [{"patient_id": f"p{i}"} for i in range(1000)]
+    patients[950]["patient_id"] = "p50"
+    with pytest.raises(ValidationError, match=r"duplicate key \(patient_id='p50'\): positions 50 and 950"):
+        sm.save_scenario("dups", {"patient": patients})
+    assert not sm.scenario_exists("dups")
+
+
+def test_a_problem_in_the_last_chunk_rolls_back_the_chunks_already_written(sm, db_path, small_chunks):
+    sm.save_scenario("keep", {"patient": [patient()]})
+    entities = big_scenario(bad_at=999, size=1000)
+    entities["encounter"] = [{"encounter_id": f"e{i}"} for i in range(300)]
+    with pytest.raises(ValidationError, match=r"patient\[999\] @ birthDate"):
+        sm.save_scenario("late", entities)
+    assert [s["name"] for s in sm.list_scenarios()] == ["keep"]
+    con = sm._store._con
+    assert con.execute("SELECT count(*) FROM patients").fetchone() == (1,)
+    assert con.execute("SELECT count(*) FROM encounters").fetchone() == (0,)
+    sm.save_scenario("late", big_scenario(size=1000))
+    assert [p["patient_id"] for p in sm.load_scenario("late")["entities"]["patient"]] == [f"p{i}" for i in range(1000)]

@@ -4,32 +4,49 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, Mapping as AnyMapping
+from typing import Any, Iterator, Mapping as AnyMapping
 
 from ..errors import Problem, ValidationError, preview
 from .compile import Codec
 from .registry import Registry
 
 
-def flatten_scenario(registry: Registry, entities: Any, scenario_id: str) -> dict[str, list[tuple]]:
-    """``{entity: [row, ...]}`` ready for the store, in the order given.
+CHUNK = 16_384
 
-    Raises :class:`ValidationError` listing every problem of every entity
-    (unknown types, non-list values, non-dict entities, bad fields, duplicate
-    keys). Nothing has been written when it does.
+
+class ScenarioBatch:
+    """One scenario on its way into the store, a chunk of rows at a time.
+
+    Streaming bounds memory: a million-entity save never holds a million rows.
+    Atomicity comes from the store's transaction: :meth:`chunks` stops handing
+    out rows at the first problem but validates to the end, so the caller's
+    :meth:`raise_if_invalid` can list every problem and roll everything back.
     """
-    problems: list[Problem] = []
-    lists = _entity_lists(registry, entities, problems)
-    batches: dict[str, list[tuple]] = {}
-    for codec, items in lists:
-        flatten = codec.flatten
-        rows = [flatten(item, scenario_id, position, problems) for position, item in enumerate(items)]
-        _check_duplicate_keys(codec, rows, problems)
-        if rows:
-            batches[codec.mapping.entity] = rows
-    if problems:
-        raise ValidationError(problems, summary="scenario not saved")
-    return batches
+
+    def __init__(self, registry: Registry, entities: Any, scenario_id: str, chunk: int | None = None):
+        self.problems: list[Problem] = []
+        self.scenario_id = scenario_id
+        self._chunk = chunk or CHUNK
+        self._lists = _entity_lists(registry, entities, self.problems)
+        self.counts = {codec.mapping.entity: len(items) for codec, items in self._lists if items}
+
+    def raise_if_invalid(self) -> None:
+        if self.problems:
+            raise ValidationError(self.problems, summary="scenario not saved")
+
+    def chunks(self) -> Iterator[tuple[Codec, list[tuple]]]:
+        """``(codec, rows)`` ready for the store, in the order given, while no
+        problem has been found; then only validation goes on."""
+        problems, scenario_id = self.problems, self.scenario_id
+        for codec, items in self._lists:
+            flatten = codec.flatten
+            keys = _KeyTracker(codec, problems)
+            for start in range(0, len(items), self._chunk):
+                rows = [flatten(item, scenario_id, position, problems)
+                        for position, item in enumerate(items[start:start + self._chunk], start)]
+                keys.check(rows)
+                if not problems:
+                    yield codec, rows
 
 
 def _entity_lists(registry: Registry, entities: Any, problems: list[Problem]) -> list[tuple[Codec, list]]:
@@ -60,28 +77,41 @@ def _entity_lists(registry: Registry, entities: Any, problems: list[Problem]) ->
     return [(codec, items) for _, codec, items in found.values()]
 
 
-def _check_duplicate_keys(codec: Codec, rows: list[tuple | None], problems: list[Problem]) -> None:
+class _KeyTracker:
     """Two entities of one type may not have equal keys (compared as typed
     column values: ``1`` and ``1.0`` are one ``double`` key)."""
-    indexes = codec.key_indexes
-    mapping = codec.mapping
-    seen: dict[Any, int] = {}
-    single = indexes[0] if len(indexes) == 1 else None
-    # A decimal column may hold a float (its fast path) or a Decimal; compare as Decimal.
-    decimals = [i for i, f in zip(indexes, mapping.key_fields) if f.type.name.startswith("decimal")]
-    for position, row in enumerate(rows):
-        if row is None:
-            continue
-        if decimals:
-            row = tuple(Decimal(repr(v)) if i in decimals and v.__class__ is float else v for i, v in enumerate(row))
-        key = row[single] if single is not None else tuple(row[i] for i in indexes)
-        first = seen.setdefault(key, position)
-        if first != position:
-            shown = key if single is None else (key,)
-            label = ", ".join(f"{c}={v!r}" for c, v in zip(mapping.primary_key, shown))
-            paths = ", ".join(f.dotted for f in mapping.key_fields)
-            problems.append(Problem(f"duplicate key ({label}): positions {first} and {position} have the same key",
-                                    mapping.entity, position, paths, key))
+
+    def __init__(self, codec: Codec, problems: list[Problem]):
+        self.mapping = codec.mapping
+        self.problems = problems
+        self.indexes = codec.key_indexes
+        self.seen: dict[Any, int] = {}
+        # A decimal column may hold a float (its fast path) or a Decimal; compare as Decimal.
+        self.decimals = [i for i, f in zip(self.indexes, self.mapping.key_fields) if f.type.name.startswith("decimal")]
+
+    def check(self, rows: list[tuple | None]) -> None:
+        indexes, seen, decimals = self.indexes, self.seen, self.decimals
+        single = indexes[0] if len(indexes) == 1 and not decimals else None
+        for row in rows:
+            if row is None:
+                continue
+            if single is not None:
+                key = row[single]
+            else:
+                key = tuple(Decimal(repr(row[i])) if i in decimals and row[i].__class__ is float else row[i]
+                            for i in indexes)
+            position = row[1]
+            first = seen.setdefault(key, position)
+            if first != position:
+                self._report(key, first, position, single is not None)
+
+    def _report(self, key: Any, first: int, position: int, single: bool) -> None:
+        mapping = self.mapping
+        shown = (key,) if single else key
+        label = ", ".join(f"{c}={v!r}" for c, v in zip(mapping.primary_key, shown))
+        paths = ", ".join(f.dotted for f in mapping.key_fields)
+        self.problems.append(Problem(f"duplicate key ({label}): positions {first} and {position} have the same key",
+                                     mapping.entity, position, paths, key))
 
 
 def rebuild_rows(codec: Codec, rows: list[tuple]) -> list[dict]:

@@ -1,0 +1,241 @@
+"""Benchmarks of healthsim-state. Prints one JSON line per measurement.
+
+    python3 -m benchmarks.run                          # 10k, 100k and 1M entities, 3 runs each
+    python3 -m benchmarks.run --sizes 10000 --repeat 5
+    python3 -m benchmarks.run --latency                # the small-operation targets
+
+Throughput (one line per size): median save and load seconds and entities per
+second, the cost per entity (it must stay flat as sizes grow), the RSS the
+input occupies and the peak RSS growth during a save, database bytes per entity,
+and the reference floor: DuckDB's own ``read_json`` of the same entities
+written as NDJSON, into one table per type, measured in the same run, with the
+ratio of our save time to it. Each size runs in a fresh process so memory
+figures are its own.
+
+Latency (``--latency``): open + save 50 entities + close from a fresh
+StateManager; load one 80-entity scenario from a database of 1,000 scenarios /
+1M entities; ``list_scenarios()`` over 10,000 scenarios; overwrite and delete
+of an 80,000-entity scenario. Medians of repeated runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.generate import PER_PATIENT, entity_count, scenario
+
+DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
+
+
+# --- memory -----------------------------------------------------------------------
+
+def _status(field: str) -> int:
+    """A VmRSS / VmHWM figure of this process, in bytes (0 where /proc is absent)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _reset_peak() -> bool:
+    """Reset the peak-RSS mark (Linux: writing 5 to clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+# --- one size ------------------------------------------------------------------------
+
+def measure_size(size: int, repeat: int, workdir: Path) -> dict:
+    from healthsim_state import StateManager
+
+    gc.collect()
+    baseline = _status("VmRSS")
+    data = scenario(max(1, size // PER_PATIENT), seed=size)
+    entities = entity_count(data)
+    gc.collect()
+    input_rss = _status("VmRSS") - baseline
+
+    saves, loads, peak_growth, db_bytes = [], [], None, None
+    for run in range(repeat):
+        path = workdir / f"bench-{size}-{run}.duckdb"
+        with StateManager(path) as sm:
+            gc.collect()
+            before = _status("VmRSS")
+            tracked = _reset_peak()
+            started = time.perf_counter()
+            sm.save_scenario("bench", data)
+            saves.append(time.perf_counter() - started)
+            if run == 0 and tracked:
+                peak_growth = _status("VmHWM") - before
+            started = time.perf_counter()
+            loaded = sm.load_scenario("bench")
+            loads.append(time.perf_counter() - started)
+            assert sum(len(v) for v in loaded["entities"].values()) == entities
+            del loaded
+        db_bytes = path.stat().st_size
+        path.unlink()
+
+    reference = measure_read_json(data, repeat, workdir)
+    save, load = statistics.median(saves), statistics.median(loads)
+    return {
+        "entities": entities,
+        "runs": repeat,
+        "save_s": round(save, 3),
+        "load_s": round(load, 3),
+        "save_entities_per_s": round(entities / save),
+        "load_entities_per_s": round(entities / load),
+        "save_us_per_entity": round(save / entities * 1e6, 2),
+        "load_us_per_entity": round(load / entities * 1e6, 2),
+        "input_rss_mb": round(input_rss / 2**20, 1),
+        "save_peak_rss_growth_mb": None if peak_growth is None else round(peak_growth / 2**20, 1),
+        "db_bytes_per_entity": round(db_bytes / entities, 1),
+        "read_json_s": round(reference, 3),
+        "save_vs_read_json": round(save / reference, 2),
+    }
+
+
+def measure_read_json(data: dict, repeat: int, workdir: Path) -> float:
+    """Median seconds for DuckDB to load the same entities from NDJSON files
+    into one table per type (``read_json``, schema inferred), committed."""
+    import duckdb
+
+    files = {}
+    for kind, items in data.items():
+        path = workdir / f"{kind}.ndjson"
+        with path.open("w") as out:
+            for item in items:
+                out.write(json.dumps(item, default=str))
+                out.write("\n")
+        files[kind] = path
+    times = []
+    for run in range(repeat):
+        db = workdir / f"reference-{run}.duckdb"
+        con = duckdb.connect(str(db))
+        started = time.perf_counter()
+        con.execute("BEGIN TRANSACTION")
+        for kind, path in files.items():
+            relation = con.read_json(str(path), format="newline_delimited")
+            relation.create(kind)
+        con.execute("COMMIT")
+        times.append(time.perf_counter() - started)
+        con.close()
+        db.unlink()
+    for path in files.values():
+        path.unlink()
+    return statistics.median(times)
+
+
+# --- latency --------------------------------------------------------------------------
+
+def _median_ms(runs: list[float]) -> float:
+    return round(statistics.median(runs) * 1000, 2)
+
+
+def measure_latency(workdir: Path, repeat: int) -> list[dict]:
+    from healthsim_state import StateManager
+
+    results = []
+    small = scenario(1, seed=1)
+    fifty = {"patient": small["patient"], "encounter": small["encounter"], "lab_result": small["lab_result"],
+             "vital_sign": small["vital_sign"], "claim": small["claim"], "claim_line": small["claim_line"][:15],
+             "medication": small["medication"], "diagnosis": small["diagnosis"]}
+    assert entity_count(fifty) == 50, entity_count(fifty)
+    path = workdir / "small.duckdb"
+    StateManager(path).close()  # the file exists, as it does for a user
+    runs = []
+    for run in range(max(repeat, 20)):
+        started = time.perf_counter()
+        with StateManager(path) as sm:
+            sm.save_scenario(f"small-{run}", fifty)
+        runs.append(time.perf_counter() - started)
+    results.append({"measure": "open + save 50 entities + close", "median_ms": _median_ms(runs), "runs": len(runs)})
+
+    path = workdir / "large.duckdb"
+    with StateManager(path) as sm:
+        block = scenario(12, seed=2)  # 960 entities
+        for index in range(1000):
+            sm.save_scenario(f"bulk-{index}", block)
+        sm.save_scenario("one", scenario(1, seed=3))
+        total = sum(s["entity_count"] for s in sm.list_scenarios(limit=None))
+        runs = []
+        for _ in range(max(repeat, 20)):
+            started = time.perf_counter()
+            sm.load_scenario("one")
+            runs.append(time.perf_counter() - started)
+        results.append({"measure": "load one 80-entity scenario", "scenarios": 1001, "entities_in_db": total,
+                        "median_ms": _median_ms(runs), "runs": len(runs)})
+        big = scenario(1000, seed=4)  # 80,000 entities
+        overwrite, delete = [], []
+        for run in range(repeat):
+            sm.save_scenario("big", big)
+            started = time.perf_counter()
+            sm.save_scenario("big", big, overwrite=True)
+            overwrite.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            sm.delete_scenario("big")
+            delete.append(time.perf_counter() - started)
+        results.append({"measure": "overwrite 80,000-entity scenario (validate + write both included)",
+                        "median_ms": _median_ms(overwrite), "runs": repeat})
+        results.append({"measure": "delete 80,000-entity scenario", "median_ms": _median_ms(delete), "runs": repeat})
+
+    path = workdir / "many.duckdb"
+    with StateManager(path) as sm:
+        one = {"patient": scenario(1, seed=5)["patient"]}
+        for index in range(10_000):
+            sm.save_scenario(f"scenario {index}", one, tags=[f"t{index % 7}"], description=f"number {index}")
+        runs = []
+        for _ in range(max(repeat, 20)):
+            started = time.perf_counter()
+            sm.list_scenarios()
+            runs.append(time.perf_counter() - started)
+        results.append({"measure": "list_scenarios() over 10,000 scenarios (limit 100)",
+                        "median_ms": _median_ms(runs), "runs": len(runs)})
+    return results
+
+
+# --- command line -----------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)),
+                        help="comma-separated entity counts (default: %(default)s)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; medians are reported")
+    parser.add_argument("--latency", action="store_true", help="measure the small-operation targets instead")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one size in this process
+    parser.add_argument("--workdir", type=Path, help="where to put databases (default: a temp dir)")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        workdir = Path(tmp)
+        if args.one:
+            print(json.dumps(measure_size(args.one, args.repeat, workdir)), flush=True)
+        elif args.latency:
+            for result in measure_latency(workdir, args.repeat):
+                print(json.dumps(result), flush=True)
+        else:
+            for size in (int(s) for s in args.sizes.split(",")):
+                command = [sys.executable, "-m", "benchmarks.run", "--one", str(size), "--repeat", str(args.repeat)]
+                if args.workdir:
+                    command += ["--workdir", str(args.workdir)]
+                subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1],
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
