@@ -152,7 +152,7 @@ def measure_latency(workdir: Path, repeat: int) -> list[dict]:
     results = []
     small = scenario(1, seed=1)
     fifty = {"patient": small["patient"], "encounter": small["encounter"], "lab_result": small["lab_result"],
-             "vital_sign": small["vital_sign"], "claim": small["claim"], "claim_line": small["claim_line"][:15],
+             "vital_sign": small["vital_sign"], "claim": small["claim"], "claim_line": small["claim_line"][:13],
              "medication": small["medication"], "diagnosis": small["diagnosis"]}
     assert entity_count(fifty) == 50, entity_count(fifty)
     path = workdir / "small.duckdb"

@@ -23,7 +23,7 @@ from .errors import (
     StoreError,
     ValidationError,
 )
-from .mapping.loader import load_mappings
+from .mapping.loader import fingerprint, load_mapping_dirs, mapping_search_path
 from .store import Store, default_db_path, new_scenario_id, utc_now
 
 
@@ -40,7 +40,7 @@ class StateManager:
 
     def __init__(self, db_path: str | os.PathLike | None = None, *,
                  mapping_dirs: Iterable[str | os.PathLike] | None = None):
-        self.registry = Registry(load_mappings(mapping_dirs).values())
+        self.registry = _registry(mapping_dirs)
         self.db_path = default_db_path() if db_path is None else db_path
         self._store = Store(self.db_path, self.registry.codecs)
 
@@ -166,6 +166,25 @@ class StateManager:
                                            path="limit")], summary="invalid list_scenarios call")
         with self._store.transaction() as con:
             return self._store.list_scenarios(con, tag, search, limit)
+
+
+# --- mappings, compiled once a process --------------------------------------------
+
+_registries: dict[tuple, Registry] = {}
+
+
+def _registry(mapping_dirs: Iterable[str | os.PathLike] | None) -> Registry:
+    """The compiled mappings for these directories, reused while no mapping
+    file changes (a process that opens many managers parses YAML once)."""
+    dirs = mapping_search_path(mapping_dirs)
+    key = fingerprint(dirs)
+    registry = _registries.get(key)
+    if registry is None:
+        registry = Registry(load_mapping_dirs(dirs).values())
+        if len(_registries) > 16:
+            _registries.clear()
+        _registries[key] = registry
+    return registry
 
 
 # --- argument checks ---------------------------------------------------------------

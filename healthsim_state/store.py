@@ -23,6 +23,7 @@ value travels as a parameter.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import secrets
@@ -117,17 +118,23 @@ class Store:
         self._con.close()
 
     def _prepare(self) -> None:
-        """Check the schema version, and create what is missing, in one transaction."""
+        """Check the schema version, and create what is missing, in one transaction.
+
+        The layout the current mappings need is summed up in a digest kept in
+        ``_healthsim_meta``; when the file already carries this digest, opening
+        costs one small query instead of DDL and catalog introspection."""
+        digest = self._layout_digest()
         with self.transaction() as con:
+            meta = self._read_meta(con)
+            if meta is not None:
+                self._check_version(meta.get("schema_version"))
+                if meta.get("layout") == digest:
+                    return
             for ddl in _BASE_DDL:
                 con.execute(ddl)
-            row = con.execute("SELECT value FROM _healthsim_meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
-                con.execute("INSERT INTO _healthsim_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-            elif not row[0].isdigit() or int(row[0]) > SCHEMA_VERSION:
-                raise IncompatibleDatabaseError(
-                    f"{self.path} was written by a newer healthsim-state (schema version {row[0]}; this version "
-                    f"reads up to {SCHEMA_VERSION}); upgrade healthsim-state to open it")
+            if meta is None or "schema_version" not in meta:
+                con.execute("INSERT OR REPLACE INTO _healthsim_meta VALUES ('schema_version', ?)",
+                            [str(SCHEMA_VERSION)])
             existing = self._table_columns(con)
             for codec in self.codecs.values():
                 table = codec.mapping.table
@@ -137,6 +144,26 @@ class Store:
                                 [codec.mapping.entity, table, json.dumps(codec.mapping.describe()), utc_now()])
                 elif existing[table] != expected_columns(codec):
                     raise IncompatibleDatabaseError(_layout_message(self.path, codec, existing[table]))
+            con.execute("INSERT OR REPLACE INTO _healthsim_meta VALUES ('layout', ?)", [digest])
+
+    def _layout_digest(self) -> str:
+        tables = sorted((c.mapping.table, expected_columns(c)) for c in self.codecs.values())
+        return hashlib.sha256(json.dumps([SCHEMA_VERSION, tables]).encode()).hexdigest()
+
+    @staticmethod
+    def _read_meta(con: duckdb.DuckDBPyConnection) -> dict[str, str] | None:
+        """The meta table's rows, or None for a file without one (a new file)."""
+        found = con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                            "AND schema_name = 'main' AND table_name = '_healthsim_meta'").fetchone()[0]
+        if not found:
+            return None
+        return dict(con.execute("SELECT key, value FROM _healthsim_meta").fetchall())
+
+    def _check_version(self, version: str | None) -> None:
+        if version is not None and (not version.isdigit() or int(version) > SCHEMA_VERSION):
+            raise IncompatibleDatabaseError(
+                f"{self.path} was written by a newer healthsim-state (schema version {version}; this version "
+                f"reads up to {SCHEMA_VERSION}); upgrade healthsim-state to open it")
 
     @staticmethod
     def _table_columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[str, str]]]:

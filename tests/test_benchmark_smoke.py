@@ -1,0 +1,51 @@
+"""The benchmark keeps working: its generator is deterministic and realistic,
+what it saves loads back equal to the canonical form, and the runner prints
+its JSON line. (No timings are asserted: CI machines are noisy.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import oracle
+from benchmarks.generate import PER_PATIENT, entity_count, scenario
+from benchmarks.run import measure_size
+from healthsim_state import StateManager
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_generator_is_deterministic_and_covers_every_type():
+    first, again = scenario(3, seed=7), scenario(3, seed=7)
+    assert first == again and scenario(3, seed=8) != first
+    assert entity_count(first) == 3 * PER_PATIENT
+    assert all(first[kind] for kind in first), "every entity type is present"
+
+
+def test_what_the_benchmark_saves_loads_back_canonical(sm):
+    data = scenario(4, seed=11)
+    sm.save_scenario("bench", data)
+    loaded = sm.load_scenario("bench")["entities"]
+    mappings = oracle.load_mapping_dirs([REPO / "mappings"])
+    for kind, items in data.items():
+        expected = oracle.expect(mappings[kind], items)
+        assert oracle.diff(expected, loaded[kind], f"$.{kind}") is None
+
+
+def test_measure_size_reports_every_figure(tmp_path):
+    result = measure_size(400, 1, tmp_path)
+    assert result["entities"] == 400
+    for key in ("save_s", "load_s", "save_entities_per_s", "load_entities_per_s", "save_us_per_entity",
+                "load_us_per_entity", "db_bytes_per_entity", "read_json_s", "save_vs_read_json"):
+        assert result[key] > 0, key
+    # memory deltas of a tiny run can round to zero, but they are measured
+    assert isinstance(result["input_rss_mb"], float) and isinstance(result["save_peak_rss_growth_mb"], float)
+
+
+def test_the_documented_command_prints_one_json_line_per_size(tmp_path):
+    output = subprocess.run([sys.executable, "-m", "benchmarks.run", "--sizes", "160,320", "--repeat", "1",
+                             "--workdir", str(tmp_path)], cwd=REPO, check=True, capture_output=True, text=True)
+    lines = [json.loads(line) for line in output.stdout.splitlines()]
+    assert [line["entities"] for line in lines] == [160, 320]
