@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 from benchmarks.generate import PER_PATIENT, entity_count, scenario
 
@@ -146,10 +147,11 @@ def _median_ms(runs: list[float]) -> float:
     return round(statistics.median(runs) * 1000, 2)
 
 
-def measure_latency(workdir: Path, repeat: int) -> list[dict]:
+def measure_latency(workdir: Path, repeat: int, *, scenarios: int = 1000, listed: int = 10_000,
+                    big_patients: int = 1000) -> Iterator[dict]:
+    """The small-operation targets; the keyword arguments shrink them for a smoke test."""
     from healthsim_state import StateManager
 
-    results = []
     small = scenario(1, seed=1)
     fifty = {"patient": small["patient"], "encounter": small["encounter"], "lab_result": small["lab_result"],
              "vital_sign": small["vital_sign"], "claim": small["claim"], "claim_line": small["claim_line"][:13],
@@ -163,12 +165,12 @@ def measure_latency(workdir: Path, repeat: int) -> list[dict]:
         with StateManager(path) as sm:
             sm.save_scenario(f"small-{run}", fifty)
         runs.append(time.perf_counter() - started)
-    results.append({"measure": "open + save 50 entities + close", "median_ms": _median_ms(runs), "runs": len(runs)})
+    yield {"measure": "open + save 50 entities + close", "median_ms": _median_ms(runs), "runs": len(runs)}
 
     path = workdir / "large.duckdb"
     with StateManager(path) as sm:
         block = scenario(12, seed=2)  # 960 entities
-        for index in range(1000):
+        for index in range(scenarios):
             sm.save_scenario(f"bulk-{index}", block)
         sm.save_scenario("one", scenario(1, seed=3))
         total = sum(s["entity_count"] for s in sm.list_scenarios(limit=None))
@@ -177,9 +179,9 @@ def measure_latency(workdir: Path, repeat: int) -> list[dict]:
             started = time.perf_counter()
             sm.load_scenario("one")
             runs.append(time.perf_counter() - started)
-        results.append({"measure": "load one 80-entity scenario", "scenarios": 1001, "entities_in_db": total,
-                        "median_ms": _median_ms(runs), "runs": len(runs)})
-        big = scenario(1000, seed=4)  # 80,000 entities
+        yield {"measure": "load one 80-entity scenario", "scenarios": scenarios + 1, "entities_in_db": total,
+               "median_ms": _median_ms(runs), "runs": len(runs)}
+        big = scenario(big_patients, seed=4)  # 80,000 entities by default
         overwrite, delete = [], []
         for run in range(repeat):
             sm.save_scenario("big", big)
@@ -189,23 +191,23 @@ def measure_latency(workdir: Path, repeat: int) -> list[dict]:
             started = time.perf_counter()
             sm.delete_scenario("big")
             delete.append(time.perf_counter() - started)
-        results.append({"measure": "overwrite 80,000-entity scenario (validate + write both included)",
-                        "median_ms": _median_ms(overwrite), "runs": repeat})
-        results.append({"measure": "delete 80,000-entity scenario", "median_ms": _median_ms(delete), "runs": repeat})
+        yield {"measure": f"overwrite {entity_count(big):,}-entity scenario (validate + write both included)",
+               "median_ms": _median_ms(overwrite), "runs": repeat}
+        yield {"measure": f"delete {entity_count(big):,}-entity scenario", "median_ms": _median_ms(delete),
+               "runs": repeat}
 
     path = workdir / "many.duckdb"
     with StateManager(path) as sm:
         one = {"patient": scenario(1, seed=5)["patient"]}
-        for index in range(10_000):
+        for index in range(listed):
             sm.save_scenario(f"scenario {index}", one, tags=[f"t{index % 7}"], description=f"number {index}")
         runs = []
         for _ in range(max(repeat, 20)):
             started = time.perf_counter()
             sm.list_scenarios()
             runs.append(time.perf_counter() - started)
-        results.append({"measure": "list_scenarios() over 10,000 scenarios (limit 100)",
-                        "median_ms": _median_ms(runs), "runs": len(runs)})
-    return results
+        yield {"measure": f"list_scenarios() over {listed:,} scenarios (limit 100)",
+               "median_ms": _median_ms(runs), "runs": len(runs)}
 
 
 # --- command line -----------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import oracle
 from benchmarks.generate import PER_PATIENT, entity_count, scenario
-from benchmarks.run import measure_size
+from benchmarks.run import measure_latency, measure_size
 from healthsim_state import StateManager
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,3 +49,9 @@ def test_the_documented_command_prints_one_json_line_per_size(tmp_path):
                              "--workdir", str(tmp_path)], cwd=REPO, check=True, capture_output=True, text=True)
     lines = [json.loads(line) for line in output.stdout.splitlines()]
     assert [line["entities"] for line in lines] == [160, 320]
+
+
+def test_latency_measures_run_at_a_tiny_scale(tmp_path):
+    results = list(measure_latency(tmp_path, 1, scenarios=3, listed=5, big_patients=2))
+    assert [r["measure"].split()[0] for r in results] == ["open", "load", "overwrite", "delete", "list_scenarios()"]
+    assert all(r["median_ms"] > 0 for r in results)
