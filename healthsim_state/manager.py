@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import duckdb
 
-from .engine.batch import ScenarioBatch, rebuild_rows
+from .engine.batch import ScenarioBatch, key_function, rebuild_rows
 from .engine.compile import Codec
 from .engine.registry import Registry
 from .errors import (
@@ -108,6 +108,70 @@ class StateManager:
             if problems:
                 raise ValidationError(problems, summary="scenario not saved") from None
             raise StoreError(f"writing {codec.mapping.entity} rows to {self.db_path} failed: {error}") from error
+
+    def add_entities(self, name_or_id: str, entities: Any, create: bool = True) -> dict[str, Any]:
+        """Add entities to a scenario, in one transaction.
+
+        An entity whose key is already in the scenario replaces the stored one
+        and keeps its place in the list; the others are appended in the order
+        given. Validation is as for :meth:`save_scenario`. With ``create`` (the
+        default) an unknown ``name_or_id`` becomes a new scenario of that name;
+        without it, :class:`ScenarioNotFoundError`. Returns scenario_id, name,
+        ``added`` and ``replaced`` counts per type, and the new entity_count.
+        """
+        store = self._store
+        with store.transaction() as con:
+            found = store.find_scenario(con, name_or_id)
+        if found is None and not create:
+            raise ScenarioNotFoundError(f"no scenario has the id or name {name_or_id!r}; pass create=True to make it")
+        if found is None:
+            _check_arguments(name_or_id, None)
+        scenario_id = found["scenario_id"] if found else new_scenario_id()
+        batch = ScenarioBatch(self.registry, entities, scenario_id)
+        batch.raise_if_invalid()
+        with store.transaction() as con:
+            current = store.find_scenario(con, name_or_id)
+            if _id_of(current) != _id_of(found):  # another process saved or deleted it meanwhile
+                raise ScenarioExistsError(f"scenario {name_or_id!r} was changed by another process; try again")
+            now = utc_now()
+            counts = dict(current["entity_counts"]) if current else {}
+            if current is None:
+                store.insert_scenario(con, scenario_id, name_or_id, None, {}, now)
+            added, replaced = self._place_and_append(con, batch, counts)
+            batch.raise_if_invalid()  # rolls the transaction back
+            store.touch_scenario(con, scenario_id, counts, now)
+        return {"scenario_id": scenario_id, "name": current["name"] if current else name_or_id,
+                "added": added, "replaced": replaced, "entity_count": sum(counts.values())}
+
+    def _place_and_append(self, con: duckdb.DuckDBPyConnection, batch: ScenarioBatch,
+                          counts: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+        """Give each new row its position (a stored key's, or the next free one),
+        delete the rows it replaces, append. Updates ``counts`` in place."""
+        store, scenario_id = self._store, batch.scenario_id
+        stored: dict[str, dict[Any, int]] = {}
+        added: dict[str, int] = {}
+        replaced: dict[str, int] = {}
+        for codec, rows in batch.chunks():
+            entity, indexes = codec.mapping.entity, codec.key_indexes
+            key_of = key_function(codec)
+            if entity not in stored:
+                stored[entity] = {key_of(row[1:]): row[0] for row in store.key_rows(con, codec, scenario_id)}
+            positions = stored[entity]
+            placed, reused = [], []
+            for row in rows:
+                position = positions.get(key_of(tuple(row[i] for i in indexes)))
+                if position is None:
+                    position = counts.get(entity, 0)
+                    counts[entity] = position + 1
+                else:
+                    reused.append(position)
+                placed.append((scenario_id, position) + row[2:])
+            if reused:
+                store.delete_positions(con, codec, scenario_id, reused)
+            self._append(con, codec, placed)
+            added[entity] = added.get(entity, 0) + len(placed) - len(reused)
+            replaced[entity] = replaced.get(entity, 0) + len(reused)
+        return added, replaced
 
     def delete_scenario(self, name_or_id: str) -> bool:
         """Remove a scenario, its tags and all its entity rows. False if unknown."""

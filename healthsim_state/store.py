@@ -213,6 +213,11 @@ class Store:
                     "WHERE scenario_id = ?",
                     [description, now, sum(counts.values()), json.dumps(counts), scenario_id])
 
+    def touch_scenario(self, con, scenario_id: str, counts: dict[str, int], now: _dt.datetime) -> None:
+        """New entity counts and ``updated_at``, description unchanged."""
+        con.execute("UPDATE scenarios SET updated_at = ?, entity_count = ?, entity_counts = ? WHERE scenario_id = ?",
+                    [now, sum(counts.values()), json.dumps(counts), scenario_id])
+
     def delete_scenario_row(self, con, scenario_id: str) -> None:
         con.execute("DELETE FROM scenario_tags WHERE scenario_id = ?", [scenario_id])
         con.execute("DELETE FROM scenarios WHERE scenario_id = ?", [scenario_id])
@@ -264,6 +269,17 @@ class Store:
             codec = self.codecs.get(entity)
             if codec is not None:
                 con.execute(f"DELETE FROM {quote(codec.mapping.table)} WHERE scenario_id = ?", [scenario_id])
+
+    def key_rows(self, con, codec: Codec, scenario_id: str) -> list[tuple]:
+        """``(position, key values...)`` of a type's stored rows in one scenario."""
+        keys = ", ".join(quote(column) for column in codec.mapping.primary_key)
+        return con.execute(f"SELECT _position, {keys} FROM {quote(codec.mapping.table)} WHERE scenario_id = ?",
+                           [scenario_id]).fetchall()
+
+    def delete_positions(self, con, codec: Codec, scenario_id: str, positions: list[int]) -> None:
+        """Delete the rows at these positions, in one statement."""
+        con.execute(f"DELETE FROM {quote(codec.mapping.table)} WHERE scenario_id = ? "
+                    "AND list_contains(?::INTEGER[], _position)", [scenario_id, positions])
 
     def fetch_rows(self, con, codec: Codec, scenario_id: str) -> list[tuple]:
         """A type's rows of one scenario, in saved order, in one query:

@@ -445,3 +445,44 @@ def test_a_problem_in_the_last_chunk_rolls_back_the_chunks_already_written(sm, d
     assert con.execute("SELECT count(*) FROM encounters").fetchone() == (0,)
     sm.save_scenario("late", big_scenario(size=1000))
     assert [p["patient_id"] for p in sm.load_scenario("late")["entities"]["patient"]] == [f"p{i}" for i in range(1000)]
+
+
+# --- add_entities ---------------------------------------------------------------------------------
+
+def test_add_entities_appends_and_replaces_by_key(sm):
+    sm.save_scenario("grow", {"patient": [patient("p1", given="A"), patient("p2", given="B")]})
+    result = sm.add_entities("grow", {"patients": [patient("p2", given="B2"), patient("p3", given="C")],
+                                      "encounter": [{"encounter_id": "e1"}]})
+    assert result["added"] == {"patient": 1, "encounter": 1} and result["replaced"] == {"patient": 1, "encounter": 0}
+    assert result["entity_count"] == 4
+    loaded = sm.load_scenario("grow")
+    assert [(p["patient_id"], p["name"]["given"]) for p in loaded["entities"]["patient"]] == [
+        ("p1", "A"), ("p2", "B2"), ("p3", "C")]
+    assert loaded["entity_count"] == 4 and loaded["updated_at"] > loaded["created_at"]
+
+
+def test_add_entities_in_batches_builds_a_big_scenario(sm, small_chunks):
+    for start in range(0, 1000, 250):
+        sm.add_entities("batched", {"lab_result": [{"lab_result_id": f"l{i}", "value": str(i)}
+                                                   for i in range(start, start + 250)]})
+    labs = sm.load_scenario("batched")["entities"]["lab_result"]
+    assert [lab["lab_result_id"] for lab in labs] == [f"l{i}" for i in range(1000)]
+
+
+def test_add_entities_composite_and_decimal_keys_match_stored_ones(sm):
+    sm.add_entities("visits", {"trial_visit": [{"usubjid": "S-1", "visit_num": 1}, {"usubjid": "S-1", "visit_num": 2.5}]})
+    result = sm.add_entities("visits", {"trial_visit": [{"usubjid": "S-1", "visit_num": 1.0, "visit_name": "again"}]})
+    assert result["replaced"] == {"trial_visit": 1}
+    visits = sm.load_scenario("visits")["entities"]["trial_visit"]
+    assert [v.get("visit_name") for v in visits] == ["again", None]
+
+
+def test_add_entities_is_atomic_and_validated(sm):
+    sm.save_scenario("base", {"patient": [patient("p1")]})
+    with pytest.raises(ValidationError, match=r"patient\[1\] @ birthDate"):
+        sm.add_entities("base", {"encounter": [{"encounter_id": "e"}],
+                                 "patient": [patient("p2"), patient("p3", birthDate="1990-13-01")]})
+    assert sm.load_scenario("base")["entity_count"] == 1
+    with pytest.raises(ScenarioNotFoundError, match="create=True"):
+        sm.add_entities("absent", {"patient": [patient()]}, create=False)
+    assert not sm.scenario_exists("absent")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 from contextlib import contextmanager
 from decimal import Decimal
-from typing import Any, Iterator, Mapping as AnyMapping
+from typing import Any, Callable, Iterator, Mapping as AnyMapping
 
 from ..errors import Problem, ValidationError, preview
 from .compile import Codec
@@ -80,37 +80,48 @@ def _entity_lists(registry: Registry, entities: Any, problems: list[Problem]) ->
     return [(codec, items) for _, codec, items in found.values()]
 
 
+def key_function(codec: Codec) -> Callable[[tuple], Any]:
+    """The comparable key of a tuple of key-column values (in key order).
+
+    Keys compare as typed column values (``1`` and ``1.0`` are one ``double``
+    key). A decimal column may hold a float (its fast path) or a Decimal (from
+    the slow path, or read back from DuckDB): both compare as Decimal."""
+    decimals = {j for j, f in enumerate(codec.mapping.key_fields) if f.type.name.startswith("decimal")}
+    single = len(codec.mapping.primary_key) == 1
+
+    def key(values: tuple) -> Any:
+        if decimals:
+            values = tuple(Decimal(repr(v)) if j in decimals and v.__class__ is float else v
+                           for j, v in enumerate(values))
+        return values[0] if single else tuple(values)
+
+    return key
+
+
 class _KeyTracker:
-    """Two entities of one type may not have equal keys (compared as typed
-    column values: ``1`` and ``1.0`` are one ``double`` key)."""
+    """Two entities of one type in one call may not have equal keys."""
 
     def __init__(self, codec: Codec, problems: list[Problem]):
         self.mapping = codec.mapping
         self.problems = problems
         self.indexes = codec.key_indexes
+        self.key = key_function(codec)
         self.seen: dict[Any, int] = {}
-        # A decimal column may hold a float (its fast path) or a Decimal; compare as Decimal.
-        self.decimals = [i for i, f in zip(self.indexes, self.mapping.key_fields) if f.type.name.startswith("decimal")]
 
     def check(self, rows: list[tuple | None]) -> None:
-        indexes, seen, decimals = self.indexes, self.seen, self.decimals
-        single = indexes[0] if len(indexes) == 1 and not decimals else None
+        indexes, seen, key_of = self.indexes, self.seen, self.key
         for row in rows:
             if row is None:
                 continue
-            if single is not None:
-                key = row[single]
-            else:
-                key = tuple(Decimal(repr(row[i])) if i in decimals and row[i].__class__ is float else row[i]
-                            for i in indexes)
+            key = key_of(tuple(row[i] for i in indexes))
             position = row[1]
             first = seen.setdefault(key, position)
             if first != position:
-                self._report(key, first, position, single is not None)
+                self._report(key, first, position)
 
-    def _report(self, key: Any, first: int, position: int, single: bool) -> None:
+    def _report(self, key: Any, first: int, position: int) -> None:
         mapping = self.mapping
-        shown = (key,) if single else key
+        shown = (key,) if len(mapping.primary_key) == 1 else key
         label = ", ".join(f"{c}={v!r}" for c, v in zip(mapping.primary_key, shown))
         paths = ", ".join(f.dotted for f in mapping.key_fields)
         self.problems.append(Problem(f"duplicate key ({label}): positions {first} and {position} have the same key",
