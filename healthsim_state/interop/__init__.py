@@ -1,0 +1,35 @@
+"""Interchange: JSON import and export, Parquet export, migration of legacy
+files, read-only SQL, and the summaries a front end shows.
+
+One module a responsibility: :mod:`.json_io` (the JSON shapes), :mod:`.parquet`,
+:mod:`.legacy` (migration), :mod:`.query` (read-only SQL), :mod:`.catalog`
+(scenario summary, entity types), :mod:`.files` (safe names, atomic writes).
+The CLI is a thin layer over these functions.
+"""
+
+from .catalog import describe_type, describe_types, scenario_summary
+from .errors import DocumentError, OutputExistsError, QueryError, UnknownEntityTypeError
+from .json_io import (
+    ImportResult,
+    ScenarioDocument,
+    dumps,
+    export_document,
+    export_json,
+    import_file,
+    parse_document,
+    read_document,
+    save_document,
+)
+from .legacy import MigrationResult, find_legacy_files, legacy_directories, migrate
+from .parquet import ParquetExport, export_parquet
+from .query import QueryResult, run_query
+
+__all__ = [
+    "DocumentError", "OutputExistsError", "QueryError", "UnknownEntityTypeError",
+    "ScenarioDocument", "ImportResult", "read_document", "parse_document", "import_file", "save_document",
+    "export_document", "export_json", "dumps",
+    "ParquetExport", "export_parquet",
+    "MigrationResult", "migrate", "find_legacy_files", "legacy_directories",
+    "QueryResult", "run_query",
+    "scenario_summary", "describe_types", "describe_type",
+]

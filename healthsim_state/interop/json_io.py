@@ -1,0 +1,296 @@
+"""Scenario documents in JSON: every shape we import, and the one we export.
+
+Import accepts (:func:`parse_document` tells them apart):
+
+``export``
+    ours: ``{"format": "healthsim-scenario", "version": 1, "name", "description",
+    "tags", "created_at", "updated_at", "entities": {...}}``;
+``predecessor``
+    the earlier tools' export: ``{name, description, tags, created_at, entities}``
+    with no format or version (also what ``load_scenario`` returns);
+``workspace``
+    the old workspace files: ``metadata`` (name, description, tags) and
+    ``entities`` whose items wrap each entity as ``{entity_id, entity_type, data,
+    provenance}``; an item becomes ``{**data, "_provenance": provenance}``;
+``entities``
+    bare entity lists, ``{"patients": [...], "encounters": [...]}``, optionally
+    beside ``name``, ``description`` and ``tags``.
+
+Everywhere: an entity type may be singular or plural, a single object where a
+list is expected is a one-item list, and ``null`` is an empty list. The
+entities then go to :meth:`StateManager.save_scenario` unchanged, which
+validates them all (so a bad file changes nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..engine.values import render_object
+from ..errors import Problem, ValidationError
+from ..manager import StateManager
+from .errors import DocumentError
+from .files import default_target, write_atomic
+
+FORMAT = "healthsim-scenario"
+VERSION = 1
+STDIN = "-"
+
+# Keys beside bare entity lists that are the scenario's own data, not entity types.
+_META_KEYS = ("name", "description", "tags", "created_at", "updated_at", "scenario_id", "entity_count",
+              "entity_counts")
+_WORKSPACE_ITEM_KEYS = frozenset({"entity_id", "entity_type", "data", "provenance"})
+
+
+@dataclass
+class ScenarioDocument:
+    """What a file says: the scenario's name (None if it does not say),
+    description, tags, ``entities`` ready for ``save_scenario``, and which
+    ``shape`` it had."""
+
+    name: str | None
+    description: str | None
+    tags: list[str]
+    entities: dict[str, list]
+    shape: str
+    source: str = "<document>"
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {key: len(items) for key, items in self.entities.items() if isinstance(items, list) and items}
+
+
+@dataclass
+class ImportResult:
+    source: str
+    name: str
+    scenario_id: str
+    counts: dict[str, int] = field(default_factory=dict)
+    shape: str = ""
+    replaced: bool = False
+
+
+# --- reading -----------------------------------------------------------------------
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The file's bytes (``-`` is standard input)."""
+    if str(path) == STDIN:
+        return sys.stdin.buffer.read()
+    return Path(path).read_bytes()
+
+
+def parse_json(data: bytes, source: str) -> Any:
+    """Parse JSON text; a syntax error names ``source``, the line and the column."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DocumentError(source, f"not UTF-8 text (byte {error.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DocumentError(source, f"not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}",
+                            line=error.lineno, column=error.colno) from None
+    except RecursionError:
+        raise DocumentError(source, "not usable JSON: nested too deeply") from None
+
+
+def read_document(path: str | os.PathLike) -> ScenarioDocument:
+    """Read and recognise one scenario file (``-``: standard input)."""
+    source = "<stdin>" if str(path) == STDIN else str(path)
+    return parse_document(parse_json(read_bytes(path), source), source)
+
+
+def parse_document(doc: Any, source: str = "<document>") -> ScenarioDocument:
+    """Recognise the shape of a parsed document and normalise it. Raises
+    :class:`DocumentError` naming ``source`` and every problem found."""
+    if not isinstance(doc, dict):
+        raise DocumentError(source, f"expected a JSON object (a scenario document or entity lists), "
+                                    f"got {_json_type(doc)}")
+    problems: list[Problem] = []
+    if "format" in doc:
+        shape, meta, raw = "export", doc, doc.get("entities")
+        _check_format(doc, source)
+        if "entities" not in doc:
+            problems.append(Problem("missing: a healthsim-scenario document needs entities", path="entities"))
+    elif isinstance(doc.get("metadata"), dict) and "entities" in doc:
+        shape, meta, raw = "workspace", doc["metadata"], doc["entities"]
+    elif "entities" in doc:
+        shape, meta, raw = "predecessor", doc, doc["entities"]
+    else:
+        shape, meta = "entities", doc
+        raw = {key: value for key, value in doc.items() if key not in _META_KEYS}
+    prefix = "metadata." if shape == "workspace" else ""
+    name = _optional_string(meta, "name", prefix, problems)
+    description = _optional_string(meta, "description", prefix, problems)
+    tags = _tags(meta.get("tags"), prefix, problems)
+    entities = _entity_lists(raw, problems, unwrap=shape == "workspace")
+    if problems:
+        raise DocumentError(source, f"not a scenario document ({_shape_label(shape)}): "
+                                    f"{len(problems)} problem{'s' if len(problems) != 1 else ''}",
+                            problems=problems)
+    return ScenarioDocument(name, description, tags, entities, shape, source)
+
+
+def _check_format(doc: dict, source: str) -> None:
+    if doc["format"] != FORMAT:
+        raise DocumentError(source, f"unknown format {doc['format']!r}; expected {FORMAT!r}")
+    version = doc.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise DocumentError(source, f"{FORMAT} document without a valid version (got {version!r})")
+    if version > VERSION:
+        raise DocumentError(source, f"{FORMAT} version {version} was written by a newer healthsim-state; "
+                                    f"this one reads version {VERSION}: upgrade healthsim-state")
+
+
+def _shape_label(shape: str) -> str:
+    return {"export": "healthsim-scenario export", "predecessor": "scenario export",
+            "workspace": "workspace file", "entities": "entity lists"}[shape]
+
+
+def _json_type(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _optional_string(meta: dict, key: str, prefix: str, problems: list[Problem]) -> str | None:
+    value = meta.get(key)
+    if value is None or isinstance(value, str):
+        return value or None
+    problems.append(Problem(f"expected a string, got {_json_type(value)}", path=prefix + key, value=value))
+    return None
+
+
+def _tags(value: Any, prefix: str, problems: list[Problem]) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(tag, str) for tag in value):
+        return list(value)
+    problems.append(Problem("expected a list of strings", path=prefix + "tags", value=value))
+    return []
+
+
+def _entity_lists(raw: Any, problems: list[Problem], *, unwrap: bool) -> dict[str, list]:
+    """``{type: list}`` from the document's entities; single objects become
+    one-item lists, null an empty list, workspace items their entity."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.append(Problem(f"expected an object of entity type to list, got {_json_type(raw)}",
+                                path="entities"))
+        return {}
+    result: dict[str, list] = {}
+    for key, items in raw.items():
+        if items is None:
+            items = []
+        elif isinstance(items, dict):
+            items = [items]
+        if unwrap and isinstance(items, list):
+            items = [_unwrap(item, key, index, problems) for index, item in enumerate(items)]
+        result[key] = items  # anything else: save_scenario names the problem
+    return result
+
+
+def _unwrap(item: Any, key: str, index: int, problems: list[Problem]) -> Any:
+    if not (isinstance(item, dict) and isinstance(item.get("data"), dict) and item.keys() <= _WORKSPACE_ITEM_KEYS):
+        problems.append(Problem("expected a workspace item {entity_id, entity_type, data, provenance} "
+                                "with data an object", path=f"entities.{key}[{index}]"))
+        return item
+    entity = dict(item["data"])
+    if item.get("provenance") is not None:
+        entity["_provenance"] = item["provenance"]
+    return entity
+
+
+# --- importing -----------------------------------------------------------------------
+
+def scenario_name(document: ScenarioDocument, path: str | os.PathLike | None, name: str | None = None) -> str:
+    """``name`` if given, else the document's, else the file name without its suffix."""
+    if name:
+        return name
+    if document.name:
+        return document.name
+    if path is not None and str(path) != STDIN:
+        file_name = Path(path).name
+        return file_name[:-5] if file_name.lower().endswith(".json") and len(file_name) > 5 else file_name
+    raise DocumentError(document.source, "the document has no scenario name; pass one (--name)")
+
+
+def save_document(manager: StateManager, document: ScenarioDocument, name: str, *,
+                  description: str | None = None, tags: Iterable[str] | None = None,
+                  overwrite: bool = False) -> ImportResult:
+    """Save a read document as scenario ``name`` in one transaction.
+    ``description`` and ``tags`` replace the document's when given."""
+    replaced = overwrite and manager.scenario_exists(name)
+    try:
+        scenario_id = manager.save_scenario(
+            name, document.entities,
+            description=description if description is not None else document.description,
+            tags=list(tags) if tags is not None else document.tags,
+            overwrite=overwrite)
+    except ValidationError as error:
+        summary = str(error).splitlines()[0]
+        raise DocumentError(document.source, summary, problems=error.problems) from None
+    return ImportResult(document.source, name, scenario_id, document.counts, document.shape, replaced)
+
+
+def import_file(manager: StateManager, path: str | os.PathLike, *, name: str | None = None,
+                description: str | None = None, tags: Iterable[str] | None = None,
+                overwrite: bool = False) -> ImportResult:
+    """Read one file of any accepted shape and save it as one scenario."""
+    document = read_document(path)
+    return save_document(manager, document, scenario_name(document, path, name), description=description,
+                         tags=tags, overwrite=overwrite)
+
+
+# --- exporting -----------------------------------------------------------------------
+
+def export_document(manager: StateManager, name_or_id: str) -> dict[str, Any]:
+    """The scenario as our versioned export document (non-empty entity types
+    only, under their plural names, every field kept)."""
+    scenario = manager.load_scenario(name_or_id)
+    codecs = manager.registry.codecs
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "name": scenario["name"],
+        "description": scenario["description"],
+        "tags": scenario["tags"],
+        "created_at": scenario["created_at"].isoformat(),
+        "updated_at": scenario["updated_at"].isoformat(),
+        "entities": {codecs[entity].mapping.plural if entity in codecs else entity: items
+                     for entity, items in scenario["entities"].items() if items},
+    }
+
+
+def dumps(document: Any) -> str:
+    """JSON text of a document: UTF-8, indented, strictly JSON (no NaN)."""
+    return json.dumps(document, ensure_ascii=False, indent=2, allow_nan=False, default=_default) + "\n"
+
+
+def _default(value: Any) -> Any:
+    return render_object(value)
+
+
+def export_json(manager: StateManager, name_or_id: str, path: str | os.PathLike | None = None, *,
+                force: bool = False, directory: str | os.PathLike = ".") -> Path:
+    """Write the export document to ``path`` atomically, never replacing a
+    file without ``force``. With no ``path``, or a ``path`` that is a directory,
+    the file is ``<scenario name made safe>.json`` in that directory."""
+    document = export_document(manager, name_or_id)
+    target = json_target(document["name"], path, directory)
+    return write_atomic(target, dumps(document).encode("utf-8"), force=force)
+
+
+def json_target(name: str, path: str | os.PathLike | None, directory: str | os.PathLike = ".") -> Path:
+    if path is None:
+        return default_target(directory, name, ".json")
+    if Path(path).is_dir():
+        return default_target(path, name, ".json")
+    return Path(path)

@@ -1,0 +1,217 @@
+"""Migrate the JSON files of earlier HealthSim versions into the database.
+
+Earlier versions kept one JSON file per scenario in ``~/.healthsim/scenarios``
+and ``~/.healthsim/workspaces``. :func:`migrate` imports each file as one
+scenario (any shape :mod:`.json_io` reads), each in its own transaction, and
+never modifies, moves or deletes a file.
+
+Re-running is safe. A migrated scenario carries the tags ``migrated`` and
+``migrated:sha256:<first 16 hex digits of the file's SHA-256>``; the tag is
+written in the same transaction as the scenario, so it cannot be missing from
+a migrated scenario nor present on one that was not. A file whose scenario
+(same name) already carries its content's tag is skipped; a scenario of that
+name that does not (another file, or the file changed since) is reported as
+a failure unless ``overwrite``, which replaces it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import duckdb
+
+from ..engine.batch import ScenarioBatch
+from ..engine.registry import Registry
+from ..errors import HealthSimError, StoreError, ValidationError
+from ..manager import StateManager
+from ..mapping.loader import load_mappings
+from ..store import default_db_path
+from .errors import DocumentError
+from .json_io import ScenarioDocument, parse_document, parse_json, scenario_name
+
+LEGACY_DIRS = ("scenarios", "workspaces")
+MIGRATED_TAG = "migrated"
+HASH_TAG_PREFIX = "migrated:sha256:"
+
+MIGRATED, SKIPPED, FAILED = "migrated", "skipped", "failed"
+
+
+@dataclass
+class MigrationResult:
+    """What happened to one file (or, in a dry run, what would)."""
+
+    path: Path
+    status: str = FAILED
+    name: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    reason: str | None = None
+    scenario_id: str | None = None
+    replaced: bool = False
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": str(self.path), "status": self.status, "dry_run": self.dry_run, "name": self.name,
+                "scenario_id": self.scenario_id, "counts": self.counts, "replaced": self.replaced,
+                "reason": self.reason}
+
+
+def legacy_directories(home: str | os.PathLike | None = None) -> list[Path]:
+    """``~/.healthsim/scenarios`` and ``~/.healthsim/workspaces``."""
+    base = Path(home) if home is not None else Path.home()
+    return [base / ".healthsim" / name for name in LEGACY_DIRS]
+
+
+def find_legacy_files(directories: Iterable[str | os.PathLike]) -> list[Path]:
+    """The ``*.json`` files directly in each existing directory, by name,
+    each file once."""
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for directory in directories:
+        directory = Path(directory).expanduser()
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.glob("*.json")):
+            key = path.resolve()
+            if path.is_file() and key not in seen:
+                seen.add(key)
+                found.append(path)
+    return found
+
+
+def content_tag(data: bytes) -> str:
+    """``migrated:sha256:<first 16 hex digits>`` of a file's bytes."""
+    return HASH_TAG_PREFIX + hashlib.sha256(data).hexdigest()[:16]
+
+
+def summarize(results: Iterable[MigrationResult]) -> dict[str, int]:
+    counts = {MIGRATED: 0, SKIPPED: 0, FAILED: 0}
+    for result in results:
+        counts[result.status] += 1
+    return counts
+
+
+def migrate(files: Iterable[str | os.PathLike], db_path: str | os.PathLike | None = None, *,
+            dry_run: bool = False, overwrite: bool = False,
+            mapping_dirs: Iterable[str | os.PathLike] | None = None) -> Iterator[MigrationResult]:
+    """Migrate each file; yield one :class:`MigrationResult` per file, in order.
+
+    ``dry_run`` reads the database (if it exists) without opening it for
+    writing, validates every file and yields what a real run would do.
+    """
+    db_path = default_db_path() if db_path is None else Path(db_path).expanduser()
+    files = [Path(f) for f in files]
+    if dry_run:
+        registry = Registry(load_mappings(mapping_dirs).values())
+        existing = _existing_tags_read_only(db_path)
+        claimed: dict[str, Path] = {}
+        for path in files:
+            yield _migrate_one(path, registry, existing, claimed, overwrite, None)
+        return
+    with StateManager(db_path, mapping_dirs=mapping_dirs) as manager:
+        existing = {item["name"]: item["tags"] for item in manager.list_scenarios(limit=None)}
+        claimed: dict[str, Path] = {}
+        for path in files:
+            yield _migrate_one(path, manager.registry, existing, claimed, overwrite, manager)
+
+
+def _migrate_one(path: Path, registry: Registry, existing: dict[str, list[str]], claimed: dict[str, Path],
+                 overwrite: bool, manager: StateManager | None) -> MigrationResult:
+    result = MigrationResult(path, dry_run=manager is None)
+    try:
+        data = path.read_bytes()  # hashed and parsed from the same bytes
+        document = parse_document(parse_json(data, str(path)), str(path))
+        name = result.name = scenario_name(document, path)
+        result.counts = _counts(registry, document)
+        tag = content_tag(data)
+        if name in claimed:
+            result.reason = (f"the scenario name {name!r} also comes from {claimed[name]} in this run; "
+                             "rename one of them")
+            return result
+        claimed[name] = path
+        current_tags = existing.get(name)
+        if current_tags is not None and not overwrite:
+            _refuse_existing(result, name, tag, current_tags)
+            return result
+        tags = [t for t in document.tags if not t.startswith(HASH_TAG_PREFIX)] + [MIGRATED_TAG, tag]
+        if manager is None:
+            _validate(registry, document.entities)
+        else:
+            result.scenario_id = manager.save_scenario(name, document.entities, description=document.description,
+                                                       tags=tags, overwrite=current_tags is not None)
+            existing[name] = tags
+        result.status, result.replaced = MIGRATED, current_tags is not None
+    except DocumentError as error:
+        result.reason = _with_first_problem(error.reason, error.problems)
+    except ValidationError as error:
+        result.reason = _with_first_problem(str(error).splitlines()[0], error.problems)
+    except OSError as error:
+        result.reason = f"cannot read the file: {error.strerror or error}"
+    except HealthSimError as error:
+        result.reason = str(error).splitlines()[0]
+    return result
+
+
+def _validate(registry: Registry, entities: Any) -> None:
+    """What a save would check, writing nothing: every entity goes through the
+    engine's flatten (the rows are dropped)."""
+    batch = ScenarioBatch(registry, entities, "dry-run")
+    batch.raise_if_invalid()
+    for _ in batch.chunks():
+        pass
+    batch.raise_if_invalid()
+
+
+def _refuse_existing(result: MigrationResult, name: str, tag: str, current_tags: list[str]) -> None:
+    if tag in current_tags:
+        result.status, result.reason = SKIPPED, "already migrated from this content"
+    elif any(t.startswith(HASH_TAG_PREFIX) for t in current_tags):
+        result.reason = (f"scenario {name!r} was migrated from different content (the file changed since, or "
+                         "another file has the same name); use --overwrite to replace it")
+    else:
+        result.reason = f"a scenario named {name!r} already exists and was not migrated; use --overwrite to replace it"
+
+
+def _with_first_problem(summary: str, problems: list) -> str:
+    return f"{summary}; first: {problems[0]}" if problems else summary
+
+
+def _counts(registry: Registry, document: ScenarioDocument) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for key, number in document.counts.items():
+        codec = registry.resolve(key)
+        entity = codec.mapping.entity if codec is not None else key
+        counts[entity] = counts.get(entity, 0) + number
+    return counts
+
+
+def _existing_tags_read_only(db_path: Path) -> dict[str, list[str]]:
+    """``{scenario name: tags}`` read without opening the file for writing
+    (a dry run changes nothing, not even the file's layout)."""
+    if not db_path.is_file():
+        return {}
+    try:
+        con = duckdb.connect(str(db_path), read_only=True)
+    except duckdb.ConnectionException as error:
+        if "different configuration" not in str(error):
+            raise _unreadable(db_path, error) from None
+        con = duckdb.connect(os.path.abspath(db_path))  # this process has it open: share that database
+    except duckdb.Error as error:
+        raise _unreadable(db_path, error) from None
+    try:
+        rows = con.execute(
+            "SELECT s.name, list(t.tag ORDER BY t.position) FILTER (WHERE t.tag IS NOT NULL) "
+            "FROM scenarios s LEFT JOIN scenario_tags t ON t.scenario_id = s.scenario_id GROUP BY s.name"
+        ).fetchall()
+    except duckdb.CatalogException:
+        return {}  # not a healthsim-state database yet: nothing migrated
+    finally:
+        con.close()
+    return {name: list(tags or []) for name, tags in rows}
+
+
+def _unreadable(db_path: Path, error: Exception) -> StoreError:
+    return StoreError(f"cannot read {db_path}: {str(error).splitlines()[0]}")
