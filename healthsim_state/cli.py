@@ -1,0 +1,522 @@
+"""The ``healthsim-state`` command: a thin layer over :class:`StateManager` and
+:mod:`healthsim_state.interop`.
+
+Output for people goes to a terminal as tables; piped, the same commands
+print tab-separated lines (with a header) that ``cut`` and ``awk`` read, and
+``--json`` gives machine output. Errors print ``error: ...`` on stderr and
+exit 1 (usage errors exit 2), with a traceback only under ``--debug``.
+Progress bars appear only when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import click
+import duckdb
+
+from . import __version__
+from .errors import HealthSimError, ScenarioExistsError, StoreError
+from .interop import legacy
+from .interop.catalog import describe_type, describe_types, scenario_summary
+from .interop.json_io import STDIN, ScenarioDocument, dumps, export_document, json_target, read_document, \
+    save_document, scenario_name
+from .interop.files import write_atomic
+from .interop.parquet import export_parquet
+from .interop.query import jsonable, run_query
+from .manager import StateManager
+from .store import default_db_path
+
+DB_HELP = "Database file (default: $HEALTHSIM_DB, else ~/.healthsim/healthsim.duckdb)."
+
+
+# --- errors ---------------------------------------------------------------------------
+
+class CliError(click.ClickException):
+    """One ``error:`` line on stderr (then any details the error carries), exit 1."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+def describe_error(error: BaseException) -> str:
+    if isinstance(error, HealthSimError):
+        return str(error)
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    if isinstance(error, duckdb.Error):
+        return f"database error: {str(error).strip().splitlines()[0]}"
+    if isinstance(error, OSError):
+        return str(error.strerror or error)
+    return f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)"
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except BrokenPipeError:  # `healthsim-state load x | head`: not an error worth a message
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(1)
+        except Exception as error:
+            if ctx.params.get("debug"):
+                raise
+            raise CliError(describe_error(error)) from None
+
+
+def _debug() -> bool:
+    return bool(click.get_current_context().find_root().params.get("debug"))
+
+
+def db_option(function: Callable) -> Callable:
+    return click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                        help=DB_HELP)(function)
+
+
+def _db_path(db: Path | None) -> Path:
+    return default_db_path() if db is None else db.expanduser()
+
+
+def _manager(db: Path | None) -> StateManager:
+    """The database, created if needed (commands that write)."""
+    return StateManager(_db_path(db))
+
+
+def _existing_manager(db: Path | None) -> StateManager:
+    """The database, which must exist (commands that read: no file is created)."""
+    path = _db_path(db)
+    if not path.exists():
+        raise StoreError(f"no database at {path} (nothing has been saved there yet; see --db)")
+    return StateManager(path)
+
+
+# --- output ---------------------------------------------------------------------------
+
+def _tty(stream: Any) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console  # only on a terminal: keeps piped runs quick
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    value = jsonable(value)
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
+
+
+def _tsv(value: Any) -> str:
+    return _cell(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def print_table(headers: list[str], rows: Iterable[Iterable[Any]], *, title: str | None = None,
+                right: Iterable[int] = ()) -> None:
+    """A table on a terminal; tab-separated lines, header first, when piped."""
+    rows = [list(row) for row in rows]
+    if not _tty(sys.stdout):
+        click.echo("\t".join(headers))
+        for row in rows:
+            click.echo("\t".join(_tsv(value) for value in row))
+        return
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", header_style="bold")
+    right = set(right)
+    for index, header in enumerate(headers):
+        table.add_column(header, justify="right" if index in right else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*("[dim]NULL[/dim]" if value is None else _escape(_cell(value)) for value in row))
+    _console().print(table)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False, indent=2, default=jsonable))
+
+
+class _Reporter:
+    """Per-item lines and, on a terminal, a progress bar under them."""
+
+    def __init__(self, progress: Any = None, task: Any = None):
+        self._progress, self._task = progress, task
+
+    def line(self, text: str, err: bool = False) -> None:
+        if self._progress is not None and _tty(sys.stderr if err else sys.stdout):
+            self._progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            click.echo(text, err=err)
+
+    def advance(self, steps: int = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, steps)
+
+
+@contextmanager
+def progress(total: int, description: str) -> Iterator[_Reporter]:
+    if not _tty(sys.stderr) or total <= 0:
+        yield _Reporter()
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=_console(stderr=True), transient=True) as bar:
+        yield _Reporter(bar, bar.add_task(description, total=total))
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else ""
+
+
+def counts_text(manager_or_registry: Any, counts: dict[str, int]) -> str:
+    """``2 patients, 1 encounter`` (types by their singular or plural name)."""
+    registry = getattr(manager_or_registry, "registry", manager_or_registry)
+    parts = []
+    for key, number in counts.items():
+        codec = registry.resolve(key) if registry is not None else None
+        if codec is None:
+            parts.append(f"{number} {key}")
+        else:
+            parts.append(f"{number} {codec.mapping.entity if number == 1 else codec.mapping.plural}")
+    return ", ".join(parts) if parts else "no entities"
+
+
+# --- the commands ----------------------------------------------------------------------
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+@click.version_option(__version__, prog_name="healthsim-state")
+def cli(debug: bool) -> None:
+    """Save, load, query and move HealthSim scenarios in one DuckDB file."""
+
+
+@cli.command()
+@click.argument("file")
+@click.option("--name", "-n", required=True, help="The scenario's name.")
+@click.option("--description", "-d", help="Replaces the file's description.")
+@click.option("--tag", "-t", "tags", multiple=True, help="A tag (repeat for more); replaces the file's tags.")
+@click.option("--overwrite", is_flag=True, help="Replace a scenario of the same name.")
+@db_option
+def save(file: str, name: str, description: str | None, tags: tuple[str, ...], overwrite: bool,
+         db: Path | None) -> None:
+    """Save the entities of a JSON FILE (any shape `import` reads; - is stdin) as scenario NAME."""
+    document = read_document(file)
+    with _manager(db) as manager:
+        result = _save(manager, document, name, description=description, tags=list(tags) or None,
+                       overwrite=overwrite)
+        click.echo(f"{'replaced' if result.replaced else 'saved'} {name!r} ({result.scenario_id}): "
+                   f"{counts_text(manager, result.counts)}")
+
+
+def _save(manager: StateManager, document: ScenarioDocument, name: str, **options: Any):
+    try:
+        return save_document(manager, document, name, **options)
+    except ScenarioExistsError:
+        raise CliError(f"{document.source}: scenario {name!r} already exists; use --overwrite to replace it") \
+            from None
+
+
+@cli.command()
+@click.argument("name_or_id")
+@click.option("--output", "-o", help="Write to this file instead of stdout.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@db_option
+def load(name_or_id: str, output: str | None, force: bool, db: Path | None) -> None:
+    """Print the scenario NAME_OR_ID as export JSON (or write it with -o)."""
+    with _existing_manager(db) as manager:
+        text = dumps(export_document(manager, name_or_id))
+    if output is None or output == STDIN:
+        click.echo(text, nl=False)
+    else:
+        write_atomic(output, text.encode("utf-8"), force=force)
+        click.echo(f"wrote {output}", err=True)
+
+
+@cli.command(name="list")
+@click.option("--tag", help="Only scenarios with this tag (case-insensitive).")
+@click.option("--search", help="Only names or descriptions containing this text (case-insensitive).")
+@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine output: a JSON array.")
+@db_option
+def list_command(tag: str | None, search: str | None, limit: int, as_json: bool, db: Path | None) -> None:
+    """List scenarios, newest first: name, entities, tags, updated."""
+    path = _db_path(db)
+    items: list[dict[str, Any]] = []
+    if path.exists():
+        with StateManager(path) as manager:
+            items = manager.list_scenarios(tag=tag, search=search, limit=limit)
+    if as_json:
+        print_json(items)
+        return
+    if not items and _tty(sys.stdout):
+        click.echo(f"no scenarios in {path}" if not (tag or search) else "no scenario matches", err=True)
+        return
+    print_table(["name", "entities", "tags", "updated"],
+                [(i["name"], i["entity_count"], ", ".join(i["tags"]),
+                  _when(i["updated_at"]) if _tty(sys.stdout) else i["updated_at"].isoformat()) for i in items],
+                right=[1])
+
+
+@cli.command()
+@click.argument("name_or_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine output: a JSON object.")
+@db_option
+def show(name_or_id: str, as_json: bool, db: Path | None) -> None:
+    """Show one scenario: id, description, tags, dates and entity counts per type."""
+    with _existing_manager(db) as manager:
+        item = scenario_summary(manager, name_or_id)
+        if as_json:
+            print_json(item)
+            return
+        fields = [("name", item["name"]), ("id", item["scenario_id"]), ("description", item["description"] or ""),
+                  ("tags", ", ".join(item["tags"])), ("created", _when(item["created_at"])),
+                  ("updated", _when(item["updated_at"])), ("entities", str(item["entity_count"]))]
+        width = max(len(label) for label, _ in fields)
+        for label, value in fields:
+            click.echo(f"{label:<{width}}  {value}")
+        counts = [(entity, count) for entity, count in item["entity_counts"].items() if count]
+        if counts:
+            name_width = max(len(entity) for entity, _ in counts)
+            count_width = max(len(str(count)) for _, count in counts)
+            for entity, count in counts:
+                click.echo(f"  {entity:<{name_width}}  {count:>{count_width}}")
+
+
+@cli.command()
+@click.argument("name_or_id")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@db_option
+def delete(name_or_id: str, yes: bool, db: Path | None) -> None:
+    """Delete a scenario and all its entities (asks first on a terminal)."""
+    with _existing_manager(db) as manager:
+        item = scenario_summary(manager, name_or_id)
+        label = f"{item['name']!r} ({item['entity_count']} entities)"
+        if not yes:
+            if not _tty(sys.stdin):
+                raise CliError(f"not deleting {label}: confirm with --yes (stdin is not a terminal)")
+            click.confirm(f"Delete scenario {label}?", abort=True, err=True)
+        manager.delete_scenario(item["scenario_id"])
+    click.echo(f"deleted {label}")
+
+
+@cli.command()
+@click.argument("name_or_id")
+@click.option("--output", "-o", help="A file (json; - is stdout) or directory (parquet). Default: a name "
+                                     "made from the scenario's, in the current directory.")
+@click.option("--format", "fmt", type=click.Choice(["json", "parquet"]), default="json", show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing file, or a previous Parquet export.")
+@db_option
+def export(name_or_id: str, output: str | None, fmt: str, force: bool, db: Path | None) -> None:
+    """Export a scenario: versioned JSON (lossless), or a Parquet directory (typed columns)."""
+    with _existing_manager(db) as manager:
+        if fmt == "json":
+            with progress(1, "exporting") as report:
+                document = export_document(manager, name_or_id)
+                text = dumps(document)
+                report.advance()
+            count = sum(len(items) for items in document["entities"].values())
+            if output == STDIN:
+                click.echo(text, nl=False)
+                return
+            target = write_atomic(json_target(document["name"], output), text.encode("utf-8"), force=force)
+            click.echo(f"exported {document['name']!r} ({count} entities) to {target}")
+            return
+        summary = scenario_summary(manager, name_or_id)
+        types = sum(1 for count in summary["entity_counts"].values() if count)
+        with progress(types, "writing Parquet") as report:
+            result = export_parquet(manager, summary["scenario_id"], output, force=force,
+                                    progress=lambda entity, done, total: report.advance())
+    click.echo(f"exported {summary['name']!r} ({summary['entity_count']} entities) to {result.directory}/: "
+               f"{len(result.files)} Parquet file{'s' if len(result.files) != 1 else ''} and manifest.json")
+
+
+@cli.command(name="import")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--name", "-n", help="The scenario's name (one FILE only). Default: the file's, else its file name.")
+@click.option("--overwrite", is_flag=True, help="Replace scenarios of the same names.")
+@db_option
+def import_command(files: tuple[str, ...], name: str | None, overwrite: bool, db: Path | None) -> None:
+    """Import each JSON FILE as one scenario (- is stdin).
+
+    Reads our export, the predecessor's export, old workspace files, and bare
+    entity lists ({"patients": [...], ...}). Each file is saved in its own
+    transaction; a bad file changes nothing and the others still go in.
+    """
+    if name is not None and len(files) > 1:
+        raise click.UsageError("--name needs exactly one FILE (each file becomes its own scenario)")
+    failed = 0
+    with _manager(db) as manager, progress(len(files), "importing") as report:
+        for file in files:
+            try:
+                document = read_document(file)
+                scenario = scenario_name(document, file, name)
+                result = _save(manager, document, scenario, overwrite=overwrite)
+            except (HealthSimError, OSError, click.ClickException) as error:
+                if _debug():
+                    raise
+                failed += 1
+                message = error.message if isinstance(error, click.ClickException) else describe_error(error)
+                report.line(f"error: {message}", err=True)
+            else:
+                report.line(f"{'replaced' if result.replaced else 'imported'} {result.source} as {scenario!r} "
+                            f"({result.scenario_id}): {counts_text(manager, result.counts)}")
+            report.advance()
+    if len(files) > 1:
+        click.echo(f"{len(files)} files: {len(files) - failed} imported, {failed} failed")
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@click.option("--from", "directories", multiple=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A directory of legacy JSON files (repeat for more). Default: ~/.healthsim/scenarios "
+                   "and ~/.healthsim/workspaces.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be done; change nothing.")
+@click.option("--overwrite", is_flag=True, help="Replace scenarios of the same names, even if already migrated.")
+@click.option("--json", "as_json", is_flag=True, help="Machine output: one JSON object with every file.")
+@db_option
+def migrate(directories: tuple[Path, ...], dry_run: bool, overwrite: bool, as_json: bool, db: Path | None) -> None:
+    """Import the JSON files of earlier HealthSim versions, one scenario a file.
+
+    Originals are never changed. Rerunning skips files already migrated with
+    the same content (scenarios carry the tag migrated:sha256:<hash>).
+    Exits 1 if any file failed.
+    """
+    searched = list(directories) or legacy.legacy_directories()
+    files = legacy.find_legacy_files(searched)
+    results: list[legacy.MigrationResult] = []
+    if files:
+        with progress(len(files), "migrating" if not dry_run else "checking") as report:
+            registry = None
+            for result in legacy.migrate(files, _db_path(db), dry_run=dry_run, overwrite=overwrite):
+                results.append(result)
+                if not as_json:
+                    registry = registry or _registry()
+                    report.line(_migration_line(result, registry))
+                report.advance()
+    summary = legacy.summarize(results)
+    if as_json:
+        print_json({"dry_run": dry_run, "files": [r.as_dict() for r in results], "summary": summary})
+    elif not files:
+        click.echo("no legacy scenario files in " + ", ".join(str(d) for d in searched))
+    else:
+        verb = "would be migrated" if dry_run else "migrated"
+        click.echo(f"{len(files)} file{'s' if len(files) != 1 else ''}: {summary['migrated']} {verb}, "
+                   f"{summary['skipped']} skipped, {summary['failed']} failed"
+                   + ("; dry run, nothing was changed" if dry_run else ""))
+    if summary["failed"]:
+        raise CliError(f"{summary['failed']} of {len(files)} files could not be migrated")
+
+
+def _registry():
+    from .engine.registry import Registry
+    from .mapping.loader import load_mappings
+
+    return Registry(load_mappings().values())
+
+
+def _migration_line(result: legacy.MigrationResult, registry: Any) -> str:
+    status = {"migrated": "would migrate" if result.dry_run else ("replaced" if result.replaced else "migrated"),
+              "skipped": "skipped", "failed": "failed"}[result.status]
+    if result.dry_run and result.status == "migrated" and result.replaced:
+        status = "would replace"
+    text = f"{status:<13} {result.path}"
+    if result.name is not None:
+        text += f" -> {result.name!r}"
+    if result.status == "failed":
+        return f"{text}: {result.reason}"
+    text += f" ({counts_text(registry, result.counts)})"
+    return f"{text}: {result.reason}" if result.reason else text
+
+
+@cli.command()
+@click.argument("entity", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine output: the mapping description(s).")
+@db_option
+def types(entity: str | None, as_json: bool, db: Path | None) -> None:
+    """The registered entity types; for one ENTITY, its fields: column, path, type, aliases.
+
+    Types come from the mappings (built-in and $HEALTHSIM_MAPPINGS); the
+    database is not opened.
+    """
+    if entity is None:
+        described = describe_types()
+        if as_json:
+            print_json(described)
+            return
+        print_table(["entity", "plural", "table", "fields", "description"],
+                    [(d["entity"], d["plural"], d["table"], len(d["fields"]), d["description"] or "")
+                     for d in described], right=[3])
+        return
+    item = describe_type(entity)
+    if as_json:
+        print_json(item)
+        return
+    title = (f"{item['entity']} (plural {item['plural']}, table {item['table']}, "
+             f"key {', '.join(item['primary_key'])})" + (f": {item['description']}" if item["description"] else ""))
+    if not _tty(sys.stdout):
+        click.echo(f"# {title}")
+    print_table(["column", "path", "type", "aliases", "default"],
+                [(f["column"], f["path"], f["type"] + (" required" if f["required"] else ""),
+                  ", ".join(f["aliases"]), _cell(f.get("default"))) for f in item["fields"]],
+                title=title)
+
+
+@cli.command()
+@click.argument("query")
+@click.option("--param", "-p", "params", multiple=True, help="A value for the next ? placeholder (repeat).")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of row objects.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
+@db_option
+def sql(query: str, params: tuple[str, ...], as_json: bool, as_csv: bool, db: Path | None) -> None:
+    """Run one read-only SELECT over the scenario tables.
+
+    Tables: scenarios, scenario_tags, and one per entity type (patients,
+    encounters, ...: see `types`), each with scenario_id, _position and its
+    typed columns. The file is opened read-only; other files are out of reach.
+    """
+    if as_json and as_csv:
+        raise click.UsageError("choose one of --json and --csv")
+    result = run_query(_db_path(db), query, list(params))
+    if as_json:
+        print_json(result.records())
+    elif as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(result.columns)
+        writer.writerows([_cell(value) for value in row] for row in result.rows)
+    else:
+        print_table(result.columns, result.rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="healthsim-state")
+
+
+if __name__ == "__main__":
+    main()
