@@ -97,3 +97,14 @@ class StoreError(HealthSimError, RuntimeError):
 class IncompatibleDatabaseError(StoreError):
     """The database was written by a newer, unknown version of healthsim-state,
     or with table layouts that the loaded mappings do not match."""
+
+
+class DatabaseLockedError(StoreError):
+    """Another process held the database file's lock for longer than the lock
+    timeout. ``path`` is the file; ``pid`` the holder's process id when DuckDB
+    reports it."""
+
+    def __init__(self, message: str, *, path: object = None, pid: int | None = None):
+        super().__init__(message)
+        self.path = path
+        self.pid = pid

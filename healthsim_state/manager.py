@@ -9,7 +9,8 @@ does not happen at all, and bad input changes nothing.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
 import duckdb
 
@@ -39,15 +40,16 @@ class StateManager:
     """
 
     def __init__(self, db_path: str | os.PathLike | None = None, *,
-                 mapping_dirs: Iterable[str | os.PathLike] | None = None):
+                 mapping_dirs: Iterable[str | os.PathLike] | None = None,
+                 lock_timeout: float | None = None):
         self.registry = _registry(mapping_dirs)
         self.db_path = default_db_path() if db_path is None else db_path
-        self._store = Store(self.db_path, self.registry.codecs)
+        self._store = Store(self.db_path, self.registry.codecs, lock_timeout=lock_timeout)
 
     # --- lifecycle ---------------------------------------------------------------
 
     def close(self) -> None:
-        self._store.close()
+        """Nothing to release: the file is only open during an operation."""
 
     def __enter__(self) -> "StateManager":
         return self
@@ -59,6 +61,13 @@ class StateManager:
     def entity_types(self) -> tuple[str, ...]:
         """The registered entity types, by singular name."""
         return self.registry.entity_types
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One operation: open the file, one transaction, close the file."""
+        store = self._store
+        with store.connect() as con, store.transaction(con):
+            yield con
 
     # --- writes ------------------------------------------------------------------------
 
@@ -75,24 +84,20 @@ class StateManager:
         _check_arguments(name, description)
         tag_list = _check_tags(tags)
         store = self._store
-        with store.transaction() as con:
+        with self._transaction() as con:
             existing = store.find_scenario(con, name, by_id=False)
-        if existing is not None and not overwrite:
-            raise ScenarioExistsError(
-                f"scenario {name!r} already exists (id {existing['scenario_id']}); "
-                "pass overwrite=True to replace it")
-        scenario_id = existing["scenario_id"] if existing else new_scenario_id()
-        batch = ScenarioBatch(self.registry, entities, scenario_id)
-        batch.raise_if_invalid()  # the shape of the call, before the file is touched
-        with store.transaction() as con:
-            current = store.find_scenario(con, name, by_id=False)
-            if _id_of(current) != _id_of(existing):  # another process saved or deleted it meanwhile
-                raise ScenarioExistsError(f"scenario {name!r} was changed by another process; try again")
+            if existing is not None and not overwrite:
+                raise ScenarioExistsError(
+                    f"scenario {name!r} already exists (id {existing['scenario_id']}); "
+                    "pass overwrite=True to replace it")
+            scenario_id = existing["scenario_id"] if existing else new_scenario_id()
+            batch = ScenarioBatch(self.registry, entities, scenario_id)
+            batch.raise_if_invalid()  # the shape of the call, before anything is written
             now = utc_now()
-            if current is None:
+            if existing is None:
                 store.insert_scenario(con, scenario_id, name, description, batch.counts, now)
             else:
-                store.delete_rows(con, scenario_id, list(current["entity_counts"]))
+                store.delete_rows(con, scenario_id, list(existing["entity_counts"]))
                 store.update_scenario(con, scenario_id, description, batch.counts, now)
             store.replace_tags(con, scenario_id, tag_list)
             for codec, rows in batch.chunks():
@@ -120,27 +125,24 @@ class StateManager:
         ``added`` and ``replaced`` counts per type, and the new entity_count.
         """
         store = self._store
-        with store.transaction() as con:
+        with self._transaction() as con:
             found = store.find_scenario(con, name_or_id)
-        if found is None and not create:
-            raise ScenarioNotFoundError(f"no scenario has the id or name {name_or_id!r}; pass create=True to make it")
-        if found is None:
-            _check_arguments(name_or_id, None)
-        scenario_id = found["scenario_id"] if found else new_scenario_id()
-        batch = ScenarioBatch(self.registry, entities, scenario_id)
-        batch.raise_if_invalid()
-        with store.transaction() as con:
-            current = store.find_scenario(con, name_or_id)
-            if _id_of(current) != _id_of(found):  # another process saved or deleted it meanwhile
-                raise ScenarioExistsError(f"scenario {name_or_id!r} was changed by another process; try again")
+            if found is None and not create:
+                raise ScenarioNotFoundError(
+                    f"no scenario has the id or name {name_or_id!r}; pass create=True to make it")
+            if found is None:
+                _check_arguments(name_or_id, None)
+            scenario_id = found["scenario_id"] if found else new_scenario_id()
+            batch = ScenarioBatch(self.registry, entities, scenario_id)
+            batch.raise_if_invalid()
             now = utc_now()
-            counts = dict(current["entity_counts"]) if current else {}
-            if current is None:
+            counts = dict(found["entity_counts"]) if found else {}
+            if found is None:
                 store.insert_scenario(con, scenario_id, name_or_id, None, {}, now)
             added, replaced = self._place_and_append(con, batch, counts)
             batch.raise_if_invalid()  # rolls the transaction back
             store.touch_scenario(con, scenario_id, counts, now)
-        return {"scenario_id": scenario_id, "name": current["name"] if current else name_or_id,
+        return {"scenario_id": scenario_id, "name": found["name"] if found else name_or_id,
                 "added": added, "replaced": replaced, "entity_count": sum(counts.values())}
 
     def _place_and_append(self, con: duckdb.DuckDBPyConnection, batch: ScenarioBatch,
@@ -176,7 +178,7 @@ class StateManager:
     def delete_scenario(self, name_or_id: str) -> bool:
         """Remove a scenario, its tags and all its entity rows. False if unknown."""
         store = self._store
-        with store.transaction() as con:
+        with self._transaction() as con:
             found = store.find_scenario(con, name_or_id)
             if found is None:
                 return False
@@ -195,7 +197,7 @@ class StateManager:
         entity in canonical shape.
         """
         store = self._store
-        with store.transaction() as con:
+        with self._transaction() as con:
             found = store.find_scenario(con, name_or_id)
             if found is None:
                 raise ScenarioNotFoundError(f"no scenario has the id or name {name_or_id!r}")
@@ -210,7 +212,7 @@ class StateManager:
         return found
 
     def scenario_exists(self, name_or_id: str) -> bool:
-        with self._store.transaction() as con:
+        with self._transaction() as con:
             return self._store.find_scenario(con, name_or_id) is not None
 
     def list_scenarios(self, tag: str | None = None, search: str | None = None,
@@ -228,7 +230,7 @@ class StateManager:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise ValidationError([Problem(f"limit must be a non-negative integer or None, got {limit!r}",
                                            path="limit")], summary="invalid list_scenarios call")
-        with self._store.transaction() as con:
+        with self._transaction() as con:
             return self._store.list_scenarios(con, tag, search, limit)
 
 

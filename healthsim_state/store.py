@@ -25,7 +25,10 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import operator
 import os
+import random
+import re
 import secrets
 import time
 from contextlib import contextmanager
@@ -35,7 +38,7 @@ from typing import Any, Iterator
 import duckdb
 
 from .engine.compile import Codec
-from .errors import IncompatibleDatabaseError, StoreError
+from .errors import DatabaseLockedError, IncompatibleDatabaseError, StoreError
 
 SCHEMA_VERSION = 1
 ENV_DB = "HEALTHSIM_DB"
@@ -100,36 +103,62 @@ def expected_columns(codec: Codec) -> list[tuple[str, str]]:
 
 
 class Store:
-    """One open DuckDB file holding scenarios of the given entity types."""
+    """One DuckDB file holding scenarios of the given entity types.
 
-    def __init__(self, path: str | os.PathLike, codecs: dict[str, Codec]):
+    The store holds no connection between operations: :meth:`connect` opens one
+    for an operation (or a short burst of them) and closes it, so the file's
+    lock is free for other processes whenever this one is idle. A lock held by
+    another process is waited for, with backoff, up to ``lock_timeout`` seconds.
+    """
+
+    def __init__(self, path: str | os.PathLike, codecs: dict[str, Codec], *, lock_timeout: float | None = None):
         self.path = Path(path).expanduser()
         self.codecs = codecs
-        self._con = _connect(self.path)
+        self.lock_timeout = default_lock_timeout() if lock_timeout is None else float(lock_timeout)
+        self._digest = self._layout_digest()
+        with self.connect():
+            pass  # fail early: a bad file, a newer version or a changed mapping is reported at once
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for one operation, with the layout checked; closed after."""
+        con = self._open_connection()
         try:
-            self._prepare()
+            self._prepare(con)
+            yield con
+        finally:
+            con.close()
+
+    def _open_connection(self) -> duckdb.DuckDBPyConnection:
+        return connect_with_retry(self.path, self.lock_timeout)
+
+    @staticmethod
+    @contextmanager
+    def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+        """All of it or none of it: commit on success, roll back on any error."""
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield con
         except BaseException:
-            self._con.close()
+            con.execute("ROLLBACK")
             raise
+        con.execute("COMMIT")
 
-    # --- connection and layout -------------------------------------------------
+    # --- layout --------------------------------------------------------------------
 
-    def close(self) -> None:
-        self._con.close()
-
-    def _prepare(self) -> None:
+    def _prepare(self, con: duckdb.DuckDBPyConnection) -> None:
         """Check the schema version, and create what is missing, in one transaction.
 
         The layout the current mappings need is summed up in a digest kept in
         ``_healthsim_meta``; when the file already carries this digest, opening
         costs one small query instead of DDL and catalog introspection."""
-        digest = self._layout_digest()
-        with self.transaction() as con:
-            meta = self._read_meta(con)
-            if meta is not None:
-                self._check_version(meta.get("schema_version"))
-                if meta.get("layout") == digest:
-                    return
+        digest = self._digest
+        meta = self._read_meta(con)  # outside a transaction: a missing table must not abort one
+        if meta is not None:
+            self._check_version(meta.get("schema_version"))
+            if meta.get("layout") == digest:
+                return
+        with self.transaction(con):
             for ddl in _BASE_DDL:
                 con.execute(ddl)
             if meta is None or "schema_version" not in meta:
@@ -153,11 +182,10 @@ class Store:
     @staticmethod
     def _read_meta(con: duckdb.DuckDBPyConnection) -> dict[str, str] | None:
         """The meta table's rows, or None for a file without one (a new file)."""
-        found = con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
-                            "AND schema_name = 'main' AND table_name = '_healthsim_meta'").fetchone()[0]
-        if not found:
+        try:
+            return dict(con.execute("SELECT key, value FROM _healthsim_meta").fetchall())
+        except duckdb.CatalogException:
             return None
-        return dict(con.execute("SELECT key, value FROM _healthsim_meta").fetchall())
 
     def _check_version(self, version: str | None) -> None:
         if version is not None and (not version.isdigit() or int(version) > SCHEMA_VERSION):
@@ -175,18 +203,6 @@ class Store:
         for table, column, sql_type in rows:
             tables.setdefault(table, []).append((column, sql_type))
         return tables
-
-    @contextmanager
-    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """All of it or none of it: commit on success, roll back on any error."""
-        con = self._con
-        con.execute("BEGIN TRANSACTION")
-        try:
-            yield con
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
 
     # --- scenarios ------------------------------------------------------------------
 
@@ -283,22 +299,68 @@ class Store:
 
     def fetch_rows(self, con, codec: Codec, scenario_id: str) -> list[tuple]:
         """A type's rows of one scenario, in saved order, in one query:
-        ``(col_0, ..., col_n, residual)``."""
+        ``(position, col_0, ..., col_n, residual)``.
+
+        Sorted here rather than by ``ORDER BY``: rows are nearly always stored
+        in position order already, Python's sort checks that in one C pass, and
+        DuckDB's sort setup cost more than the rest of a small query."""
         columns = ", ".join(f.type.select.format(quote(f.column)) for f in codec.mapping.fields)
-        sql = (f"SELECT {columns}, _residual FROM {quote(codec.mapping.table)} "
-               f"WHERE scenario_id = ? ORDER BY _position")
-        return con.execute(sql, [scenario_id]).fetchall()
+        sql = f"SELECT _position, {columns}, _residual FROM {quote(codec.mapping.table)} WHERE scenario_id = ?"
+        rows = con.execute(sql, [scenario_id]).fetchall()
+        rows.sort(key=_first)
+        return rows
 
 
-def _connect(path: Path) -> duckdb.DuckDBPyConnection:
+ENV_LOCK_TIMEOUT = "HEALTHSIM_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT = 10.0
+_PID = re.compile(r"PID (\d+)")
+
+
+def default_lock_timeout() -> float:
+    """``$HEALTHSIM_LOCK_TIMEOUT`` seconds if set, else 10."""
+    value = os.environ.get(ENV_LOCK_TIMEOUT)
+    if not value:
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        return float(value)
+    except ValueError:
+        raise StoreError(f"{ENV_LOCK_TIMEOUT}={value!r} is not a number of seconds") from None
+
+
+def _is_lock_conflict(error: duckdb.Error) -> bool:
+    text = str(error)
+    return "Could not set lock" in text or "Conflicting lock" in text
+
+
+def connect_with_retry(path: Path, timeout: float) -> duckdb.DuckDBPyConnection:
+    """Open ``path`` read-write. While another process holds the file's lock,
+    retry with jittered exponential backoff (5 ms doubling to 250 ms) until
+    ``timeout`` seconds have passed, then raise :class:`DatabaseLockedError`."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise StoreError(f"cannot create the directory for the database {path}: {error.strerror or error}") from None
-    try:
-        return duckdb.connect(str(path))
-    except duckdb.Error as error:
-        raise StoreError(f"cannot open {path} as a healthsim-state database: {error}") from None
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.Error as error:
+            if not _is_lock_conflict(error):
+                raise StoreError(f"cannot open {path} as a healthsim-state database: {error}") from None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                holder = _PID.search(str(error))
+                raise DatabaseLockedError(
+                    f"{path} is locked by another process"
+                    + (f" (PID {holder[1]})" if holder else "")
+                    + f" and stayed locked for {timeout:g} s; wait for it to finish, stop it, or raise "
+                    f"{ENV_LOCK_TIMEOUT}", path=path, pid=int(holder[1]) if holder else None) from None
+            time.sleep(min(delay * (0.5 + random.random()), remaining))
+            delay = min(delay * 2, 0.25)
+
+
+_first = operator.itemgetter(0)
 
 
 def _scenario_dict(row: tuple) -> dict[str, Any]:

@@ -399,21 +399,27 @@ class CountingConnection:
 
 
 @pytest.mark.parametrize("size", [10, 5_000])
-def test_statement_count_does_not_grow_with_entities(sm, size):
-    counter = sm._store._con = CountingConnection(sm._store._con)
+def test_statement_count_does_not_grow_with_entities(sm, size, monkeypatch):
+    from healthsim_state.store import Store
+
+    opened: list[CountingConnection] = []
+    original = Store._open_connection
+    monkeypatch.setattr(Store, "_open_connection", lambda self: opened.append(CountingConnection(original(self)))
+                        or opened[-1])
     entities = {"patient": [{"patient_id": f"p{i}"} for i in range(size)],
                 "encounter": [{"encounter_id": f"e{i}"} for i in range(size)]}
     sm.save_scenario("s", entities)
-    saved = counter.statements
-    counter.statements = 0
     assert len(sm.load_scenario("s")["entities"]["encounter"]) == size
-    assert (saved, counter.statements) == (STATEMENTS_PER_SAVE, STATEMENTS_PER_LOAD)
+    assert [c.statements for c in opened] == [STATEMENTS_PER_SAVE, STATEMENTS_PER_LOAD]
 
 
-# A save: read the name, BEGIN, re-read, insert the scenario, delete and write tags, COMMIT.
+# Opening checks the layout: one read of the meta table.
+# A save: BEGIN, find the name, insert the scenario, delete and write tags, COMMIT
+# (the rows go through one appender per type and chunk, not execute).
 # A load: BEGIN, find, one SELECT per non-empty type (2 here), tags, COMMIT.
-STATEMENTS_PER_SAVE = 8
-STATEMENTS_PER_LOAD = 6
+STATEMENTS_PER_OPEN = 1
+STATEMENTS_PER_SAVE = STATEMENTS_PER_OPEN + 5
+STATEMENTS_PER_LOAD = STATEMENTS_PER_OPEN + 6
 
 
 # --- streaming in chunks ------------------------------------------------------------------------
@@ -440,9 +446,9 @@ def test_a_problem_in_the_last_chunk_rolls_back_the_chunks_already_written(sm, d
     with pytest.raises(ValidationError, match=r"patient\[999\] @ birthDate"):
         sm.save_scenario("late", entities)
     assert [s["name"] for s in sm.list_scenarios()] == ["keep"]
-    con = sm._store._con
-    assert con.execute("SELECT count(*) FROM patients").fetchone() == (1,)
-    assert con.execute("SELECT count(*) FROM encounters").fetchone() == (0,)
+    with sm._store.connect() as con:
+        assert con.execute("SELECT count(*) FROM patients").fetchone() == (1,)
+        assert con.execute("SELECT count(*) FROM encounters").fetchone() == (0,)
     sm.save_scenario("late", big_scenario(size=1000))
     assert [p["patient_id"] for p in sm.load_scenario("late")["entities"]["patient"]] == [f"p{i}" for i in range(1000)]
 

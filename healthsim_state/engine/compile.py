@@ -13,7 +13,7 @@ form of values whose typed copy renders differently (``"2024-01-15T10:30Z"``),
 left at their canonical path. It is JSON text, or ``None`` when empty (most
 entities), so a load of a plain entity never parses JSON.
 
-``rebuild(row)`` takes ``(col_0, ..., col_n, residual)`` and returns the
+``rebuild(row)`` takes ``(position, col_0, ..., col_n, residual)`` and returns the
 canonical entity: the residual, with every non-null column rendered at its path
 unless the residual already holds a value there.
 
@@ -216,7 +216,7 @@ def _rebuild_source(mapping: Mapping, root: _Node) -> str:
     columns = ", ".join(f"c{i}" for i in range(len(mapping.fields)))
     out("def rebuild(row):")
     out.indent()
-    out(f"{columns}, residual = row")
+    out(f"_, {columns}, residual = row")
     out("if residual is None:")
     out.indent()
     out("e = {}")
