@@ -7,6 +7,7 @@
 """
 
 from .errors import (
+    DatabaseLockedError,
     HealthSimError,
     IncompatibleDatabaseError,
     MappingError,
@@ -37,6 +38,7 @@ __all__ = [
     "ScenarioExistsError",
     "ScenarioNotFoundError",
     "StoreError",
+    "DatabaseLockedError",
     "IncompatibleDatabaseError",
 ]
 

@@ -126,8 +126,13 @@ class Store:
         try:
             self._prepare(con)
             yield con
+        except duckdb.Error as error:  # damaged file, full disk, ...: ours to name, not DuckDB's to leak
+            raise StoreError(f"the database {self.path} could not be used: {error}") from error
         finally:
-            con.close()
+            try:
+                con.close()
+            except duckdb.Error:
+                pass  # already failing, or nothing left to release
 
     def _open_connection(self) -> duckdb.DuckDBPyConnection:
         return connect_with_retry(self.path, self.lock_timeout)
