@@ -495,3 +495,23 @@ def test_scenario_summary_by_id_then_name(sm):
     assert (summary["entity_counts"], summary["tags"]) == ({"patient": 1}, ["x"])
     with pytest.raises(ScenarioNotFoundError):
         scenario_summary(sm, "missing")
+
+
+def test_sql_waits_for_a_lock_then_says_who_holds_it(filled_db, monkeypatch):
+    import subprocess
+    import sys
+
+    from healthsim_state import DatabaseLockedError
+
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time\n"
+                               "con = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(30)",
+                               str(filled_db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        monkeypatch.setenv("HEALTHSIM_LOCK_TIMEOUT", "0.3")
+        with pytest.raises(DatabaseLockedError, match="is locked by another process and stayed locked for 0.3 s"):
+            run_query(filled_db, "SELECT 1")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_query(filled_db, "SELECT 1").rows == [(1,)]

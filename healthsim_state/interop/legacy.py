@@ -26,12 +26,13 @@ import duckdb
 
 from ..engine.batch import ScenarioBatch
 from ..engine.registry import Registry
-from ..errors import HealthSimError, StoreError, ValidationError
+from ..errors import HealthSimError, ValidationError
 from ..manager import StateManager
 from ..mapping.loader import load_mappings
 from ..store import default_db_path
 from .errors import DocumentError
 from .json_io import ScenarioDocument, parse_document, parse_json, scenario_name
+from .query import connect_read_only
 
 LEGACY_DIRS = ("scenarios", "workspaces")
 MIGRATED_TAG = "migrated"
@@ -193,14 +194,7 @@ def _existing_tags_read_only(db_path: Path) -> dict[str, list[str]]:
     (a dry run changes nothing, not even the file's layout)."""
     if not db_path.is_file():
         return {}
-    try:
-        con = duckdb.connect(str(db_path), read_only=True)
-    except duckdb.ConnectionException as error:
-        if "different configuration" not in str(error):
-            raise _unreadable(db_path, error) from None
-        con = duckdb.connect(os.path.abspath(db_path))  # this process has it open: share that database
-    except duckdb.Error as error:
-        raise _unreadable(db_path, error) from None
+    con = connect_read_only(db_path)
     try:
         rows = con.execute(
             "SELECT s.name, list(t.tag ORDER BY t.position) FILTER (WHERE t.tag IS NOT NULL) "
@@ -211,7 +205,3 @@ def _existing_tags_read_only(db_path: Path) -> dict[str, list[str]]:
     finally:
         con.close()
     return {name: list(tags or []) for name, tags in rows}
-
-
-def _unreadable(db_path: Path, error: Exception) -> StoreError:
-    return StoreError(f"cannot read {db_path}: {str(error).splitlines()[0]}")

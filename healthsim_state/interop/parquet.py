@@ -20,7 +20,7 @@ import duckdb
 
 from ..errors import StoreError
 from ..manager import StateManager
-from ..store import quote
+from ..store import connect_with_retry, default_lock_timeout, quote
 from .catalog import scenario_summary
 from .files import check_directory_target, default_target, new_work_directory, replace_directory
 
@@ -73,10 +73,9 @@ def export_parquet(manager: StateManager, name_or_id: str, path: str | os.PathLi
 
 def _write_files(manager: StateManager, summary: dict[str, Any], entities: list[str], work: Path,
                  progress: Progress | None) -> tuple[dict[str, str], dict[str, Any]]:
-    # A second connection to the manager's open database (DuckDB shares one
-    # database per file in a process), in one transaction: every file comes
-    # from the same snapshot, and we check it is the scenario we summarised.
-    con = _sibling_connection(manager)
+    # One connection, one transaction: every file comes from the same
+    # snapshot, and we check it is still the scenario we summarised.
+    con = connect_with_retry(Path(manager.db_path).expanduser(), default_lock_timeout())
     files: dict[str, str] = {}
     tables: dict[str, Any] = {}
     try:
@@ -105,14 +104,6 @@ def _write_files(manager: StateManager, summary: dict[str, Any], entities: list[
     finally:
         con.close()
     return files, tables
-
-
-def _sibling_connection(manager: StateManager) -> duckdb.DuckDBPyConnection:
-    path = os.path.abspath(Path(manager.db_path).expanduser())  # as the manager opened it: no symlinks resolved
-    try:
-        return duckdb.connect(path)
-    except duckdb.Error as error:
-        raise StoreError(f"cannot read {path} for the Parquet export: {error}") from None
 
 
 def _manifest(summary: dict[str, Any], tables: dict[str, Any]) -> dict[str, Any]:

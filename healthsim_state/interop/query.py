@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import random
+import time
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -21,7 +23,8 @@ from typing import Any, Sequence
 
 import duckdb
 
-from ..errors import StoreError
+from ..errors import DatabaseLockedError, StoreError
+from ..store import default_lock_timeout
 from .errors import QueryError
 
 _CONFIG = {"enable_external_access": False, "lock_configuration": True}
@@ -38,15 +41,32 @@ class QueryResult:
         return [{c: jsonable(v) for c, v in zip(self.columns, row)} for row in self.rows]
 
 
-def connect_read_only(path: str | os.PathLike) -> duckdb.DuckDBPyConnection:
-    """The database file, read-only, with no access to other files."""
+def connect_read_only(path: str | os.PathLike, *, lock_timeout: float | None = None,
+                      external_access: bool = False) -> duckdb.DuckDBPyConnection:
+    """The database file, read-only (and, unless ``external_access``, with no
+    access to other files). While another process holds the file's write
+    lock, retry with backoff for up to ``lock_timeout`` seconds (default
+    ``$HEALTHSIM_LOCK_TIMEOUT``, else 10), as the store does."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise StoreError(f"no database at {path}")
-    try:
-        return duckdb.connect(str(path), read_only=True, config=dict(_CONFIG))
-    except duckdb.Error as error:
-        raise StoreError(f"cannot open {path} read-only: {_first_line(error)}") from None
+    config = dict(_CONFIG) if not external_access else {}
+    timeout = default_lock_timeout() if lock_timeout is None else lock_timeout
+    deadline, delay = time.monotonic() + timeout, 0.005
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=True, config=config)
+        except duckdb.Error as error:
+            text = str(error)
+            if "Could not set lock" not in text and "Conflicting lock" not in text:
+                raise StoreError(f"cannot open {path} read-only: {_first_line(error)}") from None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DatabaseLockedError(f"{path} is locked by another process and stayed locked for "
+                                          f"{timeout:g} s; wait for it to finish, or raise HEALTHSIM_LOCK_TIMEOUT",
+                                          path=path) from None
+            time.sleep(min(delay * (0.5 + random.random()), remaining))
+            delay = min(delay * 2, 0.25)
 
 
 def check_select(con: duckdb.DuckDBPyConnection, sql: str) -> None:
