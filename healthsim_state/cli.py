@@ -333,6 +333,8 @@ def delete(name_or_id: str, yes: bool, db: Path | None) -> None:
 @db_option
 def export(name_or_id: str, output: str | None, fmt: str, force: bool, db: Path | None) -> None:
     """Export a scenario: versioned JSON (lossless), or a Parquet directory (typed columns)."""
+    if fmt == "parquet" and output == STDIN:
+        raise click.UsageError("-o - (stdout) is for --format json; Parquet needs a directory")
     with _existing_manager(db) as manager:
         if fmt == "json":
             with progress(1, "exporting") as report:

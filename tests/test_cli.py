@@ -291,6 +291,7 @@ def test_errors(cli_with_s, args, message):
     ("export", "x", "--format", "xml"),
     ("sql", "SELECT 1", "--json", "--csv"),
     ("list", "--limit", "-1"),
+    ("export", "x", "--format", "parquet", "-o", "-"),
 ])
 def test_usage_errors_exit_2(cli, args):
     result = cli(*args, expect=2)
