@@ -263,11 +263,26 @@ def _check_arguments(name: Any, description: Any) -> None:
     problems = []
     if not isinstance(name, str) or not name:
         problems.append(Problem(f"the scenario name must be a non-empty string, got {name!r}", path="name"))
+    elif not _is_text(name):
+        problems.append(Problem("the scenario name holds a lone surrogate, which is not valid Unicode text",
+                                path="name", value=name))
     if description is not None and not isinstance(description, str):
         problems.append(Problem(f"description must be a string or None, got {type(description).__name__}",
                                 path="description"))
+    elif description is not None and not _is_text(description):
+        problems.append(Problem("the description holds a lone surrogate, which is not valid Unicode text",
+                                path="description"))
     if problems:
         raise ValidationError(problems, summary="scenario not saved")
+
+
+def _is_text(value: str) -> bool:
+    """True when ``value`` can be stored as text (UTF-8): no lone surrogates."""
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _check_tags(tags: Any) -> list[str]:
@@ -280,8 +295,9 @@ def _check_tags(tags: Any) -> list[str]:
     result: list[str] = []
     problems = []
     for index, tag in enumerate(tags):
-        if not isinstance(tag, str) or not tag:
-            problems.append(Problem(f"a tag must be a non-empty string, got {tag!r}", path=f"tags[{index}]"))
+        if not isinstance(tag, str) or not tag or not _is_text(tag):
+            problems.append(Problem(f"a tag must be a non-empty string of valid Unicode text, got {tag!r}",
+                                    path=f"tags[{index}]"))
         elif tag not in result:
             result.append(tag)
     if problems:

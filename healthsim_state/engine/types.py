@@ -59,8 +59,9 @@ def _same(a: Any, b: Any) -> bool:
 def _varchar(value: Any) -> tuple[Any, Any]:
     if value.__class__ is str:
         return value, MISSING
-    if isinstance(value, uuid.UUID):
-        return str(value), MISSING
+    if isinstance(value, (uuid.UUID, str)):  # a UUID, or a str subclass such as a StrEnum member
+        text = to_json(value)
+        return text, MISSING
     raise Unfit("expected a string")
 
 
@@ -114,7 +115,7 @@ def _decimal_converter(precision: int, scale: int) -> Callable[[Any], tuple[Any,
     float_safe = min(10.0 ** (precision - scale), 2.0 ** 52 * 10.0 ** -scale)
 
     def convert(value: Any) -> tuple[Any, Any]:
-        if value.__class__ is float and -float_safe < value < float_safe:
+        if value.__class__ is float and -float_safe < value < float_safe and value != 0.0:
             text = repr(value)
             if "e" not in text and len(text) - text.index(".") - 1 <= scale:
                 return value, MISSING

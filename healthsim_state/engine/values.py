@@ -33,6 +33,10 @@ MISSING: Any = _Missing()
 
 _SCALARS = (str, int, bool, type(None))
 
+# Deeper than this is refused, clearly, before any recursion limit of Python's
+# or of a JSON codec is met. Real HealthSim data nests a handful of levels.
+MAX_DEPTH = 200
+
 
 class NotJSON(ValueError):
     """A value that is not JSON and has no canonical rendering.
@@ -48,7 +52,16 @@ class NotJSON(ValueError):
 
 
 def render_object(value: Any) -> Any:
-    """The JSON rendering of one non-JSON scalar object, or raise ``TypeError``."""
+    """The JSON rendering of one non-JSON scalar object, or raise ``TypeError``.
+
+    Subclasses of str, int and float (``StrEnum``, ``IntEnum`` members) are
+    rendered as their plain value, as ``json.dumps`` writes them."""
+    if isinstance(value, str):
+        return value[:]  # slicing a str subclass gives a plain str
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return to_json(float(value))
     if isinstance(value, _dt.datetime) or isinstance(value, _dt.date):
         return value.isoformat()
     if isinstance(value, uuid.UUID):
@@ -82,7 +95,13 @@ def to_json(value: Any, path: list[Any] | None = None) -> Any:
         raise NotJSON(str(problem), path or []) from None
 
 
+def _check_depth(path: list[Any]) -> None:
+    if len(path) >= MAX_DEPTH:
+        raise NotJSON(f"nested deeper than {MAX_DEPTH} levels, which is not supported", path[:3] + ["..."])
+
+
 def _dict_to_json(value: dict, path: list[Any]) -> dict:
+    _check_depth(path)
     changed = None
     for key, item in value.items():
         if key.__class__ is not str:
@@ -96,6 +115,7 @@ def _dict_to_json(value: dict, path: list[Any]) -> dict:
 
 
 def _list_to_json(value: list, path: list[Any]) -> list:
+    _check_depth(path)
     changed = None
     for index, item in enumerate(value):
         rendered = to_json(item, path + [index]) if item.__class__ not in _SCALARS else item
