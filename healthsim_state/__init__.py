@@ -11,9 +11,11 @@ from .errors import (
     HealthSimError,
     IncompatibleDatabaseError,
     MappingError,
+    OrphanedTypesWarning,
     Problem,
     ScenarioExistsError,
     ScenarioNotFoundError,
+    SchemaChangeError,
     StoreError,
     ValidationError,
 )
@@ -22,6 +24,7 @@ from .manager import (
     delete_scenario,
     list_scenarios,
     load_scenario,
+    plan_schema_changes,
     save_scenario,
 )
 
@@ -31,6 +34,9 @@ __all__ = [
     "load_scenario",
     "list_scenarios",
     "delete_scenario",
+    "plan_schema_changes",
+    "SchemaChangeError",
+    "OrphanedTypesWarning",
     "HealthSimError",
     "ValidationError",
     "MappingError",

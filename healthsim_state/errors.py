@@ -108,3 +108,20 @@ class DatabaseLockedError(StoreError):
         super().__init__(message)
         self.path = path
         self.pid = pid
+
+
+class SchemaChangeError(ValidationError):
+    """An edited mapping cannot be applied to the stored data without losing
+    or corrupting some of it (a value that does not fit a changed type, a
+    duplicate under a changed key). Nothing was changed; ``problems`` lists the
+    scenarios, positions and values in the way."""
+
+    def __init__(self, problems: list[Problem], *, table: str):
+        self.table = table
+        ValidationError.__init__(self, problems, summary=f"table {table!r} left as it was: the edited mapping "
+                                 "does not fit the stored data")
+
+
+class OrphanedTypesWarning(UserWarning):
+    """The database holds entity types whose mapping files are gone. Their
+    tables and data are kept; they come back when the mappings do."""

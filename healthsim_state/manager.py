@@ -25,6 +25,7 @@ from .errors import (
     ValidationError,
 )
 from .mapping.loader import fingerprint, load_mapping_dirs, mapping_search_path
+from .evolution import SchemaReport
 from .store import Store, default_db_path, new_scenario_id, utc_now
 
 
@@ -61,6 +62,12 @@ class StateManager:
     def entity_types(self) -> tuple[str, ...]:
         """The registered entity types, by singular name."""
         return self.registry.entity_types
+
+    @property
+    def schema_report(self) -> SchemaReport | None:
+        """What opening the file changed to follow edited mappings (None when
+        the file already matched them)."""
+        return self._store.schema_report
 
     @contextmanager
     def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -323,6 +330,17 @@ def _unstorable_strings(codec, rows: list[tuple]) -> list[Problem]:
 
 
 # --- module-level shortcuts on the default database -----------------------------
+
+def plan_schema_changes(db_path: str | os.PathLike | None = None, *,
+                        mapping_dirs: Iterable[str | os.PathLike] | None = None) -> SchemaReport:
+    """What opening ``db_path`` with these mappings would change to follow
+    edited mappings, changing nothing (a dry run). A change that cannot be
+    applied raises :class:`SchemaChangeError` listing what blocks it."""
+    registry = _registry(mapping_dirs)
+    store = Store(default_db_path() if db_path is None else db_path, registry.codecs, check=False)
+    return store.plan()
+
+
 
 def save_scenario(name: str, entities: Any, **options: Any) -> str:
     """:meth:`StateManager.save_scenario` on the default database."""

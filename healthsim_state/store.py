@@ -31,6 +31,7 @@ import random
 import re
 import secrets
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,7 +39,8 @@ from typing import Any, Iterator
 import duckdb
 
 from .engine.compile import Codec
-from .errors import DatabaseLockedError, IncompatibleDatabaseError, StoreError
+from .errors import DatabaseLockedError, IncompatibleDatabaseError, OrphanedTypesWarning, StoreError
+from .evolution import SchemaReport, reconcile
 
 SCHEMA_VERSION = 1
 ENV_DB = "HEALTHSIM_DB"
@@ -111,20 +113,24 @@ class Store:
     another process is waited for, with backoff, up to ``lock_timeout`` seconds.
     """
 
-    def __init__(self, path: str | os.PathLike, codecs: dict[str, Codec], *, lock_timeout: float | None = None):
+    def __init__(self, path: str | os.PathLike, codecs: dict[str, Codec], *, lock_timeout: float | None = None,
+                 check: bool = True):
         self.path = Path(path).expanduser()
         self.codecs = codecs
         self.lock_timeout = default_lock_timeout() if lock_timeout is None else float(lock_timeout)
         self._digest = self._layout_digest()
-        with self.connect():
-            pass  # fail early: a bad file, a newer version or a changed mapping is reported at once
+        self.schema_report: SchemaReport | None = None  # what the last reconciliation did
+        if check:
+            with self.connect():
+                pass  # fail early: a bad file or a newer version is reported, an edited mapping applied, at once
 
     @contextmanager
-    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def connect(self, *, prepare: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection for one operation, with the layout checked; closed after."""
         con = self._open_connection()
         try:
-            self._prepare(con)
+            if prepare:
+                self._prepare(con)
             yield con
         except duckdb.Error as error:  # damaged file, full disk, ...: ours to name, not DuckDB's to leak
             raise StoreError(f"the database {self.path} could not be used: {error}") from error
@@ -152,37 +158,51 @@ class Store:
     # --- layout --------------------------------------------------------------------
 
     def _prepare(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Check the schema version, and create what is missing, in one transaction.
+        """Check the schema version; create what is missing and apply edited
+        mappings (:mod:`healthsim_state.evolution`), in one transaction.
 
-        The layout the current mappings need is summed up in a digest kept in
+        What the current mappings need is summed up in a digest kept in
         ``_healthsim_meta``; when the file already carries this digest, opening
         costs one small query instead of DDL and catalog introspection."""
-        digest = self._digest
         meta = self._read_meta(con)  # outside a transaction: a missing table must not abort one
         if meta is not None:
             self._check_version(meta.get("schema_version"))
-            if meta.get("layout") == digest:
+            if meta.get("layout") == self._digest:
                 return
         with self.transaction(con):
-            for ddl in _BASE_DDL:
-                con.execute(ddl)
-            if meta is None or "schema_version" not in meta:
-                con.execute("INSERT OR REPLACE INTO _healthsim_meta VALUES ('schema_version', ?)",
-                            [str(SCHEMA_VERSION)])
-            existing = self._table_columns(con)
-            for codec in self.codecs.values():
-                table = codec.mapping.table
-                if table not in existing:
-                    con.execute(table_ddl(codec))
-                    con.execute("INSERT OR REPLACE INTO _healthsim_tables VALUES (?, ?, ?, ?)",
-                                [codec.mapping.entity, table, json.dumps(codec.mapping.describe()), utc_now()])
-                elif existing[table] != expected_columns(codec):
-                    raise IncompatibleDatabaseError(_layout_message(self.path, codec, existing[table]))
-            con.execute("INSERT OR REPLACE INTO _healthsim_meta VALUES ('layout', ?)", [digest])
+            self.schema_report = self._reconcile(con, meta)
+        if self.schema_report.orphaned:
+            warnings.warn(OrphanedTypesWarning(
+                f"{self.path} holds entity types with no mapping: {', '.join(self.schema_report.orphaned)}; "
+                "their tables and data are kept, and come back when their mapping files do"), stacklevel=4)
+
+    def _reconcile(self, con: duckdb.DuckDBPyConnection, meta: dict[str, str] | None) -> SchemaReport:
+        for ddl in _BASE_DDL:
+            con.execute(ddl)
+        if meta is None or "schema_version" not in meta:
+            con.execute("INSERT OR REPLACE INTO _healthsim_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        report = reconcile(con, self.codecs, self._table_columns(con), path=self.path)
+        con.execute("INSERT OR REPLACE INTO _healthsim_meta VALUES ('layout', ?)", [self._digest])
+        return report
+
+    def plan(self) -> SchemaReport:
+        """What opening the file with these mappings would change, changing
+        nothing: the reconciliation runs in a transaction that is rolled back."""
+        with self.connect(prepare=False) as con:
+            meta = self._read_meta(con)
+            if meta is not None:
+                self._check_version(meta.get("schema_version"))
+            con.execute("BEGIN TRANSACTION")
+            try:
+                report = self._reconcile(con, meta)
+            finally:
+                con.execute("ROLLBACK")
+        report.applied = False
+        return report
 
     def _layout_digest(self) -> str:
-        tables = sorted((c.mapping.table, expected_columns(c)) for c in self.codecs.values())
-        return hashlib.sha256(json.dumps([SCHEMA_VERSION, tables]).encode()).hexdigest()
+        mappings = sorted(json.dumps(c.mapping.describe(), sort_keys=True) for c in self.codecs.values())
+        return hashlib.sha256(json.dumps([SCHEMA_VERSION, mappings]).encode()).hexdigest()
 
     @staticmethod
     def _read_meta(con: duckdb.DuckDBPyConnection) -> dict[str, str] | None:
@@ -302,7 +322,8 @@ class Store:
         con.execute(f"DELETE FROM {quote(codec.mapping.table)} WHERE scenario_id = ? "
                     "AND list_contains(?::INTEGER[], _position)", [scenario_id, positions])
 
-    def fetch_rows(self, con, codec: Codec, scenario_id: str) -> list[tuple]:
+    @staticmethod
+    def fetch_rows(con, codec: Codec, scenario_id: str) -> list[tuple]:
         """A type's rows of one scenario, in saved order, in one query:
         ``(position, col_0, ..., col_n, residual)``.
 
@@ -374,19 +395,3 @@ def _scenario_dict(row: tuple) -> dict[str, Any]:
     item["updated_at"] = item["updated_at"].replace(tzinfo=_dt.timezone.utc)
     item["entity_counts"] = json.loads(item["entity_counts"])
     return item
-
-
-def _layout_message(path: Path, codec: Codec, found: list[tuple[str, str]]) -> str:
-    expected = expected_columns(codec)
-    missing = [c for c, _ in expected if c not in dict(found)]
-    extra = [c for c, _ in found if c not in dict(expected)]
-    changed = [c for c, t in expected if c in dict(found) and dict(found)[c] != t]
-    details = "; ".join(part for part in (
-        f"new columns {missing}" if missing else "",
-        f"columns no longer mapped {extra}" if extra else "",
-        f"columns whose type changed {changed}" if changed else "",
-        "columns in a different order" if not (missing or extra or changed) else "",
-    ) if part)
-    return (f"table {codec.mapping.table!r} in {path} was created from a different mapping of "
-            f"{codec.mapping.entity!r} ({codec.mapping.source}): {details}. This version cannot migrate "
-            "stored data to an edited mapping yet; restore the mapping file, or use a new database")

@@ -349,17 +349,6 @@ def test_a_file_that_is_not_a_database_is_refused_and_untouched(tmp_path):
     assert path.read_bytes() == b"just some text, not a database" * 100
 
 
-def test_a_table_made_from_another_mapping_is_reported(tmp_path):
-    maps = tmp_path / "maps"
-    maps.mkdir()
-    text = "entity: widget\ntable: widgets\nprimary_key: id\nfields:\n  - {column: id, path: id, type: varchar}\n"
-    (maps / "widget.yaml").write_text(text)
-    StateManager(tmp_path / "db.duckdb", mapping_dirs=[maps]).close()
-    (maps / "widget.yaml").write_text(text + "  - {column: size, path: size, type: integer}\n")
-    with pytest.raises(IncompatibleDatabaseError, match=r"table 'widgets'.*new columns \['size'\]"):
-        StateManager(tmp_path / "db.duckdb", mapping_dirs=[maps])
-
-
 # --- time zones ---------------------------------------------------------------------------------
 
 SAVE_IN_TZ = """

@@ -42,7 +42,7 @@ class ScenarioBatch:
         problems, scenario_id = self.problems, self.scenario_id
         for codec, items in self._lists:
             flatten = codec.flatten
-            keys = _KeyTracker(codec, problems)
+            keys = KeyTracker(codec, problems)
             for start in range(0, len(items), self._chunk):
                 with no_cyclic_gc():
                     rows = [flatten(item, scenario_id, position, problems)
@@ -98,7 +98,7 @@ def key_function(codec: Codec) -> Callable[[tuple], Any]:
     return key
 
 
-class _KeyTracker:
+class KeyTracker:
     """Two entities of one type in one call may not have equal keys."""
 
     def __init__(self, codec: Codec, problems: list[Problem]):
