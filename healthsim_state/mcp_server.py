@@ -1,0 +1,493 @@
+"""The MCP server: scenario tools for AI assistants.
+
+Start it with ``healthsim-state mcp`` (stdio), ``healthsim-state mcp --transport
+http --port P`` (streamable HTTP, on 127.0.0.1 unless told otherwise), or
+``python -m healthsim_state.mcp_server``. It needs the ``mcp`` extra
+(``pip install 'healthsim-state[mcp]'``).
+
+Each tool is a thin layer over :class:`StateManager` (and the read-only SQL of
+:mod:`healthsim_state.interop.query`). A call opens the database file and closes
+it before it returns, so an idle server never keeps other processes out of the
+file. Calls run one at a time: inside one process DuckDB cannot open a file
+read-only while a read-write connection to it is open.
+
+A call that fails because of its input (unknown scenario, invalid entity,
+unknown type, a query that is not a SELECT, ...) comes back as an MCP tool error
+carrying our message; the library's writes are atomic, so nothing is half
+written, and the server goes on serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import inspect
+import json
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Callable, Iterator, TypedDict
+
+import duckdb
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import Field
+
+from . import __version__
+from .errors import HealthSimError, ScenarioNotFoundError
+from .interop.catalog import scenario_summary
+from .interop.errors import QueryError, UnknownEntityTypeError
+from .interop.query import check_select, connect_read_only, jsonable
+from .manager import StateManager
+from .store import default_db_path
+
+QUERY_TIMEOUT = 30.0
+"""Seconds a ``query`` may run before it is interrupted."""
+
+MAX_QUERY_ROWS = 10_000
+MAX_SAMPLES = 20
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+INSTRUCTIONS = """\
+Scenarios are named sets of synthetic healthcare entities (patients, encounters, claims, \
+trial subjects, ...) kept in one local database. Call list_entity_types to learn each type's \
+canonical shape (field paths, types, input aliases). Save with save_scenario; send a large \
+scenario in batches of a few hundred entities with add_entities. Read with \
+get_scenario_summary first, then load_scenario (use entity_types, limit_per_type and offset \
+to read a large scenario a slice at a time), or with query (read-only SQL). Scenarios are \
+found by id or by name."""
+
+
+# --- what the tools return (published as output schemas) ------------------------------
+
+class ScenarioInfo(TypedDict):
+    """A scenario, without its entities. Times are ISO 8601, UTC."""
+    scenario_id: str
+    name: str
+    description: str | None
+    tags: list[str]
+    created_at: str
+    updated_at: str
+    entity_count: int
+    entity_counts: dict[str, int]
+
+
+class AddResult(TypedDict):
+    """What add_entities did: per type, entities added and entities replaced by key;
+    entity_count is the scenario's new total."""
+    scenario_id: str
+    name: str
+    added: dict[str, int]
+    replaced: dict[str, int]
+    entity_count: int
+
+
+class LoadResult(ScenarioInfo):
+    """The scenario with the requested slice of its entities: omitted counts, per type,
+    the entities not returned; next_offset is where the next slice starts."""
+    entities: dict[str, list[dict[str, Any]]]
+    offset: int
+    limit_per_type: int | None
+    omitted: dict[str, int]
+    complete: bool
+    next_offset: int | None
+
+
+class SummaryResult(ScenarioInfo):
+    """The scenario's counts, tags and dates, and the first few entities of each type."""
+    samples: dict[str, list[dict[str, Any]]]
+
+
+class ListResult(TypedDict):
+    """Scenario summaries, newest first."""
+    scenarios: list[dict[str, Any]]
+    count: int
+
+
+class DeleteResult(ScenarioInfo):
+    """The scenario that was deleted."""
+    deleted: bool
+
+
+class EntityTypesResult(TypedDict):
+    """Each entity type: entity, plural, table, description, primary_key, and fields
+    (column, path, type, aliases, required, strict, default, description)."""
+    entity_types: list[dict[str, Any]]
+
+
+class QueryResult(TypedDict):
+    """The first rows (at most limit); truncated says whether there were more."""
+    columns: list[str]
+    types: list[str]
+    rows: list[list[Any]]
+    row_count: int
+    truncated: bool
+
+
+# --- argument types (published as the input schemas) -----------------------------------
+
+NameOrId = Annotated[str, Field(min_length=1, description="The scenario's id or its name (an id is looked up first).")]
+Entities = Annotated[dict[str, list[dict[str, Any]]], Field(
+    description="Entity type (singular or plural, e.g. 'patient' or 'patients'; see list_entity_types) "
+                "to a list of entities. Fields may use the canonical path or any alias the type declares.")]
+EntityTypes = Annotated[list[str] | None, Field(
+    description="Only these entity types (singular or plural names); default: every type.")]
+
+
+class ScenarioTools:
+    """The tool functions, on one database file. Each returns a JSON-ready dict
+    and raises our errors (or ValueError) for input it cannot use."""
+
+    def __init__(self, db_path: str | Path):
+        self.db_path = Path(db_path)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _manager(self) -> Iterator[StateManager]:
+        """A manager for one call: the file is open only while the call runs."""
+        with self._lock:
+            manager = StateManager(self.db_path)
+            try:
+                yield manager
+            finally:
+                manager.close()
+
+    # --- writes -----------------------------------------------------------------------
+
+    def save_scenario(
+        self,
+        name: Annotated[str, Field(min_length=1, description="The scenario's name (unique in the database).")],
+        entities: Entities,
+        description: Annotated[str | None, Field(description="What the scenario is for.")] = None,
+        tags: Annotated[list[str] | None, Field(description="Tags to find it by (list_scenarios tag=...).")] = None,
+        overwrite: Annotated[bool, Field(
+            description="Replace an existing scenario of this name (keeps its id and created_at).")] = False,
+    ) -> ScenarioInfo:
+        """Save entities as a new scenario (or, with overwrite, replace one) in one transaction.
+
+        Every entity is validated first; if any is invalid nothing is saved and the error lists
+        each problem with its entity type, position and field. For more than a few hundred
+        entities, call add_entities in batches instead. Returns the scenario's id, name and
+        entity counts per type."""
+        with self._manager() as manager:
+            scenario_id = manager.save_scenario(name, entities, description=description, tags=tags,
+                                                 overwrite=overwrite)
+            return _info(scenario_summary(manager, scenario_id))
+
+    def add_entities(
+        self,
+        name_or_id: NameOrId,
+        entities: Entities,
+        create: Annotated[bool, Field(
+            description="Create the scenario (named name_or_id) if there is none; else an unknown "
+                        "scenario is an error.")] = True,
+    ) -> AddResult:
+        """Add entities to a scenario, in one transaction: send a large scenario in batches of a
+        few hundred entities.
+
+        An entity whose key (see primary_key in list_entity_types) is already in the scenario
+        replaces the stored one and keeps its place; the others are appended in the order given.
+        Validation is as for save_scenario: an invalid batch changes nothing. Returns the counts
+        added and replaced per type, and the scenario's new entity_count (get_scenario_summary
+        with sample_size 0 gives the counts per type)."""
+        with self._manager() as manager:
+            return manager.add_entities(name_or_id, entities, create=create)
+
+    def delete_scenario(
+        self,
+        name_or_id: NameOrId,
+        confirm: Annotated[bool, Field(
+            description="Must be true: deleting removes the scenario and all its entities for good.")] = False,
+    ) -> DeleteResult:
+        """Delete a scenario, its tags and all its entities. Refused unless confirm is true;
+        this cannot be undone."""
+        with self._manager() as manager:
+            info = scenario_summary(manager, name_or_id)
+            if confirm is not True:
+                raise ValueError(
+                    f"scenario {info['name']!r} (id {info['scenario_id']}, {_entities(info['entity_count'])}) "
+                    "was not deleted: deleting cannot be undone; call delete_scenario again with confirm: true")
+            if not manager.delete_scenario(info["scenario_id"]):
+                raise ScenarioNotFoundError(f"no scenario has the id or name {name_or_id!r}")
+        return {**_info(info), "deleted": True}
+
+    # --- reads --------------------------------------------------------------------------
+
+    def load_scenario(
+        self,
+        name_or_id: NameOrId,
+        entity_types: EntityTypes = None,
+        limit_per_type: Annotated[int | None, Field(
+            ge=0, description="At most this many entities of each type; default: all of them.")] = None,
+        offset: Annotated[int, Field(
+            ge=0, description="Skip this many entities of each type (with limit_per_type: read a slice).")] = 0,
+    ) -> LoadResult:
+        """Load a scenario: its entities in canonical shape, in saved order, with its metadata.
+
+        A large scenario can be read a slice at a time: entity_types picks types, limit_per_type
+        and offset pick positions in each type's list. The result says what was left out:
+        omitted counts, per type, the entities not returned; complete is true when nothing was;
+        next_offset is the offset of the next slice (null when there is none). Without
+        entity_types, entities holds every type the scenario has."""
+        with self._manager() as manager:
+            wanted = _entity_names(manager, entity_types)
+            scenario = manager.load_scenario(name_or_id)
+        return _slice(scenario, wanted, limit_per_type, offset)
+
+    def get_scenario_summary(
+        self,
+        name_or_id: NameOrId,
+        sample_size: Annotated[int, Field(
+            ge=0, le=MAX_SAMPLES, description="How many entities of each type to show (the first ones).")] = 3,
+    ) -> SummaryResult:
+        """A scenario at a glance: entity counts per type, tags, description, dates, and the
+        first few entities of each type as samples. Cheaper to read than load_scenario."""
+        with self._manager() as manager:
+            if sample_size == 0:  # no entity rows needed
+                return {**_info(scenario_summary(manager, name_or_id)), "samples": {}}
+            scenario = manager.load_scenario(name_or_id)
+        entities = scenario.pop("entities")
+        scenario["entity_counts"] = {entity: len(items) for entity, items in entities.items() if items}
+        samples = {entity: items[:sample_size] for entity, items in entities.items() if items}
+        return {**_info(scenario), "samples": samples}
+
+    def list_scenarios(
+        self,
+        tag: Annotated[str | None, Field(description="Only scenarios with this tag (case-insensitive).")] = None,
+        search: Annotated[str | None, Field(
+            description="Only scenarios whose name or description contains this text (case-insensitive).")] = None,
+        limit: Annotated[int | None, Field(ge=0, description="At most this many; null for all.")] = 100,
+    ) -> ListResult:
+        """List scenarios, most recently updated first: id, name, description, tags, dates,
+        entity counts per type. No entities are read."""
+        with self._manager() as manager:
+            items = manager.list_scenarios(tag=tag, search=search, limit=limit)
+        scenarios = [_info(item) for item in items]
+        return {"scenarios": scenarios, "count": len(scenarios)}
+
+    def list_entity_types(self, entity_types: EntityTypes = None) -> EntityTypesResult:
+        """The entity types a scenario may hold, each with its table and fields: the canonical
+        path of each field (where it is in a loaded entity), its type, the aliases accepted on
+        input, its default, and the type's primary key. Fields no mapping names are kept too."""
+        with self._manager() as manager:
+            names = list(manager.entity_types) if entity_types is None else _entity_names(manager, entity_types)
+            described = [manager.registry.codecs[name].mapping.describe() for name in names]
+        return {"entity_types": jsonable(described)}
+
+    def query(
+        self,
+        sql: Annotated[str, Field(min_length=1, description=(
+            "One read-only SELECT statement (WITH, FROM-first, VALUES, DESCRIBE, SHOW TABLES and SUMMARIZE "
+            "are selects too). Tables: scenarios (scenario_id, name, description, created_at, updated_at, "
+            "entity_count, entity_counts), scenario_tags (scenario_id, position, tag), and one table per "
+            "entity type (see list_entity_types: table, and each field's column) with scenario_id and "
+            "_position. Filter by scenario_id to stay inside one scenario."))],
+        limit: Annotated[int, Field(ge=0, le=MAX_QUERY_ROWS, description="Return at most this many rows.")] = 100,
+    ) -> QueryResult:
+        """Run read-only SQL (DuckDB dialect) over the scenario tables and return the first rows.
+
+        The database is opened read-only with no access to other files; exactly one SELECT
+        statement is accepted. Values come back as JSON: dates and times as ISO text, decimals
+        as numbers. truncated is true when the query had more rows than limit."""
+        with self._lock:
+            if not self.db_path.exists():  # a new database: create its tables, so the query can see them
+                StateManager(self.db_path).close()
+            con = connect_read_only(self.db_path)
+            try:
+                check_select(con, sql)
+                try:
+                    relation = con.sql(sql)  # a SELECT: bound here, run by the fetch below
+                    columns, types = list(relation.columns), [str(t) for t in relation.types]
+                    with _interrupt_after(con, QUERY_TIMEOUT):
+                        rows = relation.limit(limit + 1).fetchall()  # one more row tells whether there are more
+                except duckdb.InterruptException:
+                    raise QueryError(f"the query ran for more than {QUERY_TIMEOUT:g} s and was stopped") from None
+                except duckdb.Error as error:
+                    raise QueryError(f"the query failed: {_first_line(error)}") from None
+            finally:
+                con.close()
+        shown = rows[:limit]
+        return {"columns": columns, "types": types, "rows": [[jsonable(v) for v in row] for row in shown],
+                "row_count": len(shown), "truncated": len(rows) > limit}
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+def _info(item: dict[str, Any]) -> dict[str, Any]:
+    """A scenario's metadata, JSON-ready (times as ISO 8601 text)."""
+    return {
+        "scenario_id": item["scenario_id"],
+        "name": item["name"],
+        "description": item.get("description"),
+        "tags": list(item.get("tags") or []),
+        "created_at": jsonable(item["created_at"]),
+        "updated_at": jsonable(item["updated_at"]),
+        "entity_count": item["entity_count"],
+        "entity_counts": dict(item.get("entity_counts") or {}),
+    }
+
+
+def _entity_names(manager: StateManager, names: list[str] | None) -> list[str] | None:
+    """Singular entity type names for the names given (singular or plural), in
+    order, repeats dropped; None for None."""
+    if names is None:
+        return None
+    result: list[str] = []
+    for name in names:
+        codec = manager.registry.resolve(name)
+        if codec is None:
+            raise UnknownEntityTypeError(
+                f"unknown entity type {name!r}; registered types: {', '.join(manager.entity_types)}")
+        if codec.mapping.entity not in result:
+            result.append(codec.mapping.entity)
+    return result
+
+
+def _slice(scenario: dict[str, Any], wanted: list[str] | None, limit: int | None, offset: int) -> dict[str, Any]:
+    """The loaded scenario cut down to the types in ``wanted`` (all types with
+    entities when None) and, in each, ``offset`` to ``offset + limit``."""
+    every = scenario.pop("entities")
+    counts = {entity: len(items) for entity, items in every.items() if items}
+    chosen = wanted if wanted is not None else list(counts)
+    end = None if limit is None else offset + limit
+    entities = {entity: every.get(entity, [])[offset:end] for entity in chosen}
+    omitted = {}
+    for entity, total in counts.items():
+        left = total - len(entities.get(entity, ()))
+        if left:
+            omitted[entity] = left
+    more = end is not None and any(counts.get(entity, 0) > end for entity in chosen)
+    scenario["entity_counts"] = counts
+    return {**_info(scenario), "entities": entities, "offset": offset, "limit_per_type": limit,
+            "omitted": omitted, "complete": not omitted, "next_offset": end if more else None}
+
+
+@contextmanager
+def _interrupt_after(con: duckdb.DuckDBPyConnection, seconds: float) -> Iterator[None]:
+    """Interrupt whatever ``con`` runs once ``seconds`` have passed."""
+    timer = threading.Timer(seconds, con.interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _entities(count: int) -> str:
+    return f"{count} entit{'y' if count == 1 else 'ies'}"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _payload(value: dict[str, Any]) -> CallToolResult:
+    """The tool result: the structured value, and the same as compact JSON text
+    for clients that read only text (the SDK's default text is indented: for a
+    large scenario that is a lot of whitespace)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=jsonable)
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=value)
+
+
+def _as_tool(function: Callable[..., dict[str, Any]]) -> Callable[..., CallToolResult]:
+    """``function`` as the SDK calls it: errors a caller can cause become tool
+    errors with our message; its return annotation stays the output schema."""
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> CallToolResult:
+        try:
+            return _payload(function(*args, **kwargs))
+        except (HealthSimError, ValueError) as error:
+            raise ToolError(str(error)) from None
+        except duckdb.Error as error:
+            raise ToolError(f"database error: {_first_line(error)}") from None
+
+    signature = inspect.signature(function, eval_str=True)
+    call.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        return_annotation=Annotated[CallToolResult, signature.return_annotation])
+    return call
+
+
+# --- the server --------------------------------------------------------------------------
+
+READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+
+# (tool, title, annotations). save_scenario and add_entities are not idempotent: a repeated
+# save without overwrite fails, and entities without a key get a new generated one each time.
+TOOLS: tuple[tuple[str, str, ToolAnnotations], ...] = (
+    ("save_scenario", "Save a scenario",
+     ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False)),
+    ("add_entities", "Add entities to a scenario",
+     ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False)),
+    ("load_scenario", "Load a scenario", READ),
+    ("get_scenario_summary", "Summarize a scenario", READ),
+    ("list_scenarios", "List scenarios", READ),
+    ("delete_scenario", "Delete a scenario",
+     ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)),
+    ("list_entity_types", "List entity types", READ),
+    ("query", "Query scenarios with SQL", READ),
+)
+
+
+def build_server(db_path: str | Path | None = None, *, log_level: str = "WARNING") -> MCPServer:
+    """An MCP server with the scenario tools on ``db_path`` (default:
+    ``$HEALTHSIM_DB``, else ``~/.healthsim/healthsim.duckdb``)."""
+    path = resolve_db_path(db_path)
+    tools = ScenarioTools(path)
+    server = MCPServer("healthsim-state", title="HealthSim scenarios", version=__version__,
+                       instructions=INSTRUCTIONS, log_level=log_level)  # type: ignore[arg-type]
+    for name, title, annotations in TOOLS:
+        annotations = annotations.model_copy(update={"title": title})
+        function = getattr(tools, name)
+        server.add_tool(_as_tool(function), name=name, title=title, description=inspect.cleandoc(function.__doc__),
+                        annotations=annotations, structured_output=True)
+    return server
+
+
+def resolve_db_path(db_path: str | Path | None) -> Path:
+    """The database path, absolute: an MCP client may start the server in any directory."""
+    path = default_db_path() if db_path is None else Path(db_path)
+    return path.expanduser().absolute()
+
+
+def serve(db_path: str | Path | None = None, transport: str = "stdio", host: str = "127.0.0.1",
+          port: int = 8000) -> None:
+    """Run the server until the client goes away (stdio) or it is stopped (http)."""
+    path = resolve_db_path(db_path)
+    server = build_server(path)
+    try:  # report a bad file at once; the server still starts, and each call reports it
+        StateManager(path).close()
+    except HealthSimError as error:
+        print(f"healthsim-state mcp: warning: {error}", file=sys.stderr)
+    if transport == "stdio":
+        server.run("stdio")
+        return
+    if transport != "http":
+        raise ValueError(f"unknown transport {transport!r}; use stdio or http")
+    if host not in LOOPBACK:
+        print(f"healthsim-state mcp: warning: listening on {host}, not on loopback; the server has no "
+              "authentication, so anyone who can reach this port can read and change every scenario",
+              file=sys.stderr)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"healthsim-state mcp: serving {path} at http://{shown}:{port}/mcp", file=sys.stderr, flush=True)
+    server.run("streamable-http", host=host, port=port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m healthsim_state.mcp_server",
+                                     description="The healthsim-state MCP server.")
+    parser.add_argument("--db", help="Database file (default: $HEALTHSIM_DB, else ~/.healthsim/healthsim.duckdb).")
+    parser.add_argument("--transport", choices=("stdio", "http"), default="stdio")
+    parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (http; default 127.0.0.1).")
+    parser.add_argument("--port", type=int, default=8000, help="Port to listen on (http; default 8000).")
+    args = parser.parse_args(argv)
+    serve(args.db, args.transport, args.host, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
