@@ -14,6 +14,7 @@ import csv
 import json
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -30,7 +31,7 @@ from .interop.json_io import STDIN, ScenarioDocument, dumps, export_document, js
 from .interop.files import write_atomic
 from .interop.parquet import export_parquet
 from .interop.query import jsonable, run_query
-from .manager import StateManager
+from .manager import StateManager, plan_schema_changes
 from .store import default_db_path
 
 DB_HELP = "Database file (default: $HEALTHSIM_DB, else ~/.healthsim/healthsim.duckdb)."
@@ -213,6 +214,12 @@ def counts_text(manager_or_registry: Any, counts: dict[str, int]) -> str:
 @click.version_option(__version__, prog_name="healthsim-state")
 def cli(debug: bool) -> None:
     """Save, load, query and move HealthSim scenarios in one DuckDB file."""
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message: Warning | str, *_: Any, **__: Any) -> None:
+    """Library warnings (an orphaned entity type, ...) as one ``warning:`` line."""
+    click.echo(f"warning: {message}", err=True)
 
 
 @cli.command()
@@ -475,6 +482,10 @@ def types(entity: str | None, as_json: bool, db: Path | None) -> None:
         print_table(["entity", "plural", "table", "fields", "description"],
                     [(d["entity"], d["plural"], d["table"], len(d["fields"]), d["description"] or "")
                      for d in described], right=[3])
+        if _db_path(db).exists():
+            for name, table in _existing_manager(db).orphaned_types().items():
+                click.echo(f"orphaned: {name} (table {table}): the database holds it but no mapping names it; "
+                           "its data is kept and comes back with its mapping file", err=True)
         return
     item = describe_type(entity)
     if as_json:
@@ -514,6 +525,59 @@ def sql(query: str, params: tuple[str, ...], as_json: bool, as_csv: bool, db: Pa
         writer.writerows([_cell(value) for value in row] for row in result.rows)
     else:
         print_table(result.columns, result.rows)
+
+
+@cli.command(name="migrate-schema")
+@click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine output: a JSON object.")
+@db_option
+def migrate_schema(dry_run: bool, as_json: bool, db: Path | None) -> None:
+    """Bring the database's tables in line with edited mapping files.
+
+    Opening the database does this anyway, before any other command runs; this
+    command shows what it does (or, with --dry-run, what it would do). Stored
+    data is never lost: an edit that does not fit the data changes nothing and
+    lists what blocks it.
+    """
+    path = _db_path(db)
+    if not path.exists():
+        raise StoreError(f"no database at {path} (nothing has been saved there yet; see --db)")
+    if dry_run:
+        report = plan_schema_changes(path)
+    else:
+        report = StateManager(path).schema_report or plan_schema_changes(path)
+    if as_json:
+        print_json({"applied": report.applied, "tables": [vars(t) for t in report.tables if t.action != "unchanged"]})
+        return
+    prefix = "would change" if dry_run else "changed"
+    lines = report.lines()
+    click.echo(f"{prefix}:" if report.changed else "the tables already follow the mappings")
+    if report.changed:
+        for line in lines:
+            click.echo(f"  {line}")
+
+
+@cli.command(name="mcp")
+@click.option("--transport", type=click.Choice(["stdio", "http"]), default="stdio", show_default=True,
+              help="stdio for a client that starts the server; http for streamable HTTP.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (http).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
+              help="Port to listen on (http).")
+@db_option
+def mcp_command(transport: str, host: str, port: int, db: Path | None) -> None:
+    """Serve the scenarios to an AI assistant: an MCP server with the scenario tools.
+
+    Needs the mcp extra: pip install 'healthsim-state[mcp]'. The database file
+    is open only while a tool call runs, so other processes can use it while
+    the server is idle.
+    """
+    try:
+        from .mcp_server import serve
+    except ModuleNotFoundError as error:
+        if error.name != "mcp" and not (error.name or "").startswith("mcp."):
+            raise
+        raise CliError("the MCP server needs the mcp extra: pip install 'healthsim-state[mcp]'") from None
+    serve(_db_path(db), transport, host, port)
 
 
 def main(argv: list[str] | None = None) -> None:

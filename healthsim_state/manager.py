@@ -218,6 +218,14 @@ class StateManager:
         found["entities"] = entities
         return found
 
+    def orphaned_types(self) -> dict[str, str]:
+        """Entity types the database holds but no mapping in force names,
+        ``{entity: table}``: their tables and data are kept, and come back
+        when their mapping files do."""
+        with self._transaction() as con:
+            recorded = con.execute("SELECT entity, table_name FROM _healthsim_tables ORDER BY entity").fetchall()
+        return {entity: table for entity, table in recorded if entity not in self.registry.codecs}
+
     def scenario_exists(self, name_or_id: str) -> bool:
         with self._transaction() as con:
             return self._store.find_scenario(con, name_or_id) is not None

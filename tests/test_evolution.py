@@ -4,8 +4,7 @@ scenarios (with unmapped data), then reopen and check that nothing is lost."""
 from __future__ import annotations
 
 import itertools
-import json
-import warnings
+import subprocess
 from pathlib import Path
 
 import duckdb
@@ -279,3 +278,45 @@ def test_random_edit_sequences_never_lose_data(tmp_path_factory, edits):
             continue
         assert loaded == expected, f"after {candidate}"
         fields = candidate
+
+
+# --- the command line ----------------------------------------------------------------------
+
+def run_cli(*args: str, mappings: Path) -> subprocess.CompletedProcess:
+    import os
+    import sys
+
+    script = Path(sys.executable).parent / "healthsim-state"
+    env = {**os.environ, "HEALTHSIM_MAPPINGS": str(mappings)}
+    return subprocess.run([str(script), *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_cli_migrate_schema_dry_run_then_for_real(db):
+    maps = db.write(edited(nickname="{column: nickname, path: nickname, type: varchar}"))
+    before = db.snapshot()
+    dry = run_cli("migrate-schema", "--dry-run", "--db", str(db.path), mappings=maps)
+    assert dry.returncode == 0, dry.stderr
+    assert "would change:" in dry.stdout and "field added: nickname (nickname, varchar)" in dry.stdout
+    assert db.snapshot() == before
+    real = run_cli("migrate-schema", "--db", str(db.path), mappings=maps)
+    assert real.returncode == 0 and "changed:" in real.stdout and "2 stored values moved" in real.stdout
+    again = run_cli("migrate-schema", "--db", str(db.path), mappings=maps)
+    assert again.stdout.strip() == "the tables already follow the mappings"
+    assert db.loads() == db.before
+
+
+def test_cli_types_reports_orphaned_types(db):
+    empty = db.root / "empty"
+    empty.mkdir()
+    result = run_cli("types", "--db", str(db.path), mappings=empty)
+    assert result.returncode == 0
+    assert "orphaned: person (table people)" in result.stderr
+    assert "warning:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_refused_edit_is_one_error_line_listing_the_blockers(db):
+    maps = db.write(edited(code="{column: code, path: code, type: integer}"))
+    result = run_cli("migrate-schema", "--dry-run", "--db", str(db.path), mappings=maps)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: table 'people' left as it was")
+    assert "person[1] @ code: scenario 'alpha'" in result.stderr
