@@ -247,10 +247,7 @@ def _build_merged(out: _Source, node: _Node, var: str, names: "itertools.count[i
         out.dedent()
         out("else:")  # absent (or null, or blocked: then the columns below are all null)
         out.indent()
-        out(f"{sub} = {{}}")
-        _build_plain(out, child, sub, names)
-        out(f"if {sub}:")
-        out(f"    {var}[{key!r}] = {sub}")
+        _plain_child(out, key, child, var, names)
         out.dedent()
 
 
@@ -263,13 +260,17 @@ def _build_plain(out: _Source, node: _Node, var: str, names: "itertools.count[in
         out(f"if c{index} is not None:")
         out(f"    {var}[{f.path[-1]!r}] = {_render(index, f)}")
     for key, child in node.children.items():
-        if not _has_fields(child):
-            continue
-        sub = f"d{next(names)}"
-        out(f"{sub} = {{}}")
-        _build_plain(out, child, sub, names)
-        out(f"if {sub}:")
-        out(f"    {var}[{key!r}] = {sub}")
+        if _has_fields(child):
+            _plain_child(out, key, child, var, names)
+
+
+def _plain_child(out: _Source, key: str, child: _Node, var: str, names: "itertools.count[int]") -> None:
+    """Build the object at ``var[key]`` from columns alone; attach it if not empty."""
+    sub = f"d{next(names)}"
+    out(f"{sub} = {{}}")
+    _build_plain(out, child, sub, names)
+    out(f"if {sub}:")
+    out(f"    {var}[{key!r}] = {sub}")
 
 
 def _has_fields(node: _Node) -> bool:
