@@ -99,7 +99,6 @@ class StateManager:
                     "pass overwrite=True to replace it")
             scenario_id = existing["scenario_id"] if existing else new_scenario_id()
             batch = ScenarioBatch(self.registry, entities, scenario_id)
-            batch.raise_if_invalid()  # the shape of the call, before anything is written
             now = utc_now()
             if existing is None:
                 store.insert_scenario(con, scenario_id, name, description, batch.counts, now)
@@ -141,7 +140,6 @@ class StateManager:
                 _check_arguments(name_or_id, None)
             scenario_id = found["scenario_id"] if found else new_scenario_id()
             batch = ScenarioBatch(self.registry, entities, scenario_id)
-            batch.raise_if_invalid()
             now = utc_now()
             counts = dict(found["entity_counts"]) if found else {}
             if found is None:

@@ -481,3 +481,12 @@ def test_add_entities_is_atomic_and_validated(sm):
     with pytest.raises(ScenarioNotFoundError, match="create=True"):
         sm.add_entities("absent", {"patient": [patient()]}, create=False)
     assert not sm.scenario_exists("absent")
+
+
+def test_problems_of_every_kind_are_reported_in_one_run(sm):
+    with pytest.raises(ValidationError) as caught:
+        sm.save_scenario("mixed", {"spaceship": [], "patient": [{"patient_id": 1}], "encounter": "nope"})
+    messages = str(caught.value)
+    assert "3 problems" in messages and "unknown entity type 'spaceship'" in messages
+    assert "patient[0] @ patient_id: expected a string" in messages and "expected a list of entities" in messages
+    assert not sm.scenario_exists("mixed")
