@@ -216,6 +216,27 @@ class StateManager:
         found["entities"] = entities
         return found
 
+    def scenario_info(self, name_or_id: str) -> dict[str, Any]:
+        """A scenario's summary without its entities: the fields of a
+        :meth:`list_scenarios` item (counts per type included). Raises
+        :class:`ScenarioNotFoundError` for an unknown id or name."""
+        store = self._store
+        with self._transaction() as con:
+            found = store.find_scenario(con, name_or_id)
+            if found is None:
+                raise ScenarioNotFoundError(f"no scenario has the id or name {name_or_id!r}")
+            found["tags"] = store.tags_of(con, found["scenario_id"])
+        return found
+
+    def validate(self, entities: Any) -> dict[str, int]:
+        """Check ``entities`` as a save would, writing nothing: the count per
+        type, or :class:`ValidationError` listing every problem."""
+        batch = ScenarioBatch(self.registry, entities, "validation")
+        for _ in batch.chunks():
+            pass
+        batch.raise_if_invalid()
+        return batch.counts
+
     def orphaned_types(self) -> dict[str, str]:
         """Entity types the database holds but no mapping in force names,
         ``{entity: table}``: their tables and data are kept, and come back

@@ -490,3 +490,20 @@ def test_problems_of_every_kind_are_reported_in_one_run(sm):
     assert "3 problems" in messages and "unknown entity type 'spaceship'" in messages
     assert "patient[0] @ patient_id: expected a string" in messages and "expected a list of entities" in messages
     assert not sm.scenario_exists("mixed")
+
+
+def test_scenario_info_is_the_summary_without_entities(sm):
+    sid = sm.save_scenario("info", {"patient": [patient()], "encounter": [{}, {}]}, tags=["t"], description="d")
+    info = sm.scenario_info("info")
+    assert info["scenario_id"] == sid and info["entity_counts"] == {"patient": 1, "encounter": 2}
+    assert (info["entity_count"], info["tags"], info["description"]) == (3, ["t"], "d")
+    assert "entities" not in info and info == sm.scenario_info(sid)
+    with pytest.raises(ScenarioNotFoundError):
+        sm.scenario_info("nope")
+
+
+def test_validate_checks_without_writing(sm):
+    assert sm.validate({"patients": [patient()], "encounter": [{}]}) == {"patient": 1, "encounter": 1}
+    with pytest.raises(ValidationError, match=r"patient\[1\] @ birthDate"):
+        sm.validate({"patient": [patient(), patient("p2", birthDate="yesterday")]})
+    assert sm.list_scenarios() == []
