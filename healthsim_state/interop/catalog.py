@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable
 
-from ..errors import ScenarioNotFoundError
 from ..manager import StateManager
 from ..mapping.loader import load_mappings
 from .errors import UnknownEntityTypeError
@@ -16,12 +15,7 @@ def scenario_summary(manager: StateManager, name_or_id: str) -> dict[str, Any]:
     """The scenario's list item (id, name, description, dates, entity_count,
     entity_counts, tags), found by id first, then by name, as ``load_scenario``
     does, but without reading any entity row."""
-    items = manager.list_scenarios(limit=None)
-    for key in ("scenario_id", "name"):
-        for item in items:
-            if item[key] == name_or_id:
-                return item
-    raise ScenarioNotFoundError(f"no scenario has the id or name {name_or_id!r}")
+    return manager.scenario_info(name_or_id)
 
 
 def describe_types(mapping_dirs: Iterable[str | os.PathLike] | None = None) -> list[dict[str, Any]]:
