@@ -3,7 +3,7 @@
 Most tests share one server, started as a subprocess over stdio
 (``python -m healthsim_state.mcp_server``) and held open in an anyio blocking
 portal so the tests themselves stay plain functions. One test runs the server
-over streamable HTTP on a loopback port.
+over streamable HTTP on a loopback port, started by ``healthsim-state mcp``.
 Every wait is bounded, and every server is stopped at the end.
 """
 
@@ -22,6 +22,7 @@ import anyio
 import duckdb
 import pytest
 from anyio.from_thread import start_blocking_portal
+from click.testing import CliRunner
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
@@ -331,7 +332,7 @@ def _wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
 
 def test_streamable_http_on_loopback(tmp_path):
     db, log, port = tmp_path / "http.duckdb", tmp_path / "server.log", _free_port()
-    command = [sys.executable, "-m", "healthsim_state.mcp_server", "--transport", "http", "--port", str(port),
+    command = [sys.executable, "-m", "healthsim_state.cli", "mcp", "--transport", "http", "--port", str(port),
                "--db", str(db)]
     with open(log, "w") as errlog:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog, cwd=REPO,
@@ -421,6 +422,15 @@ def test_an_unexpected_failure_is_a_tool_error_and_the_server_goes_on(db_path, m
     assert crashed.is_error and crashed.content[0].text == "Error executing tool list_scenarios"  # no internals
     assert failed.is_error and failed.content[0].text.endswith("database error: IO Error: disk on fire")
     assert not fine.is_error and fine.structured_content == {"scenarios": [], "count": 0}
+
+
+def test_the_cli_command_is_documented():
+    from healthsim_state.cli import cli
+
+    result = CliRunner().invoke(cli, ["mcp", "--help"])
+    assert result.exit_code == 0, result.output
+    for option in ("--transport", "--host", "--port", "--db", "stdio", "http"):
+        assert option in result.output
 
 
 def _provenance() -> dict[str, Any]:
