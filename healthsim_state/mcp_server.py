@@ -143,16 +143,17 @@ class ScenarioTools:
     def __init__(self, db_path: str | Path):
         self.db_path = Path(db_path)
         self._lock = threading.Lock()
+        self._shared: StateManager | None = None
 
     @contextmanager
     def _manager(self) -> Iterator[StateManager]:
-        """A manager for one call: the file is open only while the call runs."""
+        """The server's manager, one call at a time. A manager holds the file
+        only while one of its methods runs, so keeping it costs other
+        processes nothing, and saves reopening the file to check it per call."""
         with self._lock:
-            manager = StateManager(self.db_path)
-            try:
-                yield manager
-            finally:
-                manager.close()
+            if self._shared is None:
+                self._shared = StateManager(self.db_path)
+            yield self._shared
 
     # --- writes -----------------------------------------------------------------------
 

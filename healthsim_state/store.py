@@ -39,7 +39,8 @@ from typing import Any, Iterator
 import duckdb
 
 from .engine.compile import Codec
-from .errors import DatabaseLockedError, IncompatibleDatabaseError, OrphanedTypesWarning, StoreError
+from .errors import DatabaseLockedError, IncompatibleDatabaseError, OrphanedTypesWarning, Problem, StoreError, \
+    ValidationError
 from .evolution import SchemaReport, reconcile
 
 SCHEMA_VERSION = 1
@@ -233,7 +234,16 @@ class Store:
 
     def find_scenario(self, con: duckdb.DuckDBPyConnection, name_or_id: str, *,
                       by_id: bool = True) -> dict[str, Any] | None:
-        """The scenario row whose id (first) or name is ``name_or_id``."""
+        """The scenario row whose id (first) or name is ``name_or_id``.
+
+        A string no scenario can be named (not valid Unicode text) finds none."""
+        if not isinstance(name_or_id, str):
+            raise ValidationError([Problem(f"a scenario id or name is a string, got {type(name_or_id).__name__}",
+                                           path="name_or_id", value=name_or_id)], summary="invalid scenario lookup")
+        try:
+            name_or_id.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
         columns = ", ".join(_SCENARIO_COLUMNS)
         if by_id:
             sql = (f"SELECT {columns} FROM (SELECT *, 0 AS rank FROM scenarios WHERE scenario_id = $1 "

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import oracle
-from healthsim_state import StateManager, ValidationError
+from healthsim_state import ScenarioNotFoundError, StateManager, ValidationError
 
 REPO = Path(__file__).resolve().parents[1]
 MAPPINGS = oracle.load_mapping_dirs([REPO / "mappings"])
@@ -197,3 +197,12 @@ def test_a_lone_surrogate_in_a_name_is_refused(sm):
     with pytest.raises(ValidationError, match="lone surrogate"):
         sm.save_scenario("bad \ud800 name", {})
     assert sm.list_scenarios() == []
+
+
+def test_lookups_by_a_name_no_scenario_can_have_find_nothing(sm):
+    name = "bad \ud800 name"
+    assert sm.delete_scenario(name) is False and sm.scenario_exists(name) is False
+    with pytest.raises(ScenarioNotFoundError):
+        sm.load_scenario(name)
+    with pytest.raises(ValidationError, match="a scenario id or name is a string, got int"):
+        sm.load_scenario(5)
