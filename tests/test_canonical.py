@@ -91,6 +91,8 @@ CASES = [
     ({"id": "1", "temp": -0.0}, {"id": "1", "temp": -0.0}),
     ({"id": "1", "money": 0.1, "big": -2**63}, {"id": "1", "money": 0.1, "big": -2**63}),
     ({"id": "1", "money": 100}, {"id": "1", "money": 100}),
+    ({"id": "1", "money": -0.0}, {"id": "1", "money": -0.0}),
+    ({"id": "1", "money": Decimal("-0.00")}, {"id": "1", "money": -0.0}),
     ({"id": "1", "flag": False, "doc": [1, "two", {"3": None}]}, {"id": "1", "flag": False, "doc": [1, "two", {"3": None}]}),
     ({"id": "1", "doc": "just text"}, {"id": "1", "doc": "just text"}),
     # objects are rendered as JSON values

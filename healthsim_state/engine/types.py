@@ -133,7 +133,8 @@ def _decimal_converter(precision: int, scale: int) -> Callable[[Any], tuple[Any,
         if column is None or column != exact or abs(column) >= limit:
             raise Unfit(f"does not fit decimal({precision},{scale}) without losing a digit")
         kept = to_json(value)
-        return column, MISSING if _same(float(column), kept) else kept
+        stored = float(column) or 0.0  # a DECIMAL has no negative zero: -0.0 reads back as 0.0
+        return column, MISSING if _same(stored, kept) else kept
 
     return convert
 
