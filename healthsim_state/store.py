@@ -105,6 +105,10 @@ def expected_columns(codec: Codec) -> list[tuple[str, str]]:
     return [("scenario_id", "VARCHAR"), ("_position", "INTEGER"), *fields, ("_residual", "VARCHAR")]
 
 
+# (file, mappings digest) pairs this process has opened and checked.
+_CHECKED: set[tuple[str, str]] = set()
+
+
 class Store:
     """One DuckDB file holding scenarios of the given entity types.
 
@@ -121,9 +125,13 @@ class Store:
         self.lock_timeout = default_lock_timeout() if lock_timeout is None else float(lock_timeout)
         self._digest = self._layout_digest()
         self.schema_report: SchemaReport | None = None  # what the last reconciliation did
-        if check:
+        key = (str(self.path.resolve()), self._digest)
+        if check and key not in _CHECKED:
+            # Fail early: a bad file or a newer version is reported, an edited mapping
+            # applied, at once; once a process, as every operation checks again anyway.
             with self.connect():
-                pass  # fail early: a bad file or a newer version is reported, an edited mapping applied, at once
+                pass
+            _CHECKED.add(key)
 
     @contextmanager
     def connect(self, *, prepare: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:

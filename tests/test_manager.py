@@ -338,7 +338,7 @@ def test_a_file_from_a_newer_version_is_refused(db_path):
     con.execute("UPDATE _healthsim_meta SET value = '99' WHERE key = 'schema_version'")
     con.close()
     with pytest.raises(IncompatibleDatabaseError, match="schema version 99"):
-        StateManager(db_path)
+        StateManager(db_path).list_scenarios()
 
 
 def test_a_file_that_is_not_a_database_is_refused_and_untouched(tmp_path):
