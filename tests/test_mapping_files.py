@@ -3,6 +3,7 @@ a must-pass set, the built-ins, and user directories."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -227,3 +228,19 @@ def test_environment_variable_adds_directories(tmp_path, monkeypatch):
     monkeypatch.setenv("HEALTHSIM_MAPPINGS", f"{tmp_path / 'one'}{__import__('os').pathsep}{tmp_path / 'two'}")
     with StateManager(tmp_path / "db.duckdb") as sm:
         assert {"widget", "gadget"} <= set(sm.entity_types)
+
+
+def test_paths_with_line_breaks_and_nul_are_data_not_code(tmp_path):
+    hostile = "x\n    1/0  #"  # as code in the generated flatten, this line would raise
+    write(tmp_path, f"""\
+        entity: widget
+        table: widgets
+        primary_key: widget_id
+        fields:
+          - {{column: widget_id, path: widget_id, type: varchar}}
+          - {{column: a, path: {json.dumps("o.a" + chr(10) + "b")}, type: varchar}}
+          - {{column: b, path: {json.dumps(hostile)}, type: varchar, aliases: [{json.dumps("n" + chr(0) + "ul")}]}}
+        """)
+    with StateManager(tmp_path / "db.duckdb", mapping_dirs=[tmp_path]) as sm:
+        sm.save_scenario("w", {"widget": [{"widget_id": "1", "o": {"a\nb": "v"}, "n\x00ul": "moved"}]})
+        assert sm.load_scenario("w")["entities"]["widget"] == [{"widget_id": "1", "o": {"a\nb": "v"}, hostile: "moved"}]

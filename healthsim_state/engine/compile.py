@@ -178,7 +178,10 @@ def _ensure(out: _Source, node: _Node) -> None:
 
 
 def _flatten_field(out: _Source, index: int, f: Field, nodes: dict[tuple[str, ...], _Node]) -> None:
-    out(f"# {f.column} <- {f.dotted}" + (f" | {' | '.join('.'.join(a) for a in f.aliases)}" if f.aliases else ""))
+    # Paths may hold any character but a dot (a line break too): in the source they
+    # appear only as escaped literals, never as raw text.
+    sources = " | ".join(ascii(".".join(keys)) for keys in (f.path, *f.aliases))
+    out(f"# {f.column} <- {sources}")
     out("v = MISSING")
     _lookup(out, f.path, nodes, alias=False)
     for alias in f.aliases:
