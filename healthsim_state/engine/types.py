@@ -27,7 +27,7 @@ import math
 import re
 import uuid
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from typing import Any, Callable
 
 from .values import MISSING, NotJSON, dump_column_json, parse_json, to_json
@@ -106,6 +106,8 @@ def _double(value: Any) -> tuple[Any, Any]:
 # --- decimal(P,S) ---------------------------------------------------------------
 
 def _decimal_converter(precision: int, scale: int) -> Callable[[Any], tuple[Any, Any]]:
+    # Python's default decimal context keeps 28 digits; DuckDB's decimals hold 38.
+    context = Context(prec=MAX_DECIMAL_PRECISION + 2)
     quantum = Decimal(1).scaleb(-scale)
     limit = Decimal(10) ** (precision - scale)
     # Below this magnitude a float's spacing is finer than 10**-scale, so the
@@ -127,10 +129,10 @@ def _decimal_converter(precision: int, scale: int) -> Callable[[Any], tuple[Any,
         if not exact.is_finite():
             raise Unfit("expected a finite number")
         try:
-            column = exact.quantize(quantum)
+            column = exact.quantize(quantum, context=context)
         except InvalidOperation:
             column = None
-        if column is None or column != exact or abs(column) >= limit:
+        if column is None or column != exact or column.copy_abs() >= limit:  # copy_abs: no context rounding
             raise Unfit(f"does not fit decimal({precision},{scale}) without losing a digit")
         kept = to_json(value)
         stored = float(column) or 0.0  # a DECIMAL has no negative zero: -0.0 reads back as 0.0
