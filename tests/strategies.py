@@ -205,7 +205,7 @@ def valid_values(type_: str):
     only where the brief lists them as valid input)."""
     t = type_.replace(" ", "").lower()
     if t == "varchar":
-        return st.one_of(TEXT, TEXT, UUID_OBJECTS)
+        return st.one_of(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, UUID_OBJECTS)
     if t == "integer":
         return st.one_of(
             st.integers(*oracle.INT32),
@@ -338,15 +338,25 @@ def _plans(f: oracle.Field, spec: Spec) -> list[str]:
             plans += ["alias", "alias"]
         if not f.required:  # a key with a default may be absent
             plans += ["absent"]
-        return plans
-    plans = ["absent", "null", "value", "value", "value"]
-    if f.aliases:
-        plans += ["alias", "alias", "both"]
-    if not f.strict:
-        plans += ["illfit", "illfit"]
-    if len(f.path) > 1:
-        plans += ["blocked"]
+    else:
+        plans = ["absent", "null", "value", "value", "value"]
+        if f.aliases:
+            plans += ["alias", "alias", "both"]
+        if not f.strict:
+            plans += ["illfit", "illfit"]
+        if len(f.path) > 1:
+            plans += ["blocked"]
     return plans
+
+
+def _bad_plans(f: oracle.Field) -> list[str]:
+    """plans that make the entity invalid (valid=False only)"""
+    bad = ["invalid"] if f.strict and f.type != "json" else []
+    if f.required:
+        bad += ["absent"]
+    if not f.null_ok:
+        bad += ["null"]
+    return bad
 
 
 def _blockable_prefixes(f: oracle.Field, spec: Spec) -> list:
@@ -372,6 +382,12 @@ def entity(draw, spec: Spec, key_values: tuple, valid: bool = True):
     """One entity of the mapping; key_values gives the key fields' values."""
     key_of = {f.column: v for f, v in zip(spec.key_fields, key_values)}
     plans = {f.column: draw(st.sampled_from(_plans(f, spec))) for f in spec.fields}
+    if not valid:  # at most two fields made wrong, so that the other checks still get reached
+        n_bad = draw(st.sampled_from([0, 0, 1, 1, 2]))
+        can_be_bad = [f for f in spec.fields if _bad_plans(f)]
+        can_be_bad += [f for f in can_be_bad if f.is_key or f.required] * 3  # keys more often
+        for f in draw(st.lists(st.sampled_from(can_be_bad), max_size=n_bad, unique_by=lambda f: f.column)):
+            plans[f.column] = draw(st.sampled_from(_bad_plans(f)))
     e: dict = {}
 
     # 1. blockers first, so that nothing else has created the object yet
@@ -389,13 +405,20 @@ def entity(draw, spec: Spec, key_values: tuple, valid: bool = True):
     order.sort(key=lambda f: not f.required)  # required ones first: they must land
     for f in order:
         plan = plans[f.column]
-        if f.column in key_of:
+        if plan == "invalid":
+            value = draw(invalid_values(f.type))
+            plan = "illfit"  # placed like an ill-fitting value: at the path or an alias
+        elif f.column in key_of:
             value = key_of[f.column]
         elif plan == "illfit":
             value = draw(illfit_values(f.type))
         else:
             value = draw(valid_values(f.type))
-        if plan == "value" or (plan == "illfit" and not (f.aliases and draw(st.booleans()))):
+        if plan == "null" and not f.null_ok:
+            plan = "null-at-alias" if (f.aliases and draw(st.booleans())) else plan
+        if plan == "null-at-alias":
+            _put_if_free(e, draw(st.sampled_from(f.aliases)), None)
+        elif plan == "value" or (plan == "illfit" and not (f.aliases and draw(st.booleans()))):
             _put_if_free(e, f.path, value)
         elif plan == "null":
             _put_if_free(e, f.path, None)
@@ -447,13 +470,48 @@ def typed_key_tuple(spec: Spec, values: tuple):
 
 
 @st.composite
+def equivalent_value(draw, type_: str, value):
+    """Another spelling of the same typed value (1 / 1.0, "2024-01-15" / 20240115 /
+    date(2024, 1, 15), a UUID / its string)."""
+    t = type_.replace(" ", "").lower()
+    v = oracle.render(value)
+    options = [value]
+    if t == "double":
+        f = float(v)
+        options.append(f)
+        if f.is_integer() and abs(f) <= 2**53:
+            options.append(int(f))
+    elif t == "date":
+        d = dt.date.fromisoformat(v)
+        y, w, wd = d.isocalendar()
+        options += [d, d.isoformat(), _pad4(d.year) + f"{d.month:02d}{d.day:02d}", f"{_pad4(y)}-W{w:02d}-{wd}"]
+    elif t == "varchar":
+        options.append(v)
+        try:
+            options.append(uuid.UUID(v)) if oracle.is_uuid_string(v) else None
+        except ValueError:
+            pass
+    elif t in ("integer", "bigint"):
+        options.append(v)
+    out = draw(st.sampled_from(options))
+    assert oracle.typed_key(t, out) == oracle.typed_key(t, value)
+    return out
+
+
+@st.composite
 def entity_lists(draw, mapping: dict, min_size: int = 0, max_size: int = 4, valid: bool = True):
-    """A list of entities of one type with keys unique as typed column values."""
+    """A list of entities of one type with keys unique as typed column values
+    (valid=True); with valid=False, fields may be missing, null or ill-fitting
+    and a key may come again in another spelling."""
     spec = spec_of(mapping)
     keys = draw(
         st.lists(key_tuples(spec), min_size=min_size, max_size=max_size,
                  unique_by=lambda kv: typed_key_tuple(spec, kv))
     )
+    if not valid and keys and draw(st.booleans()):
+        again = draw(st.sampled_from(keys))
+        twin = tuple(draw(equivalent_value(f.type, v)) for f, v in zip(spec.key_fields, again))
+        keys.insert(draw(st.integers(0, len(keys))), twin)
     return [draw(entity(spec, kv, valid=valid)) for kv in keys]
 
 
@@ -542,3 +600,104 @@ fields:
     type: integer
     aliases: [abc, a.bc]
 """
+
+
+# --------------------------------------------------------------------------
+# Random mappings: the declarations drawn together with the values
+# --------------------------------------------------------------------------
+
+IDENTIFIERS = st.one_of(
+    st.from_regex(r"[a-z_][a-z0-9_]{0,12}", fullmatch=True),
+    # words a naive engine would splice into SQL unquoted
+    st.sampled_from(["select", "order", "group", "from", "where", "table", "values",
+                     "user", "default", "check", "primary", "key", "end", "union", "json"]),
+)
+PATH_KEYS = st.one_of(
+    st.sampled_from(REALISTIC_KEYS + ["given", "family", "value", "code", "system", "display"]),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="."), min_size=1, max_size=8),
+).filter(lambda k: "." not in k and k != "" and _survives_yaml(k))
+def _survives_yaml(text: str) -> bool:
+    """PyYAML itself folds some line breaks (NEL, U+2028) and BOMs; a key it
+    cannot carry says nothing about the engine"""
+    import yaml
+
+    return yaml.safe_load(yaml.safe_dump({"k": text}, allow_unicode=True))["k"] == text
+
+
+SCALAR_TYPES = ["varchar", "integer", "bigint", "double", "boolean", "date", "timestamp", "json"]
+KEY_TYPES = ["varchar", "integer", "bigint", "double", "date", "decimal"]
+
+
+@st.composite
+def column_types(draw, for_key: bool = False):
+    t = draw(st.sampled_from(KEY_TYPES if for_key else SCALAR_TYPES + ["decimal"]))
+    if t == "decimal":
+        p = draw(st.integers(1, 38))
+        s = draw(st.integers(0, p))
+        return f"decimal({p},{s})"
+    return t
+
+
+def _yaml_scalar_default(type_: str):
+    """a literal default that fits the type and survives YAML"""
+    t = type_
+    if t in ("varchar", "json"):
+        return TEXT.filter(lambda v: v != "uuid4")
+    if t == "date":
+        return DATE_OBJECTS.map(lambda d: d.isoformat())
+    if t == "timestamp":
+        return timestamp_strings()
+    return valid_values(t).filter(lambda v: isinstance(v, (bool, int, float)))
+
+
+@st.composite
+def mappings(draw, entity: str = "random_thing"):
+    """A raw mapping dict, valid per the format: unique columns, paths and aliases;
+    no path or alias a prefix of another; key columns at top-level paths."""
+    n = draw(st.integers(1, 7))
+    columns = draw(st.lists(IDENTIFIERS, min_size=n, max_size=n, unique=True))
+    taken: list[tuple] = []
+
+    def free(p: tuple) -> bool:
+        return all(q[: len(p)] != p and p[: len(q)] != q for q in taken)
+
+    def new_path(max_depth: int):
+        depth = draw(st.integers(1, max_depth))
+        # reuse an existing first key sometimes, so that fields share objects
+        head = [draw(st.sampled_from([q[0] for q in taken]))] if taken and depth > 1 and draw(st.booleans()) else []
+        p = tuple(head + draw(st.lists(PATH_KEYS, min_size=depth - len(head), max_size=depth - len(head))))
+        assume(free(p))
+        taken.append(p)
+        return p
+
+    n_keys = draw(st.integers(1, min(2, n)))
+    fields = []
+    for i, col in enumerate(columns):
+        is_key = i < n_keys
+        type_ = draw(column_types(for_key=is_key))
+        f = {"column": col, "path": ".".join(new_path(1 if is_key else 3)), "type": type_}
+        aliases = [".".join(new_path(3)) for _ in range(draw(st.integers(0, 2)))]
+        if aliases:
+            f["aliases"] = aliases
+        if is_key:
+            if type_ == "varchar" and draw(st.booleans()):
+                f["default"] = "uuid4"
+        else:
+            choice = draw(st.sampled_from(["none", "none", "default", "uuid4", "required", "nonstrict"]))
+            if choice == "default":
+                f["default"] = draw(_yaml_scalar_default(type_))
+            elif choice == "uuid4" and type_ == "varchar":
+                f["default"] = "uuid4"
+            elif choice == "required":
+                f["required"] = True
+            elif choice == "nonstrict":
+                f["strict"] = False
+        fields.append(f)
+    keys = columns[:n_keys]
+    return {
+        "entity": entity,
+        "plural": entity + "_list",
+        "table": draw(IDENTIFIERS.filter(lambda t: t not in ("scenarios",))) + "_rnd",
+        "primary_key": keys[0] if len(keys) == 1 and draw(st.booleans()) else keys,
+        "fields": draw(st.permutations(fields)),
+    }
