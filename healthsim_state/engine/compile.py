@@ -195,7 +195,7 @@ def _flatten_field(out: _Source, index: int, f: Field, nodes: dict[tuple[str, ..
     out("if v is MISSING or v is BLOCKED:")
     out(f"    c{index} = None")
     if f.required:
-        out(f"    problems.append(Problem(missing_message(v, {f.dotted!r}), ENTITY, position, {f.dotted!r}, None))")
+        out(f"    problems.append(Problem(missing_message(v), ENTITY, position, {f.dotted!r}, None))")
     test = f.type.fast_test
     if test:
         out(f"elif {test}:")
@@ -282,7 +282,7 @@ def _has_fields(node: _Node) -> bool:
 
 # --- runtime helpers used by the generated code ------------------------------------
 
-def _missing_message(value: Any, path: str) -> str:
+def _missing_message(value: Any) -> str:
     if value is BLOCKED:
         return "required field is missing: a non-object value sits on its path"
     return "required field is missing"
