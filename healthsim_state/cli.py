@@ -25,7 +25,7 @@ import duckdb
 from . import __version__
 from .errors import HealthSimError, ScenarioExistsError, StoreError
 from .interop import legacy
-from .interop.catalog import describe_type, describe_types, scenario_summary
+from .interop.catalog import describe_type, describe_types
 from .interop.json_io import STDIN, ScenarioDocument, dumps, export_document, json_target, read_document, \
     save_document, scenario_name
 from .interop.files import write_atomic
@@ -296,7 +296,7 @@ def list_command(tag: str | None, search: str | None, limit: int, as_json: bool,
 def show(name_or_id: str, as_json: bool, db: Path | None) -> None:
     """Show one scenario: id, description, tags, dates and entity counts per type."""
     with _existing_manager(db) as manager:
-        item = scenario_summary(manager, name_or_id)
+        item = manager.scenario_info(name_or_id)
         if as_json:
             print_json(item)
             return
@@ -321,7 +321,7 @@ def show(name_or_id: str, as_json: bool, db: Path | None) -> None:
 def delete(name_or_id: str, yes: bool, db: Path | None) -> None:
     """Delete a scenario and all its entities (asks first on a terminal)."""
     with _existing_manager(db) as manager:
-        item = scenario_summary(manager, name_or_id)
+        item = manager.scenario_info(name_or_id)
         label = f"{item['name']!r} ({item['entity_count']} entities)"
         if not yes:
             if not _tty(sys.stdin):
@@ -355,7 +355,7 @@ def export(name_or_id: str, output: str | None, fmt: str, force: bool, db: Path 
             target = write_atomic(json_target(document["name"], output), text.encode("utf-8"), force=force)
             click.echo(f"exported {document['name']!r} ({count} entities) to {target}")
             return
-        summary = scenario_summary(manager, name_or_id)
+        summary = manager.scenario_info(name_or_id)
         types = sum(1 for count in summary["entity_counts"].values() if count)
         with progress(types, "writing Parquet") as report:
             result = export_parquet(manager, summary["scenario_id"], output, force=force,

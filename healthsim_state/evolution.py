@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field as dataclass_field
-from typing import Any
 
 import duckdb
 

@@ -37,7 +37,6 @@ from pydantic import Field
 
 from . import __version__
 from .errors import HealthSimError, ScenarioNotFoundError
-from .interop.catalog import scenario_summary
 from .interop.errors import QueryError, UnknownEntityTypeError
 from .interop.query import check_select, connect_read_only, jsonable
 from .manager import StateManager
@@ -175,7 +174,7 @@ class ScenarioTools:
         with self._manager() as manager:
             scenario_id = manager.save_scenario(name, entities, description=description, tags=tags,
                                                  overwrite=overwrite)
-            return _info(scenario_summary(manager, scenario_id))
+            return _info(manager.scenario_info(scenario_id))
 
     def add_entities(
         self,
@@ -205,7 +204,7 @@ class ScenarioTools:
         """Delete a scenario, its tags and all its entities. Refused unless confirm is true;
         this cannot be undone."""
         with self._manager() as manager:
-            info = scenario_summary(manager, name_or_id)
+            info = manager.scenario_info(name_or_id)
             if confirm is not True:
                 raise ValueError(
                     f"scenario {info['name']!r} (id {info['scenario_id']}, {_entities(info['entity_count'])}) "
@@ -247,7 +246,7 @@ class ScenarioTools:
         first few entities of each type as samples. Cheaper to read than load_scenario."""
         with self._manager() as manager:
             if sample_size == 0:  # no entity rows needed
-                return {**_info(scenario_summary(manager, name_or_id)), "samples": {}}
+                return {**_info(manager.scenario_info(name_or_id)), "samples": {}}
             scenario = manager.load_scenario(name_or_id)
         entities = scenario.pop("entities")
         scenario["entity_counts"] = {entity: len(items) for entity, items in entities.items() if items}
@@ -441,11 +440,10 @@ def build_server(db_path: str | Path | None = None, *, log_level: str = "WARNING
     tools = ScenarioTools(path)
     server = MCPServer("healthsim-state", title="HealthSim scenarios", version=__version__,
                        instructions=INSTRUCTIONS, log_level=log_level)  # type: ignore[arg-type]
-    for name, title, annotations in TOOLS:
-        annotations = annotations.model_copy(update={"title": title})
+    for name, title, hints in TOOLS:
         function = getattr(tools, name)
         server.add_tool(_as_tool(function), name=name, title=title, description=inspect.cleandoc(function.__doc__),
-                        annotations=annotations, structured_output=True)
+                        annotations=hints.model_copy(update={"title": title}), structured_output=True)
     return server
 
 

@@ -27,7 +27,6 @@ from healthsim_state.interop import (
     parse_document,
     read_document,
     run_query,
-    scenario_summary,
 )
 from healthsim_state.interop.files import default_target, safe_filename, write_atomic
 from healthsim_state.interop.json_io import dumps, parse_json
@@ -486,15 +485,15 @@ def test_types_are_described_from_the_mappings():
         describe_type("widget")
 
 
-def test_scenario_summary_by_id_then_name(sm):
+def test_scenario_info_by_id_then_name(sm):
     first = sm.save_scenario("a", {"patients": [{"patient_id": "p"}]}, tags=["x"])
     second = sm.save_scenario(first, {})  # a scenario *named* like the first one's id
-    assert scenario_summary(sm, first)["name"] == "a"
-    assert scenario_summary(sm, second)["name"] == first
-    summary = scenario_summary(sm, "a")
+    assert sm.scenario_info(first)["name"] == "a"
+    assert sm.scenario_info(second)["name"] == first
+    summary = sm.scenario_info("a")
     assert (summary["entity_counts"], summary["tags"]) == ({"patient": 1}, ["x"])
     with pytest.raises(ScenarioNotFoundError):
-        scenario_summary(sm, "missing")
+        sm.scenario_info("missing")
 
 
 def test_sql_waits_for_a_lock_then_says_who_holds_it(filled_db, monkeypatch):

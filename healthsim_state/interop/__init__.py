@@ -3,11 +3,11 @@ files, read-only SQL, and the summaries a front end shows.
 
 One module a responsibility: :mod:`.json_io` (the JSON shapes), :mod:`.parquet`,
 :mod:`.legacy` (migration), :mod:`.query` (read-only SQL), :mod:`.catalog`
-(scenario summary, entity types), :mod:`.files` (safe names, atomic writes).
+(entity types), :mod:`.files` (safe names, atomic writes).
 The CLI is a thin layer over these functions.
 """
 
-from .catalog import describe_type, describe_types, scenario_summary
+from .catalog import describe_type, describe_types
 from .errors import DocumentError, OutputExistsError, QueryError, UnknownEntityTypeError
 from .json_io import (
     ImportResult,
@@ -31,5 +31,5 @@ __all__ = [
     "ParquetExport", "export_parquet",
     "MigrationResult", "migrate", "find_legacy_files", "legacy_directories",
     "QueryResult", "run_query",
-    "scenario_summary", "describe_types", "describe_type",
+    "describe_types", "describe_type",
 ]

@@ -1,21 +1,13 @@
-"""What a front end shows without loading entities: one scenario's summary,
-and the registered entity types with their fields."""
+"""What a front end shows without opening a database: the registered entity
+types with their fields. (A scenario's summary is ``StateManager.scenario_info``.)"""
 
 from __future__ import annotations
 
 import os
 from typing import Any, Iterable
 
-from ..manager import StateManager
 from ..mapping.loader import load_mappings
 from .errors import UnknownEntityTypeError
-
-
-def scenario_summary(manager: StateManager, name_or_id: str) -> dict[str, Any]:
-    """The scenario's list item (id, name, description, dates, entity_count,
-    entity_counts, tags), found by id first, then by name, as ``load_scenario``
-    does, but without reading any entity row."""
-    return manager.scenario_info(name_or_id)
 
 
 def describe_types(mapping_dirs: Iterable[str | os.PathLike] | None = None) -> list[dict[str, Any]]:

@@ -21,7 +21,6 @@ import duckdb
 from ..errors import StoreError
 from ..manager import StateManager
 from ..store import connect_with_retry, default_lock_timeout, quote
-from .catalog import scenario_summary
 from .files import check_directory_target, default_target, new_work_directory, replace_directory
 
 MARKER = "healthsim-parquet"
@@ -54,7 +53,7 @@ def export_parquet(manager: StateManager, name_or_id: str, path: str | os.PathLi
                    force: bool = False, directory: str | os.PathLike = ".",
                    progress: Progress | None = None) -> ParquetExport:
     """Write the scenario's typed columns as Parquet; return where and what."""
-    summary = scenario_summary(manager, name_or_id)
+    summary = manager.scenario_info(name_or_id)
     target = parquet_target(summary["name"], path, directory)
     check_directory_target(target, force=force, marker=MARKER)  # fail before any work
     codecs = manager.registry.codecs
