@@ -17,6 +17,7 @@ import duckdb
 from .engine.batch import ScenarioBatch, key_function, rebuild_rows
 from .engine.compile import Codec
 from .engine.registry import Registry
+from .engine.values import is_text
 from .errors import (
     Problem,
     ScenarioExistsError,
@@ -155,15 +156,15 @@ class StateManager:
         """Give each new row its position (a stored key's, or the next free one),
         delete the rows it replaces, append. Updates ``counts`` in place."""
         store, scenario_id = self._store, batch.scenario_id
-        stored: dict[str, dict[Any, int]] = {}
+        stored: dict[str, tuple[Any, dict[Any, int]]] = {}  # per type: key function, stored key -> position
         added: dict[str, int] = {}
         replaced: dict[str, int] = {}
         for codec, rows in batch.chunks():
             entity, indexes = codec.mapping.entity, codec.key_indexes
-            key_of = key_function(codec)
             if entity not in stored:
-                stored[entity] = {key_of(row[1:]): row[0] for row in store.key_rows(con, codec, scenario_id)}
-            positions = stored[entity]
+                key_of = key_function(codec)
+                stored[entity] = key_of, {key_of(row[1:]): row[0] for row in store.key_rows(con, codec, scenario_id)}
+            key_of, positions = stored[entity]
             placed, reused = [], []
             for row in rows:
                 position = positions.get(key_of(tuple(row[i] for i in indexes)))
@@ -297,26 +298,17 @@ def _check_arguments(name: Any, description: Any) -> None:
     problems = []
     if not isinstance(name, str) or not name:
         problems.append(Problem(f"the scenario name must be a non-empty string, got {name!r}", path="name"))
-    elif not _is_text(name):
+    elif not is_text(name):
         problems.append(Problem("the scenario name holds a lone surrogate, which is not valid Unicode text",
                                 path="name", value=name))
     if description is not None and not isinstance(description, str):
         problems.append(Problem(f"description must be a string or None, got {type(description).__name__}",
                                 path="description"))
-    elif description is not None and not _is_text(description):
+    elif description is not None and not is_text(description):
         problems.append(Problem("the description holds a lone surrogate, which is not valid Unicode text",
                                 path="description"))
     if problems:
         raise ValidationError(problems, summary="scenario not saved")
-
-
-def _is_text(value: str) -> bool:
-    """True when ``value`` can be stored as text (UTF-8): no lone surrogates."""
-    try:
-        value.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def _check_tags(tags: Any) -> list[str]:
@@ -329,7 +321,7 @@ def _check_tags(tags: Any) -> list[str]:
     result: list[str] = []
     problems = []
     for index, tag in enumerate(tags):
-        if not isinstance(tag, str) or not tag or not _is_text(tag):
+        if not isinstance(tag, str) or not tag or not is_text(tag):
             problems.append(Problem(f"a tag must be a non-empty string of valid Unicode text, got {tag!r}",
                                     path=f"tags[{index}]"))
         elif tag not in result:
@@ -347,12 +339,9 @@ def _unstorable_strings(codec, rows: list[tuple]) -> list[Problem]:
     fields = codec.mapping.fields
     for row in rows:
         for index, value in enumerate(row[2:-1]):
-            if value.__class__ is str:
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError:
-                    problems.append(Problem("the string holds a lone surrogate, which is not valid Unicode text",
-                                            codec.mapping.entity, row[1], fields[index].dotted, value))
+            if value.__class__ is str and not is_text(value):
+                problems.append(Problem("the string holds a lone surrogate, which is not valid Unicode text",
+                                        codec.mapping.entity, row[1], fields[index].dotted, value))
     return problems
 
 

@@ -39,6 +39,7 @@ from typing import Any, Iterator
 import duckdb
 
 from .engine.compile import Codec
+from .engine.values import is_text
 from .errors import DatabaseLockedError, IncompatibleDatabaseError, OrphanedTypesWarning, Problem, StoreError, \
     ValidationError
 from .evolution import SchemaReport, reconcile
@@ -248,9 +249,7 @@ class Store:
         if not isinstance(name_or_id, str):
             raise ValidationError([Problem(f"a scenario id or name is a string, got {type(name_or_id).__name__}",
                                            path="name_or_id", value=name_or_id)], summary="invalid scenario lookup")
-        try:
-            name_or_id.encode("utf-8")
-        except UnicodeEncodeError:
+        if not is_text(name_or_id):
             return None
         columns = ", ".join(_SCENARIO_COLUMNS)
         if by_id:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from decimal import Context, Decimal, InvalidOperation
 from typing import Any, Callable
 
-from .values import MISSING, NotJSON, dump_column_json, parse_json, to_json
+from .values import MISSING, NotJSON, dump_column_json, is_text, parse_json, to_json
 
 
 class Unfit(ValueError):
@@ -208,13 +208,11 @@ def _render_timestamp(column: _dt.datetime) -> str:
 
 def _json(value: Any) -> tuple[Any, Any]:
     try:
-        canonical = to_json(value)
-        text = dump_column_json(canonical)
-        text.encode("utf-8")
+        text = dump_column_json(to_json(value))
     except NotJSON as problem:
         raise Unfit(str(problem)) from None
-    except UnicodeEncodeError:
-        raise Unfit("a string holds a lone surrogate, which a json column cannot store") from None
+    if not is_text(text):
+        raise Unfit("a string holds a lone surrogate, which a json column cannot store")
     return text, MISSING
 
 

@@ -125,6 +125,15 @@ def _list_to_json(value: list, path: list[Any]) -> list:
     return value if changed is None else changed
 
 
+def is_text(value: str) -> bool:
+    """True when ``value`` can be stored as text (UTF-8): no lone surrogates."""
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 _scan_once = json.JSONDecoder().scan_once
 
 
