@@ -228,6 +228,8 @@ def _rewrite(con, diff: _Diff, codec: Codec, report: TableReport) -> int:
         f"SELECT DISTINCT scenario_id FROM {quote(table)} ORDER BY scenario_id").fetchall()]
     blockers: list[Problem] = []
     rows_done, filled = 0, {f.column: 0 for f in diff.added}
+    new_columns = [g.column for g in diff.new.fields]
+    added_slots = {f.column: 2 + new_columns.index(f.column) for f in diff.added}  # where each sits in a row
     for scenario_id in scenario_ids:
         rows = Store.fetch_rows(con, old_codec, scenario_id)
         with no_cyclic_gc():
@@ -247,9 +249,8 @@ def _rewrite(con, diff: _Diff, codec: Codec, report: TableReport) -> int:
         with con.appender(staging) as appender:
             appender.append_rows(new_rows)
         rows_done += len(new_rows)
-        for f in diff.added:
-            index = 2 + [g.column for g in diff.new.fields].index(f.column)
-            filled[f.column] += sum(row[index] is not None for row in new_rows)
+        for column, slot in added_slots.items():
+            filled[column] += sum(row[slot] is not None for row in new_rows)
     if blockers:
         raise SchemaChangeError(blockers, table=table)
     con.execute(f"DROP TABLE {quote(table)}")
