@@ -7,17 +7,23 @@
 """
 
 from .errors import (
+    AmbiguousScenarioError,
     DatabaseLockedError,
     HealthSimError,
     IncompatibleDatabaseError,
+    MappingDriftWarning,
     MappingError,
-    OrphanedTypesWarning,
     Problem,
+    ReadOnlyError,
     ScenarioExistsError,
     ScenarioNotFoundError,
     SchemaChangeError,
     StoreError,
+    StoreNotFoundError,
+    TransactionConflictError,
+    UnknownEntityTypeError,
     ValidationError,
+    VersionNotFoundError,
 )
 from .manager import (
     StateManager,
@@ -36,7 +42,7 @@ __all__ = [
     "delete_scenario",
     "plan_schema_changes",
     "SchemaChangeError",
-    "OrphanedTypesWarning",
+    "MappingDriftWarning",
     "HealthSimError",
     "ValidationError",
     "MappingError",
@@ -46,6 +52,12 @@ __all__ = [
     "StoreError",
     "DatabaseLockedError",
     "IncompatibleDatabaseError",
+    "StoreNotFoundError",
+    "ReadOnlyError",
+    "TransactionConflictError",
+    "AmbiguousScenarioError",
+    "VersionNotFoundError",
+    "UnknownEntityTypeError",
 ]
 
 __version__ = "0.1.0"

@@ -20,21 +20,20 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import click
-import duckdb
 
 from . import __version__
-from .errors import HealthSimError, ScenarioExistsError, StoreError
+from .config import default_target, is_url
+from .errors import HealthSimError, ScenarioExistsError, StoreNotFoundError
 from .interop import legacy
-from .interop.catalog import describe_type, describe_types
 from .interop.json_io import STDIN, ScenarioDocument, dumps, export_document, json_target, read_document, \
     save_document, scenario_name
 from .interop.files import write_atomic
 from .interop.parquet import export_parquet
-from .interop.query import jsonable, run_query
+from .interop.query import jsonable, records, run_query
 from .manager import StateManager, plan_schema_changes
-from .store import default_db_path
 
-DB_HELP = "Database file (default: $HEALTHSIM_DB, else ~/.healthsim/healthsim.duckdb)."
+DB_HELP = ("The store: a DuckDB file, or a postgresql:// URL (default: $HEALTHSIM_DB, else "
+           "~/.healthsim/healthsim.duckdb).")
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -53,8 +52,6 @@ def describe_error(error: BaseException) -> str:
         return str(error)
     if isinstance(error, OSError) and error.filename is not None:
         return f"{error.filename}: {error.strerror or error}"
-    if isinstance(error, duckdb.Error):
-        return f"database error: {str(error).strip().splitlines()[0]}"
     if isinstance(error, OSError):
         return str(error.strerror or error)
     return f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)"
@@ -80,25 +77,25 @@ def _debug() -> bool:
 
 
 def db_option(function: Callable) -> Callable:
-    return click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                        help=DB_HELP)(function)
+    return click.option("--db", metavar="PATH_OR_URL", default=None, help=DB_HELP)(function)
 
 
-def _db_path(db: Path | None) -> Path:
-    return default_db_path() if db is None else db.expanduser()
+def _target(db: str | None) -> str:
+    """The store: a file path (``~`` expanded) or a PostgreSQL URL."""
+    if db is None:
+        return default_target()
+    return db if is_url(db) else str(Path(db).expanduser())
 
 
-def _manager(db: Path | None) -> StateManager:
-    """The database, created if needed (commands that write)."""
-    return StateManager(_db_path(db))
+def _manager(db: str | None) -> StateManager:
+    """The store, opened for writing (commands that write create it)."""
+    return StateManager(_target(db))
 
 
-def _existing_manager(db: Path | None) -> StateManager:
-    """The database, which must exist (commands that read: no file is created)."""
-    path = _db_path(db)
-    if not path.exists():
-        raise StoreError(f"no database at {path} (nothing has been saved there yet; see --db)")
-    return StateManager(path)
+def _reader(db: str | None) -> StateManager:
+    """The store, read-only (commands that read: nothing is created, evolved
+    or written; a missing store is an error naming it)."""
+    return StateManager(_target(db), read_only=True)
 
 
 # --- output ---------------------------------------------------------------------------
@@ -230,7 +227,7 @@ def _show_warning(message: Warning | str, *_: Any, **__: Any) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace a scenario of the same name.")
 @db_option
 def save(file: str, name: str, description: str | None, tags: tuple[str, ...], overwrite: bool,
-         db: Path | None) -> None:
+         db: str | None) -> None:
     """Save the entities of a JSON FILE (any shape `import` reads; - is stdin) as scenario NAME."""
     document = read_document(file)
     with _manager(db) as manager:
@@ -253,9 +250,9 @@ def _save(manager: StateManager, document: ScenarioDocument, name: str, **option
 @click.option("--output", "-o", help="Write to this file instead of stdout.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @db_option
-def load(name_or_id: str, output: str | None, force: bool, db: Path | None) -> None:
+def load(name_or_id: str, output: str | None, force: bool, db: str | None) -> None:
     """Print the scenario NAME_OR_ID as export JSON (or write it with -o)."""
-    with _existing_manager(db) as manager:
+    with _reader(db) as manager:
         text = dumps(export_document(manager, name_or_id))
     if output is None or output == STDIN:
         click.echo(text, nl=False)
@@ -268,20 +265,22 @@ def load(name_or_id: str, output: str | None, force: bool, db: Path | None) -> N
 @click.option("--tag", help="Only scenarios with this tag (case-insensitive).")
 @click.option("--search", help="Only names or descriptions containing this text (case-insensitive).")
 @click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="Skip this many first.")
 @click.option("--json", "as_json", is_flag=True, help="Machine output: a JSON array.")
 @db_option
-def list_command(tag: str | None, search: str | None, limit: int, as_json: bool, db: Path | None) -> None:
+def list_command(tag: str | None, search: str | None, limit: int, offset: int, as_json: bool, db: str | None) -> None:
     """List scenarios, newest first: name, entities, tags, updated."""
-    path = _db_path(db)
     items: list[dict[str, Any]] = []
-    if path.exists():
-        with StateManager(path) as manager:
-            items = manager.list_scenarios(tag=tag, search=search, limit=limit)
+    with _reader(db) as manager:
+        try:
+            items = manager.list_scenarios(tag=tag, search=search, limit=limit, offset=offset)
+        except StoreNotFoundError:
+            pass  # nothing saved yet: an empty list
     if as_json:
         print_json(items)
         return
     if not items and _tty(sys.stdout):
-        click.echo(f"no scenarios in {path}" if not (tag or search) else "no scenario matches", err=True)
+        click.echo(f"no scenarios in {manager.label}" if not (tag or search) else "no scenario matches", err=True)
         return
     print_table(["name", "entities", "tags", "updated"],
                 [(i["name"], i["entity_count"], ", ".join(i["tags"]),
@@ -293,9 +292,9 @@ def list_command(tag: str | None, search: str | None, limit: int, as_json: bool,
 @click.argument("name_or_id")
 @click.option("--json", "as_json", is_flag=True, help="Machine output: a JSON object.")
 @db_option
-def show(name_or_id: str, as_json: bool, db: Path | None) -> None:
+def show(name_or_id: str, as_json: bool, db: str | None) -> None:
     """Show one scenario: id, description, tags, dates and entity counts per type."""
-    with _existing_manager(db) as manager:
+    with _reader(db) as manager:
         item = manager.scenario_info(name_or_id)
         if as_json:
             print_json(item)
@@ -318,10 +317,11 @@ def show(name_or_id: str, as_json: bool, db: Path | None) -> None:
 @click.argument("name_or_id")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @db_option
-def delete(name_or_id: str, yes: bool, db: Path | None) -> None:
-    """Delete a scenario and all its entities (asks first on a terminal)."""
-    with _existing_manager(db) as manager:
-        item = manager.scenario_info(name_or_id)
+def delete(name_or_id: str, yes: bool, db: str | None) -> None:
+    """Delete a scenario, all its entities and its history (asks first on a terminal)."""
+    with _reader(db) as reader:
+        item = reader.scenario_info(name_or_id)  # a missing store is an error, and is not created
+    with _manager(db) as manager:
         label = f"{item['name']!r} ({item['entity_count']} entities)"
         if not yes:
             if not _tty(sys.stdin):
@@ -338,11 +338,11 @@ def delete(name_or_id: str, yes: bool, db: Path | None) -> None:
 @click.option("--format", "fmt", type=click.Choice(["json", "parquet"]), default="json", show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing file, or a previous Parquet export.")
 @db_option
-def export(name_or_id: str, output: str | None, fmt: str, force: bool, db: Path | None) -> None:
+def export(name_or_id: str, output: str | None, fmt: str, force: bool, db: str | None) -> None:
     """Export a scenario: versioned JSON (lossless), or a Parquet directory (typed columns)."""
     if fmt == "parquet" and output == STDIN:
         raise click.UsageError("-o - (stdout) is for --format json; Parquet needs a directory")
-    with _existing_manager(db) as manager:
+    with _reader(db) as manager:
         if fmt == "json":
             with progress(1, "exporting") as report:
                 document = export_document(manager, name_or_id)
@@ -369,7 +369,7 @@ def export(name_or_id: str, output: str | None, fmt: str, force: bool, db: Path 
 @click.option("--name", "-n", help="The scenario's name (one FILE only). Default: the file's, else its file name.")
 @click.option("--overwrite", is_flag=True, help="Replace scenarios of the same names.")
 @db_option
-def import_command(files: tuple[str, ...], name: str | None, overwrite: bool, db: Path | None) -> None:
+def import_command(files: tuple[str, ...], name: str | None, overwrite: bool, db: str | None) -> None:
     """Import each JSON FILE as one scenario (- is stdin).
 
     Reads our export, the predecessor's export, old workspace files, and bare
@@ -410,7 +410,7 @@ def import_command(files: tuple[str, ...], name: str | None, overwrite: bool, db
 @click.option("--overwrite", is_flag=True, help="Replace scenarios of the same names, even if already migrated.")
 @click.option("--json", "as_json", is_flag=True, help="Machine output: one JSON object with every file.")
 @db_option
-def migrate(directories: tuple[Path, ...], dry_run: bool, overwrite: bool, as_json: bool, db: Path | None) -> None:
+def migrate(directories: tuple[Path, ...], dry_run: bool, overwrite: bool, as_json: bool, db: str | None) -> None:
     """Import the JSON files of earlier HealthSim versions, one scenario a file.
 
     Originals are never changed. Rerunning skips files already migrated with
@@ -423,10 +423,10 @@ def migrate(directories: tuple[Path, ...], dry_run: bool, overwrite: bool, as_js
     if files:
         with progress(len(files), "migrating" if not dry_run else "checking") as report:
             registry = None
-            for result in legacy.migrate(files, _db_path(db), dry_run=dry_run, overwrite=overwrite):
+            for result in legacy.migrate(files, _target(db), dry_run=dry_run, overwrite=overwrite):
                 results.append(result)
                 if not as_json:
-                    registry = registry or _registry()
+                    registry = registry or _reader(db).registry
                     report.line(_migration_line(result, registry))
                 report.advance()
     summary = legacy.summarize(results)
@@ -441,13 +441,6 @@ def migrate(directories: tuple[Path, ...], dry_run: bool, overwrite: bool, as_js
                    + ("; dry run, nothing was changed" if dry_run else ""))
     if summary["failed"]:
         raise CliError(f"{summary['failed']} of {len(files)} files could not be migrated")
-
-
-def _registry():
-    from .engine.registry import Registry
-    from .mapping.loader import load_mappings
-
-    return Registry(load_mappings().values())
 
 
 def _migration_line(result: legacy.MigrationResult, registry: Any) -> str:
@@ -468,37 +461,55 @@ def _migration_line(result: legacy.MigrationResult, registry: Any) -> str:
 @click.argument("entity", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine output: the mapping description(s).")
 @db_option
-def types(entity: str | None, as_json: bool, db: Path | None) -> None:
-    """The registered entity types; for one ENTITY, its fields: column, path, type, aliases.
+def types(entity: str | None, as_json: bool, db: str | None) -> None:
+    """The entity types in force in the store; for one ENTITY, its fields:
+    column, path, type, aliases, default.
 
-    Types come from the mappings (built-in and $HEALTHSIM_MAPPINGS); the
-    database is not opened.
+    The store's own mappings are in force (for a store not made yet: the
+    mapping files'). What the local mapping files (built-in and
+    $HEALTHSIM_MAPPINGS) would change is marked: additions are applied the
+    next time a command writes; other changes wait for migrate-schema.
     """
-    if entity is None:
-        described = describe_types()
-        if as_json:
-            print_json(described)
-            return
-        print_table(["entity", "plural", "table", "fields", "description"],
-                    [(d["entity"], d["plural"], d["table"], len(d["fields"]), d["description"] or "")
-                     for d in described], right=[3])
-        if _db_path(db).exists():
-            for name, table in _existing_manager(db).orphaned_types().items():
-                click.echo(f"orphaned: {name} (table {table}): the database holds it but no mapping names it; "
-                           "its data is kept and comes back with its mapping file", err=True)
-        return
-    item = describe_type(entity)
+    with _reader(db) as manager:
+        registry = manager.registry
+        local = manager.mapping_changes()
+    described = [codec.mapping.describe() for codec in registry.codecs.values()]
+    for item in described:
+        item["local_changes"] = local.get(item["entity"], {"additions": [], "pending": []})
+    if entity is not None:
+        (name,) = registry.entity_names([entity])
+        described = [item for item in described if item["entity"] == name]
     if as_json:
-        print_json(item)
+        print_json(described if entity is None else described[0])
         return
-    title = (f"{item['entity']} (plural {item['plural']}, table {item['table']}, "
-             f"key {', '.join(item['primary_key'])})" + (f": {item['description']}" if item["description"] else ""))
-    if not _tty(sys.stdout):
-        click.echo(f"# {title}")
-    print_table(["column", "path", "type", "aliases", "default"],
-                [(f["column"], f["path"], f["type"] + (" required" if f["required"] else ""),
-                  ", ".join(f["aliases"]), _cell(f.get("default"))) for f in item["fields"]],
-                title=title)
+    if entity is None:
+        print_table(["entity", "plural", "table", "fields", "local files", "description"],
+                    [(d["entity"], d["plural"], d["table"], len(d["fields"]), _local_mark(d["local_changes"]),
+                      d["description"] or "") for d in described], right=[3])
+    else:
+        item = described[0]
+        title = (f"{item['entity']} (plural {item['plural']}, table {item['table']}, key "
+                 f"{', '.join(item['primary_key'])})" + (f": {item['description']}" if item["description"] else ""))
+        if not _tty(sys.stdout):
+            click.echo(f"# {title}")
+        print_table(["column", "path", "type", "aliases", "default"],
+                    [(f["column"], f["path"], f["type"] + (" required" if f["required"] else ""),
+                      ", ".join(f["aliases"]), _cell(f.get("default"))) for f in item["fields"]],
+                    title=title)
+    for item in described:
+        for kind, note in (("additions", "applied at the next write"),
+                           ("pending", "apply with healthsim-state migrate-schema")):
+            for line in item["local_changes"][kind]:
+                click.echo(f"{item['entity']}: local files: {line} ({note})", err=True)
+
+
+def _local_mark(changes: dict[str, list[str]]) -> str:
+    parts = []
+    if changes["additions"]:
+        parts.append(f"{len(changes['additions'])} to add")
+    if changes["pending"]:
+        parts.append(f"{len(changes['pending'])} pending")
+    return ", ".join(parts)
 
 
 @cli.command()
@@ -507,7 +518,7 @@ def types(entity: str | None, as_json: bool, db: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of row objects.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
 @db_option
-def sql(query: str, params: tuple[str, ...], as_json: bool, as_csv: bool, db: Path | None) -> None:
+def sql(query: str, params: tuple[str, ...], as_json: bool, as_csv: bool, db: str | None) -> None:
     """Run one read-only SELECT over the scenario tables.
 
     Tables: scenarios, scenario_tags, and one per entity type (patients,
@@ -516,9 +527,9 @@ def sql(query: str, params: tuple[str, ...], as_json: bool, as_csv: bool, db: Pa
     """
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
-    result = run_query(_db_path(db), query, list(params))
+    result = run_query(_target(db), query, list(params))
     if as_json:
-        print_json(result.records())
+        print_json(records(result))
     elif as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(result.columns)
@@ -531,29 +542,30 @@ def sql(query: str, params: tuple[str, ...], as_json: bool, as_csv: bool, db: Pa
 @click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine output: a JSON object.")
 @db_option
-def migrate_schema(dry_run: bool, as_json: bool, db: Path | None) -> None:
-    """Bring the database's tables in line with edited mapping files.
+def migrate_schema(dry_run: bool, as_json: bool, db: str | None) -> None:
+    """Apply the local mapping files' changes to the store's mappings in force.
 
-    Opening the database does this anyway, before any other command runs; this
-    command shows what it does (or, with --dry-run, what it would do). Stored
-    data is never lost: an edit that does not fit the data changes nothing and
-    lists what blocks it.
+    Additions (a type, a field, an alias) are applied whenever a client opens
+    the store for writing; everything else (a field removed, renamed, retyped
+    or moved, a key or default changed) waits for this command. Stored data is
+    never lost: an edit that does not fit the data changes nothing and lists
+    what blocks it. --dry-run makes every check and writes nothing.
     """
-    path = _db_path(db)
-    if not path.exists():
-        raise StoreError(f"no database at {path} (nothing has been saved there yet; see --db)")
+    target = _target(db)
     if dry_run:
-        report = plan_schema_changes(path)
+        report = plan_schema_changes(target)
     else:
-        report = StateManager(path).schema_report or plan_schema_changes(path)
+        with _reader(db) as reader:
+            reader.scenario_exists("")  # a missing store is an error, and is not created
+        with StateManager(target, evolve=True) as manager:
+            report = manager.schema_report or plan_schema_changes(target)
     if as_json:
-        print_json({"applied": report.applied, "tables": [vars(t) for t in report.tables if t.action != "unchanged"]})
+        print_json({"applied": report.applied, "tables": [vars(t) for t in report.tables]})
         return
     prefix = "would change" if dry_run else "changed"
-    lines = report.lines()
     click.echo(f"{prefix}:" if report.changed else "the tables already follow the mappings")
     if report.changed:
-        for line in lines:
+        for line in report.lines():
             click.echo(f"  {line}")
 
 
@@ -564,7 +576,7 @@ def migrate_schema(dry_run: bool, as_json: bool, db: Path | None) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
               help="Port to listen on (http).")
 @db_option
-def mcp_command(transport: str, host: str, port: int, db: Path | None) -> None:
+def mcp_command(transport: str, host: str, port: int, db: str | None) -> None:
     """Serve the scenarios to an AI assistant: an MCP server with the scenario tools.
 
     Needs the mcp extra: pip install 'healthsim-state[mcp]'. The database file
@@ -577,7 +589,7 @@ def mcp_command(transport: str, host: str, port: int, db: Path | None) -> None:
         if error.name != "mcp" and not (error.name or "").startswith("mcp."):
             raise
         raise CliError("the MCP server needs the mcp extra: pip install 'healthsim-state[mcp]'") from None
-    serve(_db_path(db), transport, host, port)
+    serve(_target(db), transport, host, port)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -90,8 +90,36 @@ class ScenarioNotFoundError(HealthSimError, LookupError, ValueError):
     """No scenario has the given id or name."""
 
 
+class AmbiguousScenarioError(HealthSimError, LookupError, ValueError):
+    """A string is one scenario's id and another's name (which saves refuse,
+    so only data written otherwise can hold it). The message names both."""
+
+
+class VersionNotFoundError(HealthSimError, LookupError, ValueError):
+    """A scenario has no such version (never written, or pruned)."""
+
+
+class UnknownEntityTypeError(HealthSimError, LookupError, ValueError):
+    """No mapping in force declares this entity type."""
+
+
 class StoreError(HealthSimError, RuntimeError):
-    """The database file cannot be used (not a DuckDB file, newer version, ...)."""
+    """The store cannot be used (not a DuckDB file, newer version, unreachable
+    server, ...)."""
+
+
+class StoreNotFoundError(StoreError, LookupError):
+    """A store opened read-only (or asked to be read) does not exist. Nothing
+    was created."""
+
+
+class ReadOnlyError(StoreError):
+    """A write on a store opened with ``read_only=True``."""
+
+
+class TransactionConflictError(StoreError):
+    """Another transaction kept changing the same data at the same time; the
+    operation was run again several times and gave up. Nothing was written."""
 
 
 class IncompatibleDatabaseError(StoreError):
@@ -122,6 +150,14 @@ class SchemaChangeError(ValidationError):
                                  "does not fit the stored data")
 
 
-class OrphanedTypesWarning(UserWarning):
-    """The database holds entity types whose mapping files are gone. Their
-    tables and data are kept; they come back when the mappings do."""
+class QueryError(HealthSimError, ValueError):
+    """A query that is not a single read-only statement, or that the database
+    rejects or stops (too long)."""
+
+
+class MappingDriftWarning(UserWarning):
+    """This client's mapping files differ from the mappings in force in the
+    store in more than additions. The store's mappings stay in force and
+    nothing was rewritten; the message names each pending change and how to
+    apply it (``healthsim-state migrate-schema``, or
+    ``StateManager(..., evolve=True)``)."""

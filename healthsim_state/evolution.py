@@ -1,25 +1,21 @@
-"""Edit a mapping, keep your data: bring stored tables in line with the mappings.
+"""Apply a :class:`~healthsim_state.plan.Plan` to a store, inside the caller's
+transaction, so that every stored scenario loads as it did before (or, for a
+changed path, in the new canonical shape), every version of it included:
 
-The database records the mapping each entity table was built from
-(``_healthsim_tables``). When the mappings in force differ, :func:`reconcile`
-changes the tables, inside the caller's transaction, so that every stored
-scenario loads as it did before (or, for a changed path, in the new canonical
-shape) and the typed columns hold what the new mapping says:
-
-- a field added gets its column, backfilled from what rows kept as unmapped
-  data at its path (a value that does not fit the type stays unmapped);
-- a field removed gives its values back to the residual, then its column goes;
-- a changed type converts every stored value that fits exactly, or nothing
-  changes and :class:`SchemaChangeError` lists what blocks it;
-- a renamed column (same path) is a rename; a changed path moves the values;
-- a changed key is checked for duplicates within each scenario;
+- a new type gets its tables;
+- a field added gets its column, filled from what rows kept as unmapped data
+  at its path (a value that does not fit the type stays unmapped): only the
+  rows whose residual names the field's key are read;
 - an alias, default or description change needs nothing stored to change;
-- a type whose mapping is gone keeps its table and is reported as orphaned.
+- a renamed column or table is a rename;
+- a field removed, retyped or moved, or a changed key, rewrites the tables the
+  one generic way: each stored row is rebuilt with the old mapping's code and
+  flattened with the new one (in "stored data" mode: no aliases, no defaults
+  but a key's, unfit values kept), scenario by scenario. A value that does not
+  fit a changed type, or a duplicate under a changed key, blocks the change:
+  nothing changes and :class:`SchemaChangeError` lists what is in the way.
 
-Where data must move, a table is rewritten the one generic way: each stored row
-is rebuilt with the old mapping's code and flattened with the new one (in
-"stored data" mode: no aliases, no defaults but a key's, unfit values kept),
-scenario by scenario, into a new table that then replaces the old.
+A dry run performs the same reads and checks and writes nothing.
 """
 
 from __future__ import annotations
@@ -28,179 +24,112 @@ import dataclasses
 import json
 from dataclasses import dataclass, field as dataclass_field
 
-import duckdb
-
+from .backends.base import Session, quote
 from .engine.batch import KeyTracker, no_cyclic_gc
 from .engine.compile import Codec, compile_mapping
 from .engine.values import MISSING
 from .errors import IncompatibleDatabaseError, Problem, SchemaChangeError
-from .mapping.model import Field, Mapping, mapping_from_description
+from .layout import REWRITE_TABLE, StoreState, data_columns, digest_of, entity_ddl, history_table, record, \
+    set_meta, table_columns
+from .mapping.model import Mapping
+from .plan import CREATE, REWRITE, MappingDiff, Plan, Step, diff_mappings
 
-STAGING_PREFIX = "_healthsim_new_"
+BATCH = 10_000
 
 
 @dataclass
 class TableReport:
-    """What reconciliation did (or would do) to one entity type's table."""
+    """What applying the plan did (or would do) to one entity type's tables."""
 
     entity: str
     table: str
-    action: str  # created | unchanged | recorded | renamed columns | rewritten | orphaned
+    action: str  # created | fields added | recorded | renamed columns | renamed table | rewritten
     changes: list[str] = dataclass_field(default_factory=list)
     rows: int = 0
 
 
 @dataclass
 class SchemaReport:
-    """Every table's :class:`TableReport`; ``applied`` is False for a dry run."""
+    """Every changed table's :class:`TableReport`; ``applied`` is False for a
+    dry run; ``pending`` lists, per type, what the local mapping files would
+    change that this run left alone."""
 
     tables: list[TableReport]
     applied: bool = True
+    pending: dict[str, list[str]] = dataclass_field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
-        return any(t.action not in ("unchanged",) for t in self.tables)
+        return bool(self.tables)
 
     def for_entity(self, entity: str) -> TableReport:
         return next(t for t in self.tables if t.entity == entity)
 
-    @property
-    def orphaned(self) -> list[str]:
-        return [t.entity for t in self.tables if t.action == "orphaned"]
-
     def lines(self) -> list[str]:
         out = []
         for table in self.tables:
-            if table.action == "unchanged":
-                continue
-            out.append(f"{table.entity} ({table.table}): {table.action}" + (f", {table.rows} rows" if table.rows else ""))
+            rows = f", {table.rows} rows" if table.rows else ""
+            out.append(f"{table.entity} ({table.table}): {table.action}{rows}")
             out.extend(f"  - {change}" for change in table.changes)
         return out or ["nothing to change"]
 
 
-@dataclass
-class _Diff:
-    old: Mapping
-    new: Mapping
-    renames: dict[str, str]  # old column -> new column (same path)
-    added: list[Field]
-    removed: list[Field]
-    retyped: list[tuple[Field, Field]]
-    moved: list[tuple[Field, Field]]  # same column, new path
-    key_changed: bool
-
-    @property
-    def needs_rewrite(self) -> bool:
-        return bool(self.added or self.removed or self.retyped or self.moved or self.key_changed)
-
-
-def diff_mappings(old: Mapping, new: Mapping) -> _Diff:
-    old_by_column = {f.column: f for f in old.fields}
-    new_by_column = {f.column: f for f in new.fields}
-    old_by_path = {f.path: f for f in old.fields}
-    renames = {}
-    for field in new.fields:
-        before = old_by_path.get(field.path)
-        if field.column not in old_by_column and before is not None and before.column not in new_by_column:
-            renames[before.column] = field.column
-    pairs = [(old_by_column[c], f) for c, f in new_by_column.items() if c in old_by_column]
-    pairs += [(old_by_column[o], new_by_column[n]) for o, n in renames.items()]
-    renamed_to = set(renames.values())
-    old_key = tuple(renames.get(c, c) for c in old.primary_key)
-    return _Diff(
-        old=old, new=new, renames=renames,
-        added=[f for f in new.fields if f.column not in old_by_column and f.column not in renamed_to],
-        removed=[f for f in old.fields if f.column not in new_by_column and f.column not in renames],
-        retyped=[(o, n) for o, n in pairs if o.type.name != n.type.name],
-        moved=[(o, n) for o, n in pairs if o.path != n.path],
-        key_changed=old_key != new.primary_key or any(
-            o.type.name != n.type.name for o, n in pairs if n.column in new.primary_key),
-    )
-
-
-def reconcile(con: duckdb.DuckDBPyConnection, codecs: dict[str, Codec], existing: dict[str, list],
-              *, path: object) -> SchemaReport:
-    """Create, change or report every entity table, in the caller's transaction."""
-    from .store import expected_columns, quote, table_ddl, utc_now  # the store calls us: import late
-
-    recorded = {entity: (table, json.loads(text)) for entity, table, text in
-                con.execute("SELECT entity, table_name, mapping FROM _healthsim_tables").fetchall()}
+def apply(session: Session, plan: Plan, state: StoreState, *, label: str, dry_run: bool = False) -> SchemaReport:
+    """Apply every step of ``plan`` (or, ``dry_run``, check them), then record
+    the set in force."""
+    existing = table_columns(session)
     reports = []
-    for entity, codec in codecs.items():
-        table = codec.mapping.table
-        record = recorded.get(entity)
-        if record is None:
-            if table in existing and existing[table] != expected_columns(codec):
-                raise IncompatibleDatabaseError(
-                    f"table {table!r} in {path} does not match the mapping of {entity!r} "
-                    f"({codec.mapping.source}) and has no record of the mapping it was made from; "
-                    "rename the table or the mapping's table")
-            if table not in existing:
-                con.execute(table_ddl(codec))
-            reports.append(TableReport(entity, table, "created" if table not in existing else "recorded"))
+    for step in plan.steps:
+        report = TableReport(step.entity, step.table, step.action, list(step.changes))
+        if step.action == CREATE:
+            _create(session, step, existing, label, dry_run)
         else:
-            old = mapping_from_description(record[1], source=f"{path} (recorded)")
-            if record[0] != table:
-                con.execute(f"ALTER TABLE {quote(record[0])} RENAME TO {quote(table)}")
-            reports.append(_reconcile_table(con, old, codec))
-        con.execute("INSERT OR REPLACE INTO _healthsim_tables VALUES (?, ?, ?, ?)",
-                    [entity, table, json.dumps(codec.mapping.describe()), utc_now()])
-    for entity, (table, _) in recorded.items():
-        if entity not in codecs:
-            reports.append(TableReport(entity, table, "orphaned", [
-                "its mapping file is gone: the table and its data stay, and come back with the mapping"]))
-    return SchemaReport(reports)
+            _change(session, step, report, label, dry_run)
+        reports.append(report)
+    if not dry_run and plan.steps:
+        record(session, {step.entity: step.new for step in plan.steps}, state)
+        state.digest = digest_of(plan.in_force)
+        set_meta(session, "mappings_digest", state.digest)
+    return SchemaReport(reports, applied=not dry_run, pending=plan.pending)
 
 
-def _reconcile_table(con, old: Mapping, codec: Codec) -> TableReport:
-    from .store import quote
+def _create(session: Session, step: Step, existing: dict[str, list[str]], label: str, dry_run: bool) -> None:
+    mapping = step.new
+    for history in (False, True):
+        table = history_table(mapping.table) if history else mapping.table
+        if table in existing:
+            raise IncompatibleDatabaseError(
+                f"{label} has a table {table!r} that the store did not make for {mapping.entity!r} "
+                f"({mapping.source}); rename that table, or the mapping's table")
+        if not dry_run:
+            session.execute(entity_ddl(session.dialect, mapping, history=history))
 
-    new = codec.mapping
+
+def _change(session: Session, step: Step, report: TableReport, label: str, dry_run: bool) -> None:
+    old, new = step.old, step.new
+    assert old is not None
+    if old.table != new.table and not dry_run:
+        for history in (False, True):
+            before = history_table(old.table) if history else old.table
+            after = history_table(new.table) if history else new.table
+            session.execute(f"ALTER TABLE {quote(before)} RENAME TO {quote(after)}")
     diff = diff_mappings(old, new)
-    report = TableReport(new.entity, new.table, "unchanged")
-    if old.describe() == new.describe():
-        return report
-    if old.table != new.table:
-        report.changes.append(f"table renamed: {old.table} -> {new.table}")
-    if {**old.describe(), "table": None} == {**new.describe(), "table": None}:
-        report.action = "renamed table"
-        return report
-    report.changes += _describe_diff(diff, old)
-    if diff.needs_rewrite or _reordered(diff):
-        report.action = "rewritten"
-        report.rows = _rewrite(con, diff, codec, report)
-    elif diff.renames:
-        report.action = "renamed columns"
-        for before, after in diff.renames.items():
-            con.execute(f"ALTER TABLE {quote(new.table)} RENAME COLUMN {quote(before)} TO {quote(after)}")
-    else:
-        report.action = "recorded"  # aliases, defaults, descriptions: nothing stored changes
-    return report
+    if step.action == REWRITE:
+        report.rows = _rewrite(session, diff, label, dry_run, report)
+        return
+    for before, after in diff.renames.items():
+        if not dry_run:
+            for table in (new.table, history_table(new.table)):
+                session.execute(f"ALTER TABLE {quote(table)} RENAME COLUMN {quote(before)} TO {quote(after)}")
+    if diff.added:
+        moved = _add_fields(session, diff, dry_run)
+        report.changes += [f"{f.column}: {moved[f.column]} stored values moved into the new column"
+                           for f in diff.added]
 
 
-def _reordered(diff: _Diff) -> bool:
-    """The new mapping lists the same columns in another order (the appender
-    writes columns in table order, so the table must follow)."""
-    old_order = [diff.renames.get(f.column, f.column) for f in diff.old.fields]
-    return old_order != [f.column for f in diff.new.fields]
+# --- stored data -----------------------------------------------------------------------
 
-
-def _describe_diff(diff: _Diff, old: Mapping) -> list[str]:
-    lines = [f"column renamed: {a} -> {b}" for a, b in diff.renames.items()]
-    lines += [f"field added: {f.column} ({f.dotted}, {f.type.name})" for f in diff.added]
-    lines += [f"field removed: {f.column} ({f.dotted}): its values are kept as unmapped data" for f in diff.removed]
-    lines += [f"type changed: {n.column} {o.type.name} -> {n.type.name}" for o, n in diff.retyped]
-    lines += [f"path changed: {n.column} {o.dotted} -> {n.dotted}" for o, n in diff.moved]
-    if diff.key_changed:
-        lines.append(f"key changed: {', '.join(old.primary_key)} -> {', '.join(diff.new.primary_key)}")
-    if not lines:
-        lines.append("aliases, defaults or descriptions changed: nothing stored changes")
-    return lines
-
-
-# --- the rewrite ---------------------------------------------------------------------
-
-def _stored_data_mapping(diff: _Diff) -> Mapping:
+def stored_data_mapping(diff: MappingDiff) -> Mapping:
     """The new mapping as it applies to data already stored: no aliases (stored
     entities are canonical; a new alias must not reshape them), no defaults and
     no required fields but a key's, and a value that does not fit kept as
@@ -215,48 +144,118 @@ def _stored_data_mapping(diff: _Diff) -> Mapping:
     return dataclasses.replace(diff.new, fields=fields)
 
 
-def _rewrite(con, diff: _Diff, codec: Codec, report: TableReport) -> int:
-    from .store import Store, quote, table_ddl
+def _select(session: Session, mapping: Mapping, table: str, history: bool, extra: str = "") -> str:
+    """``scenario_id, _since, _until-or-NULL, _position, <columns in read form>, _residual``."""
+    dialect = session.dialect
+    reads = ", ".join(dialect.read_expression(f.type, f.column) for f in mapping.fields)
+    until = "_until" if history else "NULL"
+    return f"SELECT scenario_id, _since, {until}, _position, {reads}, _residual FROM {quote(table)}{extra}"
 
-    table, staging = diff.new.table, STAGING_PREFIX + diff.new.table
-    old_codec = compile_mapping(diff.old)
-    stored = compile_mapping(_stored_data_mapping(diff))
-    con.execute(f"DROP TABLE IF EXISTS {quote(staging)}")
-    con.execute(table_ddl(codec).replace(f"CREATE TABLE {quote(table)}", f"CREATE TABLE {quote(staging)}", 1))
-    names = dict(con.execute("SELECT scenario_id, name FROM scenarios").fetchall())
-    scenario_ids = [sid for (sid,) in con.execute(
-        f"SELECT DISTINCT scenario_id FROM {quote(table)} ORDER BY scenario_id").fetchall()]
+
+# --- fields added: a column and a backfill ------------------------------------------------
+
+def _add_fields(session: Session, diff: MappingDiff, dry_run: bool) -> dict[str, int]:
+    """Add the new columns, then move into them the stored values that were
+    unmapped data at their paths. Only rows whose residual holds one of the
+    new paths' last keys are read."""
+    old, new = diff.old, diff.new
+    moved = {f.column: 0 for f in diff.added}
+    old_codec, stored = compile_mapping(old), compile_mapping(stored_data_mapping(diff))
+    slots = {f.column: 1 + [g.column for g in new.fields].index(f.column) for f in diff.added}
+    needles = sorted({json.dumps(f.path[-1]) + ":" for f in diff.added})
+    where = " WHERE _residual IS NOT NULL AND (" + " OR ".join("strpos(_residual, ?) > 0" for _ in needles) + ")"
+    for history in (False, True):
+        table = history_table(new.table) if history else new.table
+        if not dry_run:
+            for f in diff.added:
+                session.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(f.column)} "
+                                f"{session.dialect.column_type(f.type)}")
+        updates = []
+        for rows in session.stream(_select(session, old, table, history, where), needles, BATCH):
+            with no_cyclic_gc():
+                for scenario_id, since, _, *row in rows:
+                    flat = stored.flatten(old_codec.rebuild(row), row[0], [])
+                    values = [flat[slots[f.column]] for f in diff.added]
+                    if any(v is not None for v in values):
+                        updates.append((scenario_id, since, row[0], *values, flat[-1]))
+                        for f, value in zip(diff.added, values):
+                            moved[f.column] += value is not None
+        if updates and not dry_run:
+            _update_rows(session, table, [f.column for f in diff.added], updates)
+    return moved
+
+
+def _update_rows(session: Session, table: str, columns: list[str], rows: list[tuple]) -> None:
+    """Set ``columns`` and ``_residual`` of the rows named by (scenario_id,
+    _since, _position), from a staged copy: one statement, not one a row."""
+    names = ["scenario_id", "_since", "_position", *columns, "_residual"]
+    staging = session.create_staging("_healthsim_update", table, names)
+    session.append(staging, names, rows)
+    sets = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in (*columns, "_residual"))
+    session.execute(f"UPDATE {quote(table)} SET {sets} FROM {staging} s WHERE {quote(table)}.scenario_id = "
+                    f"s.scenario_id AND {quote(table)}._since = s._since AND {quote(table)}._position = s._position")
+    session.execute(f"DROP TABLE {staging}")
+
+
+# --- the rewrite ----------------------------------------------------------------------------
+
+def _rewrite(session: Session, diff: MappingDiff, label: str, dry_run: bool, report: TableReport) -> int:
+    """Rebuild every row of both tables with the new mapping (see the module
+    docstring); returns the number of rows."""
+    new = diff.new
+    old_codec, stored = compile_mapping(diff.old), compile_mapping(stored_data_mapping(diff))
+    names = dict(session.fetchall("SELECT scenario_id, name FROM scenarios"))
     blockers: list[Problem] = []
-    rows_done, filled = 0, {f.column: 0 for f in diff.added}
-    new_columns = [g.column for g in diff.new.fields]
-    added_slots = {f.column: 2 + new_columns.index(f.column) for f in diff.added}  # where each sits in a row
-    for scenario_id in scenario_ids:
-        rows = Store.fetch_rows(con, old_codec, scenario_id)
-        with no_cyclic_gc():
-            entities = [old_codec.rebuild(row) for row in rows]
-            for old_field, new_field in diff.moved:
-                for entity in entities:
-                    _move(entity, old_field.path, new_field.path)
-            problems: list[Problem] = []
-            new_rows = [stored.flatten(entity, scenario_id, row[0], problems) for row, entity in zip(rows, entities)]
-        KeyTracker(stored, problems).check(new_rows)
-        if problems:
-            label = names.get(scenario_id, scenario_id)
-            blockers += [dataclasses.replace(p, message=f"scenario {label!r}: {p.message}") for p in problems]
-            continue
+    done, filled = 0, {f.column: 0 for f in diff.added}
+    slots = {f.column: 1 + [g.column for g in new.fields].index(f.column) for f in diff.added}
+    for history in (False, True):
+        table = history_table(new.table) if history else new.table
+        if not dry_run:
+            session.execute(f"DROP TABLE IF EXISTS {quote(REWRITE_TABLE)}")
+            session.execute(entity_ddl(session.dialect, new, table=REWRITE_TABLE, history=history))
+        columns = ("scenario_id", *data_columns(new), "_since", *(("_until",) if history else ()))
+        scenario_ids = [s for (s,) in session.fetchall(
+            f"SELECT DISTINCT scenario_id FROM {quote(table)} ORDER BY scenario_id")]
+        for scenario_id in scenario_ids:
+            rows = session.fetchall(_select(session, diff.old, table, history, " WHERE scenario_id = ?"),
+                                    [scenario_id])
+            new_rows, problems = _convert(rows, diff, old_codec, stored, check_keys=not history)
+            if problems:
+                where = names.get(scenario_id, scenario_id)
+                blockers += [dataclasses.replace(p, message=f"scenario {where!r}: {p.message}") for p in problems]
+            if blockers or dry_run:
+                continue
+            session.append(REWRITE_TABLE, columns, new_rows)
+            done += len(new_rows)
+            for column, slot in slots.items():
+                filled[column] += sum(row[1 + slot] is not None for row in new_rows)
         if blockers:
-            continue  # keep checking, but write nothing more
-        with con.appender(staging) as appender:
-            appender.append_rows(new_rows)
-        rows_done += len(new_rows)
-        for column, slot in added_slots.items():
-            filled[column] += sum(row[slot] is not None for row in new_rows)
-    if blockers:
-        raise SchemaChangeError(blockers, table=table)
-    con.execute(f"DROP TABLE {quote(table)}")
-    con.execute(f"ALTER TABLE {quote(staging)} RENAME TO {quote(table)}")
+            raise SchemaChangeError(blockers, table=new.table)
+        if not dry_run:
+            session.execute(f"DROP TABLE {quote(table)}")
+            session.execute(f"ALTER TABLE {quote(REWRITE_TABLE)} RENAME TO {quote(table)}")
     report.changes += [f"{f.column}: {filled[f.column]} stored values moved into the new column" for f in diff.added]
-    return rows_done
+    return done
+
+
+def _convert(rows: list[tuple], diff: MappingDiff, old_codec: Codec, stored: Codec, *,
+             check_keys: bool) -> tuple[list[tuple], list[Problem]]:
+    """Rows ``(scenario_id, since, until, position, cols..., residual)`` of the
+    old mapping, sorted by position, as rows of the new one."""
+    rows.sort(key=lambda row: (row[1], row[3]))
+    problems: list[Problem] = []
+    out = []
+    with no_cyclic_gc():
+        for scenario_id, since, until, *row in rows:
+            entity = old_codec.rebuild(row)
+            for old_field, new_field in diff.moved:
+                _move(entity, old_field.path, new_field.path)
+            flat = stored.flatten(entity, row[0], problems)
+            if flat is not None:
+                out.append((scenario_id, *flat, since) + (() if until is None else (until,)))
+    if check_keys:
+        KeyTracker(stored, problems).check([row[1:-1] for row in out])
+    return out, problems
 
 
 def _move(entity: dict, old: tuple[str, ...], new: tuple[str, ...]) -> None:
@@ -289,3 +288,4 @@ def _move(entity: dict, old: tuple[str, ...], new: tuple[str, ...]) -> None:
     for key in new[:-1]:
         target = target.setdefault(key, {})
     target[new[-1]] = value
+

@@ -1,57 +1,106 @@
 """The public API: :class:`StateManager` and the module-level shortcuts.
 
-The manager puts the pieces together: the registry (mappings compiled by the
-engine) validates and flattens a whole scenario *before* the store is touched,
-then the store writes it in one transaction. So a save either fully happens or
-does not happen at all, and bad input changes nothing.
+The manager puts the pieces together. Each operation is one transaction on
+the backend (run again from the start if it loses a race with another
+client). It first reads what the store says about itself: the mapping set in
+force (the store's own, plus what this client's files add; see
+:mod:`healthsim_state.plan`). The engine then validates and flattens the whole
+scenario with those mappings, and the store gateway writes it; a problem
+anywhere rolls everything back, so a save either fully happens or does not
+happen at all.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-import duckdb
-
-from .engine.batch import ScenarioBatch, key_function, rebuild_rows
+from . import evolution
+from .backends import Backend, Session, open_backend
+from .engine.batch import ScenarioBatch, rebuild_rows
 from .engine.compile import Codec
-from .engine.registry import Registry
-from .engine.values import is_text
+from .engine.registry import Registry, registry_for
+from .engine.values import NotJSON, is_text, to_json
 from .errors import (
+    IncompatibleDatabaseError,
+    MappingDriftWarning,
     Problem,
     ScenarioExistsError,
     ScenarioNotFoundError,
-    StoreError,
+    StoreNotFoundError,
     ValidationError,
+    VersionNotFoundError,
 )
-from .mapping.loader import fingerprint, load_mapping_dirs, mapping_search_path
 from .evolution import SchemaReport
-from .store import Store, default_db_path, new_scenario_id, utc_now
+from .layout import SCHEMA_VERSION, StoreState, create_base, digest_of, read_state, recorded_mappings, set_meta, \
+    upgrade, utc_now
+from .mapping.loader import fingerprint, load_mapping_dirs, mapping_search_path
+from .mapping.model import Mapping
+from .plan import Plan, plan
+from .store import Changes, Gateway, new_scenario_id
+from . import diffs
+
+T = TypeVar("T")
+
+MAX_NAME = 200
+MAX_TAG = 100
+MAX_TAGS = 100
+MAX_DESCRIPTION = 10_000
+MAX_METADATA = 64_000  # characters of JSON text
+
+# (store, pending changes) pairs this process has warned about: once each.
+_WARNED: set[tuple[str, tuple[str, ...]]] = set()
 
 
 class StateManager:
-    """Save, load, list and delete scenarios in one DuckDB file.
+    """Save, load, list, version and delete scenarios in one store.
 
-    ``db_path`` defaults to ``$HEALTHSIM_DB``, else ``~/.healthsim/healthsim.duckdb``.
-    ``mapping_dirs`` adds directories of mapping files to the built-in ones (and
-    to ``$HEALTHSIM_MAPPINGS``); a file there with a new ``entity`` adds a type,
-    one with an existing ``entity`` replaces it.
+    ``db_path`` is a DuckDB file (default ``$HEALTHSIM_DB``, else
+    ``~/.healthsim/healthsim.duckdb``), ``:memory:``, or a ``postgresql://``
+    URL. ``mapping_dirs`` adds directories of mapping files to the built-in
+    ones (and to ``$HEALTHSIM_MAPPINGS``).
+
+    The store's own mappings are in force: what this client's files add (a
+    type, a field, an alias) is applied to the store on open, for every
+    client; anything else they change waits, with a
+    :class:`MappingDriftWarning`, until ``evolve=True`` (or ``healthsim-state
+    migrate-schema``) applies it. ``read_only=True`` never creates, evolves or
+    writes anything. No file is created until the first write.
 
     Use it as a context manager, or call :meth:`close`.
     """
 
     def __init__(self, db_path: str | os.PathLike | None = None, *,
                  mapping_dirs: Iterable[str | os.PathLike] | None = None,
-                 lock_timeout: float | None = None):
-        self.registry = _registry(mapping_dirs)
-        self.db_path = default_db_path() if db_path is None else db_path
-        self._store = Store(self.db_path, self.registry.codecs, lock_timeout=lock_timeout)
+                 lock_timeout: float | None = None, read_only: bool = False, evolve: bool = False):
+        if read_only and evolve:
+            raise ValueError("evolve=True changes the store; it cannot be combined with read_only=True")
+        self._backend: Backend = open_backend(db_path, read_only=read_only, lock_timeout=lock_timeout)
+        self.db_path = self._backend.label if db_path is None else db_path
+        self.read_only = read_only
+        self.evolve = evolve
+        self._local = _local_mappings(mapping_dirs)
+        self._local_digest = digest_of(self._local)
+        self._plans: dict[tuple[str | None, int], tuple[Plan, Registry]] = {}
+        self._registry: Registry | None = None
+        self._report: SchemaReport | None = None
+        self._last_plan: Plan | None = None
+        self._synced = False
 
     # --- lifecycle ---------------------------------------------------------------
 
+    @property
+    def label(self) -> str:
+        """The store, as messages name it (a URL never shows its password)."""
+        return self._backend.label
+
     def close(self) -> None:
-        """Nothing to release: the file is only open during an operation."""
+        """Release what the backend keeps between operations (a DuckDB file is
+        only open while an operation runs)."""
+        self._backend.close()
 
     def __enter__(self) -> "StateManager":
         return self
@@ -59,256 +108,644 @@ class StateManager:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def create(self) -> None:
+        """Create the store now, with the mappings in force (it is otherwise
+        created by its first write); nothing happens to one that exists."""
+        self._backend.run(self._sync, write=True)
+
+    # --- the mapping set in force ---------------------------------------------------
+
+    @property
+    def registry(self) -> Registry:
+        """The compiled mappings in force in the store (for a store not yet
+        created: this client's own)."""
+        if self._registry is None:
+            try:
+                self._read(lambda g: None, missing=lambda: None)
+            except StoreNotFoundError:
+                pass  # a read-only manager of a store not made yet: these would be in force
+        return self._registry or registry_for(self._local)
+
+    @property
+    def local_registry(self) -> Registry:
+        """This client's own mappings (its files), compiled: what a new store would take."""
+        return registry_for(self._local)
+
     @property
     def entity_types(self) -> tuple[str, ...]:
-        """The registered entity types, by singular name."""
+        """The entity types in force, by singular name."""
         return self.registry.entity_types
 
     @property
     def schema_report(self) -> SchemaReport | None:
-        """What opening the file changed to follow edited mappings (None when
-        the file already matched them)."""
-        return self._store.schema_report
+        """What opening the store changed to follow this client's mapping
+        files (None when it changed nothing)."""
+        if not self._synced:
+            self._read(lambda g: None, missing=lambda: None)
+        return self._report
 
-    @contextmanager
-    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One operation: open the file, one transaction, close the file."""
-        store = self._store
-        with store.connect() as con, store.transaction(con):
-            yield con
+    @property
+    def pending_changes(self) -> list[str]:
+        """What this client's mapping files would change in the store beyond
+        additions: applied only by ``evolve=True`` or ``migrate-schema``."""
+        if not self._synced:
+            self._read(lambda g: None, missing=lambda: None)
+        return [] if self._last_plan is None else self._last_plan.pending_lines
+
+    def mapping_changes(self) -> dict[str, dict[str, list[str]]]:
+        """Per type, what this client's mapping files would change in the
+        store: ``additions`` (applied when the store is opened for writing)
+        and ``pending`` (applied only by ``evolve=True`` or ``migrate-schema``)."""
+        self.registry  # noqa: B018 - reads the store's state
+        found: dict[str, dict[str, list[str]]] = {}
+        if self._last_plan is None:
+            return found
+        for step in self._last_plan.steps:
+            found.setdefault(step.entity, {"additions": [], "pending": []})["additions"] += step.changes
+        for entity, lines in self._last_plan.pending.items():
+            found.setdefault(entity, {"additions": [], "pending": []})["pending"] += lines
+        return found
+
+    def _sync(self, session: Session) -> Registry:
+        """Read the store's state; in a writable session create the store,
+        upgrade its layout and apply this client's additions (or, with
+        ``evolve``, every change) first. Returns the mappings in force."""
+        state = read_state(session)
+        if state is None or state.schema_version < SCHEMA_VERSION:
+            if not session.writable:
+                if state is None:
+                    raise StoreNotFoundError(f"{self.label} holds no healthsim-state store (nothing has been saved "
+                                             "there yet)")
+                raise IncompatibleDatabaseError(
+                    f"{self.label} was written by an earlier healthsim-state (schema version "
+                    f"{state.schema_version}); open it once for writing (any write, or healthsim-state "
+                    "migrate-schema) to bring it up to this version")
+            session.lock_layout()
+            state = read_state(session)
+            if state is None:
+                create_base(session)
+                state = StoreState(SCHEMA_VERSION, None, 0, None)
+            elif state.schema_version < SCHEMA_VERSION:
+                upgrade(session, state)
+        key = (state.digest, state.generation)
+        cached = self._plans.get(key)
+        if cached is None or (cached[0].steps and session.writable):
+            plan_ = plan(recorded_mappings(state, self.label), self._local, evolve=self.evolve)
+            if plan_.steps and session.writable:
+                session.lock_layout()
+                self._report = evolution.apply(session, plan_, state, label=self.label)
+                plan_.steps = []
+                key = (state.digest, state.generation)
+                registry = registry_for(plan_.in_force)
+            else:
+                registry = registry_for(plan_.in_force if not plan_.steps else recorded_mappings(state, self.label))
+            cached = (plan_, registry)
+            self._plans = {key: cached}
+            self._warn_drift(plan_)
+        self._last_plan = cached[0]
+        self._registry = cached[1]
+        self._synced = True
+        return cached[1]
+
+    def _warn_drift(self, plan_: Plan) -> None:
+        lines = tuple(plan_.pending_lines)
+        if not lines or (self.label, lines) in _WARNED:
+            return
+        _WARNED.add((self.label, lines))
+        shown = "; ".join(lines[:10]) + (f"; and {len(lines) - 10} more" if len(lines) > 10 else "")
+        warnings.warn(MappingDriftWarning(
+            f"the mapping files differ from the mappings in force in {self.label}, which stay in force (nothing "
+            f"was rewritten): {shown}. To apply these changes, run healthsim-state migrate-schema (see "
+            "--dry-run first), or open the store with StateManager(..., evolve=True)"), stacklevel=5)
+
+    # --- running operations -----------------------------------------------------------
+
+    def _write(self, operation: Callable[[Gateway], T]) -> T:
+        """``operation`` in one writable transaction, with the mappings in force."""
+        def run(session: Session) -> T:
+            return operation(Gateway(session, self._sync(session), self.label))
+
+        return self._backend.run(run, write=True)
+
+    def _read(self, operation: Callable[[Gateway], T], *, missing: Callable[[], T] | None = None) -> T:
+        """``operation`` in one read transaction. A store that does not exist
+        yet reads as empty (``missing()``) for a read-write manager."""
+        if not self._synced and not self.read_only and self._backend.exists():
+            self._backend.run(self._sync, write=True)  # apply this client's additions on open
+
+        def run(session: Session) -> T:
+            return operation(Gateway(session, self._sync(session), self.label))
+
+        try:
+            return self._backend.run(run, write=False)
+        except StoreNotFoundError:
+            if self.read_only or missing is None:
+                raise
+            self._registry = self._registry or registry_for(self._local)
+            return missing()
 
     # --- writes ------------------------------------------------------------------------
 
     def save_scenario(self, name: str, entities: Any, description: str | None = None,
-                      tags: Iterable[str] | None = None, overwrite: bool = False) -> str:
+                      tags: Iterable[str] | None = None, overwrite: bool = False,
+                      metadata: dict[str, Any] | None = None) -> str:
         """Save ``entities`` (entity type, singular or plural, to a list of dicts)
         as scenario ``name``; return its id.
 
         Saving an existing name raises :class:`ScenarioExistsError` unless
-        ``overwrite=True``, which replaces entities, tags and description and
-        keeps the id and ``created_at``. Invalid input raises
-        :class:`ValidationError` listing every problem; nothing is written.
+        ``overwrite=True``, which makes a new version of it (keeping the id,
+        ``created_at`` and the earlier versions). ``metadata`` (a JSON object:
+        generator, seed, prompt, ...) is kept with the version. Invalid input
+        raises :class:`ValidationError` listing every problem; nothing is
+        written.
         """
         _check_arguments(name, description)
         tag_list = _check_tags(tags)
-        store = self._store
-        with self._transaction() as con:
-            existing = store.find_scenario(con, name, by_id=False)
+        meta = _check_metadata(metadata)
+
+        def save(g: Gateway) -> str:
+            existing = g.find_scenario(name, by_id=False)
             if existing is not None and not overwrite:
                 raise ScenarioExistsError(
                     f"scenario {name!r} already exists (id {existing['scenario_id']}); "
                     "pass overwrite=True to replace it")
-            scenario_id = existing["scenario_id"] if existing else new_scenario_id()
-            batch = ScenarioBatch(self.registry, entities, scenario_id)
+            if existing is None:
+                _check_not_an_id(g, name)
+            batch = ScenarioBatch(g.registry, entities)
             now = utc_now()
             if existing is None:
-                store.insert_scenario(con, scenario_id, name, description, batch.counts, now)
+                scenario_id, version = new_scenario_id(), 1
+                g.insert_scenario(scenario_id, name, description, batch.counts, now)
+                for codec, rows in batch.chunks():
+                    g.append_rows(codec, scenario_id, version, rows)
+                changes = {entity: Changes(added=count) for entity, count in batch.counts.items()}
             else:
-                store.delete_rows(con, scenario_id, list(existing["entity_counts"]))
-                store.update_scenario(con, scenario_id, description, batch.counts, now)
-            store.replace_tags(con, scenario_id, tag_list)
-            for codec, rows in batch.chunks():
-                self._append(con, codec, rows)
-            batch.raise_if_invalid()  # rolls the transaction back
-        return scenario_id
+                scenario_id, version = existing["scenario_id"], existing["version"] + 1
+                changes = _replace_all(g, scenario_id, version, batch, existing["entity_counts"])
+                g.update_scenario(scenario_id, version, batch.counts, now, description=description)
+            g.replace_tags(scenario_id, tag_list)
+            self._record_version(g, scenario_id, version, "save" if existing is None else "overwrite", now,
+                                 description, tag_list, batch.counts, meta, changes)
+            return scenario_id
 
-    def _append(self, con: duckdb.DuckDBPyConnection, codec: Codec, rows: list[tuple]) -> None:
-        try:
-            self._store.append_rows(con, codec, rows)
-        except duckdb.Error as error:
-            problems = _unstorable_strings(codec, rows)
-            if problems:
-                raise ValidationError(problems, summary="scenario not saved") from None
-            raise StoreError(f"writing {codec.mapping.entity} rows to {self.db_path} failed: {error}") from error
+        return self._write(save)
 
-    def add_entities(self, name_or_id: str, entities: Any, create: bool = True) -> dict[str, Any]:
-        """Add entities to a scenario, in one transaction.
+    def add_entities(self, name_or_id: str, entities: Any, create: bool = True,
+                     metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Add entities to a scenario, in one transaction (a new version).
 
         An entity whose key is already in the scenario replaces the stored one
         and keeps its place in the list; the others are appended in the order
         given. Validation is as for :meth:`save_scenario`. With ``create`` (the
         default) an unknown ``name_or_id`` becomes a new scenario of that name;
         without it, :class:`ScenarioNotFoundError`. Returns scenario_id, name,
-        ``added`` and ``replaced`` counts per type, and the new entity_count.
+        ``added`` and ``replaced`` counts per type, the new entity_count and
+        version. The cost depends on the batch, not on what is stored.
         """
-        store = self._store
-        with self._transaction() as con:
-            found = store.find_scenario(con, name_or_id)
+        meta = _check_metadata(metadata)
+
+        def add(g: Gateway) -> dict[str, Any]:
+            found = g.find_scenario(name_or_id)
             if found is None and not create:
                 raise ScenarioNotFoundError(
                     f"no scenario has the id or name {name_or_id!r}; pass create=True to make it")
+            now = utc_now()
             if found is None:
                 _check_arguments(name_or_id, None)
-            scenario_id = found["scenario_id"] if found else new_scenario_id()
-            batch = ScenarioBatch(self.registry, entities, scenario_id)
-            now = utc_now()
-            counts = dict(found["entity_counts"]) if found else {}
-            if found is None:
-                store.insert_scenario(con, scenario_id, name_or_id, None, {}, now)
-            added, replaced = self._place_and_append(con, batch, counts)
-            batch.raise_if_invalid()  # rolls the transaction back
-            store.touch_scenario(con, scenario_id, counts, now)
-        return {"scenario_id": scenario_id, "name": found["name"] if found else name_or_id,
-                "added": added, "replaced": replaced, "entity_count": sum(counts.values())}
+                _check_not_an_id(g, name_or_id)
+                scenario_id, version, counts, tags, description = new_scenario_id(), 1, {}, [], None
+                g.insert_scenario(scenario_id, name_or_id, None, {}, now)
+            else:
+                scenario_id, version = found["scenario_id"], found["version"] + 1
+                counts, description = dict(found["entity_counts"]), found["description"]
+                tags = g.tags_of(scenario_id)
+            batch = ScenarioBatch(g.registry, entities)
+            added, replaced, changes = _add_by_key(g, scenario_id, version, batch, counts)
+            g.update_scenario(scenario_id, version, counts, now)
+            self._record_version(g, scenario_id, version, "add", now, description, tags, counts, meta, changes)
+            return {"scenario_id": scenario_id, "name": found["name"] if found else name_or_id, "added": added,
+                    "replaced": replaced, "entity_count": sum(counts.values()), "version": version}
 
-    def _place_and_append(self, con: duckdb.DuckDBPyConnection, batch: ScenarioBatch,
-                          counts: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
-        """Give each new row its position (a stored key's, or the next free one),
-        delete the rows it replaces, append. Updates ``counts`` in place."""
-        store, scenario_id = self._store, batch.scenario_id
-        stored: dict[str, tuple[Any, dict[Any, int]]] = {}  # per type: key function, stored key -> position
-        added: dict[str, int] = {}
-        replaced: dict[str, int] = {}
-        for codec, rows in batch.chunks():
-            entity, indexes = codec.mapping.entity, codec.key_indexes
-            if entity not in stored:
-                key_of = key_function(codec)
-                stored[entity] = key_of, {key_of(row[1:]): row[0] for row in store.key_rows(con, codec, scenario_id)}
-            key_of, positions = stored[entity]
-            placed, reused = [], []
-            for row in rows:
-                position = positions.get(key_of(tuple(row[i] for i in indexes)))
-                if position is None:
-                    position = counts.get(entity, 0)
-                    counts[entity] = position + 1
-                else:
-                    reused.append(position)
-                placed.append((scenario_id, position) + row[2:])
-            if reused:
-                store.delete_positions(con, codec, scenario_id, reused)
-            self._append(con, codec, placed)
-            added[entity] = added.get(entity, 0) + len(placed) - len(reused)
-            replaced[entity] = replaced.get(entity, 0) + len(reused)
-        return added, replaced
+        return self._write(add)
 
     def delete_scenario(self, name_or_id: str) -> bool:
-        """Remove a scenario, its tags and all its entity rows. False if unknown."""
-        store = self._store
-        with self._transaction() as con:
-            found = store.find_scenario(con, name_or_id)
+        """Remove a scenario with every version, tag and entity row. False if unknown."""
+        def delete(g: Gateway) -> bool:
+            found = g.find_scenario(name_or_id)
             if found is None:
                 return False
-            store.delete_rows(con, found["scenario_id"], list(found["entity_counts"]))
-            store.delete_scenario_row(con, found["scenario_id"])
-        return True
+            g.delete_scenario(found["scenario_id"])
+            return True
+
+        if not self._backend.exists():
+            return False
+        return self._write(delete)
+
+    def restore_scenario(self, name_or_id: str, version: int) -> dict[str, Any]:
+        """Make a new version equal to ``version`` (its entities, description
+        and tags); the history is kept, so a restore can itself be undone.
+        Returns the scenario's summary."""
+        _check_version_number(version, "version")
+
+        def restore(g: Gateway) -> dict[str, Any]:
+            found = _found(g, name_or_id)
+            scenario_id, current = found["scenario_id"], found["version"]
+            target = _version_row(g, found, version)
+            new_version, now = current + 1, utc_now()
+            changes = {}
+            for entity in _union(target["entity_counts"], found["entity_counts"]):
+                codec = g.registry.codecs[entity]
+                staging = None
+                if target["entity_counts"].get(entity):
+                    staging = g.stage(codec)
+                    g.stage_version(codec, staging, scenario_id, version)
+                changes[entity] = g.replace_rows(codec, scenario_id, new_version, staging)
+            counts = target["entity_counts"]
+            g.update_scenario(scenario_id, new_version, counts, now, description=target["description"])
+            g.replace_tags(scenario_id, target["tags"])
+            self._record_version(g, scenario_id, new_version, "restore", now, target["description"], target["tags"],
+                                 counts, {"restored_version": version}, changes)
+            return _summary(g, g.find_scenario(scenario_id))
+
+        return self._write(restore)
+
+    def prune_history(self, name_or_id: str, keep: int) -> int:
+        """Keep the ``keep`` newest versions of a scenario (at least 1) and
+        drop the older ones with the rows only they held; returns how many
+        versions were dropped."""
+        _check_version_number(keep, "keep")
+
+        def prune(g: Gateway) -> int:
+            found = _found(g, name_or_id)
+            return g.prune(found["scenario_id"], found["version"] - keep + 1)
+
+        return self._write(prune)
+
+    @property
+    def history_limit(self) -> int | None:
+        """The store-wide number of versions a scenario keeps (None: all)."""
+        return self._read(lambda g: _state(g).history_limit, missing=lambda: None)
+
+    def set_history_limit(self, keep: int | None) -> None:
+        """Keep at most ``keep`` versions of every scenario from now on (each
+        write prunes its scenario's older ones); None keeps every version."""
+        if keep is not None:
+            _check_version_number(keep, "keep")
+
+        def limit(g: Gateway) -> None:
+            set_meta(g.session, "history_limit", None if keep is None else str(keep))
+
+        self._write(limit)
+
+    def _record_version(self, g: Gateway, scenario_id: str, version: int, operation: str, now: Any,
+                        description: str | None, tags: list[str], counts: dict[str, int],
+                        metadata: dict[str, Any] | None, changes: dict[str, Changes]) -> None:
+        g.insert_version(scenario_id, version, operation, now, description, tags, counts, metadata,
+                         {entity: change.as_dict() for entity, change in changes.items() if change})
+        limit = _state(g).history_limit
+        if limit is not None and version - limit >= 1:
+            g.prune(scenario_id, version - limit + 1)
 
     # --- reads ----------------------------------------------------------------------------
 
-    def load_scenario(self, name_or_id: str) -> dict[str, Any]:
-        """The scenario with this id (looked up first) or name.
+    def load_scenario(self, name_or_id: str, *, entity_types: Iterable[str] | None = None,
+                      limit: int | None = None, offset: int = 0, version: int | None = None) -> dict[str, Any]:
+        """The scenario with this id or name, newest version (or ``version``).
 
         Returns ``scenario_id, name, description, created_at, updated_at`` (UTC,
-        timezone-aware), ``entity_count``, ``tags`` and ``entities``: every
-        registered type (singular) mapped to its list in saved order, each
-        entity in canonical shape.
+        timezone-aware), ``entity_count``, ``entity_counts``, ``version``,
+        ``tags`` and ``entities``: each type asked for (default: every type in
+        force), singular, mapped to its list in saved order, each entity in
+        canonical shape. ``limit`` and ``offset`` read only the entities at
+        positions ``offset`` to ``offset + limit - 1`` of each type's list.
         """
-        store = self._store
-        with self._transaction() as con:
-            found = store.find_scenario(con, name_or_id)
-            if found is None:
-                raise ScenarioNotFoundError(f"no scenario has the id or name {name_or_id!r}")
-            scenario_id = found["scenario_id"]
-            entities: dict[str, list[dict]] = {entity: [] for entity in self.entity_types}
-            for entity, count in found.pop("entity_counts").items():
-                codec = self.registry.codecs.get(entity)
-                if codec is not None and count:
-                    entities[entity] = rebuild_rows(codec, store.fetch_rows(con, codec, scenario_id))
-            found["tags"] = store.tags_of(con, scenario_id)
-        found["entities"] = entities
-        return found
+        _check_slice(limit, offset)
+        if version is not None:
+            _check_version_number(version, "version")
 
-    def scenario_info(self, name_or_id: str) -> dict[str, Any]:
+        def load(g: Gateway) -> dict[str, Any]:
+            found = _found(g, name_or_id)
+            wanted = g.registry.entity_names(entity_types)
+            info = _summary(g, found) if version is None else _version_summary(g, found, version)
+            chosen = list(g.registry.entity_types) if wanted is None else wanted
+            entities: dict[str, list[dict]] = {entity: [] for entity in chosen}
+            for entity in chosen:
+                if info["entity_counts"].get(entity):
+                    codec = g.registry.codecs[entity]
+                    rows = g.fetch_rows(codec, found["scenario_id"], version=version, limit=limit, offset=offset)
+                    entities[entity] = rebuild_rows(codec, rows)
+            info["entities"] = entities
+            return info
+
+        return self._read(load, missing=lambda: _not_found(name_or_id))
+
+    def iter_entities(self, name_or_id: str, entity_type: str, *, batch_size: int = 10_000,
+                      version: int | None = None) -> Iterator[dict[str, Any]]:
+        """A type's entities one by one in saved order, read ``batch_size`` rows
+        at a time (memory bounded by the batch), all from one consistent
+        snapshot: the store stays open until the iterator is exhausted or
+        closed."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValidationError([Problem(f"batch_size must be a positive integer, got {batch_size!r}",
+                                           path="batch_size")], summary="invalid iter_entities call")
+        self.scenario_info(name_or_id, version=version)  # fail now, not at the first next()
+        (entity,) = self.registry.entity_names([entity_type])
+        return self._iterate(name_or_id, entity, batch_size, version)
+
+    def _iterate(self, name_or_id: str, entity: str, batch_size: int, version: int | None) -> Iterator[dict]:
+        with self.snapshot(name_or_id, version=version) as snap:
+            yield from snap.entities(entity, batch_size=batch_size)
+
+    @contextmanager
+    def snapshot(self, name_or_id: str, *, version: int | None = None) -> Iterator["Snapshot"]:
+        """One scenario (or one version of it) read from one consistent
+        snapshot, type by type, in batches: for exports and streaming. The
+        store stays open while the ``with`` block runs."""
+        if not self._backend.exists() and not self.read_only:
+            _not_found(name_or_id)
+        with self._backend.session(write=False) as session:
+            g = Gateway(session, self._sync(session), self.label)
+            found = _found(g, name_or_id)
+            info = _summary(g, found) if version is None else _version_summary(g, found, version)
+            yield Snapshot(g, info, version)
+
+    def scenario_info(self, name_or_id: str, version: int | None = None) -> dict[str, Any]:
         """A scenario's summary without its entities: the fields of a
-        :meth:`list_scenarios` item (counts per type included). Raises
+        :meth:`list_scenarios` item (counts per type, version, tags). Raises
         :class:`ScenarioNotFoundError` for an unknown id or name."""
-        store = self._store
-        with self._transaction() as con:
-            found = store.find_scenario(con, name_or_id)
-            if found is None:
-                raise ScenarioNotFoundError(f"no scenario has the id or name {name_or_id!r}")
-            found["tags"] = store.tags_of(con, found["scenario_id"])
-        return found
+        def info(g: Gateway) -> dict[str, Any]:
+            found = _found(g, name_or_id)
+            return _summary(g, found) if version is None else _version_summary(g, found, version)
+
+        return self._read(info, missing=lambda: _not_found(name_or_id))
+
+    def scenario_history(self, name_or_id: str) -> list[dict[str, Any]]:
+        """The scenario's versions, newest first: ``version``, ``operation``
+        (save, overwrite, add, restore, update, delete_entities), ``at`` (UTC),
+        ``entity_count``, ``entity_counts``, ``description``, ``tags``,
+        ``metadata`` and ``changes`` (per type, entities added, changed and
+        removed against the version before)."""
+        def history(g: Gateway) -> list[dict[str, Any]]:
+            return g.versions(_found(g, name_or_id)["scenario_id"])
+
+        return self._read(history, missing=lambda: _not_found(name_or_id))
+
+    def diff_scenarios(self, a: str, b: str | None = None, *, a_version: int | None = None,
+                       b_version: int | None = None, entity_types: Iterable[str] | None = None
+                       ) -> dict[str, dict[str, list]]:
+        """What differs between two scenarios, or two versions of one (``b``
+        defaults to ``a``; a version left out is the newest). Returns, per
+        entity type with differences, ``{"added": [key, ...], "removed": [key,
+        ...], "changed": [{"key": key, "paths": [path, ...]}, ...]}``: entities
+        matched by their primary key (its value, or a list of values for a
+        composite key), paths dotted and canonical. Only the rows that differ
+        are read."""
+        for label, value in (("a_version", a_version), ("b_version", b_version)):
+            if value is not None:
+                _check_version_number(value, label)
+
+        def diff(g: Gateway) -> dict[str, dict[str, list]]:
+            left = _found(g, a)
+            right = left if b is None else _found(g, b)
+            sides = []
+            for found, version in ((left, a_version), (right, b_version)):
+                counts = found["entity_counts"] if version is None else _version_row(g, found, version)["entity_counts"]
+                sides.append((found["scenario_id"], version, counts))
+            wanted = g.registry.entity_names(entity_types)
+            result = {}
+            for entity in _union(sides[0][2], sides[1][2]):
+                if wanted is not None and entity not in wanted:
+                    continue
+                codec = g.registry.codecs[entity]
+                rows_a, rows_b = g.differing_rows(codec, sides[0][:2], sides[1][:2])
+                found_diff = diffs.compare(codec, rows_a, rows_b)
+                if found_diff:
+                    result[entity] = found_diff
+            return result
+
+        return self._read(diff, missing=lambda: _not_found(a))
 
     def validate(self, entities: Any) -> dict[str, int]:
         """Check ``entities`` as a save would, writing nothing: the count per
         type, or :class:`ValidationError` listing every problem."""
-        batch = ScenarioBatch(self.registry, entities, "validation")
-        for _ in batch.chunks():
-            pass
-        batch.raise_if_invalid()
-        return batch.counts
-
-    def orphaned_types(self) -> dict[str, str]:
-        """Entity types the database holds but no mapping in force names,
-        ``{entity: table}``: their tables and data are kept, and come back
-        when their mapping files do."""
-        with self._transaction() as con:
-            recorded = con.execute("SELECT entity, table_name FROM _healthsim_tables ORDER BY entity").fetchall()
-        return {entity: table for entity, table in recorded if entity not in self.registry.codecs}
+        return ScenarioBatch(self.registry, entities).validate()
 
     def scenario_exists(self, name_or_id: str) -> bool:
-        with self._transaction() as con:
-            return self._store.find_scenario(con, name_or_id) is not None
+        return self._read(lambda g: g.find_scenario(name_or_id) is not None, missing=lambda: False)
 
     def list_scenarios(self, tag: str | None = None, search: str | None = None,
-                       limit: int | None = 100) -> list[dict[str, Any]]:
+                       limit: int | None = 100, offset: int = 0) -> list[dict[str, Any]]:
         """Scenario summaries, newest ``updated_at`` first.
 
         ``tag`` matches one tag, ``search`` a substring of name or description;
-        both case-insensitive, combined with AND. Each item carries scenario_id,
-        name, description, created_at, updated_at, entity_count, entity_counts, tags.
+        both case-insensitive, combined with AND. ``offset`` skips that many.
+        Each item carries scenario_id, name, description, created_at,
+        updated_at, entity_count, entity_counts, version and tags.
         """
         for label, value in (("tag", tag), ("search", search)):
             if value is not None and not isinstance(value, str):
                 raise ValidationError([Problem(f"{label} must be a string, got {type(value).__name__}", path=label)],
                                       summary="invalid list_scenarios call")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise ValidationError([Problem(f"limit must be a non-negative integer or None, got {limit!r}",
-                                           path="limit")], summary="invalid list_scenarios call")
-        with self._transaction() as con:
-            return self._store.list_scenarios(con, tag, search, limit)
+        _check_slice(limit, offset, what="list_scenarios")
+        return self._read(lambda g: g.list_scenarios(tag, search, limit, offset), missing=list)
 
 
-# --- mappings, compiled once a process --------------------------------------------
+class Snapshot:
+    """A scenario as one transaction sees it (see :meth:`StateManager.snapshot`):
+    ``info`` is its summary; :meth:`entities` and :meth:`typed_rows` read a
+    type's entities in saved order, ``batch_size`` rows at a time."""
 
-_registries: dict[tuple, Registry] = {}
+    def __init__(self, gateway: Gateway, info: dict[str, Any], version: int | None):
+        self._gateway, self.info, self._version = gateway, info, version
+
+    @property
+    def registry(self) -> Registry:
+        return self._gateway.registry
+
+    def entity_types(self) -> list[str]:
+        """The types the scenario holds, in the order of the mappings in force."""
+        counts = self.info["entity_counts"]
+        return [entity for entity in self.registry.entity_types if counts.get(entity)]
+
+    def _batches(self, entity: str, batch_size: int, typed: bool) -> Iterator[tuple[Codec, list[tuple]]]:
+        codec = self.registry.codecs[entity]
+        for rows in self._gateway.stream_rows(codec, self.info["scenario_id"], version=self._version,
+                                              batch_size=batch_size, typed=typed):
+            yield codec, rows
+
+    def entities(self, entity: str, *, batch_size: int = 10_000) -> Iterator[dict[str, Any]]:
+        """The type's entities in canonical shape."""
+        for codec, rows in self._batches(entity, batch_size, typed=False):
+            yield from rebuild_rows(codec, rows)
+
+    def typed_rows(self, entity: str, *, batch_size: int = 50_000) -> Iterator[list[tuple]]:
+        """Batches of the type's typed column values ``(col_0, ..., col_n)``,
+        as the columns hold them (no residual)."""
+        for _, rows in self._batches(entity, batch_size, typed=True):
+            yield [row[1:-1] for row in rows]
 
 
-def _registry(mapping_dirs: Iterable[str | os.PathLike] | None) -> Registry:
-    """The compiled mappings for these directories, reused while no mapping
-    file changes (a process that opens many managers parses YAML once)."""
+# --- writes, type by type ---------------------------------------------------------------
+
+def _replace_all(g: Gateway, scenario_id: str, version: int, batch: ScenarioBatch,
+                 before: dict[str, int]) -> dict[str, Changes]:
+    """Overwrite: every type's staged rows become its current rows (unchanged
+    rows stay where they are); a type the batch lacks loses its rows."""
+    changes: dict[str, Changes] = {}
+    staged: tuple[Codec, str] | None = None
+    for codec, rows in batch.chunks():
+        if staged is None or staged[0] is not codec:
+            if staged is not None:
+                changes[staged[0].mapping.entity] = g.replace_rows(staged[0], scenario_id, version, staged[1])
+            staged = (codec, g.stage(codec))
+        g.stage_rows(codec, staged[1], rows)
+    if staged is not None:
+        changes[staged[0].mapping.entity] = g.replace_rows(staged[0], scenario_id, version, staged[1])
+    for entity in before:
+        if entity not in changes and before[entity]:
+            changes[entity] = g.replace_rows(g.registry.codecs[entity], scenario_id, version, None)
+    return changes
+
+
+def _add_by_key(g: Gateway, scenario_id: str, version: int, batch: ScenarioBatch,
+                counts: dict[str, int]) -> tuple[dict[str, int], dict[str, int], dict[str, Changes]]:
+    """Give each new row its position (a stored key's, or the next free one);
+    move the rows it replaces to history; append. Updates ``counts``."""
+    added: dict[str, int] = {}
+    replaced: dict[str, int] = {}
+    changes: dict[str, Changes] = {}
+    next_free: dict[str, int] = {}
+    for codec, rows in batch.chunks():
+        entity = codec.mapping.entity
+        staging = g.stage(codec)
+        g.stage_rows(codec, staging, rows)
+        matches = {staged: (stored, differs) for staged, stored, differs in g.match_keys(codec, scenario_id, staging)}
+        g.session.execute(f"DROP TABLE {staging}")
+        if entity not in next_free:
+            next_free[entity] = g.next_position(codec, scenario_id)
+        placed, retired = [], []
+        change = changes.setdefault(entity, Changes())
+        for row in rows:
+            match = matches.get(row[0])
+            if match is None:
+                placed.append((next_free[entity],) + row[1:])
+                next_free[entity] += 1
+                change.added += 1
+            elif match[1]:  # same key, other content: the stored row goes to history
+                placed.append((match[0],) + row[1:])
+                retired.append(match[0])
+                change.changed += 1
+        g.retire_positions(codec, scenario_id, version, retired)
+        g.append_rows(codec, scenario_id, version, placed)
+        counts[entity] = counts.get(entity, 0) + len(placed) - len(retired)
+        added[entity] = change.added
+        replaced[entity] = replaced.get(entity, 0) + len(matches)
+    return added, replaced, changes
+
+
+# --- small helpers -----------------------------------------------------------------------
+
+def _state(g: Gateway) -> StoreState:
+    state = read_state(g.session)
+    return state if state is not None else StoreState(SCHEMA_VERSION, None, 0, None)
+
+
+def _found(g: Gateway, name_or_id: str) -> dict[str, Any]:
+    found = g.find_scenario(name_or_id)
+    if found is None:
+        _not_found(name_or_id)
+    return found
+
+
+def _not_found(name_or_id: str) -> Any:
+    if not isinstance(name_or_id, str):
+        raise ValidationError([Problem(f"a scenario id or name is a string, got {type(name_or_id).__name__}",
+                                       path="name_or_id", value=name_or_id)], summary="invalid scenario lookup")
+    raise ScenarioNotFoundError(f"no scenario has the id or name {name_or_id!r}")
+
+
+def _summary(g: Gateway, found: dict[str, Any]) -> dict[str, Any]:
+    found["tags"] = g.tags_of(found["scenario_id"])
+    return found
+
+
+def _version_row(g: Gateway, found: dict[str, Any], version: int) -> dict[str, Any]:
+    rows = g.versions(found["scenario_id"], version)
+    if not rows:
+        kept = [v["version"] for v in g.versions(found["scenario_id"])]
+        raise VersionNotFoundError(
+            f"scenario {found['name']!r} has no version {version} (its versions: "
+            f"{', '.join(map(str, sorted(kept)))}; older ones may have been pruned)")
+    return rows[0]
+
+
+def _version_summary(g: Gateway, found: dict[str, Any], version: int) -> dict[str, Any]:
+    row = _version_row(g, found, version)
+    return {**found, "description": row["description"], "tags": row["tags"], "updated_at": row["at"],
+            "entity_count": row["entity_count"], "entity_counts": row["entity_counts"], "version": version}
+
+
+def _union(*counts: dict[str, int]) -> list[str]:
+    out: list[str] = []
+    for part in counts:
+        out += [entity for entity, count in part.items() if count and entity not in out]
+    return out
+
+
+# --- mappings: this client's files, parsed once a process --------------------------------
+
+_local_cache: dict[tuple, dict[str, Mapping]] = {}
+
+
+def _local_mappings(mapping_dirs: Iterable[str | os.PathLike] | None) -> dict[str, Mapping]:
+    """This client's mappings (built-in, ``$HEALTHSIM_MAPPINGS``, ``mapping_dirs``),
+    reused while no file changes (a process that opens many managers parses
+    YAML once)."""
     dirs = mapping_search_path(mapping_dirs)
     key = fingerprint(dirs)
-    registry = _registries.get(key)
-    if registry is None:
-        registry = Registry(load_mapping_dirs(dirs).values())
-        if len(_registries) > 16:
-            _registries.clear()
-        _registries[key] = registry
-    return registry
+    found = _local_cache.get(key)
+    if found is None:
+        found = load_mapping_dirs(dirs)
+        if len(_local_cache) > 16:
+            _local_cache.clear()
+        _local_cache[key] = found
+    return found
 
 
 # --- argument checks ---------------------------------------------------------------
 
-def _id_of(scenario: dict[str, Any] | None) -> str | None:
-    return None if scenario is None else scenario["scenario_id"]
+def _check_text(value: Any, label: str, path: str, *, limit: int, problems: list[Problem]) -> None:
+    if not is_text(value):
+        problems.append(Problem(f"the {label} holds a lone surrogate, which is not valid Unicode text",
+                                path=path, value=value))
+    elif "\x00" in value:
+        problems.append(Problem(f"the {label} holds a NUL character, which no store keeps in text", path=path,
+                                value=value))
+    elif len(value) > limit:
+        problems.append(Problem(f"the {label} is {len(value)} characters long; at most {limit} are allowed",
+                                path=path))
 
 
 def _check_arguments(name: Any, description: Any) -> None:
-    problems = []
+    problems: list[Problem] = []
     if not isinstance(name, str) or not name:
         problems.append(Problem(f"the scenario name must be a non-empty string, got {name!r}", path="name"))
-    elif not is_text(name):
-        problems.append(Problem("the scenario name holds a lone surrogate, which is not valid Unicode text",
-                                path="name", value=name))
+    else:
+        _check_text(name, "scenario name", "name", limit=MAX_NAME, problems=problems)
     if description is not None and not isinstance(description, str):
         problems.append(Problem(f"description must be a string or None, got {type(description).__name__}",
                                 path="description"))
-    elif description is not None and not is_text(description):
-        problems.append(Problem("the description holds a lone surrogate, which is not valid Unicode text",
-                                path="description"))
+    elif description is not None:
+        _check_text(description, "description", "description", limit=MAX_DESCRIPTION, problems=problems)
     if problems:
         raise ValidationError(problems, summary="scenario not saved")
+
+
+def _check_not_an_id(g: Gateway, name: str) -> None:
+    """A name may not be another scenario's id: lookups could not tell them apart."""
+    if g.id_in_use(name):
+        raise ValidationError([Problem(f"{name!r} is the id of another scenario; a name may not be a scenario's id",
+                                       path="name", value=name)], summary="scenario not saved")
 
 
 def _check_tags(tags: Any) -> list[str]:
@@ -319,64 +756,99 @@ def _check_tags(tags: Any) -> list[str]:
         raise ValidationError([Problem(f"tags must be a list of strings, got {type(tags).__name__}", path="tags")],
                               summary="scenario not saved")
     result: list[str] = []
-    problems = []
+    problems: list[Problem] = []
     for index, tag in enumerate(tags):
-        if not isinstance(tag, str) or not tag or not is_text(tag):
-            problems.append(Problem(f"a tag must be a non-empty string of valid Unicode text, got {tag!r}",
-                                    path=f"tags[{index}]"))
-        elif tag not in result:
+        if not isinstance(tag, str) or not tag:
+            problems.append(Problem(f"a tag must be a non-empty string, got {tag!r}", path=f"tags[{index}]"))
+            continue
+        _check_text(tag, "tag", f"tags[{index}]", limit=MAX_TAG, problems=problems)
+        if tag not in result:
             result.append(tag)
+    if len(result) > MAX_TAGS:
+        problems.append(Problem(f"{len(result)} tags; at most {MAX_TAGS} are allowed", path="tags"))
     if problems:
         raise ValidationError(problems, summary="scenario not saved")
     return result
 
 
-def _unstorable_strings(codec, rows: list[tuple]) -> list[Problem]:
-    """After a failed bulk write: the strings DuckDB cannot store (lone
-    surrogates are not Unicode text). Checked only on failure, so the common
-    path pays nothing."""
+def _check_metadata(metadata: Any) -> dict[str, Any] | None:
+    """A JSON object, at most :data:`MAX_METADATA` characters as JSON."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise ValidationError([Problem(f"metadata must be a JSON object (a dict), got {type(metadata).__name__}",
+                                       path="metadata")], summary="scenario not saved")
+    try:
+        rendered = to_json(metadata)
+    except NotJSON as error:
+        raise ValidationError([Problem(str(error), path="metadata")], summary="scenario not saved") from None
+    if len(json.dumps(rendered)) > MAX_METADATA:
+        raise ValidationError([Problem(f"metadata is larger than {MAX_METADATA} characters of JSON", path="metadata")],
+                              summary="scenario not saved")
+    return rendered
+
+
+def _check_version_number(value: Any, label: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValidationError([Problem(f"{label} must be a positive integer, got {value!r}", path=label)],
+                              summary="invalid call")
+
+
+def _check_slice(limit: Any, offset: Any, what: str = "load_scenario") -> None:
     problems = []
-    fields = codec.mapping.fields
-    for row in rows:
-        for index, value in enumerate(row[2:-1]):
-            if value.__class__ is str and not is_text(value):
-                problems.append(Problem("the string holds a lone surrogate, which is not valid Unicode text",
-                                        codec.mapping.entity, row[1], fields[index].dotted, value))
-    return problems
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        problems.append(Problem(f"limit must be a non-negative integer or None, got {limit!r}", path="limit"))
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        problems.append(Problem(f"offset must be a non-negative integer, got {offset!r}", path="offset"))
+    if problems:
+        raise ValidationError(problems, summary=f"invalid {what} call")
 
 
-# --- module-level shortcuts on the default database -----------------------------
+# --- module-level shortcuts on the default store -----------------------------
 
 def plan_schema_changes(db_path: str | os.PathLike | None = None, *,
                         mapping_dirs: Iterable[str | os.PathLike] | None = None) -> SchemaReport:
-    """What opening ``db_path`` with these mappings would change to follow
-    edited mappings, changing nothing (a dry run). A change that cannot be
-    applied raises :class:`SchemaChangeError` listing what blocks it."""
-    registry = _registry(mapping_dirs)
-    store = Store(default_db_path() if db_path is None else db_path, registry.codecs, check=False)
-    return store.plan()
+    """What ``migrate-schema`` would change to bring the store in line with
+    these mapping files, changing nothing (a dry run: every check is made,
+    nothing is written). A change that cannot be applied raises
+    :class:`SchemaChangeError` listing what blocks it."""
+    manager = StateManager(db_path, mapping_dirs=mapping_dirs, read_only=True)
+    local = manager._local
 
+    def dry_run(session: Session) -> SchemaReport:
+        state = read_state(session)
+        if state is None:
+            state = StoreState(SCHEMA_VERSION, None, 0, None)
+        stored = recorded_mappings(state, manager.label) if state.documents else {}
+        plan_ = plan(stored, local, evolve=True)
+        return evolution.apply(session, plan_, state, label=manager.label, dry_run=True)
+
+    try:
+        return manager._backend.run(dry_run, write=False)
+    finally:
+        manager.close()
 
 
 def save_scenario(name: str, entities: Any, **options: Any) -> str:
-    """:meth:`StateManager.save_scenario` on the default database."""
+    """:meth:`StateManager.save_scenario` on the default store."""
     with StateManager() as manager:
         return manager.save_scenario(name, entities, **options)
 
 
-def load_scenario(name_or_id: str) -> dict[str, Any]:
-    """:meth:`StateManager.load_scenario` on the default database."""
+def load_scenario(name_or_id: str, **options: Any) -> dict[str, Any]:
+    """:meth:`StateManager.load_scenario` on the default store."""
     with StateManager() as manager:
-        return manager.load_scenario(name_or_id)
+        return manager.load_scenario(name_or_id, **options)
 
 
 def list_scenarios(**options: Any) -> list[dict[str, Any]]:
-    """:meth:`StateManager.list_scenarios` on the default database."""
+    """:meth:`StateManager.list_scenarios` on the default store."""
     with StateManager() as manager:
         return manager.list_scenarios(**options)
 
 
 def delete_scenario(name_or_id: str) -> bool:
-    """:meth:`StateManager.delete_scenario` on the default database."""
+    """:meth:`StateManager.delete_scenario` on the default store."""
     with StateManager() as manager:
         return manager.delete_scenario(name_or_id)
+

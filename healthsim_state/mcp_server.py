@@ -6,8 +6,9 @@ http --port P`` (streamable HTTP, on 127.0.0.1 unless told otherwise), or
 (``pip install 'healthsim-state[mcp]'``).
 
 Each tool is a thin layer over :class:`StateManager` (and the read-only SQL of
-:mod:`healthsim_state.interop.query`). A call opens the database file and closes
-it before it returns, so an idle server never keeps other processes out of the
+:mod:`healthsim_state.interop.query`). Reading tools use a read-only manager,
+writing tools a read-write one; a call opens a DuckDB file and closes it
+before it returns, so an idle server never keeps other processes out of the
 file. Calls run one at a time: inside one process DuckDB cannot open a file
 read-only while a read-write connection to it is open.
 
@@ -29,24 +30,26 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, TypedDict
 
-import duckdb
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from . import __version__
-from .errors import HealthSimError, ScenarioNotFoundError
-from .interop.errors import QueryError, UnknownEntityTypeError
-from .interop.query import check_select, connect_read_only, jsonable
+from .config import default_target, is_url
+from .errors import HealthSimError, ScenarioNotFoundError, StoreNotFoundError
+from .interop.query import json_rows, jsonable, run_query
 from .manager import StateManager
-from .store import default_db_path
 
 QUERY_TIMEOUT = 30.0
 """Seconds a ``query`` may run before it is interrupted."""
 
 MAX_QUERY_ROWS = 10_000
 MAX_SAMPLES = 20
+PAGE = 500
+"""Entities of each type a load_scenario page holds unless asked otherwise."""
+MAX_PAGE_ENTITIES = 5_000
+"""Most entities one load_scenario page may hold (over every type it reads)."""
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 INSTRUCTIONS = """\
@@ -140,19 +143,32 @@ class ScenarioTools:
     and raises our errors (or ValueError) for input it cannot use."""
 
     def __init__(self, db_path: str | Path):
-        self.db_path = Path(db_path)
+        self.db_path = db_path
         self._lock = threading.Lock()
-        self._shared: StateManager | None = None
+        self._writer: StateManager | None = None
+        self._reader: StateManager | None = None
 
     @contextmanager
     def _manager(self) -> Iterator[StateManager]:
-        """The server's manager, one call at a time. A manager holds the file
-        only while one of its methods runs, so keeping it costs other
-        processes nothing, and saves reopening the file to check it per call."""
+        """The server's read-write manager, one call at a time. A manager holds
+        a file only while one of its methods runs, so keeping it costs other
+        processes nothing."""
         with self._lock:
-            if self._shared is None:
-                self._shared = StateManager(self.db_path)
-            yield self._shared
+            if self._writer is None:
+                self._writer = StateManager(self.db_path)
+            yield self._writer
+
+    @contextmanager
+    def _read_manager(self) -> Iterator[StateManager]:
+        """The server's read-only manager (nothing is created or evolved). A
+        store not made yet reads as empty."""
+        with self._lock:
+            if self._reader is None:
+                self._reader = StateManager(self.db_path, read_only=True)
+            try:
+                yield self._reader
+            except StoreNotFoundError as error:
+                raise ScenarioNotFoundError(f"{error}; nothing has been saved yet") from None
 
     # --- writes -----------------------------------------------------------------------
 
@@ -198,8 +214,9 @@ class ScenarioTools:
     def delete_scenario(
         self,
         name_or_id: NameOrId,
-        confirm: Annotated[bool, Field(
-            description="Must be true: deleting removes the scenario and all its entities for good.")] = False,
+        confirm: Annotated[bool, Field(strict=True, description=(
+            "Must be the boolean true: deleting removes the scenario, all its entities and its history "
+            "for good."))] = False,
     ) -> DeleteResult:
         """Delete a scenario, its tags and all its entities. Refused unless confirm is true;
         this cannot be undone."""
@@ -219,22 +236,35 @@ class ScenarioTools:
         self,
         name_or_id: NameOrId,
         entity_types: EntityTypes = None,
-        limit_per_type: Annotated[int | None, Field(
-            ge=0, description="At most this many entities of each type; default: all of them.")] = None,
+        limit_per_type: Annotated[int, Field(
+            ge=1, le=MAX_PAGE_ENTITIES, description=f"At most this many entities of each type (default {PAGE}).")
+        ] = PAGE,
         offset: Annotated[int, Field(
-            ge=0, description="Skip this many entities of each type (with limit_per_type: read a slice).")] = 0,
+            ge=0, description="Skip this many entities of each type: the next_offset of the page before.")] = 0,
     ) -> LoadResult:
-        """Load a scenario: its entities in canonical shape, in saved order, with its metadata.
+        """Load a scenario, a page at a time: its entities in canonical shape, in saved order,
+        with its metadata.
 
-        A large scenario can be read a slice at a time: entity_types picks types, limit_per_type
-        and offset pick positions in each type's list. The result says what was left out:
-        omitted counts, per type, the entities not returned; complete is true when nothing was;
-        next_offset is the offset of the next slice (null when there is none). Without
-        entity_types, entities holds every type the scenario has."""
-        with self._manager() as manager:
-            wanted = _entity_names(manager, entity_types)
-            scenario = manager.load_scenario(name_or_id)
-        return _slice(scenario, wanted, limit_per_type, offset)
+        A page holds at most limit_per_type entities of each type, from offset on (both
+        positions in each type's list); entity_types picks types. The result says what was
+        left out: omitted counts, per type, the entities not returned; complete is true when
+        nothing was; next_offset is the offset of the next page (null when there is none). A
+        page may hold at most 5000 entities in all: for a large scenario, ask for fewer types
+        or a smaller limit_per_type. Call get_scenario_summary first to see the counts."""
+        with self._read_manager() as manager:
+            info = manager.scenario_info(name_or_id)
+            counts = {entity: count for entity, count in info["entity_counts"].items() if count}
+            wanted = manager.registry.entity_names(entity_types)
+            chosen = wanted if wanted is not None else list(counts)
+            size = sum(max(0, min(limit_per_type, counts.get(entity, 0) - offset)) for entity in chosen)
+            if size > MAX_PAGE_ENTITIES:
+                raise ValueError(
+                    f"this page would hold {size} entities ({_count_text(counts)} in all); a page holds at most "
+                    f"{MAX_PAGE_ENTITIES}: ask for fewer entity_types, or a limit_per_type of at most "
+                    f"{max(1, MAX_PAGE_ENTITIES // max(1, len(chosen)))}, and page with offset")
+            scenario = manager.load_scenario(info["scenario_id"], entity_types=chosen, limit=limit_per_type,
+                                             offset=offset)
+        return _page(scenario, counts, chosen, limit_per_type, offset)
 
     def get_scenario_summary(
         self,
@@ -244,14 +274,14 @@ class ScenarioTools:
     ) -> SummaryResult:
         """A scenario at a glance: entity counts per type, tags, description, dates, and the
         first few entities of each type as samples. Cheaper to read than load_scenario."""
-        with self._manager() as manager:
-            if sample_size == 0:  # no entity rows needed
-                return {**_info(manager.scenario_info(name_or_id)), "samples": {}}
-            scenario = manager.load_scenario(name_or_id)
-        entities = scenario.pop("entities")
-        scenario["entity_counts"] = {entity: len(items) for entity, items in entities.items() if items}
-        samples = {entity: items[:sample_size] for entity, items in entities.items() if items}
-        return {**_info(scenario), "samples": samples}
+        with self._read_manager() as manager:
+            info = manager.scenario_info(name_or_id)
+            samples = {}
+            if sample_size:
+                types = [entity for entity, count in info["entity_counts"].items() if count]
+                loaded = manager.load_scenario(info["scenario_id"], entity_types=types, limit=sample_size)
+                samples = {entity: items for entity, items in loaded["entities"].items() if items}
+        return {**_info(info), "samples": samples}
 
     def list_scenarios(
         self,
@@ -259,11 +289,16 @@ class ScenarioTools:
         search: Annotated[str | None, Field(
             description="Only scenarios whose name or description contains this text (case-insensitive).")] = None,
         limit: Annotated[int | None, Field(ge=0, description="At most this many; null for all.")] = 100,
+        offset: Annotated[int, Field(ge=0, description="Skip this many first (to page through a long list).")] = 0,
     ) -> ListResult:
         """List scenarios, most recently updated first: id, name, description, tags, dates,
         entity counts per type. No entities are read."""
-        with self._manager() as manager:
-            items = manager.list_scenarios(tag=tag, search=search, limit=limit)
+        with self._lock:
+            try:
+                items = self._read_manager_unlocked().list_scenarios(tag=tag, search=search, limit=limit,
+                                                                     offset=offset)
+            except StoreNotFoundError:
+                items = []
         scenarios = [_info(item) for item in items]
         return {"scenarios": scenarios, "count": len(scenarios)}
 
@@ -271,9 +306,14 @@ class ScenarioTools:
         """The entity types a scenario may hold, each with its table and fields: the canonical
         path of each field (where it is in a loaded entity), its type, the aliases accepted on
         input, its default, and the type's primary key. Fields no mapping names are kept too."""
-        with self._manager() as manager:
-            names = list(manager.entity_types) if entity_types is None else _entity_names(manager, entity_types)
-            described = [manager.registry.codecs[name].mapping.describe() for name in names]
+        with self._lock:
+            manager = self._read_manager_unlocked()
+            try:
+                registry = manager.registry
+            except HealthSimError:  # a bad store: the mapping files, which a new store would take
+                registry = manager.local_registry
+            names = list(registry.entity_types) if entity_types is None else registry.entity_names(entity_types)
+            described = [registry.codecs[name].mapping.describe() for name in names]
         return {"entity_types": jsonable(described)}
 
     def query(
@@ -292,25 +332,19 @@ class ScenarioTools:
         statement is accepted. Values come back as JSON: dates and times as ISO text, decimals
         as numbers. truncated is true when the query had more rows than limit."""
         with self._lock:
-            if not self.db_path.exists():  # a new database: create its tables, so the query can see them
-                StateManager(self.db_path).close()
-            con = connect_read_only(self.db_path)
             try:
-                check_select(con, sql)
-                try:
-                    relation = con.sql(sql)  # a SELECT: bound here, run by the fetch below
-                    columns, types = list(relation.columns), [str(t) for t in relation.types]
-                    with _interrupt_after(con, QUERY_TIMEOUT):
-                        rows = relation.limit(limit + 1).fetchall()  # one more row tells whether there are more
-                except duckdb.InterruptException:
-                    raise QueryError(f"the query ran for more than {QUERY_TIMEOUT:g} s and was stopped") from None
-                except duckdb.Error as error:
-                    raise QueryError(f"the query failed: {_first_line(error)}") from None
-            finally:
-                con.close()
-        shown = rows[:limit]
-        return {"columns": columns, "types": types, "rows": [[jsonable(v) for v in row] for row in shown],
-                "row_count": len(shown), "truncated": len(rows) > limit}
+                result = run_query(self.db_path, sql, limit=limit, timeout=QUERY_TIMEOUT)
+            except StoreNotFoundError:  # a new store: make its tables, so the query can see them
+                self._writer = self._writer or StateManager(self.db_path)
+                self._writer.create()
+                result = run_query(self.db_path, sql, limit=limit, timeout=QUERY_TIMEOUT)
+        return {"columns": result.columns, "types": result.types, "rows": json_rows(result),
+                "row_count": len(result.rows), "truncated": result.truncated}
+
+    def _read_manager_unlocked(self) -> StateManager:
+        if self._reader is None:
+            self._reader = StateManager(self.db_path, read_only=True)
+        return self._reader
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -329,60 +363,25 @@ def _info(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _entity_names(manager: StateManager, names: list[str] | None) -> list[str] | None:
-    """Singular entity type names for the names given (singular or plural), in
-    order, repeats dropped; None for None."""
-    if names is None:
-        return None
-    result: list[str] = []
-    for name in names:
-        codec = manager.registry.resolve(name)
-        if codec is None:
-            raise UnknownEntityTypeError(
-                f"unknown entity type {name!r}; registered types: {', '.join(manager.entity_types)}")
-        if codec.mapping.entity not in result:
-            result.append(codec.mapping.entity)
-    return result
-
-
-def _slice(scenario: dict[str, Any], wanted: list[str] | None, limit: int | None, offset: int) -> dict[str, Any]:
-    """The loaded scenario cut down to the types in ``wanted`` (all types with
-    entities when None) and, in each, ``offset`` to ``offset + limit``."""
-    every = scenario.pop("entities")
-    counts = {entity: len(items) for entity, items in every.items() if items}
-    chosen = wanted if wanted is not None else list(counts)
-    end = None if limit is None else offset + limit
-    entities = {entity: every.get(entity, [])[offset:end] for entity in chosen}
-    omitted = {}
-    for entity, total in counts.items():
-        left = total - len(entities.get(entity, ()))
-        if left:
-            omitted[entity] = left
-    more = end is not None and any(counts.get(entity, 0) > end for entity in chosen)
-    scenario["entity_counts"] = counts
+def _page(scenario: dict[str, Any], counts: dict[str, int], chosen: list[str], limit: int,
+          offset: int) -> dict[str, Any]:
+    """A loaded page with what it left out: per type the entities not
+    returned, and where the next page starts."""
+    entities = {entity: scenario["entities"].get(entity, []) for entity in chosen}
+    omitted = {entity: total - len(entities.get(entity, ())) for entity, total in counts.items()
+               if total - len(entities.get(entity, ()))}
+    end = offset + limit
+    more = any(counts.get(entity, 0) > end for entity in chosen)
     return {**_info(scenario), "entities": entities, "offset": offset, "limit_per_type": limit,
             "omitted": omitted, "complete": not omitted, "next_offset": end if more else None}
 
 
-@contextmanager
-def _interrupt_after(con: duckdb.DuckDBPyConnection, seconds: float) -> Iterator[None]:
-    """Interrupt whatever ``con`` runs once ``seconds`` have passed."""
-    timer = threading.Timer(seconds, con.interrupt)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
+def _count_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{count} {entity}" for entity, count in counts.items()) or "no entities"
 
 
 def _entities(count: int) -> str:
     return f"{count} entit{'y' if count == 1 else 'ies'}"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _payload(value: dict[str, Any]) -> CallToolResult:
@@ -403,8 +402,6 @@ def _as_tool(function: Callable[..., dict[str, Any]]) -> Callable[..., CallToolR
             return _payload(function(*args, **kwargs))
         except (HealthSimError, ValueError) as error:
             raise ToolError(str(error)) from None
-        except duckdb.Error as error:
-            raise ToolError(f"database error: {_first_line(error)}") from None
 
     signature = inspect.signature(function, eval_str=True)
     call.__signature__ = signature.replace(  # type: ignore[attr-defined]
@@ -447,10 +444,11 @@ def build_server(db_path: str | Path | None = None, *, log_level: str = "WARNING
     return server
 
 
-def resolve_db_path(db_path: str | Path | None) -> Path:
-    """The database path, absolute: an MCP client may start the server in any directory."""
-    path = default_db_path() if db_path is None else Path(db_path)
-    return path.expanduser().absolute()
+def resolve_db_path(db_path: str | Path | None) -> str:
+    """The store: a URL as given, a path made absolute (an MCP client may start
+    the server in any directory)."""
+    target = default_target() if db_path is None else str(db_path)
+    return target if is_url(target) else str(Path(target).expanduser().absolute())
 
 
 def serve(db_path: str | Path | None = None, transport: str = "stdio", host: str = "127.0.0.1",
@@ -458,8 +456,10 @@ def serve(db_path: str | Path | None = None, transport: str = "stdio", host: str
     """Run the server until the client goes away (stdio) or it is stopped (http)."""
     path = resolve_db_path(db_path)
     server = build_server(path)
-    try:  # report a bad file at once; the server still starts, and each call reports it
-        StateManager(path).close()
+    try:  # report a bad store at once; the server still starts, and each call reports it
+        StateManager(path, read_only=True).scenario_exists("")
+    except StoreNotFoundError:
+        pass  # a new store: made by the first save
     except HealthSimError as error:
         print(f"healthsim-state mcp: warning: {error}", file=sys.stderr)
     if transport == "stdio":
@@ -479,7 +479,8 @@ def serve(db_path: str | Path | None = None, transport: str = "stdio", host: str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m healthsim_state.mcp_server",
                                      description="The healthsim-state MCP server.")
-    parser.add_argument("--db", help="Database file (default: $HEALTHSIM_DB, else ~/.healthsim/healthsim.duckdb).")
+    parser.add_argument("--db", help="The store: a DuckDB file or a postgresql:// URL (default: $HEALTHSIM_DB, "
+                                     "else ~/.healthsim/healthsim.duckdb).")
     parser.add_argument("--transport", choices=("stdio", "http"), default="stdio")
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (http; default 127.0.0.1).")
     parser.add_argument("--port", type=int, default=8000, help="Port to listen on (http; default 8000).")

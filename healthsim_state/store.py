@@ -1,73 +1,40 @@
-"""The DuckDB file: its tables, transactions, bulk writes and reads.
+"""The store gateway: every read and write of the store's own tables, bound to
+one session (one transaction) and the mapping set in force.
 
-Layout (schema version :data:`SCHEMA_VERSION`):
+Nothing else writes SQL against these tables (the layout and evolution
+modules own the DDL). The SQL is the portable subset both backends speak,
+with ``?`` placeholders; identifiers come only from validated mappings and are
+quoted; values always travel as parameters.
 
-- ``_healthsim_meta(key, value)``: the schema version;
-- ``_healthsim_tables(entity, table_name, mapping, created_at)``: the mapping
-  each entity table was created from (so a later version can tell what changed);
-- ``scenarios``: one row a scenario, ``scenario_tags``: its tags in order;
-- one table per entity type: ``scenario_id``, ``_position`` (index in the
-  type's list), one typed column per mapped field, ``_residual`` (JSON text of
-  what the columns cannot reproduce; NULL for most rows).
-
-Rows are keyed by scenario, so scenarios are isolated snapshots. Scenario ids
-are time-ordered (UUID version 7): a scenario's rows sit together and DuckDB's
-min/max zone maps skip the rest of a large table on a load, with no index to
-maintain on bulk writes. Duplicate keys are caught by the engine before any
-write, so entity tables carry no key index either.
-
-Identifiers in SQL come only from validated mappings and are quoted; every
-value travels as a parameter.
+Versions: every write of a scenario makes a version. Current rows live in the
+type's table with ``_since`` (the version that wrote them); a row a later
+version replaced or removed moves to ``<table>__history`` with ``_until``. A
+write compares the new rows with the current ones in SQL (``EXCEPT``), so
+versions share every unchanged row and storage grows with what changed.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import operator
-import os
-import random
-import re
 import secrets
 import time
-import warnings
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Sequence
 
-import duckdb
-
+from .backends.base import Session, quote
 from .engine.compile import Codec
+from .engine.registry import Registry
 from .engine.values import is_text
-from .errors import DatabaseLockedError, IncompatibleDatabaseError, OrphanedTypesWarning, Problem, StoreError, \
-    ValidationError
-from .evolution import SchemaReport, reconcile
-
-SCHEMA_VERSION = 1
-ENV_DB = "HEALTHSIM_DB"
+from .errors import Problem, StoreError, ValidationError
+from .layout import data_columns, history_table, write_columns
 
 _SCENARIO_COLUMNS = ("scenario_id", "name", "description", "created_at", "updated_at", "entity_count",
-                     "entity_counts")
-
-_BASE_DDL = (
-    "CREATE TABLE IF NOT EXISTS _healthsim_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS _healthsim_tables (
-        entity VARCHAR PRIMARY KEY, table_name VARCHAR NOT NULL, mapping JSON NOT NULL,
-        created_at TIMESTAMP NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS scenarios (
-        scenario_id VARCHAR PRIMARY KEY, name VARCHAR NOT NULL UNIQUE, description VARCHAR,
-        created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL,
-        entity_count BIGINT NOT NULL, entity_counts JSON NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS scenario_tags (
-        scenario_id VARCHAR NOT NULL, position INTEGER NOT NULL, tag VARCHAR NOT NULL)""",
-)
-
-
-def default_db_path() -> Path:
-    """``$HEALTHSIM_DB`` if set, else ``~/.healthsim/healthsim.duckdb``."""
-    value = os.environ.get(ENV_DB)
-    return Path(value).expanduser() if value else Path.home() / ".healthsim" / "healthsim.duckdb"
+                     "entity_counts", "version")
+_VERSION_COLUMNS = ("version", "operation", "saved_at", "description", "tags", "entity_count", "entity_counts",
+                    "metadata", "changes")
+_first = operator.itemgetter(0)
 
 
 def new_scenario_id() -> str:
@@ -81,334 +48,447 @@ def new_scenario_id() -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
-def utc_now() -> _dt.datetime:
-    """Now, as the naive UTC datetime the store keeps (microsecond resolution)."""
-    return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
+@dataclass
+class Changes:
+    """What a write changed in one type, matched by key: entities added,
+    changed (same key, other content) and removed."""
+
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"added": self.added, "changed": self.changed, "removed": self.removed}
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.changed or self.removed)
 
 
-def quote(identifier: str) -> str:
-    """A quoted SQL identifier. Identifiers come from validated mappings only."""
-    return '"' + identifier.replace('"', '""') + '"'
+class Gateway:
+    """The store's tables as seen by one transaction."""
 
+    def __init__(self, session: Session, registry: Registry, label: str):
+        self.session = session
+        self.registry = registry
+        self.label = label
 
-def table_ddl(codec: Codec) -> str:
-    mapping = codec.mapping
-    keys = set(mapping.primary_key)
-    columns = ["scenario_id VARCHAR NOT NULL", "_position INTEGER NOT NULL"]
-    for field in mapping.fields:
-        columns.append(f"{quote(field.column)} {field.type.sql}" + (" NOT NULL" if field.column in keys else ""))
-    columns.append("_residual VARCHAR")
-    return f"CREATE TABLE {quote(mapping.table)} ({', '.join(columns)})"
+    # --- scenarios ---------------------------------------------------------------------
 
-
-def expected_columns(codec: Codec) -> list[tuple[str, str]]:
-    fields = [(f.column, f.type.sql) for f in codec.mapping.fields]
-    return [("scenario_id", "VARCHAR"), ("_position", "INTEGER"), *fields, ("_residual", "VARCHAR")]
-
-
-# (file, mappings digest) pairs this process has opened and checked.
-_CHECKED: set[tuple[str, str]] = set()
-
-
-class Store:
-    """One DuckDB file holding scenarios of the given entity types.
-
-    The store holds no connection between operations: :meth:`connect` opens one
-    for an operation (or a short burst of them) and closes it, so the file's
-    lock is free for other processes whenever this one is idle. A lock held by
-    another process is waited for, with backoff, up to ``lock_timeout`` seconds.
-    """
-
-    def __init__(self, path: str | os.PathLike, codecs: dict[str, Codec], *, lock_timeout: float | None = None,
-                 check: bool = True):
-        self.path = Path(path).expanduser()
-        self.codecs = codecs
-        self.lock_timeout = default_lock_timeout() if lock_timeout is None else float(lock_timeout)
-        self._digest = self._layout_digest()
-        self.schema_report: SchemaReport | None = None  # what the last reconciliation did
-        key = (str(self.path.resolve()), self._digest)
-        if check and key not in _CHECKED:
-            # Fail early: a bad file or a newer version is reported, an edited mapping
-            # applied, at once; once a process, as every operation checks again anyway.
-            with self.connect():
-                pass
-            _CHECKED.add(key)
-
-    @contextmanager
-    def connect(self, *, prepare: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection for one operation, with the layout checked; closed after."""
-        con = self._open_connection()
-        try:
-            if prepare:
-                self._prepare(con)
-            yield con
-        except duckdb.Error as error:  # damaged file, full disk, ...: ours to name, not DuckDB's to leak
-            raise StoreError(f"the database {self.path} could not be used: {error}") from error
-        finally:
-            try:
-                con.close()
-            except duckdb.Error:
-                pass  # already failing, or nothing left to release
-
-    def _open_connection(self) -> duckdb.DuckDBPyConnection:
-        return connect_with_retry(self.path, self.lock_timeout)
-
-    @staticmethod
-    @contextmanager
-    def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
-        """All of it or none of it: commit on success, roll back on any error."""
-        con.execute("BEGIN TRANSACTION")
-        try:
-            yield con
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
-
-    # --- layout --------------------------------------------------------------------
-
-    def _prepare(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Check the schema version; create what is missing and apply edited
-        mappings (:mod:`healthsim_state.evolution`), in one transaction.
-
-        What the current mappings need is summed up in a digest kept in
-        ``_healthsim_meta``; when the file already carries this digest, opening
-        costs one small query instead of DDL and catalog introspection."""
-        meta = self._read_meta(con)  # outside a transaction: a missing table must not abort one
-        if meta is not None:
-            self._check_version(meta.get("schema_version"))
-            if meta.get("layout") == self._digest:
-                return
-        with self.transaction(con):
-            self.schema_report = self._reconcile(con, meta)
-        if self.schema_report.orphaned:
-            warnings.warn(OrphanedTypesWarning(
-                f"{self.path} holds entity types with no mapping: {', '.join(self.schema_report.orphaned)}; "
-                "their tables and data are kept, and come back when their mapping files do"), stacklevel=4)
-
-    def _reconcile(self, con: duckdb.DuckDBPyConnection, meta: dict[str, str] | None) -> SchemaReport:
-        for ddl in _BASE_DDL:
-            con.execute(ddl)
-        if meta is None or "schema_version" not in meta:
-            con.execute("INSERT OR REPLACE INTO _healthsim_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-        report = reconcile(con, self.codecs, self._table_columns(con), path=self.path)
-        con.execute("INSERT OR REPLACE INTO _healthsim_meta VALUES ('layout', ?)", [self._digest])
-        return report
-
-    def plan(self) -> SchemaReport:
-        """What opening the file with these mappings would change, changing
-        nothing: the reconciliation runs in a transaction that is rolled back."""
-        with self.connect(prepare=False) as con:
-            meta = self._read_meta(con)
-            if meta is not None:
-                self._check_version(meta.get("schema_version"))
-            con.execute("BEGIN TRANSACTION")
-            try:
-                report = self._reconcile(con, meta)
-            finally:
-                con.execute("ROLLBACK")
-        report.applied = False
-        return report
-
-    def _layout_digest(self) -> str:
-        mappings = sorted(json.dumps(c.mapping.describe(), sort_keys=True) for c in self.codecs.values())
-        return hashlib.sha256(json.dumps([SCHEMA_VERSION, mappings]).encode()).hexdigest()
-
-    @staticmethod
-    def _read_meta(con: duckdb.DuckDBPyConnection) -> dict[str, str] | None:
-        """The meta table's rows, or None for a file without one (a new file)."""
-        try:
-            return dict(con.execute("SELECT key, value FROM _healthsim_meta").fetchall())
-        except duckdb.CatalogException:
-            return None
-
-    def _check_version(self, version: str | None) -> None:
-        if version is not None and (not version.isdigit() or int(version) > SCHEMA_VERSION):
-            raise IncompatibleDatabaseError(
-                f"{self.path} was written by a newer healthsim-state (schema version {version}; this version "
-                f"reads up to {SCHEMA_VERSION}); upgrade healthsim-state to open it")
-
-    @staticmethod
-    def _table_columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[str, str]]]:
-        rows = con.execute(
-            "SELECT table_name, column_name, data_type FROM duckdb_columns() "
-            "WHERE schema_name = 'main' AND database_name = current_database() "
-            "ORDER BY table_name, column_index").fetchall()
-        tables: dict[str, list[tuple[str, str]]] = {}
-        for table, column, sql_type in rows:
-            tables.setdefault(table, []).append((column, sql_type))
-        return tables
-
-    # --- scenarios ------------------------------------------------------------------
-
-    def find_scenario(self, con: duckdb.DuckDBPyConnection, name_or_id: str, *,
-                      by_id: bool = True) -> dict[str, Any] | None:
-        """The scenario row whose id (first) or name is ``name_or_id``.
-
-        A string no scenario can be named (not valid Unicode text) finds none."""
+    def find_scenario(self, name_or_id: str, *, by_id: bool = True) -> dict[str, Any] | None:
+        """The scenario whose id or name is ``name_or_id``. Ids and names never
+        shadow each other (a save refuses a name that is another scenario's
+        id); should both match different scenarios, that is an error naming
+        both. A string no scenario can be named finds none."""
         if not isinstance(name_or_id, str):
             raise ValidationError([Problem(f"a scenario id or name is a string, got {type(name_or_id).__name__}",
                                            path="name_or_id", value=name_or_id)], summary="invalid scenario lookup")
-        if not is_text(name_or_id):
+        if not is_text(name_or_id) or "\x00" in name_or_id:
             return None
         columns = ", ".join(_SCENARIO_COLUMNS)
         if by_id:
-            sql = (f"SELECT {columns} FROM (SELECT *, 0 AS rank FROM scenarios WHERE scenario_id = $1 "
-                   f"UNION ALL SELECT *, 1 AS rank FROM scenarios WHERE name = $1) ORDER BY rank LIMIT 1")
+            rows = self.session.fetchall(f"SELECT {columns} FROM scenarios WHERE scenario_id = ? OR name = ?",
+                                         [name_or_id, name_or_id])
         else:
-            sql = f"SELECT {columns} FROM scenarios WHERE name = $1"
-        row = con.execute(sql, [name_or_id]).fetchone()
-        return None if row is None else _scenario_dict(row)
+            rows = self.session.fetchall(f"SELECT {columns} FROM scenarios WHERE name = ?", [name_or_id])
+        if len(rows) > 1:
+            from .errors import AmbiguousScenarioError
 
-    def insert_scenario(self, con, scenario_id: str, name: str, description: str | None,
-                        counts: dict[str, int], now: _dt.datetime) -> None:
-        con.execute("INSERT INTO scenarios VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [scenario_id, name, description, now, now, sum(counts.values()), json.dumps(counts)])
+            by_id_row = next(r for r in rows if r[0] == name_or_id)
+            other = next(r for r in rows if r[0] != name_or_id)
+            raise AmbiguousScenarioError(
+                f"{name_or_id!r} is the id of scenario {by_id_row[1]!r} and the name of scenario {other[0]}; "
+                f"rename scenario {other[0]} to use its name")
+        return _scenario_dict(rows[0]) if rows else None
 
-    def update_scenario(self, con, scenario_id: str, description: str | None,
-                        counts: dict[str, int], now: _dt.datetime) -> None:
-        con.execute("UPDATE scenarios SET description = ?, updated_at = ?, entity_count = ?, entity_counts = ? "
-                    "WHERE scenario_id = ?",
-                    [description, now, sum(counts.values()), json.dumps(counts), scenario_id])
+    def id_in_use(self, name: str) -> bool:
+        return self.session.scalar("SELECT count(*) FROM scenarios WHERE scenario_id = ?", [name]) > 0
 
-    def touch_scenario(self, con, scenario_id: str, counts: dict[str, int], now: _dt.datetime) -> None:
-        """New entity counts and ``updated_at``, description unchanged."""
-        con.execute("UPDATE scenarios SET updated_at = ?, entity_count = ?, entity_counts = ? WHERE scenario_id = ?",
-                    [now, sum(counts.values()), json.dumps(counts), scenario_id])
+    def insert_scenario(self, scenario_id: str, name: str, description: str | None, counts: dict[str, int],
+                        now: _dt.datetime) -> None:
+        self.session.execute("INSERT INTO scenarios (scenario_id, name, description, created_at, updated_at, "
+                             "entity_count, entity_counts, version) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+                             [scenario_id, name, description, now, now, sum(counts.values()), json.dumps(counts)])
 
-    def delete_scenario_row(self, con, scenario_id: str) -> None:
-        con.execute("DELETE FROM scenario_tags WHERE scenario_id = ?", [scenario_id])
-        con.execute("DELETE FROM scenarios WHERE scenario_id = ?", [scenario_id])
+    def update_scenario(self, scenario_id: str, version: int, counts: dict[str, int], now: _dt.datetime,
+                        **fields: Any) -> None:
+        """New counts, version and ``updated_at``; plus any of ``name`` and
+        ``description`` given."""
+        sets = ["updated_at = ?", "entity_count = ?", "entity_counts = ?", "version = ?"]
+        values: list[Any] = [now, sum(counts.values()), json.dumps(counts), version]
+        for column in ("name", "description"):
+            if column in fields:
+                sets.append(f"{column} = ?")
+                values.append(fields[column])
+        self.session.execute(f"UPDATE scenarios SET {', '.join(sets)} WHERE scenario_id = ?", values + [scenario_id])
 
-    def replace_tags(self, con, scenario_id: str, tags: list[str]) -> None:
-        con.execute("DELETE FROM scenario_tags WHERE scenario_id = ?", [scenario_id])
+    def delete_scenario(self, scenario_id: str) -> None:
+        """The scenario, its tags, every version and every row, in every table
+        of the set in force."""
+        for codec in self.registry.codecs.values():
+            for table in (codec.mapping.table, history_table(codec.mapping.table)):
+                self.session.execute(f"DELETE FROM {quote(table)} WHERE scenario_id = ?", [scenario_id])
+        for table in ("scenario_versions", "scenario_tags", "scenarios"):
+            self.session.execute(f"DELETE FROM {table} WHERE scenario_id = ?", [scenario_id])
+
+    def replace_tags(self, scenario_id: str, tags: list[str]) -> None:
+        self.session.execute("DELETE FROM scenario_tags WHERE scenario_id = ?", [scenario_id])
         if tags:
-            with con.appender("scenario_tags") as appender:
-                appender.append_rows([(scenario_id, i, tag) for i, tag in enumerate(tags)])
+            self.session.append("scenario_tags", ("scenario_id", "position", "tag"),
+                                [(scenario_id, i, tag) for i, tag in enumerate(tags)])
 
-    def tags_of(self, con, scenario_id: str) -> list[str]:
-        rows = con.execute("SELECT tag FROM scenario_tags WHERE scenario_id = ? ORDER BY position",
-                           [scenario_id]).fetchall()
+    def tags_of(self, scenario_id: str) -> list[str]:
+        rows = self.session.fetchall("SELECT tag FROM scenario_tags WHERE scenario_id = ? ORDER BY position",
+                                     [scenario_id])
         return [tag for (tag,) in rows]
 
-    def list_scenarios(self, con, tag: str | None, search: str | None, limit: int | None) -> list[dict[str, Any]]:
+    def list_scenarios(self, tag: str | None, search: str | None, limit: int | None,
+                       offset: int = 0) -> list[dict[str, Any]]:
         """Newest ``updated_at`` first. ``tag`` matches one tag and ``search`` a
-        substring of name or description, both case-insensitively (``contains``,
+        substring of name or description, both case-insensitively (``strpos``,
         not ``LIKE``: a ``%`` in a search is a percent sign)."""
         columns = ", ".join(f"s.{c}" for c in _SCENARIO_COLUMNS)
-        sql = f"""
-            SELECT {columns},
-                   (SELECT list(t.tag ORDER BY t.position) FROM scenario_tags t
-                     WHERE t.scenario_id = s.scenario_id) AS tags
-            FROM scenarios s
-            WHERE ($tag IS NULL OR EXISTS (SELECT 1 FROM scenario_tags t
-                                           WHERE t.scenario_id = s.scenario_id AND lower(t.tag) = lower($tag)))
-              AND ($search IS NULL OR contains(lower(s.name), lower($search))
-                   OR contains(lower(coalesce(s.description, '')), lower($search)))
-            ORDER BY s.updated_at DESC, s.scenario_id DESC
-            LIMIT $limit"""
-        rows = con.execute(sql, {"tag": tag, "search": search, "limit": limit}).fetchall()
-        result = []
-        for row in rows:
-            item = _scenario_dict(row[:-1])
-            item["tags"] = list(row[-1] or [])
-            result.append(item)
-        return result
+        where, params = [], []
+        if tag is not None:
+            where.append("EXISTS (SELECT 1 FROM scenario_tags t WHERE t.scenario_id = s.scenario_id "
+                         "AND lower(t.tag) = lower(?))")
+            params.append(tag)
+        if search is not None:
+            where.append("(strpos(lower(s.name), lower(?)) > 0 OR strpos(lower(coalesce(s.description, '')), "
+                         "lower(?)) > 0)")
+            params += [search, search]
+        sql = f"SELECT {columns} FROM scenarios s"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY s.updated_at DESC, s.scenario_id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        if offset:
+            sql += " OFFSET ?"
+            params.append(offset)
+        items = [_scenario_dict(row) for row in self.session.fetchall(sql, params)]
+        tags = self._tags_of_many([item["scenario_id"] for item in items])
+        for item in items:
+            item["tags"] = tags.get(item["scenario_id"], [])
+        return items
 
-    # --- entity rows -------------------------------------------------------------------
+    def _tags_of_many(self, scenario_ids: list[str]) -> dict[str, list[str]]:
+        if not scenario_ids:
+            return {}
+        tags: dict[str, list[str]] = {}
+        for start in range(0, len(scenario_ids), 1000):
+            part = scenario_ids[start:start + 1000]
+            marks = ", ".join("?" * len(part))
+            for scenario_id, tag in self.session.fetchall(
+                    f"SELECT scenario_id, tag FROM scenario_tags WHERE scenario_id IN ({marks}) "
+                    "ORDER BY scenario_id, position", part):
+                tags.setdefault(scenario_id, []).append(tag)
+        return tags
 
-    def append_rows(self, con, codec: Codec, rows: list[tuple]) -> None:
-        """One bulk write of a type's rows (DuckDB's appender: no SQL per row)."""
-        with con.appender(codec.mapping.table) as appender:
-            appender.append_rows(rows)
+    def scenario_count(self) -> int:
+        return self.session.scalar("SELECT count(*) FROM scenarios")
 
-    def delete_rows(self, con, scenario_id: str, entities: list[str]) -> None:
-        for entity in entities:
-            codec = self.codecs.get(entity)
-            if codec is not None:
-                con.execute(f"DELETE FROM {quote(codec.mapping.table)} WHERE scenario_id = ?", [scenario_id])
+    # --- versions ------------------------------------------------------------------------
 
-    def key_rows(self, con, codec: Codec, scenario_id: str) -> list[tuple]:
-        """``(position, key values...)`` of a type's stored rows in one scenario."""
-        keys = ", ".join(quote(column) for column in codec.mapping.primary_key)
-        return con.execute(f"SELECT _position, {keys} FROM {quote(codec.mapping.table)} WHERE scenario_id = ?",
-                           [scenario_id]).fetchall()
+    def insert_version(self, scenario_id: str, version: int, operation: str, at: _dt.datetime,
+                       description: str | None, tags: list[str], counts: dict[str, int],
+                       metadata: dict[str, Any] | None, changes: dict[str, dict[str, int]]) -> None:
+        self.session.execute(
+            "INSERT INTO scenario_versions (scenario_id, version, operation, saved_at, description, tags, entity_count, "
+            "entity_counts, metadata, changes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [scenario_id, version, operation, at, description, json.dumps(tags), sum(counts.values()),
+             json.dumps(counts), None if metadata is None else json.dumps(metadata), json.dumps(changes)])
 
-    def delete_positions(self, con, codec: Codec, scenario_id: str, positions: list[int]) -> None:
-        """Delete the rows at these positions, in one statement."""
-        con.execute(f"DELETE FROM {quote(codec.mapping.table)} WHERE scenario_id = ? "
-                    "AND list_contains(?::INTEGER[], _position)", [scenario_id, positions])
+    def versions(self, scenario_id: str, version: int | None = None) -> list[dict[str, Any]]:
+        """The scenario's versions, newest first (or the one asked for)."""
+        columns = ", ".join(_VERSION_COLUMNS)
+        sql = f"SELECT {columns} FROM scenario_versions WHERE scenario_id = ?"
+        params: list[Any] = [scenario_id]
+        if version is not None:
+            sql += " AND version = ?"
+            params.append(version)
+        rows = self.session.fetchall(sql + " ORDER BY version DESC", params)
+        return [_version_dict(row) for row in rows]
 
-    @staticmethod
-    def fetch_rows(con, codec: Codec, scenario_id: str) -> list[tuple]:
-        """A type's rows of one scenario, in saved order, in one query:
-        ``(position, col_0, ..., col_n, residual)``.
+    def prune(self, scenario_id: str, keep_from: int) -> int:
+        """Drop the versions before ``keep_from`` and the rows only they held;
+        returns how many versions went."""
+        dropped = self.session.scalar("SELECT count(*) FROM scenario_versions WHERE scenario_id = ? AND version < ?",
+                                      [scenario_id, keep_from])
+        if dropped:
+            for codec in self.registry.codecs.values():
+                self.session.execute(f"DELETE FROM {quote(history_table(codec.mapping.table))} "
+                                     "WHERE scenario_id = ? AND _until <= ?", [scenario_id, keep_from])
+            self.session.execute("DELETE FROM scenario_versions WHERE scenario_id = ? AND version < ?",
+                                 [scenario_id, keep_from])
+        return dropped
 
-        Sorted here rather than by ``ORDER BY``: rows are nearly always stored
-        in position order already, Python's sort checks that in one C pass, and
-        DuckDB's sort setup cost more than the rest of a small query."""
-        columns = ", ".join(f.type.select.format(quote(f.column)) for f in codec.mapping.fields)
-        sql = f"SELECT _position, {columns}, _residual FROM {quote(codec.mapping.table)} WHERE scenario_id = ?"
-        rows = con.execute(sql, [scenario_id]).fetchall()
-        rows.sort(key=_first)
-        return rows
+    # --- entity rows ---------------------------------------------------------------------------
 
+    def append_rows(self, codec: Codec, scenario_id: str, version: int, rows: Sequence[tuple]) -> None:
+        """Rows ``(position, col_0, ..., residual)`` as current rows of a
+        scenario, in bulk (no SQL per row)."""
+        prefix, suffix = (scenario_id,), (version,)
+        self._append(codec, codec.mapping.table, write_columns(codec.mapping),
+                     [prefix + row + suffix for row in rows])
 
-ENV_LOCK_TIMEOUT = "HEALTHSIM_LOCK_TIMEOUT"
-DEFAULT_LOCK_TIMEOUT = 10.0
-_PID = re.compile(r"PID (\d+)")
-
-
-def default_lock_timeout() -> float:
-    """``$HEALTHSIM_LOCK_TIMEOUT`` seconds if set, else 10."""
-    value = os.environ.get(ENV_LOCK_TIMEOUT)
-    if not value:
-        return DEFAULT_LOCK_TIMEOUT
-    try:
-        return float(value)
-    except ValueError:
-        raise StoreError(f"{ENV_LOCK_TIMEOUT}={value!r} is not a number of seconds") from None
-
-
-def _is_lock_conflict(error: duckdb.Error) -> bool:
-    text = str(error)
-    return "Could not set lock" in text or "Conflicting lock" in text
-
-
-def connect_with_retry(path: Path, timeout: float) -> duckdb.DuckDBPyConnection:
-    """Open ``path`` read-write. While another process holds the file's lock,
-    retry with jittered exponential backoff (5 ms doubling to 250 ms) until
-    ``timeout`` seconds have passed, then raise :class:`DatabaseLockedError`."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise StoreError(f"cannot create the directory for the database {path}: {error.strerror or error}") from None
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
+    def _append(self, codec: Codec, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
         try:
-            return duckdb.connect(str(path))
-        except duckdb.Error as error:
-            if not _is_lock_conflict(error):
-                raise StoreError(f"cannot open {path} as a healthsim-state database: {error}") from None
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                holder = _PID.search(str(error))
-                raise DatabaseLockedError(
-                    f"{path} is locked by another process"
-                    + (f" (PID {holder[1]})" if holder else "")
-                    + f" and stayed locked for {timeout:g} s; wait for it to finish, stop it, or raise "
-                    f"{ENV_LOCK_TIMEOUT}", path=path, pid=int(holder[1]) if holder else None) from None
-            time.sleep(min(delay * (0.5 + random.random()), remaining))
-            delay = min(delay * 2, 0.25)
+            self.session.append(table, columns, rows)
+        except StoreError:
+            problems = _unstorable_strings(codec, rows, columns)
+            if problems:
+                raise ValidationError(problems, summary="scenario not saved") from None
+            raise
+
+    def fetch_rows(self, codec: Codec, scenario_id: str, *, version: int | None = None,
+                   limit: int | None = None, offset: int = 0) -> list[tuple]:
+        """A type's rows ``(position, col_0, ..., residual)`` in saved order, of
+        the current version or of ``version``; with ``limit``/``offset``, only
+        that slice (sorted and cut in SQL)."""
+        sql, params = self._live_rows_sql(codec, scenario_id, version)
+        if limit is None and not offset:
+            rows = self.session.fetchall(sql, params)
+            rows.sort(key=_first)  # nearly always stored in order already: one C pass checks it
+            return rows
+        sql += " ORDER BY _position"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        if offset:
+            sql += " OFFSET ?"
+            params.append(offset)
+        return self.session.fetchall(sql, params)
+
+    def stream_rows(self, codec: Codec, scenario_id: str, *, version: int | None, batch_size: int,
+                    after: int = -1, typed: bool = False) -> Iterator[list[tuple]]:
+        """A type's rows in saved order, ``batch_size`` at a time, each batch a
+        range on ``_position`` (keyset paging, so no batch rereads the ones
+        before). Rows are ``(position, col_0, ..., residual)`` in read form,
+        or with ``typed`` the columns' own values."""
+        sql, params = self._live_rows_sql(codec, scenario_id, version, typed=typed)
+        while True:
+            rows = self.session.fetchall(
+                f"SELECT * FROM ({sql}) r WHERE _position > ? ORDER BY _position LIMIT ?",
+                params + [after, batch_size])
+            if not rows:
+                return
+            yield rows
+            if len(rows) < batch_size:
+                return
+            after = rows[-1][0]
+
+    def _live_rows_sql(self, codec: Codec, scenario_id: str, version: int | None,
+                       typed: bool = False) -> tuple[str, list[Any]]:
+        mapping, dialect = codec.mapping, self.session.dialect
+        if typed:
+            reads = ", ".join(quote(f.column) for f in mapping.fields)
+        else:
+            reads = ", ".join(f"{dialect.read_expression(f.type, f.column)} AS {quote(f.column)}"
+                              for f in mapping.fields)
+        table = quote(mapping.table)
+        if version is None:
+            return f"SELECT _position, {reads}, _residual FROM {table} WHERE scenario_id = ?", [scenario_id]
+        history = quote(history_table(mapping.table))
+        sql = (f"SELECT _position, {reads}, _residual FROM {table} WHERE scenario_id = ? AND _since <= ? "
+               f"UNION ALL SELECT _position, {reads}, _residual FROM {history} "
+               f"WHERE scenario_id = ? AND _since <= ? AND _until > ?")
+        return sql, [scenario_id, version, scenario_id, version, version]
+
+    def next_position(self, codec: Codec, scenario_id: str) -> int:
+        found = self.session.scalar(f"SELECT max(_position) FROM {quote(codec.mapping.table)} WHERE scenario_id = ?",
+                                    [scenario_id])
+        return 0 if found is None else found + 1
+
+    # --- replacing rows: overwrite, restore --------------------------------------------------------
+
+    def stage(self, codec: Codec, name: str = "_healthsim_stage") -> str:
+        """A temporary table for a type's rows ``(position, col_0, ..., residual)``."""
+        return self.session.create_staging(name, codec.mapping.table, data_columns(codec.mapping))
+
+    def stage_rows(self, codec: Codec, staging: str, rows: Sequence[tuple]) -> None:
+        self._append(codec, staging, data_columns(codec.mapping), list(rows))
+
+    def stage_version(self, codec: Codec, staging: str, scenario_id: str, version: int) -> None:
+        """Stage the rows the scenario's type held at ``version``."""
+        columns = ", ".join(quote(c) for c in data_columns(codec.mapping))
+        table, history = quote(codec.mapping.table), quote(history_table(codec.mapping.table))
+        self.session.execute(
+            f"INSERT INTO {staging} ({columns}) SELECT {columns} FROM {table} WHERE scenario_id = ? AND _since <= ? "
+            f"UNION ALL SELECT {columns} FROM {history} WHERE scenario_id = ? AND _since <= ? AND _until > ?",
+            [scenario_id, version, scenario_id, version, version])
+
+    def replace_rows(self, codec: Codec, scenario_id: str, version: int, staging: str | None) -> Changes:
+        """Make the staged rows (none, for ``staging=None``) the type's current
+        rows as of ``version``: rows equal to a staged one (same position,
+        same content) stay; the others move to history; staged rows not
+        already current are inserted. Returns the changes by key."""
+        mapping, session = codec.mapping, self.session
+        table = quote(mapping.table)
+        columns = data_columns(mapping)
+        names = ", ".join(quote(c) for c in columns)
+        if staging is None:
+            removed = session.scalar(f"SELECT count(*) FROM {table} WHERE scenario_id = ?", [scenario_id])
+            if removed:
+                self._retire(mapping, scenario_id, version, None)
+            return Changes(removed=removed)
+        compared = ", ".join(self._compare(codec, c) for c in columns)
+        current = f"SELECT {compared} FROM {table} WHERE scenario_id = ?"
+        staged = f"SELECT {compared} FROM {staging}"
+        gone = session.create_staging("_healthsim_gone", mapping.table, ("_position",))
+        session.execute(f"INSERT INTO {gone} SELECT _position FROM ({current} EXCEPT {staged}) g", [scenario_id])
+        fresh = session.create_staging("_healthsim_fresh", mapping.table, ("_position",))
+        session.execute(f"INSERT INTO {fresh} SELECT _position FROM ({staged} EXCEPT {current}) f", [scenario_id])
+        changes = self._count_changes(codec, scenario_id, staging, gone, fresh)
+        self._retire(mapping, scenario_id, version, gone)
+        session.execute(f"INSERT INTO {table} (scenario_id, {names}, _since) SELECT ?, {names}, ? FROM {staging} "
+                        f"WHERE _position IN (SELECT _position FROM {fresh})", [scenario_id, version])
+        for temporary in (gone, fresh, staging):
+            session.execute(f"DROP TABLE {temporary}")
+        return changes
+
+    def _retire(self, mapping, scenario_id: str, version: int, positions: str | None) -> None:
+        """Move current rows (all, or those at ``positions``) to history, replaced in ``version``."""
+        table, history = quote(mapping.table), quote(history_table(mapping.table))
+        names = ", ".join(quote(c) for c in ("scenario_id", *data_columns(mapping), "_since"))
+        where = "scenario_id = ?"
+        if positions is not None:
+            where += f" AND _position IN (SELECT _position FROM {positions})"
+        self.session.execute(f"INSERT INTO {history} ({names}, _until) SELECT {names}, ? FROM {table} WHERE {where}",
+                             [version, scenario_id])
+        self.session.execute(f"DELETE FROM {table} WHERE {where}", [scenario_id])
+
+    def _compare(self, codec: Codec, column: str, alias: str | None = None) -> str:
+        if column in ("_position", "_residual"):
+            return quote(column) if alias is None else f"{alias}.{quote(column)}"
+        return self.session.dialect.compare_expression(codec.mapping.field(column).type, column, alias)
+
+    def _count_changes(self, codec: Codec, scenario_id: str, staging: str, gone: str, fresh: str) -> Changes:
+        """Added, changed and removed by key, from the rows that go and the
+        rows that come (every other row is the same on both sides)."""
+        mapping = codec.mapping
+        table = quote(mapping.table)
+        keys = " AND ".join(f"o.{quote(k)} = n.{quote(k)}" for k in mapping.primary_key)
+        content = [c for c in data_columns(mapping) if c != "_position"]
+        differs = " OR ".join(f"{self._compare(codec, c, 'o')} IS DISTINCT FROM {self._compare(codec, c, 'n')}"
+                              for c in content)
+        first = quote(mapping.primary_key[0])
+        row = self.session.fetchone(
+            f"SELECT count(*) FILTER (WHERE o.{first} IS NULL), "
+            f"count(*) FILTER (WHERE n.{first} IS NULL), "
+            f"count(*) FILTER (WHERE o.{first} IS NOT NULL AND n.{first} IS NOT NULL AND ({differs})) "
+            f"FROM (SELECT * FROM {table} WHERE scenario_id = ? AND _position IN (SELECT _position FROM {gone})) o "
+            f"FULL OUTER JOIN (SELECT * FROM {staging} WHERE _position IN (SELECT _position FROM {fresh})) n "
+            f"ON {keys}", [scenario_id])
+        return Changes(added=row[0], removed=row[1], changed=row[2])
+
+    # --- adding by key ------------------------------------------------------------------------------
+
+    def match_keys(self, codec: Codec, scenario_id: str, staging: str) -> list[tuple[int, int, bool]]:
+        """``(staged position, stored position, content differs)`` for each
+        staged row whose key is already current in the scenario: a keyed join
+        that reads only the key columns of the scenario's rows."""
+        mapping = codec.mapping
+        keys = " AND ".join(f"c.{quote(k)} = s.{quote(k)}" for k in mapping.primary_key)
+        content = [c for c in data_columns(mapping) if c != "_position"]
+        differs = " OR ".join(f"{self._compare(codec, c, 'c')} IS DISTINCT FROM {self._compare(codec, c, 's')}"
+                              for c in content)
+        return self.session.fetchall(
+            f"SELECT s._position, c._position, {differs} FROM {staging} s JOIN {quote(mapping.table)} c ON {keys} "
+            "WHERE c.scenario_id = ?", [scenario_id])
+
+    def retire_positions(self, codec: Codec, scenario_id: str, version: int, positions: list[int]) -> None:
+        """Move the current rows at ``positions`` to history (replaced in ``version``)."""
+        if not positions:
+            return
+        marks = self.session.create_staging("_healthsim_gone", codec.mapping.table, ("_position",))
+        self.session.append(marks, ("_position",), [(p,) for p in positions])
+        self._retire(codec.mapping, scenario_id, version, marks)
+        self.session.execute(f"DROP TABLE {marks}")
+
+    # --- diffs ----------------------------------------------------------------------------------------
+
+    def differing_rows(self, codec: Codec, a: tuple[str, int | None], b: tuple[str, int | None]
+                       ) -> tuple[list[tuple], list[tuple]]:
+        """The entities of ``a`` that ``b`` does not hold exactly (position
+        aside), and those of ``b`` that ``a`` does not; each side a (scenario
+        id, version or None for current). Rows come as ``(0, col_0, ...,
+        residual)``: in read form, ready to rebuild. Read forms compare
+        exactly (ISO text, exact doubles, fixed-scale text, JSON text)."""
+        mapping, dialect = codec.mapping, self.session.dialect
+        reads = ", ".join([dialect.read_expression(f.type, f.column) for f in mapping.fields] + ["_residual"])
+        out = []
+        for this, other in ((a, b), (b, a)):
+            this_sql, this_params = self._live_data_sql(mapping, *this)
+            other_sql, other_params = self._live_data_sql(mapping, *other)
+            rows = self.session.fetchall(
+                f"SELECT {reads} FROM ({this_sql}) x EXCEPT SELECT {reads} FROM ({other_sql}) y",
+                this_params + other_params)
+            out.append([(0, *row) for row in rows])
+        return out[0], out[1]
+
+    def _live_data_sql(self, mapping, scenario_id: str, version: int | None) -> tuple[str, list[Any]]:
+        names = ", ".join(quote(c) for c in data_columns(mapping))
+        table = quote(mapping.table)
+        if version is None:
+            return f"SELECT {names} FROM {table} WHERE scenario_id = ?", [scenario_id]
+        history = quote(history_table(mapping.table))
+        return (f"SELECT {names} FROM {table} WHERE scenario_id = ? AND _since <= ? UNION ALL "
+                f"SELECT {names} FROM {history} WHERE scenario_id = ? AND _since <= ? AND _until > ?",
+                [scenario_id, version, scenario_id, version, version])
+
+    def count_rows(self, codec: Codec, scenario_id: str) -> int:
+        return self.session.scalar(f"SELECT count(*) FROM {quote(codec.mapping.table)} WHERE scenario_id = ?",
+                                   [scenario_id])
 
 
-_first = operator.itemgetter(0)
+def _unstorable_strings(codec: Codec, rows: list[tuple], columns: Sequence[str]) -> list[Problem]:
+    """After a failed bulk write: the strings no text column can store (lone
+    surrogates are not Unicode text). Checked only on failure, so the common
+    path pays nothing."""
+    problems = []
+    fields = {f.column: f for f in codec.mapping.fields}
+    position_at = list(columns).index("_position")
+    for row in rows:
+        for column, value in zip(columns, row):
+            if column in fields and value.__class__ is str and not is_text(value):
+                problems.append(Problem("the string holds a lone surrogate, which is not valid Unicode text",
+                                        codec.mapping.entity, row[position_at], fields[column].dotted, value))
+    return problems
+
+
+def _utc(value: _dt.datetime) -> _dt.datetime:
+    return value.replace(tzinfo=_dt.timezone.utc)
 
 
 def _scenario_dict(row: tuple) -> dict[str, Any]:
     item = dict(zip(_SCENARIO_COLUMNS, row))
-    item["created_at"] = item["created_at"].replace(tzinfo=_dt.timezone.utc)
-    item["updated_at"] = item["updated_at"].replace(tzinfo=_dt.timezone.utc)
-    item["entity_counts"] = json.loads(item["entity_counts"])
+    item["created_at"] = _utc(item["created_at"])
+    item["updated_at"] = _utc(item["updated_at"])
+    item["entity_counts"] = _counts(item["entity_counts"])
     return item
+
+
+def _counts(text: str | dict) -> dict[str, int]:
+    return json.loads(text) if isinstance(text, str) else dict(text)
+
+
+def _version_dict(row: tuple) -> dict[str, Any]:
+    item = dict(zip(_VERSION_COLUMNS, row))
+    item["at"] = _utc(item.pop("saved_at"))
+    item["tags"] = json.loads(item["tags"])
+    item["entity_counts"] = _counts(item["entity_counts"])
+    item["metadata"] = None if item["metadata"] is None else json.loads(item["metadata"])
+    item["changes"] = json.loads(item["changes"])
+    return item
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,8 +1,15 @@
 """Shared fixtures, and the hypothesis profiles.
 
-Profiles: ``ci`` (used when ``CI`` is set: few examples, keeps the suite short),
-``dev`` (the default), ``soak`` (thousands of examples; run it on purpose with
-``HYPOTHESIS_PROFILE=soak``).
+Profiles:
+
+- ``ci``: the default, and what CI runs. Deterministic (``derandomize``: the
+  same examples every run), so a submission never fails by chance, and sized
+  to keep the whole suite within a few minutes.
+- ``explore``: random examples, more of them. Chosen automatically when a seed
+  is given (``python3 -m pytest --hypothesis-seed=$RANDOM tests/...``); run it
+  before you stop, to look for what the fixed examples miss.
+- ``soak``: thousands of random examples; run it on purpose with
+  ``HYPOTHESIS_PROFILE=soak``.
 """
 
 from __future__ import annotations
@@ -15,13 +22,20 @@ from hypothesis import HealthCheck, settings
 
 from healthsim_state import StateManager
 
-settings.register_profile("ci", max_examples=25, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("dev", max_examples=100, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("soak", max_examples=2000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+_QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True, suppress_health_check=_QUIET,
+                          print_blob=True)
+settings.register_profile("explore", max_examples=100, deadline=None, suppress_health_check=_QUIET,
+                          print_blob=True)
+settings.register_profile("soak", max_examples=2000, deadline=None, suppress_health_check=_QUIET,
+                          print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or "ci")
+
+
+def pytest_configure(config):
+    """A seed on the command line means: explore with random examples."""
+    if not os.environ.get("HYPOTHESIS_PROFILE") and config.getoption("hypothesis_seed", None) is not None:
+        settings.load_profile("explore")
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -406,7 +406,15 @@ def canonical_one(mapping: dict, entity: Any, position: int = 0):
             continue
         if not fits(f.type, v) and f.strict:
             problems.append(OracleProblem(position, f.dotted, f"does not fit {f.type}", v))
+        elif f.is_key and _holds_nul(f.type, v):
+            # Decision: text with NUL is kept in the residual, never in a column
+            # (PostgreSQL text cannot hold it); a key must be in its column.
+            problems.append(OracleProblem(position, f.dotted, "a key cannot hold a NUL character", v))
     return render(e), problems
+
+
+def _holds_nul(type_: str, value: Any) -> bool:
+    return type_.replace(" ", "").lower() == "varchar" and "\x00" in render(value)
 
 
 def _copy(value):

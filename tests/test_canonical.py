@@ -10,6 +10,7 @@ from decimal import Decimal
 import duckdb
 import pytest
 
+from healthsim_state.interop import run_query
 from healthsim_state import StateManager
 
 THING = """\
@@ -137,17 +138,15 @@ def test_typed_columns_hold_the_values(things):
     sid = things.save_scenario("columns", {"thing": [{
         "id": "1", "first": "A", "at": "2024-01-15T10:30:00+02:00", "day": "2024-01-15", "temp": 98,
         "pulse": {"value": 92}, "money": 0.1, "doc": {"k": [1]}, "x": {"y": {"z": 3}}}]})
-    with things._store.connect() as con:
-        row = con.execute("SELECT given, \"at\", day, temp, pulse, money, doc->>'$.k[0]', deep, kind FROM things "
-                          "WHERE scenario_id = ?", [sid]).fetchone()
+    (row,) = run_query(things.db_path, "SELECT given, \"at\", day, temp, pulse, money, doc->>'$.k[0]', deep, kind "
+                                       "FROM things WHERE scenario_id = ?", [sid]).rows
     assert row == ("A", dt.datetime(2024, 1, 15, 8, 30), dt.date(2024, 1, 15), 98.0, None, Decimal("0.10"),
                    "1", 3, "basic")
 
 
 def test_residual_is_null_when_the_columns_say_everything(things):
     sid = things.save_scenario("plain", {"thing": [{"id": "1", "name": {"given": "A"}, "temp": 1.5}]})
-    with things._store.connect() as con:
-        assert con.execute("SELECT _residual FROM things WHERE scenario_id = ?", [sid]).fetchone() == (None,)
+    assert run_query(things.db_path, "SELECT _residual FROM things WHERE scenario_id = ?", [sid]).rows == [(None,)]
 
 
 # --- the built-in types -------------------------------------------------------------

@@ -272,12 +272,12 @@ def test_bad_entities_list_every_problem_and_save_nothing(cli):
     (("import", "missing.json"), "error: missing.json: No such file or directory"),
     (("export", "s", "-o", "s.json"), "error: s.json already exists; use --force to replace it"),
     (("export", "s", "-o", "no/such/dir/s.json"), "error: no/such/dir: the directory does not exist"),
-    (("sql", "DELETE FROM patients"), "error: only a read-only SELECT (or WITH ... SELECT) query is allowed; "
+    (("sql", "DELETE FROM patients"), "error: only a read-only SELECT (or WITH ... SELECT, or EXPLAIN) query is allowed; "
                                       "this is DELETE"),
     (("sql", "SELECT 1; DROP TABLE patients"), "error: give exactly one statement; found 2"),
     (("sql", "SELECT nope FROM patients"), "error: the query failed: Binder Error: Referenced column \"nope\" "
                                            "not found in FROM clause!"),
-    (("types", "widget"), "error: unknown entity type 'widget'; registered types: claim, claim_line, "),
+    (("types", "widget"), "error: unknown entity type 'widget'; the types in force: claim, claim_line, "),
 ])
 def test_errors(cli_with_s, args, message):
     result = cli_with_s(*args, expect=1)

@@ -1,5 +1,9 @@
-"""Edit a mapping, keep your data: each kind of edit on a database full of
-scenarios (with unmapped data), then reopen and check that nothing is lost."""
+"""Edit a mapping, keep your data: each kind of edit on a store full of
+scenarios (with unmapped data), then reopen and check that nothing is lost.
+
+Additions (a field, an alias) apply when a client opens the store; any other
+edit waits (a MappingDriftWarning, the store's mapping stays in force) until
+``evolve=True`` or ``healthsim-state migrate-schema`` applies it."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from healthsim_state import (
-    OrphanedTypesWarning,
+    MappingDriftWarning,
     SchemaChangeError,
     StateManager,
     ValidationError,
@@ -62,11 +66,17 @@ class Db:
         (self.maps / "person.yaml").write_text(mapping_text(fields, key))
         return self.maps
 
-    def open(self) -> StateManager:
-        return StateManager(self.path, mapping_dirs=[self.maps])
+    def open(self, evolve: bool = False) -> StateManager:
+        return StateManager(self.path, mapping_dirs=[self.maps], evolve=evolve)
 
-    def loads(self) -> dict:
-        with self.open() as sm:
+    def evolved(self) -> StateManager:
+        """Open with every change of the mapping files applied (migrate-schema)."""
+        manager = self.open(evolve=True)
+        manager.schema_report  # noqa: B018 - opening applies the changes
+        return manager
+
+    def loads(self, evolve: bool = True) -> dict:
+        with self.open(evolve=evolve) as sm:
             return {name: sm.load_scenario(name)["entities"]["person"] for name in PEOPLE}
 
     def sql(self, query: str) -> list:
@@ -108,9 +118,9 @@ def edited(**changes: str | None) -> dict[str, str]:
 
 def test_field_added_is_backfilled_from_unmapped_data(db):
     db.write(edited(nickname="{column: nickname, path: nickname, type: varchar}"))
-    with db.open() as sm:
+    with db.open() as sm:  # an addition: applied on open, no evolve needed
         report = sm.schema_report
-    assert report.for_entity('person').action == "rewritten"
+    assert report.for_entity('person').action == "fields added"
     assert "nickname: 2 stored values moved into the new column" in report.for_entity('person').changes
     assert db.loads() == db.before
     assert sorted(db.sql("SELECT nickname FROM people WHERE nickname IS NOT NULL")) == [("Ann",), ("Annie",)]
@@ -130,8 +140,12 @@ def test_alias_added_changes_nothing_stored(db):
     assert after["people"][: len(before["people"])] != [] and db.loads() == db.before
 
 
-def test_field_removed_gives_its_values_back_to_the_residual(db):
+def test_field_removed_waits_for_evolve_then_gives_its_values_back_to_the_residual(db):
+    before = db.snapshot()
     db.write(edited(age=None))
+    with pytest.warns(MappingDriftWarning, match=r"person: field removed: age .*migrate-schema.*evolve=True"):
+        assert db.loads(evolve=False) == db.before  # the store's mapping stays in force
+    assert db.snapshot() == before
     assert db.loads() == db.before
     columns = [c for (c,) in db.sql("SELECT column_name FROM duckdb_columns() WHERE table_name = 'people'")]
     assert "age" not in columns
@@ -150,7 +164,7 @@ def test_type_change_that_does_not_fit_is_refused_and_changes_nothing(db):
     before = db.snapshot()
     db.write(edited(code="{column: code, path: code, type: integer}"))
     with pytest.raises(SchemaChangeError) as caught:
-        db.open()
+        db.evolved()
     error = caught.value
     assert isinstance(error, ValidationError)
     # strings are not integers (the type rules of a save apply): every stored code blocks, and is listed
@@ -165,7 +179,7 @@ def test_type_change_that_does_not_fit_is_refused_and_changes_nothing(db):
 
 def test_column_renamed_is_a_rename(db):
     db.write(edited(given="{column: given_name, path: name.given, type: varchar}"))
-    with db.open() as sm:
+    with db.evolved() as sm:
         assert sm.schema_report.for_entity('person').action == "renamed columns"
     assert db.loads() == db.before
     assert sorted(db.sql("SELECT given_name FROM people WHERE given_name IS NOT NULL")) == [
@@ -189,7 +203,7 @@ def test_key_changed_needs_every_stored_entity_to_have_it(db):
     before = db.snapshot()
     db.write(edited(), key="given")  # beta's second person has a string for a name: no name.given
     with pytest.raises(SchemaChangeError, match=r"person\[1\] @ name.given: scenario 'beta': required field"):
-        db.open()
+        db.evolved()
     assert db.snapshot() == before
 
 
@@ -201,29 +215,30 @@ def test_key_changed_is_checked_for_duplicates_within_each_scenario(tmp_path):
         sm.save_scenario("fine", {"person": [{"pid": "1", "code": "X"}, {"pid": "2", "code": "Y"}]})
     database.write(BASE_FIELDS, key="code")
     with pytest.raises(SchemaChangeError, match=r"scenario 'dups': duplicate key \(code='X'\): positions 0 and 1"):
-        database.open()
+        database.evolved()
     database.write(BASE_FIELDS)
     with database.open() as sm:
         sm.delete_scenario("dups")
         fine = sm.load_scenario("fine")["entities"]["person"]
     database.write(BASE_FIELDS, key="code")
-    with database.open() as sm:
+    with database.evolved() as sm:
         assert sm.schema_report.for_entity("person").changes == ["key changed: pid -> code"]
         assert sm.load_scenario("fine")["entities"]["person"] == fine
         with pytest.raises(ValidationError, match="duplicate key"):
             sm.save_scenario("again", {"person": [{"pid": "1", "code": "Z"}, {"pid": "2", "code": "Z"}]})
 
 
-def test_entity_type_removed_is_orphaned_and_comes_back(db):
+def test_a_client_without_the_types_file_uses_the_stores_mapping(db):
+    """The store's mappings are in force: a client whose files lack a type
+    still reads and writes it, with every field, and nothing changes."""
+    before = db.snapshot()
     empty = db.root / "empty"
     empty.mkdir()
-    with pytest.warns(OrphanedTypesWarning, match="person"):
-        with StateManager(db.path, mapping_dirs=[empty]) as sm:
-            assert sm.schema_report.orphaned == ["person"]
-            assert "person" not in sm.entity_types
-            sm.save_scenario("meanwhile", {"patient": [{"patient_id": "p"}]})
-    assert db.sql("SELECT count(*) FROM people") == [(4,)]
-    assert db.loads() == db.before
+    with StateManager(db.path, mapping_dirs=[empty]) as sm:
+        assert "person" in sm.entity_types
+        assert {name: sm.load_scenario(name)["entities"]["person"] for name in PEOPLE} == db.before
+        assert sm.mapping_changes() == {}  # a type the files do not name is no change
+    assert db.snapshot() == before
 
 
 def test_dry_run_reports_and_changes_nothing(db):
@@ -271,10 +286,12 @@ def test_random_edit_sequences_never_lose_data(tmp_path_factory, edits):
         before = database.snapshot()
         database.write(candidate)
         try:
+            database.evolved().close()
             loaded = database.loads()
         except SchemaChangeError:
-            assert database.snapshot() == before  # refused: untouched, and the old mapping still reads it
+            assert database.snapshot() == before  # refused: untouched, and the store's mapping still reads it
             database.write(fields)
+            assert database.loads(evolve=False) == expected
             continue
         assert loaded == expected, f"after {candidate}"
         fields = candidate
@@ -305,13 +322,16 @@ def test_cli_migrate_schema_dry_run_then_for_real(db):
     assert db.loads() == db.before
 
 
-def test_cli_types_reports_orphaned_types(db):
-    empty = db.root / "empty"
-    empty.mkdir()
-    result = run_cli("types", "--db", str(db.path), mappings=empty)
-    assert result.returncode == 0
-    assert "orphaned: person (table people)" in result.stderr
-    assert "warning:" in result.stderr and "Traceback" not in result.stderr
+def test_cli_types_shows_the_stores_mapping_and_marks_local_changes(db):
+    maps = db.write(edited(age=None, nickname="{column: nickname, path: nickname, type: varchar}"))
+    result = run_cli("types", "person", "--db", str(db.path), mappings=maps)
+    assert result.returncode == 0, result.stderr
+    assert "\nage\tage\tinteger" in result.stdout  # the store's field, still in force
+    assert "person: local files: field added: nickname (nickname, varchar) (applied at the next write)" \
+        in result.stderr
+    assert "person: local files: field removed: age (age): its values are kept as unmapped data (apply with " \
+           "healthsim-state migrate-schema)" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_cli_refused_edit_is_one_error_line_listing_the_blockers(db):

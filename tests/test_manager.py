@@ -109,9 +109,15 @@ def test_plural_keys_and_order_are_kept(sm):
     assert [p["patient_id"] for p in sm.load_scenario("s")["entities"]["patient"]] == ids
 
 
-def test_lookup_by_id_comes_before_name(sm):
-    first = sm.save_scenario("alpha", {})
-    sm.save_scenario(first, {}, description="named like the other's id")
+def test_a_name_may_not_be_another_scenarios_id(sm):
+    """Lookups take an id or a name: a name equal to an id would shadow it
+    (a delete by the id could remove the other scenario)."""
+    first = sm.save_scenario("alpha", {"patient": [patient()]})
+    for write in (lambda: sm.save_scenario(first, {}), lambda: sm.add_entities(first + "", {}, create=True)
+                  if not sm.scenario_exists(first) else sm.save_scenario(first, {})):
+        with pytest.raises(ValidationError, match="is the id of another scenario"):
+            write()
+    assert [s["name"] for s in sm.list_scenarios()] == ["alpha"]
     assert sm.load_scenario(first)["name"] == "alpha"
 
 
@@ -333,7 +339,7 @@ def test_module_functions_use_healthsim_db(monkeypatch, tmp_path):
 
 
 def test_a_file_from_a_newer_version_is_refused(db_path):
-    StateManager(db_path).close()
+    StateManager(db_path).save_scenario("s", {})
     con = duckdb.connect(str(db_path))
     con.execute("UPDATE _healthsim_meta SET value = '99' WHERE key = 'schema_version'")
     con.close()
@@ -344,8 +350,9 @@ def test_a_file_from_a_newer_version_is_refused(db_path):
 def test_a_file_that_is_not_a_database_is_refused_and_untouched(tmp_path):
     path = tmp_path / "notes.duckdb"
     path.write_bytes(b"just some text, not a database" * 100)
-    with pytest.raises(StoreError, match="notes.duckdb"):
-        StateManager(path)
+    for attempt in (lambda: StateManager(path).list_scenarios(), lambda: StateManager(path).save_scenario("s", {})):
+        with pytest.raises(StoreError, match="notes.duckdb"):
+            attempt()
     assert path.read_bytes() == b"just some text, not a database" * 100
 
 
@@ -373,42 +380,45 @@ def test_the_stored_instant_does_not_depend_on_the_machine_time_zone(tmp_path):
 
 # --- no SQL per entity ---------------------------------------------------------------------------
 
-class CountingConnection:
-    """Wraps a DuckDB connection and counts the statements sent through it."""
+def count_statements(monkeypatch) -> list[str]:
+    """Every SQL statement any session sends (execute and fetch alike)."""
+    from healthsim_state.backends.duckdb_backend import DuckDBSession
 
-    def __init__(self, con):
-        self._con, self.statements = con, 0
+    sent: list[str] = []
+    for name in ("execute", "fetchall"):
+        original = getattr(DuckDBSession, name)
 
-    def execute(self, *args, **kwargs):
-        self.statements += 1
-        return self._con.execute(*args, **kwargs)
+        def counted(self, sql, params=(), _original=original):
+            sent.append(sql)
+            return _original(self, sql, params)
 
-    def __getattr__(self, name):
-        return getattr(self._con, name)
+        monkeypatch.setattr(DuckDBSession, name, counted)
+    return sent
 
 
-@pytest.mark.parametrize("size", [10, 5_000])
-def test_statement_count_does_not_grow_with_entities(sm, size, monkeypatch):
-    from healthsim_state.store import Store
-
-    opened: list[CountingConnection] = []
-    original = Store._open_connection
-    monkeypatch.setattr(Store, "_open_connection", lambda self: opened.append(CountingConnection(original(self)))
-                        or opened[-1])
+def statements_for(sm, size: int, monkeypatch) -> tuple[int, int, int]:
+    """Statements of a save, an overwrite and a load of ``size`` patients and encounters."""
     entities = {"patient": [{"patient_id": f"p{i}"} for i in range(size)],
                 "encounter": [{"encounter_id": f"e{i}"} for i in range(size)]}
-    sm.save_scenario("s", entities)
-    assert len(sm.load_scenario("s")["entities"]["encounter"]) == size
-    assert [c.statements for c in opened] == [STATEMENTS_PER_SAVE, STATEMENTS_PER_LOAD]
+    sm.save_scenario("warm-up", {"patient": [{"patient_id": "p"}]})  # the store is made and synced
+    sent = count_statements(monkeypatch)
+    counts = []
+    for action in (lambda: sm.save_scenario(f"s{size}", entities),
+                   lambda: sm.save_scenario(f"s{size}", entities, overwrite=True),
+                   lambda: sm.load_scenario(f"s{size}")):
+        before = len(sent)
+        action()
+        counts.append(len(sent) - before)
+    monkeypatch.undo()
+    assert len(sm.load_scenario(f"s{size}")["entities"]["encounter"]) == size
+    return tuple(counts)
 
 
-# Opening checks the layout: one read of the meta table.
-# A save: BEGIN, find the name, insert the scenario, delete and write tags, COMMIT
-# (the rows go through one appender per type and chunk, not execute).
-# A load: BEGIN, find, one SELECT per non-empty type (2 here), tags, COMMIT.
-STATEMENTS_PER_OPEN = 1
-STATEMENTS_PER_SAVE = STATEMENTS_PER_OPEN + 5
-STATEMENTS_PER_LOAD = STATEMENTS_PER_OPEN + 6
+def test_statement_count_does_not_grow_with_entities(tmp_path, monkeypatch):
+    """Entities go in and out in bulk: 5,000 take as many statements as 10."""
+    small = statements_for(StateManager(tmp_path / "small.duckdb"), 10, monkeypatch)
+    large = statements_for(StateManager(tmp_path / "large.duckdb"), 5_000, monkeypatch)
+    assert small == large, (small, large)
 
 
 # --- streaming in chunks ------------------------------------------------------------------------
@@ -435,9 +445,12 @@ def test_a_problem_in_the_last_chunk_rolls_back_the_chunks_already_written(sm, d
     with pytest.raises(ValidationError, match=r"patient\[999\] @ birthDate"):
         sm.save_scenario("late", entities)
     assert [s["name"] for s in sm.list_scenarios()] == ["keep"]
-    with sm._store.connect() as con:
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
         assert con.execute("SELECT count(*) FROM patients").fetchone() == (1,)
         assert con.execute("SELECT count(*) FROM encounters").fetchone() == (0,)
+    finally:
+        con.close()
     sm.save_scenario("late", big_scenario(size=1000))
     assert [p["patient_id"] for p in sm.load_scenario("late")["entities"]["patient"]] == [f"p{i}" for i in range(1000)]
 

@@ -21,35 +21,46 @@ class ScenarioBatch:
 
     Streaming bounds memory: a million-entity save never holds a million rows.
     Atomicity comes from the store's transaction: :meth:`chunks` stops handing
-    out rows at the first problem but validates to the end, so the caller's
-    :meth:`raise_if_invalid` can list every problem and roll everything back.
+    out rows at the first problem but validates to the end, then raises
+    :class:`ValidationError` listing every problem, so the caller's
+    transaction rolls everything back. (An iterator that raises at its end
+    cannot be misused: no separate check can be forgotten.)
     """
 
-    def __init__(self, registry: Registry, entities: Any, scenario_id: str, chunk: int | None = None):
+    def __init__(self, registry: Registry, entities: Any, chunk: int | None = None):
         self.problems: list[Problem] = []
-        self.scenario_id = scenario_id
         self._chunk = chunk or CHUNK
         self._lists = _entity_lists(registry, entities, self.problems)
         self.counts = {codec.mapping.entity: len(items) for codec, items in self._lists if items}
 
-    def raise_if_invalid(self) -> None:
-        if self.problems:
-            raise ValidationError(self.problems, summary="scenario not saved")
+    @property
+    def codecs(self) -> list[Codec]:
+        """The types the batch holds (empty lists included), in the order given."""
+        return [codec for codec, _ in self._lists]
 
     def chunks(self) -> Iterator[tuple[Codec, list[tuple]]]:
-        """``(codec, rows)`` ready for the store, in the order given, while no
-        problem has been found; then only validation goes on."""
-        problems, scenario_id = self.problems, self.scenario_id
+        """``(codec, rows)`` ready for the store, rows ``(position, col_0, ...,
+        residual)`` in the order given, while no problem has been found; then
+        only validation goes on, and the end raises :class:`ValidationError`."""
+        problems = self.problems
         for codec, items in self._lists:
             flatten = codec.flatten
             keys = KeyTracker(codec, problems)
             for start in range(0, len(items), self._chunk):
                 with no_cyclic_gc():
-                    rows = [flatten(item, scenario_id, position, problems)
+                    rows = [flatten(item, position, problems)
                             for position, item in enumerate(items[start:start + self._chunk], start)]
                 keys.check(rows)
                 if not problems:
                     yield codec, rows
+        if problems:
+            raise ValidationError(problems, summary="scenario not saved")
+
+    def validate(self) -> dict[str, int]:
+        """Check everything, keep nothing: the counts per type, or raise."""
+        for _ in self.chunks():
+            pass
+        return self.counts
 
 
 def _entity_lists(registry: Registry, entities: Any, problems: list[Problem]) -> list[tuple[Codec, list]]:
@@ -114,7 +125,7 @@ class KeyTracker:
             if row is None:
                 continue
             key = key_of(tuple(row[i] for i in indexes))
-            position = row[1]
+            position = row[0]
             first = seen.setdefault(key, position)
             if first != position:
                 self._report(key, first, position)

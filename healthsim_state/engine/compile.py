@@ -5,9 +5,9 @@ register it with ``linecache`` so tracebacks show the generated lines. All the
 interpretation of paths, aliases and defaults happens here, once per type; the
 generated code is straight-line Python over local variables.
 
-``flatten(entity, scenario_id, position, problems)`` returns the store row
-``(scenario_id, position, col_0, ..., col_n, residual)``, or ``None`` after
-appending :class:`Problem` objects. The *residual* is everything the columns
+``flatten(entity, position, problems)`` returns the row
+``(position, col_0, ..., col_n, residual)``, or ``None`` after appending
+:class:`Problem` objects. The *residual* is everything the columns
 cannot reproduce: unmapped keys at any depth, explicit nulls, and the given
 form of values whose typed copy renders differently (``"2024-01-15T10:30Z"``),
 left at their canonical path. It is JSON text, or ``None`` when empty (most
@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 from ..errors import Problem, preview
 from ..mapping.model import UUID4, Field, Mapping
-from .types import Unfit, identity
+from .types import HeldText, Unfit, identity
 from .values import MISSING, NotJSON, dump_residual_json, parse_json, to_json
 
 
@@ -105,7 +105,7 @@ class _Source:
 
 def _flatten_source(mapping: Mapping, nodes: dict[tuple[str, ...], _Node]) -> str:
     out = _Source()
-    out("def flatten(entity, scenario_id, position, problems):")
+    out("def flatten(entity, position, problems):")
     out.indent()
     out("if entity.__class__ is not dict:")
     out("    problems.append(Problem('expected an object (a dict), got ' + type(entity).__name__, "
@@ -126,7 +126,7 @@ def _flatten_source(mapping: Mapping, nodes: dict[tuple[str, ...], _Node]) -> st
     out("if len(problems) != failed:")
     out("    return None")
     columns = ", ".join(f"c{i}" for i in range(len(mapping.fields)))
-    out(f"return (scenario_id, position, {columns}, residual)")
+    out(f"return (position, {columns}, residual)")
     return out.text()
 
 
@@ -293,7 +293,7 @@ class Codec:
     """Everything per entity type that the engine compiled from one mapping."""
 
     mapping: Mapping
-    flatten: Callable[[Any, str, int, list[Problem]], tuple | None]
+    flatten: Callable[[Any, int, list[Problem]], tuple | None]
     rebuild: Callable[[tuple], dict]
     flatten_source: str
     rebuild_source: str
@@ -304,9 +304,9 @@ class Codec:
 
     @property
     def key_indexes(self) -> tuple[int, ...]:
-        """Where the key columns sit in a flattened row."""
+        """Where the key columns sit in a row ``(position, col_0, ..., residual)``."""
         columns = self.columns
-        return tuple(2 + columns.index(c) for c in self.mapping.primary_key)
+        return tuple(1 + columns.index(c) for c in self.mapping.primary_key)
 
 
 def compile_mapping(mapping: Mapping) -> Codec:
@@ -322,6 +322,11 @@ def compile_mapping(mapping: Mapping) -> Codec:
             return None, None  # an explicit null: the column is NULL, the residual keeps the null
         try:
             return f.type.convert(value)
+        except HeldText as held:
+            if f.column in mapping.primary_key:
+                problems.append(Problem("a key cannot hold a NUL character", entity, position, f.dotted, value))
+                return None, MISSING
+            return None, held.text  # the column stays NULL; the residual keeps the text
         except Unfit as reason:
             if f.strict:
                 problems.append(Problem(f"{reason}, got {preview(value)} (type {f.type.name})",

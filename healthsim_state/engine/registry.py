@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from ..errors import Problem, UnknownEntityTypeError, ValidationError
 from ..mapping.model import Mapping
 from .compile import Codec, compile_mapping
 
@@ -29,5 +30,41 @@ class Registry:
     def resolve(self, key: str) -> Codec | None:
         return self._by_key.get(key) if isinstance(key, str) else None
 
-    def __iter__(self):
-        return iter(self.codecs.values())
+    def entity_names(self, names: Iterable[str] | None) -> list[str] | None:
+        """Singular type names for names given singular or plural, in order,
+        repeats dropped (None for None); an unknown name raises
+        :class:`UnknownEntityTypeError` listing the types in force."""
+        if names is None:
+            return None
+        if isinstance(names, str):
+            raise ValidationError([Problem("entity_types must be a list of entity type names, not one string",
+                                           path="entity_types", value=names)], summary="invalid call")
+        result: list[str] = []
+        for name in names:
+            codec = self.resolve(name)
+            if codec is None:
+                raise UnknownEntityTypeError(
+                    f"unknown entity type {name!r}; the types in force: {', '.join(self.entity_types)}")
+            if codec.mapping.entity not in result:
+                result.append(codec.mapping.entity)
+        return result
+
+
+_compiled: dict[str, Registry] = {}
+
+
+def registry_for(mappings: dict[str, Mapping]) -> Registry:
+    """The registry of a mapping set, compiled once a process per set (the
+    cache is keyed by the set's content, so it never goes stale)."""
+    import hashlib
+    import json
+
+    key = hashlib.sha256(json.dumps(sorted(json.dumps(m.describe(), sort_keys=True) for m in mappings.values())
+                                    ).encode()).hexdigest()
+    found = _compiled.get(key)
+    if found is None:
+        found = Registry(mappings[entity] for entity in sorted(mappings))
+        if len(_compiled) > 32:
+            _compiled.clear()
+        _compiled[key] = found
+    return found

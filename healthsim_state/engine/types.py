@@ -3,21 +3,30 @@
 For every type a mapping may declare, :data:`TYPES` (and :func:`column_type`
 for ``decimal(P,S)``) gives:
 
-- ``sql``: the DuckDB column type;
 - ``convert(value) -> (column_value, kept)``: the typed copy for the column, and
   the value the entity must keep in its residual because the column cannot
   reproduce it exactly (``MISSING`` when it can). Raises :class:`Unfit`;
-- ``render(column_value)``: the JSON value a load puts back at the field's path;
-- ``select``: how a load reads the column (``{}`` is the quoted column name):
-  work that DuckDB does faster than Python, with the same result;
+- ``render(read_value)``: the JSON value a load puts back at the field's path,
+  from the column's *read form*;
 - ``fast_test``: a Python expression over ``v``, true when ``v`` is its own
   column value and its own rendering, so compiled flatten code skips the call
   for the common case.
 
+The *read form* is what every backend hands back for a column (each
+:class:`~healthsim_state.backends.base.Dialect` selects it so): the value
+itself for text, integers, doubles and booleans; ISO text for dates and
+timestamps (as ``isoformat`` writes them); a float for a decimal of up to 15
+digits (exact in a double) and its text for a longer one; JSON text for json.
+SQL type names live in the dialects, not here.
+
 "Exact values" is the contract: a load returns what was given. So ``convert``
 compares ``render(column)`` with the canonical form of the input and keeps the
 input whenever they differ ("2024-01-15T10:30Z" stays so; an int given to a
-``double`` comes back an int).
+``double`` comes back an int; ``-0.0`` keeps its sign in the residual, so that
+a column compares equal exactly when the values are the same).
+
+Text: a string holding NUL (which PostgreSQL text cannot store) is kept in the
+residual, never in a column, on every backend; a key cannot hold one.
 """
 
 from __future__ import annotations
@@ -39,12 +48,13 @@ class Unfit(ValueError):
 
 @dataclass(frozen=True)
 class ColumnType:
-    name: str
-    sql: str
+    name: str  # as a mapping writes it: "varchar", "decimal(12,2)"
+    family: str  # the name without parameters: "varchar", "decimal"
     convert: Callable[[Any], tuple[Any, Any]]
     render: Callable[[Any], Any]
     fast_test: str | None = None
-    select: str = "{}"
+    precision: int = 0  # decimals only
+    scale: int = 0
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -57,12 +67,21 @@ def _same(a: Any, b: Any) -> bool:
 # --- varchar ---------------------------------------------------------------
 
 def _varchar(value: Any) -> tuple[Any, Any]:
-    if value.__class__ is str:
-        return value, MISSING
     if isinstance(value, (uuid.UUID, str)):  # a UUID, or a str subclass such as a StrEnum member
         text = to_json(value)
+        if "\x00" in text:
+            raise HeldText(text)
         return text, MISSING
     raise Unfit("expected a string")
+
+
+class HeldText(Exception):
+    """A string no text column stores (it holds NUL): the column stays NULL
+    and the residual keeps the string (a key cannot hold one)."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
 
 
 # --- integer / bigint ---------------------------------------------------------
@@ -86,9 +105,11 @@ def _double(value: Any) -> tuple[Any, Any]:
     if isinstance(value, bool):
         raise Unfit("expected a number, not a bool")
     if isinstance(value, float):
-        if math.isfinite(value):
-            return float(value), MISSING
-        raise Unfit("NaN and Infinity are not JSON numbers and are not stored")
+        if not math.isfinite(value):
+            raise Unfit("NaN and Infinity are not JSON numbers and are not stored")
+        if value == 0.0 and math.copysign(1.0, value) < 0:
+            return 0.0, -0.0  # the column holds 0.0, the residual keeps the sign
+        return float(value), MISSING
     if isinstance(value, int):
         try:
             return float(value), int(value)  # the column holds a float; keep the int
@@ -99,6 +120,7 @@ def _double(value: Any) -> tuple[Any, Any]:
         number = float(value)
         if not math.isfinite(number):
             raise Unfit("expected a finite number")
+        number = number or 0.0  # no negative zero in a column
         return number, MISSING if _same(number, kept) else kept
     raise Unfit("expected a number")
 
@@ -141,8 +163,10 @@ def _decimal_converter(precision: int, scale: int) -> Callable[[Any], tuple[Any,
     return convert
 
 
-def _render_decimal(column: Decimal) -> float:
-    return float(column)
+def _render_long_decimal(text: str) -> float:
+    """A decimal of more than 15 digits is read as text: ``float`` of it is
+    the correctly rounded double, whatever the engine's own cast would give."""
+    return float(text)
 
 
 # --- boolean ---------------------------------------------------------------------
@@ -165,10 +189,6 @@ def _date(value: Any) -> tuple[Any, Any]:
     if isinstance(value, _dt.date) and not isinstance(value, _dt.datetime):
         return value, MISSING
     raise Unfit("expected a full ISO date (YYYY-MM-DD) or a datetime.date")
-
-
-def _render_date(column: _dt.date) -> str:
-    return column.isoformat()
 
 
 # --- timestamp ---------------------------------------------------------------------
@@ -200,10 +220,6 @@ def _timestamp(value: Any) -> tuple[Any, Any]:
     raise Unfit("expected an ISO date-time string or a datetime.datetime")
 
 
-def _render_timestamp(column: _dt.datetime) -> str:
-    return column.isoformat()
-
-
 # --- json ---------------------------------------------------------------------
 
 def _json(value: Any) -> tuple[Any, Any]:
@@ -222,21 +238,22 @@ def identity(value: Any) -> Any:
 
 
 TYPES: dict[str, ColumnType] = {
-    "varchar": ColumnType("varchar", "VARCHAR", _varchar, identity, "v.__class__ is str"),
+    "varchar": ColumnType("varchar", "varchar", _varchar, identity, "v.__class__ is str and '\\x00' not in v"),
     "integer": ColumnType(
-        "integer", "INTEGER", _integer_converter(32), identity,
+        "integer", "integer", _integer_converter(32), identity,
         "v.__class__ is int and -2147483648 <= v <= 2147483647",
     ),
     "bigint": ColumnType(
-        "bigint", "BIGINT", _integer_converter(64), identity,
+        "bigint", "bigint", _integer_converter(64), identity,
         "v.__class__ is int and -9223372036854775808 <= v <= 9223372036854775807",
     ),
-    # ``v - v == 0.0`` is false exactly for NaN and the infinities.
-    "double": ColumnType("double", "DOUBLE", _double, identity, "v.__class__ is float and v - v == 0.0"),
-    "boolean": ColumnType("boolean", "BOOLEAN", _boolean, identity, "v.__class__ is bool"),
-    "date": ColumnType("date", "DATE", _date, _render_date),
-    "timestamp": ColumnType("timestamp", "TIMESTAMP", _timestamp, _render_timestamp),
-    "json": ColumnType("json", "JSON", _json, parse_json),
+    # ``v - v == 0.0`` is false exactly for NaN and the infinities; zero takes the
+    # slow path, which keeps the sign of -0.0.
+    "double": ColumnType("double", "double", _double, identity, "v.__class__ is float and v - v == 0.0 and v != 0.0"),
+    "boolean": ColumnType("boolean", "boolean", _boolean, identity, "v.__class__ is bool"),
+    "date": ColumnType("date", "date", _date, identity),
+    "timestamp": ColumnType("timestamp", "timestamp", _timestamp, identity),
+    "json": ColumnType("json", "json", _json, parse_json),
 }
 
 _DECIMAL = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
@@ -259,13 +276,12 @@ def column_type(name: str) -> ColumnType:
         raise ValueError(
             f"decimal({precision},{scale}) needs 1 <= P <= {MAX_DECIMAL_PRECISION} and S <= P"
         )
-    # Up to 15 digits the unscaled value is exact in a double, so DuckDB's
-    # CAST(... AS DOUBLE) (one correctly rounded division) equals float(Decimal).
-    cast = precision <= 15
+    # Up to 15 digits the unscaled value is exact in a double, so the engines'
+    # cast to a double (one correctly rounded division) equals float(Decimal):
+    # such a decimal is read as a double. A longer one is read as text.
     return ColumnType(
-        f"decimal({precision},{scale})",
-        f"DECIMAL({precision},{scale})",
+        f"decimal({precision},{scale})", "decimal",
         _decimal_converter(precision, scale),
-        identity if cast else _render_decimal,
-        select="CAST({} AS DOUBLE)" if cast else "{}",
+        identity if precision <= 15 else _render_long_decimal,
+        precision=precision, scale=scale,
     )

@@ -2,12 +2,11 @@
 files, read-only SQL, and the summaries a front end shows.
 
 One module a responsibility: :mod:`.json_io` (the JSON shapes), :mod:`.parquet`,
-:mod:`.legacy` (migration), :mod:`.query` (read-only SQL), :mod:`.catalog`
-(entity types), :mod:`.files` (safe names, atomic writes).
+:mod:`.legacy` (migration), :mod:`.query` (read-only SQL),
+:mod:`.files` (safe names, atomic writes).
 The CLI is a thin layer over these functions.
 """
 
-from .catalog import describe_type, describe_types
 from .errors import DocumentError, OutputExistsError, QueryError, UnknownEntityTypeError
 from .json_io import (
     ImportResult,
@@ -22,7 +21,7 @@ from .json_io import (
 )
 from .legacy import MigrationResult, find_legacy_files, legacy_directories, migrate
 from .parquet import ParquetExport, export_parquet
-from .query import QueryResult, run_query
+from .query import QueryResult, jsonable, records, run_query
 
 __all__ = [
     "DocumentError", "OutputExistsError", "QueryError", "UnknownEntityTypeError",
@@ -30,6 +29,5 @@ __all__ = [
     "export_document", "export_json", "dumps",
     "ParquetExport", "export_parquet",
     "MigrationResult", "migrate", "find_legacy_files", "legacy_directories",
-    "QueryResult", "run_query",
-    "describe_types", "describe_type",
+    "QueryResult", "run_query", "records", "jsonable",
 ]

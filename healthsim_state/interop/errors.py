@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ..errors import SHOWN_PROBLEMS, HealthSimError, Problem
+from ..errors import SHOWN_PROBLEMS, HealthSimError, Problem, QueryError, UnknownEntityTypeError  # noqa: F401 (re-exported)
 
 
 class DocumentError(HealthSimError, ValueError):
@@ -34,9 +34,4 @@ class OutputExistsError(HealthSimError, FileExistsError):
     something an export may replace)."""
 
 
-class QueryError(HealthSimError, ValueError):
-    """A query that is not a single read-only statement, or that DuckDB rejects."""
 
-
-class UnknownEntityTypeError(HealthSimError, LookupError):
-    """No mapping declares this entity type."""

@@ -22,17 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import duckdb
-
 from ..engine.batch import ScenarioBatch
 from ..engine.registry import Registry
-from ..errors import HealthSimError, ValidationError
+from ..errors import HealthSimError, StoreNotFoundError, ValidationError
 from ..manager import StateManager
-from ..mapping.loader import load_mappings
-from ..store import default_db_path
 from .errors import DocumentError
 from .json_io import ScenarioDocument, parse_document, parse_json, scenario_name
-from .query import connect_read_only
 
 LEGACY_DIRS = ("scenarios", "workspaces")
 MIGRATED_TAG = "migrated"
@@ -103,11 +98,14 @@ def migrate(files: Iterable[str | os.PathLike], db_path: str | os.PathLike | Non
     ``dry_run`` reads the database (if it exists) without opening it for
     writing, validates every file and yields what a real run would do.
     """
-    db_path = default_db_path() if db_path is None else Path(db_path).expanduser()
     files = [Path(f) for f in files]
     if dry_run:
-        registry = Registry(load_mappings(mapping_dirs).values())
-        existing = _existing_tags_read_only(db_path)
+        with StateManager(db_path, mapping_dirs=mapping_dirs, read_only=True) as reader:
+            try:
+                existing = {item["name"]: item["tags"] for item in reader.list_scenarios(limit=None)}
+            except StoreNotFoundError:
+                existing = {}  # nothing saved yet: nothing migrated
+            registry = reader.registry
         claimed: dict[str, Path] = {}
         for path in files:
             yield _migrate_one(path, registry, existing, claimed, overwrite, None)
@@ -139,7 +137,7 @@ def _migrate_one(path: Path, registry: Registry, existing: dict[str, list[str]],
             return result
         tags = [t for t in document.tags if not t.startswith(HASH_TAG_PREFIX)] + [MIGRATED_TAG, tag]
         if manager is None:
-            _validate(registry, document.entities)
+            ScenarioBatch(registry, document.entities).validate()
         else:
             result.scenario_id = manager.save_scenario(name, document.entities, description=document.description,
                                                        tags=tags, overwrite=current_tags is not None)
@@ -154,15 +152,6 @@ def _migrate_one(path: Path, registry: Registry, existing: dict[str, list[str]],
     except HealthSimError as error:
         result.reason = str(error).splitlines()[0]
     return result
-
-
-def _validate(registry: Registry, entities: Any) -> None:
-    """What a save would check, writing nothing: every entity goes through the
-    engine's flatten (the rows are dropped)."""
-    batch = ScenarioBatch(registry, entities, "dry-run")
-    for _ in batch.chunks():
-        pass
-    batch.raise_if_invalid()
 
 
 def _refuse_existing(result: MigrationResult, name: str, tag: str, current_tags: list[str]) -> None:
@@ -186,21 +175,3 @@ def _counts(registry: Registry, document: ScenarioDocument) -> dict[str, int]:
         entity = codec.mapping.entity if codec is not None else key
         counts[entity] = counts.get(entity, 0) + number
     return counts
-
-
-def _existing_tags_read_only(db_path: Path) -> dict[str, list[str]]:
-    """``{scenario name: tags}`` read without opening the file for writing
-    (a dry run changes nothing, not even the file's layout)."""
-    if not db_path.is_file():
-        return {}
-    con = connect_read_only(db_path)
-    try:
-        rows = con.execute(
-            "SELECT s.name, list(t.tag ORDER BY t.position) FILTER (WHERE t.tag IS NOT NULL) "
-            "FROM scenarios s LEFT JOIN scenario_tags t ON t.scenario_id = s.scenario_id GROUP BY s.name"
-        ).fetchall()
-    except duckdb.CatalogException:
-        return {}  # not a healthsim-state database yet: nothing migrated
-    finally:
-        con.close()
-    return {name: list(tags or []) for name, tags in rows}

@@ -1,10 +1,14 @@
 """Export a scenario as Parquet: a directory with one file per non-empty
 entity type (its typed columns, in saved order) and a ``manifest.json``.
 
-DuckDB writes the files itself (no pyarrow). The directory is built beside
+The rows come from one snapshot of the store (any backend), batch by batch,
+into an in-memory DuckDB table with the same column types, which DuckDB's
+own writer turns into Parquet (no pyarrow). Timestamps are written as UTC
+instants (``TIMESTAMP WITH TIME ZONE``, ``isAdjustedToUTC``), so Spark,
+pandas and Trino read instants, not local times. The directory is built beside
 the target and moved into place at the end, so a reader never sees half an
-export. Parquet carries the typed columns only, for pandas, Spark or Trino;
-the JSON export is the lossless one (unmapped fields, given spellings).
+export. Parquet carries the typed columns only; the JSON export is the
+lossless one (unmapped fields, given spellings).
 """
 
 from __future__ import annotations
@@ -18,14 +22,16 @@ from typing import Any, Callable
 
 import duckdb
 
-from ..errors import StoreError
-from ..manager import StateManager
-from ..store import connect_with_retry, default_lock_timeout, quote
+from ..backends.base import quote
+from ..backends.duckdb_backend import CONFIG, DIALECT
+from ..manager import Snapshot, StateManager
+from ..mapping.model import Mapping
 from .files import check_directory_target, default_target, new_work_directory, replace_directory
 
 MARKER = "healthsim-parquet"
 VERSION = 1
 MANIFEST = "manifest.json"
+BATCH = 50_000
 
 Progress = Callable[[str, int, int], None]  # (entity, done, total)
 
@@ -39,70 +45,70 @@ class ParquetExport:
 
 def parquet_target(name: str, path: str | os.PathLike | None, directory: str | os.PathLike = ".") -> Path:
     """Where the export goes: ``path``, or ``<safe name>-parquet`` in
-    ``directory`` (or in ``path`` when it is a directory that is not itself
-    a previous export)."""
+    ``directory``, or in ``path`` when it is an existing directory that is not
+    itself a previous export (as a JSON export writes inside a directory)."""
     if path is None:
         return default_target(directory, name, "-parquet")
     path = Path(path)
-    if path.is_dir() and not (path / MANIFEST).is_file() and any(path.iterdir()):
+    if path.is_dir() and not (path / MANIFEST).is_file():
         return default_target(path, name, "-parquet")
     return path
 
 
 def export_parquet(manager: StateManager, name_or_id: str, path: str | os.PathLike | None = None, *,
-                   force: bool = False, directory: str | os.PathLike = ".",
-                   progress: Progress | None = None) -> ParquetExport:
+                   force: bool = False, directory: str | os.PathLike = ".", progress: Progress | None = None,
+                   version: int | None = None) -> ParquetExport:
     """Write the scenario's typed columns as Parquet; return where and what."""
-    summary = manager.scenario_info(name_or_id)
-    target = parquet_target(summary["name"], path, directory)
-    check_directory_target(target, force=force, marker=MARKER)  # fail before any work
-    codecs = manager.registry.codecs
-    entities = [entity for entity, count in summary["entity_counts"].items() if count and entity in codecs]
-    work = new_work_directory(target)
-    try:
-        files, tables = _write_files(manager, summary, entities, work, progress)
-        manifest = _manifest(summary, tables)
-        (work / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", "utf-8")
-        replace_directory(work, target, force=force, marker=MARKER)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return ParquetExport(target, manifest, {entity: target / name for entity, name in files.items()})
+    with manager.snapshot(name_or_id, version=version) as snapshot:
+        target = parquet_target(snapshot.info["name"], path, directory)
+        check_directory_target(target, force=force, marker=MARKER)  # fail before any work
+        work = new_work_directory(target)
+        try:
+            tables = _write_files(snapshot, work, progress)
+            manifest = _manifest(snapshot.info, tables)
+            (work / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", "utf-8")
+            replace_directory(work, target, force=force, marker=MARKER)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    return ParquetExport(target, manifest, {entity: target / t["file"] for entity, t in tables.items()})
 
 
-def _write_files(manager: StateManager, summary: dict[str, Any], entities: list[str], work: Path,
-                 progress: Progress | None) -> tuple[dict[str, str], dict[str, Any]]:
-    # One connection, one transaction: every file comes from the same
-    # snapshot, and we check it is still the scenario we summarised.
-    con = connect_with_retry(Path(manager.db_path).expanduser(), default_lock_timeout())
-    files: dict[str, str] = {}
+def _write_files(snapshot: Snapshot, work: Path, progress: Progress | None) -> dict[str, Any]:
+    entities = snapshot.entity_types()
     tables: dict[str, Any] = {}
+    writer = duckdb.connect(":memory:", config=CONFIG)
     try:
-        con.execute("BEGIN TRANSACTION")
-        rows = con.execute("SELECT updated_at FROM scenarios WHERE scenario_id = ?",
-                           [summary["scenario_id"]]).fetchall()
-        if not rows or rows[0][0] != summary["updated_at"].replace(tzinfo=None):
-            raise StoreError(f"scenario {summary['name']!r} was changed by another process during the export; "
-                             "try again")
+        writer.execute("SET TimeZone = 'UTC'")
         for done, entity in enumerate(entities):
-            mapping = manager.registry.codecs[entity].mapping
-            columns = ", ".join(quote(f.column) for f in mapping.fields)
-            sql = f"SELECT {columns} FROM {quote(mapping.table)} WHERE scenario_id = ? ORDER BY _position"
+            mapping = snapshot.registry.codecs[entity].mapping
             file_name = f"{mapping.table}.parquet"
-            con.sql(sql, params=[summary["scenario_id"]]).write_parquet(str(work / file_name))
-            files[entity] = file_name
+            rows = _write_one(writer, snapshot, mapping, work / file_name)
             tables[entity] = {
-                "file": file_name, "table": mapping.table, "rows": summary["entity_counts"][entity],
+                "file": file_name, "table": mapping.table, "rows": rows,
                 "columns": [{"column": f.column, "type": f.type.name, "path": f.dotted} for f in mapping.fields],
             }
             if progress is not None:
                 progress(entity, done + 1, len(entities))
-        con.execute("COMMIT")
-    except duckdb.Error as error:
-        raise StoreError(f"writing Parquet from {manager.db_path} failed: {error}") from None
     finally:
-        con.close()
-    return files, tables
+        writer.close()
+    return tables
+
+
+def _write_one(writer: duckdb.DuckDBPyConnection, snapshot: Snapshot, mapping: Mapping, target: Path) -> int:
+    """One type's rows into a Parquet file; returns the row count written."""
+    columns = ", ".join(f"{quote(f.column)} {DIALECT.column_type(f.type)}" for f in mapping.fields)
+    writer.execute("DROP TABLE IF EXISTS export")
+    writer.execute(f"CREATE TABLE export (_row BIGINT, {columns})")
+    count = 0
+    for batch in snapshot.typed_rows(mapping.entity, batch_size=BATCH):
+        with writer.appender("export") as appender:
+            appender.append_rows([(count + i, *row) for i, row in enumerate(batch)])
+        count += len(batch)
+    picked = ", ".join(f"CAST({quote(f.column)} AS TIMESTAMPTZ) AS {quote(f.column)}" if f.type.family == "timestamp"
+                       else quote(f.column) for f in mapping.fields)
+    writer.sql(f"SELECT {picked} FROM export ORDER BY _row").write_parquet(str(target))  # the path is no SQL
+    return count
 
 
 def _manifest(summary: dict[str, Any], tables: dict[str, Any]) -> dict[str, Any]:
@@ -111,6 +117,7 @@ def _manifest(summary: dict[str, Any], tables: dict[str, Any]) -> dict[str, Any]
         "version": VERSION,
         "scenario_id": summary["scenario_id"],
         "name": summary["name"],
+        "scenario_version": summary.get("version"),
         "description": summary["description"],
         "tags": summary["tags"],
         "created_at": summary["created_at"].isoformat(),

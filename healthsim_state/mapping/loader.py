@@ -33,11 +33,15 @@ ENV_MAPPINGS = "HEALTHSIM_MAPPINGS"
 # files in pure Python took ~100 ms, most of a StateManager's start.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 RESERVED_COLUMNS = frozenset({"scenario_id", "_position", "_residual"})
-RESERVED_TABLES = frozenset({"scenarios", "scenario_tags"})
+RESERVED_TABLES = frozenset({"scenarios", "scenario_tags", "scenario_versions"})
 RESERVED_TABLE_PREFIX = "_healthsim"
 
 _TYPE_NAMES = "varchar, integer, bigint, double, decimal(P,S), boolean, date, timestamp, json"
-_TOP_KEYS = ("entity", "plural", "table", "description", "primary_key", "fields")
+_TOP_KEYS = ("format", "entity", "plural", "table", "description", "primary_key", "fields")
+FORMAT = 1  # the mapping document's format version (``format:``, optional in files)
+# PostgreSQL keeps 63 bytes of a name; a table's history table adds HISTORY_SUFFIX.
+MAX_IDENTIFIER = 63
+HISTORY_SUFFIX = "__history"
 _FIELD_KEYS = ("column", "path", "type", "aliases", "default", "required", "strict", "description")
 
 
@@ -148,11 +152,32 @@ def load_mapping_file(path: Path, problems: list[Problem]) -> Mapping | None:
         problems.append(_problem(path, entity, _key_of(error, document), _explain(error)))
     if len(problems) > before:
         return None
-    mapping = _build(path, document, problems)
+    mapping = _build(str(path), document, problems)
     return mapping if len(problems) == before else None
 
 
-def _build(path: Path, doc: dict[str, Any], problems: list[Problem]) -> Mapping | None:
+def mapping_from_document(document: Any, source: str) -> Mapping:
+    """The :class:`Mapping` a document describes (a parsed mapping file, or
+    :meth:`Mapping.describe` output as the store records it), checked as a
+    file is; raises :class:`MappingError`. The one reader of the format."""
+    problems: list[Problem] = []
+    if not isinstance(document, dict):
+        raise MappingError([_problem(source, None, "document", "a mapping must be an object with keys entity, "
+                                                               "table, primary_key, fields")])
+    entity = document.get("entity") if isinstance(document.get("entity"), str) else None
+    version = document.get("format", FORMAT)
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT:
+        raise MappingError([_problem(source, entity, "format", f"mapping format {version} was written by a newer "
+                                     f"healthsim-state (this one reads format {FORMAT}); upgrade healthsim-state")])
+    for error in sorted(_schema_validator().iter_errors(document), key=lambda e: list(e.absolute_path)):
+        problems.append(_problem(source, entity, _key_of(error, document), _explain(error)))
+    mapping = None if problems else _build(source, document, problems)
+    if problems or mapping is None:
+        raise MappingError(problems)
+    return mapping
+
+
+def _build(path: str, doc: dict[str, Any], problems: list[Problem]) -> Mapping | None:
     entity = doc["entity"]
     fields = []
     for index, raw in enumerate(doc["fields"]):
@@ -183,7 +208,7 @@ def _build(path: Path, doc: dict[str, Any], problems: list[Problem]) -> Mapping 
         primary_key=primary_key,
         fields=tuple(fields),
         description=doc.get("description"),
-        source=str(path),
+        source=path,
     )
     _check_names(path, mapping, problems)
     _check_keys(path, mapping, doc, problems)
@@ -220,11 +245,19 @@ def _check_default(path, entity, key, raw, ctype, problems) -> Any:
         return MISSING
 
 
-def _check_names(path: Path, mapping: Mapping, problems: list[Problem]) -> None:
+def _check_names(path: str, mapping: Mapping, problems: list[Problem]) -> None:
     entity = mapping.entity
-    if mapping.table in RESERVED_TABLES or mapping.table.startswith(RESERVED_TABLE_PREFIX):
+    if (mapping.table in RESERVED_TABLES or mapping.table.startswith(RESERVED_TABLE_PREFIX)
+            or mapping.table.endswith(HISTORY_SUFFIX)):
         problems.append(_problem(path, entity, "table",
-                                 f"table name {mapping.table!r} is reserved by the store; choose another"))
+                                 f"table name {mapping.table!r} is reserved by the store (scenarios, scenario_tags, "
+                                 f"scenario_versions, names starting with {RESERVED_TABLE_PREFIX} or ending in "
+                                 f"{HISTORY_SUFFIX}); choose another"))
+    longest = MAX_IDENTIFIER - len(HISTORY_SUFFIX)
+    if len(mapping.table.encode()) > longest:
+        problems.append(_problem(path, entity, "table",
+                                 f"table name {mapping.table!r} is longer than {longest} characters (PostgreSQL "
+                                 f"keeps {MAX_IDENTIFIER}, and the store adds {HISTORY_SUFFIX!r}); shorten it"))
     seen: dict[str, int] = {}
     for index, field in enumerate(mapping.fields):
         key = f"fields[{index}] ({field.column}).column"
@@ -232,6 +265,10 @@ def _check_names(path: Path, mapping: Mapping, problems: list[Problem]) -> None:
             problems.append(_problem(path, entity, key,
                                      f"column name {field.column!r} is reserved by the store "
                                      f"({', '.join(sorted(RESERVED_COLUMNS))}); choose another"))
+        if len(field.column.encode()) > MAX_IDENTIFIER:
+            problems.append(_problem(path, entity, key,
+                                     f"column name {field.column!r} is longer than {MAX_IDENTIFIER} characters "
+                                     "(PostgreSQL's limit); shorten it"))
         if field.column in seen:
             problems.append(_problem(path, entity, key,
                                      f"column {field.column!r} is already used by fields[{seen[field.column]}]; "
@@ -239,7 +276,7 @@ def _check_names(path: Path, mapping: Mapping, problems: list[Problem]) -> None:
         seen.setdefault(field.column, index)
 
 
-def _check_keys(path: Path, mapping: Mapping, doc: dict[str, Any], problems: list[Problem]) -> None:
+def _check_keys(path: str, mapping: Mapping, doc: dict[str, Any], problems: list[Problem]) -> None:
     columns = {f.column: f for f in mapping.fields}
     for column in mapping.primary_key:
         field = columns.get(column)
@@ -261,7 +298,7 @@ def _check_keys(path: Path, mapping: Mapping, doc: dict[str, Any], problems: lis
                                      "a field with a default is never missing; drop required or the default"))
 
 
-def _check_paths(path: Path, mapping: Mapping, problems: list[Problem]) -> None:
+def _check_paths(path: str, mapping: Mapping, problems: list[Problem]) -> None:
     """Paths and aliases must be distinct, and none may lie inside another
     (a value at ``a`` and one at ``a.b`` cannot both be fields)."""
     owners: dict[tuple[str, ...], str] = {}
@@ -283,6 +320,13 @@ def _check_paths(path: Path, mapping: Mapping, problems: list[Problem]) -> None:
             owners[keys] = f"{'path' if kind == 'path' else 'alias'} of column {field.column}"
 
 
+def check_mapping_set(mappings: dict[str, Mapping]) -> list[Problem]:
+    """What makes these mappings unusable together (a shared table or input key)."""
+    problems: list[Problem] = []
+    _check_across(mappings, problems)
+    return problems
+
+
 def _check_across(mappings: dict[str, Mapping], problems: list[Problem]) -> None:
     """Names must not collide between entity types: tables, and input keys."""
     tables: dict[str, Mapping] = {}
@@ -290,20 +334,20 @@ def _check_across(mappings: dict[str, Mapping], problems: list[Problem]) -> None
     for mapping in mappings.values():
         other = tables.setdefault(mapping.table, mapping)
         if other is not mapping:
-            problems.append(_problem(Path(mapping.source), mapping.entity, "table",
+            problems.append(_problem(mapping.source, mapping.entity, "table",
                                      f"table {mapping.table!r} is also used by entity {other.entity!r} "
                                      f"({other.source}); choose another table name"))
         for name in {mapping.entity, mapping.plural}:
             other = input_keys.setdefault(name, mapping)
             if other is not mapping:
-                problems.append(_problem(Path(mapping.source), mapping.entity, "plural",
+                problems.append(_problem(mapping.source, mapping.entity, "plural",
                                          f"{name!r} already names entity {other.entity!r} ({other.source}); "
                                          "choose another entity or plural"))
 
 
 # --- messages ---------------------------------------------------------------
 
-def _problem(path: Path, entity: str | None, key: str, message: str) -> Problem:
+def _problem(path: str | Path, entity: str | None, key: str, message: str) -> Problem:
     label = f"{path}" + (f" (entity {entity})" if entity else "")
     return Problem(message=message, path=f"{label}: {key}")
 

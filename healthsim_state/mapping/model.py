@@ -54,6 +54,7 @@ class Mapping:
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description (for the CLI, the MCP server, the store)."""
         return {
+            "format": 1,
             "entity": self.entity,
             "plural": self.plural,
             "table": self.table,
@@ -73,26 +74,3 @@ class Mapping:
                 for f in self.fields
             ],
         }
-
-
-def mapping_from_description(description: dict[str, Any], source: str = "<recorded>") -> Mapping:
-    """The :class:`Mapping` that :meth:`Mapping.describe` described (the store
-    records descriptions, so it can tell what an edited mapping changed)."""
-    from ..engine.types import column_type
-
-    fields = tuple(
-        Field(
-            column=f["column"],
-            path=tuple(f["path"].split(".")),
-            type=column_type(f["type"]),
-            aliases=tuple(tuple(a.split(".")) for a in f.get("aliases", ())),
-            default=f.get("default", MISSING),
-            required=f.get("required", False),
-            strict=f.get("strict", True),
-            description=f.get("description"),
-        )
-        for f in description["fields"]
-    )
-    return Mapping(entity=description["entity"], plural=description["plural"], table=description["table"],
-                   primary_key=tuple(description["primary_key"]), fields=fields,
-                   description=description.get("description"), source=source)

@@ -1,0 +1,37 @@
+"""Backends: where a store lives. A ``postgresql://`` (or ``postgres://``) URL
+selects PostgreSQL; anything else is a DuckDB file path (or ``:memory:``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..config import default_lock_timeout, default_target, is_url
+from .base import Backend, Dialect, Session, quote
+
+__all__ = ["Backend", "Dialect", "Session", "quote", "open_backend", "describe_target"]
+
+
+def open_backend(target: str | os.PathLike | None = None, *, read_only: bool = False,
+                 lock_timeout: float | None = None) -> Backend:
+    """The backend for ``target`` (default: ``$HEALTHSIM_DB``, else
+    ``~/.healthsim/healthsim.duckdb``). Nothing is created or connected yet."""
+    target = default_target() if target is None else target
+    timeout = default_lock_timeout() if lock_timeout is None else float(lock_timeout)
+    if is_url(target):
+        from .postgres_backend import PostgresBackend  # needs the postgres extra
+
+        return PostgresBackend(str(target), read_only=read_only, lock_timeout=timeout)
+    from .duckdb_backend import DuckDBBackend
+
+    return DuckDBBackend(Path(target), read_only=read_only, lock_timeout=timeout)
+
+
+def describe_target(target: str | os.PathLike | None) -> str:
+    """``target`` as messages show it: a URL without its password."""
+    target = default_target() if target is None else target
+    if is_url(target):
+        from .urls import redact
+
+        return redact(str(target))
+    return str(Path(target).expanduser())

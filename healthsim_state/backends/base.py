@@ -1,0 +1,180 @@
+"""The one small interface between the store and a database engine.
+
+Everything above this module (the store gateway, the layout, evolution, the
+manager, interop, the front ends) speaks to a :class:`Backend` and the
+:class:`Session` it opens, never to a driver. What differs between engines is
+kept as data in a :class:`Dialect` (type names, how a column is read back, how
+it is compared) or behind the few methods below (connecting and waiting for
+locks, transactions and their retries, bulk writes, streaming reads).
+
+SQL text above this line uses ``?`` placeholders and the portable subset the
+two engines share; values always travel as parameters.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+from ..engine.types import ColumnType
+from ..errors import ReadOnlyError, TransactionConflictError
+
+T = TypeVar("T")
+
+
+def quote(identifier: str) -> str:
+    """A quoted SQL identifier. Identifiers come from validated mappings only."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What one engine calls things, as tables of data (the sqlglot way).
+
+    ``types`` maps a mapping type's family to its SQL type (``decimal`` is
+    ``DECIMAL(P,S)`` everywhere). ``read`` says how a load selects a column so
+    that every engine hands back the engine-independent *read form* the codecs
+    expect (see :mod:`healthsim_state.engine.types`): ISO text for dates and
+    timestamps, a float for a decimal of up to 15 digits and text for a
+    longer one, JSON text for json. ``compare`` says how to compare a column
+    exactly (in ``EXCEPT`` and ``IS DISTINCT FROM``), for a type the engine
+    cannot compare as it is.
+    """
+
+    name: str
+    types: dict[str, str]
+    read: dict[str, str]
+    compare: dict[str, str] = field(default_factory=dict)
+
+    def column_type(self, ctype: ColumnType) -> str:
+        if ctype.family == "decimal":
+            return f"DECIMAL({ctype.precision},{ctype.scale})"
+        return self.types[ctype.family]
+
+    def read_expression(self, ctype: ColumnType, column: str) -> str:
+        family = ctype.family
+        if family == "decimal":
+            family = "decimal_short" if ctype.precision <= 15 else "decimal_long"
+        return self.read.get(family, "{}").format(quote(column))
+
+    def compare_expression(self, ctype: ColumnType, column: str, table: str | None = None) -> str:
+        name = quote(column) if table is None else f"{table}.{quote(column)}"
+        return self.compare.get(ctype.family, "{}").format(name)
+
+
+class Session(ABC):
+    """One transaction on the store: run SQL, write and read rows in bulk.
+
+    Opened by :meth:`Backend.session`; committed when the ``with`` block ends
+    normally, rolled back on any error.
+    """
+
+    dialect: Dialect
+    writable: bool
+
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one statement."""
+
+    @abstractmethod
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Run one query and return every row."""
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        rows = self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        row = self.fetchone(sql, params)
+        return None if row is None else row[0]
+
+    @abstractmethod
+    def stream(self, sql: str, params: Sequence[Any], batch_size: int) -> Iterator[list[tuple]]:
+        """Run one query and yield its rows ``batch_size`` at a time, holding
+        no more than a batch in memory."""
+
+    @abstractmethod
+    def append(self, table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:
+        """Insert ``rows`` (tuples in ``columns`` order) in bulk: no SQL
+        statement per row."""
+
+    @abstractmethod
+    def table_columns(self) -> dict[str, list[tuple[str, str]]]:
+        """``{table: [(column, SQL type), ...]}`` of the store's schema."""
+
+    @abstractmethod
+    def create_staging(self, name: str, like: str, columns: Sequence[str]) -> str:
+        """A temporary table ``name`` with these columns of table ``like``,
+        dropped at the end of the transaction; returns its quoted name."""
+
+    def lock_layout(self) -> None:
+        """Keep other clients from changing the layout until this transaction
+        ends (a no-op where the engine admits one writer at a time)."""
+
+    def require_writable(self, what: str) -> None:
+        if not self.writable:
+            raise ReadOnlyError(f"{what} needs a store opened for writing; this one was opened read-only")
+
+
+@dataclass
+class QueryResult:
+    """What a read-only query returned: column names and SQL types, the rows
+    (at most the limit asked for), and whether there were more."""
+
+    columns: list[str]
+    types: list[str]
+    rows: list[tuple]
+    truncated: bool = False
+
+
+class Backend(ABC):
+    """One store: a DuckDB file or a PostgreSQL database.
+
+    ``label`` names it in messages (a path, or a URL without its password).
+    """
+
+    dialect: Dialect
+    label: str
+    read_only: bool
+
+    @abstractmethod
+    def exists(self) -> bool:
+        """Whether the store has been created (a file exists, ...)."""
+
+    @abstractmethod
+    def session(self, *, write: bool) -> "contextmanager[Session]":
+        """One transaction: open (waiting out other processes' locks), begin,
+        yield a :class:`Session`, commit or roll back, release."""
+
+    def close(self) -> None:
+        """Release whatever the backend keeps between operations."""
+
+    @abstractmethod
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None, *, limit: int | None,
+              timeout: float | None) -> QueryResult:
+        """Run one read-only statement a user wrote (a ``SELECT``, or an
+        ``EXPLAIN`` of one) with no way to write, to reach other files or the
+        network; at most ``limit`` rows, stopped after ``timeout`` seconds.
+        Raises :class:`~healthsim_state.errors.QueryError`."""
+
+    def run(self, operation: Callable[[Session], T], *, write: bool, attempts: int = 12) -> T:
+        """``operation(session)`` in one transaction, run again from the start
+        (with jittered backoff) while it loses races with concurrent
+        transactions (:class:`TransactionConflictError`)."""
+        if write and self.read_only:
+            raise ReadOnlyError(f"{self.label} was opened read-only; open it without read_only=True to write")
+        delay = 0.005
+        for attempt in range(attempts):
+            try:
+                with self.session(write=write) as session:
+                    return operation(session)
+            except TransactionConflictError:
+                if attempt == attempts - 1:
+                    raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.25)
+        raise AssertionError("unreachable")

@@ -1,0 +1,298 @@
+"""The DuckDB backend: one file (or ``:memory:``), opened per operation.
+
+The file is open only while an operation runs, so an idle process never keeps
+another out. While another process holds the file's lock, opening waits with
+jittered exponential backoff (5 ms doubling to 250 ms) up to the lock timeout,
+then raises :class:`DatabaseLockedError` naming the holder's PID.
+
+Every connection is made with extension autoinstall and autoload off, so that
+opening a user-given path never reaches the network. ``:memory:`` keeps one
+database for the backend's life (each session is a cursor on it).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import duckdb
+
+from ..errors import DatabaseLockedError, QueryError, StoreError, StoreNotFoundError, TransactionConflictError
+from .base import Backend, Dialect, QueryResult, Session, quote
+
+MEMORY = ":memory:"
+
+DIALECT = Dialect(
+    name="duckdb",
+    types={"varchar": "VARCHAR", "integer": "INTEGER", "bigint": "BIGINT", "double": "DOUBLE",
+           "boolean": "BOOLEAN", "date": "DATE", "timestamp": "TIMESTAMP", "json": "JSON"},
+    read={
+        "date": "CAST({0} AS VARCHAR)",
+        # isoformat: 'T', and six digits of fraction only when there is one
+        "timestamp": "CASE WHEN microsecond({0}) % 1000000 = 0 THEN strftime({0}, '%Y-%m-%dT%H:%M:%S') "
+                     "ELSE strftime({0}, '%Y-%m-%dT%H:%M:%S.%f') END",
+        "decimal_short": "CAST({0} AS DOUBLE)",
+        "decimal_long": "CAST({0} AS VARCHAR)",
+        "json": "CAST({0} AS VARCHAR)",
+    },
+)
+
+CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+# A user's query: read-only, no other files, no network; then no progress bar
+# on stderr, and the settings locked (see query()).
+QUERY_CONFIG = {"enable_external_access": False}
+QUERY_STATEMENTS = (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)
+_PID = re.compile(r"PID (\d+)")
+
+
+class DuckDBBackend(Backend):
+    dialect = DIALECT
+
+    def __init__(self, path: str | Path, *, read_only: bool = False, lock_timeout: float = 10.0):
+        self.memory = str(path) == MEMORY
+        self.path = Path(path).expanduser() if not self.memory else Path(MEMORY)
+        self.label = str(self.path)
+        self.read_only = read_only
+        self.lock_timeout = lock_timeout
+        self._memory_con: duckdb.DuckDBPyConnection | None = None
+        self._memory_lock = threading.Lock()
+
+    def exists(self) -> bool:
+        return self.memory or self.path.is_file()
+
+    def close(self) -> None:
+        if self._memory_con is not None:
+            self._memory_con.close()
+            self._memory_con = None
+
+    @contextmanager
+    def session(self, *, write: bool) -> Iterator[Session]:
+        created = not self.exists()
+        con = self._connect(write)
+        session = DuckDBSession(con, writable=write and not self.read_only, label=self.label)
+        committed = False
+        try:
+            try:
+                con.execute("BEGIN TRANSACTION")
+                yield session
+                con.execute("COMMIT")
+                committed = True
+            except BaseException:
+                _rollback(con)
+                raise
+        except duckdb.Error as error:
+            raise translate(error, self.label) from error
+        finally:
+            try:
+                con.close()
+            except duckdb.Error:
+                pass  # already failing, or nothing left to release
+            if created and not committed:
+                self._remove_new_file()
+
+    def _remove_new_file(self) -> None:
+        """A first write that failed leaves no file behind: bad input changes nothing."""
+        for path in (self.path, self.path.with_name(self.path.name + ".wal")):
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None, *, limit: int | None,
+              timeout: float | None) -> QueryResult:
+        if self.memory:
+            raise QueryError("queries run on a database file; this store is in memory")
+        if not self.path.is_file():
+            raise StoreNotFoundError(f"no database at {self.path} (nothing has been saved there yet)")
+        con = connect_waiting(self.path, self.lock_timeout, read_only=True, config=QUERY_CONFIG)
+        try:
+            con.execute("SET enable_progress_bar = false")
+            con.execute("SET lock_configuration = true")
+            check_statement(con, sql)
+            try:
+                with interrupt_after(con, timeout):
+                    cursor = con.execute(sql, params if params is not None else [])
+                    description = cursor.description or []
+                    rows = cursor.fetchall() if limit is None else cursor.fetchmany(limit + 1)
+            except duckdb.InterruptException:
+                raise QueryError(f"the query ran for more than {timeout:g} s and was stopped") from None
+            except duckdb.Error as error:
+                raise QueryError(f"the query failed: {_first_line(str(error))}") from None
+        finally:
+            con.close()
+        truncated = limit is not None and len(rows) > limit
+        return QueryResult([d[0] for d in description], [str(d[1]) for d in description],
+                           rows[:limit] if truncated else rows, truncated)
+
+    def _connect(self, write: bool) -> duckdb.DuckDBPyConnection:
+        if self.memory:
+            with self._memory_lock:
+                if self._memory_con is None:
+                    self._memory_con = duckdb.connect(MEMORY, config=CONFIG)
+                return self._memory_con.cursor()
+        if not self.path.is_file():
+            if self.read_only or not write:
+                raise StoreNotFoundError(f"no database at {self.path} (nothing has been saved there yet)")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StoreError(f"cannot create the directory for the database {self.path}: "
+                                 f"{error.strerror or error}") from None
+        return connect_waiting(self.path, self.lock_timeout, read_only=self.read_only)
+
+
+class DuckDBSession(Session):
+    dialect = DIALECT
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, *, writable: bool, label: str):
+        self.con = con
+        self.writable = writable
+        self.label = label
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.con.execute(sql, params)
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self.con.execute(sql, params).fetchall()
+
+    def stream(self, sql: str, params: Sequence[Any], batch_size: int) -> Iterator[list[tuple]]:
+        cursor = self.con.execute(sql, params)
+        while True:
+            rows = cursor.fetchmany(batch_size)
+            if not rows:
+                return
+            yield rows
+
+    def append(self, table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:
+        try:
+            with self.con.appender(table, columns=list(columns)) as appender:
+                appender.append_rows(rows)
+        except duckdb.Error as error:
+            raise translate(error, self.label) from error
+
+    def table_columns(self) -> dict[str, list[tuple[str, str]]]:
+        rows = self.fetchall(
+            "SELECT table_name, column_name, data_type FROM duckdb_columns() "
+            "WHERE schema_name = 'main' AND database_name = current_database() AND NOT internal "
+            "ORDER BY table_name, column_index")
+        tables: dict[str, list[tuple[str, str]]] = {}
+        for table, column, sql_type in rows:
+            tables.setdefault(table, []).append((column, sql_type))
+        return tables
+
+    def create_staging(self, name: str, like: str, columns: Sequence[str]) -> str:
+        quoted = quote(name)
+        self.execute(f"DROP TABLE IF EXISTS temp.{quoted}")
+        self.execute(f"CREATE TEMP TABLE {quoted} AS SELECT {', '.join(map(quote, columns))} "
+                     f"FROM {quote(like)} LIMIT 0")
+        return f"temp.{quoted}"
+
+
+def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Raise :class:`QueryError` unless ``sql`` is one statement that DuckDB's
+    own parser reads as a ``SELECT`` (``WITH``, ``FROM t``, ``VALUES``,
+    ``DESCRIBE``, ``SUMMARIZE`` are selects to DuckDB) or an ``EXPLAIN``."""
+    if not isinstance(sql, str) or not sql.strip():
+        raise QueryError("the query is empty")
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as error:
+        raise QueryError(f"the query does not parse: {_first_line(str(error))}") from None
+    if len(statements) != 1:
+        raise QueryError(f"give exactly one statement; found {len(statements)}")
+    kind = statements[0].type
+    if kind not in QUERY_STATEMENTS:
+        raise QueryError(f"only a read-only SELECT (or WITH ... SELECT, or EXPLAIN) query is allowed; "
+                         f"this is {kind.name}")
+
+
+@contextmanager
+def interrupt_after(con: duckdb.DuckDBPyConnection, seconds: float | None) -> Iterator[None]:
+    """Interrupt whatever ``con`` runs once ``seconds`` have passed."""
+    if seconds is None:
+        yield
+        return
+    timer = threading.Timer(seconds, con.interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass  # the transaction is already gone (the connection failed)
+
+
+def translate(error: duckdb.Error, label: str) -> Exception:
+    """Our error for a DuckDB one: a lost race is a conflict (worth running
+    again), anything else names the file."""
+    text = str(error)
+    if isinstance(error, duckdb.TransactionException) or "Conflict on" in text or "write-write conflict" in text:
+        return TransactionConflictError(f"{label}: another transaction changed the same data at the same time "
+                                        f"and kept doing so ({_first_line(text)})")
+    if isinstance(error, duckdb.ConstraintException) and "Duplicate key" in text:
+        return TransactionConflictError(f"{label}: another transaction saved the same key at the same time "
+                                        f"({_first_line(text)})")
+    return StoreError(f"the database {label} could not be used: {_first_line(text)}")
+
+
+def connect_waiting(path: Path, timeout: float, *, read_only: bool = False,
+                    config: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
+    """Open ``path``, waiting (with backoff) while another process holds its
+    lock, for up to ``timeout`` seconds; then :class:`DatabaseLockedError`."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    settings = dict(CONFIG, **(config or {}))
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only, config=settings)
+        except duckdb.Error as error:
+            text = str(error)
+            if _is_other_configuration(text):
+                blocker = _own_connection_message(path)
+            elif _is_lock_conflict(text):
+                blocker = None
+            else:
+                raise StoreError(f"cannot open {path} as a healthsim-state database: {_first_line(text)}") from None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if blocker is not None:
+                    raise StoreError(blocker) from None
+                holder = _PID.search(text)
+                raise DatabaseLockedError(
+                    f"{path} is locked by another process"
+                    + (f" (PID {holder[1]})" if holder else "")
+                    + f" and stayed locked for {timeout:g} s; wait for it to finish, stop it, or raise "
+                    "HEALTHSIM_LOCK_TIMEOUT", path=path, pid=int(holder[1]) if holder else None) from None
+            time.sleep(min(delay * (0.5 + random.random()), remaining))
+            delay = min(delay * 2, 0.25)
+
+
+def _is_lock_conflict(text: str) -> bool:
+    return "Could not set lock" in text or "Conflicting lock" in text
+
+
+def _is_other_configuration(text: str) -> bool:
+    return "different configuration" in text
+
+
+def _own_connection_message(path: Path) -> str:
+    return (f"{path} is open in this process through another DuckDB connection (yours, or a notebook's) made "
+            "with other settings, and DuckDB lets one process use a file with one set of settings at a time; "
+            "close that connection (con.close()) and try again, or query the store through healthsim-state "
+            "(the sql command, or healthsim_state.interop.run_query)")
+
+
+def _first_line(text: str) -> str:
+    text = text.strip()
+    return text.splitlines()[0] if text else "unknown error"
