@@ -141,8 +141,13 @@ def read_state(session: Session) -> StoreState | None:
         raise IncompatibleDatabaseError(
             f"this store was written by a newer healthsim-state (schema version {version}; this version "
             f"reads up to {SCHEMA_VERSION}); upgrade healthsim-state to open it")
-    state = StoreState(int(version), meta.get("mappings_digest"), int(meta.get("generation", "0")),
-                       int(meta["history_limit"]) if meta.get("history_limit") else None)
+    return StoreState(int(version), meta.get("mappings_digest"), int(meta.get("generation", "0")),
+                      int(meta["history_limit"]) if meta.get("history_limit") else None)
+
+
+def read_documents(session: Session, state: StoreState) -> StoreState:
+    """Fill ``state`` with the recorded mapping documents (read only when the
+    digest says the caller has not seen them)."""
     if table_exists(session, TABLES):
         for entity, table, text in session.fetchall(f"SELECT entity, table_name, mapping FROM {TABLES}"):
             state.tables[entity] = table
@@ -197,6 +202,7 @@ def record(session: Session, mappings: dict[str, Mapping], state: StoreState) ->
 def upgrade(session: Session, state: StoreState) -> None:
     """Bring a store written by an earlier version up to :data:`SCHEMA_VERSION`,
     one step at a time, inside the caller's transaction."""
+    read_documents(session, state)
     if state.schema_version < 2:
         _upgrade_1_to_2(session, state)
     state.schema_version = SCHEMA_VERSION
@@ -207,6 +213,7 @@ def _upgrade_1_to_2(session: Session, state: StoreState) -> None:
     """Version 2 adds history: every scenario's current rows become its version 1."""
     session.execute("ALTER TABLE scenarios ADD COLUMN version INTEGER DEFAULT 1")
     session.execute(BASE_DDL[-1])
+    set_meta(session, "mappings_digest", digest_of(recorded_mappings(state, "(upgrade)")))
     session.execute(
         "INSERT INTO scenario_versions SELECT s.scenario_id, 1, 'save', s.updated_at, s.description, "
         "coalesce((SELECT to_json(list(t.tag ORDER BY t.position)) FROM scenario_tags t "

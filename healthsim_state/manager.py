@@ -35,8 +35,8 @@ from .errors import (
     VersionNotFoundError,
 )
 from .evolution import SchemaReport
-from .layout import SCHEMA_VERSION, StoreState, create_base, digest_of, read_state, recorded_mappings, set_meta, \
-    upgrade, utc_now
+from .layout import SCHEMA_VERSION, StoreState, create_base, digest_of, read_documents, read_state, \
+    recorded_mappings, set_meta, upgrade, utc_now
 from .mapping.loader import fingerprint, load_mapping_dirs, mapping_search_path
 from .mapping.model import Mapping
 from .plan import Plan, plan
@@ -88,6 +88,7 @@ class StateManager:
         self._registry: Registry | None = None
         self._report: SchemaReport | None = None
         self._last_plan: Plan | None = None
+        self._history_limit: int | None = None
         self._synced = False
 
     # --- lifecycle ---------------------------------------------------------------
@@ -171,6 +172,7 @@ class StateManager:
         upgrade its layout and apply this client's additions (or, with
         ``evolve``, every change) first. Returns the mappings in force."""
         state = read_state(session)
+        self._history_limit = None if state is None else state.history_limit
         if state is None or state.schema_version < SCHEMA_VERSION:
             if not session.writable:
                 if state is None:
@@ -190,6 +192,7 @@ class StateManager:
         key = (state.digest, state.generation)
         cached = self._plans.get(key)
         if cached is None or (cached[0].steps and session.writable):
+            read_documents(session, state)
             plan_ = plan(recorded_mappings(state, self.label), self._local, evolve=self.evolve)
             if plan_.steps and session.writable:
                 session.lock_layout()
@@ -207,6 +210,10 @@ class StateManager:
         self._synced = True
         return cached[1]
 
+    def _gateway(self, session: Session) -> Gateway:
+        registry = self._sync(session)
+        return Gateway(session, registry, self.label, history_limit=self._history_limit)
+
     def _warn_drift(self, plan_: Plan) -> None:
         lines = tuple(plan_.pending_lines)
         if not lines or (self.label, lines) in _WARNED:
@@ -223,7 +230,7 @@ class StateManager:
     def _write(self, operation: Callable[[Gateway], T]) -> T:
         """``operation`` in one writable transaction, with the mappings in force."""
         def run(session: Session) -> T:
-            return operation(Gateway(session, self._sync(session), self.label))
+            return operation(self._gateway(session))
 
         return self._backend.run(run, write=True)
 
@@ -234,7 +241,7 @@ class StateManager:
             self._backend.run(self._sync, write=True)  # apply this client's additions on open
 
         def run(session: Session) -> T:
-            return operation(Gateway(session, self._sync(session), self.label))
+            return operation(self._gateway(session))
 
         try:
             return self._backend.run(run, write=False)
@@ -384,7 +391,7 @@ class StateManager:
     @property
     def history_limit(self) -> int | None:
         """The store-wide number of versions a scenario keeps (None: all)."""
-        return self._read(lambda g: _state(g).history_limit, missing=lambda: None)
+        return self._read(lambda g: g.history_limit, missing=lambda: None)
 
     def set_history_limit(self, keep: int | None) -> None:
         """Keep at most ``keep`` versions of every scenario from now on (each
@@ -402,7 +409,7 @@ class StateManager:
                         metadata: dict[str, Any] | None, changes: dict[str, Changes]) -> None:
         g.insert_version(scenario_id, version, operation, now, description, tags, counts, metadata,
                          {entity: change.as_dict() for entity, change in changes.items() if change})
-        limit = _state(g).history_limit
+        limit = g.history_limit
         if limit is not None and version - limit >= 1:
             g.prune(scenario_id, version - limit + 1)
 
@@ -464,7 +471,7 @@ class StateManager:
         if not self._backend.exists() and not self.read_only:
             _not_found(name_or_id)
         with self._backend.session(write=False) as session:
-            g = Gateway(session, self._sync(session), self.label)
+            g = self._gateway(session)
             found = _found(g, name_or_id)
             info = _summary(g, found) if version is None else _version_summary(g, found, version)
             yield Snapshot(g, info, version)
@@ -645,11 +652,6 @@ def _add_by_key(g: Gateway, scenario_id: str, version: int, batch: ScenarioBatch
 
 # --- small helpers -----------------------------------------------------------------------
 
-def _state(g: Gateway) -> StoreState:
-    state = read_state(g.session)
-    return state if state is not None else StoreState(SCHEMA_VERSION, None, 0, None)
-
-
 def _found(g: Gateway, name_or_id: str) -> dict[str, Any]:
     found = g.find_scenario(name_or_id)
     if found is None:
@@ -819,7 +821,7 @@ def plan_schema_changes(db_path: str | os.PathLike | None = None, *,
         state = read_state(session)
         if state is None:
             state = StoreState(SCHEMA_VERSION, None, 0, None)
-        stored = recorded_mappings(state, manager.label) if state.documents else {}
+        stored = recorded_mappings(read_documents(session, state), manager.label)
         plan_ = plan(stored, local, evolve=True)
         return evolution.apply(session, plan_, state, label=manager.label, dry_run=True)
 

@@ -67,10 +67,11 @@ class Changes:
 class Gateway:
     """The store's tables as seen by one transaction."""
 
-    def __init__(self, session: Session, registry: Registry, label: str):
+    def __init__(self, session: Session, registry: Registry, label: str, *, history_limit: int | None = None):
         self.session = session
         self.registry = registry
         self.label = label
+        self.history_limit = history_limit  # versions a scenario keeps (None: all), as the store says
 
     # --- scenarios ---------------------------------------------------------------------
 
