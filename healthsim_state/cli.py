@@ -80,6 +80,11 @@ def db_option(function: Callable) -> Callable:
     return click.option("--db", metavar="PATH_OR_URL", default=None, help=DB_HELP)(function)
 
 
+def version_option(function: Callable) -> Callable:
+    return click.option("--version", "version", type=click.IntRange(min=1), default=None, metavar="N",
+                        help="That version of the scenario (see `history`); default: the newest.")(function)
+
+
 def _target(db: str | None) -> str:
     """The store: a file path (``~`` expanded) or a PostgreSQL URL."""
     if db is None:
@@ -210,7 +215,8 @@ def counts_text(manager_or_registry: Any, counts: dict[str, int]) -> str:
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
 @click.version_option(__version__, prog_name="healthsim-state")
 def cli(debug: bool) -> None:
-    """Save, load, query and move HealthSim scenarios in one DuckDB file."""
+    """Save, load, version, query and move HealthSim scenarios in one store
+    (a DuckDB file, or a PostgreSQL database)."""
     warnings.showwarning = _show_warning
 
 
@@ -249,11 +255,12 @@ def _save(manager: StateManager, document: ScenarioDocument, name: str, **option
 @click.argument("name_or_id")
 @click.option("--output", "-o", help="Write to this file instead of stdout.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
+@version_option
 @db_option
-def load(name_or_id: str, output: str | None, force: bool, db: str | None) -> None:
+def load(name_or_id: str, output: str | None, force: bool, version: int | None, db: str | None) -> None:
     """Print the scenario NAME_OR_ID as export JSON (or write it with -o)."""
     with _reader(db) as manager:
-        text = dumps(export_document(manager, name_or_id))
+        text = dumps(export_document(manager, name_or_id, version=version))
     if output is None or output == STDIN:
         click.echo(text, nl=False)
     else:
@@ -291,17 +298,19 @@ def list_command(tag: str | None, search: str | None, limit: int, offset: int, a
 @cli.command()
 @click.argument("name_or_id")
 @click.option("--json", "as_json", is_flag=True, help="Machine output: a JSON object.")
+@version_option
 @db_option
-def show(name_or_id: str, as_json: bool, db: str | None) -> None:
-    """Show one scenario: id, description, tags, dates and entity counts per type."""
+def show(name_or_id: str, as_json: bool, version: int | None, db: str | None) -> None:
+    """Show one scenario: id, version, description, tags, dates and entity counts per type."""
     with _reader(db) as manager:
-        item = manager.scenario_info(name_or_id)
+        item = manager.scenario_info(name_or_id, version=version)
         if as_json:
             print_json(item)
             return
-        fields = [("name", item["name"]), ("id", item["scenario_id"]), ("description", item["description"] or ""),
-                  ("tags", ", ".join(item["tags"])), ("created", _when(item["created_at"])),
-                  ("updated", _when(item["updated_at"])), ("entities", str(item["entity_count"]))]
+        fields = [("name", item["name"]), ("id", item["scenario_id"]), ("version", str(item["version"])),
+                  ("description", item["description"] or ""), ("tags", ", ".join(item["tags"])),
+                  ("created", _when(item["created_at"])), ("updated", _when(item["updated_at"])),
+                  ("entities", str(item["entity_count"]))]
         width = max(len(label) for label, _ in fields)
         for label, value in fields:
             click.echo(f"{label:<{width}}  {value}")
@@ -337,15 +346,16 @@ def delete(name_or_id: str, yes: bool, db: str | None) -> None:
                                      "made from the scenario's, in the current directory.")
 @click.option("--format", "fmt", type=click.Choice(["json", "parquet"]), default="json", show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing file, or a previous Parquet export.")
+@version_option
 @db_option
-def export(name_or_id: str, output: str | None, fmt: str, force: bool, db: str | None) -> None:
+def export(name_or_id: str, output: str | None, fmt: str, force: bool, version: int | None, db: str | None) -> None:
     """Export a scenario: versioned JSON (lossless), or a Parquet directory (typed columns)."""
     if fmt == "parquet" and output == STDIN:
         raise click.UsageError("-o - (stdout) is for --format json; Parquet needs a directory")
     with _reader(db) as manager:
         if fmt == "json":
             with progress(1, "exporting") as report:
-                document = export_document(manager, name_or_id)
+                document = export_document(manager, name_or_id, version=version)
                 text = dumps(document)
                 report.advance()
             count = sum(len(items) for items in document["entities"].values())
@@ -355,13 +365,139 @@ def export(name_or_id: str, output: str | None, fmt: str, force: bool, db: str |
             target = write_atomic(json_target(document["name"], output), text.encode("utf-8"), force=force)
             click.echo(f"exported {document['name']!r} ({count} entities) to {target}")
             return
-        summary = manager.scenario_info(name_or_id)
+        summary = manager.scenario_info(name_or_id, version=version)
         types = sum(1 for count in summary["entity_counts"].values() if count)
         with progress(types, "writing Parquet") as report:
-            result = export_parquet(manager, summary["scenario_id"], output, force=force,
+            result = export_parquet(manager, summary["scenario_id"], output, force=force, version=version,
                                     progress=lambda entity, done, total: report.advance())
     click.echo(f"exported {summary['name']!r} ({summary['entity_count']} entities) to {result.directory}/: "
                f"{len(result.files)} Parquet file{'s' if len(result.files) != 1 else ''} and manifest.json")
+
+
+# --- versions -----------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("name_or_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine output: a JSON array, newest first.")
+@db_option
+def history(name_or_id: str, as_json: bool, db: str | None) -> None:
+    """The versions of a scenario, newest first: what each write did and when.
+
+    Every save, overwrite, add, restore, update and entity delete makes a version;
+    `load --version N`, `show --version N`, `export --version N`, `diff` and
+    `restore` take these numbers.
+    """
+    with _reader(db) as manager:
+        versions = manager.scenario_history(name_or_id)
+    if as_json:
+        print_json(versions)
+        return
+    tty = _tty(sys.stdout)
+    print_table(["version", "operation", "at", "entities", "changes", "metadata"],
+                [(v["version"], v["operation"], _when(v["at"]) if tty else v["at"].isoformat(), v["entity_count"],
+                  _changes_text(v["changes"]), json.dumps(v["metadata"], ensure_ascii=False) if v["metadata"] else "")
+                 for v in versions], right=[0, 3])
+
+
+def _changes_text(changes: dict[str, dict[str, int]]) -> str:
+    """``patient +2 ~1 -0; claim +5`` (added, changed, removed)."""
+    parts = []
+    for entity, change in changes.items():
+        marks = [f"{sign}{change[kind]}" for sign, kind in (("+", "added"), ("~", "changed"), ("-", "removed"))
+                 if change.get(kind)]
+        parts.append(f"{entity} {' '.join(marks)}")
+    return "; ".join(parts)
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b", required=False)
+@click.option("--a-version", type=click.IntRange(min=1), help="A version of A (default: its newest).")
+@click.option("--b-version", type=click.IntRange(min=1), help="A version of B (default: its newest).")
+@click.option("--type", "entity_types", multiple=True, help="Only this entity type (repeat for more).")
+@click.option("--json", "as_json", is_flag=True, help="Machine output: a JSON object per entity type.")
+@db_option
+def diff(a: str, b: str | None, a_version: int | None, b_version: int | None, entity_types: tuple[str, ...],
+         as_json: bool, db: str | None) -> None:
+    """What changed from scenario A to scenario B, or between two versions of A.
+
+    Entities are matched by their key: + added, - removed, ~ changed (with the
+    canonical paths that differ). `diff NAME --a-version 3` compares version 3
+    with the newest.
+    """
+    with _reader(db) as manager:
+        found = manager.diff_scenarios(a, b, a_version=a_version, b_version=b_version,
+                                       entity_types=list(entity_types) or None)
+    if as_json:
+        print_json(found)
+        return
+    if not found:
+        click.echo("no differences")
+        return
+    styled = _tty(sys.stdout)
+    for entity, change in found.items():
+        click.echo(f"{entity}: {len(change['added'])} added, {len(change['removed'])} removed, "
+                   f"{len(change['changed'])} changed")
+        for sign, colour, keys in (("+", "green", change["added"]), ("-", "red", change["removed"])):
+            for key in keys:
+                click.echo(click.style(f"  {sign} {_key_text(key)}", fg=colour if styled else None))
+        for item in change["changed"]:
+            click.echo(click.style(f"  ~ {_key_text(item['key'])}: {', '.join(item['paths'])}",
+                                   fg="yellow" if styled else None))
+
+
+def _key_text(key: Any) -> str:
+    return ", ".join(map(str, key)) if isinstance(key, list) else str(key)
+
+
+@cli.command()
+@click.argument("name_or_id")
+@click.argument("version", type=click.IntRange(min=1))
+@db_option
+def restore(name_or_id: str, version: int, db: str | None) -> None:
+    """Make VERSION the scenario's newest again (as a new version: history is
+    kept, so a restore can itself be undone)."""
+    with _manager(db) as manager:
+        info = manager.restore_scenario(name_or_id, version)
+    click.echo(f"restored {info['name']!r} to version {version}: now version {info['version']} "
+               f"({info['entity_count']} entities)")
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--keep", type=click.IntRange(min=1), required=True, help="How many of the newest versions to keep.")
+@click.option("--all", "every", is_flag=True, help="Every scenario in the store.")
+@db_option
+def prune(names: tuple[str, ...], keep: int, every: bool, db: str | None) -> None:
+    """Drop the older versions of scenarios, keeping the KEEP newest of each."""
+    if bool(names) == every:
+        raise click.UsageError("name the scenarios, or give --all")
+    with _manager(db) as manager:
+        targets = [s["scenario_id"] for s in manager.list_scenarios(limit=None)] if every else list(names)
+        dropped = sum(manager.prune_history(target, keep) for target in targets)
+    click.echo(f"dropped {dropped} version{'s' if dropped != 1 else ''} from {len(targets)} "
+               f"scenario{'s' if len(targets) != 1 else ''}")
+
+
+@cli.command(name="history-limit")
+@click.argument("keep", required=False)
+@db_option
+def history_limit(keep: str | None, db: str | None) -> None:
+    """Show, or set, how many versions every scenario keeps from now on
+    (a number, or `all` to keep every version)."""
+    if keep is None:
+        with _reader(db) as manager:
+            try:
+                limit = manager.history_limit
+            except StoreNotFoundError:
+                limit = None
+        click.echo("every version is kept" if limit is None else f"each scenario keeps its {limit} newest versions")
+        return
+    if keep != "all" and not (keep.isdigit() and int(keep) >= 1):
+        raise click.UsageError(f"KEEP is a positive number or 'all', not {keep!r}")
+    with _manager(db) as manager:
+        manager.set_history_limit(None if keep == "all" else int(keep))
+    click.echo("every version is kept" if keep == "all" else f"each scenario keeps its {keep} newest versions")
 
 
 @cli.command(name="import")

@@ -54,20 +54,23 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 INSTRUCTIONS = """\
 Scenarios are named sets of synthetic healthcare entities (patients, encounters, claims, \
-trial subjects, ...) kept in one local database. Call list_entity_types to learn each type's \
+trial subjects, ...) kept in one store. Call list_entity_types to learn each type's \
 canonical shape (field paths, types, input aliases). Save with save_scenario; send a large \
-scenario in batches of a few hundred entities with add_entities. Read with \
-get_scenario_summary first, then load_scenario (use entity_types, limit_per_type and offset \
-to read a large scenario a slice at a time), or with query (read-only SQL). Scenarios are \
-found by id or by name."""
+scenario in batches of a few hundred entities with add_entities; pass metadata (generator, \
+seed, prompt) to record how the data was made. Read with get_scenario_summary first, then \
+load_scenario a page at a time (entity_types, limit_per_type, offset), or with query \
+(read-only SQL). Every write makes a version: scenario_history lists them, diff_scenarios \
+says what changed, restore_scenario undoes. Scenarios are found by id or by name."""
 
 
 # --- what the tools return (published as output schemas) ------------------------------
 
 class ScenarioInfo(TypedDict):
-    """A scenario, without its entities. Times are ISO 8601, UTC."""
+    """A scenario, without its entities. Times are ISO 8601, UTC; version is the newest version's
+    number (or the one asked for)."""
     scenario_id: str
     name: str
+    version: int
     description: str | None
     tags: list[str]
     created_at: str
@@ -78,12 +81,13 @@ class ScenarioInfo(TypedDict):
 
 class AddResult(TypedDict):
     """What add_entities did: per type, entities added and entities replaced by key;
-    entity_count is the scenario's new total."""
+    entity_count is the scenario's new total, version the version this write made."""
     scenario_id: str
     name: str
     added: dict[str, int]
     replaced: dict[str, int]
     entity_count: int
+    version: int
 
 
 class LoadResult(ScenarioInfo):
@@ -113,6 +117,21 @@ class DeleteResult(ScenarioInfo):
     deleted: bool
 
 
+class HistoryResult(TypedDict):
+    """The scenario's versions, newest first: version, operation, at (ISO 8601, UTC), entity_count,
+    entity_counts, description, tags, metadata, and changes (per type: added, changed, removed)."""
+    versions: list[dict[str, Any]]
+    count: int
+
+
+class DiffResult(TypedDict):
+    """Per entity type with differences: {"added": [key, ...], "removed": [key, ...],
+    "changed": [{"key": key, "paths": [dotted path, ...]}, ...]}; a key is the key's value, or a
+    list of values for a composite key. identical is true when nothing differs."""
+    differences: dict[str, dict[str, list[Any]]]
+    identical: bool
+
+
 class EntityTypesResult(TypedDict):
     """Each entity type: entity, plural, table, description, primary_key, and fields
     (column, path, type, aliases, required, strict, default, description)."""
@@ -136,6 +155,11 @@ Entities = Annotated[dict[str, list[dict[str, Any]]], Field(
                 "to a list of entities. Fields may use the canonical path or any alias the type declares.")]
 EntityTypes = Annotated[list[str] | None, Field(
     description="Only these entity types (singular or plural names); default: every type.")]
+Metadata = Annotated[dict[str, Any] | None, Field(
+    description="A JSON object kept with the version this write makes: generator, its version, seed, prompt, "
+                "anything that says how the data was made.")]
+Version = Annotated[int | None, Field(
+    ge=1, description="A version of the scenario (see scenario_history); default: the newest.")]
 
 
 class ScenarioTools:
@@ -179,7 +203,9 @@ class ScenarioTools:
         description: Annotated[str | None, Field(description="What the scenario is for.")] = None,
         tags: Annotated[list[str] | None, Field(description="Tags to find it by (list_scenarios tag=...).")] = None,
         overwrite: Annotated[bool, Field(
-            description="Replace an existing scenario of this name (keeps its id and created_at).")] = False,
+            description="Replace an existing scenario of this name with a new version of it (keeps its id, "
+                        "created_at and earlier versions).")] = False,
+        metadata: Metadata = None,
     ) -> ScenarioInfo:
         """Save entities as a new scenario (or, with overwrite, replace one) in one transaction.
 
@@ -189,7 +215,7 @@ class ScenarioTools:
         entity counts per type."""
         with self._manager() as manager:
             scenario_id = manager.save_scenario(name, entities, description=description, tags=tags,
-                                                 overwrite=overwrite)
+                                                 overwrite=overwrite, metadata=metadata)
             return _info(manager.scenario_info(scenario_id))
 
     def add_entities(
@@ -199,6 +225,7 @@ class ScenarioTools:
         create: Annotated[bool, Field(
             description="Create the scenario (named name_or_id) if there is none; else an unknown "
                         "scenario is an error.")] = True,
+        metadata: Metadata = None,
     ) -> AddResult:
         """Add entities to a scenario, in one transaction: send a large scenario in batches of a
         few hundred entities.
@@ -209,7 +236,7 @@ class ScenarioTools:
         added and replaced per type, and the scenario's new entity_count (get_scenario_summary
         with sample_size 0 gives the counts per type)."""
         with self._manager() as manager:
-            return manager.add_entities(name_or_id, entities, create=create)
+            return manager.add_entities(name_or_id, entities, create=create, metadata=metadata)
 
     def delete_scenario(
         self,
@@ -241,6 +268,7 @@ class ScenarioTools:
         ] = PAGE,
         offset: Annotated[int, Field(
             ge=0, description="Skip this many entities of each type: the next_offset of the page before.")] = 0,
+        version: Version = None,
     ) -> LoadResult:
         """Load a scenario, a page at a time: its entities in canonical shape, in saved order,
         with its metadata.
@@ -252,7 +280,7 @@ class ScenarioTools:
         page may hold at most 5000 entities in all: for a large scenario, ask for fewer types
         or a smaller limit_per_type. Call get_scenario_summary first to see the counts."""
         with self._read_manager() as manager:
-            info = manager.scenario_info(name_or_id)
+            info = manager.scenario_info(name_or_id, version=version)
             counts = {entity: count for entity, count in info["entity_counts"].items() if count}
             wanted = manager.registry.entity_names(entity_types)
             chosen = wanted if wanted is not None else list(counts)
@@ -263,7 +291,7 @@ class ScenarioTools:
                     f"{MAX_PAGE_ENTITIES}: ask for fewer entity_types, or a limit_per_type of at most "
                     f"{max(1, MAX_PAGE_ENTITIES // max(1, len(chosen)))}, and page with offset")
             scenario = manager.load_scenario(info["scenario_id"], entity_types=chosen, limit=limit_per_type,
-                                             offset=offset)
+                                             offset=offset, version=version)
         return _page(scenario, counts, chosen, limit_per_type, offset)
 
     def get_scenario_summary(
@@ -301,6 +329,45 @@ class ScenarioTools:
                 items = []
         scenarios = [_info(item) for item in items]
         return {"scenarios": scenarios, "count": len(scenarios)}
+
+    def scenario_history(self, name_or_id: NameOrId) -> HistoryResult:
+        """The versions of a scenario, newest first: every write (save, overwrite, add, restore,
+        update, delete_entities) made one. Each has its number, operation, time (UTC), entity
+        counts, the metadata given with it (generator, seed, prompt, ...) and what it changed
+        against the version before (per type: entities added, changed, removed). Use it to say
+        what a change did and to pick a version to load, compare or restore."""
+        with self._read_manager() as manager:
+            versions = manager.scenario_history(name_or_id)
+        return {"versions": jsonable(versions), "count": len(versions)}
+
+    def diff_scenarios(
+        self,
+        a: NameOrId,
+        b: Annotated[str | None, Field(description="Another scenario (id or name); default: a itself.")] = None,
+        a_version: Version = None,
+        b_version: Version = None,
+        entity_types: EntityTypes = None,
+    ) -> DiffResult:
+        """What changed from scenario a to scenario b, or between two versions of one scenario
+        (leave b out, give a_version and/or b_version; a version left out is the newest).
+        Entities are matched by their primary key. The result holds, per entity type with
+        differences, the keys added and removed, and for each changed entity its key and the
+        canonical paths that differ (name.given, address.postalCode, ...)."""
+        with self._read_manager() as manager:
+            found = manager.diff_scenarios(a, b, a_version=a_version, b_version=b_version,
+                                           entity_types=entity_types)
+        return {"differences": jsonable(found), "identical": not found}
+
+    def restore_scenario(
+        self,
+        name_or_id: NameOrId,
+        version: Annotated[int, Field(ge=1, description="The version to bring back (see scenario_history).")],
+    ) -> ScenarioInfo:
+        """Undo: make an earlier version the scenario's newest again (its entities, description
+        and tags). This writes a new version equal to the one asked for; the history is kept,
+        so a restore can itself be undone with another restore."""
+        with self._manager() as manager:
+            return _info(manager.restore_scenario(name_or_id, version))
 
     def list_entity_types(self, entity_types: EntityTypes = None) -> EntityTypesResult:
         """The entity types a scenario may hold, each with its table and fields: the canonical
@@ -360,6 +427,7 @@ def _info(item: dict[str, Any]) -> dict[str, Any]:
         "updated_at": jsonable(item["updated_at"]),
         "entity_count": item["entity_count"],
         "entity_counts": dict(item.get("entity_counts") or {}),
+        "version": item["version"],
     }
 
 
@@ -415,6 +483,8 @@ READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_h
 
 # (tool, title, annotations). save_scenario and add_entities are not idempotent: a repeated
 # save without overwrite fails, and entities without a key get a new generated one each time.
+# Writes keep earlier versions, but are marked destructive: under a store's history limit a
+# write drops the oldest versions, and a delete removes every version.
 TOOLS: tuple[tuple[str, str, ToolAnnotations], ...] = (
     ("save_scenario", "Save a scenario",
      ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False)),
@@ -425,6 +495,10 @@ TOOLS: tuple[tuple[str, str, ToolAnnotations], ...] = (
     ("list_scenarios", "List scenarios", READ),
     ("delete_scenario", "Delete a scenario",
      ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)),
+    ("scenario_history", "Show a scenario's versions", READ),
+    ("diff_scenarios", "Compare scenarios or versions", READ),
+    ("restore_scenario", "Restore an earlier version",
+     ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False)),
     ("list_entity_types", "List entity types", READ),
     ("query", "Query scenarios with SQL", READ),
 )

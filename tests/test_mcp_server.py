@@ -42,6 +42,9 @@ TOOLS = {  # tool: (readOnlyHint, destructiveHint, idempotentHint)
     "get_scenario_summary": (True, False, True),
     "list_scenarios": (True, False, True),
     "delete_scenario": (False, True, True),
+    "scenario_history": (True, False, True),
+    "diff_scenarios": (True, False, True),
+    "restore_scenario": (False, True, False),  # a write; under a history limit it may drop old versions
     "list_entity_types": (True, False, True),
     "query": (True, False, True),
 }

@@ -251,10 +251,11 @@ def import_file(manager: StateManager, path: str | os.PathLike, *, name: str | N
 
 # --- exporting -----------------------------------------------------------------------
 
-def export_document(manager: StateManager, name_or_id: str) -> dict[str, Any]:
-    """The scenario as our versioned export document (non-empty entity types
-    only, under their plural names, every field kept)."""
-    scenario = manager.load_scenario(name_or_id)
+def export_document(manager: StateManager, name_or_id: str, *, version: int | None = None) -> dict[str, Any]:
+    """The scenario (newest version, or ``version``) as our versioned export
+    document (non-empty entity types only, under their plural names, every
+    field kept)."""
+    scenario = manager.load_scenario(name_or_id, version=version)
     codecs = manager.registry.codecs
     return {
         "format": FORMAT,
@@ -279,11 +280,11 @@ def _default(value: Any) -> Any:
 
 
 def export_json(manager: StateManager, name_or_id: str, path: str | os.PathLike | None = None, *,
-                force: bool = False, directory: str | os.PathLike = ".") -> Path:
+                force: bool = False, directory: str | os.PathLike = ".", version: int | None = None) -> Path:
     """Write the export document to ``path`` atomically, never replacing a
     file without ``force``. With no ``path``, or a ``path`` that is a directory,
     the file is ``<scenario name made safe>.json`` in that directory."""
-    document = export_document(manager, name_or_id)
+    document = export_document(manager, name_or_id, version=version)
     target = json_target(document["name"], path, directory)
     return write_atomic(target, dumps(document).encode("utf-8"), force=force)
 
