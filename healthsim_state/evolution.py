@@ -29,8 +29,8 @@ from .engine.batch import KeyTracker, no_cyclic_gc
 from .engine.compile import Codec, compile_mapping
 from .engine.values import MISSING
 from .errors import IncompatibleDatabaseError, Problem, SchemaChangeError
-from .layout import REWRITE_TABLE, StoreState, data_columns, digest_of, entity_ddl, history_table, record, \
-    set_meta, table_columns
+from .layout import REWRITE_TABLE, StoreState, create_view, data_columns, digest_of, drop_view, entity_ddl, \
+    record, set_meta, table_columns, versions_table
 from .mapping.model import Mapping
 from .plan import CREATE, REWRITE, MappingDiff, Plan, Step, diff_mappings
 
@@ -95,36 +95,38 @@ def apply(session: Session, plan: Plan, state: StoreState, *, label: str, dry_ru
 
 def _create(session: Session, step: Step, existing: dict[str, list[str]], label: str, dry_run: bool) -> None:
     mapping = step.new
-    for history in (False, True):
-        table = history_table(mapping.table) if history else mapping.table
+    for table in (mapping.table, versions_table(mapping.table)):
         if table in existing:
             raise IncompatibleDatabaseError(
                 f"{label} has a table {table!r} that the store did not make for {mapping.entity!r} "
                 f"({mapping.source}); rename that table, or the mapping's table")
-        if not dry_run:
-            session.execute(entity_ddl(session.dialect, mapping, history=history))
+    if not dry_run:
+        session.execute(entity_ddl(session.dialect, mapping))
+        create_view(session, mapping)
 
 
 def _change(session: Session, step: Step, report: TableReport, label: str, dry_run: bool) -> None:
     old, new = step.old, step.new
     assert old is not None
-    if old.table != new.table and not dry_run:
-        for history in (False, True):
-            before = history_table(old.table) if history else old.table
-            after = history_table(new.table) if history else new.table
-            session.execute(f"ALTER TABLE {quote(before)} RENAME TO {quote(after)}")
+    if not dry_run:
+        drop_view(session, old.table)
+        if old.table != new.table:
+            session.execute(f"ALTER TABLE {quote(versions_table(old.table))} RENAME TO "
+                            f"{quote(versions_table(new.table))}")
     diff = diff_mappings(old, new)
     if step.action == REWRITE:
-        report.rows = _rewrite(session, diff, label, dry_run, report)
-        return
-    for before, after in diff.renames.items():
-        if not dry_run:
-            for table in (new.table, history_table(new.table)):
-                session.execute(f"ALTER TABLE {quote(table)} RENAME COLUMN {quote(before)} TO {quote(after)}")
-    if diff.added:
-        moved = _add_fields(session, diff, dry_run)
-        report.changes += [f"{f.column}: {moved[f.column]} stored values moved into the new column"
-                           for f in diff.added]
+        report.rows = _rewrite(session, diff, dry_run, report)
+    else:
+        for before, after in diff.renames.items():
+            if not dry_run:
+                session.execute(f"ALTER TABLE {quote(versions_table(new.table))} RENAME COLUMN {quote(before)} "
+                                f"TO {quote(after)}")
+        if diff.added:
+            moved = _add_fields(session, diff, dry_run)
+            report.changes += [f"{f.column}: {moved[f.column]} stored values moved into the new column"
+                               for f in diff.added]
+    if not dry_run:
+        create_view(session, new)
 
 
 # --- stored data -----------------------------------------------------------------------
@@ -144,12 +146,13 @@ def stored_data_mapping(diff: MappingDiff) -> Mapping:
     return dataclasses.replace(diff.new, fields=fields)
 
 
-def _select(session: Session, mapping: Mapping, table: str, history: bool, extra: str = "") -> str:
-    """``scenario_id, _since, _until-or-NULL, _position, <columns in read form>, _residual``."""
+def _select(session: Session, mapping: Mapping, extra: str = "") -> str:
+    """``scenario_id, _since, _until, _position, <columns in read form>, _residual``
+    of the type's rows of every version."""
     dialect = session.dialect
     reads = ", ".join(dialect.read_expression(f.type, f.column) for f in mapping.fields)
-    until = "_until" if history else "NULL"
-    return f"SELECT scenario_id, _since, {until}, _position, {reads}, _residual FROM {quote(table)}{extra}"
+    table = quote(versions_table(mapping.table))
+    return f"SELECT scenario_id, _since, _until, _position, {reads}, _residual FROM {table}{extra}"
 
 
 # --- fields added: a column and a backfill ------------------------------------------------
@@ -164,24 +167,23 @@ def _add_fields(session: Session, diff: MappingDiff, dry_run: bool) -> dict[str,
     slots = {f.column: 1 + [g.column for g in new.fields].index(f.column) for f in diff.added}
     needles = sorted({json.dumps(f.path[-1]) + ":" for f in diff.added})
     where = " WHERE _residual IS NOT NULL AND (" + " OR ".join("strpos(_residual, ?) > 0" for _ in needles) + ")"
-    for history in (False, True):
-        table = history_table(new.table) if history else new.table
-        if not dry_run:
-            for f in diff.added:
-                session.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(f.column)} "
-                                f"{session.dialect.column_type(f.type)}")
-        updates = []
-        for rows in session.stream(_select(session, old, table, history, where), needles, BATCH):
-            with no_cyclic_gc():
-                for scenario_id, since, _, *row in rows:
-                    flat = stored.flatten(old_codec.rebuild(row), row[0], [])
-                    values = [flat[slots[f.column]] for f in diff.added]
-                    if any(v is not None for v in values):
-                        updates.append((scenario_id, since, row[0], *values, flat[-1]))
-                        for f, value in zip(diff.added, values):
-                            moved[f.column] += value is not None
-        if updates and not dry_run:
-            _update_rows(session, table, [f.column for f in diff.added], updates)
+    table = versions_table(new.table)
+    if not dry_run:
+        for f in diff.added:
+            session.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(f.column)} "
+                            f"{session.dialect.column_type(f.type)}")
+    updates = []
+    for rows in session.stream(_select(session, old, where), needles, BATCH):
+        with no_cyclic_gc():
+            for scenario_id, since, _, *row in rows:
+                flat = stored.flatten(old_codec.rebuild(row), row[0], [])
+                values = [flat[slots[f.column]] for f in diff.added]
+                if any(v is not None for v in values):
+                    updates.append((scenario_id, since, row[0], *values, flat[-1]))
+                    for f, value in zip(diff.added, values):
+                        moved[f.column] += value is not None
+    if updates and not dry_run:
+        _update_rows(session, table, [f.column for f in diff.added], updates)
     return moved
 
 
@@ -199,8 +201,8 @@ def _update_rows(session: Session, table: str, columns: list[str], rows: list[tu
 
 # --- the rewrite ----------------------------------------------------------------------------
 
-def _rewrite(session: Session, diff: MappingDiff, label: str, dry_run: bool, report: TableReport) -> int:
-    """Rebuild every row of both tables with the new mapping (see the module
+def _rewrite(session: Session, diff: MappingDiff, dry_run: bool, report: TableReport) -> int:
+    """Rebuild every row of every version with the new mapping (see the module
     docstring); returns the number of rows."""
     new = diff.new
     old_codec, stored = compile_mapping(diff.old), compile_mapping(stored_data_mapping(diff))
@@ -208,43 +210,41 @@ def _rewrite(session: Session, diff: MappingDiff, label: str, dry_run: bool, rep
     blockers: list[Problem] = []
     done, filled = 0, {f.column: 0 for f in diff.added}
     slots = {f.column: 1 + [g.column for g in new.fields].index(f.column) for f in diff.added}
-    for history in (False, True):
-        table = history_table(new.table) if history else new.table
-        if not dry_run:
-            session.execute(f"DROP TABLE IF EXISTS {quote(REWRITE_TABLE)}")
-            session.execute(entity_ddl(session.dialect, new, table=REWRITE_TABLE, history=history))
-        columns = ("scenario_id", *data_columns(new), "_since", *(("_until",) if history else ()))
-        scenario_ids = [s for (s,) in session.fetchall(
-            f"SELECT DISTINCT scenario_id FROM {quote(table)} ORDER BY scenario_id")]
-        for scenario_id in scenario_ids:
-            rows = session.fetchall(_select(session, diff.old, table, history, " WHERE scenario_id = ?"),
-                                    [scenario_id])
-            new_rows, problems = _convert(rows, diff, old_codec, stored, check_keys=not history)
-            if problems:
-                where = names.get(scenario_id, scenario_id)
-                blockers += [dataclasses.replace(p, message=f"scenario {where!r}: {p.message}") for p in problems]
-            if blockers or dry_run:
-                continue
-            session.append(REWRITE_TABLE, columns, new_rows)
-            done += len(new_rows)
-            for column, slot in slots.items():
-                filled[column] += sum(row[1 + slot] is not None for row in new_rows)
-        if blockers:
-            raise SchemaChangeError(blockers, table=new.table)
-        if not dry_run:
-            session.execute(f"DROP TABLE {quote(table)}")
-            session.execute(f"ALTER TABLE {quote(REWRITE_TABLE)} RENAME TO {quote(table)}")
+    table = versions_table(new.table)
+    if not dry_run:
+        session.execute(f"DROP TABLE IF EXISTS {quote(REWRITE_TABLE)}")
+        session.execute(entity_ddl(session.dialect, new, table=REWRITE_TABLE))
+    columns = ("scenario_id", *data_columns(new), "_since", "_until")
+    scenario_ids = [s for (s,) in session.fetchall(f"SELECT DISTINCT scenario_id FROM {quote(table)} ORDER BY 1")]
+    for scenario_id in scenario_ids:
+        rows = session.fetchall(_select(session, diff.old, " WHERE scenario_id = ?"), [scenario_id])
+        new_rows, problems = _convert(rows, diff, old_codec, stored)
+        if problems:
+            where = names.get(scenario_id, scenario_id)
+            blockers += [dataclasses.replace(p, message=f"scenario {where!r}: {p.message}") for p in problems]
+        if blockers or dry_run:
+            continue
+        session.append(REWRITE_TABLE, columns, new_rows)
+        done += len(new_rows)
+        for column, slot in slots.items():
+            filled[column] += sum(row[1 + slot] is not None for row in new_rows)
+    if blockers:
+        raise SchemaChangeError(blockers, table=new.table)
+    if not dry_run:
+        session.execute(f"DROP TABLE {quote(table)}")
+        session.execute(f"ALTER TABLE {quote(REWRITE_TABLE)} RENAME TO {quote(table)}")
     report.changes += [f"{f.column}: {filled[f.column]} stored values moved into the new column" for f in diff.added]
     return done
 
 
-def _convert(rows: list[tuple], diff: MappingDiff, old_codec: Codec, stored: Codec, *,
-             check_keys: bool) -> tuple[list[tuple], list[Problem]]:
+def _convert(rows: list[tuple], diff: MappingDiff, old_codec: Codec, stored: Codec
+             ) -> tuple[list[tuple], list[Problem]]:
     """Rows ``(scenario_id, since, until, position, cols..., residual)`` of the
-    old mapping, sorted by position, as rows of the new one."""
+    old mapping, sorted by version and position, as rows of the new one. A
+    changed key is checked for duplicates among the current rows."""
     rows.sort(key=lambda row: (row[1], row[3]))
     problems: list[Problem] = []
-    out = []
+    out, current = [], []
     with no_cyclic_gc():
         for scenario_id, since, until, *row in rows:
             entity = old_codec.rebuild(row)
@@ -252,9 +252,10 @@ def _convert(rows: list[tuple], diff: MappingDiff, old_codec: Codec, stored: Cod
                 _move(entity, old_field.path, new_field.path)
             flat = stored.flatten(entity, row[0], problems)
             if flat is not None:
-                out.append((scenario_id, *flat, since) + (() if until is None else (until,)))
-    if check_keys:
-        KeyTracker(stored, problems).check([row[1:-1] for row in out])
+                out.append((scenario_id, *flat, since, until))
+                if until is None:
+                    current.append(flat)
+    KeyTracker(stored, problems).check(sorted(current, key=lambda flat: flat[0]))
     return out, problems
 
 

@@ -11,13 +11,17 @@ Layout (schema version :data:`SCHEMA_VERSION`), the same on every backend:
 - ``scenarios``: one row a scenario, with its current ``version``;
   ``scenario_tags``: its current tags in order; ``scenario_versions``: one row
   a version (operation, time, description, tags, counts, metadata, changes);
-- one table per entity type: ``scenario_id``, ``_position`` (the entity's place
-  in its type's list), one typed column per mapped field, ``_residual`` (JSON
-  text of what the columns cannot reproduce; NULL for most rows) and
-  ``_since`` (the version that wrote the row): the *current* rows;
-- beside it ``<table>__history``: the same columns and ``_until``, the rows
-  later versions replaced. A row belongs to version ``v`` when
-  ``_since <= v < _until`` (a current row: ``_since <= v``).
+- per entity type a table ``<table>__versions``: ``scenario_id``, ``_position``
+  (the entity's place in its type's list), one typed column per mapped field,
+  ``_residual`` (JSON text of what the columns cannot reproduce; NULL for most
+  rows), ``_since`` (the version that wrote the row) and ``_until`` (the
+  version that replaced it; NULL while it is current). A row belongs to
+  version ``v`` when ``_since <= v`` and ``_until`` is NULL or above ``v``;
+- and a view ``<table>``: the current rows, for SQL users.
+
+One table a type (not a second one for replaced rows) keeps what each write
+touches small: on DuckDB every table a checkpoint touches costs whole blocks,
+so new files also use 16 KB blocks (see the DuckDB backend).
 
 Rows are keyed by scenario, so scenarios are isolated snapshots. Scenario ids
 are time-ordered (UUID version 7), so a scenario's rows sit together and
@@ -36,7 +40,7 @@ from typing import Any
 from .backends.base import Dialect, Session, quote
 from .engine.values import parse_json
 from .errors import IncompatibleDatabaseError, MappingError
-from .mapping.loader import HISTORY_SUFFIX, mapping_from_document
+from .mapping.loader import VERSIONS_SUFFIX, mapping_from_document
 from .mapping.model import Mapping
 
 SCHEMA_VERSION = 2
@@ -63,8 +67,9 @@ BASE_DDL = (
 )
 
 
-def history_table(table: str) -> str:
-    return table + HISTORY_SUFFIX
+def versions_table(table: str) -> str:
+    """The table holding every version of a type's rows (``table`` is the view of current ones)."""
+    return table + VERSIONS_SUFFIX
 
 
 def data_columns(mapping: Mapping) -> tuple[str, ...]:
@@ -77,18 +82,28 @@ def write_columns(mapping: Mapping) -> tuple[str, ...]:
     return ("scenario_id", *data_columns(mapping), "_since")
 
 
-def entity_ddl(dialect: Dialect, mapping: Mapping, *, table: str | None = None, history: bool = False) -> str:
-    """``CREATE TABLE`` for a type's current rows (or, with ``history``, its
-    replaced rows), under ``table`` (default: the mapping's)."""
+def entity_ddl(dialect: Dialect, mapping: Mapping, *, table: str | None = None) -> str:
+    """``CREATE TABLE`` for a type's rows of every version, under ``table``
+    (default: the mapping's versions table)."""
     keys = set(mapping.primary_key)
     columns = ["scenario_id VARCHAR NOT NULL", "_position INTEGER NOT NULL"]
     for f in mapping.fields:
         columns.append(f"{quote(f.column)} {dialect.column_type(f.type)}" + (" NOT NULL" if f.column in keys else ""))
-    columns += ["_residual VARCHAR", "_since INTEGER NOT NULL"]
-    if history:
-        columns.append("_until INTEGER NOT NULL")
-    name = table or (history_table(mapping.table) if history else mapping.table)
-    return f"CREATE TABLE {quote(name)} ({', '.join(columns)})"
+    columns += ["_residual VARCHAR", "_since INTEGER NOT NULL", "_until INTEGER"]
+    return f"CREATE TABLE {quote(table or versions_table(mapping.table))} ({', '.join(columns)})"
+
+
+def create_view(session: Session, mapping: Mapping) -> None:
+    """The view of a type's current rows, named as the mapping's table (made
+    anew whenever the columns change: a view lists them)."""
+    names = ", ".join(quote(c) for c in write_columns(mapping))
+    session.execute(f"DROP VIEW IF EXISTS {quote(mapping.table)}")
+    session.execute(f"CREATE VIEW {quote(mapping.table)} AS SELECT {names} FROM "
+                    f"{quote(versions_table(mapping.table))} WHERE _until IS NULL")
+
+
+def drop_view(session: Session, table: str) -> None:
+    session.execute(f"DROP VIEW IF EXISTS {quote(table)}")
 
 
 def digest_of(mappings: dict[str, Mapping]) -> str:
@@ -210,16 +225,19 @@ def upgrade(session: Session, state: StoreState) -> None:
 
 
 def _upgrade_1_to_2(session: Session, state: StoreState) -> None:
-    """Version 2 adds history: every scenario's current rows become its version 1."""
+    """Version 2 adds versions: every scenario's rows become its version 1, each
+    type's table becomes ``<table>__versions`` and a view of current rows."""
     session.execute("ALTER TABLE scenarios ADD COLUMN version INTEGER DEFAULT 1")
     session.execute(BASE_DDL[-1])
-    set_meta(session, "mappings_digest", digest_of(recorded_mappings(state, "(upgrade)")))
     session.execute(
         "INSERT INTO scenario_versions SELECT s.scenario_id, 1, 'save', s.updated_at, s.description, "
         "coalesce((SELECT to_json(list(t.tag ORDER BY t.position)) FROM scenario_tags t "
         "WHERE t.scenario_id = s.scenario_id), '[]'), s.entity_count, s.entity_counts, NULL, '{}' FROM scenarios s")
+    set_meta(session, "mappings_digest", digest_of(recorded_mappings(state, "(upgrade)")))
     for entity, document in state.documents.items():
         mapping = mapping_from_document(document, source=f"(the store's mapping of {entity})")
         table = state.tables[entity]
-        session.execute(f"ALTER TABLE {quote(table)} ADD COLUMN _since INTEGER DEFAULT 1")
-        session.execute(entity_ddl(session.dialect, mapping, table=history_table(table), history=True))
+        session.execute(f"ALTER TABLE {quote(table)} RENAME TO {quote(versions_table(table))}")
+        session.execute(f"ALTER TABLE {quote(versions_table(table))} ADD COLUMN _since INTEGER DEFAULT 1")
+        session.execute(f"ALTER TABLE {quote(versions_table(table))} ADD COLUMN _until INTEGER")
+        create_view(session, mapping)

@@ -6,11 +6,12 @@ modules own the DDL). The SQL is the portable subset both backends speak,
 with ``?`` placeholders; identifiers come only from validated mappings and are
 quoted; values always travel as parameters.
 
-Versions: every write of a scenario makes a version. Current rows live in the
-type's table with ``_since`` (the version that wrote them); a row a later
-version replaced or removed moves to ``<table>__history`` with ``_until``. A
-write compares the new rows with the current ones in SQL (``EXCEPT``), so
-versions share every unchanged row and storage grows with what changed.
+Versions: every write of a scenario makes a version. A type's rows of every
+version live in ``<table>__versions`` with ``_since`` (the version that wrote
+them) and ``_until`` (the version that replaced them; NULL while current). A
+write compares the new rows with the current ones in SQL (``EXCEPT``): a row
+that stays is not touched, a row that goes gets its ``_until``, so versions
+share every unchanged row and storage grows with what changed.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ import operator
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from .backends.base import Session, quote
 from .engine.compile import Codec
 from .engine.registry import Registry
 from .engine.values import is_text
 from .errors import Problem, StoreError, ValidationError
-from .layout import data_columns, history_table, write_columns
+from .layout import data_columns, versions_table, write_columns
 
 _SCENARIO_COLUMNS = ("scenario_id", "name", "description", "created_at", "updated_at", "entity_count",
                      "entity_counts", "version")
@@ -126,8 +127,7 @@ class Gateway:
         """The scenario, its tags, every version and every row, in every table
         of the set in force."""
         for codec in self.registry.codecs.values():
-            for table in (codec.mapping.table, history_table(codec.mapping.table)):
-                self.session.execute(f"DELETE FROM {quote(table)} WHERE scenario_id = ?", [scenario_id])
+            self.session.execute(f"DELETE FROM {_rows(codec)} WHERE scenario_id = ?", [scenario_id])
         for table in ("scenario_versions", "scenario_tags", "scenarios"):
             self.session.execute(f"DELETE FROM {table} WHERE scenario_id = ?", [scenario_id])
 
@@ -218,8 +218,8 @@ class Gateway:
                                       [scenario_id, keep_from])
         if dropped:
             for codec in self.registry.codecs.values():
-                self.session.execute(f"DELETE FROM {quote(history_table(codec.mapping.table))} "
-                                     "WHERE scenario_id = ? AND _until <= ?", [scenario_id, keep_from])
+                self.session.execute(f"DELETE FROM {_rows(codec)} WHERE scenario_id = ? AND _until <= ?",
+                                     [scenario_id, keep_from])
             self.session.execute("DELETE FROM scenario_versions WHERE scenario_id = ? AND version < ?",
                                  [scenario_id, keep_from])
         return dropped
@@ -230,7 +230,7 @@ class Gateway:
         """Rows ``(position, col_0, ..., residual)`` as current rows of a
         scenario, in bulk (no SQL per row)."""
         prefix, suffix = (scenario_id,), (version,)
-        self._append(codec, codec.mapping.table, write_columns(codec.mapping),
+        self._append(codec, versions_table(codec.mapping.table), write_columns(codec.mapping),
                      [prefix + row + suffix for row in rows])
 
     def _append(self, codec: Codec, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
@@ -287,25 +287,19 @@ class Gateway:
         else:
             reads = ", ".join(f"{dialect.read_expression(f.type, f.column)} AS {quote(f.column)}"
                               for f in mapping.fields)
-        table = quote(mapping.table)
-        if version is None:
-            return f"SELECT _position, {reads}, _residual FROM {table} WHERE scenario_id = ?", [scenario_id]
-        history = quote(history_table(mapping.table))
-        sql = (f"SELECT _position, {reads}, _residual FROM {table} WHERE scenario_id = ? AND _since <= ? "
-               f"UNION ALL SELECT _position, {reads}, _residual FROM {history} "
-               f"WHERE scenario_id = ? AND _since <= ? AND _until > ?")
-        return sql, [scenario_id, version, scenario_id, version, version]
+        where, params = _live(scenario_id, version)
+        return f"SELECT _position, {reads}, _residual FROM {_rows(codec)} WHERE {where}", params
 
     def next_position(self, codec: Codec, scenario_id: str) -> int:
-        found = self.session.scalar(f"SELECT max(_position) FROM {quote(codec.mapping.table)} WHERE scenario_id = ?",
-                                    [scenario_id])
+        found = self.session.scalar(f"SELECT max(_position) FROM {_rows(codec)} WHERE scenario_id = ? "
+                                    "AND _until IS NULL", [scenario_id])
         return 0 if found is None else found + 1
 
     # --- replacing rows: overwrite, restore --------------------------------------------------------
 
     def stage(self, codec: Codec, name: str = "_healthsim_stage") -> str:
         """A temporary table for a type's rows ``(position, col_0, ..., residual)``."""
-        return self.session.create_staging(name, codec.mapping.table, data_columns(codec.mapping))
+        return self.session.create_staging(name, versions_table(codec.mapping.table), data_columns(codec.mapping))
 
     def stage_rows(self, codec: Codec, staging: str, rows: Sequence[tuple]) -> None:
         self._append(codec, staging, data_columns(codec.mapping), list(rows))
@@ -313,51 +307,53 @@ class Gateway:
     def stage_version(self, codec: Codec, staging: str, scenario_id: str, version: int) -> None:
         """Stage the rows the scenario's type held at ``version``."""
         columns = ", ".join(quote(c) for c in data_columns(codec.mapping))
-        table, history = quote(codec.mapping.table), quote(history_table(codec.mapping.table))
-        self.session.execute(
-            f"INSERT INTO {staging} ({columns}) SELECT {columns} FROM {table} WHERE scenario_id = ? AND _since <= ? "
-            f"UNION ALL SELECT {columns} FROM {history} WHERE scenario_id = ? AND _since <= ? AND _until > ?",
-            [scenario_id, version, scenario_id, version, version])
+        where, params = _live(scenario_id, version)
+        self.session.execute(f"INSERT INTO {staging} ({columns}) SELECT {columns} FROM {_rows(codec)} WHERE {where}",
+                             params)
 
     def replace_rows(self, codec: Codec, scenario_id: str, version: int, staging: str | None) -> Changes:
         """Make the staged rows (none, for ``staging=None``) the type's current
         rows as of ``version``: rows equal to a staged one (same position,
-        same content) stay; the others move to history; staged rows not
-        already current are inserted. Returns the changes by key."""
+        same content) stay as they are; the others are retired (their
+        ``_until`` set); staged rows not already current are inserted. Returns
+        the changes by key."""
         mapping, session = codec.mapping, self.session
-        table = quote(mapping.table)
+        rows = _rows(codec)
         columns = data_columns(mapping)
         names = ", ".join(quote(c) for c in columns)
         if staging is None:
-            removed = session.scalar(f"SELECT count(*) FROM {table} WHERE scenario_id = ?", [scenario_id])
+            removed = self.count_rows(codec, scenario_id)
             if removed:
-                self._retire(mapping, scenario_id, version, None)
+                self._retire(codec, scenario_id, version, None)
             return Changes(removed=removed)
-        compared = ", ".join(self._compare(codec, c) for c in columns)
-        current = f"SELECT {compared} FROM {table} WHERE scenario_id = ?"
-        staged = f"SELECT {compared} FROM {staging}"
-        gone = session.create_staging("_healthsim_gone", mapping.table, ("_position",))
-        session.execute(f"INSERT INTO {gone} SELECT _position FROM ({current} EXCEPT {staged}) g", [scenario_id])
-        fresh = session.create_staging("_healthsim_fresh", mapping.table, ("_position",))
-        session.execute(f"INSERT INTO {fresh} SELECT _position FROM ({staged} EXCEPT {current}) f", [scenario_id])
+        same = " AND ".join(f"{self._compare(codec, c, 'c')} IS NOT DISTINCT FROM {self._compare(codec, c, 's')}"
+                            for c in columns if c != "_position")
+        # One join on the position tells what stays (same position, same content),
+        # what goes and what comes.
+        compared = session.create_temp_as(
+            "_healthsim_compare",
+            f"SELECT c._position AS old_position, s._position AS new_position, ({same}) AS same "
+            f"FROM (SELECT * FROM {rows} WHERE scenario_id = ? AND _until IS NULL) c "
+            f"FULL OUTER JOIN {staging} s ON c._position = s._position", [scenario_id])
+        gone = (f"SELECT old_position FROM {compared} WHERE old_position IS NOT NULL "
+                "AND (new_position IS NULL OR NOT same)")
+        fresh = (f"SELECT new_position FROM {compared} WHERE new_position IS NOT NULL "
+                 "AND (old_position IS NULL OR NOT same)")
         changes = self._count_changes(codec, scenario_id, staging, gone, fresh)
-        self._retire(mapping, scenario_id, version, gone)
-        session.execute(f"INSERT INTO {table} (scenario_id, {names}, _since) SELECT ?, {names}, ? FROM {staging} "
-                        f"WHERE _position IN (SELECT _position FROM {fresh})", [scenario_id, version])
-        for temporary in (gone, fresh, staging):
+        self._retire(codec, scenario_id, version, gone)
+        session.execute(f"INSERT INTO {rows} (scenario_id, {names}, _since) SELECT ?, {names}, ? FROM {staging} "
+                        f"WHERE _position IN ({fresh})", [scenario_id, version])
+        for temporary in (compared, staging):
             session.execute(f"DROP TABLE {temporary}")
         return changes
 
-    def _retire(self, mapping, scenario_id: str, version: int, positions: str | None) -> None:
-        """Move current rows (all, or those at ``positions``) to history, replaced in ``version``."""
-        table, history = quote(mapping.table), quote(history_table(mapping.table))
-        names = ", ".join(quote(c) for c in ("scenario_id", *data_columns(mapping), "_since"))
-        where = "scenario_id = ?"
+    def _retire(self, codec: Codec, scenario_id: str, version: int, positions: str | None) -> None:
+        """Mark current rows (all, or those whose position ``positions`` selects)
+        replaced in ``version``."""
+        where = "scenario_id = ? AND _until IS NULL"
         if positions is not None:
-            where += f" AND _position IN (SELECT _position FROM {positions})"
-        self.session.execute(f"INSERT INTO {history} ({names}, _until) SELECT {names}, ? FROM {table} WHERE {where}",
-                             [version, scenario_id])
-        self.session.execute(f"DELETE FROM {table} WHERE {where}", [scenario_id])
+            where += f" AND _position IN ({positions})"
+        self.session.execute(f"UPDATE {_rows(codec)} SET _until = ? WHERE {where}", [version, scenario_id])
 
     def _compare(self, codec: Codec, column: str, alias: str | None = None) -> str:
         if column in ("_position", "_residual"):
@@ -368,7 +364,6 @@ class Gateway:
         """Added, changed and removed by key, from the rows that go and the
         rows that come (every other row is the same on both sides)."""
         mapping = codec.mapping
-        table = quote(mapping.table)
         keys = " AND ".join(f"o.{quote(k)} = n.{quote(k)}" for k in mapping.primary_key)
         content = [c for c in data_columns(mapping) if c != "_position"]
         differs = " OR ".join(f"{self._compare(codec, c, 'o')} IS DISTINCT FROM {self._compare(codec, c, 'n')}"
@@ -378,8 +373,9 @@ class Gateway:
             f"SELECT count(*) FILTER (WHERE o.{first} IS NULL), "
             f"count(*) FILTER (WHERE n.{first} IS NULL), "
             f"count(*) FILTER (WHERE o.{first} IS NOT NULL AND n.{first} IS NOT NULL AND ({differs})) "
-            f"FROM (SELECT * FROM {table} WHERE scenario_id = ? AND _position IN (SELECT _position FROM {gone})) o "
-            f"FULL OUTER JOIN (SELECT * FROM {staging} WHERE _position IN (SELECT _position FROM {fresh})) n "
+            f"FROM (SELECT * FROM {_rows(codec)} WHERE scenario_id = ? AND _until IS NULL "
+            f"AND _position IN ({gone})) o "
+            f"FULL OUTER JOIN (SELECT * FROM {staging} WHERE _position IN ({fresh})) n "
             f"ON {keys}", [scenario_id])
         return Changes(added=row[0], removed=row[1], changed=row[2])
 
@@ -395,16 +391,16 @@ class Gateway:
         differs = " OR ".join(f"{self._compare(codec, c, 'c')} IS DISTINCT FROM {self._compare(codec, c, 's')}"
                               for c in content)
         return self.session.fetchall(
-            f"SELECT s._position, c._position, {differs} FROM {staging} s JOIN {quote(mapping.table)} c ON {keys} "
-            "WHERE c.scenario_id = ?", [scenario_id])
+            f"SELECT s._position, c._position, {differs} FROM {staging} s JOIN {_rows(codec)} c ON {keys} "
+            "WHERE c.scenario_id = ? AND c._until IS NULL", [scenario_id])
 
     def retire_positions(self, codec: Codec, scenario_id: str, version: int, positions: list[int]) -> None:
-        """Move the current rows at ``positions`` to history (replaced in ``version``)."""
+        """Retire the current rows at ``positions`` (replaced in ``version``)."""
         if not positions:
             return
-        marks = self.session.create_staging("_healthsim_gone", codec.mapping.table, ("_position",))
+        marks = self.session.create_staging("_healthsim_gone", versions_table(codec.mapping.table), ("_position",))
         self.session.append(marks, ("_position",), [(p,) for p in positions])
-        self._retire(codec.mapping, scenario_id, version, marks)
+        self._retire(codec, scenario_id, version, f"SELECT _position FROM {marks}")
         self.session.execute(f"DROP TABLE {marks}")
 
     # --- diffs ----------------------------------------------------------------------------------------
@@ -430,17 +426,24 @@ class Gateway:
 
     def _live_data_sql(self, mapping, scenario_id: str, version: int | None) -> tuple[str, list[Any]]:
         names = ", ".join(quote(c) for c in data_columns(mapping))
-        table = quote(mapping.table)
-        if version is None:
-            return f"SELECT {names} FROM {table} WHERE scenario_id = ?", [scenario_id]
-        history = quote(history_table(mapping.table))
-        return (f"SELECT {names} FROM {table} WHERE scenario_id = ? AND _since <= ? UNION ALL "
-                f"SELECT {names} FROM {history} WHERE scenario_id = ? AND _since <= ? AND _until > ?",
-                [scenario_id, version, scenario_id, version, version])
+        where, params = _live(scenario_id, version)
+        return f"SELECT {names} FROM {quote(versions_table(mapping.table))} WHERE {where}", params
 
     def count_rows(self, codec: Codec, scenario_id: str) -> int:
-        return self.session.scalar(f"SELECT count(*) FROM {quote(codec.mapping.table)} WHERE scenario_id = ?",
+        return self.session.scalar(f"SELECT count(*) FROM {_rows(codec)} WHERE scenario_id = ? AND _until IS NULL",
                                    [scenario_id])
+
+
+def _rows(codec: Codec) -> str:
+    """The quoted table of a type's rows of every version."""
+    return quote(versions_table(codec.mapping.table))
+
+
+def _live(scenario_id: str, version: int | None) -> tuple[str, list[Any]]:
+    """The condition for a scenario's rows at ``version`` (None: the current ones)."""
+    if version is None:
+        return "scenario_id = ? AND _until IS NULL", [scenario_id]
+    return "scenario_id = ? AND _since <= ? AND (_until IS NULL OR _until > ?)", [scenario_id, version, version]
 
 
 def _unstorable_strings(codec: Codec, rows: list[tuple], columns: Sequence[str]) -> list[Problem]:
@@ -482,14 +485,3 @@ def _version_dict(row: tuple) -> dict[str, Any]:
     item["metadata"] = None if item["metadata"] is None else json.loads(item["metadata"])
     item["changes"] = json.loads(item["changes"])
     return item
-
-
-def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -137,7 +137,7 @@ def test_alias_added_changes_nothing_stored(db):
         sm.save_scenario("new", {"person": [{"pid": "n", "legacy_code": "L"}]})
         assert sm.load_scenario("new")["entities"]["person"] == [{"pid": "n", "code": "L"}]
     after = db.snapshot()
-    assert after["people"][: len(before["people"])] != [] and db.loads() == db.before
+    assert after["people__versions"][: len(before["people__versions"])] != [] and db.loads() == db.before
 
 
 def test_field_removed_waits_for_evolve_then_gives_its_values_back_to_the_residual(db):

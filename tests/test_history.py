@@ -122,8 +122,8 @@ def test_versions_share_unchanged_rows(sm, db_path):
         for i in range(0, 2000, 100):  # 1% of the entities change each time
             entities["patient"][i + round_] = patient(f"p{i + round_}", n=-round_)
         sm.save_scenario("big", entities, overwrite=True)
-    assert run_query(db_path, "SELECT count(*) FROM patients").rows == [(2000,)]
-    assert run_query(db_path, "SELECT count(*) FROM patients__history").rows == [(5 * 20,)]  # only what changed
+    assert run_query(db_path, "SELECT count(*) FROM patients").rows == [(2000,)]  # the view: current rows
+    assert run_query(db_path, "SELECT count(*) FROM patients__versions").rows == [(2000 + 5 * 20,)]  # what changed
     assert sm.load_scenario("big", version=1)["entities"]["patient"][1]["n"] == 1
     assert sm.load_scenario("big", version=6)["entities"]["patient"][1]["n"] == -1
 
@@ -136,7 +136,8 @@ def test_prune_and_a_history_limit_drop_old_versions_and_their_rows(sm, db_path)
     with pytest.raises(VersionNotFoundError, match="older ones may have been pruned"):
         sm.load_scenario("s", version=3)
     assert sm.load_scenario("s", version=4)["entities"]["patient"][0]["x"] == 3
-    assert run_query(db_path, "SELECT count(*) FROM patients__history").rows == [(1,)]  # version 4's row only
+    # rows: version 4's a, the current a, b (unchanged since version 1)
+    assert run_query(db_path, "SELECT count(*) FROM patients__versions").rows == [(3,)]
     sm.set_history_limit(2)
     assert sm.history_limit == 2
     for x in range(5, 8):
@@ -147,7 +148,7 @@ def test_prune_and_a_history_limit_drop_old_versions_and_their_rows(sm, db_path)
     with pytest.raises(ValidationError, match="keep must be a positive integer"):
         sm.prune_history("s", keep=0)
     assert sm.delete_scenario("s")
-    for table in ("patients", "patients__history", "scenario_versions"):
+    for table in ("patients", "patients__versions", "scenario_versions"):
         assert run_query(db_path, f"SELECT count(*) FROM {table}").rows == [(0,)], table
 
 
@@ -166,8 +167,8 @@ def test_sql_sees_current_rows_and_reaches_older_ones(sm, db_path):
     sid = sm.save_scenario("s", {"patient": [patient("a", gender="F")]})
     sm.save_scenario("s", {"patient": [patient("a", gender="M")]}, overwrite=True)
     assert run_query(db_path, "SELECT gender FROM patients WHERE scenario_id = ?", [sid]).rows == [("M",)]
-    version_1 = ("SELECT gender FROM patients WHERE scenario_id = $s AND _since <= $v UNION ALL "
-                 "SELECT gender FROM patients__history WHERE scenario_id = $s AND _since <= $v AND _until > $v")
+    version_1 = ("SELECT gender FROM patients__versions WHERE scenario_id = $s AND _since <= $v "
+                 "AND (_until IS NULL OR _until > $v)")
     assert run_query(db_path, version_1, {"s": sid, "v": 1}).rows == [("F",)]
 
 

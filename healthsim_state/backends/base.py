@@ -106,10 +106,20 @@ class Session(ABC):
     def table_columns(self) -> dict[str, list[tuple[str, str]]]:
         """``{table: [(column, SQL type), ...]}`` of the store's schema."""
 
-    @abstractmethod
     def create_staging(self, name: str, like: str, columns: Sequence[str]) -> str:
-        """A temporary table ``name`` with these columns of table ``like``,
-        dropped at the end of the transaction; returns its quoted name."""
+        """An empty temporary table ``name`` with these columns of table
+        ``like``; returns its quoted name. Callers drop it when done (and a
+        rollback drops it with everything else)."""
+        return self.create_temp_as(name, f"SELECT {', '.join(map(quote, columns))} FROM {quote(like)} LIMIT 0")
+
+    def create_temp_as(self, name: str, sql: str, params: Sequence[Any] = ()) -> str:
+        """A temporary table ``name`` holding what ``sql`` selects; returns its
+        quoted name. (Temporary names start with ``_healthsim``, which no
+        mapping's table may, so an unqualified name finds the right table.)"""
+        quoted = quote(name)
+        self.execute(f"DROP TABLE IF EXISTS {quoted}")
+        self.execute(f"CREATE TEMP TABLE {quoted} AS {sql}", params)
+        return quoted
 
     def lock_layout(self) -> None:
         """Keep other clients from changing the layout until this transaction

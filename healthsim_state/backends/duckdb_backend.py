@@ -42,7 +42,11 @@ DIALECT = Dialect(
     },
 )
 
-CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+# New files use 16 KB blocks: every table a checkpoint touches costs whole
+# blocks, and with the default 256 KB a store of versions grew by megabytes a
+# write (existing files keep the block size they were made with).
+CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+          "default_block_size": 16_384}
 # A user's query: read-only, no other files, no network; then no progress bar
 # on stderr, and the settings locked (see query()).
 QUERY_CONFIG = {"enable_external_access": False}
@@ -184,13 +188,6 @@ class DuckDBSession(Session):
         for table, column, sql_type in rows:
             tables.setdefault(table, []).append((column, sql_type))
         return tables
-
-    def create_staging(self, name: str, like: str, columns: Sequence[str]) -> str:
-        quoted = quote(name)
-        self.execute(f"DROP TABLE IF EXISTS temp.{quoted}")
-        self.execute(f"CREATE TEMP TABLE {quoted} AS SELECT {', '.join(map(quote, columns))} "
-                     f"FROM {quote(like)} LIMIT 0")
-        return f"temp.{quoted}"
 
 
 def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:

@@ -39,9 +39,9 @@ RESERVED_TABLE_PREFIX = "_healthsim"
 _TYPE_NAMES = "varchar, integer, bigint, double, decimal(P,S), boolean, date, timestamp, json"
 _TOP_KEYS = ("format", "entity", "plural", "table", "description", "primary_key", "fields")
 FORMAT = 1  # the mapping document's format version (``format:``, optional in files)
-# PostgreSQL keeps 63 bytes of a name; a table's history table adds HISTORY_SUFFIX.
+# PostgreSQL keeps 63 bytes of a name; a type's table of every version adds VERSIONS_SUFFIX.
 MAX_IDENTIFIER = 63
-HISTORY_SUFFIX = "__history"
+VERSIONS_SUFFIX = "__versions"
 _FIELD_KEYS = ("column", "path", "type", "aliases", "default", "required", "strict", "description")
 
 
@@ -248,16 +248,16 @@ def _check_default(path, entity, key, raw, ctype, problems) -> Any:
 def _check_names(path: str, mapping: Mapping, problems: list[Problem]) -> None:
     entity = mapping.entity
     if (mapping.table in RESERVED_TABLES or mapping.table.startswith(RESERVED_TABLE_PREFIX)
-            or mapping.table.endswith(HISTORY_SUFFIX)):
+            or mapping.table.endswith(VERSIONS_SUFFIX)):
         problems.append(_problem(path, entity, "table",
                                  f"table name {mapping.table!r} is reserved by the store (scenarios, scenario_tags, "
                                  f"scenario_versions, names starting with {RESERVED_TABLE_PREFIX} or ending in "
-                                 f"{HISTORY_SUFFIX}); choose another"))
-    longest = MAX_IDENTIFIER - len(HISTORY_SUFFIX)
+                                 f"{VERSIONS_SUFFIX}); choose another"))
+    longest = MAX_IDENTIFIER - len(VERSIONS_SUFFIX)
     if len(mapping.table.encode()) > longest:
         problems.append(_problem(path, entity, "table",
                                  f"table name {mapping.table!r} is longer than {longest} characters (PostgreSQL "
-                                 f"keeps {MAX_IDENTIFIER}, and the store adds {HISTORY_SUFFIX!r}); shorten it"))
+                                 f"keeps {MAX_IDENTIFIER}, and the store adds {VERSIONS_SUFFIX!r}); shorten it"))
     seen: dict[str, int] = {}
     for index, field in enumerate(mapping.fields):
         key = f"fields[{index}] ({field.column}).column"

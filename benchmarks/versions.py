@@ -1,0 +1,168 @@
+"""What versions and many clients cost: history storage and overwrite, load of
+the newest version, appends into a big scenario, streaming one type.
+
+    python3 -m benchmarks.versions                # every measure, one JSON line each
+    python3 -m benchmarks.versions --only appends # or: history, stream
+
+``history``: an 80,000-entity scenario (1,000 patients of benchmarks.generate)
+overwritten 10 times with 1% of its entities changed each time. It prints the
+file size after the 10 versions against a file holding one version; the
+median overwrite of 1% against a full rewrite of the same scenario (what an
+overwrite cost before versions: every row deleted and written again); and the
+median load of the newest version against the load of a scenario that has one
+version only.
+
+``appends``: ``add_entities`` of 100 patients into scenarios that already hold
+100 ... 150,000 patients: the cost should follow the batch, not what is stored.
+
+``stream``: peak memory growth while ``iter_entities`` streams one type of a
+1,000,000-entity scenario, against ``load_scenario`` of that type.
+
+Timings are medians; the machine is shared, so compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.generate import scenario
+from healthsim_state import StateManager
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _median_ms(runs: list[float]) -> float:
+    return round(statistics.median(runs) * 1000, 1)
+
+
+def _timed(call) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def _changed(data: dict, round_: int, fraction: float = 0.01) -> dict:
+    """``data`` with ``fraction`` of every type's entities changed (a new note)."""
+    out = {}
+    for kind, items in data.items():
+        step = max(1, round(1 / fraction))
+        out[kind] = [dict(item, revision=round_) if i % step == round_ % step else item
+                     for i, item in enumerate(items)]
+    return out
+
+
+def measure_history(workdir: Path, repeat: int, patients: int = 1000, versions: int = 10) -> dict:
+    data = scenario(patients, seed=7)
+    one = workdir / "one.duckdb"
+    sm = StateManager(one)
+    sm.save_scenario("s", data)
+    one_size = one.stat().st_size
+    many = workdir / "many.duckdb"
+    shutil.copy(one, many)
+    sm = StateManager(many)
+    overwrites = []
+    for round_ in range(1, versions + 1):
+        changed = _changed(data, round_)
+        overwrites.append(_timed(lambda: sm.save_scenario("s", changed, overwrite=True)))
+    many_size = many.stat().st_size
+    rewrites = []
+    scratch = StateManager(workdir / "rewrite.duckdb")
+    scratch.save_scenario("s", data)
+    for round_ in range(repeat):
+        changed = _changed(data, round_ + 1)
+        rewrites.append(_timed(lambda: (scratch.delete_scenario("s"), scratch.save_scenario("s", changed))))
+    loads_newest = [_timed(lambda: sm.load_scenario("s")) for _ in range(repeat)]
+    loads_single = [_timed(lambda: StateManager(one).load_scenario("s")) for _ in range(repeat)]
+    entities = sum(len(v) for v in data.values())
+    return {
+        "measure": "history", "entities": entities, "versions": versions + 1,
+        "file_bytes_one_version": one_size, "file_bytes_after_overwrites": many_size,
+        "file_ratio": round(many_size / one_size, 2),
+        "overwrite_1pct_ms": _median_ms(overwrites), "full_rewrite_ms": _median_ms(rewrites),
+        "overwrite_ratio": round(statistics.median(overwrites) / statistics.median(rewrites), 2),
+        "load_newest_ms": _median_ms(loads_newest), "load_single_version_ms": _median_ms(loads_single),
+        "load_ratio": round(statistics.median(loads_newest) / statistics.median(loads_single), 2),
+    }
+
+
+def measure_appends(workdir: Path, repeat: int, sizes=(100, 10_000, 50_000, 150_000), batch: int = 100) -> dict:
+    curve = {}
+    for stored in sizes:
+        sm = StateManager(workdir / f"appends-{stored}.duckdb")
+        sm.save_scenario("s", {"patient": [{"patient_id": f"s{i}", "name": {"given": "S"}, "x": i}
+                                           for i in range(stored)]})
+        runs = []
+        for round_ in range(repeat):
+            batch_items = [{"patient_id": f"b{round_}-{i}", "name": {"given": "B"}} for i in range(batch)]
+            runs.append(_timed(lambda: sm.add_entities("s", {"patient": batch_items})))
+        curve[stored] = _median_ms(runs)
+    first, last = curve[sizes[0]], curve[sizes[-1]]
+    return {"measure": "appends", "batch": batch, "ms_by_stored": curve, "ratio_largest_to_smallest":
+            round(last / first, 2)}
+
+
+STREAM = """
+import resource, sys
+from healthsim_state import StateManager
+sm = StateManager(sys.argv[1], read_only=True)
+def rss():
+    with open("/proc/self/status") as status:
+        return next(int(l.split()[1]) for l in status if l.startswith("VmRSS"))
+sm.scenario_info("s")
+before = rss()
+if sys.argv[2] == "stream":
+    count = sum(1 for _ in sm.iter_entities("s", sys.argv[3], batch_size=10_000))
+else:
+    count = len(sm.load_scenario("s", entity_types=[sys.argv[3]])["entities"][sys.argv[3]])
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(count, (peak - before) // 1024)
+"""
+
+
+def measure_stream(workdir: Path, patients: int = 12_500, kind: str = "lab_result") -> dict:
+    db = workdir / "stream.duckdb"
+    data = scenario(patients, seed=3)
+    StateManager(db).save_scenario("s", data)
+    total = sum(len(v) for v in data.values())
+    del data
+    out = {}
+    for mode in ("stream", "load"):
+        result = subprocess.run([sys.executable, "-c", STREAM, str(db), mode, kind], capture_output=True,
+                                text=True, check=True, cwd=REPO)
+        count, mb = map(int, result.stdout.split())
+        out[mode] = {"entities": count, "peak_rss_growth_mb": mb}
+    return {"measure": "stream", "scenario_entities": total, "type": kind, **out}
+
+
+MEASURES = {"history": measure_history, "appends": measure_appends, "stream": measure_stream}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=sorted(MEASURES), action="append", help="one measure (repeatable)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per timing; medians are reported")
+    parser.add_argument("--workdir", type=Path, help="where to put databases (default: a temp dir)")
+    args = parser.parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="healthsim-versions-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        for name in args.only or list(MEASURES):
+            measure = MEASURES[name]
+            result = measure(workdir, args.repeat) if name != "stream" else measure(workdir)
+            print(json.dumps(result), flush=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
