@@ -138,7 +138,7 @@ class EntityTypesResult(TypedDict):
     entity_types: list[dict[str, Any]]
 
 
-class QueryResult(TypedDict):
+class QueryOutput(TypedDict):
     """The first rows (at most limit); truncated says whether there were more."""
     columns: list[str]
     types: list[str]
@@ -392,7 +392,7 @@ class ScenarioTools:
             "entity type (see list_entity_types: table, and each field's column) with scenario_id and "
             "_position. Filter by scenario_id to stay inside one scenario."))],
         limit: Annotated[int, Field(ge=0, le=MAX_QUERY_ROWS, description="Return at most this many rows.")] = 100,
-    ) -> QueryResult:
+    ) -> QueryOutput:
         """Run read-only SQL (DuckDB dialect) over the scenario tables and return the first rows.
 
         The database is opened read-only with no access to other files; exactly one SELECT
