@@ -479,6 +479,19 @@ def prune(names: tuple[str, ...], keep: int, every: bool, db: str | None) -> Non
                f"scenario{'s' if len(targets) != 1 else ''}")
 
 
+@cli.command()
+@db_option
+def compact(db: str | None) -> None:
+    """Give back unused space: rewrite a DuckDB file compactly (every version
+    is kept). A DuckDB file keeps the space of replaced rows and pruned
+    versions for reuse and never shrinks by itself."""
+    with _reader(db) as reader:
+        reader.scenario_exists("")  # a missing store is an error, and is not created
+    with _manager(db) as manager:
+        sizes = manager.compact()
+    click.echo(f"compacted {manager.label}: {sizes['bytes_before']:,} -> {sizes['bytes_after']:,} bytes")
+
+
 @cli.command(name="history-limit")
 @click.argument("keep", required=False)
 @db_option

@@ -404,6 +404,14 @@ class StateManager:
 
         self._write(limit)
 
+    def compact(self) -> dict[str, int]:
+        """Give back unused space: a DuckDB file keeps the space of replaced rows
+        and pruned versions for reuse, and never shrinks by itself; this
+        rewrites it compactly (every version kept). Returns ``bytes_before``
+        and ``bytes_after``."""
+        before, after = self._backend.compact()
+        return {"bytes_before": before, "bytes_after": after}
+
     def _record_version(self, g: Gateway, scenario_id: str, version: int, operation: str, now: Any,
                         description: str | None, tags: list[str], counts: dict[str, int],
                         metadata: dict[str, Any] | None, changes: dict[str, Changes]) -> None:

@@ -152,6 +152,22 @@ def test_prune_and_a_history_limit_drop_old_versions_and_their_rows(sm, db_path)
         assert run_query(db_path, f"SELECT count(*) FROM {table}").rows == [(0,)], table
 
 
+def test_compact_gives_back_space_and_keeps_every_version(sm, db_path):
+    entities = {"patient": [patient(f"p{i}", n=i, note="x" * 50) for i in range(3000)]}
+    sm.save_scenario("s", entities)
+    for round_ in range(1, 6):
+        entities = {"patient": [patient(f"p{i}", n=i if i % 10 else -round_, note="x" * 50) for i in range(3000)]}
+        sm.save_scenario("s", entities, overwrite=True)
+    sm.prune_history("s", keep=3)
+    versions = {v: sm.load_scenario("s", version=v) for v in (4, 5, 6)}
+    sizes = sm.compact()
+    assert sizes["bytes_after"] < sizes["bytes_before"] == sizes["bytes_before"]
+    assert db_path.stat().st_size == sizes["bytes_after"]
+    assert {v: sm.load_scenario("s", version=v) for v in (4, 5, 6)} == versions
+    sm.save_scenario("t", {})  # the store is usable as before
+    assert cli("compact", db=db_path).stdout.startswith(f"compacted {db_path}: ")
+
+
 @pytest.mark.parametrize("metadata, message", [
     ("seed=1", "metadata must be a JSON object"),
     ({"seed": float("nan")}, "NaN and Infinity"),

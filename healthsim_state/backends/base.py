@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from ..engine.types import ColumnType
-from ..errors import ReadOnlyError, TransactionConflictError
+from ..errors import ReadOnlyError, StoreError, TransactionConflictError
 
 T = TypeVar("T")
 
@@ -162,6 +162,12 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Release whatever the backend keeps between operations."""
+
+    def compact(self) -> tuple[int, int]:
+        """Give back the space that replaced rows and pruned versions leave
+        unused; returns the store's size in bytes before and after."""
+        raise StoreError(f"{self.label}: this backend reclaims space by itself (PostgreSQL's autovacuum); "
+                         "there is nothing to compact")
 
     @abstractmethod
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None, *, limit: int | None,

@@ -133,6 +133,38 @@ class DuckDBBackend(Backend):
         return QueryResult([d[0] for d in description], [str(d[1]) for d in description],
                            rows[:limit] if truncated else rows, truncated)
 
+    def compact(self) -> tuple[int, int]:
+        """Copy the store into a fresh file and put it in place of the old one.
+
+        A DuckDB file never shrinks: blocks that deletes, replaced rows and
+        checkpoints free stay in it for reuse. The copy is made while this
+        connection holds the file's lock, and moved into place before the lock
+        is released, so no other process can write to the old file meanwhile;
+        a failure leaves the old file as it was."""
+        if self.read_only:
+            raise StoreError(f"{self.label} was opened read-only; compacting writes a new file")
+        if self.memory:
+            return 0, 0
+        if not self.path.is_file():
+            raise StoreNotFoundError(f"no database at {self.path} (nothing has been saved there yet)")
+        fresh = self.path.with_name(f".{self.path.name}.compact")
+        fresh.unlink(missing_ok=True)
+        before = self.path.stat().st_size
+        con = connect_waiting(self.path, self.lock_timeout)
+        try:
+            con.execute("CHECKPOINT")
+            source = quote(con.execute("SELECT current_database()").fetchone()[0])
+            con.execute(f"ATTACH ? AS healthsim_compact (BLOCK_SIZE {CONFIG['default_block_size']})", [str(fresh)])
+            con.execute(f"COPY FROM DATABASE {source} TO healthsim_compact")
+            con.execute("DETACH healthsim_compact")
+            fresh.replace(self.path)
+        except duckdb.Error as error:
+            raise translate(error, self.label) from error
+        finally:
+            fresh.unlink(missing_ok=True)
+            con.close()
+        return before, self.path.stat().st_size
+
     def _connect(self, write: bool) -> duckdb.DuckDBPyConnection:
         if self.memory:
             with self._memory_lock:
