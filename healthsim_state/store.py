@@ -160,13 +160,7 @@ class Gateway:
         sql = f"SELECT {columns} FROM scenarios s"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY s.updated_at DESC, s.scenario_id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        if offset:
-            sql += " OFFSET ?"
-            params.append(offset)
+        sql += " ORDER BY s.updated_at DESC, s.scenario_id DESC" + _page(params, limit, offset)
         items = [_scenario_dict(row) for row in self.session.fetchall(sql, params)]
         tags = self._tags_of_many([item["scenario_id"] for item in items])
         for item in items:
@@ -252,14 +246,7 @@ class Gateway:
             rows = self.session.fetchall(sql, params)
             rows.sort(key=_first)  # nearly always stored in order already: one C pass checks it
             return rows
-        sql += " ORDER BY _position"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        if offset:
-            sql += " OFFSET ?"
-            params.append(offset)
-        return self.session.fetchall(sql, params)
+        return self.session.fetchall(sql + " ORDER BY _position" + _page(params, limit, offset), params)
 
     def stream_rows(self, codec: Codec, scenario_id: str, *, version: int | None, batch_size: int,
                     after: int = -1, typed: bool = False) -> Iterator[list[tuple]]:
@@ -432,6 +419,18 @@ class Gateway:
     def count_rows(self, codec: Codec, scenario_id: str) -> int:
         return self.session.scalar(f"SELECT count(*) FROM {_rows(codec)} WHERE scenario_id = ? AND _until IS NULL",
                                    [scenario_id])
+
+
+def _page(params: list[Any], limit: int | None, offset: int) -> str:
+    """``LIMIT ? OFFSET ?`` as asked (appending the values to ``params``)."""
+    clause = ""
+    if limit is not None:
+        clause += " LIMIT ?"
+        params.append(limit)
+    if offset:
+        clause += " OFFSET ?"
+        params.append(offset)
+    return clause
 
 
 def _rows(codec: Codec) -> str:
