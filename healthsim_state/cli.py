@@ -624,7 +624,7 @@ def types(entity: str | None, as_json: bool, db: str | None) -> None:
         local = manager.mapping_changes()
     described = [codec.mapping.describe() for codec in registry.codecs.values()]
     for item in described:
-        item["local_changes"] = local.get(item["entity"], {"additions": [], "pending": []})
+        item["local_changes"] = local.get(item["entity"], {"additions": [], "pending": [], "absent": []})
     if entity is not None:
         (name,) = registry.entity_names([entity])
         described = [item for item in described if item["entity"] == name]
@@ -647,7 +647,8 @@ def types(entity: str | None, as_json: bool, db: str | None) -> None:
                     title=title)
     for item in described:
         for kind, note in (("additions", "applied at the next write"),
-                           ("pending", "apply with healthsim-state migrate-schema")):
+                           ("pending", "apply with healthsim-state migrate-schema"),
+                           ("absent", "not in your files: kept; migrate-schema would remove it")):
             for line in item["local_changes"][kind]:
                 click.echo(f"{item['entity']}: local files: {line} ({note})", err=True)
 
@@ -658,6 +659,8 @@ def _local_mark(changes: dict[str, list[str]]) -> str:
         parts.append(f"{len(changes['additions'])} to add")
     if changes["pending"]:
         parts.append(f"{len(changes['pending'])} pending")
+    if changes["absent"]:
+        parts.append(f"{len(changes['absent'])} not in files")
     return ", ".join(parts)
 
 

@@ -155,16 +155,24 @@ class StateManager:
 
     def mapping_changes(self) -> dict[str, dict[str, list[str]]]:
         """Per type, what this client's mapping files would change in the
-        store: ``additions`` (applied when the store is opened for writing)
-        and ``pending`` (applied only by ``evolve=True`` or ``migrate-schema``)."""
+        store: ``additions`` (applied when the store is opened for writing),
+        ``pending`` (changes the files state, applied only by ``evolve=True``
+        or ``migrate-schema``) and ``absent`` (fields and aliases the store has
+        and the files lack: kept, unless ``evolve`` makes the files' mappings
+        the ones in force)."""
         self.registry  # noqa: B018 - reads the store's state
         found: dict[str, dict[str, list[str]]] = {}
         if self._last_plan is None:
             return found
+
+        def entry(entity: str) -> dict[str, list[str]]:
+            return found.setdefault(entity, {"additions": [], "pending": [], "absent": []})
+
         for step in self._last_plan.steps:
-            found.setdefault(step.entity, {"additions": [], "pending": []})["additions"] += step.changes
-        for entity, lines in self._last_plan.pending.items():
-            found.setdefault(entity, {"additions": [], "pending": []})["pending"] += lines
+            entry(step.entity)["additions"] += step.changes
+        for kind, lines_by_entity in (("pending", self._last_plan.pending), ("absent", self._last_plan.absent)):
+            for entity, lines in lines_by_entity.items():
+                entry(entity)[kind] += lines
         return found
 
     def _sync(self, session: Session) -> Registry:

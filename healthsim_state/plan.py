@@ -8,6 +8,11 @@ the client opens the store, for everyone. Anything else they say differently
 is *pending*: reported, and applied only when asked
 (``healthsim-state migrate-schema``, ``StateManager(..., evolve=True)``).
 
+A field or alias the store has and the files lack is not a change the files
+*state*: they may simply not know it (another client added it). It is listed
+apart (``absent``), never warned about, and removed only by ``evolve``, which
+makes the files' mappings the ones in force.
+
 A :class:`Plan` lists the :class:`Step` objects to apply and the changes left
 pending; :mod:`healthsim_state.evolution` applies the steps.
 """
@@ -79,13 +84,21 @@ def _comparable(mapping: Mapping) -> dict:
     return described
 
 
+FIELD_REMOVED, ALIAS_REMOVED = "field removed:", "alias removed:"
+
+
+def is_absence(line: str) -> bool:
+    """Whether a change line only says the new mapping lacks something."""
+    return line.startswith((FIELD_REMOVED, ALIAS_REMOVED))
+
+
 def describe_changes(old: Mapping, new: Mapping) -> list[str]:
     """Every difference, one line each, as a person reads it."""
     diff = diff_mappings(old, new)
     lines = [f"table renamed: {old.table} -> {new.table}"] if old.table != new.table else []
     lines += [f"column renamed: {a} -> {b}" for a, b in diff.renames.items()]
     lines += [f"field added: {f.column} ({f.dotted}, {f.type.name})" for f in diff.added]
-    lines += [f"field removed: {f.column} ({f.dotted}): its values are kept as unmapped data" for f in diff.removed]
+    lines += [f"{FIELD_REMOVED} {f.column} ({f.dotted}): its values are kept as unmapped data" for f in diff.removed]
     lines += [f"type changed: {n.column} {o.type.name} -> {n.type.name}" for o, n in diff.retyped]
     lines += [f"path changed: {n.column} {o.dotted} -> {n.dotted}" for o, n in diff.moved]
     if diff.key_changed:
@@ -109,7 +122,7 @@ def _field_attribute_changes(o: Field, n: Field, *, skip_required: bool = False)
     for alias in dotted(a for a in n.aliases if a not in o.aliases):
         lines.append(f"alias added: {n.column} <- {alias}")
     for alias in dotted(a for a in o.aliases if a not in n.aliases):
-        lines.append(f"alias removed: {n.column} <- {alias}")
+        lines.append(f"{ALIAS_REMOVED} {n.column} <- {alias}")
     for label in ("default", "required", "strict", "description"):
         if label == "required" and skip_required:
             continue
@@ -181,8 +194,9 @@ class Step:
 class Plan:
     in_force: dict[str, Mapping]  # the set in force once the steps are applied
     steps: list[Step]
-    pending: dict[str, list[str]]  # entity -> changes the local files want that this plan leaves alone
+    pending: dict[str, list[str]]  # entity -> changes the local files state that this plan leaves alone
     evolve: bool
+    absent: dict[str, list[str]] = dataclass_field(default_factory=dict)  # what the files lack (see above)
 
     @property
     def pending_lines(self) -> list[str]:
@@ -217,7 +231,10 @@ def plan(stored: dict[str, Mapping], local: dict[str, Mapping], *, evolve: bool 
         problems = check_mapping_set(in_force)
         if problems:
             raise MappingError(problems)
-    return Plan(in_force, steps, pending, evolve)
+    absent = {entity: [line for line in lines if is_absence(line)] for entity, lines in pending.items()}
+    pending = {entity: [line for line in lines if not is_absence(line)] for entity, lines in pending.items()}
+    return Plan(in_force, steps, {e: lines for e, lines in pending.items() if lines}, evolve,
+                {e: lines for e, lines in absent.items() if lines})
 
 
 def _step(old: Mapping, new: Mapping) -> Step:

@@ -143,8 +143,7 @@ def test_alias_added_changes_nothing_stored(db):
 def test_field_removed_waits_for_evolve_then_gives_its_values_back_to_the_residual(db):
     before = db.snapshot()
     db.write(edited(age=None))
-    with pytest.warns(MappingDriftWarning, match=r"person: field removed: age .*migrate-schema.*evolve=True"):
-        assert db.loads(evolve=False) == db.before  # the store's mapping stays in force
+    assert db.loads(evolve=False) == db.before  # the files lack it: the store's field stays, unremarked
     assert db.snapshot() == before
     assert db.loads() == db.before
     columns = [c for (c,) in db.sql("SELECT column_name FROM duckdb_columns() WHERE table_name = 'people'")]
@@ -152,7 +151,11 @@ def test_field_removed_waits_for_evolve_then_gives_its_values_back_to_the_residu
 
 
 def test_type_changed_converts_every_value(db):
+    before = db.snapshot()
     db.write(edited(age="{column: age, path: age, type: double}"))
+    with pytest.warns(MappingDriftWarning, match=r"person: type changed: age integer -> double.*migrate-schema"):
+        assert db.loads(evolve=False) == db.before  # the store's mapping stays in force until evolve
+    assert db.snapshot() == before
     loaded = db.loads()
     assert loaded == db.before and type(loaded["alpha"][0]["age"]) is int  # still the int that was given
     assert db.sql("SELECT data_type FROM duckdb_columns() WHERE table_name='people' AND column_name='age'") == [
@@ -329,8 +332,8 @@ def test_cli_types_shows_the_stores_mapping_and_marks_local_changes(db):
     assert "\nage\tage\tinteger" in result.stdout  # the store's field, still in force
     assert "person: local files: field added: nickname (nickname, varchar) (applied at the next write)" \
         in result.stderr
-    assert "person: local files: field removed: age (age): its values are kept as unmapped data (apply with " \
-           "healthsim-state migrate-schema)" in result.stderr
+    assert "person: local files: field removed: age (age): its values are kept as unmapped data (not in your " \
+           "files: kept; migrate-schema would remove it)" in result.stderr
     assert "Traceback" not in result.stderr
 
 

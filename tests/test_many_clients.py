@@ -32,10 +32,14 @@ REPO = Path(__file__).resolve().parents[1]
 PATIENT_YAML = (REPO / "mappings" / "patient.yaml").read_text()
 
 
-def patient_mapping(directory: Path, *, drop: str | None = None, extra: str | None = None) -> Path:
-    """A copy of the built-in patient mapping, with a field dropped or added."""
+def patient_mapping(directory: Path, *, drop: str | None = None, extra: str | None = None,
+                    move_ssn: bool = False) -> Path:
+    """A copy of the built-in patient mapping, with a field dropped or added,
+    or ssn moved to identifiers.ssn."""
     directory.mkdir(parents=True, exist_ok=True)
     text = PATIENT_YAML
+    if move_ssn:
+        text = text.replace("    path: ssn\n", "    path: identifiers.ssn\n")
     if drop is not None:
         lines = text.splitlines(keepends=True)
         start = next(i for i, line in enumerate(lines) if line.strip() == f"- column: {drop}")
@@ -80,36 +84,52 @@ def test_a_client_without_mapping_files_loads_what_another_client_added(tmp_path
 def test_changes_beyond_additions_wait_and_warn_once(tmp_path):
     db = tmp_path / "shared.duckdb"
     StateManager(db).save_scenario("s", {"patient": [{"patient_id": "p1", "ssn": "123"}]})
-    edited = patient_mapping(tmp_path / "edited", drop="ssn", extra=NICKNAME)
+    edited = patient_mapping(tmp_path / "edited", move_ssn=True, extra=NICKNAME)
     with pytest.warns(MappingDriftWarning) as caught:
         with StateManager(db, mapping_dirs=[edited]) as sm:
-            assert sm.load_scenario("s")["entities"]["patient"][0]["ssn"] == "123"  # the store's field
-            assert sm.mapping_changes()["patient"]["pending"] == [
-                "field removed: ssn (ssn): its values are kept as unmapped data"]
+            assert sm.load_scenario("s")["entities"]["patient"][0]["ssn"] == "123"  # the store's path
+            assert sm.mapping_changes()["patient"]["pending"] == ["path changed: ssn ssn -> identifiers.ssn"]
             assert sm.schema_report.for_entity("patient").changes[0] == "field added: nickname (name.nickname, varchar)"
     (warning,) = caught
     text = str(warning.message)
-    assert "patient: field removed: ssn" in text and "healthsim-state migrate-schema" in text and "evolve=True" in text
+    assert "patient: path changed: ssn ssn -> identifiers.ssn" in text
+    assert "healthsim-state migrate-schema" in text and "evolve=True" in text
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per process and store
         StateManager(db, mapping_dirs=[edited]).load_scenario("s")
     assert run_query(db, "SELECT ssn, nickname FROM patients").rows == [("123", None)]
     with StateManager(db, mapping_dirs=[edited], evolve=True) as sm:  # now apply it
         assert sm.schema_report.for_entity("patient").action == "rewritten"
-    assert StateManager(db).load_scenario("s")["entities"]["patient"][0]["ssn"] == "123"  # kept, unmapped
+    assert StateManager(db, mapping_dirs=[edited]).load_scenario("s")["entities"]["patient"][0]["identifiers"] == \
+        {"ssn": "123"}
+
+
+def test_what_the_files_lack_is_kept_without_a_warning(tmp_path):
+    """A field another client added, or one a release dropped from the built-in
+    files, is not a change these files state: no warning, nothing removed."""
+    db = tmp_path / "shared.duckdb"
+    StateManager(db).save_scenario("s", {"patient": [{"patient_id": "p1", "ssn": "123"}]})
+    lacking = patient_mapping(tmp_path / "lacking", drop="ssn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with StateManager(db, mapping_dirs=[lacking]) as sm:
+            assert sm.load_scenario("s")["entities"]["patient"][0]["ssn"] == "123"
+            assert sm.mapping_changes()["patient"] == {
+                "additions": [], "pending": [], "absent": ["field removed: ssn (ssn): its values are kept as unmapped data"]}
+    assert run_query(db, "SELECT ssn FROM patients").rows == [("123",)]
 
 
 def test_the_cli_says_it_in_one_line(tmp_path):
     db = tmp_path / "shared.duckdb"
     StateManager(db).save_scenario("s", {"patient": [{"patient_id": "p1"}]})
-    edited = patient_mapping(tmp_path / "edited", drop="ssn")
+    edited = patient_mapping(tmp_path / "edited", move_ssn=True)
     script = Path(sys.executable).parent / "healthsim-state"
     result = subprocess.run([str(script), "list", "--db", str(db)], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "HEALTHSIM_MAPPINGS": str(edited)})
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: the mapping files differ from the mappings in force")
-    assert "patient: field removed: ssn" in lines[0]
+    assert "patient: path changed: ssn ssn -> identifiers.ssn" in lines[0]
 
 
 CLIENT = """
