@@ -145,14 +145,6 @@ class StateManager:
             self._read(lambda g: None, missing=lambda: None)
         return self._report
 
-    @property
-    def pending_changes(self) -> list[str]:
-        """What this client's mapping files would change in the store beyond
-        additions: applied only by ``evolve=True`` or ``migrate-schema``."""
-        if not self._synced:
-            self._read(lambda g: None, missing=lambda: None)
-        return [] if self._last_plan is None else self._last_plan.pending_lines
-
     def mapping_changes(self) -> dict[str, dict[str, list[str]]]:
         """Per type, what this client's mapping files would change in the
         store: ``additions`` (applied when the store is opened for writing),
