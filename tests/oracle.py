@@ -12,8 +12,13 @@ Decisions on points the format leaves open (from the brief):
 - a blocked path gets no alias and no default; the value stays as given;
 - NaN / +-Infinity are rejected anywhere in an entity, mapped or not;
 - objects are rendered first: date -> isoformat, datetime -> isoformat,
-  UUID -> str, Decimal d -> json.loads(str(d)); dict keys must be str; tuples,
-  sets, bytes and any other object are rejected;
+  UUID -> str; dict keys must be str; tuples, sets, bytes and any other object
+  are rejected;
+- a Decimal d (item 4 of issue 11: a number no float holds keeps every digit):
+  json.loads(str(d)) when that is an int, or a float equal in value to d;
+  otherwise d itself, which a load gives back as an equal Decimal with the same
+  digits (str(d)); a NaN or infinite Decimal is rejected;
+- a date or datetime subclass holding no date (pandas.NaT) is rejected;
 - a value is checked against its field's type as given, with the kinds the brief
   lists (a UUID object fits varchar, a date object fits date but not varchar or
   timestamp, a Decimal fits decimal(P,S) only); generated data avoids the kinds
@@ -143,9 +148,9 @@ def render(value: Any) -> Any:
         return out
     if isinstance(value, list):
         return [render(v) for v in value]
-    if isinstance(value, _dt.datetime):  # before date: datetime is a date
-        return value.isoformat()
-    if isinstance(value, _dt.date):
+    if isinstance(value, _dt.date):  # a datetime too
+        if not isinstance(value.year, int):
+            raise Unsupported(f"a {type(value).__name__} that holds no date")
         return value.isoformat()
     if isinstance(value, uuid.UUID):
         return str(value)
@@ -153,9 +158,11 @@ def render(value: Any) -> Any:
         if not value.is_finite():
             raise Unsupported(f"non-finite Decimal {value!r}")
         out = json.loads(str(value))
-        if isinstance(out, float) and not math.isfinite(out):
-            raise Unsupported(f"Decimal out of float range {value!r}")
-        return out
+        if isinstance(out, int):
+            return out
+        if math.isfinite(out) and decimal.Decimal(repr(out)) == value:
+            return out
+        return decimal.Decimal(str(value))  # no float holds it: kept as given
     raise Unsupported(f"unsupported object {type(value).__name__}")
 
 
@@ -494,6 +501,8 @@ def diff(expected, got, where: str = "$") -> str | None:
         return None
     if isinstance(expected, float):
         return None if repr(expected) == repr(got) else f"{where}: expected {expected!r}, got {got!r}"
+    if isinstance(expected, decimal.Decimal):  # every digit: Decimal("1.0") is not Decimal("1.00")
+        return None if str(expected) == str(got) else f"{where}: expected {expected!r}, got {got!r}"
     return None if expected == got else f"{where}: expected {expected!r}, got {got!r}"
 
 

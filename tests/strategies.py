@@ -100,6 +100,9 @@ DECIMAL_OBJECTS = st.one_of(
         st.integers(-12, 12),
     ),
     st.sampled_from([decimal.Decimal(s) for s in ["0", "-0", "-0.0", "1.500", "5E+1", "1E-7", "12.34", "0.1"]]),
+    # numbers no float holds: kept with every digit (issue 11, item 4)
+    st.sampled_from([decimal.Decimal(s) for s in ["12345678901234567890.123456789", "0.10000000000000001",
+                                                  "1E+400", "-1E-400", "1.2345678901234567890E+30"]]),
 ).filter(_finite_decimal)
 
 # --------------------------------------------------------------------------

@@ -27,11 +27,13 @@ class ScenarioBatch:
     cannot be misused: no separate check can be forgotten.)
     """
 
-    def __init__(self, registry: Registry, entities: Any, chunk: int | None = None):
+    def __init__(self, registry: Registry, entities: Any, chunk: int | None = None,
+                 progress: Callable[[int, int], None] | None = None):
         self.problems: list[Problem] = []
         self._chunk = chunk or CHUNK
         self._lists = _entity_lists(registry, entities, self.problems)
         self.counts = {codec.mapping.entity: len(items) for codec, items in self._lists if items}
+        self._progress = progress
 
     @property
     def codecs(self) -> list[Codec]:
@@ -41,8 +43,11 @@ class ScenarioBatch:
     def chunks(self) -> Iterator[tuple[Codec, list[tuple]]]:
         """``(codec, rows)`` ready for the store, rows ``(position, col_0, ...,
         residual)`` in the order given, while no problem has been found; then
-        only validation goes on, and the end raises :class:`ValidationError`."""
-        problems = self.problems
+        only validation goes on, and the end raises :class:`ValidationError`.
+        ``progress(done, total)`` is called after each chunk (once written)
+        with the entities handled so far."""
+        problems, progress = self.problems, self._progress
+        done, total = 0, sum(self.counts.values())
         for codec, items in self._lists:
             flatten = codec.flatten
             keys = KeyTracker(codec, problems)
@@ -52,7 +57,10 @@ class ScenarioBatch:
                             for position, item in enumerate(items[start:start + self._chunk], start)]
                 keys.check(rows)
                 if not problems:
-                    yield codec, rows
+                    yield codec, rows  # resumed once the caller has written them
+                done += len(rows)
+                if progress is not None:
+                    progress(done, total)
         if problems:
             raise ValidationError(problems, summary="scenario not saved")
 

@@ -23,7 +23,10 @@ SQL type names live in the dialects, not here.
 compares ``render(column)`` with the canonical form of the input and keeps the
 input whenever they differ ("2024-01-15T10:30Z" stays so; an int given to a
 ``double`` comes back an int; ``-0.0`` keeps its sign in the residual, so that
-a column compares equal exactly when the values are the same).
+a column compares equal exactly when the values are the same). A ``Decimal``
+no float holds stays a ``Decimal`` (see :mod:`.values`), so the residual keeps
+it, with every digit, in a field of any type; a decimal or json column holds
+its digits too, for SQL.
 
 Text: a string holding NUL (which PostgreSQL text cannot store) is kept in the
 residual, never in a column, on every backend; a key cannot hold one.
@@ -39,7 +42,8 @@ from dataclasses import dataclass
 from decimal import Context, Decimal, InvalidOperation
 from typing import Any, Callable
 
-from .values import MISSING, NotJSON, dump_column_json, is_text, parse_json, to_json
+from .values import MISSING, NotJSON, check_real_date, dump_column_json, dump_exact, is_text, parse_json, \
+    to_json
 
 
 class Unfit(ValueError):
@@ -116,10 +120,12 @@ def _double(value: Any) -> tuple[Any, Any]:
         except OverflowError:
             raise Unfit("integer too large for a double") from None
     if isinstance(value, Decimal):
-        kept = to_json(value)
+        if not value.is_finite():
+            raise Unfit("NaN and Infinity are not JSON numbers and are not stored")
+        kept = to_json(value)  # a Decimal no float holds stays one: the residual keeps every digit
         number = float(value)
         if not math.isfinite(number):
-            raise Unfit("expected a finite number")
+            raise Unfit("the number is out of the range of a double (at most about 1.8e308)")
         number = number or 0.0  # no negative zero in a column
         return number, MISSING if _same(number, kept) else kept
     raise Unfit("expected a number")
@@ -187,8 +193,22 @@ def _date(value: Any) -> tuple[Any, Any]:
             raise Unfit("expected a full ISO date (YYYY-MM-DD)") from None
         return day, MISSING if day.isoformat() == value else value
     if isinstance(value, _dt.date) and not isinstance(value, _dt.datetime):
-        return value, MISSING
+        if value.__class__ is _dt.date:
+            return value, MISSING
+        day = _plain_date(value)  # a subclass: the column holds a plain date; what it renders as is kept
+        kept = value.isoformat()
+        return day, MISSING if day.isoformat() == kept else kept
+    if isinstance(value, _dt.datetime):
+        _plain_date(value)  # one that holds no date (pandas.NaT) says so
     raise Unfit("expected a full ISO date (YYYY-MM-DD) or a datetime.date")
+
+
+def _plain_date(value: _dt.date) -> _dt.date:
+    try:
+        check_real_date(value)
+    except TypeError as problem:
+        raise Unfit(str(problem)) from None
+    return _dt.date(value.year, value.month, value.day)
 
 
 # --- timestamp ---------------------------------------------------------------------
@@ -214,22 +234,39 @@ def _timestamp(value: Any) -> tuple[Any, Any]:
         column = _utc_naive(moment)
         return column, MISSING if column.isoformat() == value else value
     if isinstance(value, _dt.datetime):
-        column = _utc_naive(value)
+        # A subclass (pandas.Timestamp, ...) goes to the column as a plain
+        # datetime, and keeps what it renders as (nanoseconds, say) when that
+        # differs; one that holds no date-time (pandas.NaT) is refused.
+        column = _utc_naive(value if value.__class__ is _dt.datetime else _plain_datetime(value))
         kept = value.isoformat()
         return column, MISSING if column.isoformat() == kept else kept
     raise Unfit("expected an ISO date-time string or a datetime.datetime")
+
+
+def _plain_datetime(value: _dt.datetime) -> _dt.datetime:
+    try:
+        check_real_date(value)
+    except TypeError as problem:
+        raise Unfit(str(problem)) from None
+    return _dt.datetime(value.year, value.month, value.day, value.hour, value.minute, value.second,
+                        value.microsecond, value.tzinfo, fold=value.fold)
 
 
 # --- json ---------------------------------------------------------------------
 
 def _json(value: Any) -> tuple[Any, Any]:
     try:
-        text = dump_column_json(to_json(value))
+        rendered = to_json(value)
     except NotJSON as problem:
         raise Unfit(str(problem)) from None
+    try:
+        text, kept = dump_column_json(rendered), MISSING
+    except TypeError:  # it holds a number no float holds: the column has its digits for SQL, and the
+        # residual keeps the value, so that a load gives the Decimal back on every backend
+        text, kept = dump_exact(rendered, allow_nan=False, ensure_ascii=False, separators=(",", ":")), rendered
     if not is_text(text):
         raise Unfit("a string holds a lone surrogate, which a json column cannot store")
-    return text, MISSING
+    return text, kept
 
 
 def identity(value: Any) -> Any:

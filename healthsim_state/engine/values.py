@@ -3,17 +3,29 @@
 An entity may hold ``datetime.date``, ``datetime.datetime``, ``uuid.UUID`` and
 ``decimal.Decimal`` objects; they are rendered as the JSON values a load gives
 back (ISO strings, strings, numbers). Everything else that is not JSON (a
-tuple, a set, bytes, a non-string key, NaN or Infinity) is refused with the
-path where it was found.
+tuple, a set, bytes, a non-string key, NaN or Infinity, a date or time that is
+no date or time such as ``pandas.NaT``) is refused with the path where it was
+found.
+
+Numbers no float holds. A ``Decimal`` whose value is a float's (``1.5``,
+``Decimal("0.10")``) renders as that float, an integral one written without a
+point or exponent as an int; any other (``12345678901234567890.123456789``,
+``1E+400``) stays a ``Decimal``, with every digit as given, and is written to
+JSON text as those digits. JSON text we wrote that holds such a number starts
+with one space (JSON allows it): :func:`parse_json` reads only those texts
+number by number (:func:`parse_exact`), so every other text keeps the C
+parser's speed, and a load gives the ``Decimal`` back.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
+import secrets
 import uuid
 from decimal import Decimal
-from typing import Any
+from typing import Any, Callable
 
 
 class _Missing:
@@ -61,15 +73,40 @@ def render_object(value: Any) -> Any:
         return int(value)
     if isinstance(value, float):
         return to_json(float(value))
-    if isinstance(value, _dt.datetime) or isinstance(value, _dt.date):
+    if isinstance(value, _dt.date):  # a datetime is a date
+        check_real_date(value)
         return value.isoformat()
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise TypeError("NaN and Infinity are not JSON numbers")
-        return json.loads(str(value))
+        return render_decimal(value)
     raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def check_real_date(value: _dt.date) -> None:
+    """Raise ``TypeError`` for a subclass of date or datetime that holds no
+    date (``pandas.NaT`` is a datetime whose fields are NaN); the classes
+    themselves always hold one."""
+    if value.__class__ is _dt.datetime or value.__class__ is _dt.date:
+        return
+    if not all(isinstance(part, int) for part in (value.year, value.month, value.day)):
+        name = type(value).__name__
+        raise TypeError(f"{name} {value!s} is not a date or date-time (a missing-value marker, such as "
+                        "pandas.NaT); give None for an unknown value, or leave the key out")
+
+
+def render_decimal(value: Decimal) -> int | float | Decimal:
+    """A ``Decimal``'s JSON value: an int if written without point or
+    exponent, the float whose value it is if there is one, else the
+    ``Decimal`` itself (a number no float holds, kept with every digit)."""
+    if not value.is_finite():
+        raise TypeError("NaN and Infinity are not JSON numbers")
+    number = json.loads(str(value))
+    if number.__class__ is int:
+        return number
+    if number - number == 0.0 and Decimal(repr(number)) == value:
+        return number
+    return value if value.__class__ is Decimal else Decimal(value)
 
 
 def to_json(value: Any, path: list[Any] | None = None) -> Any:
@@ -140,14 +177,82 @@ _scan_once = json.JSONDecoder().scan_once
 def parse_json(text: str) -> Any:
     """``json.loads`` for text we wrote ourselves: straight to the C scanner,
     skipping the whitespace regex and wrapper work (a third of a load's time
-    went there). Text with anything after the value is refused."""
-    value, end = _scan_once(text, 0)
+    went there). Text with anything after the value is refused. Text that
+    starts with a space holds numbers no float holds (see the module
+    docstring): it is read with :func:`parse_exact`."""
+    try:
+        value, end = _scan_once(text, 0)
+    except StopIteration:  # not a value at 0: a leading space, or no JSON (parse_exact says what is wrong)
+        return parse_exact(text)
     if end != len(text):
         raise ValueError(f"unexpected data after the JSON value at character {end}")
     return value
 
 
+def exact_number(text: str) -> float | Decimal:
+    """A JSON number with a fraction or exponent: the float whose value it is,
+    else a ``Decimal`` with every digit (``parse_float`` of a decoder)."""
+    number = float(text)
+    if repr(number) == text:  # what we write for a float: no Decimal made
+        return number
+    exact = Decimal(text)
+    if number - number == 0.0 and Decimal(repr(number)) == exact:
+        return number
+    return exact
+
+
+_exact_decode = json.JSONDecoder(parse_float=exact_number).decode
+
+
+def parse_exact(text: str) -> Any:
+    """JSON text to a value, each number no float holds as a ``Decimal``."""
+    return _exact_decode(text)
+
+
+# A string that stands for one Decimal while the C encoder writes the rest; random,
+# so no string of the data has it (and a count of the replacements checks it).
+_MARK = "healthsim-number-" + secrets.token_hex(12) + "-"
+
+
+def dump_exact(value: Any, *, default: Callable[[Any], Any] | None = None, **options: Any) -> str:
+    """``json.dumps(value, **options)`` that writes each ``Decimal`` as its
+    digits (``default`` renders any other object). Only a value that holds
+    one pays for the substitution."""
+    for attempt in range(3):
+        mark = _MARK if attempt == 0 else "healthsim-number-" + secrets.token_hex(12) + "-"
+        numbers: list[str] = []
+
+        def hook(obj: Any) -> Any:
+            if isinstance(obj, Decimal) and obj.is_finite():
+                numbers.append(str(obj))
+                return f"{mark}{len(numbers) - 1}"
+            if default is not None:
+                return default(obj)
+            raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+        text = json.dumps(value, default=hook, **options)
+        if not numbers:
+            return text
+        text, count = re.subn(f'"{re.escape(mark)}(\\d+)"', lambda m: numbers[int(m[1])], text)
+        if count == len(numbers):
+            return text
+    raise ValueError("cannot write the numbers of this value exactly")  # a string matched three random marks
+
+
 # Compact, ASCII-safe (a lone surrogate survives as an escape), no NaN.
-dump_residual_json = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+_dump_residual_fast = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
+
+def dump_residual_json(value: Any) -> str:
+    """A residual's JSON text: compact and ASCII-safe (a lone surrogate
+    survives as an escape), no NaN. A value holding a ``Decimal`` (what
+    :func:`to_json` leaves of a number no float holds) is written with its
+    digits and one leading space, the mark :func:`parse_json` reads it by."""
+    try:
+        return _dump_residual_fast(value)
+    except TypeError:  # a Decimal: the C encoder knows no such number
+        return " " + dump_exact(value, allow_nan=False, separators=(",", ":"))
+
+
 # For json columns, read by DuckDB's JSON functions: real UTF-8 text.
 dump_column_json = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode
