@@ -1,7 +1,8 @@
 """The DuckDB backend: one file (or ``:memory:``), opened per operation.
 
 The file is open only while an operation runs, so an idle process never keeps
-another out. While another process holds the file's lock, opening waits with
+another out. Inside one process, the threads writing one file take turns (see
+:meth:`DuckDBBackend._writer_turn`). While another process holds the file's lock, opening waits with
 jittered exponential backoff (5 ms doubling to 250 ms) up to the lock timeout,
 then raises :class:`DatabaseLockedError` naming the holder's PID.
 
@@ -12,6 +13,7 @@ database for the backend's life (each session is a cursor on it).
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import threading
@@ -65,6 +67,7 @@ class DuckDBBackend(Backend):
         self.lock_timeout = lock_timeout
         self._memory_con: duckdb.DuckDBPyConnection | None = None
         self._memory_lock = threading.Lock()
+        self._memory_key = f"{MEMORY}#{id(self)}"
 
     def exists(self) -> bool:
         return self.memory or self.path.is_file()
@@ -76,6 +79,33 @@ class DuckDBBackend(Backend):
 
     @contextmanager
     def session(self, *, write: bool) -> Iterator[Session]:
+        with self._writer_turn(write):
+            with self._session(write) as session:
+                yield session
+
+    @contextmanager
+    def _writer_turn(self, write: bool) -> Iterator[None]:
+        """Writers of one file in one process take turns. Their connections
+        share one DuckDB database, where two write transactions on the same
+        rows conflict (and retrying does not help under steady load: a thread
+        can lose every round); in turn, none conflicts. Other processes wait
+        on the file's own lock."""
+        if not write or self.read_only:
+            yield
+            return
+        lock = _writer_lock(self._memory_key if self.memory else str(self.path.resolve()))
+        if not lock.acquire(timeout=self.lock_timeout if self.lock_timeout > 0 else 0.001):
+            raise DatabaseLockedError(
+                f"{self.path} is being written by another thread of this process, and it went on for "
+                f"{self.lock_timeout:g} s; wait for it to finish, or raise HEALTHSIM_LOCK_TIMEOUT",
+                path=self.path, pid=os.getpid())
+        try:
+            yield
+        finally:
+            lock.release()
+
+    @contextmanager
+    def _session(self, write: bool) -> Iterator[Session]:
         created = not self.exists()
         con = self._connect(write)
         session = DuckDBSession(con, writable=write and not self.read_only, label=self.label)
@@ -222,6 +252,20 @@ class DuckDBSession(Session):
         return tables
 
 
+_writer_locks: dict[str, threading.RLock] = {}
+_writer_locks_guard = threading.Lock()
+
+
+def _writer_lock(key: str) -> threading.RLock:
+    """The process's writer lock of one file (re-entrant: a thread never
+    waits for itself)."""
+    with _writer_locks_guard:
+        lock = _writer_locks.get(key)
+        if lock is None:
+            lock = _writer_locks[key] = threading.RLock()
+        return lock
+
+
 def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Raise :class:`QueryError` unless ``sql`` is one statement that DuckDB's
     own parser reads as a ``SELECT`` (``WITH``, ``FROM t``, ``VALUES``,
@@ -292,6 +336,10 @@ def connect_waiting(path: Path, timeout: float, *, read_only: bool = False,
             elif _is_lock_conflict(text):
                 blocker = None
             else:
+                kind = _foreign_file(path)
+                if kind is not None:
+                    raise StoreError(f"cannot open {path} as a healthsim-state database: it is {kind}, not a "
+                                     "DuckDB database; give the path of a DuckDB file (or a new one)") from None
                 raise StoreError(f"cannot open {path} as a healthsim-state database: {_first_line(text)}") from None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -305,6 +353,28 @@ def connect_waiting(path: Path, timeout: float, *, read_only: bool = False,
                     "HEALTHSIM_LOCK_TIMEOUT", path=path, pid=int(holder[1]) if holder else None) from None
             time.sleep(min(delay * (0.5 + random.random()), remaining))
             delay = min(delay * 2, 0.25)
+
+
+_FILE_KINDS = ((b"SQLite format 3\x00", "an SQLite database"), (b"PAR1", "a Parquet file"), (b"PK\x03\x04", "a ZIP file"),
+               (b"{", "a JSON file"), (b"[", "a JSON file"))
+
+
+def _foreign_file(path: Path) -> str | None:
+    """What a file that failed to open is, when its first bytes say it is no
+    DuckDB database (whose header has ``DUCK`` at byte 8); None otherwise."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return None
+    if head[8:12] == b"DUCK":
+        return None  # a DuckDB file: the engine's own message says what is wrong
+    if not head:
+        return "an empty file"
+    for magic, kind in _FILE_KINDS:
+        if head.startswith(magic):
+            return kind
+    return "a file of another kind"
 
 
 def _is_lock_conflict(text: str) -> bool:
