@@ -9,6 +9,7 @@
 from .errors import (
     AmbiguousScenarioError,
     DatabaseLockedError,
+    EntityNotFoundError,
     HealthSimError,
     IncompatibleDatabaseError,
     MappingDriftWarning,
@@ -58,6 +59,7 @@ __all__ = [
     "AmbiguousScenarioError",
     "VersionNotFoundError",
     "UnknownEntityTypeError",
+    "EntityNotFoundError",
 ]
 
 __version__ = "0.1.0"

@@ -99,6 +99,15 @@ class VersionNotFoundError(HealthSimError, LookupError, ValueError):
     """A scenario has no such version (never written, or pruned)."""
 
 
+class EntityNotFoundError(HealthSimError, LookupError, ValueError):
+    """A key names no entity of the scenario (:meth:`StateManager.delete_entities`).
+    ``missing`` maps each entity type to the keys not found; nothing was changed."""
+
+    def __init__(self, message: str, *, missing: dict[str, list] | None = None):
+        super().__init__(message)
+        self.missing = missing or {}
+
+
 class UnknownEntityTypeError(HealthSimError, LookupError, ValueError):
     """No mapping in force declares this entity type."""
 

@@ -20,11 +20,13 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import evolution
 from .backends import Backend, Session, open_backend
-from .engine.batch import ScenarioBatch, rebuild_rows
+from .engine.batch import ScenarioBatch, key_function, rebuild_rows
 from .engine.compile import Codec
 from .engine.registry import Registry, registry_for
-from .engine.values import NotJSON, is_text, to_json
+from .engine.types import TYPES, HeldText, Unfit
+from .engine.values import NotJSON, dump_exact, is_text, to_json
 from .errors import (
+    EntityNotFoundError,
     IncompatibleDatabaseError,
     MappingDriftWarning,
     Problem,
@@ -33,6 +35,7 @@ from .errors import (
     StoreNotFoundError,
     ValidationError,
     VersionNotFoundError,
+    preview,
 )
 from .evolution import SchemaReport
 from .layout import SCHEMA_VERSION, StoreState, create_base, digest_of, read_documents, read_state, \
@@ -50,6 +53,19 @@ MAX_TAG = 100
 MAX_TAGS = 100
 MAX_DESCRIPTION = 10_000
 MAX_METADATA = 64_000  # characters of JSON text
+
+
+class _Unchanged:
+    """The default of an argument left out: keep what is stored."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED: Any = _Unchanged()
+MISSING_OK_HINT = "pass missing_ok=True to delete the others"
 
 # (store, pending changes) pairs this process has warned about: once each.
 _WARNED: set[tuple[str, tuple[str, ...]]] = set()
@@ -255,20 +271,25 @@ class StateManager:
 
     def save_scenario(self, name: str, entities: Any, description: str | None = None,
                       tags: Iterable[str] | None = None, overwrite: bool = False,
-                      metadata: dict[str, Any] | None = None) -> str:
+                      metadata: dict[str, Any] | None = None, *, created_at: Any = None,
+                      progress: Callable[[int, int], None] | None = None) -> str:
         """Save ``entities`` (entity type, singular or plural, to a list of dicts)
         as scenario ``name``; return its id.
 
         Saving an existing name raises :class:`ScenarioExistsError` unless
         ``overwrite=True``, which makes a new version of it (keeping the id,
         ``created_at`` and the earlier versions). ``metadata`` (a JSON object:
-        generator, seed, prompt, ...) is kept with the version. Invalid input
-        raises :class:`ValidationError` listing every problem; nothing is
-        written.
+        generator, seed, prompt, ...) is kept with the version. ``created_at``
+        (a datetime, naive taken as UTC, or ISO text) dates a *new* scenario
+        (an import or a copy from another store keeps its date); an overwrite
+        keeps the stored one. ``progress(done, total)`` is called as the
+        entities are written, a chunk at a time. Invalid input raises
+        :class:`ValidationError` listing every problem; nothing is written.
         """
         _check_arguments(name, description)
         tag_list = _check_tags(tags)
         meta = _check_metadata(metadata)
+        created = _check_created_at(created_at)
 
         def save(g: Gateway) -> str:
             existing = g.find_scenario(name, by_id=False)
@@ -278,11 +299,11 @@ class StateManager:
                     "pass overwrite=True to replace it")
             if existing is None:
                 _check_not_an_id(g, name)
-            batch = ScenarioBatch(g.registry, entities)
+            batch = ScenarioBatch(g.registry, entities, progress=progress)
             now = utc_now()
             if existing is None:
                 scenario_id, version = new_scenario_id(), 1
-                g.insert_scenario(scenario_id, name, description, batch.counts, now)
+                g.insert_scenario(scenario_id, name, description, batch.counts, now, created_at=created)
                 for codec, rows in batch.chunks():
                     g.append_rows(codec, scenario_id, version, rows)
                 changes = {entity: Changes(added=count) for entity, count in batch.counts.items()}
@@ -298,14 +319,16 @@ class StateManager:
         return self._write(save)
 
     def add_entities(self, name_or_id: str, entities: Any, create: bool = True,
-                     metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+                     metadata: dict[str, Any] | None = None, *,
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """Add entities to a scenario, in one transaction (a new version).
 
         An entity whose key is already in the scenario replaces the stored one
         and keeps its place in the list; the others are appended in the order
-        given. Validation is as for :meth:`save_scenario`. With ``create`` (the
-        default) an unknown ``name_or_id`` becomes a new scenario of that name;
-        without it, :class:`ScenarioNotFoundError`. Returns scenario_id, name,
+        given. Validation (and ``progress``) is as for :meth:`save_scenario`.
+        With ``create`` (the default) an unknown ``name_or_id`` becomes a new
+        scenario of that name; without it, :class:`ScenarioNotFoundError`.
+        Returns scenario_id, name,
         ``added`` and ``replaced`` counts per type, the new entity_count and
         version. The cost depends on the batch, not on what is stored.
         """
@@ -326,7 +349,7 @@ class StateManager:
                 scenario_id, version = found["scenario_id"], found["version"] + 1
                 counts, description = dict(found["entity_counts"]), found["description"]
                 tags = g.tags_of(scenario_id)
-            batch = ScenarioBatch(g.registry, entities)
+            batch = ScenarioBatch(g.registry, entities, progress=progress)
             added, replaced, changes = _add_by_key(g, scenario_id, version, batch, counts)
             g.update_scenario(scenario_id, version, counts, now)
             self._record_version(g, scenario_id, version, "add", now, description, tags, counts, meta, changes)
@@ -334,6 +357,121 @@ class StateManager:
                     "replaced": replaced, "entity_count": sum(counts.values()), "version": version}
 
         return self._write(add)
+
+    def rename_scenario(self, name_or_id: str, new_name: str) -> dict[str, Any]:
+        """Give a scenario a new name; returns its summary.
+
+        A rename is not a change of content: it makes no version and keeps
+        ``updated_at``; the versions go with the scenario (they belong to its
+        id). The new name is checked as a saved one is, may not be another
+        scenario's name (:class:`ScenarioExistsError`) or any scenario's id;
+        renaming to the current name changes nothing."""
+        _check_arguments(new_name, None, summary="scenario not renamed")
+
+        def rename(g: Gateway) -> dict[str, Any]:
+            found = _found(g, name_or_id)
+            if found["name"] != new_name:
+                other = g.find_scenario(new_name, by_id=False)
+                if other is not None:
+                    raise ScenarioExistsError(f"scenario {new_name!r} already exists (id {other['scenario_id']}); "
+                                              f"scenario {found['name']!r} was not renamed")
+                _check_not_an_id(g, new_name, summary="scenario not renamed", own_id=found["scenario_id"])
+                g.rename_scenario(found["scenario_id"], new_name)
+            return _summary(g, g.find_scenario(found["scenario_id"]))
+
+        return self._write(rename)
+
+    def update_scenario(self, name_or_id: str, *, description: Any = UNCHANGED, tags: Any = UNCHANGED,
+                        add_tags: Iterable[str] = (), remove_tags: Iterable[str] = ()) -> dict[str, Any]:
+        """Change a scenario's description and tags without resending its
+        entities; returns its summary.
+
+        ``description`` replaces it (None removes it); ``tags`` replaces the
+        list; then ``add_tags`` appends those not there and ``remove_tags``
+        drops those there (exact match). Leave an argument out to keep what
+        is stored. A change is a write of the scenario: a new version
+        (operation ``update``) with the same entities; when the result equals
+        what is stored, nothing is written (so a repeated call changes
+        nothing). Arguments are checked as :meth:`save_scenario` checks them."""
+        if description is not UNCHANGED:
+            _check_arguments(None, description, summary="scenario not updated", check_name=False)
+        replaced = None if tags is UNCHANGED else _check_tags(tags, summary="scenario not updated")
+        added = _check_tags(add_tags, path="add_tags", summary="scenario not updated")
+        removed = set(_check_tags(remove_tags, path="remove_tags", summary="scenario not updated"))
+
+        def update(g: Gateway) -> dict[str, Any]:
+            found = _found(g, name_or_id)
+            scenario_id = found["scenario_id"]
+            current = g.tags_of(scenario_id)
+            wanted = list(current if replaced is None else replaced)
+            wanted += [tag for tag in added if tag not in wanted]
+            final = _check_tags([tag for tag in wanted if tag not in removed], summary="scenario not updated")
+            text = found["description"] if description is UNCHANGED else description
+            if text == found["description"] and final == current:
+                return _summary(g, found)
+            version, now, counts = found["version"] + 1, utc_now(), found["entity_counts"]
+            g.update_scenario(scenario_id, version, counts, now, description=text)
+            g.replace_tags(scenario_id, final)
+            self._record_version(g, scenario_id, version, "update", now, text, final, counts, None, {})
+            return _summary(g, g.find_scenario(scenario_id))
+
+        return self._write(update)
+
+    def delete_entities(self, name_or_id: str, keys: Any, *, missing_ok: bool = False,
+                        metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Delete single entities by key, in one transaction (a new version,
+        operation ``delete_entities``: the entities stay in the history until
+        it is pruned, so :meth:`restore_scenario` brings them back).
+
+        ``keys`` maps an entity type (singular or plural) to a list of keys:
+        a key's value for a one-column primary key, a list of values for a
+        composite one (as :meth:`diff_scenarios` gives them), each value as a
+        save accepts it (``"2024-01-15"`` or a date for a date column). A key
+        the scenario does not hold raises :class:`EntityNotFoundError` naming
+        every such key, and nothing is deleted; with ``missing_ok`` the others
+        are deleted and those are reported. Returns scenario_id, name,
+        ``deleted`` (count per type), ``not_found`` (keys per type),
+        entity_count and version (unchanged when nothing was deleted)."""
+        meta = _check_metadata(metadata, summary="nothing deleted")
+
+        def delete(g: Gateway) -> dict[str, Any]:
+            found = _found(g, name_or_id)
+            scenario_id = found["scenario_id"]
+            retire: dict[str, tuple[Codec, list[int]]] = {}
+            missing: dict[str, list] = {}
+            for codec, requests in _key_requests(g.registry, keys):
+                key_of = key_function(codec)
+                stored = {key_of(row[1:]): row[0] for row in g.find_keys(codec, scenario_id,
+                                                                          [values for _, values in requests])}
+                entity = codec.mapping.entity
+                positions = [stored[key_of(values)] for _, values in requests if key_of(values) in stored]
+                absent = [given for given, values in requests if key_of(values) not in stored]
+                if positions:
+                    retire[entity] = (codec, positions)
+                if absent:
+                    missing[entity] = absent
+            if missing and not missing_ok:
+                shown = "; ".join(f"{entity}: {', '.join(map(_key_text, given[:10]))}"
+                                  + (f" and {len(given) - 10} more" if len(given) > 10 else "")
+                                  for entity, given in missing.items())
+                raise EntityNotFoundError(f"scenario {found['name']!r} holds no entity with these keys ({shown}); "
+                                          f"nothing was deleted ({MISSING_OK_HINT})", missing=missing)
+            counts, version = dict(found["entity_counts"]), found["version"]
+            if retire:
+                version, now = version + 1, utc_now()
+                for entity, (codec, positions) in retire.items():
+                    g.retire_positions(codec, scenario_id, version, positions)
+                    counts[entity] -= len(positions)
+                counts = {entity: count for entity, count in counts.items() if count}
+                g.update_scenario(scenario_id, version, counts, now)
+                changes = {entity: Changes(removed=len(positions)) for entity, (_, positions) in retire.items()}
+                self._record_version(g, scenario_id, version, "delete_entities", now, found["description"],
+                                     g.tags_of(scenario_id), counts, meta, changes)
+            return {"scenario_id": scenario_id, "name": found["name"],
+                    "deleted": {entity: len(positions) for entity, (_, positions) in retire.items()},
+                    "not_found": missing, "entity_count": sum(counts.values()), "version": version}
+
+        return self._write(delete)
 
     def delete_scenario(self, name_or_id: str) -> bool:
         """Remove a scenario with every version, tag and entity row. False if unknown."""
@@ -736,9 +874,12 @@ def _check_text(value: Any, label: str, path: str, *, limit: int, problems: list
                                 path=path))
 
 
-def _check_arguments(name: Any, description: Any) -> None:
+def _check_arguments(name: Any, description: Any, summary: str = "scenario not saved", *,
+                     check_name: bool = True) -> None:
     problems: list[Problem] = []
-    if not isinstance(name, str) or not name:
+    if not check_name:
+        pass
+    elif not isinstance(name, str) or not name:
         problems.append(Problem(f"the scenario name must be a non-empty string, got {name!r}", path="name"))
     else:
         _check_text(name, "scenario name", "name", limit=MAX_NAME, problems=problems)
@@ -748,54 +889,127 @@ def _check_arguments(name: Any, description: Any) -> None:
     elif description is not None:
         _check_text(description, "description", "description", limit=MAX_DESCRIPTION, problems=problems)
     if problems:
-        raise ValidationError(problems, summary="scenario not saved")
+        raise ValidationError(problems, summary=summary)
 
 
-def _check_not_an_id(g: Gateway, name: str) -> None:
-    """A name may not be another scenario's id: lookups could not tell them apart."""
+def _check_not_an_id(g: Gateway, name: str, summary: str = "scenario not saved", own_id: str | None = None) -> None:
+    """A name may not be a scenario's id: lookups could not tell them apart."""
     if g.id_in_use(name):
-        raise ValidationError([Problem(f"{name!r} is the id of another scenario; a name may not be a scenario's id",
-                                       path="name", value=name)], summary="scenario not saved")
+        whose = "this scenario's own id" if name == own_id else "the id of another scenario"
+        raise ValidationError([Problem(f"{name!r} is {whose}; a name may not be a scenario's id",
+                                       path="name", value=name)], summary=summary)
 
 
-def _check_tags(tags: Any) -> list[str]:
+def _check_tags(tags: Any, *, path: str = "tags", summary: str = "scenario not saved") -> list[str]:
     """Tags in the order given, exact repeats dropped."""
     if tags is None:
         return []
     if isinstance(tags, str) or not isinstance(tags, Iterable):
-        raise ValidationError([Problem(f"tags must be a list of strings, got {type(tags).__name__}", path="tags")],
-                              summary="scenario not saved")
+        raise ValidationError([Problem(f"{path} must be a list of strings, got {type(tags).__name__}", path=path)],
+                              summary=summary)
     result: list[str] = []
     problems: list[Problem] = []
     for index, tag in enumerate(tags):
         if not isinstance(tag, str) or not tag:
-            problems.append(Problem(f"a tag must be a non-empty string, got {tag!r}", path=f"tags[{index}]"))
+            problems.append(Problem(f"a tag must be a non-empty string, got {tag!r}", path=f"{path}[{index}]"))
             continue
-        _check_text(tag, "tag", f"tags[{index}]", limit=MAX_TAG, problems=problems)
+        _check_text(tag, "tag", f"{path}[{index}]", limit=MAX_TAG, problems=problems)
         if tag not in result:
             result.append(tag)
     if len(result) > MAX_TAGS:
-        problems.append(Problem(f"{len(result)} tags; at most {MAX_TAGS} are allowed", path="tags"))
+        problems.append(Problem(f"{len(result)} tags; at most {MAX_TAGS} are allowed", path=path))
     if problems:
-        raise ValidationError(problems, summary="scenario not saved")
+        raise ValidationError(problems, summary=summary)
     return result
 
 
-def _check_metadata(metadata: Any) -> dict[str, Any] | None:
+def _check_metadata(metadata: Any, summary: str = "scenario not saved") -> dict[str, Any] | None:
     """A JSON object, at most :data:`MAX_METADATA` characters as JSON."""
     if metadata is None:
         return None
     if not isinstance(metadata, dict):
         raise ValidationError([Problem(f"metadata must be a JSON object (a dict), got {type(metadata).__name__}",
-                                       path="metadata")], summary="scenario not saved")
+                                       path="metadata")], summary=summary)
     try:
         rendered = to_json(metadata)
     except NotJSON as error:
-        raise ValidationError([Problem(str(error), path="metadata")], summary="scenario not saved") from None
-    if len(json.dumps(rendered)) > MAX_METADATA:
+        raise ValidationError([Problem(str(error), path="metadata")], summary=summary) from None
+    if len(dump_exact(rendered)) > MAX_METADATA:
         raise ValidationError([Problem(f"metadata is larger than {MAX_METADATA} characters of JSON", path="metadata")],
-                              summary="scenario not saved")
+                              summary=summary)
     return rendered
+
+
+def _check_created_at(value: Any) -> Any:
+    """``created_at`` as the store keeps it (naive UTC), or None."""
+    if value is None:
+        return None
+    try:
+        column, _ = TYPES["timestamp"].convert(value)
+    except Unfit as reason:
+        raise ValidationError([Problem(f"created_at: {reason}, got {preview(value)}", path="created_at",
+                                       value=value)], summary="scenario not saved") from None
+    return column
+
+
+def _key_requests(registry: Registry, keys: Any) -> list[tuple[Codec, list[tuple[Any, tuple]]]]:
+    """Per type, ``(key as given, key-column values)`` for each distinct key
+    of a :meth:`StateManager.delete_entities` call; every problem at once."""
+    problems: list[Problem] = []
+    if not isinstance(keys, dict):
+        raise ValidationError([Problem(f"keys must map an entity type to a list of keys, got {type(keys).__name__}",
+                                       path="keys")], summary="nothing deleted")
+    out: dict[str, tuple[Codec, list[tuple[Any, tuple]], set]] = {}
+    for name, given in keys.items():
+        codec = registry.resolve(name)
+        if codec is None:
+            problems.append(Problem(f"unknown entity type {preview(name)}; the types in force: "
+                                    f"{', '.join(registry.entity_types)}", path=f"keys.{name}", value=name))
+            continue
+        if isinstance(given, (str, bytes)) or not isinstance(given, (list, tuple)):
+            problems.append(Problem(f"expected a list of keys, got {type(given).__name__}", path=f"keys.{name}"))
+            continue
+        entity, fields = codec.mapping.entity, codec.mapping.key_fields
+        _, requests, seen = out.setdefault(entity, (codec, [], set()))
+        key_of = key_function(codec)
+        for index, key in enumerate(given):
+            values = _key_values(fields, key, f"keys.{name}[{index}]", problems)
+            if values is not None and key_of(values) not in seen:
+                seen.add(key_of(values))
+                requests.append((key, values))
+    if problems:
+        raise ValidationError(problems, summary="nothing deleted")
+    return [(codec, requests) for codec, requests, _ in out.values()]
+
+
+def _key_values(fields: tuple, key: Any, path: str, problems: list[Problem]) -> tuple | None:
+    """The key-column values of one key, or None after adding a problem."""
+    if len(fields) == 1:
+        parts = [key]
+    elif isinstance(key, (list, tuple)) and len(key) == len(fields):
+        parts = list(key)
+    else:
+        names = ", ".join(f.dotted for f in fields)
+        problems.append(Problem(f"the key has {len(fields)} parts ({names}): give a list of {len(fields)} values, "
+                                f"got {preview(key)}", path=path, value=key))
+        return None
+    values = []
+    for f, part in zip(fields, parts):
+        try:
+            if part is None:
+                raise Unfit("a key may not be null")
+            column, _ = f.type.convert(part)
+        except (Unfit, HeldText) as reason:
+            text = "a key cannot hold a NUL character" if isinstance(reason, HeldText) else str(reason)
+            problems.append(Problem(f"{f.dotted}: {text}, got {preview(part)} (type {f.type.name})", path=path,
+                                    value=part))
+            return None
+        values.append(column)
+    return tuple(values)
+
+
+def _key_text(key: Any) -> str:
+    return repr(key) if not isinstance(key, (list, tuple)) else "[" + ", ".join(map(repr, key)) + "]"
 
 
 def _check_version_number(value: Any, label: str) -> None:

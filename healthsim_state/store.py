@@ -27,7 +27,7 @@ from typing import Any, Iterator, Sequence
 from .backends.base import Session, quote
 from .engine.compile import Codec
 from .engine.registry import Registry
-from .engine.values import is_text
+from .engine.values import dump_exact, is_text, parse_exact
 from .errors import Problem, StoreError, ValidationError
 from .layout import data_columns, versions_table, write_columns
 
@@ -106,10 +106,16 @@ class Gateway:
         return self.session.scalar("SELECT count(*) FROM scenarios WHERE scenario_id = ?", [name]) > 0
 
     def insert_scenario(self, scenario_id: str, name: str, description: str | None, counts: dict[str, int],
-                        now: _dt.datetime) -> None:
+                        now: _dt.datetime, created_at: _dt.datetime | None = None) -> None:
+        """A new scenario's row, version 1, updated ``now`` (and created then,
+        unless ``created_at`` says otherwise)."""
         self.session.execute("INSERT INTO scenarios (scenario_id, name, description, created_at, updated_at, "
                              "entity_count, entity_counts, version) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
-                             [scenario_id, name, description, now, now, sum(counts.values()), json.dumps(counts)])
+                             [scenario_id, name, description, created_at or now, now, sum(counts.values()),
+                              json.dumps(counts)])
+
+    def rename_scenario(self, scenario_id: str, name: str) -> None:
+        self.session.execute("UPDATE scenarios SET name = ? WHERE scenario_id = ?", [name, scenario_id])
 
     def update_scenario(self, scenario_id: str, version: int, counts: dict[str, int], now: _dt.datetime,
                         **fields: Any) -> None:
@@ -192,7 +198,7 @@ class Gateway:
             "INSERT INTO scenario_versions (scenario_id, version, operation, saved_at, description, tags, entity_count, "
             "entity_counts, metadata, changes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [scenario_id, version, operation, at, description, json.dumps(tags), sum(counts.values()),
-             json.dumps(counts), None if metadata is None else json.dumps(metadata), json.dumps(changes)])
+             json.dumps(counts), None if metadata is None else dump_exact(metadata), json.dumps(changes)])
 
     def versions(self, scenario_id: str, version: int | None = None) -> list[dict[str, Any]]:
         """The scenario's versions, newest first (or the one asked for)."""
@@ -381,6 +387,22 @@ class Gateway:
             f"SELECT s._position, c._position, {differs} FROM {staging} s JOIN {_rows(codec)} c ON {keys} "
             "WHERE c.scenario_id = ? AND c._until IS NULL", [scenario_id])
 
+    def find_keys(self, codec: Codec, scenario_id: str, keys: Sequence[tuple]) -> list[tuple]:
+        """``(position, key_0, ...)`` of the scenario's current rows whose key
+        is one of ``keys`` (tuples of key-column values, in key order): the
+        keys are staged and joined, so the cost follows the keys asked for."""
+        if not keys:
+            return []
+        mapping = codec.mapping
+        staging = self.session.create_staging("_healthsim_keys", mapping.table, mapping.primary_key)
+        self.session.append(staging, mapping.primary_key, list(keys))
+        on = " AND ".join(f"c.{quote(k)} = s.{quote(k)}" for k in mapping.primary_key)
+        picked = ", ".join(f"c.{quote(k)}" for k in mapping.primary_key)
+        rows = self.session.fetchall(f"SELECT DISTINCT c._position, {picked} FROM {quote(mapping.table)} c "
+                                     f"JOIN {staging} s ON {on} WHERE c.scenario_id = ?", [scenario_id])
+        self.session.execute(f"DROP TABLE {staging}")
+        return rows
+
     def retire_positions(self, codec: Codec, scenario_id: str, version: int, positions: list[int]) -> None:
         """Retire the current rows at ``positions`` (replaced in ``version``)."""
         if not positions:
@@ -481,6 +503,6 @@ def _version_dict(row: tuple) -> dict[str, Any]:
     item["at"] = _utc(item.pop("saved_at"))
     item["tags"] = json.loads(item["tags"])
     item["entity_counts"] = _counts(item["entity_counts"])
-    item["metadata"] = None if item["metadata"] is None else json.loads(item["metadata"])
+    item["metadata"] = None if item["metadata"] is None else parse_exact(item["metadata"])
     item["changes"] = json.loads(item["changes"])
     return item
