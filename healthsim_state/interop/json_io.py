@@ -24,14 +24,16 @@ validates them all (so a bad file changes nothing).
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
-from ..engine.values import render_object
+from ..engine.values import dump_exact, exact_number, render_object
 from ..errors import Problem, ValidationError
 from ..manager import StateManager
 from .errors import DocumentError
@@ -50,8 +52,11 @@ _WORKSPACE_ITEM_KEYS = frozenset({"entity_id", "entity_type", "data", "provenanc
 @dataclass
 class ScenarioDocument:
     """What a file says: the scenario's name (None if it does not say),
-    description, tags, ``entities`` ready for ``save_scenario``, and which
-    ``shape`` it had."""
+    description, tags, ``entities`` ready for ``save_scenario``, which
+    ``shape`` it had, its ``created_at`` (ISO text, or None), and ``extra``:
+    everything else it says about the scenario (a workspace file's
+    ``workspace_id``, ``product`` and ``provenance_summary``, an export's
+    ``updated_at``, ...), kept in the metadata of the version a save makes."""
 
     name: str | None
     description: str | None
@@ -59,10 +64,17 @@ class ScenarioDocument:
     entities: dict[str, list]
     shape: str
     source: str = "<document>"
+    created_at: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
         return {key: len(items) for key, items in self.entities.items() if isinstance(items, list) and items}
+
+    def metadata(self, key: str = "imported_from", **more: Any) -> dict[str, Any]:
+        """The version metadata a save of this document records:
+        ``{key: {"file", "shape", **more, **extra}}``."""
+        return {key: {"file": self.source, "shape": self.shape, **more, **self.extra}}
 
 
 @dataclass
@@ -84,19 +96,104 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     return Path(path).read_bytes()
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's dict, unless a key is given twice (JSON parsers keep the
+    last, silently: the earlier value would vanish)."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise _DuplicateKey()
+    return found
+
+
+# Numbers no float holds come back as Decimals (every digit kept, 1e400 included);
+# a key given twice in one object is refused.
+_decoder = json.JSONDecoder(parse_float=exact_number, object_pairs_hook=_unique_object)
+
+
 def parse_json(data: bytes, source: str) -> Any:
-    """Parse JSON text; a syntax error names ``source``, the line and the column."""
+    """Parse JSON text; a syntax error names ``source``, the line and the
+    column, and so does a key given twice in one object. A number with a
+    fraction or an exponent that no float holds exactly is a ``Decimal``."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise DocumentError(source, f"not UTF-8 text (byte {error.start})") from None
     try:
-        return json.loads(text)
+        return _decoder.decode(text)
     except json.JSONDecodeError as error:
         raise DocumentError(source, f"not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}",
                             line=error.lineno, column=error.colno) from None
+    except _DuplicateKey:
+        raise _duplicate_error(text, source) from None
     except RecursionError:
         raise DocumentError(source, "not usable JSON: nested too deeply") from None
+
+
+# Strings and the structural characters of JSON text: enough to know, for each
+# key, the object it belongs to and where it is (numbers and literals are skipped).
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]:,]')
+
+
+def _duplicate_error(text: str, source: str) -> DocumentError:
+    """The error for a document whose parse met a key given twice: each such
+    key with its path, line and column. Only a refused document pays for
+    this second pass."""
+    problems: list[Problem] = []
+    first: tuple[str, str, int, int] | None = None
+    # per open container: [keys seen (None in a list), its path, current key or index, expecting a key]
+    stack: list[list[Any]] = []
+    for match in _TOKENS.finditer(text):
+        token = match.group()
+        frame = stack[-1] if stack else None
+        if token in ("{", "["):
+            path = () if frame is None else (*frame[1], _part(frame))
+            stack.append([{} if token == "{" else None, path, None if token == "{" else 0, token == "{"])
+        elif token in ("}", "]"):
+            stack.pop()
+        elif token == ",":
+            if frame[0] is None:
+                frame[2] += 1
+            else:
+                frame[3] = True
+        elif token != ":" and frame is not None and frame[3]:  # a key
+            key = json.loads(token)
+            frame[2], frame[3] = key, False
+            if key not in frame[0]:
+                frame[0][key] = match.start()
+                continue
+            line, column = _line_column(text, match.start())
+            first_line, first_column = _line_column(text, frame[0][key])
+            lines = (f"lines {first_line} and {line}" if first_line != line
+                     else f"line {line} (columns {first_column} and {column})")
+            first = first or (key, lines, line, column)
+            problems.append(Problem(f"key {key!r} given twice in one object, at {lines}",
+                                    path=_dotted((*frame[1], key))))
+    if first is None:  # the parser saw what this pass cannot: say so plainly
+        return DocumentError(source, "not a usable JSON document: a key is given twice in one object")
+    more = f"; and {len(problems) - 1} more" if len(problems) > 1 else ""
+    return DocumentError(source, f"not a usable JSON document: a key is given twice in one object, and only one "
+                                 f"of its values would be kept: {first[0]!r} at {first[1]}{more}",
+                         line=first[2], column=first[3], problems=problems)
+
+
+def _part(frame: list[Any]) -> str:
+    return f"[{frame[2]}]" if frame[0] is None else frame[2]
+
+
+def _dotted(parts: tuple[str, ...]) -> str:
+    out = ""
+    for part in parts:
+        out += part if part.startswith("[") else (f".{part}" if out else part)
+    return out
+
+
+def _line_column(text: str, offset: int) -> tuple[int, int]:
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
 
 
 def read_document(path: str | os.PathLike) -> ScenarioDocument:
@@ -128,12 +225,53 @@ def parse_document(doc: Any, source: str = "<document>") -> ScenarioDocument:
     name = _optional_string(meta, "name", prefix, problems)
     description = _optional_string(meta, "description", prefix, problems)
     tags = _tags(meta.get("tags"), prefix, problems)
+    created_at = _optional_time(meta, "created_at", prefix, problems)
     entities = _entity_lists(raw, problems, unwrap=shape == "workspace")
     if problems:
         raise DocumentError(source, f"not a scenario document ({_shape_label(shape)}): "
                                     f"{len(problems)} problem{'s' if len(problems) != 1 else ''}",
                             problems=problems)
-    return ScenarioDocument(name, description, tags, entities, shape, source)
+    return ScenarioDocument(name, description, tags, entities, shape, source, created_at, _extra(doc, shape))
+
+
+# What a document says about its scenario that a save takes as arguments
+# (the rest is kept as metadata), and what is derived from the entities.
+_USED_KEYS = frozenset({"format", "version", "name", "description", "tags", "created_at", "entities", "metadata"})
+_DERIVED_KEYS = frozenset({"entity_count", "entity_counts"})
+
+
+def _extra(doc: dict, shape: str) -> dict[str, Any]:
+    """The document's other facts about the scenario: its keys (and, in a
+    workspace file, its ``metadata``'s keys) that are neither entities nor
+    arguments of a save."""
+    if shape == "entities":
+        return {key: doc[key] for key in _META_KEYS if key in doc and key not in _USED_KEYS | _DERIVED_KEYS}
+    extra = {key: value for key, value in doc.items() if key not in _USED_KEYS | _DERIVED_KEYS}
+    if shape == "workspace":
+        extra.update({key: value for key, value in doc["metadata"].items() if key not in _USED_KEYS})
+    elif "metadata" in doc:
+        extra["metadata"] = doc["metadata"]
+    return extra
+
+
+def _optional_time(meta: dict, key: str, prefix: str, problems: list[Problem]) -> str | None:
+    value = meta.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            _dt.datetime.fromisoformat(value)
+            return value
+        except ValueError:
+            pass
+    problems.append(Problem(f"expected an ISO date-time (YYYY-MM-DDTHH:MM[:SS][offset]), got {_preview(value)}",
+                            path=prefix + key, value=value))
+    return None
+
+
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_format(doc: dict, source: str) -> None:
@@ -224,16 +362,21 @@ def scenario_name(document: ScenarioDocument, path: str | os.PathLike | None, na
 
 def save_document(manager: StateManager, document: ScenarioDocument, name: str, *,
                   description: str | None = None, tags: Iterable[str] | None = None,
-                  overwrite: bool = False) -> ImportResult:
+                  overwrite: bool = False, metadata: dict[str, Any] | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> ImportResult:
     """Save a read document as scenario ``name`` in one transaction.
-    ``description`` and ``tags`` replace the document's when given."""
+    ``description`` and ``tags`` replace the document's when given. A new
+    scenario keeps the document's ``created_at``; the version records where
+    it came from (``metadata``, by default :meth:`ScenarioDocument.metadata`).
+    ``progress(done, total)`` follows the entities written."""
     replaced = overwrite and manager.scenario_exists(name)
     try:
         scenario_id = manager.save_scenario(
             name, document.entities,
             description=description if description is not None else document.description,
             tags=list(tags) if tags is not None else document.tags,
-            overwrite=overwrite)
+            overwrite=overwrite, created_at=document.created_at,
+            metadata=metadata if metadata is not None else document.metadata(), progress=progress)
     except ValidationError as error:
         summary = str(error).splitlines()[0]
         raise DocumentError(document.source, summary, problems=error.problems) from None
@@ -242,11 +385,11 @@ def save_document(manager: StateManager, document: ScenarioDocument, name: str, 
 
 def import_file(manager: StateManager, path: str | os.PathLike, *, name: str | None = None,
                 description: str | None = None, tags: Iterable[str] | None = None,
-                overwrite: bool = False) -> ImportResult:
+                overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> ImportResult:
     """Read one file of any accepted shape and save it as one scenario."""
     document = read_document(path)
     return save_document(manager, document, scenario_name(document, path, name), description=description,
-                         tags=tags, overwrite=overwrite)
+                         tags=tags, overwrite=overwrite, progress=progress)
 
 
 # --- exporting -----------------------------------------------------------------------
@@ -271,8 +414,9 @@ def export_document(manager: StateManager, name_or_id: str, *, version: int | No
 
 
 def dumps(document: Any) -> str:
-    """JSON text of a document: UTF-8, indented, strictly JSON (no NaN)."""
-    return json.dumps(document, ensure_ascii=False, indent=2, allow_nan=False, default=_default) + "\n"
+    """JSON text of a document: UTF-8, indented, strictly JSON (no NaN); a
+    number no float holds (a ``Decimal``) written with every digit."""
+    return dump_exact(document, ensure_ascii=False, indent=2, allow_nan=False, default=_default) + "\n"
 
 
 def _default(value: Any) -> Any:

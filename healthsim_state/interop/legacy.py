@@ -5,6 +5,12 @@ and ``~/.healthsim/workspaces``. :func:`migrate` imports each file as one
 scenario (any shape :mod:`.json_io` reads), each in its own transaction, and
 never modifies, moves or deletes a file.
 
+A migrated scenario keeps what the file knew: its ``created_at``, and in the
+metadata of the version the migration makes, ``migrated_from``: the file, its
+shape and SHA-256, and the file's other facts about the scenario (a workspace
+file's ``workspace_id``, ``product``, ``schema_version``, ``updated_at`` and
+``provenance_summary``; see :meth:`ScenarioDocument.metadata`).
+
 Re-running is safe. A migrated scenario carries the tags ``migrated`` and
 ``migrated:sha256:<first 16 hex digits of the file's SHA-256>``; the tag is
 written in the same transaction as the scenario, so it cannot be missing from
@@ -139,8 +145,10 @@ def _migrate_one(path: Path, registry: Registry, existing: dict[str, list[str]],
         if manager is None:
             ScenarioBatch(registry, document.entities).validate()
         else:
-            result.scenario_id = manager.save_scenario(name, document.entities, description=document.description,
-                                                       tags=tags, overwrite=current_tags is not None)
+            result.scenario_id = manager.save_scenario(
+                name, document.entities, description=document.description, tags=tags,
+                overwrite=current_tags is not None, created_at=document.created_at,
+                metadata=document.metadata("migrated_from", sha256=hashlib.sha256(data).hexdigest()))
             existing[name] = tags
         result.status, result.replaced = MIGRATED, current_tags is not None
     except DocumentError as error:

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from ..backends import open_backend
 from ..backends.base import QueryResult
+from ..engine.values import parse_exact
 
 __all__ = ["QueryResult", "run_query", "jsonable", "records", "json_rows"]
 
@@ -36,24 +37,34 @@ def run_query(target: str | os.PathLike | None, sql: str, params: Sequence[Any] 
         backend.close()
 
 
-def json_rows(result: QueryResult) -> list[list[Any]]:
-    """The rows as JSON values: a JSON column's text becomes the JSON it holds."""
+def json_rows(result: QueryResult, *, exact: bool = False) -> list[list[Any]]:
+    """The rows as JSON values: a JSON column's text becomes the JSON it
+    holds. With ``exact``, a decimal (or a number in a JSON column) that no
+    float holds stays a ``Decimal`` with every digit (for a writer that
+    keeps them, :func:`~healthsim_state.engine.values.dump_exact`); without,
+    it is the nearest float."""
     parse = [t in JSON_TYPES for t in result.types]
-    return [[_json_cell(v) if is_json else jsonable(v) for v, is_json in zip(row, parse)] for row in result.rows]
+    cell = _exact_cell if exact else jsonable
+    return [[_json_cell(v, exact) if is_json else cell(v) for v, is_json in zip(row, parse)] for row in result.rows]
 
 
-def records(result: QueryResult) -> list[dict[str, Any]]:
+def records(result: QueryResult, *, exact: bool = False) -> list[dict[str, Any]]:
     """The rows as JSON-ready objects, column name to value."""
-    return [dict(zip(result.columns, row)) for row in json_rows(result)]
+    return [dict(zip(result.columns, row)) for row in json_rows(result, exact=exact)]
 
 
-def _json_cell(value: Any) -> Any:
+def _json_cell(value: Any, exact: bool) -> Any:
     if isinstance(value, str):
         try:
-            return json.loads(value)
+            parsed = parse_exact(value)
         except ValueError:
             return value
+        return parsed if exact else jsonable(parsed)
     return jsonable(value)
+
+
+def _exact_cell(value: Any) -> Any:
+    return value if isinstance(value, Decimal) and value.is_finite() else jsonable(value)
 
 
 def jsonable(value: Any) -> Any:
