@@ -16,6 +16,7 @@ import os
 import sys
 import warnings
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -23,14 +24,15 @@ import click
 
 from . import __version__
 from .config import default_target, is_url
-from .errors import HealthSimError, ScenarioExistsError, StoreNotFoundError
+from .engine.values import dump_exact, parse_exact
+from .errors import EntityNotFoundError, HealthSimError, ScenarioExistsError, StoreNotFoundError
 from .interop import legacy
 from .interop.json_io import STDIN, ScenarioDocument, dumps, export_document, json_target, read_document, \
     save_document, scenario_name
 from .interop.files import write_atomic
 from .interop.parquet import export_parquet
 from .interop.query import jsonable, records, run_query
-from .manager import StateManager, plan_schema_changes
+from .manager import MISSING_OK_HINT, StateManager, plan_schema_changes
 
 DB_HELP = ("The store: a DuckDB file, or a postgresql:// URL (default: $HEALTHSIM_DB, else "
            "~/.healthsim/healthsim.duckdb).")
@@ -118,15 +120,25 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False)
 
 
+_SPECIAL_FLOATS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
 def _cell(value: Any) -> str:
+    """A value as text for a table, TSV or CSV: NULL empty, NaN and the
+    infinities by their names, a decimal with every digit."""
     if value is None:
         return ""
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
-    value = jsonable(value)
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
+    if isinstance(value, float) and value - value != 0.0:
+        return _SPECIAL_FLOATS[repr(value)]
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (dict, list, tuple)):
+        return dump_exact(value, ensure_ascii=False, default=jsonable)
+    return str(jsonable(value))
 
 
 def _tsv(value: Any) -> str:
@@ -160,7 +172,8 @@ def _escape(text: str) -> str:
 
 
 def print_json(value: Any) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False, indent=2, default=jsonable))
+    """Indented JSON; a decimal with every digit."""
+    click.echo(dump_exact(value, ensure_ascii=False, indent=2, default=jsonable))
 
 
 class _Reporter:
@@ -178,6 +191,12 @@ class _Reporter:
     def advance(self, steps: int = 1) -> None:
         if self._progress is not None:
             self._progress.advance(self._task, steps)
+
+    def set(self, done: int, total: int, description: str | None = None) -> None:
+        """Show ``done`` of ``total`` (a save's entities, say)."""
+        if self._progress is not None:
+            fields = {} if description is None else {"description": description}
+            self._progress.update(self._task, completed=done, total=total, **fields)
 
 
 @contextmanager
@@ -236,9 +255,9 @@ def save(file: str, name: str, description: str | None, tags: tuple[str, ...], o
          db: str | None) -> None:
     """Save the entities of a JSON FILE (any shape `import` reads; - is stdin) as scenario NAME."""
     document = read_document(file)
-    with _manager(db) as manager:
+    with _manager(db) as manager, progress(sum(document.counts.values()), f"saving {name}") as report:
         result = _save(manager, document, name, description=description, tags=list(tags) or None,
-                       overwrite=overwrite)
+                       overwrite=overwrite, progress=lambda done, total: report.set(done, total))
         click.echo(f"{'replaced' if result.replaced else 'saved'} {name!r} ({result.scenario_id}): "
                    f"{counts_text(manager, result.counts)}")
 
@@ -338,6 +357,114 @@ def delete(name_or_id: str, yes: bool, db: str | None) -> None:
             click.confirm(f"Delete scenario {label}?", abort=True, err=True)
         manager.delete_scenario(item["scenario_id"])
     click.echo(f"deleted {label}")
+
+
+@cli.command()
+@click.argument("name_or_id")
+@click.argument("new_name")
+@db_option
+def rename(name_or_id: str, new_name: str, db: str | None) -> None:
+    """Give a scenario a new name (its id, entities and versions stay as they are)."""
+    with _reader(db) as reader:
+        reader.scenario_info(name_or_id)  # a missing store is an error, and is not created
+    with _manager(db) as manager:
+        before = manager.scenario_info(name_or_id)["name"]
+        item = manager.rename_scenario(name_or_id, new_name)
+    click.echo(f"renamed {before!r} to {item['name']!r} ({item['scenario_id']})")
+
+
+@cli.command()
+@click.argument("name_or_id")
+@click.option("--description", "-d", help="The new description (\"\" removes it).")
+@click.option("--tag", "-t", "tags", multiple=True, help="Replace the tags with these (repeat for more).")
+@click.option("--no-tags", is_flag=True, help="Remove every tag (before any --add-tag).")
+@click.option("--add-tag", "add_tags", multiple=True, help="Add a tag (repeat for more).")
+@click.option("--remove-tag", "remove_tags", multiple=True, help="Remove a tag (repeat for more).")
+@db_option
+def update(name_or_id: str, description: str | None, tags: tuple[str, ...], no_tags: bool,
+           add_tags: tuple[str, ...], remove_tags: tuple[str, ...], db: str | None) -> None:
+    """Change a scenario's description or tags, keeping its entities (a new version).
+
+    Nothing is written when the result is what is stored already.
+    """
+    if tags and no_tags:
+        raise click.UsageError("--tag replaces the tags and --no-tags removes them: give one of them")
+    if description is None and not (tags or no_tags or add_tags or remove_tags):
+        raise click.UsageError("nothing to change: give --description, --tag, --no-tags, --add-tag or --remove-tag")
+    changes: dict[str, Any] = {"add_tags": list(add_tags), "remove_tags": list(remove_tags)}
+    if description is not None:
+        changes["description"] = description or None
+    if tags or no_tags:
+        changes["tags"] = list(tags)
+    with _reader(db) as reader:
+        before = reader.scenario_info(name_or_id)  # a missing store is an error, and is not created
+    with _manager(db) as manager:
+        item = manager.update_scenario(name_or_id, **changes)
+    if item["version"] == before["version"]:
+        click.echo(f"{item['name']!r} unchanged: it already has that description and those tags")
+        return
+    click.echo(f"updated {item['name']!r} (version {item['version']}): tags {', '.join(item['tags']) or '(none)'}; "
+               f"description {item['description']!r}")
+
+
+@cli.command(name="delete-entities")
+@click.argument("name_or_id")
+@click.argument("entity_type")
+@click.argument("keys", nargs=-1, required=True)
+@click.option("--missing-ok", is_flag=True, help="Delete the keys found even if some are not.")
+@db_option
+def delete_entities(name_or_id: str, entity_type: str, keys: tuple[str, ...], missing_ok: bool,
+                    db: str | None) -> None:
+    """Delete entities of ENTITY_TYPE from a scenario by their KEYS (a new version).
+
+    A KEY is the key's value as text (converted to the key column's type: 42 for an integer
+    key, 2024-01-15 for a date); for a composite key, a JSON array of its values
+    ('["CLM-1", 2]'). A key the scenario does not hold is an error and nothing is deleted,
+    unless --missing-ok. The entities stay in the scenario's history: `restore` brings them back.
+    """
+    with _reader(db) as reader:
+        reader.scenario_info(name_or_id)  # a missing store is an error, and is not created
+        (entity,) = reader.registry.entity_names([entity_type])
+        fields = reader.registry.codecs[entity].mapping.key_fields
+    parsed = [_cli_key(key, fields) for key in keys]
+    with _manager(db) as manager:
+        try:
+            result = manager.delete_entities(name_or_id, {entity: parsed}, missing_ok=missing_ok)
+        except EntityNotFoundError as error:
+            raise CliError(str(error).replace(MISSING_OK_HINT, "use --missing-ok to delete the others")) from None
+    deleted = result["deleted"].get(entity, 0)
+    for key in result["not_found"].get(entity, []):
+        click.echo(f"warning: {result['name']!r} holds no {entity} with the key {_key_arg(key)}", err=True)
+    if deleted:
+        click.echo(f"deleted {counts_text(manager, {entity: deleted})} from {result['name']!r} "
+                   f"(version {result['version']}; {result['entity_count']} entities left)")
+    else:
+        click.echo(f"nothing deleted from {result['name']!r}")
+
+
+def _cli_key(text: str, fields: tuple) -> Any:
+    """A KEY argument as a key value: text for a text column, else its JSON
+    value when it has one (42, 1.5, true); a JSON array for a composite key."""
+    if len(fields) > 1:
+        try:
+            value = parse_exact(text)
+        except ValueError:
+            value = None
+        if not isinstance(value, list):
+            names = ", ".join(f.dotted for f in fields)
+            raise click.UsageError(f"the key of this type has {len(fields)} parts ({names}): give each KEY as a "
+                                   f"JSON array, like '[\"CLM-1\", 2]' (got {text!r})")
+        return value
+    if fields[0].type.family in ("varchar", "date", "timestamp"):
+        return text
+    try:
+        return parse_exact(text)
+    except ValueError:
+        return text  # the library says why it does not fit
+
+
+def _key_arg(key: Any) -> str:
+    return json.dumps(key, ensure_ascii=False, default=str) if isinstance(key, list) else str(key)
 
 
 @cli.command()
@@ -529,11 +656,14 @@ def import_command(files: tuple[str, ...], name: str | None, overwrite: bool, db
         raise click.UsageError("--name needs exactly one FILE (each file becomes its own scenario)")
     failed = 0
     with _manager(db) as manager, progress(len(files), "importing") as report:
-        for file in files:
+        for index, file in enumerate(files):
             try:
                 document = read_document(file)
                 scenario = scenario_name(document, file, name)
-                result = _save(manager, document, scenario, overwrite=overwrite)
+                label = f"importing {scenario}" + (f" ({index + 1}/{len(files)} files)" if len(files) > 1 else "")
+                report.set(0, sum(document.counts.values()), label)  # the bar moves by entities
+                result = _save(manager, document, scenario, overwrite=overwrite,
+                               progress=lambda done, total: report.set(done, total))
             except (HealthSimError, OSError, click.ClickException) as error:
                 if _debug():
                     raise
@@ -543,7 +673,6 @@ def import_command(files: tuple[str, ...], name: str | None, overwrite: bool, db
             else:
                 report.line(f"{'replaced' if result.replaced else 'imported'} {result.source} as {scenario!r} "
                             f"({result.scenario_id}): {counts_text(manager, result.counts)}")
-            report.advance()
     if len(files) > 1:
         click.echo(f"{len(files)} files: {len(files) - failed} imported, {failed} failed")
     if failed:
@@ -681,7 +810,7 @@ def sql(query: str, params: tuple[str, ...], as_json: bool, as_csv: bool, db: st
         raise click.UsageError("choose one of --json and --csv")
     result = run_query(_target(db), query, list(params))
     if as_json:
-        print_json(records(result))
+        print_json(records(result, exact=True))
     elif as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(result.columns)

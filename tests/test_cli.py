@@ -5,11 +5,13 @@ with its exit code and its one-line message."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -355,3 +357,134 @@ def test_delete_asks_on_a_terminal(cli):
         assert process.returncode == code
         assert b"Delete scenario 'sample-scenario' (23 entities)? [y/N]" in err
         assert len(cli.json("list", "--json")) == left
+
+
+# --- issue 11: nothing lost at the edges ----------------------------------------------------------
+
+def test_a_name_may_not_shadow_an_id_and_an_ambiguous_lookup_names_both(cli_with_s):
+    cli = cli_with_s
+    (first,) = run_query(cli.db, "SELECT scenario_id FROM scenarios").rows[0]
+    result = cli("save", "s.json", "--name", first, expect=1)
+    assert result.stderr.splitlines() == ["error: s.json: scenario not saved: 1 problem",
+                                          f"  - name: '{first}' is the id of another scenario; a name may not be "
+                                          "a scenario's id"]
+    con = duckdb.connect(str(cli.db))  # written around the library, as an older version could have
+    con.execute("INSERT INTO scenarios SELECT 'other-id', ?, NULL, created_at, updated_at, 0, '{}', 1 "
+                "FROM scenarios", [first])
+    con.close()
+    for command in (("show", first), ("delete", first, "--yes"), ("load", first)):
+        result = cli(*command, expect=1)
+        assert result.stderr == (f"error: '{first}' is the id of scenario 's' and the name of scenario other-id; "
+                                 "rename scenario other-id to use its name\n")
+    cli("rename", "other-id", "renamed")
+    assert cli.json("show", first, "--json")["name"] == "s"
+
+
+def test_a_key_given_twice_in_a_file_is_refused_naming_key_and_line(cli):
+    (cli.cwd / "twice.json").write_text('{"patients": [{"patient_id": "a"}],\n"patients": []}')
+    result = cli("import", "twice.json", expect=1)
+    assert result.stderr.splitlines()[0] == (
+        "error: twice.json: not a usable JSON document: a key is given twice in one object, and only one of its "
+        "values would be kept: 'patients' at lines 1 and 2")
+    assert not cli.db.exists() or cli.json("list", "--json") == []
+
+
+def test_sql_prints_nan_and_infinity_by_name_and_decimals_with_every_digit(cli_with_s):
+    query = ("SELECT 'nan'::DOUBLE AS a, 'inf'::DOUBLE AS b, '-inf'::DOUBLE AS c, "
+             "12345678901234567890.123456789::DECIMAL(38, 9) AS d")
+    assert tsv(cli_with_s("sql", query).stdout) == [{"a": "NaN", "b": "Infinity", "c": "-Infinity",
+                                                     "d": "12345678901234567890.123456789"}]
+    assert cli_with_s("sql", query, "--csv").stdout == "a,b,c,d\nNaN,Infinity,-Infinity,12345678901234567890.123456789\n"
+    text = cli_with_s("sql", query, "--json").stdout
+    assert json.loads(text, parse_float=Decimal) == [{"a": None, "b": None, "c": None,
+                                                      "d": Decimal("12345678901234567890.123456789")}]
+
+
+def test_sql_json_columns_are_json_and_explain_is_allowed(cli):
+    (cli.cwd / "c.json").write_text(json.dumps({"claims": [{"claim_id": "c", "other_diagnoses": [{"code": "I10"}]}]}))
+    cli("import", "c.json")
+    assert cli.json("sql", "SELECT other_diagnoses FROM claims", "--json") == [{"other_diagnoses": [{"code": "I10"}]}]
+    assert "SEQ SCAN" in cli("sql", "EXPLAIN SELECT * FROM claims").stdout.upper()
+
+
+@pytest.mark.parametrize("args, lines", [
+    (("save", "s.json", "--name", "n" * 201), ["error: s.json: scenario not saved: 1 problem",
+                                               "  - name: the scenario name is 201 characters long; at most 200 "
+                                               "are allowed"]),
+    (("save", "s.json", "--name", "t", "-t", "x" * 101), ["error: s.json: scenario not saved: 1 problem",
+                                                          "  - tags[0]: the tag is 101 characters long; at most 100 "
+                                                          "are allowed"]),
+    (("save", "s.json", "--name", "t", "-d", "d" * 10_001), ["error: s.json: scenario not saved: 1 problem",
+                                                             "  - description: the description is 10001 characters "
+                                                             "long; at most 10000 are allowed"]),
+    (("rename", "s", "n" * 201), ["error: scenario not renamed: 1 problem",
+                                  "  - name: the scenario name is 201 characters long; at most 200 are allowed"]),
+    (("update", "s", "--add-tag", "x" * 101), ["error: scenario not updated: 1 problem",
+                                               "  - add_tags[0]: the tag is 101 characters long; at most 100 are "
+                                               "allowed"]),
+])
+def test_limits_are_one_clear_error(cli_with_s, args, lines):
+    assert cli_with_s(*args, expect=1).stderr.splitlines() == lines
+    assert run_query(cli_with_s.db, "SELECT name, version FROM scenarios").rows == [("s", 1)]
+
+
+def test_list_offset_rename_update_and_delete_entities(cli):
+    cli("import", SAMPLE)
+    for name in ("b", "c"):
+        cli("save", SAMPLE, "--name", name)
+    assert [i["name"] for i in cli.json("list", "--json")] == ["c", "b", "sample-scenario"]
+    assert [row["name"] for row in tsv(cli("list", "--offset", "1", "--limit", "1").stdout)] == ["b"]
+
+    assert cli("rename", "b", "bee").stdout.startswith("renamed 'b' to 'bee' (")
+    assert cli("rename", "bee", "c", expect=1).stderr.startswith("error: scenario 'c' already exists")
+    out = cli("update", "bee", "-d", "A copy", "--add-tag", "x", "--add-tag", "y").stdout
+    assert out == "updated 'bee' (version 2): tags x, y; description 'A copy'\n"
+    assert cli("update", "bee", "--add-tag", "x").stdout == \
+        "'bee' unchanged: it already has that description and those tags\n"
+    cli("update", "bee", "--remove-tag", "x", "-d", "")
+    shown = cli.json("show", "bee", "--json")
+    assert (shown["tags"], shown["description"], shown["version"]) == (["y"], None, 3)
+    assert cli("update", "bee", expect=2).stderr.startswith("Usage:")
+
+    patients = [p["patient_id"] for p in cli.json("load", "bee")["entities"]["patients"]]
+    out = cli("delete-entities", "bee", "patients", patients[0]).stdout
+    assert out == "deleted 1 patient from 'bee' (version 4; 22 entities left)\n"
+    missing = cli("delete-entities", "bee", "patient", patients[0], patients[1], expect=1)
+    assert missing.stderr == (f"error: scenario 'bee' holds no entity with these keys (patient: '{patients[0]}'); "
+                              "nothing was deleted (use --missing-ok to delete the others)\n")
+    done = cli("delete-entities", "bee", "patient", patients[0], patients[1], "--missing-ok")
+    assert done.stderr == f"warning: 'bee' holds no patient with the key {patients[0]}\n"
+    lines = {line["claim_id"] for line in cli.json("load", "bee")["entities"]["claim_lines"]}
+    (claim,) = lines
+    assert cli("delete-entities", "bee", "claim_line", json.dumps([claim, 1])).stdout.startswith("deleted 1 claim_line")
+    usage = cli("delete-entities", "bee", "claim_line", claim, expect=2)
+    assert "give each KEY as a JSON array" in usage.stderr
+    with StateManager(cli.db) as sm:
+        assert [v["operation"] for v in sm.scenario_history("bee")] == \
+            ["delete_entities"] * 3 + ["update", "update", "save"]
+
+
+def test_the_progress_bar_of_one_import_moves_by_entities(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from healthsim_state import cli as cli_module
+    from healthsim_state.engine import batch
+
+    monkeypatch.setattr(batch, "CHUNK", 100)
+    moves: list[tuple] = []
+
+    class Recorder(cli_module._Reporter):
+        def set(self, done, total, description=None):
+            moves.append((done, total, description))
+
+    @contextlib.contextmanager
+    def recording(total, description):
+        moves.append(("bar", total, description))
+        yield Recorder()
+
+    monkeypatch.setattr(cli_module, "progress", recording)
+    (tmp_path / "big.json").write_text(json.dumps({"patients": [{"patient_id": f"p{i}"} for i in range(250)]}))
+    result = CliRunner().invoke(cli_module.cli, ["import", str(tmp_path / "big.json"), "--db", str(tmp_path / "b.duckdb")])
+    assert result.exit_code == 0, result.output
+    assert moves == [("bar", 1, "importing"), (0, 250, "importing big"), (100, 250, None), (200, 250, None),
+                     (250, 250, None)]
