@@ -37,9 +37,9 @@ from pydantic import Field
 
 from . import __version__
 from .config import default_target, is_url
-from .errors import HealthSimError, ScenarioNotFoundError, StoreNotFoundError
+from .errors import EntityNotFoundError, HealthSimError, ScenarioNotFoundError, StoreNotFoundError
 from .interop.query import json_rows, jsonable, run_query
-from .manager import StateManager
+from .manager import MISSING_OK_HINT, StateManager
 
 QUERY_TIMEOUT = 30.0
 """Seconds a ``query`` may run before it is interrupted."""
@@ -60,7 +60,9 @@ scenario in batches of a few hundred entities with add_entities; pass metadata (
 seed, prompt) to record how the data was made. Read with get_scenario_summary first, then \
 load_scenario a page at a time (entity_types, limit_per_type, offset), or with query \
 (read-only SQL). Every write makes a version: scenario_history lists them, diff_scenarios \
-says what changed, restore_scenario undoes. Scenarios are found by id or by name."""
+says what changed, restore_scenario undoes. Change a scenario's name with rename_scenario, \
+its description and tags with update_scenario, and remove single entities by key with \
+delete_entities. Scenarios are found by id or by name."""
 
 
 # --- what the tools return (published as output schemas) ------------------------------
@@ -130,6 +132,17 @@ class DiffResult(TypedDict):
     list of values for a composite key. identical is true when nothing differs."""
     differences: dict[str, dict[str, list[Any]]]
     identical: bool
+
+
+class DeleteEntitiesResult(TypedDict):
+    """What delete_entities did: per type, the entities deleted and the keys not found;
+    entity_count is the scenario's new total, version the scenario's version after it."""
+    scenario_id: str
+    name: str
+    deleted: dict[str, int]
+    not_found: dict[str, list[Any]]
+    entity_count: int
+    version: int
 
 
 class EntityTypesResult(TypedDict):
@@ -257,6 +270,57 @@ class ScenarioTools:
                 raise ScenarioNotFoundError(f"no scenario has the id or name {name_or_id!r}")
         return {**_info(info), "deleted": True}
 
+    def rename_scenario(
+        self,
+        name_or_id: NameOrId,
+        new_name: Annotated[str, Field(min_length=1, description="The new name (unique in the database).")],
+    ) -> ScenarioInfo:
+        """Rename a scenario. Its id, entities, tags and versions stay as they are (a rename is not
+        a new version). Refused if another scenario has that name."""
+        with self._manager() as manager:
+            return _info(manager.rename_scenario(name_or_id, new_name))
+
+    def update_scenario(
+        self,
+        name_or_id: NameOrId,
+        description: Annotated[str | None, Field(
+            description="The new description; an empty string removes it; leave out to keep it.")] = None,
+        tags: Annotated[list[str] | None, Field(
+            description="Replace the tags with these (an empty list removes them all); leave out to keep them.")]
+        = None,
+        add_tags: Annotated[list[str] | None, Field(description="Tags to add.")] = None,
+        remove_tags: Annotated[list[str] | None, Field(description="Tags to remove.")] = None,
+    ) -> ScenarioInfo:
+        """Change a scenario's description and tags without resending its entities. A change makes
+        a new version with the same entities; a call that changes nothing writes nothing."""
+        changes: dict[str, Any] = {"add_tags": add_tags or [], "remove_tags": remove_tags or []}
+        if description is not None:
+            changes["description"] = description or None
+        if tags is not None:
+            changes["tags"] = tags
+        with self._manager() as manager:
+            return _info(manager.update_scenario(name_or_id, **changes))
+
+    def delete_entities(
+        self,
+        name_or_id: NameOrId,
+        keys: Annotated[dict[str, list[Any]], Field(description=(
+            "Entity type (singular or plural) to a list of keys: for a one-column primary key (see "
+            "primary_key in list_entity_types) the key's value, for a composite one a list of its values."))],
+        missing_ok: Annotated[bool, Field(description=(
+            "Delete the keys found even if some are not; else a key the scenario does not hold is an error "
+            "and nothing is deleted."))] = False,
+    ) -> DeleteEntitiesResult:
+        """Delete single entities of a scenario by key, in one transaction: a new version without
+        them (an earlier version still holds them: restore it to undo). Returns the count deleted
+        per type, the keys not found (with missing_ok), and the scenario's new entity_count."""
+        with self._manager() as manager:
+            try:
+                return jsonable(manager.delete_entities(name_or_id, keys, missing_ok=missing_ok))
+            except EntityNotFoundError as error:
+                raise ValueError(str(error).replace(MISSING_OK_HINT, "pass missing_ok: true to delete the others")) \
+                    from None
+
     # --- reads --------------------------------------------------------------------------
 
     def load_scenario(
@@ -279,6 +343,8 @@ class ScenarioTools:
         nothing was; next_offset is the offset of the next page (null when there is none). A
         page may hold at most 5000 entities in all: for a large scenario, ask for fewer types
         or a smaller limit_per_type. Call get_scenario_summary first to see the counts."""
+        if isinstance(limit_per_type, bool) or not isinstance(limit_per_type, int) or limit_per_type < 1:
+            raise ValueError(f"limit_per_type must be a whole number of at least 1, got {limit_per_type!r}")
         with self._read_manager() as manager:
             info = manager.scenario_info(name_or_id, version=version)
             counts = {entity: count for entity, count in info["entity_counts"].items() if count}
@@ -455,8 +521,19 @@ def _entities(count: int) -> str:
 def _payload(value: dict[str, Any]) -> CallToolResult:
     """The tool result: the structured value, and the same as compact JSON text
     for clients that read only text (the SDK's default text is indented: for a
-    large scenario that is a lot of whitespace)."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=jsonable)
+    large scenario that is a lot of whitespace). A value JSON has no literal
+    for (a Decimal no float holds, from unmapped data) is given as
+    :func:`jsonable` renders it (the nearest float; an integral one as an
+    int), in both: JSON-RPC clients read numbers as doubles anyway."""
+    rendered: list[bool] = []
+
+    def default(obj: Any) -> Any:
+        rendered.append(True)
+        return jsonable(obj)
+
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=default)
+    if rendered:
+        value = json.loads(text)
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=value)
 
 
@@ -499,6 +576,16 @@ TOOLS: tuple[tuple[str, str, ToolAnnotations], ...] = (
     ("diff_scenarios", "Compare scenarios or versions", READ),
     ("restore_scenario", "Restore an earlier version",
      ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False)),
+    # A rename replaces the name (no version keeps the old one); repeating it changes nothing.
+    ("rename_scenario", "Rename a scenario",
+     ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)),
+    # A write (under a history limit it may drop old versions, as restore_scenario may); repeating a
+    # call changes nothing.
+    ("update_scenario", "Change a scenario's description or tags",
+     ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)),
+    # Removes entities from the scenario (they stay in its history until pruned); repeating deletes nothing more.
+    ("delete_entities", "Delete entities by key",
+     ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)),
     ("list_entity_types", "List entity types", READ),
     ("query", "Query scenarios with SQL", READ),
 )

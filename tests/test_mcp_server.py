@@ -28,7 +28,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 
 import oracle
 from benchmarks.generate import entity_count, scenario
-from healthsim_state import StoreError, StateManager
+from healthsim_state import HealthSimError, StoreError, StateManager
 from healthsim_state import mcp_server
 from healthsim_state.mcp_server import ScenarioTools
 
@@ -45,6 +45,9 @@ TOOLS = {  # tool: (readOnlyHint, destructiveHint, idempotentHint)
     "scenario_history": (True, False, True),
     "diff_scenarios": (True, False, True),
     "restore_scenario": (False, True, False),  # a write; under a history limit it may drop old versions
+    "rename_scenario": (False, True, True),
+    "update_scenario": (False, True, True),  # a write: under a history limit it may drop old versions
+    "delete_entities": (False, True, True),
     "list_entity_types": (True, False, True),
     "query": (True, False, True),
 }
@@ -402,8 +405,11 @@ def test_slices_at_the_edges(db_path):
     assert beyond["next_offset"] is None
     none = tools.load_scenario("edges", entity_types=[])
     assert none["entities"] == {} and none["omitted"] == {"patient": 3} and not none["complete"]
-    repeated = tools.load_scenario("edges", entity_types=["patients", "patient", "claims"], limit_per_type=0)
-    assert repeated["entities"] == {"patient": [], "claim": []} and repeated["next_offset"] == 0
+    repeated = tools.load_scenario("edges", entity_types=["patients", "patient", "claims"], limit_per_type=1)
+    assert repeated["entities"] == {"patient": [{"patient_id": "p0", **_provenance()}], "claim": []}
+    assert repeated["next_offset"] == 1
+    with pytest.raises(ValueError, match="limit_per_type must be a whole number of at least 1, got 0"):
+        tools.load_scenario("edges", limit_per_type=0)  # a page of nothing would say to start again where it was
 
 
 def test_an_unexpected_failure_is_a_tool_error_and_the_server_goes_on(db_path, monkeypatch):
@@ -438,3 +444,132 @@ def test_the_cli_command_is_documented():
 
 def _provenance() -> dict[str, Any]:
     return {"_provenance": ANA_CANONICAL["_provenance"]}
+
+
+# --- issue 11: nothing lost at the edges ---------------------------------------------------------
+
+def test_a_name_may_not_shadow_an_id(server):
+    first = server.ok("save_scenario", name="shadowed", entities={"patients": [ANA]})["scenario_id"]
+    message = server.error("save_scenario", name=first, entities={})
+    assert f"'{first}' is the id of another scenario; a name may not be a scenario's id" in message
+    assert server.ok("load_scenario", name_or_id=first)["name"] == "shadowed"
+
+
+def test_an_ambiguous_lookup_names_both_scenarios(tmp_path):
+    db = tmp_path / "a.duckdb"
+    first = StateManager(db).save_scenario("s", {})
+    con = duckdb.connect(str(db))  # written around the library, as an older version could have
+    con.execute("INSERT INTO scenarios SELECT 'other-id', ?, NULL, created_at, updated_at, 0, '{}', 1 "
+                "FROM scenarios", [first])
+    con.close()
+    tools = ScenarioTools(db)
+    for call in (lambda: tools.load_scenario(first), lambda: tools.delete_scenario(first, confirm=True),
+                 lambda: tools.get_scenario_summary(first)):
+        with pytest.raises(ValueError, match=f"'{first}' is the id of scenario 's' and the name of scenario "
+                                             "other-id; rename scenario other-id"):
+            call()
+    assert tools.rename_scenario("other-id", "fixed")["name"] == "fixed"
+    assert tools.load_scenario(first)["name"] == "s"
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    ({"name_or_id": "edgy", "limit_per_type": 0}, "limit_per_type"),
+    ({"name_or_id": "edgy", "limit_per_type": 5001}, "limit_per_type"),
+])
+def test_a_page_size_out_of_range_is_refused(server, arguments, expected):
+    server.ok("save_scenario", name="edgy", entities={"patients": [ANA]}, overwrite=True)
+    assert expected in server.error("load_scenario", **arguments)
+
+
+@pytest.mark.parametrize("confirm", ["true", 1, "yes"])
+def test_only_the_boolean_true_confirms_a_delete(server, confirm):
+    server.ok("save_scenario", name="kept", entities={"patients": [ANA]}, overwrite=True)
+    server.error("delete_scenario", name_or_id="kept", confirm=confirm)
+    assert server.ok("load_scenario", name_or_id="kept")["entity_count"] == 1
+
+
+def test_limits_come_back_as_tool_errors_with_our_message(server):
+    assert "name: the scenario name is 201 characters long; at most 200 are allowed" in \
+        server.error("save_scenario", name="n" * 201, entities={})
+    assert "tags[0]: the tag is 101 characters long; at most 100 are allowed" in \
+        server.error("save_scenario", name="t", entities={}, tags=["x" * 101])
+    assert "description: the description holds a NUL character" in \
+        server.error("save_scenario", name="t", entities={}, description="a\x00b")
+    assert not server.ok("list_scenarios", search="n" * 201)["count"]  # nothing was saved
+
+
+def test_rename_update_and_delete_entities_over_mcp(server):
+    server.ok("save_scenario", name="editable", entities={"patients": [ANA, {"id": "p2"}, {"id": "p3"}],
+                                                          "claim_lines": [{"claim_id": "C", "line_number": 1}]},
+              tags=["a"], description="before")
+    renamed = server.ok("rename_scenario", name_or_id="editable", new_name="edited")
+    assert renamed["name"] == "edited" and renamed["entity_count"] == 4
+    server.ok("save_scenario", name="taken", entities={}, overwrite=True)
+    assert "scenario 'taken' already exists" in server.error("rename_scenario", name_or_id="edited", new_name="taken")
+    updated = server.ok("update_scenario", name_or_id="edited", description="", add_tags=["b"], remove_tags=["a"])
+    assert (updated["description"], updated["tags"]) == (None, ["b"])
+    assert server.ok("update_scenario", name_or_id="edited", tags=[])["tags"] == []
+    deleted = server.ok("delete_entities", name_or_id="edited", keys={"patients": ["p2"], "claim_line": [["C", 1]]})
+    assert deleted["deleted"] == {"patient": 1, "claim_line": 1} and deleted["entity_count"] == 2
+    message = server.error("delete_entities", name_or_id="edited", keys={"patient": ["p2", "p3"]})
+    assert "holds no entity with these keys (patient: 'p2')" in message and "pass missing_ok: true" in message
+    again = server.ok("delete_entities", name_or_id="edited", keys={"patient": ["p2", "p3"]}, missing_ok=True)
+    assert again["deleted"] == {"patient": 1} and again["not_found"] == {"patient": ["p2"]}
+    loaded = server.ok("load_scenario", name_or_id="edited")
+    assert [p["patient_id"] for p in loaded["entities"]["patient"]] == ["p1"]
+
+
+def test_list_scenarios_pages_with_offset(db_path):
+    tools = ScenarioTools(db_path)
+    for name in ("a", "b", "c"):
+        tools.save_scenario(name, {})
+    names = [s["name"] for s in tools.list_scenarios()["scenarios"]]
+    assert [s["name"] for s in tools.list_scenarios(limit=1, offset=1)["scenarios"]] == names[1:2]
+    assert tools.list_scenarios(offset=3) == {"scenarios": [], "count": 0}
+
+
+def test_a_big_page_is_refused_telling_how_to_page_and_a_page_reads_only_itself(db_path, monkeypatch):
+    with StateManager(db_path) as sm:
+        sm.save_scenario("big", {"patients": [{"patient_id": f"p{i}"} for i in range(3000)],
+                                 "claims": [{"claim_id": f"c{i}"} for i in range(3000)]})
+    tools = ScenarioTools(db_path)
+    with pytest.raises(ValueError) as caught:
+        tools.load_scenario("big", limit_per_type=5000)
+    assert str(caught.value) == ("this page would hold 6000 entities (3000 patient, 3000 claim in all); a page holds "
+                                 "at most 5000: ask for fewer entity_types, or a limit_per_type of at most 2500, "
+                                 "and page with offset")
+    from healthsim_state.store import Gateway
+
+    reads = []
+    real = Gateway.fetch_rows
+    monkeypatch.setattr(Gateway, "fetch_rows", lambda self, codec, sid, **kw: reads.append(kw) or real(
+        self, codec, sid, **kw))
+    page = tools.load_scenario("big")  # the default page: 500 of each type, read in SQL
+    assert {k: len(v) for k, v in page["entities"].items()} == {"claim": 500, "patient": 500}
+    assert page["next_offset"] == 500 and reads == [{"version": None, "limit": 500, "offset": 0}] * 2
+
+
+def test_list_entity_types_needs_no_usable_store(tmp_path):
+    bad = tmp_path / "bad.duckdb"
+    bad.write_bytes(b"not a database at all" * 50)
+    tools = ScenarioTools(bad)
+    assert len(tools.list_entity_types()["entity_types"]) == 14
+    with pytest.raises(HealthSimError, match="bad.duckdb"):
+        tools.list_scenarios()
+
+
+def test_query_and_load_give_json_numbers(db_path):
+    from decimal import Decimal
+
+    tools = ScenarioTools(db_path)
+    tools.save_scenario("n", {"claims": [{"claim_id": "c", "other_diagnoses": [{"rank": 2}]}]})
+    with StateManager(db_path) as sm:
+        sm.add_entities("n", {"patients": [{"patient_id": "p", "x": Decimal("0.10000000000000001"),
+                                            "y": Decimal("1E+400")}]})
+    result = tools.query("SELECT other_diagnoses FROM claims")
+    assert result["rows"] == [[[{"rank": 2}]]] and result["types"] == ["JSON"]
+    assert tools.query("EXPLAIN SELECT * FROM claims")["rows"]
+    payload = mcp_server._payload(tools.load_scenario("n", entity_types=["patient"]))
+    patient = payload.structured_content["entities"]["patient"][0]
+    assert (patient["x"], patient["y"]) == (0.1, 10**400)  # the nearest JSON numbers (an integral one exact)
+    assert json.loads(payload.content[0].text) == payload.structured_content
