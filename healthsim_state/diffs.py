@@ -7,6 +7,7 @@ into canonical entities and compared path by path.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from .engine.batch import rebuild_rows
@@ -78,6 +79,6 @@ def _same(a: Any, b: Any) -> bool:
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, float):
-        return a == b and str(a) == str(b)  # -0.0 is not 0.0
+    if isinstance(a, (float, Decimal)):
+        return a == b and str(a) == str(b)  # -0.0 is not 0.0; Decimal("1.0") is not Decimal("1.00")
     return a == b

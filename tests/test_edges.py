@@ -595,3 +595,10 @@ def test_a_save_reports_progress_by_entities(sm, monkeypatch):
     sm.add_entities("big", {"patients": [{"patient_id": "p0"}, {"patient_id": "new"}]},
                     progress=lambda *a: seen.append(a))
     assert seen == [(2, 2)]
+
+
+def test_a_diff_sees_every_digit(sm):
+    sm.save_scenario("d", {"patient": [{"patient_id": "p", "x": Decimal("0.10000000000000001")}]})
+    sm.save_scenario("d", {"patient": [{"patient_id": "p", "x": Decimal("0.100000000000000010")}]}, overwrite=True)
+    assert sm.diff_scenarios("d", a_version=1, b_version=2) == {"patient": {"added": [], "removed": [], "changed": [
+        {"key": "p", "paths": ["x"]}]}}

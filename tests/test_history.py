@@ -295,7 +295,8 @@ def paths_between(a, b, prefix=()):
                 yield ".".join(prefix + (k,))
             else:
                 yield from paths_between(a[k], b[k], prefix + (k,))
-    elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True) or type(a) is not type(b):
+    elif json.dumps(a, sort_keys=True, default=repr) != json.dumps(b, sort_keys=True, default=repr) \
+            or type(a) is not type(b):  # default: a Decimal no float holds (issue 11, item 4), every digit
         yield ".".join(prefix)
 
 
