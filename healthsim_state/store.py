@@ -394,12 +394,12 @@ class Gateway:
         if not keys:
             return []
         mapping = codec.mapping
-        staging = self.session.create_staging("_healthsim_keys", mapping.table, mapping.primary_key)
+        staging = self.session.create_staging("_healthsim_keys", versions_table(mapping.table), mapping.primary_key)
         self.session.append(staging, mapping.primary_key, list(keys))
         on = " AND ".join(f"c.{quote(k)} = s.{quote(k)}" for k in mapping.primary_key)
         picked = ", ".join(f"c.{quote(k)}" for k in mapping.primary_key)
-        rows = self.session.fetchall(f"SELECT DISTINCT c._position, {picked} FROM {quote(mapping.table)} c "
-                                     f"JOIN {staging} s ON {on} WHERE c.scenario_id = ?", [scenario_id])
+        rows = self.session.fetchall(f"SELECT DISTINCT c._position, {picked} FROM {_rows(codec)} c JOIN {staging} s "
+                                     f"ON {on} WHERE c.scenario_id = ? AND c._until IS NULL", [scenario_id])
         self.session.execute(f"DROP TABLE {staging}")
         return rows
 

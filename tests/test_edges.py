@@ -40,13 +40,17 @@ from healthsim_state.interop.json_io import dumps, parse_json as parse_file
 DATA = Path(__file__).parent / "data" / "interop"
 
 
-def rows_of(db: Path, scenario_id: str) -> dict[str, int]:
-    """Every table of the store that holds rows of the scenario, with how many."""
+def rows_of(db: Path, scenario_id: str, *, current: bool = False) -> dict[str, int]:
+    """Every table of the store that holds rows of the scenario (of any
+    version, or only ``current`` ones), with how many."""
     tables = [t for (t,) in run_query(db, "SELECT table_name FROM duckdb_tables() WHERE NOT internal").rows]
     found = {}
     for table in tables:
-        if "scenario_id" in run_query(db, f'SELECT * FROM "{table}" LIMIT 0').columns:
-            count = run_query(db, f'SELECT count(*) FROM "{table}" WHERE scenario_id = ?', [scenario_id]).rows[0][0]
+        columns = run_query(db, f'SELECT * FROM "{table}" LIMIT 0').columns
+        if "scenario_id" in columns:
+            where = " AND _until IS NULL" if current and "_until" in columns else ""
+            count = run_query(db, f'SELECT count(*) FROM "{table}" WHERE scenario_id = ?{where}',
+                              [scenario_id]).rows[0][0]
             if count:
                 found[table] = count
     return found
@@ -60,17 +64,18 @@ def test_the_export_holds_every_row_the_store_holds(sm, db_path):
     document = export_document(sm, "all")
     exported = {key: len(items) for key, items in document["entities"].items()}
     assert len(exported) == 14 and sum(exported.values()) == entity_count(data)
-    current = {t: n for t, n in rows_of(db_path, scenario_id).items()
-               if not t.endswith("__history") and not t.startswith("scenario")}
-    assert current == exported
+    stored = {t.removesuffix("__versions"): n for t, n in rows_of(db_path, scenario_id).items()
+              if t.endswith("__versions")}
+    assert stored == exported
 
 
 def test_delete_leaves_no_row_in_any_table_history_included(sm, db_path):
     data = scenario(1)
     scenario_id = sm.save_scenario("doomed", data, tags=["a"])
-    sm.save_scenario("doomed", {"patients": data["patient"]}, overwrite=True)  # the rest goes to history
+    sm.save_scenario("doomed", {"patients": data["patient"]}, overwrite=True)  # the rest is history now
     sm.add_entities("doomed", {"patient": [{**data["patient"][0], "gender": "other"}]})
-    assert any(t.endswith("__history") for t in rows_of(db_path, scenario_id))
+    everything, current = rows_of(db_path, scenario_id), rows_of(db_path, scenario_id, current=True)
+    assert everything["claims__versions"] and "claims__versions" not in current
     assert sm.delete_scenario("doomed") is True
     assert rows_of(db_path, scenario_id) == {}
 
@@ -79,9 +84,10 @@ def test_an_overwrite_leaves_only_the_new_rows_current(sm, db_path):
     scenario_id = sm.save_scenario("s", {"patients": [{"patient_id": f"p{i}"} for i in range(4)],
                                          "claims": [{"claim_id": "c"}]})
     sm.save_scenario("s", {"patients": [{"patient_id": "p0"}]}, overwrite=True)
-    found = rows_of(db_path, scenario_id)
-    assert (found["patients"], found.get("claims")) == (1, None)
-    assert (found["patients__history"], found["claims__history"]) == (3, 1)  # version 1, kept for restore
+    current = rows_of(db_path, scenario_id, current=True)
+    assert (current["patients__versions"], current.get("claims__versions")) == (1, None)
+    everything = rows_of(db_path, scenario_id)
+    assert (everything["patients__versions"], everything["claims__versions"]) == (4, 1)  # version 1, for restore
     added = sm.add_entities("s", {"patients": [{"patient_id": "p1"}, {"patient_id": "p0"}]})
     assert (added["added"], added["replaced"], added["entity_count"]) == ({"patient": 1}, {"patient": 1}, 2)
     assert sm.load_scenario("s")["entity_count"] == len(sm.load_scenario("s")["entities"]["patient"]) == 2
