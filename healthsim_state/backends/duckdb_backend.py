@@ -2,9 +2,10 @@
 
 The file is open only while an operation runs, so an idle process never keeps
 another out. Inside one process, the threads writing one file take turns (see
-:meth:`DuckDBBackend._writer_turn`). While another process holds the file's lock, opening waits with
-jittered exponential backoff (5 ms doubling to 250 ms) up to the lock timeout,
-then raises :class:`DatabaseLockedError` naming the holder's PID.
+:meth:`DuckDBBackend._writer_turn`). While another process holds the file's
+lock, opening waits with jittered exponential backoff (5 ms doubling to 250
+ms) up to the lock timeout, then raises :class:`DatabaseLockedError` naming
+the holder's PID.
 
 Every connection is made with extension autoinstall and autoload off, so that
 opening a user-given path never reaches the network. ``:memory:`` keeps one
@@ -177,6 +178,10 @@ class DuckDBBackend(Backend):
             return 0, 0
         if not self.path.is_file():
             raise StoreNotFoundError(f"no database at {self.path} (nothing has been saved there yet)")
+        with self._writer_turn(True):  # no thread of this process writes to the old file meanwhile
+            return self._compact()
+
+    def _compact(self) -> tuple[int, int]:
         fresh = self.path.with_name(f".{self.path.name}.compact")
         fresh.unlink(missing_ok=True)
         before = self.path.stat().st_size
