@@ -126,6 +126,18 @@ class ReadOnlyError(StoreError):
     """A write on a store opened with ``read_only=True``."""
 
 
+class ServerConnectionError(StoreError, ConnectionError):
+    """A database server could not be used: unreachable host, refused
+    connection, wrong user or password, no such database, lost connection.
+    The message names the problem and the URL without its password."""
+
+
+class MissingExtraError(StoreError, ImportError):
+    """The store needs an optional dependency that is not installed; the
+    message says which extra to install (``pip install
+    'healthsim-state[postgres]'``)."""
+
+
 class TransactionConflictError(StoreError):
     """Another transaction kept changing the same data at the same time; the
     operation was run again several times and gave up. Nothing was written."""

@@ -30,7 +30,7 @@ from .engine.compile import Codec, compile_mapping
 from .engine.values import MISSING
 from .errors import IncompatibleDatabaseError, Problem, SchemaChangeError
 from .layout import REWRITE_TABLE, StoreState, create_view, data_columns, digest_of, drop_view, entity_ddl, \
-    record, set_meta, table_columns, versions_table
+    index_ddl, record, set_meta, table_columns, versions_table
 from .mapping.model import Mapping
 from .plan import CREATE, REWRITE, MappingDiff, Plan, Step, diff_mappings
 
@@ -102,6 +102,8 @@ def _create(session: Session, step: Step, existing: dict[str, list[str]], label:
                 f"({mapping.source}); rename that table, or the mapping's table")
     if not dry_run:
         session.execute(entity_ddl(session.dialect, mapping))
+        for ddl in index_ddl(session.dialect, versions_table(mapping.table)):
+            session.execute(ddl)
         create_view(session, mapping)
 
 
@@ -233,6 +235,8 @@ def _rewrite(session: Session, diff: MappingDiff, dry_run: bool, report: TableRe
     if not dry_run:
         session.execute(f"DROP TABLE {quote(table)}")
         session.execute(f"ALTER TABLE {quote(REWRITE_TABLE)} RENAME TO {quote(table)}")
+        for ddl in index_ddl(session.dialect, table):
+            session.execute(ddl)
     report.changes += [f"{f.column}: {filled[f.column]} stored values moved into the new column" for f in diff.added]
     return done
 

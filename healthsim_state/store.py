@@ -153,6 +153,9 @@ class Gateway:
         """Newest ``updated_at`` first. ``tag`` matches one tag and ``search`` a
         substring of name or description, both case-insensitively (``strpos``,
         not ``LIKE``: a ``%`` in a search is a percent sign)."""
+        for text in (tag, search):
+            if text is not None and (not is_text(text) or "\x00" in text):
+                return []  # no stored name, description or tag can hold it
         columns = ", ".join(f"s.{c}" for c in _SCENARIO_COLUMNS)
         where, params = [], []
         if tag is not None:

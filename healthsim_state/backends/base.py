@@ -42,13 +42,16 @@ class Dialect:
     timestamps, a float for a decimal of up to 15 digits and text for a
     longer one, JSON text for json. ``compare`` says how to compare a column
     exactly (in ``EXCEPT`` and ``IS DISTINCT FROM``), for a type the engine
-    cannot compare as it is.
+    cannot compare as it is. ``indexed`` engines (PostgreSQL) get an index
+    on each entity table's ``(scenario_id, _position)`` and on the tags' scenario,
+    so one scenario's rows are found without reading the others'.
     """
 
     name: str
     types: dict[str, str]
     read: dict[str, str]
     compare: dict[str, str] = field(default_factory=dict)
+    indexed: bool = False
 
     def column_type(self, ctype: ColumnType) -> str:
         if ctype.family == "decimal":

@@ -1,0 +1,646 @@
+"""The PostgreSQL backend: one database (and schema) on a server, shared by
+many clients at once.
+
+Connections. A backend keeps a few idle connections between operations
+(connecting costs more than most operations) and hands them to one operation
+at a time; :meth:`PostgresBackend.close` releases them. The URL is libpq's:
+a password may come from it, from ``PGPASSWORD`` or from ``~/.pgpass``, and
+every message names the URL without its password.
+
+Transactions. Every operation is one ``REPEATABLE READ`` transaction (read
+sessions are ``READ ONLY``), so a load sees one snapshot. A write that loses
+a race (a serialization failure, a deadlock, or a unique key another
+transaction has just committed, such as the same new scenario name) raises
+:class:`TransactionConflictError`, and :meth:`Backend.run` runs it again from
+the start: a second save of one new name then finds the first and raises
+``ScenarioExistsError``.
+
+The layout lock. The tables' layout (the store's creation, additions from a
+client's mapping files, ``migrate-schema``) changes only under an exclusive
+advisory lock, and every operation holds the same lock in shared mode from
+before its snapshot is taken until it ends. So no operation ever sees a
+layout changing under it, and two clients never change the layout at once.
+An operation that finds it must change the layout (:meth:`Session.lock_layout`)
+gives up its shared hold and is run again holding the lock exclusively from
+the start: a lock is never upgraded, so two clients cannot deadlock on it.
+The key is per database and schema. Waiting for it is bounded by the lock
+timeout, after which :class:`DatabaseLockedError` names the holders' PIDs.
+
+Writes in bulk use binary ``COPY`` (no statement per row); reads select each
+column in the read form of the :class:`Dialect` (ISO text from ``to_char``
+for dates and timestamps, ``float8`` or text for decimals, JSON text, never
+``jsonb``, which reorders keys and drops duplicates).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import weakref
+import zlib
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any, Iterator, Mapping, Sequence
+
+from ..errors import (
+    DatabaseLockedError,
+    MissingExtraError,
+    QueryError,
+    ServerConnectionError,
+    StoreError,
+    TransactionConflictError,
+)
+from .base import Backend, Dialect, QueryResult, Session, quote
+from .sqltext import bind_user_query, first_keyword, numbered
+from .urls import redact
+
+try:
+    import psycopg
+    from psycopg import errors as pg_errors
+    from psycopg.adapt import AdaptersMap
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg.pq import TransactionStatus
+    from psycopg.types.numeric import NumericBinaryDumper
+    from psycopg.types.string import TextLoader
+except ModuleNotFoundError as _missing:  # pragma: no cover - exercised in a subprocess test
+    if not (_missing.name or "").startswith("psycopg"):
+        raise
+    raise MissingExtraError("a postgresql:// URL needs the PostgreSQL driver, an optional extra: "
+                            "pip install 'healthsim-state[postgres]'") from None
+
+_TIMESTAMP_TEXT = "'YYYY-MM-DD\"T\"HH24:MI:SS'"
+DIALECT = Dialect(
+    name="postgres",
+    types={"varchar": "VARCHAR", "integer": "INTEGER", "bigint": "BIGINT", "double": "DOUBLE PRECISION",
+           "boolean": "BOOLEAN", "date": "DATE", "timestamp": "TIMESTAMP", "json": "JSON"},
+    read={
+        "date": "to_char({0}, 'YYYY-MM-DD')",  # four-digit years, zero-padded, as isoformat writes them
+        # isoformat: 'T', and six digits of fraction only when there is one
+        "timestamp": f"CASE WHEN {{0}} = date_trunc('second', {{0}}) THEN to_char({{0}}, {_TIMESTAMP_TEXT}) "
+                     f"ELSE to_char({{0}}, {_TIMESTAMP_TEXT[:-1]}.US') END",
+        "decimal_short": "{0}::float8",  # correctly rounded, as float(Decimal) is
+        "decimal_long": "{0}::text",  # keeps the scale's digits: numeric(38,10) 1.5 -> '1.5000000000'
+        "json": "{0}::text",  # the text as written: json keeps key order, duplicates and big numbers
+    },
+    compare={"json": "{}::text"},  # json has no equality operator; its text compares exactly
+    indexed=True,
+)
+
+APPLICATION_NAME = "healthsim-state"
+CONNECT_TIMEOUT = 10  # seconds, unless the URL or PGCONNECT_TIMEOUT says otherwise
+POOL_SIZE = 4  # idle connections kept between operations
+_LAYOUT_LOCK_CLASS = 0x48534D53  # 'HSMS': the high 32 bits of the advisory lock key
+_DDL = re.compile(r"\s*(CREATE|ALTER|DROP)\b", re.IGNORECASE)
+QUERY_STATEMENTS = ("select", "with", "values", "table", "explain")
+
+
+class _NumericDumper(NumericBinaryDumper):
+    """A decimal column's value in binary ``COPY``: a ``Decimal``, or a float
+    the engine found exact at the column's scale (its shortest repr is the
+    decimal, as DuckDB takes it)."""
+
+    def dump(self, obj: Any) -> Any:
+        if obj.__class__ is float:
+            obj = Decimal(repr(obj))
+        return super().dump(obj)
+
+
+def _adapters() -> AdaptersMap:
+    """How values cross the wire: json and jsonb arrive as their text (never
+    parsed, so key order, duplicate keys and big numbers are what was
+    stored), and a decimal column takes floats in binary ``COPY``."""
+    adapters = AdaptersMap(psycopg.adapters)
+    for name in ("json", "jsonb"):
+        adapters.register_loader(name, TextLoader)
+    adapters.register_dumper(None, _NumericDumper)
+    return adapters
+
+
+ADAPTERS = _adapters()
+# The types binary COPY sends a column's value as, by the column's type: the
+# binary form of json (and of varchar) is its UTF-8 text.
+_COPY_AS = {114: 25, 1043: 25}
+
+
+class _Connection:
+    """A connection and what this backend knows about it."""
+
+    __slots__ = ("con", "lock_key", "__weakref__")
+
+    def __init__(self, con: "psycopg.Connection", lock_key: int):
+        self.con = con
+        self.lock_key = lock_key
+
+
+class PostgresBackend(Backend):
+    dialect = DIALECT
+
+    def __init__(self, url: str, *, read_only: bool = False, lock_timeout: float = 10.0):
+        self.url = url
+        self.label = redact(url)
+        self.read_only = read_only
+        self.lock_timeout = lock_timeout
+        self._idle: list[_Connection] = []
+        self._pid = os.getpid()
+        self._pool_lock = threading.Lock()
+        self._exclusive = threading.local()  # this thread's next write must hold the layout lock alone
+        self._known_to_exist = False
+        self._finalizer = weakref.finalize(self, _close_all, self._idle, self._pid)
+
+    # --- connections -----------------------------------------------------------------------
+
+    def _connect(self) -> _Connection:
+        """A new connection, set up: autocommit (transactions are begun by
+        hand, after the layout lock), a lock timeout, UTF-8 text."""
+        try:
+            params = conninfo_to_dict(self.url)
+        except psycopg.Error as error:
+            raise StoreError(f"{self.label} is not a usable PostgreSQL URL: {_reason(error, self.url)}") from None
+        extra: dict[str, Any] = {}
+        if "connect_timeout" not in params and not os.environ.get("PGCONNECT_TIMEOUT"):
+            extra["connect_timeout"] = CONNECT_TIMEOUT
+        if "application_name" not in params and not os.environ.get("PGAPPNAME"):
+            extra["application_name"] = APPLICATION_NAME
+        try:
+            con = psycopg.connect(self.url, autocommit=True, prepare_threshold=None, context=ADAPTERS,
+                                  cursor_factory=psycopg.RawCursor, **extra)
+        except psycopg.Error as error:
+            raise connection_error(error, self.url, self.label) from None
+        try:
+            encoding = con.info.parameter_status("server_encoding")
+            if encoding is not None and encoding.upper() not in ("UTF8", "UTF-8"):
+                raise StoreError(f"the database {self.label} stores text as {encoding}; healthsim-state needs a "
+                                 "UTF8 database (CREATE DATABASE ... ENCODING 'UTF8')")
+            millis = max(1, round(self.lock_timeout * 1000))  # 0 would mean "wait for ever" to PostgreSQL
+            con.execute(f"SET lock_timeout = {millis}")
+            schema = con.execute("SELECT current_schema()").fetchone()[0]
+        except BaseException:
+            con.close()
+            raise
+        return _Connection(con, (_LAYOUT_LOCK_CLASS << 32) | zlib.crc32((schema or "").encode()))
+
+    def _take(self) -> tuple[_Connection, bool]:
+        """An idle connection (and True), or a new one (and False)."""
+        with self._pool_lock:
+            if os.getpid() != self._pid:  # a forked child: the parent's connections are not ours to use
+                self._idle.clear()
+                self._pid = os.getpid()
+                self._finalizer.detach()
+                self._finalizer = weakref.finalize(self, _close_all, self._idle, self._pid)
+            while self._idle:
+                held = self._idle.pop()
+                if not held.con.closed:
+                    return held, True
+        return self._connect(), False
+
+    def _give_back(self, held: _Connection) -> None:
+        con = held.con
+        healthy = not con.closed and con.info.transaction_status == TransactionStatus.IDLE
+        if healthy and os.getpid() == self._pid:
+            with self._pool_lock:
+                if len(self._idle) < POOL_SIZE:
+                    self._idle.append(held)
+                    return
+        _close(con)
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if os.getpid() == self._pid:
+                while self._idle:
+                    _close(self._idle.pop().con)
+            self._idle.clear()
+
+    def exists(self) -> bool:
+        """Whether the store's tables are there (the database must exist either way)."""
+        if self._known_to_exist:
+            return True
+        for attempt in (0, 1):
+            held, pooled = self._take()
+            try:
+                found = held.con.execute("SELECT to_regclass('_healthsim_meta') IS NOT NULL").fetchone()[0]
+            except psycopg.Error as error:
+                _close(held.con)
+                if pooled and attempt == 0 and isinstance(error, psycopg.OperationalError):
+                    continue  # the server closed an idle connection
+                raise translate(error, self.label) from None
+            self._give_back(held)
+            self._known_to_exist = bool(found)
+            return self._known_to_exist
+        raise AssertionError("unreachable")
+
+    # --- transactions ---------------------------------------------------------------------------
+
+    @contextmanager
+    def session(self, *, write: bool) -> Iterator[Session]:
+        writable = write and not self.read_only
+        exclusive = writable and getattr(self._exclusive, "wanted", False)
+        held = self._begin(writable, exclusive)
+        con = held.con
+        session = PostgresSession(con, writable=writable, label=self.label, backend=self, exclusive=exclusive)
+        try:
+            try:
+                yield session
+                session.close_cursors()
+                con.execute("COMMIT")
+            except BaseException:
+                session.close_cursors()
+                _rollback(con)
+                raise
+            finally:
+                if exclusive:
+                    self._exclusive.wanted = False
+                _unlock(held, exclusive)
+        except psycopg.Error as error:
+            raise translate(error, self.label) from error
+        finally:
+            self._give_back(held)
+
+    def _begin(self, writable: bool, exclusive: bool) -> _Connection:
+        """A connection holding the layout lock (shared, or ``exclusive``) in a
+        new transaction. A pooled connection the server has dropped is
+        replaced once."""
+        for attempt in (0, 1):
+            held, pooled = self._take()
+            try:
+                self._lock(held, exclusive)
+            except psycopg.OperationalError as error:
+                _close(held.con)
+                if pooled and held.con.closed and attempt == 0:
+                    continue  # the server closed an idle connection (restarted, or timed it out)
+                raise translate(error, self.label) from None
+            except BaseException:
+                _close(held.con)
+                raise
+            try:
+                held.con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ" + ("" if writable else " READ ONLY"))
+            except BaseException as error:
+                _close(held.con)
+                if isinstance(error, psycopg.Error):
+                    raise translate(error, self.label) from None
+                raise
+            return held
+        raise AssertionError("unreachable")
+
+    def _lock(self, held: _Connection, exclusive: bool) -> None:
+        """Take the layout lock for this operation, before its snapshot."""
+        function = "pg_advisory_lock" if exclusive else "pg_advisory_lock_shared"
+        try:
+            held.con.execute(f"SELECT {function}($1)", [held.lock_key])
+        except pg_errors.LockNotAvailable:
+            holders = _lock_holders(held)
+            raise DatabaseLockedError(
+                f"{self.label}: the store's layout is "
+                + ("in use by other clients" if exclusive else "being changed by another client")
+                + (f" (PID {', '.join(map(str, holders))})" if holders else "")
+                + f" and stayed so for {self.lock_timeout:g} s; wait for it to finish, or raise "
+                "HEALTHSIM_LOCK_TIMEOUT", path=self.label, pid=holders[0] if holders else None) from None
+
+    def want_exclusive(self) -> None:
+        """Make this thread's next write session take the layout lock exclusively."""
+        self._exclusive.wanted = True
+
+    # --- user queries ---------------------------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None, *, limit: int | None,
+              timeout: float | None) -> QueryResult:
+        """Run one user statement in a ``READ ONLY`` transaction on a
+        connection of its own (closed afterwards, and never committed, so no
+        setting it makes outlives it).
+
+        The rule: the text must start (after comments and parentheses) with
+        ``SELECT``, ``WITH``, ``VALUES``, ``TABLE`` or ``EXPLAIN``; it is
+        sent with the extended protocol, which takes exactly one statement;
+        and the read-only transaction refuses any write, a data-modifying
+        ``WITH`` or ``EXPLAIN ANALYZE`` of a write included. The query runs
+        with the URL's role: what that role may read, the query may read.
+        ``statement_timeout`` stops it after ``timeout`` seconds."""
+        if not isinstance(sql, str) or not sql.strip():
+            raise QueryError("the query is empty")
+        keyword = first_keyword(sql)
+        if keyword not in QUERY_STATEMENTS:
+            shown = keyword.upper() or "no SQL keyword"
+            raise QueryError("only a read-only SELECT (or WITH ... SELECT, VALUES, TABLE, or EXPLAIN) query is "
+                             f"allowed; this starts with {shown}")
+        try:
+            text, values = bind_user_query(sql, params)
+        except KeyError as missing:
+            raise QueryError(f"the query names the parameter ${missing.args[0]}, which was not given") from None
+        held = self._connect()
+        con = held.con
+        try:
+            con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            if timeout is not None:
+                con.execute(f"SET LOCAL statement_timeout = {max(1, round(timeout * 1000))}")
+            return _stream_query(con, text, values, limit, timeout)
+        except psycopg.Error as error:
+            raise QueryError(f"the query failed: {_reason(error, self.url)}") from None
+        finally:
+            _close(con)
+
+
+def _stream_query(con: "psycopg.Connection", sql: str, values: list[Any] | None, limit: int | None,
+                  timeout: float | None) -> QueryResult:
+    cursor = con.cursor()
+    rows: list[tuple] = []
+    description = None
+    size = 1000 if limit is None else max(1, min(limit + 1, 1000))
+    try:
+        stream = cursor.stream(sql, values, size=size)
+        try:
+            for row in stream:
+                if description is None:
+                    description = cursor.description
+                rows.append(row)
+                if limit is not None and len(rows) > limit:
+                    break
+        finally:
+            stream.close()
+        if description is None:
+            description = cursor.description or _describe(con, sql)
+    except pg_errors.QueryCanceled:
+        raise QueryError(f"the query ran for more than {timeout:g} s and was stopped") from None
+    except pg_errors.ReadOnlySqlTransaction:
+        raise QueryError("the query tries to change the store; queries are read-only") from None
+    except pg_errors.SyntaxError as error:
+        if "multiple commands" in str(error):
+            raise QueryError("give exactly one statement; found more than one") from None
+        raise QueryError(f"the query does not parse: {_first_line(str(error))}") from None
+    truncated = limit is not None and len(rows) > limit
+    if description and not isinstance(description[0], tuple):
+        names, types = [d.name for d in description], [d.type_display for d in description]
+    else:
+        names, types = [d[0] for d in description], [d[1] for d in description]
+    return QueryResult(names, types, rows[:limit] if truncated else rows, truncated)
+
+
+def _describe(con: "psycopg.Connection", sql: str) -> list[tuple[str, str]]:
+    """The columns (name, type) a statement that returned no rows would have
+    returned: libpq's describe of it, prepared but not run again."""
+    pgconn = con.pgconn
+    encoding = con.info.encoding
+    prepared = pgconn.prepare(b"", sql.encode(encoding))
+    if prepared.error_message:
+        return []
+    described = pgconn.describe_prepared(b"")
+    columns = []
+    for index in range(described.nfields):
+        oid, fmod = described.ftype(index), described.fmod(index)
+        info = con.adapters.types.get(oid)
+        shown = info.get_type_display(oid=oid, fmod=fmod) if info else str(oid)
+        columns.append(((described.fname(index) or b"").decode(encoding), shown))
+    return columns
+
+
+class PostgresSession(Session):
+    dialect = DIALECT
+
+    def __init__(self, con: "psycopg.Connection", *, writable: bool, label: str, backend: PostgresBackend,
+                 exclusive: bool):
+        self.con = con
+        self.writable = writable
+        self.label = label
+        self._backend = backend
+        self._exclusive = exclusive
+        self._copy_types: dict[str, dict[str, int]] = {}  # relation -> column -> type oid, this transaction
+        self._cursors: list[Any] = []
+        self._named = 0
+
+    def _cursor(self, sql: str, params: Sequence[Any]) -> "psycopg.Cursor":
+        cursor = self.con.cursor()
+        try:
+            cursor.execute(numbered(sql), list(params) if params else None)
+        except psycopg.Error as error:
+            raise translate(error, self.label) from None
+        except UnicodeError as error:
+            raise StoreError(f"the database {self.label} could not be used: a value is not valid Unicode text "
+                             f"({error.reason})") from None
+        return cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._cursor(sql, params).close()
+        if _DDL.match(sql):
+            self._copy_types.clear()  # a table may have changed its columns
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        cursor = self._cursor(sql, params)
+        try:
+            return cursor.fetchall()
+        finally:
+            cursor.close()
+
+    def stream(self, sql: str, params: Sequence[Any], batch_size: int) -> Iterator[list[tuple]]:
+        """Rows from a server-side cursor, ``batch_size`` at a time."""
+        self._named += 1
+        cursor = psycopg.RawServerCursor(self.con, f"_healthsim_stream_{self._named}")
+        self._cursors.append(cursor)
+        try:
+            cursor.execute(numbered(sql), list(params) if params else None)
+            while True:
+                rows = cursor.fetchmany(batch_size)
+                if not rows:
+                    return
+                yield rows
+        except psycopg.Error as error:
+            raise translate(error, self.label) from None
+        finally:
+            self._close_cursor(cursor)
+
+    def _close_cursor(self, cursor: Any) -> None:
+        if cursor in self._cursors:
+            self._cursors.remove(cursor)
+            if not cursor.closed and not self.con.closed \
+                    and self.con.info.transaction_status == TransactionStatus.INTRANS:
+                cursor.close()
+
+    def close_cursors(self) -> None:
+        for cursor in list(self._cursors):
+            try:
+                self._close_cursor(cursor)
+            except psycopg.Error:
+                pass
+
+    def append(self, table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:
+        """Binary ``COPY``, each value sent as its column's type."""
+        if not rows:
+            return
+        relation = _relation(table)
+        types = self._types_of(relation, columns)
+        statement = f"COPY {relation} ({', '.join(map(quote, columns))}) FROM STDIN (FORMAT BINARY)"
+        try:
+            with self.con.cursor().copy(statement) as copy:
+                copy.set_types(types)
+                write = copy.write_row
+                for row in rows:
+                    write(row)
+        except psycopg.Error as error:
+            raise translate(error, self.label) from None
+        except UnicodeError as error:
+            raise StoreError(f"the database {self.label} could not store a value: it is not valid Unicode text "
+                             f"({error.reason})") from None
+
+    def _types_of(self, relation: str, columns: Sequence[str]) -> list[int]:
+        known = self._copy_types.get(relation)
+        if known is None:
+            rows = self.fetchall("SELECT attname, atttypid FROM pg_attribute WHERE attrelid = ?::regclass "
+                                 "AND attnum > 0 AND NOT attisdropped", [relation])
+            known = self._copy_types[relation] = {name: int(oid) for name, oid in rows}
+        try:
+            return [_COPY_AS.get(known[column], known[column]) for column in columns]
+        except KeyError as missing:
+            raise StoreError(f"the database {self.label}: table {relation} has no column {missing.args[0]!r}") \
+                from None
+
+    def table_columns(self) -> dict[str, list[tuple[str, str]]]:
+        rows = self.fetchall(
+            "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid WHERE c.relnamespace = current_schema()::regnamespace "
+            "AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped ORDER BY c.relname, a.attnum")
+        tables: dict[str, list[tuple[str, str]]] = {}
+        for table, column, sql_type in rows:
+            tables.setdefault(table, []).append((column, sql_type))
+        return tables
+
+    def create_staging(self, name: str, like: str, columns: Sequence[str]) -> str:
+        relation = f"pg_temp.{quote(name)}"
+        self.execute(f"DROP TABLE IF EXISTS {relation}")
+        self.execute(f"CREATE TEMP TABLE {quote(name)} ON COMMIT DROP AS SELECT {', '.join(map(quote, columns))} "
+                     f"FROM {quote(like)} WITH NO DATA")
+        return relation
+
+    def lock_layout(self) -> None:
+        """Hold the layout lock alone. A session that holds it shared runs
+        again from the start holding it exclusively (see the module notes)."""
+        if self._exclusive:
+            return
+        self._backend.want_exclusive()
+        raise TransactionConflictError(f"{self.label}: the layout changes; running again with the layout lock")
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+def _relation(table: str) -> str:
+    """A table as SQL: a staging table's name comes quoted and qualified already."""
+    return table if table.startswith("pg_temp.") else quote(table)
+
+
+def _unlock(held: _Connection, exclusive: bool) -> None:
+    con = held.con
+    if con.closed:
+        return
+    function = "pg_advisory_unlock" if exclusive else "pg_advisory_unlock_shared"
+    try:
+        if con.info.transaction_status != TransactionStatus.IDLE:
+            _rollback(con)
+        con.execute(f"SELECT {function}($1)", [held.lock_key])
+    except psycopg.Error:
+        _close(con)  # closing the connection releases its locks
+
+
+def _lock_holders(held: _Connection) -> list[int]:
+    try:
+        rows = held.con.execute(
+            "SELECT DISTINCT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = $1::oid "
+            "AND objid = $2::oid AND pid <> pg_backend_pid() ORDER BY pid",
+            [held.lock_key >> 32, held.lock_key & 0xFFFFFFFF]).fetchall()
+    except psycopg.Error:
+        return []
+    return [pid for (pid,) in rows]
+
+
+def _rollback(con: "psycopg.Connection") -> None:
+    if con.closed:
+        return
+    try:
+        con.execute("ROLLBACK")
+    except psycopg.Error:
+        _close(con)
+
+
+def _close(con: "psycopg.Connection") -> None:
+    try:
+        con.close()
+    except psycopg.Error:
+        pass
+
+
+def _close_all(idle: list[_Connection], pid: int) -> None:
+    """At exit, or when a backend is dropped unclosed: release its idle
+    connections (never a parent process's, from a forked child)."""
+    if os.getpid() != pid:
+        return
+    while idle:
+        _close(idle.pop().con)
+
+
+def translate(error: "psycopg.Error", label: str) -> Exception:
+    """Our error for a psycopg one: a lost race is a conflict (worth running
+    again), a lock held too long names the wait, a lost connection says so,
+    anything else names the store."""
+    state = getattr(error, "sqlstate", None)
+    text = _first_line(str(error))
+    if state in ("40001", "40P01"):
+        return TransactionConflictError(f"{label}: another transaction changed the same data at the same time "
+                                        f"and kept doing so ({text})")
+    if state == "23505":
+        return TransactionConflictError(f"{label}: another transaction saved the same key at the same time "
+                                        f"({text})")
+    if state == "55P03":
+        return DatabaseLockedError(f"{label}: another client held a lock on the data this operation changes "
+                                   f"for longer than the lock timeout ({text}); try again, or raise "
+                                   "HEALTHSIM_LOCK_TIMEOUT", path=label)
+    if state == "42501":
+        return StoreError(f"{label}: permission denied ({text}); the URL's role needs to create tables in the "
+                          "schema and to read and write them (see the README on PostgreSQL)")
+    if isinstance(error, psycopg.OperationalError) and state is None:
+        return ServerConnectionError(f"lost the connection to {label}: {text}")
+    return StoreError(f"the database {label} could not be used: {text}")
+
+
+_HINTS = (
+    ("password authentication failed", "check the user and password (in the URL, PGPASSWORD or ~/.pgpass)"),
+    ("no password supplied", "give a password in the URL, PGPASSWORD or ~/.pgpass"),
+    ("does not exist", "create the database first (createdb, or CREATE DATABASE); healthsim-state creates its "
+                       "tables, not the database"),
+    ("Connection refused", "is the server running, and accepting TCP/IP connections on that host and port?"),
+    ("could not translate host name", "check the host name in the URL"),
+    ("timeout expired", "the server did not answer; check the host and port, and that it is reachable"),
+)
+
+
+def connection_error(error: "psycopg.Error", url: str, label: str) -> StoreError:
+    """A connection failure as our typed error: what went wrong, what to do,
+    the URL without its password."""
+    reason = _reason(error, url)
+    hint = next((h for needle, h in _HINTS if needle in reason), None)
+    if isinstance(error, psycopg.ProgrammingError) and "invalid" in reason:
+        return StoreError(f"{label} is not a usable PostgreSQL URL: {reason}")
+    return ServerConnectionError(f"cannot connect to {label}: {reason}" + (f"; {hint}" if hint else ""))
+
+
+def _reason(error: BaseException, url: str) -> str:
+    """libpq's words, without its framing, and never a password."""
+    text = str(error).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    text = lines[-1] if lines and "FATAL" in lines[-1] else (lines[0] if lines else "unknown error")
+    text = re.sub(r"^connection (?:failed|is bad): ", "", text)
+    text = re.sub(r'^connection to server (?:at|on) .*? failed: ', "", text)
+    text = re.sub(r"^(?:FATAL|ERROR):\s+", "", text)
+    return _scrub(text, url)
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` with the URL's password (if any) replaced: belt and braces,
+    as libpq does not quote passwords in its messages."""
+    try:
+        password = conninfo_to_dict(url).get("password")
+    except psycopg.Error:
+        password = None
+    if password:
+        text = text.replace(str(password), "***")
+    return text
+
+
+def _first_line(text: str) -> str:
+    text = text.strip()
+    return text.splitlines()[0] if text else "unknown error"
