@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import pytest
 
 import healthsim_state
@@ -134,13 +133,10 @@ def test_entity_types_are_the_registered_singular_names(sm):
     assert len(sm.entity_types) == 14 and "lab_result" in sm.entity_types
 
 
-def test_typed_columns_are_queryable_with_sql(sm, db_path):
+def test_typed_columns_are_queryable_with_sql(sm, store):
     sid = sm.save_scenario("sql", {"patient": [patient(given="Ana"), patient("p2", given="Bo")]})
     sm.close()
-    con = duckdb.connect(str(db_path), read_only=True)
-    rows = con.execute("SELECT given_name, date_of_birth FROM patients WHERE scenario_id = ? ORDER BY _position",
-                       [sid]).fetchall()
-    con.close()
+    rows = store.sql("SELECT given_name, date_of_birth FROM patients WHERE scenario_id = ? ORDER BY _position", [sid])
     assert rows == [("Ana", dt.date(1980, 1, 15)), ("Bo", dt.date(1980, 1, 15))]
 
 
@@ -155,30 +151,19 @@ def test_same_patient_id_in_two_scenarios_is_isolated(sm):
     assert sm.load_scenario("a")["entities"]["patient"] == [{**patient(given="Alice"), **provenance()}]
 
 
-def test_delete_leaves_no_rows_behind(sm, db_path):
+def test_delete_leaves_no_rows_behind(sm, store):
     sm.save_scenario("keep", {"patient": [patient()], "encounter": [{"patient_id": PATIENT_ID}]})
     sid = sm.save_scenario("gone", {"patient": [patient()], "encounter": [{"patient_id": PATIENT_ID}]},
                            tags=["x"])
     sm.delete_scenario(sid)
     sm.close()
-    con = duckdb.connect(str(db_path), read_only=True)
-    tables = [t for (t,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
-    leftovers = {t: con.execute(f'SELECT count(*) FROM "{t}" WHERE scenario_id = ?', [sid]).fetchone()[0]
-                 for t in tables if t not in ("_healthsim_meta", "_healthsim_tables")}
-    kept = con.execute("SELECT count(*) FROM patients").fetchone()[0]
-    con.close()
+    leftovers = {t: store.sql(f'SELECT count(*) FROM "{t}" WHERE scenario_id = ?', [sid])[0][0]
+                 for t in store.tables() if t not in ("_healthsim_meta", "_healthsim_tables")}
+    ((kept,),) = store.sql("SELECT count(*) FROM patients")
     assert set(leftovers.values()) == {0} and kept == 1
 
 
 # --- atomicity -----------------------------------------------------------------------------
-
-def snapshot(db_path: Path) -> dict:
-    con = duckdb.connect(str(db_path), read_only=True)
-    tables = [t for (t,) in con.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()]
-    data = {t: sorted(map(repr, con.execute(f'SELECT * FROM "{t}"').fetchall())) for t in tables}
-    con.close()
-    return data
-
 
 def big_scenario(bad_at: int | None = None, size: int = 10_000) -> dict:
     patients = [{"patient_id": f"p{i}", "name": {"given": f"G{i}"}, "birthDate": "1990-02-03"} for i in range(size)]
@@ -187,11 +172,11 @@ def big_scenario(bad_at: int | None = None, size: int = 10_000) -> dict:
     return {"patient": patients}
 
 
-def test_invalid_entity_7000_of_10000_leaves_the_database_as_before(db_path):
-    with StateManager(db_path) as sm:
+def test_invalid_entity_7000_of_10000_leaves_the_database_as_before(store):
+    with StateManager(store.target) as sm:
         sm.save_scenario("existing", {"patient": [patient()]})
-    before = snapshot(db_path)
-    with StateManager(db_path) as sm:
+    before = store.snapshot()
+    with StateManager(store.target) as sm:
         with pytest.raises(ValidationError) as caught:
             sm.save_scenario("big", big_scenario(bad_at=7000))
         assert not sm.scenario_exists("big")
@@ -199,33 +184,33 @@ def test_invalid_entity_7000_of_10000_leaves_the_database_as_before(db_path):
     assert (problem.entity_type, problem.position, problem.path, problem.value) == (
         "patient", 7000, "birthDate", "1990-02-30")
     assert "patient[7000] @ birthDate" in str(caught.value)
-    assert snapshot(db_path) == before
+    assert store.snapshot() == before
 
 
-def test_invalid_overwrite_leaves_the_old_scenario_intact(db_path):
-    with StateManager(db_path) as sm:
+def test_invalid_overwrite_leaves_the_old_scenario_intact(store):
+    with StateManager(store.target) as sm:
         sm.save_scenario("big", big_scenario(size=2_000), tags=["v1"])
-    before = snapshot(db_path)
-    with StateManager(db_path) as sm:
+    before = store.snapshot()
+    with StateManager(store.target) as sm:
         with pytest.raises(ValidationError):
             sm.save_scenario("big", big_scenario(bad_at=1999, size=2_000), overwrite=True, tags=["v2"])
         assert len(sm.load_scenario("big")["entities"]["patient"]) == 2_000
-    assert snapshot(db_path) == before
+    assert store.snapshot() == before
 
 
-def test_a_failure_inside_the_write_rolls_everything_back(db_path):
-    """A value only DuckDB refuses (a lone surrogate) fails in the middle of the
-    bulk write, after the scenario row and other types were written."""
-    with StateManager(db_path) as sm:
+def test_a_failure_inside_the_write_rolls_everything_back(store):
+    """A value only the engine refuses (a lone surrogate: not UTF-8) fails in the
+    middle of the bulk write, after the scenario row and other types were written."""
+    with StateManager(store.target) as sm:
         sm.save_scenario("existing", {"patient": [patient()]})
-    before = snapshot(db_path)
-    with StateManager(db_path) as sm:
+    before = store.snapshot()
+    with StateManager(store.target) as sm:
         entities = {"encounter": [{"encounter_id": "e1"}], "patient": [patient(), patient("p2", given="\ud800")]}
         with pytest.raises(ValidationError) as caught:
             sm.save_scenario("bad", entities)
         problem = caught.value.problems[0]
         assert (problem.entity_type, problem.position, problem.path) == ("patient", 1, "name.given")
-    assert snapshot(db_path) == before
+    assert store.snapshot() == before
 
 
 # --- validation errors ------------------------------------------------------------------------
@@ -329,22 +314,21 @@ def test_default_path_is_created_under_home(monkeypatch, tmp_path):
     assert (tmp_path / ".healthsim" / "healthsim.duckdb").is_file()
 
 
-def test_module_functions_use_healthsim_db(monkeypatch, tmp_path):
-    monkeypatch.setenv("HEALTHSIM_DB", str(tmp_path / "env.duckdb"))
+def test_module_functions_use_healthsim_db(monkeypatch, store):
+    monkeypatch.setenv("HEALTHSIM_DB", store.target)
     sid = healthsim_state.save_scenario("m", {"patient": [patient()]}, tags=["t"])
     assert healthsim_state.load_scenario("m")["scenario_id"] == sid
     assert [s["name"] for s in healthsim_state.list_scenarios(tag="t")] == ["m"]
     assert healthsim_state.delete_scenario(sid) is True
-    assert (tmp_path / "env.duckdb").is_file()
+    assert store.tables() and "scenarios" in store.tables()
 
 
-def test_a_file_from_a_newer_version_is_refused(db_path):
-    StateManager(db_path).save_scenario("s", {})
-    con = duckdb.connect(str(db_path))
-    con.execute("UPDATE _healthsim_meta SET value = '99' WHERE key = 'schema_version'")
-    con.close()
-    with pytest.raises(IncompatibleDatabaseError, match="schema version 99"):
-        StateManager(db_path).list_scenarios()
+def test_a_store_from_a_newer_version_is_refused(store):
+    with StateManager(store.target) as sm:
+        sm.save_scenario("s", {})
+    store.execute("UPDATE _healthsim_meta SET value = '99' WHERE key = 'schema_version'")
+    with StateManager(store.target) as sm, pytest.raises(IncompatibleDatabaseError, match="schema version 99"):
+        sm.list_scenarios()
 
 
 def test_a_file_that_is_not_a_database_is_refused_and_untouched(tmp_path):
@@ -359,7 +343,7 @@ def test_a_file_that_is_not_a_database_is_refused_and_untouched(tmp_path):
 # --- time zones ---------------------------------------------------------------------------------
 
 SAVE_IN_TZ = """
-import sys, duckdb
+import sys
 from healthsim_state import StateManager
 with StateManager(sys.argv[1]) as sm:
     sm.save_scenario(sys.argv[2], {"encounter": [{"encounter_id": "e", "period": {"start": "2024-03-10T01:30:00-05:00"}}]})
@@ -367,41 +351,41 @@ with StateManager(sys.argv[1]) as sm:
 """
 
 
-def test_the_stored_instant_does_not_depend_on_the_machine_time_zone(tmp_path):
-    db = tmp_path / "tz.duckdb"
+def test_the_stored_instant_does_not_depend_on_the_machine_time_zone(store):
     for zone in ("UTC", "America/New_York", "Asia/Kolkata"):
-        env = {**os.environ, "TZ": zone, "PYTHONPATH": str(REPO)}
-        subprocess.run([sys.executable, "-c", SAVE_IN_TZ, str(db), zone], check=True, env=env)
-    con = duckdb.connect(str(db), read_only=True)
-    instants = {row[0] for row in con.execute("SELECT admission_time FROM encounters").fetchall()}
-    con.close()
+        env = {**os.environ, "TZ": zone, "PGTZ": zone, "PYTHONPATH": str(REPO)}
+        subprocess.run([sys.executable, "-c", SAVE_IN_TZ, store.target, zone], check=True, env=env)
+    instants = {row[0] for row in store.sql("SELECT admission_time FROM encounters")}
     assert instants == {dt.datetime(2024, 3, 10, 6, 30)}
 
 
 # --- no SQL per entity ---------------------------------------------------------------------------
 
-def count_statements(monkeypatch) -> list[str]:
+def count_statements(monkeypatch, kind: str) -> list[str]:
     """Every SQL statement any session sends (execute and fetch alike)."""
-    from healthsim_state.backends.duckdb_backend import DuckDBSession
+    if kind == "duckdb":
+        from healthsim_state.backends.duckdb_backend import DuckDBSession as session_class
+    else:
+        from healthsim_state.backends.postgres_backend import PostgresSession as session_class
 
     sent: list[str] = []
     for name in ("execute", "fetchall"):
-        original = getattr(DuckDBSession, name)
+        original = getattr(session_class, name)
 
         def counted(self, sql, params=(), _original=original):
             sent.append(sql)
             return _original(self, sql, params)
 
-        monkeypatch.setattr(DuckDBSession, name, counted)
+        monkeypatch.setattr(session_class, name, counted)
     return sent
 
 
-def statements_for(sm, size: int, monkeypatch) -> tuple[int, int, int]:
+def statements_for(sm, kind: str, size: int, monkeypatch) -> tuple[int, int, int]:
     """Statements of a save, an overwrite and a load of ``size`` patients and encounters."""
     entities = {"patient": [{"patient_id": f"p{i}"} for i in range(size)],
                 "encounter": [{"encounter_id": f"e{i}"} for i in range(size)]}
-    sm.save_scenario("warm-up", {"patient": [{"patient_id": "p"}]})  # the store is made and synced
-    sent = count_statements(monkeypatch)
+    sm.save_scenario(f"warm-up-{size}", {"patient": [{"patient_id": "p"}]})  # the store is made and synced
+    sent = count_statements(monkeypatch, kind)
     counts = []
     for action in (lambda: sm.save_scenario(f"s{size}", entities),
                    lambda: sm.save_scenario(f"s{size}", entities, overwrite=True),
@@ -414,10 +398,10 @@ def statements_for(sm, size: int, monkeypatch) -> tuple[int, int, int]:
     return tuple(counts)
 
 
-def test_statement_count_does_not_grow_with_entities(tmp_path, monkeypatch):
+def test_statement_count_does_not_grow_with_entities(sm, store, monkeypatch):
     """Entities go in and out in bulk: 5,000 take as many statements as 10."""
-    small = statements_for(StateManager(tmp_path / "small.duckdb"), 10, monkeypatch)
-    large = statements_for(StateManager(tmp_path / "large.duckdb"), 5_000, monkeypatch)
+    small = statements_for(sm, store.kind, 10, monkeypatch)
+    large = statements_for(sm, store.kind, 5_000, monkeypatch)
     assert small == large, (small, large)
 
 
@@ -438,19 +422,15 @@ def test_duplicate_keys_are_found_across_chunks(sm, small_chunks):
     assert not sm.scenario_exists("dups")
 
 
-def test_a_problem_in_the_last_chunk_rolls_back_the_chunks_already_written(sm, db_path, small_chunks):
+def test_a_problem_in_the_last_chunk_rolls_back_the_chunks_already_written(sm, store, small_chunks):
     sm.save_scenario("keep", {"patient": [patient()]})
     entities = big_scenario(bad_at=999, size=1000)
     entities["encounter"] = [{"encounter_id": f"e{i}"} for i in range(300)]
     with pytest.raises(ValidationError, match=r"patient\[999\] @ birthDate"):
         sm.save_scenario("late", entities)
     assert [s["name"] for s in sm.list_scenarios()] == ["keep"]
-    con = duckdb.connect(str(db_path), read_only=True)
-    try:
-        assert con.execute("SELECT count(*) FROM patients").fetchone() == (1,)
-        assert con.execute("SELECT count(*) FROM encounters").fetchone() == (0,)
-    finally:
-        con.close()
+    assert store.sql("SELECT count(*) FROM patients") == [(1,)]
+    assert store.sql("SELECT count(*) FROM encounters") == [(0,)]
     sm.save_scenario("late", big_scenario(size=1000))
     assert [p["patient_id"] for p in sm.load_scenario("late")["entities"]["patient"]] == [f"p{i}" for i in range(1000)]
 
