@@ -19,6 +19,7 @@ import pytest
 
 from healthsim_state import StateManager
 from healthsim_state.interop import run_query
+from stores import Store
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data" / "interop"
@@ -37,16 +38,24 @@ EXE = _executable()
 
 
 class Cli:
-    """Runs the console script with HOME and the database in a temp dir."""
+    """Runs the console script with HOME in a temp dir and the store in
+    ``HEALTHSIM_DB`` (a DuckDB file there, or a PostgreSQL database)."""
 
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, store: Store | None = None):
         self.home = tmp_path / "home"
         self.home.mkdir()
         self.cwd = tmp_path / "work"
         self.cwd.mkdir()
-        self.db = tmp_path / "cli.duckdb"
+        self.store = store or Store("duckdb", str(tmp_path / "cli.duckdb"))
+        self.db = Path(self.store.target) if self.store.kind == "duckdb" else self.store.target
         # Built after conftest's autouse fixture ran: no HEALTHSIM_* of the user's leaks in.
-        self.env = {**os.environ, "HOME": str(self.home), "HEALTHSIM_DB": str(self.db), "COLUMNS": "200"}
+        self.env = {**os.environ, "HOME": str(self.home), "HEALTHSIM_DB": self.store.target, "COLUMNS": "200"}
+
+    def created(self) -> bool:
+        """Whether the store exists: the file, or the tables on the server."""
+        if self.store.kind == "duckdb":
+            return self.db.exists()
+        return bool(self.store.tables())
 
     def __call__(self, *args: str, input: str | None = None, expect: int = 0) -> subprocess.CompletedProcess:
         result = subprocess.run([EXE, *map(str, args)], input=input, capture_output=True, text=True,
@@ -62,7 +71,15 @@ class Cli:
 
 
 @pytest.fixture
-def cli(tmp_path) -> Cli:
+def cli(tmp_path, store) -> Cli:
+    """The command on each backend."""
+    return Cli(tmp_path, store)
+
+
+@pytest.fixture
+def file_cli(tmp_path) -> Cli:
+    """The command on a DuckDB file (for what does not depend on the backend,
+    or only a file has)."""
     return Cli(tmp_path)
 
 
@@ -77,10 +94,10 @@ def template_db(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def cli_with_s(cli, template_db) -> Cli:
-    shutil.copyfile(template_db, cli.db)
-    (cli.cwd / "s.json").write_text('{"patients": [{"patient_id": "p"}]}')
-    return cli
+def cli_with_s(file_cli, template_db) -> Cli:
+    shutil.copyfile(template_db, file_cli.db)
+    (file_cli.cwd / "s.json").write_text('{"patients": [{"patient_id": "p"}]}')
+    return file_cli
 
 
 def tsv(text: str) -> list[dict[str, str]]:
@@ -174,7 +191,8 @@ def test_sql_outputs(cli):
     assert csv_text == "name,entity_count\nsample-scenario,23\n"
 
 
-def test_types(cli):
+def test_types(file_cli):
+    cli = file_cli
     rows = tsv(cli("types").stdout)
     assert len(rows) == 14 and rows[0]["entity"] == "claim"
     out = cli("types", "patients").stdout.splitlines()
@@ -183,7 +201,7 @@ def test_types(cli):
     assert {"column": "given_name", "path": "name.given", "type": "varchar",
             "aliases": "given_name, name.given_name, first_name", "default": ""} in fields
     assert cli.json("types", "claim", "--json")["table"] == "claims"
-    assert not cli.db.exists()  # types never opens the database
+    assert not cli.created()  # types never opens the database
 
 
 # --- migrate ---------------------------------------------------------------------------
@@ -201,7 +219,7 @@ def test_migrate_dry_run_then_for_real_then_again(cli):
     assert dry[0] == f"would migrate {scenarios / 'diabetes.json'} -> 'pred-cohort' (2 patients, 1 encounter)"
     assert dry[1] == f"would migrate {workspaces / '8d7f2a52.json'} -> 'ws-cohort' (1 patient, 1 encounter)"
     assert dry[2] == "2 files: 2 would be migrated, 0 skipped, 0 failed; dry run, nothing was changed"
-    assert not cli.db.exists()
+    assert not cli.created()
 
     real = cli("migrate").stdout.splitlines()
     assert real[0].startswith("migrated      ") and real[2] == "2 files: 2 migrated, 0 skipped, 0 failed"
@@ -231,22 +249,25 @@ def test_migrate_reports_failures_and_exits_non_zero(cli, tmp_path):
     assert result.stderr == "error: 1 of 2 files could not be migrated\n"
 
 
-def test_migrate_with_nothing_to_do(cli):
+def test_migrate_with_nothing_to_do(file_cli):
+    cli = file_cli
     out = cli("migrate").stdout
     assert out.startswith("no legacy scenario files in ") and ".healthsim/scenarios" in out
 
 
 # --- error paths: one line on stderr, non-zero exit, no traceback --------------------------
 
-def test_a_json_syntax_error_names_file_line_and_column(cli):
+def test_a_json_syntax_error_names_file_line_and_column(file_cli):
+    cli = file_cli
     (cli.cwd / "bad.json").write_text('{"patients": [\n  {"id": "a",}\n]}')
     result = cli("import", "bad.json", expect=1)
     assert result.stderr == ("error: bad.json: not valid JSON: Expecting property name enclosed in double quotes "
                              "at line 2, column 14\n")
-    assert not cli.db.exists() or cli.json("list", "--json") == []
+    assert not cli.created() or cli.json("list", "--json") == []
 
 
-def test_debug_shows_the_traceback(cli):
+def test_debug_shows_the_traceback(file_cli):
+    cli = file_cli
     (cli.cwd / "bad.json").write_text("[")
     result = subprocess.run([EXE, "--debug", "save", "bad.json", "--name", "x"], capture_output=True, text=True,
                             cwd=cli.cwd, env=cli.env, timeout=60)
@@ -295,21 +316,25 @@ def test_errors(cli_with_s, args, message):
     ("list", "--limit", "-1"),
     ("export", "x", "--format", "parquet", "-o", "-"),
 ])
-def test_usage_errors_exit_2(cli, args):
-    result = cli(*args, expect=2)
+def test_usage_errors_exit_2(file_cli, args):
+    result = file_cli(*args, expect=2)
     assert "Error:" in result.stderr
 
 
 def test_reading_commands_do_not_create_a_database(cli):
     assert cli("list").stdout == "name\tentities\ttags\tupdated\n"
     result = cli("show", "x", expect=1)
-    assert result.stderr.startswith(f"error: no database at {cli.db}")
-    result = cli("sql", "SELECT 1", expect=1)
-    assert result.stderr.startswith(f"error: no database at {cli.db}")
-    assert not cli.db.exists()
+    missing = f"error: no database at {cli.db}" if cli.store.kind == "duckdb" else \
+        f"error: {cli.db} holds no healthsim-state store"
+    assert result.stderr.startswith(missing)
+    if cli.store.kind == "duckdb":  # on a server, a query may read whatever the database holds
+        result = cli("sql", "SELECT 1", expect=1)
+        assert result.stderr.startswith(missing)
+    assert not cli.created()
 
 
-def test_db_option_and_default_path(cli, tmp_path):
+def test_db_option_and_default_path(file_cli, tmp_path):
+    cli = file_cli
     other = tmp_path / "other.duckdb"
     cli("import", SAMPLE, "--db", other)
     assert [i["name"] for i in cli.json("list", "--json", "--db", other)] == ["sample-scenario"]
@@ -330,7 +355,8 @@ def test_export_of_a_hostile_name_stays_in_the_directory(cli_with_s):
     assert sorted(p.name for p in cli.cwd.iterdir()) == ["etc-passwd-parquet", "etc-passwd.json", "s.json"]
 
 
-def test_export_force_replaces_and_json_to_stdout(cli):
+def test_export_force_replaces_and_json_to_stdout(file_cli):
+    cli = file_cli
     cli("import", SAMPLE)
     cli("export", "sample-scenario", "-o", "out.json")
     cli("export", "sample-scenario", "-o", "out.json", "--force")
@@ -342,7 +368,8 @@ def test_export_force_replaces_and_json_to_stdout(cli):
 
 
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
-def test_delete_asks_on_a_terminal(cli):
+def test_delete_asks_on_a_terminal(file_cli):
+    cli = file_cli
     import pty  # noqa: F401  (POSIX only)
 
     cli("import", SAMPLE)

@@ -8,10 +8,10 @@ edit waits (a MappingDriftWarning, the store's mapping stays in force) until
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 from pathlib import Path
 
-import duckdb
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,6 +23,7 @@ from healthsim_state import (
     ValidationError,
     plan_schema_changes,
 )
+from stores import Store
 
 BASE_FIELDS = {
     "pid": "{column: pid, path: pid, type: varchar}",
@@ -53,10 +54,11 @@ PEOPLE = {
 
 
 class Db:
-    """A database and the mapping directory it is opened with."""
+    """A store (on either backend) and the mapping directory it is opened with."""
 
-    def __init__(self, root: Path):
-        self.root, self.path, self.steps = root, root / "db.duckdb", itertools.count()
+    def __init__(self, root: Path, store: Store):
+        self.root, self.store, self.steps = root, store, itertools.count()
+        self.path = store.target
         self.maps = None
 
     def write(self, fields: dict[str, str], key: str = "pid") -> Path:
@@ -80,24 +82,28 @@ class Db:
             return {name: sm.load_scenario(name)["entities"]["person"] for name in PEOPLE}
 
     def sql(self, query: str) -> list:
-        con = duckdb.connect(str(self.path), read_only=True)
-        try:
-            return con.execute(query).fetchall()
-        finally:
-            con.close()
+        return self.store.sql(query)
 
     def snapshot(self) -> dict:
-        con = duckdb.connect(str(self.path), read_only=True)
-        try:
-            tables = [t for (t,) in con.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()]
-            return {t: sorted(map(repr, con.execute(f'SELECT * FROM "{t}"').fetchall())) for t in tables}
-        finally:
-            con.close()
+        return self.store.snapshot()
+
+
+def new_store(request, kind: str, root: Path) -> Store:
+    """A new, empty store of ``kind`` (a fresh database on the test server)."""
+    if kind == "duckdb":
+        return Store("duckdb", str(root / "db.duckdb"))
+    cluster = request.getfixturevalue("pg_cluster")
+    name = f"evolution_{os.getpid()}_{next(_stores)}"
+    request.addfinalizer(lambda: cluster.drop_database(name))
+    return Store("postgres", cluster.create_database(name))
+
+
+_stores = itertools.count()
 
 
 @pytest.fixture
-def db(tmp_path) -> Db:
-    database = Db(tmp_path)
+def db(tmp_path, store) -> Db:
+    database = Db(tmp_path, store)
     database.write(BASE_FIELDS)
     with database.open() as sm:
         for name, people in PEOPLE.items():
@@ -146,7 +152,7 @@ def test_field_removed_waits_for_evolve_then_gives_its_values_back_to_the_residu
     assert db.loads(evolve=False) == db.before  # the files lack it: the store's field stays, unremarked
     assert db.snapshot() == before
     assert db.loads() == db.before
-    columns = [c for (c,) in db.sql("SELECT column_name FROM duckdb_columns() WHERE table_name = 'people'")]
+    columns = [c for c, _ in db.store.columns("people")]
     assert "age" not in columns
 
 
@@ -158,8 +164,7 @@ def test_type_changed_converts_every_value(db):
     assert db.snapshot() == before
     loaded = db.loads()
     assert loaded == db.before and type(loaded["alpha"][0]["age"]) is int  # still the int that was given
-    assert db.sql("SELECT data_type FROM duckdb_columns() WHERE table_name='people' AND column_name='age'") == [
-        ("DOUBLE",)]
+    assert ("age", db.store.type_name("double")) in db.store.columns("people")
     assert sorted(db.sql("SELECT age FROM people WHERE age IS NOT NULL")) == [(7.0,), (40.0,)]
 
 
@@ -210,8 +215,8 @@ def test_key_changed_needs_every_stored_entity_to_have_it(db):
     assert db.snapshot() == before
 
 
-def test_key_changed_is_checked_for_duplicates_within_each_scenario(tmp_path):
-    database = Db(tmp_path)
+def test_key_changed_is_checked_for_duplicates_within_each_scenario(tmp_path, store):
+    database = Db(tmp_path, store)
     database.write(BASE_FIELDS)
     with database.open() as sm:
         sm.save_scenario("dups", {"person": [{"pid": "1", "code": "X"}, {"pid": "2", "code": "X"}]})
@@ -269,11 +274,13 @@ POOL = {  # a field and what it can become; every one keeps the stored data load
 EDITS = st.lists(st.tuples(st.sampled_from(sorted(POOL)), st.integers(0, 3), st.booleans()), min_size=1, max_size=6)
 
 
+@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
 @settings(max_examples=settings.default.max_examples // 3 or 5, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(edits=EDITS)
-def test_random_edit_sequences_never_lose_data(tmp_path_factory, edits):
-    database = Db(tmp_path_factory.mktemp("edits"))
+def test_random_edit_sequences_never_lose_data(request, tmp_path_factory, backend, edits):
+    root = tmp_path_factory.mktemp("edits")
+    database = Db(root, new_store(request, backend, root))
     fields = {"pid": BASE_FIELDS["pid"], "given": BASE_FIELDS["given"]}
     database.write(fields)
     with database.open() as sm:
