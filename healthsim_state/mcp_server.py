@@ -36,6 +36,7 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from . import __version__
+from .backends import describe_target
 from .config import default_target, is_url
 from .errors import EntityNotFoundError, HealthSimError, ScenarioNotFoundError, StoreNotFoundError
 from .interop.query import json_rows, jsonable, run_query
@@ -452,17 +453,19 @@ class ScenarioTools:
     def query(
         self,
         sql: Annotated[str, Field(min_length=1, description=(
-            "One read-only SELECT statement (WITH, FROM-first, VALUES, DESCRIBE, SHOW TABLES and SUMMARIZE "
-            "are selects too). Tables: scenarios (scenario_id, name, description, created_at, updated_at, "
+            "One read-only SELECT statement (WITH, VALUES, and on DuckDB FROM-first, DESCRIBE, SHOW TABLES "
+            "and SUMMARIZE are selects too). Tables: scenarios (scenario_id, name, description, created_at, updated_at, "
             "entity_count, entity_counts), scenario_tags (scenario_id, position, tag), and one table per "
             "entity type (see list_entity_types: table, and each field's column) with scenario_id and "
             "_position. Filter by scenario_id to stay inside one scenario."))],
         limit: Annotated[int, Field(ge=0, le=MAX_QUERY_ROWS, description="Return at most this many rows.")] = 100,
     ) -> QueryOutput:
-        """Run read-only SQL (DuckDB dialect) over the scenario tables and return the first rows.
+        """Run read-only SQL over the scenario tables and return the first rows.
 
-        The database is opened read-only with no access to other files; exactly one SELECT
-        statement is accepted. Values come back as JSON: dates and times as ISO text, decimals
+        The SQL dialect is the store's: DuckDB's for a file, PostgreSQL's for a server (where
+        parameters are $1, ...). The database is opened read-only (a DuckDB file with no access
+        to other files; on PostgreSQL a read-only transaction); exactly one SELECT statement is
+        accepted. Values come back as JSON: dates and times as ISO text, decimals
         as numbers. truncated is true when the query had more rows than limit."""
         with self._lock:
             try:
@@ -618,7 +621,8 @@ def serve(db_path: str | Path | None = None, transport: str = "stdio", host: str
     path = resolve_db_path(db_path)
     server = build_server(path)
     try:  # report a bad store at once; the server still starts, and each call reports it
-        StateManager(path, read_only=True).scenario_exists("")
+        with StateManager(path, read_only=True) as probe:
+            probe.scenario_exists("")
     except StoreNotFoundError:
         pass  # a new store: made by the first save
     except HealthSimError as error:
@@ -633,7 +637,8 @@ def serve(db_path: str | Path | None = None, transport: str = "stdio", host: str
               "authentication, so anyone who can reach this port can read and change every scenario",
               file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host
-    print(f"healthsim-state mcp: serving {path} at http://{shown}:{port}/mcp", file=sys.stderr, flush=True)
+    print(f"healthsim-state mcp: serving {describe_target(path)} at http://{shown}:{port}/mcp", file=sys.stderr,
+          flush=True)
     server.run("streamable-http", host=host, port=port)
 
 

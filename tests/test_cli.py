@@ -327,9 +327,8 @@ def test_reading_commands_do_not_create_a_database(cli):
     missing = f"error: no database at {cli.db}" if cli.store.kind == "duckdb" else \
         f"error: {cli.db} holds no healthsim-state store"
     assert result.stderr.startswith(missing)
-    if cli.store.kind == "duckdb":  # on a server, a query may read whatever the database holds
-        result = cli("sql", "SELECT 1", expect=1)
-        assert result.stderr.startswith(missing)
+    result = cli("sql", "SELECT 1", expect=1)
+    assert result.stderr.startswith(missing)
     assert not cli.created()
 
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import duckdb
 import pytest
 from anyio.from_thread import start_blocking_portal
 from click.testing import CliRunner
@@ -31,6 +30,7 @@ from benchmarks.generate import entity_count, scenario
 from healthsim_state import HealthSimError, StoreError, StateManager
 from healthsim_state import mcp_server
 from healthsim_state.mcp_server import ScenarioTools
+from stores import Store
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 30  # seconds any one request, start or stop may take
@@ -62,8 +62,9 @@ ANA_CANONICAL = {"patient_id": "p1", "name": {"given": "Ana", "family": "Silva"}
 class Session:
     """Synchronous calls on an MCP client session that lives in a portal's event loop."""
 
-    def __init__(self, portal: Any, client: Client, db: Path, log: Path):
-        self.portal, self.client, self.db, self.log = portal, client, db, log
+    def __init__(self, portal: Any, client: Client, store: Store, log: Path):
+        self.portal, self.client, self.store, self.log = portal, client, store, log
+        self.db = store.target
 
     def call(self, tool: str, **arguments: Any):
         return self.portal.call(lambda: self.client.call_tool(tool, arguments, read_timeout_seconds=TIMEOUT))
@@ -84,19 +85,28 @@ class Session:
         return {tool.name: tool for tool in listed.tools}
 
 
-def stdio_parameters(db: Path, home: Path) -> StdioServerParameters:
+def stdio_parameters(db: str, home: Path) -> StdioServerParameters:
     return StdioServerParameters(command=sys.executable, args=["-m", "healthsim_state.mcp_server", "--db", str(db)],
                                  env={"HOME": str(home)}, cwd=str(REPO))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["duckdb", "postgres"])
+def server(request, tmp_path_factory):
+    """One server a backend: on a DuckDB file, or ``--db postgresql://...``."""
     root = tmp_path_factory.mktemp("mcp")
-    db, log = root / "mcp.duckdb", root / "server.log"
+    log = root / "server.log"
+    if request.param == "duckdb":
+        store = Store("duckdb", str(root / "mcp.duckdb"))
+    else:
+        cluster = request.getfixturevalue("pg_cluster")
+        name = f"mcp_{os.getpid()}"
+        store = Store("postgres", cluster.create_database(name))
+        request.addfinalizer(lambda: cluster.drop_database(name))
     with open(log, "w") as errlog, start_blocking_portal() as portal:
-        client = Client(stdio_client(stdio_parameters(db, root), errlog=errlog), read_timeout_seconds=TIMEOUT)
+        client = Client(stdio_client(stdio_parameters(store.target, root), errlog=errlog),
+                        read_timeout_seconds=TIMEOUT)
         with portal.wrap_async_context_manager(client):
-            yield Session(portal, client, db, log)
+            yield Session(portal, client, store, log)
     assert "Traceback" not in log.read_text(), log.read_text()  # no crash, even on the error paths
 
 
@@ -205,10 +215,13 @@ def test_summary_list_types_and_query(server):
         SELECT p.patient_id, p.given_name, p.date_of_birth FROM patients p
         JOIN scenarios s USING (scenario_id) WHERE s.name = 'summarized' ORDER BY p._position""")
     assert result["columns"] == ["patient_id", "given_name", "date_of_birth"]
-    assert result["types"] == ["VARCHAR", "VARCHAR", "DATE"]
+    assert result["types"] == (["VARCHAR", "VARCHAR", "DATE"] if server.store.kind == "duckdb"
+                               else ["varchar", "varchar", "date"])
     assert result["rows"] == [["p1", "Ana", "1961-04-02"], ["p2", None, None], ["p3", None, None]]
     assert result["truncated"] is False and result["row_count"] == 3
-    capped = server.ok("query", sql="SELECT * FROM range(1000000000) t(i)", limit=2)
+    endless = ("SELECT * FROM range(1000000000) t(i)" if server.store.kind == "duckdb"
+               else "SELECT generate_series(0, 999999999) AS i")
+    capped = server.ok("query", sql=endless, limit=2)
     assert capped["rows"] == [[0], [1]] and capped["truncated"] is True
 
 
@@ -240,7 +253,7 @@ ERRORS = [
     ("query", {"sql": "DELETE FROM patients"}, "only a read-only SELECT"),
     ("query", {"sql": "CREATE TABLE x AS SELECT 1"}, "only a read-only SELECT"),
     ("query", {"sql": "SELECT 1; SELECT 2"}, "exactly one statement"),
-    ("query", {"sql": "ATTACH 'other.duckdb'"}, "only a read-only SELECT"),
+    ("query", {"sql": "ATTACH 'other.duckdb'"}, {"duckdb": "only a read-only SELECT", "postgres": "does not parse"}),
     ("query", {"sql": "SELEC 1"}, "does not parse"),
     ("query", {"sql": "SELECT no_such_column FROM patients"}, "the query failed"),
     ("query", {"sql": "SELECT * FROM read_csv('/etc/passwd')"}, "the query failed"),
@@ -256,6 +269,7 @@ def test_a_bad_call_is_a_tool_error_with_our_message(server, tool, arguments, ex
         server.ok("save_scenario", name="existing", entities={"patients": [ANA]})
     before = server.ok("list_scenarios", limit=None)
     message = server.error(tool, **arguments)
+    expected = expected[server.store.kind] if isinstance(expected, dict) else expected
     assert expected in message, message
     assert server.ok("list_scenarios", limit=None) == before  # nothing written, and the server still answers
     assert server.ok("load_scenario", name_or_id="existing")["entity_count"] == 1
@@ -310,8 +324,7 @@ def test_another_process_writes_while_the_server_is_idle(server):
     done = subprocess.run([sys.executable, "-c", code, str(server.db)], capture_output=True, text=True,
                           timeout=TIMEOUT, cwd=REPO)
     assert done.returncode == 0, done.stderr
-    with duckdb.connect(str(server.db)) as con:  # read-write, in this process too
-        assert con.execute("SELECT count(*) FROM scenarios WHERE name = 'from-outside'").fetchone() == (1,)
+    assert server.store.sql("SELECT count(*) FROM scenarios WHERE name = 'from-outside'") == [(1,)]
     loaded = server.ok("load_scenario", name_or_id="from-outside")
     assert loaded["entities"]["patient"][0]["name"] == {"given": "Out"}
 
@@ -336,8 +349,10 @@ def _wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
     raise AssertionError(f"the server did not listen on {port} within {TIMEOUT} s: {log.read_text()}")
 
 
-def test_streamable_http_on_loopback(tmp_path):
-    db, log, port = tmp_path / "http.duckdb", tmp_path / "server.log", _free_port()
+def test_streamable_http_on_loopback(tmp_path, store):
+    db, log, port = store.target, tmp_path / "server.log", _free_port()
+    if store.kind == "postgres":  # the server trusts this user; a password in the URL must never be shown
+        db = db.replace("postgres@", "postgres:never-shown-secret@")
     command = [sys.executable, "-m", "healthsim_state.cli", "mcp", "--transport", "http", "--port", str(port),
                "--db", str(db)]
     with open(log, "w") as errlog:
@@ -360,6 +375,7 @@ def test_streamable_http_on_loopback(tmp_path):
 
         anyio.run(session)
         assert f"http://127.0.0.1:{port}/mcp" in log.read_text()
+        assert "never-shown-secret" not in log.read_text()
     finally:
         process.terminate()
         try:
@@ -389,6 +405,47 @@ def test_query_values_are_json_ready(db_path):
         tools.query(sql)
 
 
+def test_query_values_are_json_ready_on_postgres(pg_url):
+    tools = ScenarioTools(pg_url)  # a new database: the query still sees the (empty) tables
+    assert tools.query("SELECT count(*) AS n FROM patients")["rows"] == [[0]]
+    result = tools.query("""SELECT DATE '2024-01-15' AS d, TIMESTAMP '2024-01-15 10:30:00' AS ts,
+        1.50::numeric(10, 2) AS dec, 'NaN'::float8 AS nan, ARRAY[1, 2] AS list, '{"b": 1, "a": [2]}'::json AS doc,
+        '{"b": 1, "a": 2}'::jsonb AS jb, '00000000-0000-0000-0000-000000000001'::uuid AS id, TIME '10:30' AS t""")
+    assert result["rows"] == [["2024-01-15", "2024-01-15T10:30:00", 1.5, None, [1, 2], {"b": 1, "a": [2]},
+                               {"a": 2, "b": 1}, "00000000-0000-0000-0000-000000000001", "10:30:00"]]
+    assert list(result["rows"][0][5]) == ["b", "a"]  # json keeps the key order
+    json.dumps(result, allow_nan=False)
+    assert tools.query("SELECT 1 AS one", limit=0) == {"columns": ["one"], "types": ["int4"], "rows": [],
+                                                       "row_count": 0, "truncated": True}
+    for sql in ("WITH x AS (SELECT 1) SELECT * FROM x", "VALUES (1)", "TABLE scenarios", "EXPLAIN SELECT 1"):
+        tools.query(sql)
+
+
+@pytest.mark.parametrize("sql, message", [
+    ("DELETE FROM patients", "only a read-only SELECT"),
+    ("WITH gone AS (DELETE FROM scenarios RETURNING 1) SELECT * FROM gone", "queries are read-only"),
+    ("SELECT 1; DROP TABLE patients", "exactly one statement"),
+    ("SELECT * INTO stolen FROM scenarios", "queries are read-only"),
+    ("EXPLAIN ANALYZE DELETE FROM scenarios", "queries are read-only"),
+    ("SELECT nextval('no_such_sequence')", "the query failed"),
+    ("SELECT set_config('transaction_read_only', 'off', false)", "the query failed"),
+    ("SELEC 1", "does not parse"),
+])
+def test_postgres_queries_cannot_write(pg_url, sql, message):
+    tools = ScenarioTools(pg_url)
+    tools.save_scenario("kept", {"patients": [ANA]})
+    with pytest.raises(ValueError, match=message):
+        tools.query(sql)
+    assert tools.query("SELECT name FROM scenarios")["rows"] == [["kept"]]
+    assert tools.query("SELECT count(*) FROM information_schema.tables WHERE table_name = 'stolen'")["rows"] == [[0]]
+
+
+def test_a_long_postgres_query_is_interrupted(pg_url, monkeypatch):
+    monkeypatch.setattr(mcp_server, "QUERY_TIMEOUT", 0.3)
+    with pytest.raises(ValueError, match="ran for more than 0.3 s and was stopped"):
+        ScenarioTools(pg_url).query("SELECT pg_sleep(30)")
+
+
 def test_a_long_query_is_interrupted(db_path, monkeypatch):
     monkeypatch.setattr(mcp_server, "QUERY_TIMEOUT", 0.3)
     started = time.monotonic()
@@ -397,8 +454,8 @@ def test_a_long_query_is_interrupted(db_path, monkeypatch):
     assert time.monotonic() - started < 10
 
 
-def test_slices_at_the_edges(db_path):
-    tools = ScenarioTools(db_path)
+def test_slices_at_the_edges(store):
+    tools = ScenarioTools(store.target)
     tools.save_scenario("edges", {"patients": [{"id": f"p{i}"} for i in range(3)]})
     beyond = tools.load_scenario("edges", limit_per_type=2, offset=10)
     assert beyond["entities"] == {"patient": []} and beyond["omitted"] == {"patient": 3}

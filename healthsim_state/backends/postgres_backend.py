@@ -49,6 +49,7 @@ from ..errors import (
     QueryError,
     ServerConnectionError,
     StoreError,
+    StoreNotFoundError,
     TransactionConflictError,
 )
 from .base import Backend, Dialect, QueryResult, Session, quote
@@ -308,20 +309,17 @@ class PostgresBackend(Backend):
         connection of its own (closed afterwards, and never committed, so no
         setting it makes outlives it).
 
-        The rule: the text must start (after comments and parentheses) with
-        ``SELECT``, ``WITH``, ``VALUES``, ``TABLE`` or ``EXPLAIN``; it is
-        sent with the extended protocol, which takes exactly one statement;
-        and the read-only transaction refuses any write, a data-modifying
-        ``WITH`` or ``EXPLAIN ANALYZE`` of a write included. The query runs
-        with the URL's role: what that role may read, the query may read.
-        ``statement_timeout`` stops it after ``timeout`` seconds."""
+        The rule: the server parses the text as one statement (the extended
+        protocol takes exactly one); it must start, after comments and
+        parentheses, with ``SELECT``, ``WITH``, ``VALUES``, ``TABLE`` or
+        ``EXPLAIN``; and the read-only transaction refuses any write, a
+        data-modifying ``WITH`` or an ``EXPLAIN ANALYZE`` of a write included.
+        The query runs with the URL's role: what that role may read, the
+        query may read. ``statement_timeout`` stops it after ``timeout``
+        seconds; at most ``limit`` + 1 rows are fetched. A database without
+        the store's tables is :class:`StoreNotFoundError`, as a missing file is."""
         if not isinstance(sql, str) or not sql.strip():
             raise QueryError("the query is empty")
-        keyword = first_keyword(sql)
-        if keyword not in QUERY_STATEMENTS:
-            shown = keyword.upper() or "no SQL keyword"
-            raise QueryError("only a read-only SELECT (or WITH ... SELECT, VALUES, TABLE, or EXPLAIN) query is "
-                             f"allowed; this starts with {shown}")
         try:
             text, values = bind_user_query(sql, params)
         except KeyError as missing:
@@ -330,58 +328,31 @@ class PostgresBackend(Backend):
         con = held.con
         try:
             con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            if con.execute("SELECT to_regclass('_healthsim_meta') IS NULL").fetchone()[0]:
+                raise StoreNotFoundError(f"{self.label} holds no healthsim-state store (nothing has been saved "
+                                         "there yet)")
             if timeout is not None:
                 con.execute(f"SET LOCAL statement_timeout = {max(1, round(timeout * 1000))}")
-            return _stream_query(con, text, values, limit, timeout)
+            columns = _parse(con, text)
+            keyword = first_keyword(sql)
+            if keyword not in QUERY_STATEMENTS:
+                raise QueryError("only a read-only SELECT (or WITH ... SELECT, VALUES, TABLE, or EXPLAIN) query "
+                                 f"is allowed; this is {keyword.upper() or 'no SQL statement'}")
+            return _stream_query(con, text, values, columns, limit, timeout)
         except psycopg.Error as error:
-            raise QueryError(f"the query failed: {_reason(error, self.url)}") from None
+            raise _query_error(error, timeout, self.url) from None
         finally:
             _close(con)
 
 
-def _stream_query(con: "psycopg.Connection", sql: str, values: list[Any] | None, limit: int | None,
-                  timeout: float | None) -> QueryResult:
-    cursor = con.cursor()
-    rows: list[tuple] = []
-    description = None
-    size = 1000 if limit is None else max(1, min(limit + 1, 1000))
-    try:
-        stream = cursor.stream(sql, values, size=size)
-        try:
-            for row in stream:
-                if description is None:
-                    description = cursor.description
-                rows.append(row)
-                if limit is not None and len(rows) > limit:
-                    break
-        finally:
-            stream.close()
-        if description is None:
-            description = cursor.description or _describe(con, sql)
-    except pg_errors.QueryCanceled:
-        raise QueryError(f"the query ran for more than {timeout:g} s and was stopped") from None
-    except pg_errors.ReadOnlySqlTransaction:
-        raise QueryError("the query tries to change the store; queries are read-only") from None
-    except pg_errors.SyntaxError as error:
-        if "multiple commands" in str(error):
-            raise QueryError("give exactly one statement; found more than one") from None
-        raise QueryError(f"the query does not parse: {_first_line(str(error))}") from None
-    truncated = limit is not None and len(rows) > limit
-    if description and not isinstance(description[0], tuple):
-        names, types = [d.name for d in description], [d.type_display for d in description]
-    else:
-        names, types = [d[0] for d in description], [d[1] for d in description]
-    return QueryResult(names, types, rows[:limit] if truncated else rows, truncated)
-
-
-def _describe(con: "psycopg.Connection", sql: str) -> list[tuple[str, str]]:
-    """The columns (name, type) a statement that returned no rows would have
-    returned: libpq's describe of it, prepared but not run again."""
-    pgconn = con.pgconn
+def _parse(con: "psycopg.Connection", sql: str) -> list[tuple[str, str]]:
+    """Have the server parse ``sql`` as one statement (not run it); return
+    the columns it would return, (name, type) each."""
     encoding = con.info.encoding
+    pgconn = con.pgconn
     prepared = pgconn.prepare(b"", sql.encode(encoding))
     if prepared.error_message:
-        return []
+        raise pg_errors.error_from_result(prepared, encoding)
     described = pgconn.describe_prepared(b"")
     columns = []
     for index in range(described.nfields):
@@ -390,6 +361,36 @@ def _describe(con: "psycopg.Connection", sql: str) -> list[tuple[str, str]]:
         shown = info.get_type_display(oid=oid, fmod=fmod) if info else str(oid)
         columns.append(((described.fname(index) or b"").decode(encoding), shown))
     return columns
+
+
+def _query_error(error: "psycopg.Error", timeout: float | None, url: str) -> QueryError:
+    if isinstance(error, pg_errors.QueryCanceled) and timeout is not None:
+        return QueryError(f"the query ran for more than {timeout:g} s and was stopped")
+    if isinstance(error, pg_errors.ReadOnlySqlTransaction):
+        return QueryError("the query tries to change the store; queries are read-only")
+    if isinstance(error, pg_errors.SyntaxError):
+        if "multiple commands" in str(error):
+            return QueryError("give exactly one statement; found more than one")
+        return QueryError(f"the query does not parse: {_first_line(str(error))}")
+    return QueryError(f"the query failed: {_reason(error, url)}")
+
+
+def _stream_query(con: "psycopg.Connection", sql: str, values: list[Any] | None, columns: list[tuple[str, str]],
+                  limit: int | None, timeout: float | None) -> QueryResult:
+    cursor = con.cursor()
+    rows: list[tuple] = []
+    size = 1000 if limit is None else max(1, min(limit + 1, 1000))
+    stream = cursor.stream(sql, values, size=size)
+    try:
+        for row in stream:
+            rows.append(row)
+            if limit is not None and len(rows) > limit:
+                break
+    finally:
+        stream.close()
+    truncated = limit is not None and len(rows) > limit
+    return QueryResult([name for name, _ in columns], [shown for _, shown in columns],
+                       rows[:limit] if truncated else rows, truncated)
 
 
 class PostgresSession(Session):

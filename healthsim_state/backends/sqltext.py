@@ -83,7 +83,3 @@ def first_keyword(sql: str) -> str:
     word = _WORD.match(sql, position)
     return word.group(0).lower() if word else ""
 
-
-def has_placeholders(sql: str) -> bool:
-    """Whether ``sql`` holds a ``?`` or ``$n`` placeholder outside literals."""
-    return any(m.group("mark") or m.group("number") for m in _TOKENS.finditer(sql))

@@ -23,7 +23,7 @@ from ..engine.values import parse_exact
 
 __all__ = ["QueryResult", "run_query", "jsonable", "records", "json_rows"]
 
-JSON_TYPES = ("JSON", "json")
+JSON_TYPES = ("JSON", "json", "jsonb")
 
 
 def run_query(target: str | os.PathLike | None, sql: str, params: Sequence[Any] | dict[str, Any] | None = None,
