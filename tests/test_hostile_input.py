@@ -1,5 +1,6 @@
 """Hostile input: every input either round-trips exactly or raises one of our
-validation errors naming where; never a crash, a DuckDB error or a partial write.
+validation errors naming where; never a crash, a database error or a partial write,
+on either backend.
 
 What we decided: NaN and Infinity are refused (they are not JSON); so are
 strings with lone surrogates where a text column must hold them (mapped
@@ -13,6 +14,7 @@ profile's example count: 150 under ``ci``, 600 under ``explore``, 12,000 under `
 from __future__ import annotations
 
 import itertools
+import os
 import string
 from pathlib import Path
 
@@ -85,9 +87,17 @@ def expected_entities(entities: dict) -> dict | None:
     return expected
 
 
-@pytest.fixture(scope="module")
-def fuzz_db(tmp_path_factory):
-    return StateManager(tmp_path_factory.mktemp("fuzz") / "fuzz.duckdb")
+@pytest.fixture(scope="module", params=["duckdb", "postgres"])
+def fuzz_db(request, tmp_path_factory):
+    """One store a backend for the fuzzers."""
+    if request.param == "duckdb":
+        target = str(tmp_path_factory.mktemp("fuzz") / "fuzz.duckdb")
+    else:
+        cluster = request.getfixturevalue("pg_cluster")
+        target = cluster.create_database(f"fuzz_{os.getpid()}")
+        request.addfinalizer(lambda: cluster.drop_database(f"fuzz_{os.getpid()}"))
+    with StateManager(target) as manager:
+        yield manager
 
 
 _names = itertools.count()

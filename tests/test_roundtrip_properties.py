@@ -13,6 +13,7 @@ import copy
 import datetime as dt
 import decimal
 import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -55,9 +56,7 @@ class Env:
         raise KeyError(key)
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("roundtrip")
+def _env(root: Path, target: str):
     user_dir = root / "user_mappings"
     user_dir.mkdir()
     (user_dir / f"{USER_TYPE}.yaml").write_text(S.USER_MAPPING_YAML, encoding="utf-8")
@@ -65,8 +64,37 @@ def env(tmp_path_factory):
         mp.setenv("HOME", str(root))
         mp.delenv("HEALTHSIM_DB", raising=False)
         mp.delenv("HEALTHSIM_MAPPINGS", raising=False)
-        with StateManager(root / "properties.duckdb", mapping_dirs=[user_dir]) as sm:
+        with StateManager(target, mapping_dirs=[user_dir]) as sm:
             yield Env(sm, oracle.load_mapping_dirs([BUILTIN_DIR, user_dir]), itertools.count())
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """The properties' store: a DuckDB file."""
+    root = tmp_path_factory.mktemp("roundtrip")
+    yield from _env(root, str(root / "properties.duckdb"))
+
+
+_databases = itertools.count()
+
+
+def new_target(request, kind: str, root: Path) -> str:
+    """A new, empty store of ``kind``: a DuckDB file under ``root``, or a fresh
+    database on the test server (dropped when the test ends)."""
+    if kind == "duckdb":
+        return str(root / f"db{next(_databases)}.duckdb")
+    cluster = request.getfixturevalue("pg_cluster")
+    name = f"roundtrip_{os.getpid()}_{next(_databases)}"
+    request.addfinalizer(lambda: cluster.drop_database(name))
+    return cluster.create_database(name)
+
+
+@pytest.fixture(scope="module", params=["duckdb", "postgres"])
+def store_env(request, tmp_path_factory):
+    """A store on each backend, for the examples that go through the database
+    on both (a few dozen each: the properties' bulk runs on DuckDB)."""
+    root = tmp_path_factory.mktemp("roundtrip_store")
+    yield from _env(root, new_target(request, request.param, root))
 
 
 def _expected(env: Env, entities: dict) -> dict:
@@ -293,8 +321,16 @@ EDGE_CASES = [
     "entity_type, entity", EDGE_CASES,
     ids=[f"{i}-{t}" for i, (t, _) in enumerate(EDGE_CASES)],
 )
-def test_edge_case_round_trip(env, entity_type, entity):
-    assert_round_trip(env, {entity_type: [entity]})
+def test_edge_case_round_trip(store_env, entity_type, entity):
+    assert_round_trip(store_env, {entity_type: [entity]})
+
+
+@settings(PROPERTY, max_examples=30)
+@given(data=st.data())
+def test_round_trip_through_each_store(store_env, data):
+    """Whole scenarios of every type, through DuckDB and through PostgreSQL."""
+    entities = data.draw(S.scenario_entities(store_env.mappings, max_size=2), label="entities")
+    assert_round_trip(store_env, entities)
 
 
 # --------------------------------------------------------------------------
@@ -302,37 +338,48 @@ def test_edge_case_round_trip(env, entity_type, entity):
 # --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory):
-    return tmp_path_factory.mktemp("random_mappings"), itertools.count()
+@pytest.fixture
+def scratch(request, tmp_path):
+    """Where a fresh store per example goes: ``scratch(kind)`` makes one."""
+    counter = itertools.count()
+
+    def fresh(kind: str = "duckdb") -> tuple[Path, str]:
+        here = tmp_path / f"m{next(counter)}"
+        here.mkdir()
+        return here, new_target(request, kind, here)
+
+    return fresh
 
 
-@PROPERTY
-@given(data=st.data())
-def test_round_trip_random_mapping(scratch, data):
+@pytest.mark.parametrize("backend, examples", [("duckdb", None), ("postgres", 12)])
+def test_round_trip_random_mapping(scratch, backend, examples):
     """A user-written mapping with any paths (any character but a dot), SQL words
     as column names, every type, composite keys, defaults, required and
     non-strict fields: the engine keeps the round trip for it too. (A fresh
     manager and database per example: the mapping differs each time.)"""
-    mapping = data.draw(S.mappings(), label="mapping")
-    ents = data.draw(S.entity_lists(mapping, max_size=3), label="entities")
-    key = data.draw(st.sampled_from([mapping["entity"], mapping["plural"]]), label="input key")
-    assert_fresh_round_trip(scratch, mapping, key, ents)
+
+    @settings(PROPERTY, **({"max_examples": examples} if examples else {}))
+    @given(data=st.data())
+    def check(data):
+        mapping = data.draw(S.mappings(), label="mapping")
+        ents = data.draw(S.entity_lists(mapping, max_size=3), label="entities")
+        key = data.draw(st.sampled_from([mapping["entity"], mapping["plural"]]), label="input key")
+        assert_fresh_round_trip(scratch, mapping, key, ents, backend)
+
+    check()
 
 
-def assert_fresh_round_trip(scratch, mapping: dict, key: str, ents: list) -> None:
+def assert_fresh_round_trip(scratch, mapping: dict, key: str, ents: list, backend: str = "duckdb") -> None:
     """round trip through a new manager whose only user mapping is `mapping`"""
     import builtins
 
-    root, counter = scratch
     expected = oracle.expect(mapping, ents)
-    here = root / f"m{next(counter)}"
-    here.mkdir()
+    here, target = scratch(backend)
     text = yaml.safe_dump(mapping, allow_unicode=True, sort_keys=False)
     assert yaml.safe_load(text) == mapping
     (here / f"{mapping['entity']}.yaml").write_text(text, encoding="utf-8")
     try:
-        with StateManager(here / "db.duckdb", mapping_dirs=[here]) as sm:
+        with StateManager(target, mapping_dirs=[here]) as sm:
             sm.save_scenario("s", {key: ents})
             loaded = sm.load_scenario("s")["entities"][mapping["entity"]]
     finally:
@@ -349,13 +396,14 @@ AWKWARD_PATH_KEYS = ["\x00", "a\nb", "a\rb", "x\n    __import__('builtins').HEAL
                      'a"b', "a'b", "a\\b", "{x}", "'''", '"""', "#", " ", "\t", "é", "🔑", "select"]
 
 
+@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
 @pytest.mark.parametrize("key", AWKWARD_PATH_KEYS, ids=[repr(k) for k in AWKWARD_PATH_KEYS])
-def test_awkward_path_key_round_trip(scratch, key):
+def test_awkward_path_key_round_trip(scratch, key, backend):
     mapping = {"entity": "thing", "table": "things", "primary_key": "id",
                "fields": [{"column": "id", "path": "id", "type": "varchar"},
                           {"column": "v", "path": f"o.{key}", "type": "varchar", "aliases": [key]}]}
     ents = [{"id": "1", key: "moved"}, {"id": "2", "o": {key: "at path", "x": 1}, key: "stays"}]
-    assert_fresh_round_trip(scratch, mapping, "things", ents)
+    assert_fresh_round_trip(scratch, mapping, "things", ents, backend)
 
 
 # decimal(P,S) up to DuckDB's 38 digits: a value that fits is saved and comes back
@@ -367,13 +415,14 @@ DECIMAL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
 @pytest.mark.parametrize("type_, value", DECIMAL_CASES, ids=[f"{t}={v!r}" for t, v in DECIMAL_CASES])
-def test_decimal_round_trip(scratch, type_, value):
+def test_decimal_round_trip(scratch, type_, value, backend):
     mapping = {"entity": "amount", "table": "amounts", "primary_key": "id",
                "fields": [{"column": "id", "path": "id", "type": "varchar"},
                           {"column": "v", "path": "v", "type": type_}]}
     assert oracle.fits(type_, value)
-    assert_fresh_round_trip(scratch, mapping, "amounts", [{"id": "1", "v": value}])
+    assert_fresh_round_trip(scratch, mapping, "amounts", [{"id": "1", "v": value}], backend)
 
 
 # Decision: the stored instant is UTC; one that falls outside years 1-9999 in UTC
