@@ -236,6 +236,7 @@ class PostgresBackend(Backend):
     def session(self, *, write: bool) -> Iterator[Session]:
         writable = write and not self.read_only
         exclusive = writable and getattr(self._exclusive, "wanted", False)
+        self._exclusive.wanted = False  # taken: a session that still needs it asks again
         held = self._begin(writable, exclusive)
         con = held.con
         session = PostgresSession(con, writable=writable, label=self.label, backend=self, exclusive=exclusive)
@@ -249,8 +250,6 @@ class PostgresBackend(Backend):
                 _rollback(con)
                 raise
             finally:
-                if exclusive:
-                    self._exclusive.wanted = False
                 _unlock(held, exclusive)
         except psycopg.Error as error:
             raise translate(error, self.label) from error
@@ -605,6 +604,7 @@ _HINTS = (
                        "tables, not the database"),
     ("Connection refused", "is the server running, and accepting TCP/IP connections on that host and port?"),
     ("could not translate host name", "check the host name in the URL"),
+    ("failed to resolve host", "check the host name in the URL"),
     ("timeout expired", "the server did not answer; check the host and port, and that it is reachable"),
 )
 

@@ -1,0 +1,490 @@
+"""What only a server store has to promise: many writers at once, races on one
+name, one snapshot a load, the layout lock, connections (bad URLs, passwords,
+lost connections, the pool), exactness of what PostgreSQL stores, and the
+driver as an optional extra.
+
+Every test gets a fresh database on the session's throwaway server (pg_url);
+processes are children of the test with bounded work and timeouts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import oracle
+from benchmarks.pgcluster import PASSWORD_ROLE
+from healthsim_state import (
+    DatabaseLockedError,
+    MappingDriftWarning,
+    MissingExtraError,
+    ReadOnlyError,
+    ScenarioExistsError,
+    ServerConnectionError,
+    StateManager,
+    StoreError,
+    StoreNotFoundError,
+)
+from healthsim_state.backends.postgres_backend import DIALECT, PostgresBackend
+from healthsim_state.store import Gateway
+from stores import Store
+from test_processes import WORKER, python
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg(pg_url) -> Store:
+    return Store("postgres", pg_url)
+
+
+def backends_of(url: str) -> list[tuple]:
+    """This test's sessions on the server: (pid, state, wait_event_type)."""
+    return Store("postgres", url).sql(
+        "SELECT pid, state, wait_event_type FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = 'healthsim-state'")
+
+
+def wait_until(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.02)
+
+
+# --- many writers ---------------------------------------------------------------------------
+
+def test_eight_processes_with_fifty_mixed_operations_each(pg_url):
+    StateManager(pg_url).create()
+    started = time.monotonic()
+    workers = [python(WORKER, pg_url, worker, 50) for worker in range(8)]
+    reports = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err
+        reports.append(json.loads(out))
+    elapsed = time.monotonic() - started
+    assert [r["errors"] for r in reports] == [[]] * 8
+    with StateManager(pg_url) as sm:
+        for report in reports:
+            for name, (tag, n) in report["saved"].items():
+                loaded = sm.load_scenario(name)
+                assert [p["patient_id"] for p in loaded["entities"]["patient"]] == [f"{tag}-{i}" for i in range(n)]
+                assert loaded["entity_count"] == 2 * n
+        listed = sm.list_scenarios(limit=None)
+        assert {name for r in reports for name in r["saved"]} <= {s["name"] for s in listed}
+        for item in listed:  # every scenario complete: its rows match its counts
+            loaded = sm.load_scenario(item["scenario_id"])
+            assert sum(len(v) for v in loaded["entities"].values()) == item["entity_count"]
+            assert {k: len(v) for k, v in loaded["entities"].items() if v} == item["entity_counts"]
+    print(f"\n8 processes x 50 operations on PostgreSQL: {400 / elapsed:.1f} operations/s")
+
+
+RACER = """
+    import sys
+    from healthsim_state import StateManager, ScenarioExistsError
+    from healthsim_state.store import Gateway
+    url = sys.argv[1]
+    original, waited = Gateway.find_scenario, []
+    def find_then_wait(self, name, by_id=True):
+        found = original(self, name, by_id=by_id)
+        if not waited:  # the first attempt: this snapshot sees no scenario; wait until the other has one too
+            waited.append(True)
+            print("looked", flush=True)
+            assert sys.stdin.readline().strip() == "go"
+        return found
+    Gateway.find_scenario = find_then_wait
+    with StateManager(url) as sm:
+        try:
+            sid = sm.save_scenario("one name", {"patient": [{"patient_id": sys.argv[2]}]})
+            print("saved", sid, flush=True)
+        except ScenarioExistsError as error:
+            print("exists", error, flush=True)
+"""
+
+
+def test_two_processes_saving_one_new_name_at_once_one_wins_the_other_is_told(pg_url):
+    """Both look for the name in snapshots taken before either saves: neither
+    finds it, both insert, the second waits for the first and loses the
+    unique key, runs again, finds the first one's scenario and is told."""
+    StateManager(pg_url).create()
+    racers = [python(RACER, pg_url, who, stdin=subprocess.PIPE) for who in ("first", "second")]
+    for racer in racers:
+        assert racer.stdout.readline().strip() == "looked", racer.stderr.read()
+    for racer in racers:
+        racer.stdin.write("go\n")
+        racer.stdin.flush()
+    outcomes = []
+    for racer in racers:
+        out, err = racer.communicate(timeout=60)
+        assert racer.returncode == 0, err
+        outcomes.append(out.split()[0])
+    assert sorted(outcomes) == ["exists", "saved"]
+    with StateManager(pg_url) as sm:
+        (item,) = sm.list_scenarios()
+        assert item["name"] == "one name" and item["entity_count"] == 1
+
+
+def test_a_race_on_one_name_in_threads_is_run_again_and_refused(pg_url, monkeypatch):
+    """The same race, pinned down in one process: the second save's insert
+    waits on the first's uncommitted row, the first commits, the second
+    raises ScenarioExistsError (not a database error)."""
+    StateManager(pg_url).create()
+    original = Gateway.insert_scenario
+    inserted, release = threading.Event(), threading.Event()
+
+    def insert_then_hold(self, scenario_id, name, description, counts, now):
+        original(self, scenario_id, name, description, counts, now)
+        if threading.current_thread().name == "first":
+            inserted.set()
+            assert release.wait(30)
+
+    monkeypatch.setattr(Gateway, "insert_scenario", insert_then_hold)
+    results: dict[str, object] = {}
+
+    def save(who: str) -> None:
+        try:
+            with StateManager(pg_url) as sm:
+                results[who] = sm.save_scenario("raced", {"patient": [{"patient_id": who}]})
+        except Exception as error:  # noqa: BLE001 - recorded, checked below
+            results[who] = error
+
+    first = threading.Thread(target=save, args=("first",), name="first")
+    first.start()
+    assert inserted.wait(30)
+    second = threading.Thread(target=save, args=("second",), name="second")
+    second.start()
+    wait_until(lambda: any(wait == "Lock" for _, _, wait in backends_of(pg_url)), "the second insert to wait")
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert isinstance(results["first"], str)
+    assert isinstance(results["second"], ScenarioExistsError), results["second"]
+    assert "already exists" in str(results["second"])
+
+
+# --- one snapshot a load -------------------------------------------------------------------------
+
+def test_a_load_sees_one_snapshot_while_another_client_overwrites(pg_url, monkeypatch):
+    old = {"patient": [{"patient_id": f"old{i}"} for i in range(3)], "encounter": [{"encounter_id": "old"}]}
+    new = {"patient": [{"patient_id": f"new{i}"} for i in range(5)], "encounter": [{"encounter_id": "new"}]}
+    with StateManager(pg_url) as sm:
+        sm.save_scenario("moving", old)
+    original = Gateway.fetch_rows
+    first_type_read, overwritten = threading.Event(), threading.Event()
+
+    def fetch_then_pause(self, codec, scenario_id, **options):
+        rows = original(self, codec, scenario_id, **options)
+        if threading.current_thread().name == "reader" and not first_type_read.is_set():
+            first_type_read.set()
+            assert overwritten.wait(30)
+        return rows
+
+    monkeypatch.setattr(Gateway, "fetch_rows", fetch_then_pause)
+    loaded: dict = {}
+    reader = threading.Thread(target=lambda: loaded.update(StateManager(pg_url).load_scenario("moving")),
+                              name="reader")
+    reader.start()
+    assert first_type_read.wait(30)
+    with StateManager(pg_url) as writer:  # commits while the load is half done
+        writer.save_scenario("moving", new, overwrite=True)
+    overwritten.set()
+    reader.join(30)
+    assert [p["patient_id"] for p in loaded["entities"]["patient"]] == ["old0", "old1", "old2"]
+    assert [e["encounter_id"] for e in loaded["entities"]["encounter"]] == ["old"]
+    assert loaded["entity_count"] == 4 and loaded["version"] == 1
+    with StateManager(pg_url) as sm:
+        assert sm.load_scenario("moving")["entity_count"] == 6
+
+
+# --- the layout lock ------------------------------------------------------------------------------
+
+ADD_FIELD = """
+    import sys
+    from healthsim_state import StateManager
+    with StateManager(sys.argv[1], mapping_dirs=[sys.argv[2]]) as sm:
+        sm.create()
+        print("applied" if sm.schema_report is not None else "nothing", flush=True)
+"""
+
+
+def test_clients_adding_a_field_at_once_apply_it_once(pg_url, tmp_path):
+    with StateManager(pg_url) as sm:
+        sm.save_scenario("s", {"patient": [{"patient_id": "p", "shoe_size": 44}]})
+    ((generation,),) = Store("postgres", pg_url).sql("SELECT value FROM _healthsim_meta WHERE key = 'generation'")
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    patient = (REPO / "mappings" / "patient.yaml").read_text()
+    (maps / "patient.yaml").write_text(patient.rstrip() + "\n  - {column: shoe_size, path: shoe_size, type: integer}\n")
+    clients = [python(ADD_FIELD, pg_url, maps) for _ in range(4)]
+    outcomes = []
+    for client in clients:
+        out, err = client.communicate(timeout=120)
+        assert client.returncode == 0, err
+        outcomes.append(out.strip())
+    assert sorted(outcomes) == ["applied", "nothing", "nothing", "nothing"]
+    store = Store("postgres", pg_url)
+    assert store.sql("SELECT value FROM _healthsim_meta WHERE key = 'generation'") == [(str(int(generation) + 1),)]
+    assert store.sql("SELECT shoe_size FROM patients") == [(44,)]
+    with StateManager(pg_url) as sm, pytest.warns(MappingDriftWarning, match="field removed: shoe_size"):
+        # a client without the field still reads it, with the store's mapping (and is told its files differ)
+        assert sm.load_scenario("s")["entities"]["patient"][0]["shoe_size"] == 44
+
+
+def test_a_layout_change_waits_for_open_reads_and_a_long_wait_names_them(pg_url, tmp_path):
+    with StateManager(pg_url) as sm:
+        sm.save_scenario("s", {"patient": [{"patient_id": f"p{i}", "shoe_size": i} for i in range(3)]})
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    patient = (REPO / "mappings" / "patient.yaml").read_text()
+    (maps / "patient.yaml").write_text(patient.rstrip() + "\n  - {column: shoe_size, path: shoe_size, type: integer}\n")
+    reader = StateManager(pg_url)
+    with reader.snapshot("s") as snap:  # an open read holds the layout (shared)
+        rows = snap.entities("patient", batch_size=1)
+        assert next(rows)["patient_id"] == "p0"
+        with pytest.raises(DatabaseLockedError) as caught:
+            StateManager(pg_url, mapping_dirs=[maps], lock_timeout=0.3).create()
+        holder = [pid for pid, state, _ in backends_of(pg_url) if state == "idle in transaction"]
+        assert f"PID {holder[0]}" in str(caught.value) and "layout" in str(caught.value)
+        changed: list = []
+        changer = threading.Thread(target=lambda: changed.append(
+            StateManager(pg_url, mapping_dirs=[maps], lock_timeout=30).schema_report))
+        changer.start()
+        wait_until(lambda: any(w == "Lock" for _, _, w in backends_of(pg_url)), "the change to wait for the read")
+        assert [p["patient_id"] for p in rows] == ["p1", "p2"]  # the read goes on, unchanged
+    reader.close()
+    changer.join(30)
+    assert changed[0].for_entity("patient").action == "fields added"
+    assert Store("postgres", pg_url).sql("SELECT count(*) FROM patients WHERE shoe_size IS NOT NULL") == [(3,)]
+
+
+# --- connections --------------------------------------------------------------------------------
+
+@pytest.fixture
+def password_role(pg_cluster):
+    with pg_cluster.admin() as con:
+        con.execute(f"DROP ROLE IF EXISTS {PASSWORD_ROLE}")
+        con.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD 'right-horse-battery'")
+    yield PASSWORD_ROLE
+
+
+def bad_urls(pg_cluster, pg_url) -> dict[str, tuple[str, str]]:
+    """name: (URL, what the message must say)."""
+    from benchmarks.pgcluster import _free_port
+
+    database = pg_url.rsplit("/", 1)[1]
+    return {
+        "unreachable": (f"postgresql://postgres:pw-unreachable@127.0.0.1:{_free_port()}/{database}",
+                        "Connection refused"),
+        "unknown host": ("postgresql://postgres:pw-unknown@no-such-host.invalid/db", "host name"),
+        "wrong password": (pg_cluster.url(database, PASSWORD_ROLE, "wrong-horse"), "password authentication failed"),
+        "no password": (pg_cluster.url(database, PASSWORD_ROLE), "password"),
+        "missing database": (pg_cluster.url("no_such_database", "postgres", "pw-missing"),
+                             'database "no_such_database" does not exist'),
+    }
+
+
+@pytest.mark.parametrize("case", ["unreachable", "unknown host", "wrong password", "no password",
+                                  "missing database"])
+def test_bad_urls_are_typed_errors_naming_the_problem_never_the_password(pg_cluster, pg_url, password_role, case,
+                                                                         monkeypatch):
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    url, says = bad_urls(pg_cluster, pg_url)[case]
+    password = url.split("://", 1)[1].split("@")[0].partition(":")[2]
+    for attempt in (lambda sm: sm.list_scenarios(), lambda sm: sm.save_scenario("s", {}),
+                    lambda sm: sm.load_scenario("s")):
+        with StateManager(url, lock_timeout=1) as sm:
+            with pytest.raises(ServerConnectionError) as caught:
+                attempt(sm)
+        message = str(caught.value)
+        assert says in message and isinstance(caught.value, StoreError) and isinstance(caught.value, ConnectionError)
+        assert not password or password not in message
+        assert ("***@" in message) == bool(password)
+    cli = subprocess.run([sys.executable, "-m", "healthsim_state.cli", "list", "--db", url], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert cli.returncode == 1 and cli.stderr.startswith("error: cannot connect to ") and says in cli.stderr
+    assert "Traceback" not in cli.stderr and (not password or password not in cli.stderr + cli.stdout)
+
+
+def test_a_password_can_come_from_the_url_pgpassword_or_pgpass(pg_cluster, pg_url, password_role, monkeypatch,
+                                                               tmp_path):
+    database = pg_url.rsplit("/", 1)[1]
+    with pg_cluster.admin() as con:  # the role may use the database's public schema
+        con.execute(f'ALTER DATABASE "{database}" OWNER TO {PASSWORD_ROLE}')
+    with StateManager(pg_cluster.url(database, PASSWORD_ROLE, "right-horse-battery")) as sm:
+        sm.save_scenario("from the url", {})
+    bare = pg_cluster.url(database, PASSWORD_ROLE)
+    monkeypatch.setenv("PGPASSWORD", "right-horse-battery")
+    with StateManager(bare) as sm:
+        assert [s["name"] for s in sm.list_scenarios()] == ["from the url"]
+    monkeypatch.delenv("PGPASSWORD")
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"127.0.0.1:{pg_cluster.port}:{database}:{PASSWORD_ROLE}:right-horse-battery\n")
+    pgpass.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))  # ~/.pgpass, where HOME is this test's
+    with StateManager(bare) as sm:
+        assert sm.scenario_exists("from the url")
+        assert sm.label == bare  # nothing to hide
+
+
+def test_a_malformed_url_is_a_store_error(monkeypatch):
+    with StateManager("postgresql://user:secret-pw@127.0.0.1:notaport/db") as sm:
+        with pytest.raises(StoreError) as caught:
+            sm.list_scenarios()
+    assert "secret-pw" not in str(caught.value)
+
+
+def test_the_pool_keeps_a_few_connections_and_close_releases_them(pg_url):
+    sm = StateManager(pg_url)
+    sm.save_scenario("s", {"patient": [{"patient_id": "p"}]})
+    for _ in range(20):
+        sm.load_scenario("s")
+    assert 1 <= len(backends_of(pg_url)) <= 2  # reused, not one a call
+    sm.close()
+    wait_until(lambda: not backends_of(pg_url), "the connections to close")
+
+
+def test_a_connection_the_server_dropped_is_replaced(pg_url, pg_cluster):
+    with StateManager(pg_url) as sm:
+        sm.save_scenario("s", {})
+        with pg_cluster.admin() as con:  # as a server restart or an idle timeout would
+            con.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                        "AND application_name = 'healthsim-state'", [pg_url.rsplit("/", 1)[1]])
+        wait_until(lambda: not backends_of(pg_url), "the connection to go")
+        assert sm.scenario_exists("s")
+        sm.save_scenario("t", {})
+
+
+def test_read_only_on_a_server(pg_url):
+    with StateManager(pg_url, read_only=True) as reader:
+        with pytest.raises(StoreNotFoundError, match="holds no healthsim-state store"):
+            reader.list_scenarios()
+    assert Store("postgres", pg_url).tables() == []  # nothing was created
+    with StateManager(pg_url) as sm:
+        sm.save_scenario("s", {"patient": [{"patient_id": "p"}]})
+    with StateManager(pg_url, read_only=True) as reader:
+        assert reader.load_scenario("s")["entity_count"] == 1
+        with pytest.raises(ReadOnlyError):
+            reader.save_scenario("t", {})
+
+
+def test_without_psycopg_a_url_says_which_extra_to_install(tmp_path):
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["psycopg"] = None  # as if the postgres extra were not installed
+        from healthsim_state import StateManager, MissingExtraError
+        try:
+            StateManager("postgresql://u@localhost/db").list_scenarios()
+        except MissingExtraError as error:
+            assert isinstance(error, ImportError)
+            print(error)
+        with StateManager(sys.argv[1]) as sm:  # a file needs no driver
+            sm.save_scenario("s", {})
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f.duckdb")], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'healthsim-state[postgres]'" in done.stdout
+    assert issubclass(MissingExtraError, StoreError)
+
+
+# --- what PostgreSQL stores -------------------------------------------------------------------------
+
+EXACT_MAPPING = """
+entity: reading
+table: readings
+primary_key: id
+fields:
+  - {column: id, path: id, type: varchar}
+  - {column: day, path: day, type: date}
+  - {column: at, path: at, type: timestamp}
+  - {column: big, path: big, type: "decimal(38,0)"}
+  - {column: fine, path: fine, type: "decimal(38,10)"}
+  - {column: money, path: money, type: "decimal(12,2)"}
+  - {column: doc, path: doc, type: json}
+  - {column: ratio, path: ratio, type: double}
+  - {column: note, path: note, type: varchar}
+"""
+
+
+def test_values_are_exact_at_the_edges_of_their_types(pg_url, tmp_path):
+    (tmp_path / "reading.yaml").write_text(EXACT_MAPPING)
+    readings = [
+        {"id": "first", "day": "0001-01-01", "at": "0001-01-01T00:00:00", "big": 10**37 + 1,
+         "fine": decimal.Decimal("1234567890123456789012345678.0123456789"), "money": -0.0,
+         "doc": {"b": 1, "a": [2**200, -(2**70), 1.5e300, "\x00"]}, "ratio": -0.0, "note": "a\x00b"},
+        {"id": "last", "day": "9999-12-31", "at": "9999-12-31T23:59:59.999999", "big": -(10**38 - 1),
+         "fine": 0.1, "money": 12.5, "doc": [{"z": None, "y": {}}], "ratio": 5e-324, "note": "é 🔑"},
+        {"id": "tz", "at": "2024-03-10T01:30:00.000001-05:00", "day": dt.date(2024, 2, 29),
+         "doc": "just text"},
+    ]
+    with StateManager(pg_url, mapping_dirs=[tmp_path]) as sm:
+        sm.save_scenario("exact", {"reading": readings})
+        loaded = sm.load_scenario("exact")["entities"]["reading"]
+    expected = oracle.expect(yaml.safe_load(EXACT_MAPPING), readings)
+    assert oracle.diff(expected, loaded, "readings") is None
+    assert [type(r["big"]) for r in loaded[:2]] == [int, int]
+    assert list(loaded[0]["doc"]) == ["b", "a"]  # key order kept
+    assert str(loaded[0]["ratio"]) == "-0.0" and str(loaded[0]["money"]) == "-0.0"
+    store = Store("postgres", pg_url)
+    assert store.sql("SELECT at, big, fine FROM readings WHERE id = 'last'") == [
+        (dt.datetime(9999, 12, 31, 23, 59, 59, 999999), decimal.Decimal(-(10**38 - 1)),
+         decimal.Decimal("0.1000000000"))]
+    assert store.sql("SELECT note, _residual IS NOT NULL FROM readings WHERE id = 'first'") == [(None, True)]
+
+
+def test_json_columns_keep_their_text_verbatim(pg_url, tmp_path):
+    """A json column (never jsonb) keeps what was written: key order,
+    duplicate keys, numbers beyond a double's range, as read back in SQL."""
+    (tmp_path / "reading.yaml").write_text(EXACT_MAPPING)
+    with StateManager(pg_url, mapping_dirs=[tmp_path]) as sm:
+        sid = sm.save_scenario("doc", {"reading": [{"id": "r", "doc": {"b": 1, "a": 2}}]})
+    store = Store("postgres", pg_url)
+    verbatim = '{"b":1,"a":2,"a":3,"n":1e400,"big":123456789012345678901234567890}'
+    store.execute("UPDATE readings SET doc = ? WHERE scenario_id = ?", [verbatim, sid])
+    read = DIALECT.read_expression(StateManager(pg_url, mapping_dirs=[tmp_path]).registry.codecs["reading"]
+                                   .mapping.field("doc").type, "doc")
+    assert store.sql(f"SELECT {read} FROM readings") == [(verbatim,)]
+    types = store.sql("SELECT data_type FROM information_schema.columns WHERE table_schema = current_schema() "
+                      "AND data_type IN ('json', 'jsonb') GROUP BY data_type")
+    assert types == [("json",)]  # json columns are json; jsonb is never used
+    assert ("_residual", "character varying") in store.columns("readings")
+
+
+def test_nul_characters_are_kept_where_text_cannot_hold_them(pg_url):
+    """PostgreSQL text cannot hold NUL: such strings live in the residual (JSON
+    text, escaped), never in a column; names, tags and descriptions refuse
+    them on both backends (see test_manager), and a search for one finds nothing."""
+    with StateManager(pg_url) as sm:
+        sm.save_scenario("nul", {"patient": [{"patient_id": "p", "name": {"given": "A\x00na"}, "x\x00": "\x00"}]})
+        patient = sm.load_scenario("nul")["entities"]["patient"][0]
+        assert patient["name"] == {"given": "A\x00na"} and patient["x\x00"] == "\x00"
+        assert sm.list_scenarios(search="\x00") == [] and sm.list_scenarios(tag="a\x00") == []
+    assert Store("postgres", pg_url).sql("SELECT given_name FROM patients") == [(None,)]
+
+
+def test_the_tables_are_plain_typed_tables_with_an_index_on_the_scenario(pg_url):
+    with StateManager(pg_url) as sm:
+        sm.save_scenario("s", {"claim": [{"claim_id": "c", "total_charge": 10.25}]})
+    store = Store("postgres", pg_url)
+    columns = dict(store.columns("claims"))
+    assert columns["scenario_id"] == "character varying" and columns["total_charge"] == "numeric"
+    indexes = store.sql("SELECT indexdef FROM pg_indexes WHERE tablename IN ('claims', 'claims__history')")
+    assert len(indexes) == 2 and all("(scenario_id, _position)" in d for (d,) in indexes)
+
+
+def test_the_backend_label_never_shows_the_password():
+    backend = PostgresBackend("postgresql://me:s3cr%40t@db.example:5433/team?sslmode=require&password=other")
+    assert "s3cr" not in backend.label and "other" not in backend.label and "db.example:5433/team" in backend.label
