@@ -819,6 +819,61 @@ def sql(query: str, params: tuple[str, ...], as_json: bool, as_csv: bool, db: st
         print_table(result.columns, result.rows)
 
 
+@cli.command(name="copy")
+@click.argument("names", nargs=-1, metavar="NAME_OR_ID...")
+@click.option("--from", "source", required=True, metavar="PATH_OR_URL",
+              help="The store to copy from (a DuckDB file or a postgresql:// URL); opened read-only.")
+@click.option("--to", "target", required=True, metavar="PATH_OR_URL",
+              help="The store to copy to; created if it does not exist.")
+@click.option("--overwrite", is_flag=True, help="Replace scenarios of the same names in the target.")
+@click.option("--all", "everything", is_flag=True, help="Copy every scenario of the source.")
+def copy_command(names: tuple[str, ...], source: str, target: str, overwrite: bool, everything: bool) -> None:
+    """Copy scenarios between stores (file to server, server to file, file to file).
+
+    Each scenario is copied in one transaction on the target, with its name,
+    description, tags, the metadata of its newest version and every entity
+    exactly; its version history stays in the source. A scenario that
+    exists in the target is refused unless --overwrite. Exits 1 if any failed.
+    """
+    from .backends import describe_target
+    from .interop.copy import iter_copies
+
+    if everything == bool(names):
+        raise click.UsageError("name the scenarios to copy, or give --all (not both)")
+    source, target = _target(source), _target(target)
+    with _reader(source) as reader:  # a missing source is an error naming it; the total for the bar
+        total = sum(s["entity_count"] for s in reader.list_scenarios(limit=None)) if everything else \
+            sum(_count_or_zero(reader, name) for name in names)
+    shown_to, copied, failed = describe_target(target), 0, 0
+    with progress(total, "copying") as report:
+        state = {"done": 0}
+
+        def advanced(name: str, done: int, _total: int) -> None:
+            report.advance(done - state["done"])
+            state["done"] = done
+
+        for result in iter_copies(source, target, names, all=everything, overwrite=overwrite, keep_going=True,
+                                  progress=advanced):
+            if result.ok:
+                copied += 1
+                verb = "replaced" if result.replaced else "copied"
+                report.line(f"{verb} {result.name!r} ({result.entity_count} entities) to {shown_to}")
+            else:
+                failed += 1
+                report.line(f"error: {result.error}", err=True)
+    if copied + failed > 1:
+        click.echo(f"{copied + failed} scenarios: {copied} copied, {failed} failed")
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+def _count_or_zero(reader: StateManager, name: str) -> int:
+    try:
+        return reader.scenario_info(name)["entity_count"]
+    except HealthSimError:
+        return 0
+
+
 @cli.command(name="migrate-schema")
 @click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine output: a JSON object.")

@@ -715,6 +715,12 @@ class Snapshot:
     def registry(self) -> Registry:
         return self._gateway.registry
 
+    @property
+    def metadata(self) -> dict[str, Any] | None:
+        """The metadata saved with this version of the scenario (None if none)."""
+        rows = self._gateway.versions(self.info["scenario_id"], self.info["version"])
+        return rows[0]["metadata"] if rows else None
+
     def entity_types(self) -> list[str]:
         """The types the scenario holds, in the order of the mappings in force."""
         counts = self.info["entity_counts"]

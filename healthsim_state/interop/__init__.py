@@ -2,11 +2,12 @@
 files, read-only SQL, and the summaries a front end shows.
 
 One module a responsibility: :mod:`.json_io` (the JSON shapes), :mod:`.parquet`,
-:mod:`.legacy` (migration), :mod:`.query` (read-only SQL),
-:mod:`.files` (safe names, atomic writes).
+:mod:`.legacy` (migration), :mod:`.query` (read-only SQL), :mod:`.copy`
+(between stores), :mod:`.files` (safe names, atomic writes).
 The CLI is a thin layer over these functions.
 """
 
+from .copy import CopyResult, copy_scenario, copy_scenarios
 from .errors import DocumentError, OutputExistsError, QueryError, UnknownEntityTypeError
 from .json_io import (
     ImportResult,
@@ -30,4 +31,5 @@ __all__ = [
     "ParquetExport", "export_parquet",
     "MigrationResult", "migrate", "find_legacy_files", "legacy_directories",
     "QueryResult", "run_query", "records", "jsonable",
+    "CopyResult", "copy_scenario", "copy_scenarios",
 ]
