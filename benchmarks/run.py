@@ -3,6 +3,7 @@
     python3 -m benchmarks.run                          # 10k, 100k and 1M entities, 3 runs each
     python3 -m benchmarks.run --sizes 10000 --repeat 5
     python3 -m benchmarks.run --latency                # the small-operation targets
+    python3 -m benchmarks.run --sizes 100000 --postgres start   # and on a throwaway PostgreSQL server
 
 Throughput (one line per size): median save and load seconds and entities per
 second, the cost per entity (it must stay flat as sizes grow), the RSS the
@@ -10,7 +11,10 @@ input occupies and the peak RSS growth during a save, database bytes per entity,
 and the reference floor: DuckDB's own ``read_json`` of the same entities
 written as NDJSON, into one table per type, measured in the same run, with the
 ratio of our save time to it. Each size runs in a fresh process so memory
-figures are its own.
+figures are its own. With ``--postgres`` (a URL, or ``start`` for a throwaway
+server with default durability), the same scenario is also saved and loaded
+on PostgreSQL in the same run: ``pg_*`` figures, and DuckDB's time over the
+server's (``pg_save_speed_vs_duckdb``, ``pg_load_speed_vs_duckdb``).
 
 Latency (``--latency``): open + save 50 entities + close from a fresh
 StateManager; load one 80-entity scenario from a database of 1,000 scenarios /
@@ -61,7 +65,7 @@ def _reset_peak() -> bool:
 
 # --- one size ------------------------------------------------------------------------
 
-def measure_size(size: int, repeat: int, workdir: Path) -> dict:
+def measure_size(size: int, repeat: int, workdir: Path, postgres: str | None = None) -> dict:
     from healthsim_state import StateManager
 
     gc.collect()
@@ -72,6 +76,7 @@ def measure_size(size: int, repeat: int, workdir: Path) -> dict:
     input_rss = _status("VmRSS") - baseline
 
     saves, loads, peak_growth, db_bytes = [], [], None, None
+    server_runs: list[tuple[float, float, int]] = []
     for run in range(repeat):
         path = workdir / f"bench-{size}-{run}.duckdb"
         with StateManager(path) as sm:
@@ -90,9 +95,12 @@ def measure_size(size: int, repeat: int, workdir: Path) -> dict:
             del loaded
         db_bytes = path.stat().st_size
         path.unlink()
+        if postgres is not None:  # run for run, so both see the same load on a shared machine
+            server_runs.append(postgres_run(data, entities, postgres, run))
 
     reference = measure_read_json(data, repeat, workdir)
     save, load = statistics.median(saves), statistics.median(loads)
+    server = postgres_figures(server_runs, entities, save, load) if server_runs else {}
     return {
         "entities": entities,
         "runs": repeat,
@@ -107,7 +115,66 @@ def measure_size(size: int, repeat: int, workdir: Path) -> dict:
         "db_bytes_per_entity": round(db_bytes / entities, 1),
         "read_json_s": round(reference, 3),
         "save_vs_read_json": round(save / reference, 2),
+        **server,
     }
+
+
+# --- the same on a PostgreSQL server ------------------------------------------------------------
+
+def postgres_run(data: dict, entities: int, url: str, run: int) -> tuple[float, float, int]:
+    """Save and load ``data`` once on a PostgreSQL server, in a schema of its
+    own (dropped after): seconds to save, to load, and the tables' bytes."""
+    import psycopg
+
+    from healthsim_state import StateManager
+
+    schema = f"healthsim_bench_{os.getpid()}_{run}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            with StateManager(_with_search_path(url, schema)) as sm:
+                sm.create()  # the tables exist, as on a server in use
+                gc.collect()
+                started = time.perf_counter()
+                sm.save_scenario("bench", data)
+                save = time.perf_counter() - started
+                started = time.perf_counter()
+                loaded = sm.load_scenario("bench")
+                load = time.perf_counter() - started
+                assert sum(len(v) for v in loaded["entities"].values()) == entities
+                del loaded
+            db_bytes = admin.execute(
+                "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c WHERE c.relkind = 'r' AND "
+                "c.relnamespace = %s::regnamespace", [schema]).fetchone()[0]
+        finally:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    return save, load, int(db_bytes or 0)
+
+
+def postgres_figures(runs: list[tuple[float, float, int]], entities: int, duckdb_save: float,
+                     duckdb_load: float) -> dict:
+    """Medians on the server, and how they compare with DuckDB's in this run:
+    ``pg_save_speed_vs_duckdb`` is DuckDB's save time over PostgreSQL's (above
+    1: the server saves faster), and the same for loads."""
+    save = statistics.median(r[0] for r in runs)
+    load = statistics.median(r[1] for r in runs)
+    return {
+        "pg_save_s": round(save, 3),
+        "pg_load_s": round(load, 3),
+        "pg_save_entities_per_s": round(entities / save),
+        "pg_load_entities_per_s": round(entities / load),
+        "pg_db_bytes_per_entity": round(runs[-1][2] / entities, 1),
+        "pg_save_speed_vs_duckdb": round(duckdb_save / save, 2),
+        "pg_load_speed_vs_duckdb": round(duckdb_load / load, 2),
+    }
+
+
+def _with_search_path(url: str, schema: str) -> str:
+    from urllib.parse import quote
+
+    option = "options=" + quote(f"-c search_path={schema}", safe="")
+    return url + ("&" if "?" in url else "?") + option
+
 
 
 def measure_read_json(data: dict, repeat: int, workdir: Path) -> float:
@@ -220,12 +287,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", action="store_true", help="measure the small-operation targets instead")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one size in this process
     parser.add_argument("--workdir", type=Path, help="where to put databases (default: a temp dir)")
+    parser.add_argument("--postgres", metavar="URL|start",
+                        help="also measure save and load on a PostgreSQL server: a postgresql:// URL (a schema "
+                             "a run is made there and dropped), or 'start' for a throwaway server on this machine")
     args = parser.parse_args(argv)
 
+    cluster = None
+    if args.postgres == "start":
+        from benchmarks.pgcluster import Cluster
+
+        cluster = Cluster.start(durable=True)  # fsync and all: a real server's figures
+        args.postgres = cluster.url()
+    try:
+        return _run(args)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+def _run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         workdir = Path(tmp)
         if args.one:
-            print(json.dumps(measure_size(args.one, args.repeat, workdir)), flush=True)
+            print(json.dumps(measure_size(args.one, args.repeat, workdir, args.postgres)), flush=True)
         elif args.latency:
             for result in measure_latency(workdir, args.repeat):
                 print(json.dumps(result), flush=True)
@@ -234,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                 command = [sys.executable, "-m", "benchmarks.run", "--one", str(size), "--repeat", str(args.repeat)]
                 if args.workdir:
                     command += ["--workdir", str(args.workdir)]
+                if args.postgres:
+                    command += ["--postgres", args.postgres]
                 subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1],
                                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     return 0

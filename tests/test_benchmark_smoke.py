@@ -55,3 +55,12 @@ def test_latency_measures_run_at_a_tiny_scale(tmp_path):
     results = list(measure_latency(tmp_path, 1, scenarios=3, listed=5, big_patients=2))
     assert [r["measure"].split()[0] for r in results] == ["open", "load", "overwrite", "delete", "list_scenarios()"]
     assert all(r["median_ms"] > 0 for r in results)
+
+
+def test_measure_size_on_a_postgres_server_beside_duckdb(tmp_path, pg_cluster):
+    result = measure_size(400, 1, tmp_path, postgres=pg_cluster.url())
+    for key in ("pg_save_s", "pg_load_s", "pg_save_entities_per_s", "pg_load_entities_per_s",
+                "pg_db_bytes_per_entity", "pg_save_speed_vs_duckdb", "pg_load_speed_vs_duckdb"):
+        assert result[key] > 0, key
+    with pg_cluster.admin() as con:  # the run's schema is gone
+        assert con.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'healthsim_bench_%'").fetchone() == (0,)

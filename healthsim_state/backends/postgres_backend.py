@@ -59,10 +59,9 @@ from .urls import redact
 try:
     import psycopg
     from psycopg import errors as pg_errors
-    from psycopg.adapt import AdaptersMap
+    from psycopg.adapt import AdaptersMap, Dumper
     from psycopg.conninfo import conninfo_to_dict
-    from psycopg.pq import TransactionStatus
-    from psycopg.types.numeric import NumericBinaryDumper
+    from psycopg.pq import Format, TransactionStatus
     from psycopg.types.string import TextLoader
 except ModuleNotFoundError as _missing:  # pragma: no cover - exercised in a subprocess test
     if not (_missing.name or "").startswith("psycopg"):
@@ -70,16 +69,14 @@ except ModuleNotFoundError as _missing:  # pragma: no cover - exercised in a sub
     raise MissingExtraError("a postgresql:// URL needs the PostgreSQL driver, an optional extra: "
                             "pip install 'healthsim-state[postgres]'") from None
 
-_TIMESTAMP_TEXT = "'YYYY-MM-DD\"T\"HH24:MI:SS'"
 DIALECT = Dialect(
     name="postgres",
     types={"varchar": "VARCHAR", "integer": "INTEGER", "bigint": "BIGINT", "double": "DOUBLE PRECISION",
            "boolean": "BOOLEAN", "date": "DATE", "timestamp": "TIMESTAMP", "json": "JSON"},
     read={
         "date": "to_char({0}, 'YYYY-MM-DD')",  # four-digit years, zero-padded, as isoformat writes them
-        # isoformat: 'T', and six digits of fraction only when there is one
-        "timestamp": f"CASE WHEN {{0}} = date_trunc('second', {{0}}) THEN to_char({{0}}, {_TIMESTAMP_TEXT}) "
-                     f"ELSE to_char({{0}}, {_TIMESTAMP_TEXT[:-1]}.US') END",
+        # isoformat: 'T', and six digits of fraction only when there is one (the only '.' in the text)
+        "timestamp": "replace(to_char({0}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), '.000000', '')",
         "decimal_short": "{0}::float8",  # correctly rounded, as float(Decimal) is
         "decimal_long": "{0}::text",  # keeps the scale's digits: numeric(38,10) 1.5 -> '1.5000000000'
         "json": "{0}::text",  # the text as written: json keeps key order, duplicates and big numbers
@@ -88,23 +85,33 @@ DIALECT = Dialect(
     indexed=True,
 )
 
+NUMERIC_OID = 1700
 APPLICATION_NAME = "healthsim-state"
 CONNECT_TIMEOUT = 10  # seconds, unless the URL or PGCONNECT_TIMEOUT says otherwise
 POOL_SIZE = 4  # idle connections kept between operations
+FETCH_CHUNK = 2000  # rows a fetch receives at a time
 _LAYOUT_LOCK_CLASS = 0x48534D53  # 'HSMS': the high 32 bits of the advisory lock key
 _DDL = re.compile(r"\s*(CREATE|ALTER|DROP)\b", re.IGNORECASE)
 QUERY_STATEMENTS = ("select", "with", "values", "table", "explain")
 
 
-class _NumericDumper(NumericBinaryDumper):
+class _NumericDumper(Dumper):
     """A decimal column's value in binary ``COPY``: a ``Decimal``, or a float
     the engine found exact at the column's scale (its shortest repr is the
-    decimal, as DuckDB takes it)."""
+    decimal, as DuckDB takes it). psycopg's own dumper (C, where built) does
+    the packing."""
+
+    oid = NUMERIC_OID
+    format = Format.BINARY
+
+    def __init__(self, cls: type, context: Any = None):
+        super().__init__(cls, context)
+        self._pack = psycopg.adapters.get_dumper_by_oid(NUMERIC_OID, Format.BINARY)(Decimal, context).dump
 
     def dump(self, obj: Any) -> Any:
         if obj.__class__ is float:
             obj = Decimal(repr(obj))
-        return super().dump(obj)
+        return self._pack(obj)
 
 
 def _adapters() -> AdaptersMap:
@@ -423,9 +430,16 @@ class PostgresSession(Session):
             self._copy_types.clear()  # a table may have changed its columns
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        cursor = self._cursor(sql, params)
+        """Every row, received in chunks: psycopg turns one chunk into tuples
+        while the server sends the next (faster than waiting for all)."""
+        cursor = self.con.cursor()
         try:
-            return cursor.fetchall()
+            return list(cursor.stream(numbered(sql), list(params) if params else None, size=FETCH_CHUNK))
+        except psycopg.Error as error:
+            raise translate(error, self.label) from None
+        except UnicodeError as error:
+            raise StoreError(f"the database {self.label} could not be used: a value is not valid Unicode text "
+                             f"({error.reason})") from None
         finally:
             cursor.close()
 
