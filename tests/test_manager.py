@@ -129,6 +129,20 @@ def test_names_are_stored_verbatim(sm):
         assert sm.load_scenario(name)["name"] == name
 
 
+def test_nul_characters_agree_on_every_backend(sm):
+    """Text with NUL (which PostgreSQL text cannot hold): refused in names, tags
+    and descriptions, kept in an entity (in its residual), found by no search."""
+    for call in (lambda: sm.save_scenario("a\x00b", {}), lambda: sm.save_scenario("ok", {}, tags=["t\x00"]),
+                 lambda: sm.save_scenario("ok", {}, description="d\x00")):
+        with pytest.raises(ValidationError, match="NUL character"):
+            call()
+    sm.save_scenario("kept", {"patient": [patient(given="A\x00na", **{"k\x00": "v\x00"})]})
+    (loaded,) = sm.load_scenario("kept")["entities"]["patient"]
+    assert loaded["name"]["given"] == "A\x00na" and loaded["k\x00"] == "v\x00"
+    assert sm.list_scenarios(search="\x00") == [] and sm.list_scenarios(tag="\x00") == []
+    assert not sm.scenario_exists("a\x00b") and [s["name"] for s in sm.list_scenarios()] == ["kept"]
+
+
 def test_entity_types_are_the_registered_singular_names(sm):
     assert len(sm.entity_types) == 14 and "lab_result" in sm.entity_types
 

@@ -488,3 +488,19 @@ def test_the_tables_are_plain_typed_tables_with_an_index_on_the_scenario(pg_url)
 def test_the_backend_label_never_shows_the_password():
     backend = PostgresBackend("postgresql://me:s3cr%40t@db.example:5433/team?sslmode=require&password=other")
     assert "s3cr" not in backend.label and "other" not in backend.label and "db.example:5433/team" in backend.label
+
+
+def test_a_role_that_may_only_select_can_read_and_is_told_it_cannot_write(pg_cluster, pg_url):
+    with StateManager(pg_url) as sm:
+        sm.save_scenario("s", {"patient": [{"patient_id": "p"}]})
+    with pg_cluster.admin() as con:
+        con.execute("DROP ROLE IF EXISTS healthsim_reader")
+        con.execute("CREATE ROLE healthsim_reader LOGIN")
+    Store("postgres", pg_url).execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO healthsim_reader")
+    reader_url = pg_url.replace("postgres@", "healthsim_reader@")
+    with StateManager(reader_url, read_only=True) as reader:
+        assert reader.load_scenario("s")["entity_count"] == 1
+    with StateManager(reader_url) as writer:
+        with pytest.raises(StoreError, match="permission denied") as caught:
+            writer.save_scenario("t", {})
+    assert "the URL's role needs" in str(caught.value)
