@@ -115,20 +115,20 @@ def test_diff_two_versions_or_two_scenarios(sm):
         sm.diff_scenarios("s", "nope")
 
 
-def test_versions_share_unchanged_rows(sm, db_path):
+def test_versions_share_unchanged_rows(sm, store):
     entities = {"patient": [patient(f"p{i}", n=i) for i in range(2000)]}
     sm.save_scenario("big", entities)
     for round_ in range(1, 6):
         for i in range(0, 2000, 100):  # 1% of the entities change each time
             entities["patient"][i + round_] = patient(f"p{i + round_}", n=-round_)
         sm.save_scenario("big", entities, overwrite=True)
-    assert run_query(db_path, "SELECT count(*) FROM patients").rows == [(2000,)]  # the view: current rows
-    assert run_query(db_path, "SELECT count(*) FROM patients__versions").rows == [(2000 + 5 * 20,)]  # what changed
+    assert run_query(store.target, "SELECT count(*) FROM patients").rows == [(2000,)]  # the view: current rows
+    assert run_query(store.target, "SELECT count(*) FROM patients__versions").rows == [(2000 + 5 * 20,)]  # what changed
     assert sm.load_scenario("big", version=1)["entities"]["patient"][1]["n"] == 1
     assert sm.load_scenario("big", version=6)["entities"]["patient"][1]["n"] == -1
 
 
-def test_prune_and_a_history_limit_drop_old_versions_and_their_rows(sm, db_path):
+def test_prune_and_a_history_limit_drop_old_versions_and_their_rows(sm, store):
     for x in range(5):
         sm.save_scenario("s", {"patient": [patient("a", x=x), patient("b")]}, overwrite=x > 0)
     assert sm.prune_history("s", keep=2) == 3
@@ -137,7 +137,7 @@ def test_prune_and_a_history_limit_drop_old_versions_and_their_rows(sm, db_path)
         sm.load_scenario("s", version=3)
     assert sm.load_scenario("s", version=4)["entities"]["patient"][0]["x"] == 3
     # rows: version 4's a, the current a, b (unchanged since version 1)
-    assert run_query(db_path, "SELECT count(*) FROM patients__versions").rows == [(3,)]
+    assert run_query(store.target, "SELECT count(*) FROM patients__versions").rows == [(3,)]
     sm.set_history_limit(2)
     assert sm.history_limit == 2
     for x in range(5, 8):
@@ -149,7 +149,7 @@ def test_prune_and_a_history_limit_drop_old_versions_and_their_rows(sm, db_path)
         sm.prune_history("s", keep=0)
     assert sm.delete_scenario("s")
     for table in ("patients", "patients__versions", "scenario_versions"):
-        assert run_query(db_path, f"SELECT count(*) FROM {table}").rows == [(0,)], table
+        assert run_query(store.target, f"SELECT count(*) FROM {table}").rows == [(0,)], table
 
 
 def test_compact_gives_back_space_and_keeps_every_version(sm, db_path):
@@ -179,47 +179,47 @@ def test_bad_metadata_is_refused(sm, metadata, message):
     assert not sm.scenario_exists("s")
 
 
-def test_sql_sees_current_rows_and_reaches_older_ones(sm, db_path):
+def test_sql_sees_current_rows_and_reaches_older_ones(sm, store):
     sid = sm.save_scenario("s", {"patient": [patient("a", gender="F")]})
     sm.save_scenario("s", {"patient": [patient("a", gender="M")]}, overwrite=True)
-    assert run_query(db_path, "SELECT gender FROM patients WHERE scenario_id = ?", [sid]).rows == [("M",)]
+    assert run_query(store.target, "SELECT gender FROM patients WHERE scenario_id = ?", [sid]).rows == [("M",)]
     version_1 = ("SELECT gender FROM patients__versions WHERE scenario_id = $s AND _since <= $v "
                  "AND (_until IS NULL OR _until > $v)")
-    assert run_query(db_path, version_1, {"s": sid, "v": 1}).rows == [("F",)]
+    assert run_query(store.target, version_1, {"s": sid, "v": 1}).rows == [("F",)]
 
 
 # --- the command line and the MCP tools ---------------------------------------------------------------
 
-def cli(*args: str, db: Path) -> subprocess.CompletedProcess:
+def cli(*args: str, db: str | Path) -> subprocess.CompletedProcess:
     script = Path(sys.executable).parent / "healthsim-state"
     return subprocess.run([str(script), *args, "--db", str(db)], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-def test_cli_history_diff_restore_and_versions(sm, db_path):
+def test_cli_history_diff_restore_and_versions(sm, store):
     sm.save_scenario("s", {"patient": [patient("a", x=1)]}, metadata={"seed": 1})
     sm.save_scenario("s", {"patient": [patient("a", x=2), patient("b")]}, overwrite=True)
-    history = cli("history", "s", db=db_path)
+    history = cli("history", "s", db=store.target)
     assert history.returncode == 0, history.stderr
     lines = history.stdout.splitlines()
     assert lines[0] == "version\toperation\tat\tentities\tchanges\tmetadata"
     assert lines[1].startswith("2\toverwrite\t") and lines[1].endswith("\t2\tpatient +1 ~1\t")
     assert lines[2].startswith("1\tsave\t") and lines[2].endswith('\t1\tpatient +1\t{"seed": 1}')
-    assert json.loads(cli("history", "s", "--json", db=db_path).stdout)[1]["metadata"] == {"seed": 1}
-    diff = cli("diff", "s", "--a-version", "1", db=db_path)
+    assert json.loads(cli("history", "s", "--json", db=store.target).stdout)[1]["metadata"] == {"seed": 1}
+    diff = cli("diff", "s", "--a-version", "1", db=store.target)
     assert diff.stdout.splitlines() == ["patient: 1 added, 0 removed, 1 changed", "  + b", "  ~ a: x"]
-    assert json.loads(cli("diff", "s", "--a-version", "1", "--json", db=db_path).stdout) == {
+    assert json.loads(cli("diff", "s", "--a-version", "1", "--json", db=store.target).stdout) == {
         "patient": {"added": ["b"], "removed": [], "changed": [{"key": "a", "paths": ["x"]}]}}
-    assert cli("diff", "s", "--a-version", "2", db=db_path).stdout.strip() == "no differences"
-    old = json.loads(cli("load", "s", "--version", "1", db=db_path).stdout)
+    assert cli("diff", "s", "--a-version", "2", db=store.target).stdout.strip() == "no differences"
+    old = json.loads(cli("load", "s", "--version", "1", db=store.target).stdout)
     assert old["entities"]["patients"] == [canonical("a", x=1)]
-    assert "version      1" in cli("show", "s", "--version", "1", db=db_path).stdout
-    restored = cli("restore", "s", "1", db=db_path)
+    assert "version      1" in cli("show", "s", "--version", "1", db=store.target).stdout
+    restored = cli("restore", "s", "1", db=store.target)
     assert restored.stdout.strip() == "restored 's' to version 1: now version 3 (1 entities)"
-    assert cli("prune", "s", "--keep", "1", db=db_path).stdout.strip() == "dropped 2 versions from 1 scenario"
-    assert cli("history-limit", "5", db=db_path).returncode == 0
-    assert cli("history-limit", db=db_path).stdout.strip() == "each scenario keeps its 5 newest versions"
-    missing = cli("load", "s", "--version", "1", db=db_path)
+    assert cli("prune", "s", "--keep", "1", db=store.target).stdout.strip() == "dropped 2 versions from 1 scenario"
+    assert cli("history-limit", "5", db=store.target).returncode == 0
+    assert cli("history-limit", db=store.target).stdout.strip() == "each scenario keeps its 5 newest versions"
+    missing = cli("load", "s", "--version", "1", db=store.target)
     assert missing.returncode == 1 and missing.stderr.startswith("error: scenario 's' has no version 1")
 
 

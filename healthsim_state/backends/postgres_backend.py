@@ -515,11 +515,12 @@ class PostgresSession(Session):
             tables.setdefault(table, []).append((column, sql_type))
         return tables
 
-    def create_staging(self, name: str, like: str, columns: Sequence[str]) -> str:
+    def create_temp_as(self, name: str, sql: str, params: Sequence[Any] = ()) -> str:
+        """A temporary table (in ``pg_temp``, so never one of the store's),
+        dropped at the end of the transaction if its caller has not."""
         relation = f"pg_temp.{quote(name)}"
         self.execute(f"DROP TABLE IF EXISTS {relation}")
-        self.execute(f"CREATE TEMP TABLE {quote(name)} ON COMMIT DROP AS SELECT {', '.join(map(quote, columns))} "
-                     f"FROM {quote(like)} WITH NO DATA")
+        self.execute(f"CREATE TEMP TABLE {quote(name)} ON COMMIT DROP AS {sql}", params)
         return relation
 
     def lock_layout(self) -> None:
