@@ -504,3 +504,48 @@ def test_a_role_that_may_only_select_can_read_and_is_told_it_cannot_write(pg_clu
         with pytest.raises(StoreError, match="permission denied") as caught:
             writer.save_scenario("t", {})
     assert "the URL's role needs" in str(caught.value)
+
+
+def test_a_client_killed_mid_write_leaves_nothing_of_it(pg_url):
+    """SIGKILL a client while it saves, overwrites or deletes 40,000-entity
+    scenarios: the server rolls its transaction back; what was committed
+    before is intact, and no row of the interrupted write remains."""
+    import random
+    import signal
+
+    from test_processes import CRASH_WORKER, VICTIM, keeper_entities, victim
+
+    with StateManager(pg_url) as sm:
+        sm.save_scenario("keeper", keeper_entities(), tags=["keep"])
+        expected_keeper = sm.load_scenario("keeper")
+    code = textwrap.dedent(VICTIM) + textwrap.dedent(CRASH_WORKER)
+    probe = python(code, pg_url, "save", 40_000)
+    assert probe.stdout.readline().strip() == "ready", probe.stderr.read()
+    out, err = probe.communicate(timeout=120)
+    assert probe.returncode == 0, err
+    duration = float(out.strip())
+    with StateManager(pg_url) as sm:
+        sm.delete_scenario("victim")
+    rng, kills = random.Random(12), 0
+    for action in ("save", "overwrite", "delete", "save"):
+        if action != "save":
+            with StateManager(pg_url) as sm:
+                sm.save_scenario("victim", victim(40_000, "old"), overwrite=True)
+        worker = python(code, pg_url, action, 40_000)
+        assert worker.stdout.readline().strip() == "ready", worker.stderr.read()
+        time.sleep(rng.uniform(0.1, 0.9) * duration)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+        kills += worker.returncode == -signal.SIGKILL
+        with StateManager(pg_url, lock_timeout=30) as sm:
+            assert sm.load_scenario("keeper") == expected_keeper
+            if sm.scenario_exists("victim"):
+                loaded = sm.load_scenario("victim")
+                tag = loaded["entities"]["patient"][0]["patient_id"][:3]
+                assert len(loaded["entities"]["patient"]) == 40_000 and loaded["entity_count"] == 80_000
+                assert {p["patient_id"][:3] for p in loaded["entities"]["patient"]} == {tag}
+            counted = sum(s["entity_counts"].get("patient", 0) for s in sm.list_scenarios(limit=None))
+        assert Store("postgres", pg_url).sql("SELECT count(*) FROM patients") == [(counted,)]
+        with StateManager(pg_url) as sm:
+            sm.delete_scenario("victim")
+    assert kills >= 1, "no kill landed before the operation ended"

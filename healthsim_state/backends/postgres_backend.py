@@ -273,7 +273,7 @@ class PostgresBackend(Backend):
                 self._lock(held, exclusive)
             except psycopg.OperationalError as error:
                 _close(held.con)
-                if pooled and held.con.closed and attempt == 0:
+                if pooled and attempt == 0:
                     continue  # the server closed an idle connection (restarted, or timed it out)
                 raise translate(error, self.label) from None
             except BaseException:
