@@ -831,8 +831,8 @@ def copy_command(names: tuple[str, ...], source: str, target: str, overwrite: bo
     """Copy scenarios between stores (file to server, server to file, file to file).
 
     Each scenario is copied in one transaction on the target, with its name,
-    description, tags, the metadata of its newest version and every entity
-    exactly; its version history stays in the source. A scenario that
+    description, tags, created_at, the metadata of its newest version and
+    every entity exactly; its version history stays in the source. A scenario that
     exists in the target is refused unless --overwrite. Exits 1 if any failed.
     """
     from .backends import describe_target

@@ -412,7 +412,7 @@ def test_a_key_given_twice_in_a_file_is_refused_naming_key_and_line(cli):
     assert result.stderr.splitlines()[0] == (
         "error: twice.json: not a usable JSON document: a key is given twice in one object, and only one of its "
         "values would be kept: 'patients' at lines 1 and 2")
-    assert not cli.db.exists() or cli.json("list", "--json") == []
+    assert not cli.created() or cli.json("list", "--json") == []
 
 
 def test_sql_prints_nan_and_infinity_by_name_and_decimals_with_every_digit(cli_with_s):

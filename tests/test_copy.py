@@ -80,6 +80,7 @@ def test_copy_between_a_file_and_a_server_is_exact_both_ways(file_store, server_
             copied = sm.load_scenario(name)
             same_scenario(copied, loaded)
             assert copied["version"] == 1 and copied["scenario_id"] != loaded["scenario_id"]
+            assert copied["created_at"] == loaded["created_at"] and copied["updated_at"] > loaded["updated_at"]
     assert newest_metadata(target.target, "cohort") == {"generator": "bench", "seed": 6,
                                                         "nested": {"z": 1, "y": [1.5]}}
     # and back again, into a third store: still the same

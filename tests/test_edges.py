@@ -58,7 +58,15 @@ def rows_of(db: Path, scenario_id: str, *, current: bool = False) -> dict[str, i
 
 # --- items 2 and 3: every row is the scenario's, and goes with it ------------------------------
 
-def test_the_export_holds_every_row_the_store_holds(sm, db_path):
+@pytest.fixture
+def file_sm(db_path):
+    """A manager of a DuckDB file: for the tests that look into the file itself."""
+    with StateManager(db_path) as manager:
+        yield manager
+
+
+def test_the_export_holds_every_row_the_store_holds(file_sm, db_path):
+    sm = file_sm
     data = scenario(2)
     scenario_id = sm.save_scenario("all", data)
     document = export_document(sm, "all")
@@ -69,7 +77,8 @@ def test_the_export_holds_every_row_the_store_holds(sm, db_path):
     assert stored == exported
 
 
-def test_delete_leaves_no_row_in_any_table_history_included(sm, db_path):
+def test_delete_leaves_no_row_in_any_table_history_included(file_sm, db_path):
+    sm = file_sm
     data = scenario(1)
     scenario_id = sm.save_scenario("doomed", data, tags=["a"])
     sm.save_scenario("doomed", {"patients": data["patient"]}, overwrite=True)  # the rest is history now
@@ -80,7 +89,8 @@ def test_delete_leaves_no_row_in_any_table_history_included(sm, db_path):
     assert rows_of(db_path, scenario_id) == {}
 
 
-def test_an_overwrite_leaves_only_the_new_rows_current(sm, db_path):
+def test_an_overwrite_leaves_only_the_new_rows_current(file_sm, db_path):
+    sm = file_sm
     scenario_id = sm.save_scenario("s", {"patients": [{"patient_id": f"p{i}"} for i in range(4)],
                                          "claims": [{"claim_id": "c"}]})
     sm.save_scenario("s", {"patients": [{"patient_id": "p0"}]}, overwrite=True)
@@ -352,7 +362,8 @@ def test_an_sqlite_file_is_refused_as_such_and_left_alone(tmp_path):
     assert path.read_bytes() == before
 
 
-def test_every_connection_the_store_opens_has_extension_autoinstall_and_autoload_off(sm, db_path):
+def test_every_connection_the_store_opens_has_extension_autoinstall_and_autoload_off(file_sm, db_path):
+    sm = file_sm
     sm.save_scenario("s", {})
     settings = "SELECT current_setting('autoinstall_known_extensions'), current_setting('autoload_known_extensions')"
     for write in (False, True):
@@ -577,7 +588,8 @@ def test_delete_entities_checks_its_keys(sm, keys, message):
     assert sm.scenario_info("s")["version"] == 1
 
 
-def test_sql_json_columns_come_back_as_json_and_explain_is_allowed(sm, db_path):
+def test_sql_json_columns_come_back_as_json_and_explain_is_allowed(file_sm, db_path):
+    sm = file_sm
     from healthsim_state.interop import records
 
     sm.save_scenario("s", {"claims": [{"claim_id": "c", "other_diagnoses": [{"code": "E11.9", "rank": 2}]}]})

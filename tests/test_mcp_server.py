@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import duckdb
 import pytest
 from anyio.from_thread import start_blocking_portal
 from click.testing import CliRunner

@@ -7,10 +7,11 @@ either fully happens or does not happen at all, and a failure leaves the
 scenarios copied before it in place.
 
 What a copy keeps: the name, description, tags, every entity exactly (in
-canonical shape, in saved order) and the metadata of the newest version.
-What it does not: the version history (it stays in the source; the copy is a
-new version in the target, version 1 of a new scenario or the next version
-of the one it replaces) and the scenario id (the target gives its own).
+canonical shape, in saved order), the metadata of the newest version, and
+``created_at`` (for a new scenario; one it replaces keeps its own). What it
+does not: the version history (it stays in the source; the copy is a new
+version in the target, version 1 of a new scenario or the next version of
+the one it replaces) and the scenario id (the target gives its own).
 Entities are written with the target's mappings in force, so a copy is exact
 when both stores have the same mappings (a type or field the target lacks
 can be added with the target client's mapping files).
@@ -70,7 +71,7 @@ def copy_scenario(source: StateManager, target: StateManager, name_or_id: str, *
         metadata = snapshot.metadata
     replaced = overwrite and target.scenario_exists(name)
     target_id = target.save_scenario(name, entities, description=info["description"], tags=info["tags"],
-                                     overwrite=overwrite, metadata=metadata)
+                                     overwrite=overwrite, metadata=metadata, created_at=info["created_at"])
     return CopyResult(name, info["scenario_id"], target_id, sum(map(len, entities.values())), replaced)
 
 
