@@ -114,6 +114,7 @@ INTS = st.one_of(st.integers(), st.integers(-(2**70), 2**70), BIG_INTS)
 FLOATS = st.floats(allow_nan=False, allow_infinity=False)
 
 
+@lru_cache(maxsize=None)  # one strategy object each: hypothesis validates a new one on every use
 def json_leaves(objects: bool = True):
     leaves = [st.none(), st.booleans(), INTS, FLOATS, TEXT]
     if objects:
@@ -121,6 +122,7 @@ def json_leaves(objects: bool = True):
     return st.one_of(*leaves)
 
 
+@lru_cache(maxsize=None)
 def json_values(objects: bool = True, max_leaves: int = 8):
     return st.recursive(
         json_leaves(objects),

@@ -4,7 +4,9 @@ The entities are drawn from strategies derived from the mapping files (the
 built-in ones, plus a user-added type written to a temp dir that exercises every
 column type); the expected value comes from tests/oracle.py, an independent,
 naive reading of the mapping-format reference. One StateManager serves the
-module's fixed-mapping tests; the random-mapping tests need one per mapping.
+module's fixed-mapping tests (DuckDB in memory: the bulk of the examples, fast);
+a few dozen examples go through a DuckDB file and a PostgreSQL server; the
+random-mapping tests need one store per mapping.
 """
 
 from __future__ import annotations
@@ -70,9 +72,12 @@ def _env(root: Path, target: str):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """The properties' store: a DuckDB file."""
+    """The properties' store: DuckDB in memory. Every example goes through the
+    real engine and database (types, SQL, read forms) without a file to open
+    and close per operation; ``store_env`` runs a few dozen examples through
+    a file and a server."""
     root = tmp_path_factory.mktemp("roundtrip")
-    yield from _env(root, str(root / "properties.duckdb"))
+    yield from _env(root, ":memory:")
 
 
 _databases = itertools.count()
