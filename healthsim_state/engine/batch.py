@@ -4,16 +4,43 @@
 from __future__ import annotations
 
 import gc
+import operator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable, Iterator, Mapping as AnyMapping
 
 from ..errors import Problem, ValidationError, preview
+from .columns import ColumnBatch, flatten_columns
 from .compile import Codec
 from .registry import Registry
+from .types import from_form
 
 
 CHUNK = 16_384
+_first = operator.itemgetter(0)
+
+
+@dataclass
+class Chunk:
+    """Part of one type's list, flattened: the entities the column-wise
+    flatten served (``columns``), and the others as rows ``(position, col_0,
+    ..., residual)`` from the generated flatten."""
+
+    codec: Codec
+    columns: ColumnBatch | None
+    rows: list[tuple]
+
+    def __len__(self) -> int:
+        return (len(self.columns) if self.columns is not None else 0) + len(self.rows)
+
+    def all_rows(self) -> list[tuple]:
+        """Every entity of the chunk as a row, in position order."""
+        if self.columns is None:
+            return self.rows
+        rows = self.columns.rows() + self.rows
+        rows.sort(key=_first)
+        return rows
 
 
 class ScenarioBatch:
@@ -28,9 +55,10 @@ class ScenarioBatch:
     """
 
     def __init__(self, registry: Registry, entities: Any, chunk: int | None = None,
-                 progress: Callable[[int, int], None] | None = None):
+                 progress: Callable[[int, int], None] | None = None, *, columnar: bool = True):
         self.problems: list[Problem] = []
         self._chunk = chunk or CHUNK
+        self._columnar = columnar
         self._lists = _entity_lists(registry, entities, self.problems)
         self.counts = {codec.mapping.entity: len(items) for codec, items in self._lists if items}
         self._progress = progress
@@ -40,25 +68,31 @@ class ScenarioBatch:
         """The types the batch holds (empty lists included), in the order given."""
         return [codec for codec, _ in self._lists]
 
-    def chunks(self) -> Iterator[tuple[Codec, list[tuple]]]:
-        """``(codec, rows)`` ready for the store, rows ``(position, col_0, ...,
-        residual)`` in the order given, while no problem has been found; then
-        only validation goes on, and the end raises :class:`ValidationError`.
-        ``progress(done, total)`` is called after each chunk (once written)
-        with the entities handled so far."""
+    def chunks(self) -> Iterator[tuple[Codec, Chunk]]:
+        """``(codec, chunk)`` ready for the store, while no problem has been
+        found; then only validation goes on, and the end raises
+        :class:`ValidationError`. Entities of a shape met often go the
+        column-wise way (:mod:`.columns`), the others through the generated
+        ``flatten``: both store the same rows. ``progress(done, total)`` is
+        called after each chunk (once written) with the entities handled so far."""
         problems, progress = self.problems, self._progress
         done, total = 0, sum(self.counts.values())
         for codec, items in self._lists:
             flatten = codec.flatten
             keys = KeyTracker(codec, problems)
             for start in range(0, len(items), self._chunk):
+                part = items[start:start + self._chunk]
                 with no_cyclic_gc():
-                    rows = [flatten(item, position, problems)
-                            for position, item in enumerate(items[start:start + self._chunk], start)]
-                keys.check(rows)
+                    if self._columnar:
+                        columns, slow = flatten_columns(codec, part, start)
+                        rows = [flatten(part[j], start + j, problems) for j in slow]
+                    else:
+                        columns, rows = None, [flatten(item, position, problems)
+                                               for position, item in enumerate(part, start)]
+                    keys.check(rows, columns)
                 if not problems:
-                    yield codec, rows  # resumed once the caller has written them
-                done += len(rows)
+                    yield codec, Chunk(codec, columns, rows)  # resumed once the caller has written it
+                done += len(part)
                 if progress is not None:
                     progress(done, total)
         if problems:
@@ -125,15 +159,25 @@ class KeyTracker:
         self.problems = problems
         self.indexes = codec.key_indexes
         self.key = key_function(codec)
+        # a key is its one value as it stands (no decimal to normalise)
+        self.plain = len(codec.mapping.primary_key) == 1 and not codec.mapping.key_fields[0].type.family == "decimal"
         self.seen: dict[Any, int] = {}
 
-    def check(self, rows: list[tuple | None]) -> None:
+    def check(self, rows: list[tuple | None], columns: ColumnBatch | None = None) -> None:
+        """The keys of one chunk: its rows (None for an entity with problems)
+        and its column-wise part, reported in position order."""
         indexes, seen, key_of = self.indexes, self.seen, self.key
-        for row in rows:
-            if row is None:
-                continue
-            key = key_of(tuple(row[i] for i in indexes))
-            position = row[0]
+        entries = [(row[0], key_of(tuple(row[i] for i in indexes))) for row in rows if row is not None]
+        if columns is not None and len(columns):
+            fields = self.mapping.fields
+            values = [from_form(fields[i - 1].type, columns.columns[i - 1]) for i in indexes]
+            keys = values[0] if self.plain else list(map(key_of, zip(*values)))
+            if not entries and len(set(keys)) == len(keys) and seen.keys().isdisjoint(keys):
+                seen.update(zip(keys, columns.positions))  # the common case: all new
+                return
+            entries += zip(columns.positions, keys)
+            entries.sort(key=_first)
+        for position, key in entries:
             first = seen.setdefault(key, position)
             if first != position:
                 self._report(key, first, position)

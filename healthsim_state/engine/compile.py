@@ -297,6 +297,13 @@ class Codec:
     rebuild: Callable[[tuple], dict]
     flatten_source: str
     rebuild_source: str
+    # For the column-wise flatten (engine.columns): the slow path of one value
+    # (``convert(field, value, position, problems) -> (column, kept)``), the
+    # residual's JSON text (``dump_residual(rest, position, problems)``), and
+    # what engine.columns keeps for this type (its plans, one per shape met).
+    convert: Callable[[Field, Any, int, list[Problem]], tuple[Any, Any]] | None = None
+    dump_residual: Callable[[dict, int, list[Problem]], str | None] | None = None
+    cache: dict = dataclass_field(default_factory=dict, compare=False, repr=False)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -362,7 +369,7 @@ def compile_mapping(mapping: Mapping) -> Codec:
     rebuild_source = _rebuild_source(mapping, root)
     flatten = _compile(flatten_source, "flatten", entity, scope)
     rebuild = _compile(rebuild_source, "rebuild", entity, scope)
-    return Codec(mapping, flatten, rebuild, flatten_source, rebuild_source)
+    return Codec(mapping, flatten, rebuild, flatten_source, rebuild_source, convert, dump_residual)
 
 
 def _compile(source: str, name: str, entity: str, scope: dict[str, Any]) -> Callable:

@@ -10,7 +10,15 @@ for ``decimal(P,S)``) gives:
   from the column's *read form*;
 - ``fast_test``: a Python expression over ``v``, true when ``v`` is its own
   column value and its own rendering, so compiled flatten code skips the call
-  for the common case.
+  for the common case;
+- ``form``: how a column of values in bulk (:mod:`.columns`) holds them, so
+  that a backend can take it without per-value Python work: ``value`` (as a
+  row holds them), ``iso_text`` (a date as the canonical ISO text
+  ``isoformat`` writes, which every engine parses back exactly), ``instant``
+  (a timestamp as that text, or as microseconds since 1970-01-01 UTC, an
+  int, where it was computed: from an offset, say) or ``unscaled`` (a decimal
+  ``12.34`` of scale 2 as the integer ``1234``). :func:`to_form` and
+  :func:`from_form` convert.
 
 The *read form* is what every backend hands back for a column (each
 :class:`~healthsim_state.backends.base.Dialect` selects it so): the value
@@ -59,6 +67,7 @@ class ColumnType:
     fast_test: str | None = None
     precision: int = 0  # decimals only
     scale: int = 0
+    form: str = "value"
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -288,8 +297,8 @@ TYPES: dict[str, ColumnType] = {
     # slow path, which keeps the sign of -0.0.
     "double": ColumnType("double", "double", _double, identity, "v.__class__ is float and v - v == 0.0 and v != 0.0"),
     "boolean": ColumnType("boolean", "boolean", _boolean, identity, "v.__class__ is bool"),
-    "date": ColumnType("date", "date", _date, identity),
-    "timestamp": ColumnType("timestamp", "timestamp", _timestamp, identity),
+    "date": ColumnType("date", "date", _date, identity, form="iso_text"),
+    "timestamp": ColumnType("timestamp", "timestamp", _timestamp, identity, form="instant"),
     "json": ColumnType("json", "json", _json, parse_json),
 }
 
@@ -320,5 +329,41 @@ def column_type(name: str) -> ColumnType:
         f"decimal({precision},{scale})", "decimal",
         _decimal_converter(precision, scale),
         identity if precision <= 15 else _render_long_decimal,
-        precision=precision, scale=scale,
+        precision=precision, scale=scale, form="unscaled",
     )
+
+
+# --- column forms ---------------------------------------------------------------------
+
+_WIDE = Context(prec=2 * MAX_DECIMAL_PRECISION)
+
+
+EPOCH = _dt.datetime(1970, 1, 1)
+MICROSECOND = _dt.timedelta(microseconds=1)
+
+
+def to_form(ctype: ColumnType, value: Any) -> Any:
+    """One column value (as ``convert`` returns it, or None) in the type's form."""
+    if value is None or ctype.form == "value":
+        return value
+    if ctype.form == "iso_text":
+        return value.isoformat()
+    if ctype.form == "instant":
+        return (value - EPOCH) // MICROSECOND
+    exact = Decimal(repr(value)) if value.__class__ is float else value
+    return int(exact.scaleb(ctype.scale, context=_WIDE))
+
+
+def from_form(ctype: ColumnType, values: list) -> list:
+    """A column's values in the type's form back as a row holds them
+    (``date``, naive UTC ``datetime``, ``Decimal``); None stays None."""
+    if ctype.form == "value":
+        return values
+    if ctype.form == "unscaled":
+        scale = -ctype.scale
+        return [None if v is None else Decimal(v).scaleb(scale, context=_WIDE) for v in values]
+    if ctype.form == "instant":
+        parse = _dt.datetime.fromisoformat
+        return [v if v is None else parse(v) if v.__class__ is str else EPOCH + v * MICROSECOND for v in values]
+    parse = _dt.date.fromisoformat
+    return [None if v is None else parse(v) for v in values]
