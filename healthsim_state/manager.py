@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import evolution
 from .backends import Backend, Session, open_backend
-from .engine.batch import ScenarioBatch, key_function, rebuild_rows
+from .engine.batch import ScenarioBatch, key_function, no_cyclic_gc, rebuild_rows
 from .engine.compile import Codec
 from .engine.registry import Registry, registry_for
 from .engine.types import TYPES, HeldText, Unfit
@@ -304,12 +304,14 @@ class StateManager:
             if existing is None:
                 scenario_id, version = new_scenario_id(), 1
                 g.insert_scenario(scenario_id, name, description, batch.counts, now, created_at=created)
-                for codec, rows in batch.chunks():
-                    g.append_rows(codec, scenario_id, version, rows)
+                with no_cyclic_gc():  # the columns handed to the store are many objects, none cyclic
+                    for codec, chunk in batch.chunks():
+                        g.append_rows(codec, scenario_id, version, chunk)
                 changes = {entity: Changes(added=count) for entity, count in batch.counts.items()}
             else:
                 scenario_id, version = existing["scenario_id"], existing["version"] + 1
-                changes = _replace_all(g, scenario_id, version, batch, existing["entity_counts"])
+                with no_cyclic_gc():
+                    changes = _replace_all(g, scenario_id, version, batch, existing["entity_counts"])
                 g.update_scenario(scenario_id, version, batch.counts, now, description=description)
             g.replace_tags(scenario_id, tag_list)
             self._record_version(g, scenario_id, version, "save" if existing is None else "overwrite", now,
@@ -752,12 +754,12 @@ def _replace_all(g: Gateway, scenario_id: str, version: int, batch: ScenarioBatc
     rows stay where they are); a type the batch lacks loses its rows."""
     changes: dict[str, Changes] = {}
     staged: tuple[Codec, str] | None = None
-    for codec, rows in batch.chunks():
+    for codec, chunk in batch.chunks():
         if staged is None or staged[0] is not codec:
             if staged is not None:
                 changes[staged[0].mapping.entity] = g.replace_rows(staged[0], scenario_id, version, staged[1])
             staged = (codec, g.stage(codec))
-        g.stage_rows(codec, staged[1], rows)
+        g.stage_rows(codec, staged[1], chunk)
     if staged is not None:
         changes[staged[0].mapping.entity] = g.replace_rows(staged[0], scenario_id, version, staged[1])
     for entity in before:
@@ -774,10 +776,11 @@ def _add_by_key(g: Gateway, scenario_id: str, version: int, batch: ScenarioBatch
     replaced: dict[str, int] = {}
     changes: dict[str, Changes] = {}
     next_free: dict[str, int] = {}
-    for codec, rows in batch.chunks():
+    for codec, chunk in batch.chunks():
         entity = codec.mapping.entity
         staging = g.stage(codec)
-        g.stage_rows(codec, staging, rows)
+        g.stage_rows(codec, staging, chunk)
+        rows = chunk.all_rows()
         matches = {staged: (stored, differs) for staged, stored, differs in g.match_keys(codec, scenario_id, staging)}
         g.session.execute(f"DROP TABLE {staging}")
         if entity not in next_free:

@@ -24,7 +24,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from .backends.base import Session, quote
+from .backends.base import Constant, Session, quote
+from .engine.batch import Chunk
+from .engine.columns import ColumnBatch
 from .engine.compile import Codec
 from .engine.registry import Registry
 from .engine.values import dump_exact, is_text, parse_exact
@@ -229,18 +231,40 @@ class Gateway:
 
     # --- entity rows ---------------------------------------------------------------------------
 
-    def append_rows(self, codec: Codec, scenario_id: str, version: int, rows: Sequence[tuple]) -> None:
-        """Rows ``(position, col_0, ..., residual)`` as current rows of a
-        scenario, in bulk (no SQL per row)."""
-        prefix, suffix = (scenario_id,), (version,)
-        self._append(codec, versions_table(codec.mapping.table), write_columns(codec.mapping),
-                     [prefix + row + suffix for row in rows])
+    def append_rows(self, codec: Codec, scenario_id: str, version: int, rows: "Sequence[tuple] | Chunk") -> None:
+        """Rows ``(position, col_0, ..., residual)`` (or a flattened
+        :class:`Chunk`) as current rows of a scenario, in bulk (no SQL per row)."""
+        table, columns = versions_table(codec.mapping.table), write_columns(codec.mapping)
+        if isinstance(rows, Chunk):
+            if rows.columns is not None and len(rows.columns):
+                self._append_columns(codec, table, columns, rows.columns, Constant(scenario_id), Constant(version))
+            rows = rows.rows
+        if rows:
+            prefix, suffix = (scenario_id,), (version,)
+            self._append(codec, table, columns, [prefix + row + suffix for row in rows])
 
     def _append(self, codec: Codec, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
         try:
             self.session.append(table, columns, rows)
         except StoreError:
             problems = _unstorable_strings(codec, rows, columns)
+            if problems:
+                raise ValidationError(problems, summary="scenario not saved") from None
+            raise
+
+    def _append_columns(self, codec: Codec, table: str, columns: Sequence[str], batch: ColumnBatch,
+                        *around: Constant) -> None:
+        """``batch`` under ``columns``: the constants ``around`` it (scenario id
+        before, version after) when there are any."""
+        fields = codec.mapping.fields
+        arrays = [batch.positions, *batch.columns, batch.residuals]
+        types = [None, *(f.type for f in fields), None]
+        if around:
+            arrays, types = [around[0], *arrays, around[1]], [None, *types, None]
+        try:
+            self.session.append_columns(table, columns, arrays, types, len(batch))
+        except StoreError:
+            problems = _unstorable_strings(codec, batch.rows(), data_columns(codec.mapping))
             if problems:
                 raise ValidationError(problems, summary="scenario not saved") from None
             raise
@@ -297,8 +321,14 @@ class Gateway:
         """A temporary table for a type's rows ``(position, col_0, ..., residual)``."""
         return self.session.create_staging(name, versions_table(codec.mapping.table), data_columns(codec.mapping))
 
-    def stage_rows(self, codec: Codec, staging: str, rows: Sequence[tuple]) -> None:
-        self._append(codec, staging, data_columns(codec.mapping), list(rows))
+    def stage_rows(self, codec: Codec, staging: str, rows: "Sequence[tuple] | Chunk") -> None:
+        columns = data_columns(codec.mapping)
+        if isinstance(rows, Chunk):
+            if rows.columns is not None and len(rows.columns):
+                self._append_columns(codec, staging, columns, rows.columns)
+            rows = rows.rows
+        if rows:
+            self._append(codec, staging, columns, list(rows))
 
     def stage_version(self, codec: Codec, staging: str, scenario_id: str, version: int) -> None:
         """Stage the rows the scenario's type held at ``version``."""

@@ -18,9 +18,10 @@ import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
-from ..engine.types import ColumnType
+from ..engine.types import ColumnType, from_form
 from ..errors import ReadOnlyError, StoreError, TransactionConflictError
 
 T = TypeVar("T")
@@ -69,6 +70,13 @@ class Dialect:
         return self.compare.get(ctype.family, "{}").format(name)
 
 
+@dataclass(frozen=True)
+class Constant:
+    """One value for every row of a column-wise insert (a scenario id, a version)."""
+
+    value: Any
+
+
 class Session(ABC):
     """One transaction on the store: run SQL, write and read rows in bulk.
 
@@ -104,6 +112,21 @@ class Session(ABC):
     def append(self, table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:
         """Insert ``rows`` (tuples in ``columns`` order) in bulk: no SQL
         statement per row."""
+
+    def append_columns(self, table: str, columns: Sequence[str], arrays: Sequence[Any],
+                       types: Sequence[ColumnType | None], length: int) -> None:
+        """Insert ``length`` rows given column by column, in bulk: ``arrays[i]``
+        holds the values of ``columns[i]`` (or is a :class:`Constant`), in the
+        *form* of ``types[i]`` (see :mod:`healthsim_state.engine.types`:
+        ISO text for dates and timestamps, unscaled integers for decimals;
+        None: values as a row holds them).
+
+        This default turns the columns into rows for :meth:`append`; a backend
+        overrides it with its fastest way to take columns."""
+        series = [repeat(array.value, length) if isinstance(array, Constant)
+                  else array if ctype is None else from_form(ctype, array)
+                  for array, ctype in zip(arrays, types)]
+        self.append(table, columns, list(zip(*series)))
 
     @abstractmethod
     def table_columns(self) -> dict[str, list[tuple[str, str]]]:

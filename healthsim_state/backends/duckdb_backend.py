@@ -14,19 +14,24 @@ database for the backend's life (each session is a cursor on it).
 
 from __future__ import annotations
 
+import array
 import os
 import random
 import re
 import threading
 import time
 from contextlib import contextmanager
+from itertools import chain, repeat
+from operator import and_, rshift
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import duckdb
+import nanoarrow as na
 
 from ..errors import DatabaseLockedError, QueryError, StoreError, StoreNotFoundError, TransactionConflictError
-from .base import Backend, Dialect, QueryResult, Session, quote
+from ..engine.types import ColumnType
+from .base import Backend, Constant, Dialect, QueryResult, Session, quote
 
 MEMORY = ":memory:"
 
@@ -246,6 +251,38 @@ class DuckDBSession(Session):
         except duckdb.Error as error:
             raise translate(error, self.label) from error
 
+    def append_columns(self, table: str, columns: Sequence[str], arrays: Sequence[Any],
+                       types: Sequence[ColumnType | None], length: int) -> None:
+        """The columns as Arrow arrays (built by nanoarrow, in C, from the
+        Python lists), inserted with one ``INSERT ... SELECT`` that DuckDB runs
+        over them; dates and timestamps come as ISO text and are cast in SQL."""
+        try:
+            children, names, selected, params = [], {}, [], []
+            for column, array, ctype in zip(columns, arrays, types):
+                if isinstance(array, Constant):
+                    selected.append("?")
+                    params.append(array.value)
+                    continue
+                arrows, read = arrow_arrays(array, ctype)
+                inputs = []
+                for arrow in arrows:
+                    inputs.append(f"c{len(children)}")
+                    children.append(arrow)
+                    names[inputs[-1]] = arrow.schema
+                selected.append(read.format(*inputs))
+            view = na.Array(na.c_array_from_buffers(na.struct(names), length, [None], children=children))
+        except (ValueError, TypeError, OverflowError) as error:  # lone surrogates, mostly: diagnosed above
+            raise StoreError(f"the database {self.label} could not take the rows: {error}") from None
+        target = table if '"' in table else quote(table)
+        self.con.register(_COLUMNS_VIEW, view)
+        try:
+            self.con.execute(f"INSERT INTO {target} ({', '.join(map(quote, columns))}) "
+                             f"SELECT {', '.join(selected)} FROM {_COLUMNS_VIEW}", params)
+        except duckdb.Error as error:
+            raise translate(error, self.label) from error
+        finally:
+            self.con.unregister(_COLUMNS_VIEW)
+
     def table_columns(self) -> dict[str, list[tuple[str, str]]]:
         rows = self.fetchall(
             "SELECT table_name, column_name, data_type FROM duckdb_columns() "
@@ -269,6 +306,62 @@ def _writer_lock(key: str) -> threading.RLock:
         if lock is None:
             lock = _writer_locks[key] = threading.RLock()
         return lock
+
+
+_COLUMNS_VIEW = "_healthsim_columns"
+
+
+def arrow_arrays(values: list, ctype: ColumnType | None) -> tuple[list[Any], str]:
+    """One column as nanoarrow arrays (Python lists become Arrow buffers in C),
+    and the expression the insert reads it with (``{0}``, ``{1}``: the arrays)."""
+    if ctype is None:  # _position (ints), _residual (text or None)
+        if values and values[0].__class__ is int:
+            return [na.c_array(array.array("q", values), na.int64())], "{0}"
+        return [na.c_array(values, na.string())], "{0}"
+    family = ctype.family
+    if family == "decimal":
+        return [_decimal_array(values, ctype)], "{0}"
+    if family == "date":
+        return [na.c_array(values, na.string())], "CAST({0} AS DATE)"
+    if family == "timestamp":  # ISO text, or microseconds (from an offset) where computed
+        kinds = set(map(type, values))
+        if int not in kinds:
+            return [na.c_array(values, na.string())], "CAST({0} AS TIMESTAMP)"
+        if str not in kinds:
+            return [na.c_array(values, _MICROS)], "{0}"
+        texts = [v if v.__class__ is str else None for v in values]
+        micros = [v if v.__class__ is int else None for v in values]
+        return [na.c_array(texts, na.string()), na.c_array(micros, _MICROS)], \
+            "coalesce(CAST({0} AS TIMESTAMP), {1})"
+    if family == "json":
+        return [na.c_array(values, na.string())], "CAST({0} AS JSON)"
+    kind = _ARROW[family]
+    if family in _TYPECODE and None not in values:
+        return [na.c_array(array.array(_TYPECODE[family], values), kind)], "{0}"
+    return [na.c_array(values, kind)], "{0}"
+
+
+_MICROS = na.timestamp("us")
+_ARROW = {"varchar": na.string(), "integer": na.int32(), "bigint": na.int64(), "double": na.float64(),
+          "boolean": na.bool_()}
+_TYPECODE = {"integer": "i", "bigint": "q", "double": "d"}
+_LOW64 = (1 << 64) - 1
+
+
+def _decimal_array(values: list, ctype: ColumnType) -> Any:
+    """Unscaled integers as Arrow decimal128(P, S): two 64-bit words a value,
+    low then high (two's complement), and a validity bitmap for nulls."""
+    validity = None
+    if None in values:
+        validity = na.c_array([v is not None for v in values], na.bool_()).view().buffer(1)
+        values = [0 if v is None else v for v in values]
+    if ctype.precision <= 18:  # fits 64 bits: the high word is the sign
+        words = array.array("q", chain.from_iterable(zip(values, map(rshift, values, repeat(63)))))
+    else:
+        words = array.array("Q", chain.from_iterable(zip(map(and_, values, repeat(_LOW64)),
+                                                         map(and_, map(rshift, values, repeat(64)), repeat(_LOW64)))))
+    return na.c_array_from_buffers(na.decimal128(ctype.precision, ctype.scale), len(values), [validity, words],
+                                   null_count=-1 if validity is not None else 0)
 
 
 def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
