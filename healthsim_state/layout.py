@@ -183,12 +183,29 @@ def recorded_mappings(state: StoreState, label: str) -> dict[str, Mapping]:
     """The mapping set in force, read with the one reader of the format."""
     mappings = {}
     for entity, document in sorted(state.documents.items()):
+        mappings[entity] = _read_document(entity, document, label)
+    return mappings
+
+
+_read: dict[tuple[str, str, str], Mapping] = {}
+
+
+def _read_document(entity: str, document: Any, label: str) -> Mapping:
+    """One recorded mapping, read (and checked against the JSON Schema: the
+    slow part, a tenth of a second for the built-in set) once a process per
+    document text and store."""
+    key = (label, entity, json.dumps(document, sort_keys=True))
+    found = _read.get(key)
+    if found is None:
         try:
-            mappings[entity] = mapping_from_document(document, source=f"{label} (the store's mapping of {entity})")
+            found = mapping_from_document(document, source=f"{label} (the store's mapping of {entity})")
         except MappingError as error:
             raise IncompatibleDatabaseError(f"the store {label} records a mapping this version cannot read: "
                                             f"{error}") from None
-    return mappings
+        if len(_read) > 512:
+            _read.clear()
+        _read[key] = found
+    return found
 
 
 def set_meta(session: Session, key: str, value: str | None) -> None:

@@ -69,6 +69,9 @@ MISSING_OK_HINT = "pass missing_ok=True to delete the others"
 
 # (store, pending changes) pairs this process has warned about: once each.
 _WARNED: set[tuple[str, tuple[str, ...]]] = set()
+# (store, (digest, generation), local mappings' digest, evolve) -> (plan, registry) with nothing
+# left to apply: what a fresh manager of the same files would compute again.
+_SYNCED: dict[tuple, tuple[Plan, Registry]] = {}
 
 
 class StateManager:
@@ -86,15 +89,27 @@ class StateManager:
     migrate-schema``) applies it. ``read_only=True`` never creates, evolves or
     writes anything. No file is created until the first write.
 
+    A DuckDB file is open only while an operation runs (so an idle manager
+    never keeps another process out), which costs each operation the
+    opening of the file (about 15 ms) and, after a write, a checkpoint.
+    ``keep_open=S`` keeps the file open for S seconds after this process's
+    last operation on it, for every manager of the file (a burst of small
+    operations then skips both); another process waits for the file in that
+    time as it would for an operation.
+
     Use it as a context manager, or call :meth:`close`.
     """
 
     def __init__(self, db_path: str | os.PathLike | None = None, *,
                  mapping_dirs: Iterable[str | os.PathLike] | None = None,
-                 lock_timeout: float | None = None, read_only: bool = False, evolve: bool = False):
+                 lock_timeout: float | None = None, read_only: bool = False, evolve: bool = False,
+                 keep_open: float = 0.0):
         if read_only and evolve:
             raise ValueError("evolve=True changes the store; it cannot be combined with read_only=True")
-        self._backend: Backend = open_backend(db_path, read_only=read_only, lock_timeout=lock_timeout)
+        if isinstance(keep_open, bool) or not isinstance(keep_open, (int, float)) or not 0 <= keep_open <= 3600:
+            raise ValueError(f"keep_open is a number of seconds from 0 to 3600, got {keep_open!r}")
+        self._backend: Backend = open_backend(db_path, read_only=read_only, lock_timeout=lock_timeout,
+                                              keep_open=float(keep_open))
         self.db_path = self._backend.label if db_path is None else db_path
         self.read_only = read_only
         self.evolve = evolve
@@ -186,7 +201,11 @@ class StateManager:
     def _sync(self, session: Session) -> Registry:
         """Read the store's state; in a writable session create the store,
         upgrade its layout and apply this client's additions (or, with
-        ``evolve``, every change) first. Returns the mappings in force."""
+        ``evolve``, every change) first. Returns the mappings in force.
+
+        The mapping set in force is known by the store's digest and
+        generation: a client (or another manager of this process, with the
+        same mapping files) that has seen them reads nothing more."""
         state = read_state(session)
         self._history_limit = None if state is None else state.history_limit
         if state is None or state.schema_version < SCHEMA_VERSION:
@@ -194,7 +213,7 @@ class StateManager:
                 if state is None:
                     raise StoreNotFoundError(f"{self.label} holds no healthsim-state store (nothing has been saved "
                                              "there yet)")
-                raise IncompatibleDatabaseError(
+                raise _NeedsUpgrade(
                     f"{self.label} was written by an earlier healthsim-state (schema version "
                     f"{state.schema_version}); open it once for writing (any write, or healthsim-state "
                     "migrate-schema) to bring it up to this version")
@@ -207,6 +226,9 @@ class StateManager:
                 upgrade(session, state)
         key = (state.digest, state.generation)
         cached = self._plans.get(key)
+        shared_key = (self.label, key, self._local_digest, self.evolve)
+        if cached is None and shared_key in _SYNCED:
+            cached = self._plans[key] = _SYNCED[shared_key]
         if cached is None or (cached[0].steps and session.writable):
             read_documents(session, state)
             plan_ = plan(recorded_mappings(state, self.label), self._local, evolve=self.evolve)
@@ -220,6 +242,10 @@ class StateManager:
                 registry = registry_for(plan_.in_force if not plan_.steps else recorded_mappings(state, self.label))
             cached = (plan_, registry)
             self._plans = {key: cached}
+            if not plan_.steps:  # nothing left to apply: any manager of these files may reuse it
+                if len(_SYNCED) > 64:
+                    _SYNCED.clear()
+                _SYNCED[(self.label, key, self._local_digest, self.evolve)] = cached
             self._warn_drift(plan_)
         self._last_plan = cached[0]
         self._registry = cached[1]
@@ -253,14 +279,23 @@ class StateManager:
     def _read(self, operation: Callable[[Gateway], T], *, missing: Callable[[], T] | None = None) -> T:
         """``operation`` in one read transaction. A store that does not exist
         yet reads as empty (``missing()``) for a read-write manager."""
-        if not self._synced and not self.read_only and self._backend.exists():
-            self._backend.run(self._sync, write=True)  # apply this client's additions on open
+        first = not self._synced and not self.read_only
 
         def run(session: Session) -> T:
-            return operation(self._gateway(session))
+            gateway = self._gateway(session)
+            if first and self._last_plan is not None and self._last_plan.steps:
+                raise _WriteFirst  # this client's files add something: applied on open, in a write
+            return operation(gateway)
 
         try:
-            return self._backend.run(run, write=False)
+            try:
+                return self._backend.run(run, write=False)
+            except (_WriteFirst, _NeedsUpgrade):
+                if not first:
+                    raise
+                self._backend.run(self._sync, write=True)  # add to (or upgrade) the store, then read
+                first = False
+                return self._backend.run(run, write=False)
         except StoreNotFoundError:
             if self.read_only or missing is None:
                 raise
@@ -584,11 +619,14 @@ class StateManager:
             info = _summary(g, found) if version is None else _version_summary(g, found, version)
             chosen = list(g.registry.entity_types) if wanted is None else wanted
             entities: dict[str, list[dict]] = {entity: [] for entity in chosen}
-            for entity in chosen:
-                if info["entity_counts"].get(entity):
-                    codec = g.registry.codecs[entity]
-                    rows = g.fetch_rows(codec, found["scenario_id"], version=version, limit=limit, offset=offset)
-                    entities[entity] = rebuild_rows(codec, rows)
+            with no_cyclic_gc():  # the fetch makes as many objects as the rebuild, none cyclic
+                for entity in chosen:
+                    if info["entity_counts"].get(entity):
+                        codec = g.registry.codecs[entity]
+                        rows = g.fetch_rows(codec, found["scenario_id"], version=version, limit=limit,
+                                            offset=offset)
+                        entities[entity] = rebuild_rows(codec, rows)
+                        del rows
             info["entities"] = entities
             return info
 
@@ -730,8 +768,13 @@ class Snapshot:
 
     def _batches(self, entity: str, batch_size: int, typed: bool) -> Iterator[tuple[Codec, list[tuple]]]:
         codec = self.registry.codecs[entity]
-        for rows in self._gateway.stream_rows(codec, self.info["scenario_id"], version=self._version,
-                                              batch_size=batch_size, typed=typed):
+        batches = self._gateway.stream_rows(codec, self.info["scenario_id"], version=self._version,
+                                            batch_size=batch_size, typed=typed)
+        while True:
+            with no_cyclic_gc():  # not across the yield: the caller's code runs there
+                rows = next(batches, None)
+            if rows is None:
+                return
             yield codec, rows
 
     def entities(self, entity: str, *, batch_size: int = 10_000) -> Iterator[dict[str, Any]]:
@@ -744,6 +787,14 @@ class Snapshot:
         as the columns hold them (no residual)."""
         for _, rows in self._batches(entity, batch_size, typed=True):
             yield [row[1:-1] for row in rows]
+
+
+class _WriteFirst(Exception):
+    """A first read found changes to apply to the store: they go first, in a write."""
+
+
+class _NeedsUpgrade(IncompatibleDatabaseError):
+    """The store's layout is older than this version's: a write upgrades it."""
 
 
 # --- writes, type by type ---------------------------------------------------------------

@@ -13,9 +13,11 @@ __all__ = ["Backend", "Dialect", "Session", "quote", "open_backend", "describe_t
 
 
 def open_backend(target: str | os.PathLike | None = None, *, read_only: bool = False,
-                 lock_timeout: float | None = None) -> Backend:
+                 lock_timeout: float | None = None, keep_open: float = 0.0) -> Backend:
     """The backend for ``target`` (default: ``$HEALTHSIM_DB``, else
-    ``~/.healthsim/healthsim.duckdb``). Nothing is created or connected yet."""
+    ``~/.healthsim/healthsim.duckdb``). Nothing is created or connected yet.
+    ``keep_open``: seconds a DuckDB file stays open after the process's last
+    operation on it (0: closed after each operation)."""
     target = default_target() if target is None else target
     timeout = default_lock_timeout() if lock_timeout is None else float(lock_timeout)
     if is_url(target):
@@ -24,7 +26,7 @@ def open_backend(target: str | os.PathLike | None = None, *, read_only: bool = F
         return PostgresBackend(str(target), read_only=read_only, lock_timeout=timeout)
     from .duckdb_backend import DuckDBBackend
 
-    return DuckDBBackend(Path(target), read_only=read_only, lock_timeout=timeout)
+    return DuckDBBackend(Path(target), read_only=read_only, lock_timeout=timeout, keep_open=keep_open)
 
 
 def describe_target(target: str | os.PathLike | None) -> str:

@@ -7,6 +7,14 @@ lock, opening waits with jittered exponential backoff (5 ms doubling to 250
 ms) up to the lock timeout, then raises :class:`DatabaseLockedError` naming
 the holder's PID.
 
+Opening costs: creating the DuckDB instance (about 15 ms), and after a write,
+closing it checkpoints the file. With ``keep_open=S`` (asked for, never by
+default) the process keeps the instance for S seconds after its last
+operation, for any manager of the file: operations in a burst then connect to
+the live instance in well under a millisecond, and the checkpoint happens
+once, when the file is let go. Meanwhile another process waits for the file
+as it would for a running operation.
+
 Every connection is made with extension autoinstall and autoload off, so that
 opening a user-given path never reaches the network. ``:memory:`` keeps one
 database for the backend's life (each session is a cursor on it).
@@ -15,6 +23,7 @@ database for the backend's life (each session is a cursor on it).
 from __future__ import annotations
 
 import array
+import atexit
 import os
 import random
 import re
@@ -65,12 +74,14 @@ _PID = re.compile(r"PID (\d+)")
 class DuckDBBackend(Backend):
     dialect = DIALECT
 
-    def __init__(self, path: str | Path, *, read_only: bool = False, lock_timeout: float = 10.0):
+    def __init__(self, path: str | Path, *, read_only: bool = False, lock_timeout: float = 10.0,
+                 keep_open: float = 0.0):
         self.memory = str(path) == MEMORY
         self.path = Path(path).expanduser() if not self.memory else Path(MEMORY)
         self.label = str(self.path)
         self.read_only = read_only
         self.lock_timeout = lock_timeout
+        self.keep_open = keep_open if not self.memory else 0.0
         self._memory_con: duckdb.DuckDBPyConnection | None = None
         self._memory_lock = threading.Lock()
         self._memory_key = f"{MEMORY}#{id(self)}"
@@ -113,6 +124,8 @@ class DuckDBBackend(Backend):
     @contextmanager
     def _session(self, write: bool) -> Iterator[Session]:
         created = not self.exists()
+        if not self.memory:
+            WARM.hold(self.path, self.read_only)  # a kept instance of the file is in use now
         con = self._connect(write)
         session = DuckDBSession(con, writable=write and not self.read_only, label=self.label)
         committed = False
@@ -128,6 +141,10 @@ class DuckDBBackend(Backend):
         except duckdb.Error as error:
             raise translate(error, self.label) from error
         finally:
+            if self.keep_open and (committed or not created):
+                WARM.keep(self.path, self.read_only, self.keep_open)  # before the close: the instance lives on
+            elif not self.memory:
+                WARM.release(self.path)
             try:
                 con.close()
             except duckdb.Error:
@@ -149,6 +166,7 @@ class DuckDBBackend(Backend):
             raise QueryError("queries run on a database file; this store is in memory")
         if not self.path.is_file():
             raise StoreNotFoundError(f"no database at {self.path} (nothing has been saved there yet)")
+        WARM.release(self.path)  # a kept instance has other settings: one process, one set a file
         con = connect_waiting(self.path, self.lock_timeout, read_only=True, config=QUERY_CONFIG)
         try:
             con.execute("SET enable_progress_bar = false")
@@ -187,6 +205,7 @@ class DuckDBBackend(Backend):
             return self._compact()
 
     def _compact(self) -> tuple[int, int]:
+        WARM.release(self.path)  # the file is replaced: no instance may keep the old one
         fresh = self.path.with_name(f".{self.path.name}.compact")
         fresh.unlink(missing_ok=True)
         before = self.path.stat().st_size
@@ -362,6 +381,86 @@ def _decimal_array(values: list, ctype: ColumnType) -> Any:
                                                          map(and_, map(rshift, values, repeat(64)), repeat(_LOW64)))))
     return na.c_array_from_buffers(na.decimal128(ctype.precision, ctype.scale), len(values), [validity, words],
                                    null_count=-1 if validity is not None else 0)
+
+
+class _Warm:
+    """Database instances kept open between operations (``keep_open``): one
+    idle connection per file holds the instance; a timer lets it go once
+    the file has been idle for the time asked. One process can open a file
+    with one set of settings, so a session in the other mode (read-only or
+    not) lets the kept one go first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[Path, tuple[bool, duckdb.DuckDBPyConnection, threading.Timer | None]] = {}
+        atexit.register(self.release_all)
+
+    def hold(self, path: Path, read_only: bool) -> None:
+        """A session of ``path`` starts: no timer may let its instance go now."""
+        with self._lock:
+            found = self._kept.get(path)
+            if found is None:
+                return
+            mode, con, timer = found
+            if timer is not None:
+                timer.cancel()
+            if mode != read_only:
+                del self._kept[path]
+                _close_quietly(con)
+            else:
+                self._kept[path] = (mode, con, None)
+
+    def keep(self, path: Path, read_only: bool, seconds: float) -> None:
+        """A session of ``path`` ends: keep its instance ``seconds`` more."""
+        with self._lock:
+            found = self._kept.get(path)
+            if found is None or found[0] != read_only:
+                if found is not None:
+                    _close_quietly(found[1])
+                try:  # the session's connection is still open: this one shares its instance
+                    con = duckdb.connect(str(path), read_only=read_only, config=CONFIG)
+                except duckdb.Error:
+                    self._kept.pop(path, None)
+                    return
+            else:
+                con = found[1]
+                if found[2] is not None:
+                    found[2].cancel()
+            timer = threading.Timer(seconds, self._expire, (path, con))
+            timer.daemon = True
+            self._kept[path] = (read_only, con, timer)
+            timer.start()
+
+    def release(self, path: Path) -> None:
+        """Let the kept instance of ``path`` go now (a session without keep_open ended)."""
+        with self._lock:
+            found = self._kept.pop(path, None)
+        if found is not None:
+            if found[2] is not None:
+                found[2].cancel()
+            _close_quietly(found[1])
+
+    def release_all(self) -> None:
+        for path in list(self._kept):
+            self.release(path)
+
+    def _expire(self, path: Path, con: duckdb.DuckDBPyConnection) -> None:
+        with self._lock:
+            found = self._kept.get(path)
+            if found is None or found[1] is not con or found[2] is None:
+                return  # in use again, or kept anew
+            del self._kept[path]
+        _close_quietly(con)
+
+
+def _close_quietly(con: duckdb.DuckDBPyConnection) -> None:
+    try:
+        con.close()
+    except duckdb.Error:
+        pass
+
+
+WARM = _Warm()
 
 
 def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
