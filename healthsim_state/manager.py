@@ -746,7 +746,8 @@ class StateManager:
 class Snapshot:
     """A scenario as one transaction sees it (see :meth:`StateManager.snapshot`):
     ``info`` is its summary; :meth:`entities` and :meth:`typed_rows` read a
-    type's entities in saved order, ``batch_size`` rows at a time."""
+    type's entities in saved order, ``batch_size`` rows at a time, and
+    :meth:`page` a slice of them."""
 
     def __init__(self, gateway: Gateway, info: dict[str, Any], version: int | None):
         self._gateway, self.info, self._version = gateway, info, version
@@ -776,6 +777,18 @@ class Snapshot:
             if rows is None:
                 return
             yield codec, rows
+
+    def page(self, entity: str, *, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+        """The type's entities at positions ``offset`` to ``offset + limit - 1``
+        (as :meth:`StateManager.load_scenario` slices), in canonical shape."""
+        _check_slice(limit, offset)
+        if not self.info["entity_counts"].get(entity):
+            return []
+        codec = self.registry.codecs[entity]
+        with no_cyclic_gc():
+            rows = self._gateway.fetch_rows(codec, self.info["scenario_id"], version=self._version, limit=limit,
+                                            offset=offset)
+            return rebuild_rows(codec, rows)
 
     def entities(self, entity: str, *, batch_size: int = 10_000) -> Iterator[dict[str, Any]]:
         """The type's entities in canonical shape."""
