@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 import oracle
-from benchmarks.generate import PER_PATIENT, entity_count, scenario
-from benchmarks.run import measure_latency, measure_size
+import pytest
+
+from benchmarks.generate import PER_PATIENT, entity_count, legacy_scenario, scenario
+from benchmarks.run import measure_latency, measure_mcp, measure_size
 from healthsim_state import StateManager
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,27 +36,48 @@ def test_what_the_benchmark_saves_loads_back_canonical(sm):
         assert oracle.diff(expected, loaded[kind], f"$.{kind}") is None
 
 
-def test_measure_size_reports_every_figure(tmp_path):
-    result = measure_size(400, 1, tmp_path)
-    assert result["entities"] == 400
-    for key in ("save_s", "load_s", "save_entities_per_s", "load_entities_per_s", "save_us_per_entity",
-                "load_us_per_entity", "db_bytes_per_entity", "read_json_s", "save_vs_read_json"):
+@pytest.mark.parametrize("shape", ["canonical", "legacy"])
+def test_measure_size_reports_every_figure(tmp_path, shape):
+    result = measure_size(400, 1, tmp_path, shape)
+    assert result["entities"] == 400 and result["shape"] == shape
+    for key in ("save_s", "load_s", "create_s", "save_entities_per_s", "load_entities_per_s", "save_us_per_entity",
+                "load_us_per_entity", "db_bytes_per_entity", "read_json_s", "save_vs_read_json", "json_loads_s",
+                "load_vs_json_loads"):
         assert result[key] > 0, key
     # memory deltas of a tiny run can round to zero, but they are measured
     assert isinstance(result["input_rss_mb"], float) and isinstance(result["save_peak_rss_growth_mb"], float)
 
 
 def test_the_documented_command_prints_one_json_line_per_size(tmp_path):
-    output = subprocess.run([sys.executable, "-m", "benchmarks.run", "--sizes", "160,320", "--repeat", "1",
-                             "--workdir", str(tmp_path)], cwd=REPO, check=True, capture_output=True, text=True)
+    output = subprocess.run([sys.executable, "-m", "benchmarks.run", "--sizes", "160,320", "--legacy", "240",
+                             "--repeat", "1", "--workdir", str(tmp_path)], cwd=REPO, check=True, capture_output=True,
+                            text=True)
     lines = [json.loads(line) for line in output.stdout.splitlines()]
-    assert [line["entities"] for line in lines] == [160, 320]
+    assert [(line["entities"], line["shape"]) for line in lines] == [(160, "canonical"), (320, "canonical"),
+                                                                       (240, "legacy")]
 
 
 def test_latency_measures_run_at_a_tiny_scale(tmp_path):
-    results = list(measure_latency(tmp_path, 1, scenarios=3, listed=5, big_patients=2))
-    assert [r["measure"].split()[0] for r in results] == ["open", "load", "overwrite", "delete", "list_scenarios()"]
+    results = list(measure_latency(tmp_path, 1, scenarios=3, listed=5, big_patients=2, mcp=False))
+    assert [r["measure"].split()[0] for r in results] == ["open"] * 2 + ["load"] * 4 + ["add_entities"] * 4 + [
+        "overwrite", "delete"] + ["list_scenarios()"] * 2
     assert all(r["median_ms"] > 0 for r in results)
+    assert {r.get("keep_open") for r in results if r["measure"].startswith("open")} == {0.0, 1.0}
+
+
+def test_the_mcp_page_is_measured_over_stdio(tmp_path):
+    (page, labs) = measure_mcp(tmp_path, 1)
+    assert (page["entities"], labs["entities"]) == (1040, 1000) and page["median_ms"] > 0
+
+
+def test_legacy_data_is_deterministic_and_saves_as_its_canonical_form(sm):
+    data = legacy_scenario(2, seed=5)
+    assert data == legacy_scenario(2, seed=5) and entity_count(data) == 2 * PER_PATIENT
+    sm.save_scenario("legacy", data)
+    loaded = sm.load_scenario("legacy")["entities"]
+    mappings = oracle.load_mapping_dirs([REPO / "mappings"])
+    for kind, items in data.items():
+        assert oracle.diff(oracle.expect(mappings[kind], items), loaded[kind], f"$.{kind}") is None
 
 
 def test_measure_size_on_a_postgres_server_beside_duckdb(tmp_path, pg_cluster):
