@@ -18,6 +18,9 @@ from .types import from_form
 
 
 CHUNK = 16_384
+COLUMNAR = True
+"""Whether batches use the column-wise flatten (:mod:`.columns`) where it
+serves; False: the generated ``flatten`` for every entity (the tests compare)."""
 _first = operator.itemgetter(0)
 
 
@@ -55,10 +58,10 @@ class ScenarioBatch:
     """
 
     def __init__(self, registry: Registry, entities: Any, chunk: int | None = None,
-                 progress: Callable[[int, int], None] | None = None, *, columnar: bool = True):
+                 progress: Callable[[int, int], None] | None = None, *, columnar: bool | None = None):
         self.problems: list[Problem] = []
         self._chunk = chunk or CHUNK
-        self._columnar = columnar
+        self._columnar = COLUMNAR if columnar is None else columnar
         self._lists = _entity_lists(registry, entities, self.problems)
         self.counts = {codec.mapping.entity: len(items) for codec, items in self._lists if items}
         self._progress = progress

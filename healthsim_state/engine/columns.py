@@ -576,7 +576,7 @@ def residual_builder(plan: Plan, writers: tuple[int, ...], nulls: tuple[int, ...
     # a present object matters if something may stay in it: unmapped data, an
     # object empty from the start, or a value put back below it
     written = {fields[i].path[:depth] for i in order for depth in range(len(fields[i].path))}
-    needed = [c for c in sorted(objects, key=len) if c in written or plan._left(c)]
+    needed = [c for c in sorted(objects, key=len) if not c or c in written or c[-1] in plan._left(c[:-1])]
     out = _Source()
     out(f"def build(e{''.join(f', k{i}' for i in writers)}):")
     out.indent()
@@ -667,10 +667,12 @@ def plan_for(codec: Codec, shape: tuple) -> Plan | None:
     return plan if plan.usable else None
 
 
-def flatten_columns(codec: Codec, items: list, start: int, *, min_group: int = MIN_GROUP
+def flatten_columns(codec: Codec, items: list, start: int, *, min_group: int | None = None
                     ) -> tuple[ColumnBatch | None, list[int]]:
     """The chunk ``items`` (positions from ``start``) as columns, and the
-    indexes into ``items`` that must go through the generated flatten."""
+    indexes into ``items`` that must go through the generated flatten
+    (groups smaller than ``min_group``, default :data:`MIN_GROUP`, among them)."""
+    min_group = MIN_GROUP if min_group is None else min_group
     nodes = codec.cache.get("containers")
     if nodes is None:
         nodes = codec.cache["containers"] = containers(codec)
