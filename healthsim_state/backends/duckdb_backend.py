@@ -289,7 +289,7 @@ class DuckDBSession(Session):
                     children.append(arrow)
                     names[inputs[-1]] = arrow.schema
                 selected.append(read.format(*inputs))
-            view = na.Array(na.c_array_from_buffers(na.struct(names), length, [None], children=children))
+            view = _Lent(na.Array(na.c_array_from_buffers(na.struct(names), length, [None], children=children)))
         except (ValueError, TypeError, OverflowError) as error:  # lone surrogates, mostly: diagnosed above
             raise StoreError(f"the database {self.label} could not take the rows: {error}") from None
         target = table if '"' in table else quote(table)
@@ -301,6 +301,7 @@ class DuckDBSession(Session):
             raise translate(error, self.label) from error
         finally:
             self.con.unregister(_COLUMNS_VIEW)
+            view.array = None
 
     def table_columns(self) -> dict[str, list[tuple[str, str]]]:
         rows = self.fetchall(
@@ -328,6 +329,19 @@ def _writer_lock(key: str) -> threading.RLock:
 
 
 _COLUMNS_VIEW = "_healthsim_columns"
+
+
+class _Lent:
+    """An Arrow array lent to DuckDB for one statement. DuckDB keeps a
+    registered object alive until the transaction ends; this one lets go of
+    the array (and its copy of every value) once the statement has run, so
+    a save's memory does not grow with each chunk it wrote."""
+
+    def __init__(self, array: Any):
+        self.array = array
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        return self.array.__arrow_c_stream__(requested_schema)
 
 
 def arrow_arrays(values: list, ctype: ColumnType | None) -> tuple[list[Any], str]:
