@@ -163,7 +163,8 @@ class KeyTracker:
         self.indexes = codec.key_indexes
         self.key = key_function(codec)
         # a key is its one value as it stands (no decimal to normalise)
-        self.plain = len(codec.mapping.primary_key) == 1 and not codec.mapping.key_fields[0].type.family == "decimal"
+        self.decimals = any(f.type.family == "decimal" for f in codec.mapping.key_fields)
+        self.plain = len(codec.mapping.primary_key) == 1 and not self.decimals  # the value is the key
         self.seen: dict[Any, int] = {}
 
     def check(self, rows: list[tuple | None], columns: ColumnBatch | None = None) -> None:
@@ -174,7 +175,8 @@ class KeyTracker:
         if columns is not None and len(columns):
             fields = self.mapping.fields
             values = [from_form(fields[i - 1].type, columns.columns[i - 1]) for i in indexes]
-            keys = values[0] if self.plain else list(map(key_of, zip(*values)))
+            keys = values[0] if self.plain else list(zip(*values)) if not self.decimals else \
+                list(map(key_of, zip(*values)))
             if not entries and len(set(keys)) == len(keys) and seen.keys().isdisjoint(keys):
                 seen.update(zip(keys, columns.positions))  # the common case: all new
                 return
