@@ -128,10 +128,6 @@ class Session(ABC):
                   for array, ctype in zip(arrays, types)]
         self.append(table, columns, list(zip(*series)))
 
-    @abstractmethod
-    def table_columns(self) -> dict[str, list[tuple[str, str]]]:
-        """``{table: [(column, SQL type), ...]}`` of the store's schema."""
-
     def create_staging(self, name: str, like: str, columns: Sequence[str]) -> str:
         """An empty temporary table ``name`` with these columns of table
         ``like``; returns its quoted name. Callers drop it when done (and a

@@ -303,16 +303,6 @@ class DuckDBSession(Session):
             self.con.unregister(_COLUMNS_VIEW)
             view.array = None
 
-    def table_columns(self) -> dict[str, list[tuple[str, str]]]:
-        rows = self.fetchall(
-            "SELECT table_name, column_name, data_type FROM duckdb_columns() "
-            "WHERE schema_name = 'main' AND database_name = current_database() AND NOT internal "
-            "ORDER BY table_name, column_index")
-        tables: dict[str, list[tuple[str, str]]] = {}
-        for table, column, sql_type in rows:
-            tables.setdefault(table, []).append((column, sql_type))
-        return tables
-
 
 _writer_locks: dict[str, threading.RLock] = {}
 _writer_locks_guard = threading.Lock()

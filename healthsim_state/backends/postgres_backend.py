@@ -505,16 +505,6 @@ class PostgresSession(Session):
             raise StoreError(f"the database {self.label}: table {relation} has no column {missing.args[0]!r}") \
                 from None
 
-    def table_columns(self) -> dict[str, list[tuple[str, str]]]:
-        rows = self.fetchall(
-            "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-            "JOIN pg_class c ON c.oid = a.attrelid WHERE c.relnamespace = current_schema()::regnamespace "
-            "AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped ORDER BY c.relname, a.attnum")
-        tables: dict[str, list[tuple[str, str]]] = {}
-        for table, column, sql_type in rows:
-            tables.setdefault(table, []).append((column, sql_type))
-        return tables
-
     def create_temp_as(self, name: str, sql: str, params: Sequence[Any] = ()) -> str:
         """A temporary table (in ``pg_temp``, so never one of the store's),
         dropped at the end of the transaction if its caller has not."""
