@@ -139,9 +139,7 @@ class StoreState:
 
 
 def table_exists(session: Session, table: str) -> bool:
-    return session.scalar(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() "
-        "AND table_catalog = current_database() AND table_name = ?", [table]) > 0
+    return session.scalar(session.dialect.table_exists, [table]) > 0
 
 
 def table_columns(session: Session) -> dict[str, list[str]]:
@@ -212,8 +210,20 @@ def set_meta(session: Session, key: str, value: str | None) -> None:
     if value is None:
         session.execute(f"DELETE FROM {META} WHERE key = ?", [key])
         return
-    session.execute(f"INSERT INTO {META} VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    [key, value])
+    set_metas(session, {key: value})
+
+
+def set_metas(session: Session, values: dict[str, str]) -> None:
+    """Set several meta keys with one statement (each statement costs a
+    millisecond or more: a new store's writes are mostly such overhead)."""
+    session.execute(f"INSERT INTO {META} VALUES {_rows_of(len(values), 2)} "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [item for pair in values.items() for item in pair])
+
+
+def _rows_of(rows: int, width: int) -> str:
+    """``(?, ?), (?, ?)``: placeholders of a multi-row VALUES list."""
+    return ", ".join(["(" + ", ".join("?" * width) + ")"] * rows)
 
 
 def create_base(session: Session) -> None:
@@ -222,20 +232,22 @@ def create_base(session: Session) -> None:
         session.execute(ddl)
     if session.dialect.indexed:
         session.execute("CREATE INDEX ON scenario_tags (scenario_id)")
-    set_meta(session, "schema_version", str(SCHEMA_VERSION))
-    set_meta(session, "generation", "0")
+    set_metas(session, {"schema_version": str(SCHEMA_VERSION), "generation": "0"})
 
 
 def record(session: Session, mappings: dict[str, Mapping], state: StoreState) -> str:
     """Record ``mappings`` as the set in force (entities not named keep their
     record), bump the generation, and return the new digest."""
     now = utc_now()
-    for entity, mapping in mappings.items():
-        document = json.dumps(mapping.describe())
+    documents = {entity: json.dumps(mapping.describe()) for entity, mapping in mappings.items()}
+    if documents:  # one statement for all: a new store records 14
         session.execute(
-            f"INSERT INTO {TABLES} VALUES (?, ?, ?, ?) ON CONFLICT (entity) DO UPDATE SET "
-            "table_name = excluded.table_name, mapping = excluded.mapping", [entity, mapping.table, document, now])
-        state.tables[entity] = mapping.table
+            f"INSERT INTO {TABLES} VALUES {_rows_of(len(documents), 4)} ON CONFLICT (entity) DO UPDATE SET "
+            "table_name = excluded.table_name, mapping = excluded.mapping",
+            [value for entity, document in documents.items()
+             for value in (entity, mappings[entity].table, document, now)])
+    for entity, document in documents.items():
+        state.tables[entity] = mappings[entity].table
         state.documents[entity] = parse_json(document)
     state.generation += 1
     set_meta(session, "generation", str(state.generation))

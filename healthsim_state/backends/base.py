@@ -46,6 +46,9 @@ class Dialect:
     cannot compare as it is. ``indexed`` engines (PostgreSQL) get an index
     on each entity table's ``(scenario_id, _position)`` and on the tags' scenario,
     so one scenario's rows are found without reading the others'.
+    ``table_exists`` is a query of one parameter, a table name, giving 1 if
+    the current schema has that table, else 0 (every operation asks it once:
+    an engine's own catalog may answer faster than ``information_schema``).
     """
 
     name: str
@@ -53,6 +56,8 @@ class Dialect:
     read: dict[str, str]
     compare: dict[str, str] = field(default_factory=dict)
     indexed: bool = False
+    table_exists: str = ("SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() "
+                         "AND table_catalog = current_database() AND table_name = ?")
 
     def column_type(self, ctype: ColumnType) -> str:
         if ctype.family == "decimal":
