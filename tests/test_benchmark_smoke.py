@@ -87,3 +87,23 @@ def test_measure_size_on_a_postgres_server_beside_duckdb(tmp_path, pg_cluster):
         assert result[key] > 0, key
     with pg_cluster.admin() as con:  # the run's schema is gone
         assert con.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'healthsim_bench_%'").fetchone() == (0,)
+
+
+def test_the_versions_benchmark_measures_what_it_says(tmp_path):
+    """Small sizes: each measure runs and reports sizes and counts that follow
+    from what it did (the stream's memory figures come from the child's own
+    peak, a number, not the parent's)."""
+    from benchmarks.versions import measure_appends, measure_history, measure_stream
+
+    history = measure_history(tmp_path, repeat=1, patients=2, versions=2)
+    assert history["entities"] == 2 * PER_PATIENT and history["versions"] == 3
+    assert history["file_bytes_after_overwrites"] >= history["file_bytes_one_version"] > 0
+    assert 0 < history["file_bytes_compacted"] <= history["file_bytes_after_overwrites"]
+    appends = measure_appends(tmp_path, repeat=1, sizes=(5, 50), batch=3)
+    assert set(appends["ms_by_stored"]) == {5, 50} and appends["batch"] == 3
+    stream = measure_stream(tmp_path, patients=20)
+    assert stream["scenario_entities"] == 20 * PER_PATIENT
+    expected = len(scenario(20, seed=3)["lab_result"])
+    for mode in ("stream", "load"):
+        assert stream[mode]["entities"] == expected
+        assert isinstance(stream[mode]["peak_rss_growth_mb"], int) and stream[mode]["peak_rss_growth_mb"] >= 0
