@@ -4,6 +4,8 @@ is stored the same way on DuckDB and PostgreSQL."""
 
 from __future__ import annotations
 
+import itertools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -76,3 +78,17 @@ class Store:
     def snapshot(self) -> dict[str, list[str]]:
         """Every table's rows, as sorted reprs: equal snapshots, equal contents."""
         return {t: sorted(map(repr, self.sql(f'SELECT * FROM "{t}"'))) for t in self.tables()}
+
+
+_databases = itertools.count()
+
+
+def new_store(request: Any, kind: str, file: Path) -> Store:
+    """A new, empty store of ``kind``: the DuckDB ``file``, or a fresh database
+    on the session's test server, dropped when the test ends."""
+    if kind == "duckdb":
+        return Store("duckdb", str(file))
+    cluster = request.getfixturevalue("pg_cluster")
+    name = f"extra_{os.getpid()}_{next(_databases)}"
+    request.addfinalizer(lambda: cluster.drop_database(name))
+    return Store("postgres", cluster.create_database(name))

@@ -14,7 +14,7 @@ import pytest
 from benchmarks.generate import scenario
 from healthsim_state import ScenarioExistsError, ScenarioNotFoundError, StateManager, ValidationError
 from healthsim_state.interop import copy_scenarios
-from stores import Store
+from stores import Store, new_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,13 +27,7 @@ ODD = {"patient": [{"patient_id": "odd", "name": {"given": "Zoë"}, "birthDate":
 @pytest.fixture
 def second_store(request, tmp_path) -> Store:
     """Another new store of the same kind as ``store``."""
-    kind = request.getfixturevalue("store").kind
-    if kind == "duckdb":
-        return Store("duckdb", str(tmp_path / "second.duckdb"))
-    cluster = request.getfixturevalue("pg_cluster")
-    name = f"copy_second_{os.getpid()}"
-    request.addfinalizer(lambda: cluster.drop_database(name))
-    return Store("postgres", cluster.create_database(name))
+    return new_store(request, request.getfixturevalue("store").kind, tmp_path / "second.duckdb")
 
 
 @pytest.fixture

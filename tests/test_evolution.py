@@ -23,7 +23,7 @@ from healthsim_state import (
     ValidationError,
     plan_schema_changes,
 )
-from stores import Store
+from stores import Store, new_store
 
 BASE_FIELDS = {
     "pid": "{column: pid, path: pid, type: varchar}",
@@ -86,19 +86,6 @@ class Db:
 
     def snapshot(self) -> dict:
         return self.store.snapshot()
-
-
-def new_store(request, kind: str, root: Path) -> Store:
-    """A new, empty store of ``kind`` (a fresh database on the test server)."""
-    if kind == "duckdb":
-        return Store("duckdb", str(root / "db.duckdb"))
-    cluster = request.getfixturevalue("pg_cluster")
-    name = f"evolution_{os.getpid()}_{next(_stores)}"
-    request.addfinalizer(lambda: cluster.drop_database(name))
-    return Store("postgres", cluster.create_database(name))
-
-
-_stores = itertools.count()
 
 
 @pytest.fixture
@@ -280,7 +267,7 @@ EDITS = st.lists(st.tuples(st.sampled_from(sorted(POOL)), st.integers(0, 3), st.
 @given(edits=EDITS)
 def test_random_edit_sequences_never_lose_data(request, tmp_path_factory, backend, edits):
     root = tmp_path_factory.mktemp("edits")
-    database = Db(root, new_store(request, backend, root))
+    database = Db(root, new_store(request, backend, root / "db.duckdb"))
     fields = {"pid": BASE_FIELDS["pid"], "given": BASE_FIELDS["given"]}
     database.write(fields)
     with database.open() as sm:

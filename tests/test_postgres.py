@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import json
 import os
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from healthsim_state import (
 from healthsim_state.backends.postgres_backend import DIALECT, PostgresBackend
 from healthsim_state.store import Gateway
 from stores import Store
-from test_processes import WORKER, python
+from test_processes import python, run_mixed_workers
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.postgres
@@ -66,27 +65,7 @@ def wait_until(condition, what: str, timeout: float = 30.0) -> None:
 
 def test_eight_processes_with_fifty_mixed_operations_each(pg_url):
     StateManager(pg_url).create()
-    started = time.monotonic()
-    workers = [python(WORKER, pg_url, worker, 50) for worker in range(8)]
-    reports = []
-    for worker in workers:
-        out, err = worker.communicate(timeout=300)
-        assert worker.returncode == 0, err
-        reports.append(json.loads(out))
-    elapsed = time.monotonic() - started
-    assert [r["errors"] for r in reports] == [[]] * 8
-    with StateManager(pg_url) as sm:
-        for report in reports:
-            for name, (tag, n) in report["saved"].items():
-                loaded = sm.load_scenario(name)
-                assert [p["patient_id"] for p in loaded["entities"]["patient"]] == [f"{tag}-{i}" for i in range(n)]
-                assert loaded["entity_count"] == 2 * n
-        listed = sm.list_scenarios(limit=None)
-        assert {name for r in reports for name in r["saved"]} <= {s["name"] for s in listed}
-        for item in listed:  # every scenario complete: its rows match its counts
-            loaded = sm.load_scenario(item["scenario_id"])
-            assert sum(len(v) for v in loaded["entities"].values()) == item["entity_count"]
-            assert {k: len(v) for k, v in loaded["entities"].items() if v} == item["entity_counts"]
+    elapsed = run_mixed_workers(pg_url, 8, 50, timeout=300)
     print(f"\n8 processes x 50 operations on PostgreSQL: {400 / elapsed:.1f} operations/s")
 
 

@@ -146,29 +146,38 @@ WORKER = """
 """
 
 
-def test_four_processes_with_fifty_mixed_operations_each(db_path):
-    StateManager(db_path).close()
+def run_mixed_workers(target: str, processes: int, operations: int, timeout: float) -> float:
+    """``processes`` workers of :data:`WORKER`, ``operations`` each, on one
+    store: no worker may see an error, every scenario a worker saved last
+    loads back whole, and every scenario listed is complete (its rows match
+    its counts). Returns the seconds they took."""
     started = time.monotonic()
-    workers = [python(WORKER, db_path, worker, 50) for worker in range(4)]
+    workers = [python(WORKER, target, worker, operations) for worker in range(processes)]
     reports = []
     for worker in workers:
-        out, err = worker.communicate(timeout=240)
+        out, err = worker.communicate(timeout=timeout)
         assert worker.returncode == 0, err
         reports.append(json.loads(out))
     elapsed = time.monotonic() - started
-    assert [r["errors"] for r in reports] == [[], [], [], []]
-    with StateManager(db_path) as sm:
+    assert [r["errors"] for r in reports] == [[]] * processes
+    with StateManager(target) as sm:
         for report in reports:
             for name, (tag, n) in report["saved"].items():
                 loaded = sm.load_scenario(name)
                 assert [p["patient_id"] for p in loaded["entities"]["patient"]] == [f"{tag}-{i}" for i in range(n)]
                 assert loaded["entity_count"] == 2 * n
         listed = sm.list_scenarios(limit=None)
-        expected = {name for r in reports for name in r["saved"]}
-        assert expected <= {s["name"] for s in listed}
-        for item in listed:  # counts add up: the table rows match each scenario's count
-            assert sum(len(v) for v in sm.load_scenario(item["scenario_id"])["entities"].values()) == \
-                item["entity_count"]
+        assert {name for r in reports for name in r["saved"]} <= {s["name"] for s in listed}
+        for item in listed:
+            loaded = sm.load_scenario(item["scenario_id"])
+            assert sum(len(v) for v in loaded["entities"].values()) == item["entity_count"]
+            assert {k: len(v) for k, v in loaded["entities"].items() if v} == item["entity_counts"]
+    return elapsed
+
+
+def test_four_processes_with_fifty_mixed_operations_each(db_path):
+    StateManager(db_path).close()
+    elapsed = run_mixed_workers(str(db_path), 4, 50, timeout=240)
     print(f"\n4 processes x 50 operations: {200 / elapsed:.1f} operations/s")
 
 
