@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import evolution
 from .backends import Backend, Session, open_backend
-from .engine.batch import ScenarioBatch, key_function, no_cyclic_gc, rebuild_rows
+from .engine.batch import KEPT_RESULT, ScenarioBatch, key_function, no_cyclic_gc, rebuild_rows
 from .engine.compile import Codec
 from .engine.registry import Registry, registry_for
 from .engine.types import TYPES, HeldText, Unfit
@@ -619,9 +619,13 @@ class StateManager:
             info = _summary(g, found) if version is None else _version_summary(g, found, version)
             chosen = list(g.registry.entity_types) if wanted is None else wanted
             entities: dict[str, list[dict]] = {entity: [] for entity in chosen}
-            with no_cyclic_gc():  # the fetch makes as many objects as the rebuild, none cyclic
+            counts = info["entity_counts"]
+            expected = sum(counts.get(entity) or 0 for entity in chosen)
+            if limit is not None:
+                expected = min(expected, limit * len(chosen))
+            with no_cyclic_gc(kept=expected >= KEPT_RESULT):  # the fetch makes as many objects as the rebuild
                 for entity in chosen:
-                    if info["entity_counts"].get(entity):
+                    if counts.get(entity):
                         codec = g.registry.codecs[entity]
                         rows = g.fetch_rows(codec, found["scenario_id"], version=version, limit=limit,
                                             offset=offset)
