@@ -197,9 +197,8 @@ class KeyTracker:
 
 
 def rebuild_rows(codec: Codec, rows: list[tuple]) -> list[dict]:
-    rebuild = codec.rebuild
     with no_cyclic_gc():
-        return [rebuild(row) for row in rows]
+        return codec.rebuild_rows(rows)
 
 
 # A result of at least this many entities is kept out of the young generations

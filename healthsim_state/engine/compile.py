@@ -15,7 +15,9 @@ entities), so a load of a plain entity never parses JSON.
 
 ``rebuild(row)`` takes ``(position, col_0, ..., col_n, residual)`` and returns the
 canonical entity: the residual, with every non-null column rendered at its path
-unless the residual already holds a value there.
+unless the residual already holds a value there. ``rebuild_rows(rows)`` does
+the same for a list of rows in one call, reading each column of JSON text
+(the residuals, json columns) in one pass first.
 
 How containers are handled (the variables ``n0``, ``n1``, ... of the generated
 code): every object on the way to a path or an alias is looked up once and
@@ -38,7 +40,7 @@ from typing import Any, Callable
 from ..errors import Problem, preview
 from ..mapping.model import UUID4, Field, Mapping
 from .types import HeldText, Unfit, identity
-from .values import MISSING, NotJSON, dump_residual_json, parse_json, to_json
+from .values import MISSING, NotJSON, dump_residual_json, parse_json, parse_json_many, to_json
 
 
 class _Blocked:
@@ -223,22 +225,62 @@ def _rebuild_source(mapping: Mapping, root: _Node) -> str:
     out("if residual is None:")
     out.indent()
     out("e = {}")
-    _build_plain(out, root, "e", itertools.count())
+    _build_plain(out, root, "e", itertools.count(), frozenset())
     out("return e")
     out.dedent()
     out("e = loads(residual)")
-    _build_merged(out, root, "e", itertools.count())
+    _build_merged(out, root, "e", itertools.count(), frozenset())
     out("return e")
     return out.text()
 
 
-def _build_merged(out: _Source, node: _Node, var: str, names: "itertools.count[int]") -> None:
+def _rebuild_rows_source(mapping: Mapping, root: _Node) -> str:
+    """``rebuild_rows(rows)``: the entities of many rows. The JSON texts (the
+    residuals, and json columns) are read first, each column's in one pass
+    (``loads_many``); a row takes the next value of each of its non-null
+    texts, so every branch below takes one whether it uses it or not."""
+    out = _Source()
+    parsed = frozenset(i for i, f in enumerate(mapping.fields) if f.type.render is parse_json)
+    columns = ", ".join(f"c{i}" for i in range(len(mapping.fields)))
+    out("def rebuild_rows(rows):")
+    out.indent()
+    out("residuals = iter(loads_many([row[-1] for row in rows if row[-1] is not None]))")
+    for index in sorted(parsed):
+        out(f"J{index} = iter(loads_many([row[{index + 1}] for row in rows if row[{index + 1}] is not None]))")
+    out("out = []")
+    out("append = out.append")
+    out(f"for _, {columns}, residual in rows:")
+    out.indent()
+    out("if residual is None:")
+    out.indent()
+    out("e = {}")
+    _build_plain(out, root, "e", itertools.count(), parsed)
+    out.dedent()
+    out("else:")
+    out.indent()
+    out("e = next(residuals)")
+    _build_merged(out, root, "e", itertools.count(), parsed)
+    out.dedent()
+    out("append(e)")
+    out.dedent()
+    out("return out")
+    return out.text()
+
+
+def _build_merged(out: _Source, node: _Node, var: str, names: "itertools.count[int]",
+                  parsed: frozenset[int]) -> None:
     """Put each non-null column at its path in the parsed residual ``var``,
     unless the residual already holds a value there (the given form wins)."""
     for index, f in node.fields:
         key = repr(f.path[-1])
+        if index in parsed:  # its value is taken whether used or not
+            out(f"if c{index} is not None:")
+            out(f"    v = next(J{index})")
+            out(f"    if {key} not in {var}:")
+            out(f"        {var}[{key}] = v")
+            continue
         out(f"if c{index} is not None and {key} not in {var}:")
-        out(f"    {var}[{key}] = {_render(index, f)}")
+        out(f"    {var}[{key}] = {_render(index, f, parsed)}")
     for key, child in node.children.items():
         if not _has_fields(child):
             continue
@@ -246,32 +288,36 @@ def _build_merged(out: _Source, node: _Node, var: str, names: "itertools.count[i
         out(f"{sub} = {var}.get({key!r})")
         out(f"if {sub}.__class__ is dict:")
         out.indent()
-        _build_merged(out, child, sub, names)
+        _build_merged(out, child, sub, names, parsed)
         out.dedent()
         out("else:")  # absent (or null, or blocked: then the columns below are all null)
         out.indent()
-        _plain_child(out, key, child, var, names)
+        _plain_child(out, key, child, var, names, parsed)
         out.dedent()
 
 
-def _render(index: int, f: Field) -> str:
+def _render(index: int, f: Field, parsed: frozenset[int]) -> str:
+    if index in parsed:
+        return f"next(J{index})"
     return f"c{index}" if f.type.render is identity else f"R{index}(c{index})"
 
 
-def _build_plain(out: _Source, node: _Node, var: str, names: "itertools.count[int]") -> None:
+def _build_plain(out: _Source, node: _Node, var: str, names: "itertools.count[int]",
+                 parsed: frozenset[int]) -> None:
     for index, f in node.fields:
         out(f"if c{index} is not None:")
-        out(f"    {var}[{f.path[-1]!r}] = {_render(index, f)}")
+        out(f"    {var}[{f.path[-1]!r}] = {_render(index, f, parsed)}")
     for key, child in node.children.items():
         if _has_fields(child):
-            _plain_child(out, key, child, var, names)
+            _plain_child(out, key, child, var, names, parsed)
 
 
-def _plain_child(out: _Source, key: str, child: _Node, var: str, names: "itertools.count[int]") -> None:
+def _plain_child(out: _Source, key: str, child: _Node, var: str, names: "itertools.count[int]",
+                 parsed: frozenset[int]) -> None:
     """Build the object at ``var[key]`` from columns alone; attach it if not empty."""
     sub = f"d{next(names)}"
     out(f"{sub} = {{}}")
-    _build_plain(out, child, sub, names)
+    _build_plain(out, child, sub, names, parsed)
     out(f"if {sub}:")
     out(f"    {var}[{key!r}] = {sub}")
 
@@ -297,6 +343,7 @@ class Codec:
     rebuild: Callable[[tuple], dict]
     flatten_source: str
     rebuild_source: str
+    rebuild_rows: Callable[[list[tuple]], list[dict]]
     # For the column-wise flatten (engine.columns): the slow path of one value
     # (``convert(field, value, position, problems) -> (column, kept)``), the
     # residual's JSON text (``dump_residual(rest, position, problems)``), and
@@ -359,7 +406,7 @@ def compile_mapping(mapping: Mapping) -> Codec:
     scope: dict[str, Any] = {
         "MISSING": MISSING, "BLOCKED": BLOCKED, "Problem": Problem, "ENTITY": entity,
         "uuid4": uuid.uuid4, "convert": convert, "dump_residual": dump_residual,
-        "missing_message": _missing_message, "loads": parse_json,
+        "missing_message": _missing_message, "loads": parse_json, "loads_many": parse_json_many,
     }
     for index, f in enumerate(mapping.fields):
         scope[f"F{index}"] = f
@@ -369,7 +416,8 @@ def compile_mapping(mapping: Mapping) -> Codec:
     rebuild_source = _rebuild_source(mapping, root)
     flatten = _compile(flatten_source, "flatten", entity, scope)
     rebuild = _compile(rebuild_source, "rebuild", entity, scope)
-    return Codec(mapping, flatten, rebuild, flatten_source, rebuild_source, convert, dump_residual)
+    rebuild_rows = _compile(_rebuild_rows_source(mapping, root), "rebuild_rows", entity, scope)
+    return Codec(mapping, flatten, rebuild, flatten_source, rebuild_source, rebuild_rows, convert, dump_residual)
 
 
 def _compile(source: str, name: str, entity: str, scope: dict[str, Any]) -> Callable:

@@ -189,6 +189,29 @@ def parse_json(text: str) -> Any:
     return value
 
 
+def parse_json_many(texts: list[str]) -> list[Any]:
+    """:func:`parse_json` of texts we wrote ourselves, read in one pass of the
+    C scanner over them all joined as one JSON array (a third less time than
+    a call a text).
+
+    Our JSON text is one value and never holds a raw newline, so joined with
+    ``"\\n,"`` a text that starts with a space (numbers no float holds) shows
+    as ``"\\n, "``; a count of newlines or of values, or an end, that does
+    not match says some text is not ours. Either way each text is then read
+    on its own, as :func:`parse_json` reads it (with its own error)."""
+    if not texts:
+        return []
+    joined = "\n,".join(texts)
+    if texts[0][:1] != " " and "\n, " not in joined and joined.count("\n") == len(texts) - 1:
+        try:
+            values, end = _scan_once(f"[{joined}]", 0)
+        except (StopIteration, ValueError):
+            values, end = None, -1
+        if end == len(joined) + 2 and len(values) == len(texts):
+            return values
+    return [parse_json(text) for text in texts]
+
+
 def exact_number(text: str) -> float | Decimal:
     """A JSON number with a fraction or exponent: the float whose value it is,
     else a ``Decimal`` with every digit (``parse_float`` of a decoder)."""
