@@ -42,8 +42,9 @@ def test_measure_size_reports_every_figure(tmp_path, shape):
     assert result["entities"] == 400 and result["shape"] == shape
     for key in ("save_s", "load_s", "create_s", "save_entities_per_s", "load_entities_per_s", "save_us_per_entity",
                 "load_us_per_entity", "db_bytes_per_entity", "read_json_s", "save_vs_read_json", "json_loads_s",
-                "load_vs_json_loads"):
+                "load_vs_json_loads", "read_json_open_to_close_s", "save_vs_read_json_open_to_close"):
         assert result[key] > 0, key
+    assert result["read_json_open_to_close_s"] > result["read_json_s"]  # the connect and close on top
     # memory deltas of a tiny run can round to zero, but they are measured
     assert isinstance(result["input_rss_mb"], float) and isinstance(result["save_peak_rss_growth_mb"], float)
 
