@@ -217,13 +217,14 @@ def no_cyclic_gc(*, kept: bool = False) -> Iterator[None]:
     ``kept``: the block makes a large result that the caller keeps (a loaded
     scenario). Every container made while the collector was paused sits in
     the youngest generation, so the first collection after it resumes walks
-    them all, and a later one walks them again on their way to the oldest
-    (at 1M entities: 0.5 s inside the load, 1.4 s in the caller's next
-    allocations). With ``kept`` they move to the oldest generation at once
+    them all, and a later one walks them again on their way to the oldest.
+    With ``kept`` they move to the oldest generation at once
     (``gc.freeze()`` then ``gc.unfreeze()``, which moves lists, not objects);
     the young objects the caller already had move with them and are looked
     at by the next full collection instead. Skipped if the caller froze
-    objects itself (unfreezing would undo that)."""
+    objects itself (unfreezing would undo that). Measured on a load of 1M
+    entities: 4.08 -> 3.61 s, and the caller's next 200,000 lists made
+    1.44 -> 0.91 s."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
