@@ -205,7 +205,7 @@ def parse_json_many(texts: list[str]) -> list[Any]:
     if texts[0][:1] != " " and "\n, " not in joined and joined.count("\n") == len(texts) - 1:
         try:
             values, end = _scan_once(f"[{joined}]", 0)
-        except (StopIteration, ValueError):
+        except (StopIteration, ValueError, RecursionError):  # the array is one level deeper
             values, end = None, -1
         if end == len(joined) + 2 and len(values) == len(texts):
             return values
