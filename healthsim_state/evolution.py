@@ -259,7 +259,7 @@ def _convert(rows: list[tuple], diff: MappingDiff, old_codec: Codec, stored: Cod
                 out.append((scenario_id, *flat, since, until))
                 if until is None:
                     current.append(flat)
-    KeyTracker(stored, problems).check(sorted(current, key=lambda flat: flat[0]))
+    KeyTracker(stored, problems).check(current)  # it names duplicates in position order
     return out, problems
 
 

@@ -4,7 +4,9 @@ the one-row ``rebuild``, and the same values or errors as ``parse_json``."""
 
 from __future__ import annotations
 
+import itertools
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -38,7 +40,7 @@ def test_many_texts_read_as_each_alone(texts):
 
 
 def test_exact_numbers_keep_their_digits_anywhere_in_the_list():
-    exact = dump_residual_json(to_json({"n": __import__("decimal").Decimal("0.10000000000000001")}))
+    exact = dump_residual_json(to_json({"n": Decimal("0.10000000000000001")}))
     assert exact.startswith(" ")
     for texts in ([exact, "{}"], ["{}", exact], ["[1]", exact, "2"]):
         assert parse_json_many(texts) == [parse_json(t) for t in texts]
@@ -70,7 +72,7 @@ def store():
         yield sm
 
 
-_names = iter(range(10**9))
+_names = itertools.count()
 
 
 @settings(max_examples=max(5, settings.default.max_examples // 4), suppress_health_check=QUIET)
@@ -94,7 +96,6 @@ def test_rows_rebuild_as_one_row_at_a_time(store, entities):
 def test_a_json_column_the_residual_overrides_still_takes_its_value(store):
     """A json value holding a number no float holds: the column has the digits
     and the residual the value, which wins; the next row must get its own."""
-    from decimal import Decimal
     lines = [{"claim_id": "C1", "line_number": 1, "procedure_modifiers": [Decimal("0.10000000000000001")]},
              {"claim_id": "C1", "line_number": 2, "procedure_modifiers": ["25"]},
              {"claim_id": "C1", "line_number": 3, "procedure_modifiers": {"a": [1, {"b": None}]}}]

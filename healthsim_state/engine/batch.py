@@ -181,7 +181,8 @@ class KeyTracker:
 
     def check(self, rows: list[tuple | None], columns: ColumnBatch | None = None) -> None:
         """The keys of one chunk: its rows (None for an entity with problems)
-        and its column-wise part."""
+        and its column-wise part, in any order; duplicates are reported in
+        position order."""
         keys, positions = self._keys(rows, columns)
         if self.first is None:
             before = len(self.met)
