@@ -8,9 +8,9 @@
 Throughput (one line per size and shape): median save and load seconds and
 entities per second, the cost per entity (it must stay flat as sizes grow), the
 RSS the input occupies and the peak RSS growth during a save (and their
-ratio), database bytes per entity, and two references measured in the same
-run: DuckDB's own ``read_json`` of the same entities written as NDJSON, into
-one table per type (``save_vs_read_json``; timed from an open connection to
+ratio), database bytes per entity, and two references measured run for run
+with the saves: DuckDB's own ``read_json`` of the same entities written as
+NDJSON, into one table per type (``save_vs_read_json``; timed from an open connection to
 its commit, and ``save_vs_read_json_open_to_close`` from its connect to its
 close, as a save is), and the standard library's
 ``json.loads`` of those NDJSON lines into dicts (``load_vs_json_loads``). A
@@ -92,6 +92,10 @@ def measure_size(size: int, repeat: int, workdir: Path, shape: str = "canonical"
 
     saves, loads, creates, peak_growth, db_bytes = [], [], [], None, None
     server_runs: list[tuple[float, float, int]] = []
+    lines = ndjson_lines(data)
+    every = [line for part in lines.values() for line in part]
+    files = write_ndjson(lines, workdir)
+    committed, closed, parsing = [], [], []
     for run in range(repeat):
         path = workdir / f"bench-{size}-{run}.duckdb"
         with StateManager(path) as sm:
@@ -117,10 +121,17 @@ def measure_size(size: int, repeat: int, workdir: Path, shape: str = "canonical"
         StateManager(empty).create()
         creates.append(time.perf_counter() - started)
         empty.unlink()
+        # the references run for run with the saves, so a change in the shared
+        # machine's speed during the run moves both sides of each ratio
+        commit, close = read_json_once(files, workdir / f"reference-{run}.duckdb")
+        committed.append(commit)
+        closed.append(close)
+        parsing.append(json_loads_once(every))
 
-    lines = ndjson_lines(data)
-    reference, reference_closed = measure_read_json(data, lines, repeat, workdir)
-    parsing = measure_json_loads(lines, repeat)
+    for path in files.values():
+        path.unlink()
+    reference, reference_closed = statistics.median(committed), statistics.median(closed)
+    parsing = statistics.median(parsing)
     save, load = statistics.median(saves), statistics.median(loads)
     server = postgres_figures(server_runs, entities, save, load) if server_runs else {}
     return {
@@ -210,51 +221,46 @@ def ndjson_lines(data: dict) -> dict[str, list[str]]:
     return {kind: [json.dumps(item, default=str) for item in items] for kind, items in data.items()}
 
 
-def measure_json_loads(lines: dict[str, list[str]], repeat: int) -> float:
-    """Median seconds for ``json.loads`` to turn the NDJSON lines into dicts."""
-    every = [line for part in lines.values() for line in part]
-    times = []
-    for _ in range(repeat):
-        gc.collect()
-        started = time.perf_counter()
-        parsed = list(map(json.loads, every))
-        times.append(time.perf_counter() - started)
-        del parsed
-    return statistics.median(times)
-
-
-def measure_read_json(data: dict, lines: dict[str, list[str]], repeat: int, workdir: Path) -> tuple[float, float]:
-    """Median seconds for DuckDB to load the same entities from NDJSON files
-    into one table per type (``read_json``, schema inferred): from an open
-    connection to its commit (the issue's reference), and from the connect to
-    the close. The second is what a save is timed as (it opens the file and
-    closes it); DuckDB writes the commit to its log and the tables into the
-    file at the close, where a save's larger commit does both at once."""
-    import duckdb
-
+def write_ndjson(lines: dict[str, list[str]], workdir: Path) -> dict[str, Path]:
+    """Each type's lines in a file of its own, for ``read_json``."""
     files = {}
     for kind, part in lines.items():
-        path = workdir / f"{kind}.ndjson"
-        path.write_text("".join(line + "\n" for line in part))
-        files[kind] = path
-    committed, closed = [], []
-    for run in range(repeat):
-        db = workdir / f"reference-{run}.duckdb"
-        opened = time.perf_counter()
-        con = duckdb.connect(str(db))
-        started = time.perf_counter()
-        con.execute("BEGIN TRANSACTION")
-        for kind, path in files.items():
-            relation = con.read_json(str(path), format="newline_delimited")
-            relation.create(kind)
-        con.execute("COMMIT")
-        committed.append(time.perf_counter() - started)
-        con.close()
-        closed.append(time.perf_counter() - opened)
-        db.unlink()
-    for path in files.values():
-        path.unlink()
-    return statistics.median(committed), statistics.median(closed)
+        files[kind] = workdir / f"{kind}.ndjson"
+        files[kind].write_text("".join(line + "\n" for line in part))
+    return files
+
+
+def json_loads_once(lines: list[str]) -> float:
+    """Seconds for ``json.loads`` to turn the NDJSON lines into dicts."""
+    gc.collect()
+    started = time.perf_counter()
+    parsed = list(map(json.loads, lines))
+    elapsed = time.perf_counter() - started
+    del parsed
+    return elapsed
+
+
+def read_json_once(files: dict[str, Path], db: Path) -> tuple[float, float]:
+    """Seconds for DuckDB to load the NDJSON files into a new database, one
+    table per type (``read_json``, schema inferred): from an open connection
+    to its commit (the issue's reference), and from the connect to the close.
+    The second is what a save is timed as (it opens the file and closes it);
+    DuckDB writes the commit to its log and the tables into the file at the
+    close, where a save's larger commit does both at once."""
+    import duckdb
+
+    opened = time.perf_counter()
+    con = duckdb.connect(str(db))
+    started = time.perf_counter()
+    con.execute("BEGIN TRANSACTION")
+    for kind, path in files.items():
+        con.read_json(str(path), format="newline_delimited").create(kind)
+    con.execute("COMMIT")
+    committed = time.perf_counter() - started
+    con.close()
+    closed = time.perf_counter() - opened
+    db.unlink()
+    return committed, closed
 
 
 # --- latency --------------------------------------------------------------------------
