@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import evolution
 from .backends import Backend, Session, open_backend
-from .engine.batch import KEPT_RESULT, ScenarioBatch, key_function, no_cyclic_gc, rebuild_rows
+from .engine.batch import KEPT_RESULT, ScenarioBatch, key_function, no_cyclic_gc, rebuild_columns, rebuild_rows
 from .engine.compile import Codec
 from .engine.registry import Registry, registry_for
 from .engine.types import TYPES, HeldText, Unfit
@@ -626,11 +626,8 @@ class StateManager:
             with no_cyclic_gc(kept=expected >= KEPT_RESULT):  # the fetch makes as many objects as the rebuild
                 for entity in chosen:
                     if counts.get(entity):
-                        codec = g.registry.codecs[entity]
-                        rows = g.fetch_rows(codec, found["scenario_id"], version=version, limit=limit,
-                                            offset=offset)
-                        entities[entity] = rebuild_rows(codec, rows)
-                        del rows
+                        entities[entity] = _load_type(g, g.registry.codecs[entity], found["scenario_id"],
+                                                      counts[entity], version, limit, offset)
             info["entities"] = entities
             return info
 
@@ -874,6 +871,20 @@ def _add_by_key(g: Gateway, scenario_id: str, version: int, batch: ScenarioBatch
 
 
 # --- small helpers -----------------------------------------------------------------------
+
+# A type of at least this many entities is read a column at a time where the
+# backend hands results over by columns (DuckDB, with NumPy installed). Below
+# it, a tuple a row costs less: each column read that way has a fixed cost.
+COLUMNWISE_READ = 1_000
+
+
+def _load_type(g: Gateway, codec: Codec, scenario_id: str, count: int, version: int | None,
+               limit: int | None, offset: int) -> list[dict]:
+    """One type's entities of a load, in saved order (``count`` of them stored)."""
+    if limit is None and not offset and count >= COLUMNWISE_READ and g.session.reads_columns:
+        return rebuild_columns(codec, g.fetch_columns(codec, scenario_id, version=version))
+    return rebuild_rows(codec, g.fetch_rows(codec, scenario_id, version=version, limit=limit, offset=offset))
+
 
 def _found(g: Gateway, name_or_id: str) -> dict[str, Any]:
     found = g.find_scenario(name_or_id)

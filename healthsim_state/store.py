@@ -22,6 +22,7 @@ import operator
 import secrets
 import time
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Iterator, Sequence
 
 from .backends.base import Constant, Session, quote
@@ -281,6 +282,12 @@ class Gateway:
             return rows
         return self.session.fetchall(sql + " ORDER BY _position" + _page(params, limit, offset), params)
 
+    def fetch_columns(self, codec: Codec, scenario_id: str, *, version: int | None = None) -> list[list]:
+        """The same rows as :meth:`fetch_rows` as columns ``(positions,
+        col_0, ..., residuals)``, in saved order."""
+        sql, params = self._live_rows_sql(codec, scenario_id, version)
+        return _in_position_order(self.session.fetch_columns(sql, params, len(codec.mapping.fields) + 2))
+
     def stream_rows(self, codec: Codec, scenario_id: str, *, version: int | None, batch_size: int,
                     after: int = -1, typed: bool = False) -> Iterator[list[tuple]]:
         """A type's rows in saved order, ``batch_size`` at a time, each batch a
@@ -474,6 +481,16 @@ class Gateway:
     def count_rows(self, codec: Codec, scenario_id: str) -> int:
         return self.session.scalar(f"SELECT count(*) FROM {_rows(codec)} WHERE scenario_id = ? AND _until IS NULL",
                                    [scenario_id])
+
+
+def _in_position_order(columns: list[list]) -> list[list]:
+    """Columns whose first holds positions, reordered by it where it is not
+    ascending already (nearly never: rows are stored in order)."""
+    positions = columns[0]
+    if all(map(operator.lt, positions, islice(positions, 1, None))):
+        return columns
+    order = sorted(range(len(positions)), key=positions.__getitem__)
+    return [[column[i] for i in order] for column in columns]
 
 
 def _page(params: list[Any], limit: int | None, offset: int) -> str:

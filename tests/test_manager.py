@@ -383,12 +383,18 @@ def count_statements(monkeypatch, kind: str) -> list[str]:
         from healthsim_state.backends.postgres_backend import PostgresSession as session_class
 
     sent: list[str] = []
-    for name in ("execute", "fetchall"):
+    inside = [0]  # fetch_columns may read by way of fetchall: one statement
+    for name in ("execute", "fetchall", "fetch_columns"):
         original = getattr(session_class, name)
 
-        def counted(self, sql, params=(), _original=original):
-            sent.append(sql)
-            return _original(self, sql, params)
+        def counted(self, sql, *args, _original=original):
+            if not inside[0]:
+                sent.append(sql)
+            inside[0] += 1
+            try:
+                return _original(self, sql, *args)
+            finally:
+                inside[0] -= 1
 
         monkeypatch.setattr(session_class, name, counted)
     return sent

@@ -100,6 +100,18 @@ class Session(ABC):
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """Run one query and return every row."""
 
+    @property
+    def reads_columns(self) -> bool:
+        """Whether :meth:`fetch_columns` makes fewer objects than :meth:`fetchall`
+        (a backend that hands results over by columns), so large reads use it."""
+        return False
+
+    def fetch_columns(self, sql: str, params: Sequence[Any], width: int) -> list[list]:
+        """Run one query of ``width`` columns and return its values a column
+        at a time (a list each); here by turning the rows around."""
+        rows = self.fetchall(sql, params)
+        return [list(column) for column in zip(*rows)] if rows else [[] for _ in range(width)]
+
     def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
         rows = self.fetchall(sql, params)
         return rows[0] if rows else None

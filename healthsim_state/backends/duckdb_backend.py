@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import array
 import atexit
+import importlib.util
 import os
 import random
 import re
@@ -43,6 +44,11 @@ from ..engine.types import ColumnType
 from .base import Backend, Constant, Dialect, QueryResult, Session, quote
 
 MEMORY = ":memory:"
+
+# Large reads go by way of NumPy when it is installed (it comes with pandas);
+# not a dependency: without it they take a sixth longer. Imported by DuckDB
+# at the first such read, not here (an import costs a command line call).
+NUMPY = importlib.util.find_spec("numpy") is not None
 
 DIALECT = Dialect(
     name="duckdb",
@@ -257,6 +263,22 @@ class DuckDBSession(Session):
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return self.con.execute(sql, params).fetchall()
+
+    @property
+    def reads_columns(self) -> bool:
+        return NUMPY
+
+    def fetch_columns(self, sql: str, params: Sequence[Any], width: int) -> list[list]:
+        """By way of NumPy where it is installed: DuckDB fills a NumPy array a
+        column (a masked one where there are NULLs, so NULL stays apart from
+        NaN) and ``tolist`` makes the Python values in C, a sixth less time
+        than a tuple a row (a 100k-entity load: 161 -> 135 ms of fetching)."""
+        if not NUMPY:
+            return super().fetch_columns(sql, params, width)
+        arrays = self.con.execute(sql, params).fetchnumpy()
+        if len(arrays) != width:  # two columns of one name would share a key
+            return super().fetch_columns(sql, params, width)
+        return [array.tolist() for array in arrays.values()]
 
     def stream(self, sql: str, params: Sequence[Any], batch_size: int) -> Iterator[list[tuple]]:
         cursor = self.con.execute(sql, params)

@@ -228,6 +228,11 @@ def rebuild_rows(codec: Codec, rows: list[tuple]) -> list[dict]:
         return codec.rebuild_rows(rows)
 
 
+def rebuild_columns(codec: Codec, columns: list[list]) -> list[dict]:
+    with no_cyclic_gc():
+        return codec.rebuild_columns(columns)
+
+
 # A result of at least this many entities is kept out of the young generations
 # when the collector resumes (see no_cyclic_gc).
 KEPT_RESULT = 50_000

@@ -17,7 +17,8 @@ entities), so a load of a plain entity never parses JSON.
 canonical entity: the residual, with every non-null column rendered at its path
 unless the residual already holds a value there. ``rebuild_rows(rows)`` does
 the same for a list of rows in one call, reading each column of JSON text
-(the residuals, json columns) in one pass first.
+(the residuals, json columns) in one pass first; ``rebuild_columns`` for
+the rows' columns.
 
 How containers are handled (the variables ``n0``, ``n1``, ... of the generated
 code): every object on the way to a path or an alias is looked up once and
@@ -35,7 +36,7 @@ import itertools
 import linecache
 import uuid
 from dataclasses import dataclass, field as dataclass_field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import Problem, preview
 from ..mapping.model import UUID4, Field, Mapping
@@ -235,18 +236,20 @@ def _rebuild_source(mapping: Mapping, root: _Node) -> str:
 
 
 def _rebuild_rows_source(mapping: Mapping, root: _Node) -> str:
-    """``rebuild_rows(rows)``: the entities of many rows. The JSON texts (the
-    residuals, and json columns) are read first, each column's in one pass
+    """``rebuild_rows(rows, residuals, texts)``: the entities of many rows
+    (any iterable of them: a list, or ``zip`` over columns). The JSON texts
+    (the residuals, and each json column's, in :func:`_parsed` order) come
+    as columns of their own and are read first, each in one pass
     (``loads_many``); a row takes the next value of each of its non-null
     texts, so every branch below takes one whether it uses it or not."""
     out = _Source()
-    parsed = frozenset(i for i, f in enumerate(mapping.fields) if f.type.render is parse_json)
+    parsed = frozenset(_parsed(mapping))
     columns = ", ".join(f"c{i}" for i in range(len(mapping.fields)))
-    out("def rebuild_rows(rows):")
+    out("def rebuild_rows(rows, residuals, texts):")
     out.indent()
-    out("residuals = iter(loads_many([row[-1] for row in rows if row[-1] is not None]))")
-    for index in sorted(parsed):
-        out(f"J{index} = iter(loads_many([row[{index + 1}] for row in rows if row[{index + 1}] is not None]))")
+    out("residuals = iter(loads_many([t for t in residuals if t is not None]))")
+    for order, index in enumerate(_parsed(mapping)):
+        out(f"J{index} = iter(loads_many([t for t in texts[{order}] if t is not None]))")
     out("out = []")
     out("append = out.append")
     out(f"for _, {columns}, residual in rows:")
@@ -265,6 +268,11 @@ def _rebuild_rows_source(mapping: Mapping, root: _Node) -> str:
     out.dedent()
     out("return out")
     return out.text()
+
+
+def _parsed(mapping: Mapping) -> tuple[int, ...]:
+    """The fields whose column holds JSON text, parsed on the way out."""
+    return tuple(i for i, f in enumerate(mapping.fields) if f.type.render is parse_json)
 
 
 def _build_merged(out: _Source, node: _Node, var: str, names: "itertools.count[int]",
@@ -343,7 +351,8 @@ class Codec:
     rebuild: Callable[[tuple], dict]
     flatten_source: str
     rebuild_source: str
-    rebuild_rows: Callable[[list[tuple]], list[dict]]
+    # generated: (rows, residual texts, json columns' texts) -> entities; see rebuild_rows
+    rebuild_texts: Callable[[Iterable[tuple], Sequence[Any], list[Sequence[Any]]], list[dict]]
     # For the column-wise flatten (engine.columns): the slow path of one value
     # (``convert(field, value, position, problems) -> (column, kept)``), the
     # residual's JSON text (``dump_residual(rest, position, problems)``), and
@@ -355,6 +364,17 @@ class Codec:
     @property
     def columns(self) -> tuple[str, ...]:
         return tuple(f.column for f in self.mapping.fields)
+
+    def rebuild_rows(self, rows: list[tuple]) -> list[dict]:
+        """The entities of rows ``(position, col_0, ..., residual)``, as
+        :attr:`rebuild` makes them one at a time."""
+        return self.rebuild_texts(rows, [row[-1] for row in rows],
+                                  [[row[i + 1] for row in rows] for i in _parsed(self.mapping)])
+
+    def rebuild_columns(self, columns: Sequence[Sequence[Any]]) -> list[dict]:
+        """The same from the rows' columns ``(positions, col_0, ..., residuals)``
+        (no row tuples made: ``zip`` hands each one over in turn)."""
+        return self.rebuild_texts(zip(*columns), columns[-1], [columns[i + 1] for i in _parsed(self.mapping)])
 
     @property
     def key_indexes(self) -> tuple[int, ...]:
@@ -416,8 +436,8 @@ def compile_mapping(mapping: Mapping) -> Codec:
     rebuild_source = _rebuild_source(mapping, root)
     flatten = _compile(flatten_source, "flatten", entity, scope)
     rebuild = _compile(rebuild_source, "rebuild", entity, scope)
-    rebuild_rows = _compile(_rebuild_rows_source(mapping, root), "rebuild_rows", entity, scope)
-    return Codec(mapping, flatten, rebuild, flatten_source, rebuild_source, rebuild_rows, convert, dump_residual)
+    rebuild_texts = _compile(_rebuild_rows_source(mapping, root), "rebuild_rows", entity, scope)
+    return Codec(mapping, flatten, rebuild, flatten_source, rebuild_source, rebuild_texts, convert, dump_residual)
 
 
 def _compile(source: str, name: str, entity: str, scope: dict[str, Any]) -> Callable:

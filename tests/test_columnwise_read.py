@@ -1,0 +1,140 @@
+"""A large load reads each type a column at a time (``Session.fetch_columns``;
+on DuckDB by way of NumPy where it is installed) and rebuilds the entities
+from the columns (``Codec.rebuild_columns``): the same entities, in the same
+order, as reading a tuple a row. Checked with NumPy, and with the rows
+turned into columns (the way of a backend that hands over rows, forced here
+to be taken), on both backends, and for rows stored out of position order."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import oracle
+import strategies as S
+from benchmarks.generate import scenario
+from healthsim_state import StateManager
+from healthsim_state.backends import base, duckdb_backend
+from healthsim_state import manager as manager_module
+from healthsim_state.store import _in_position_order
+
+RAW = oracle.load_mapping_dirs([Path(__file__).resolve().parents[1] / "mappings"])
+QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
+ROWWISE, COLUMNWISE = 10**12, 1  # thresholds: every type read a row at a time, or a column at a time
+
+
+def _typed(columns):
+    """Values with their types (True is not 1, -0.0 is not 0.0) and NaN comparable."""
+    return [[(type(v).__name__, repr(v)) for v in column] for column in columns]
+
+
+# --- the session: columns as fetchall would give them ---------------------------------------------
+
+VALUES = """SELECT * FROM (VALUES
+    (1::INTEGER, 9223372036854775807::BIGINT, 'nan'::DOUBLE, true, 'a', NULL::VARCHAR),
+    (NULL, -9223372036854775808, NULL, NULL, NULL, NULL),
+    (-2147483648, NULL, '-inf'::DOUBLE, false, '', NULL),
+    (3, 0, -0.0::DOUBLE, NULL, ?, NULL)) t(i, b, d, f, s, n)"""
+
+
+@pytest.fixture
+def session():
+    with StateManager(":memory:") as sm:
+        sm.create()
+        with sm._backend.session(write=False) as duckdb_session:
+            yield duckdb_session
+
+
+@pytest.mark.parametrize("numpy", [True, False])
+def test_columns_hold_what_the_rows_hold(session, monkeypatch, numpy):
+    """NULL stays apart from NaN, booleans from integers, and the extremes of
+    each integer type survive."""
+    monkeypatch.setattr(duckdb_backend, "NUMPY", numpy)
+    params = ["\u00e9\U0001F600 end"]
+    rows = session.fetchall(VALUES, params)
+    columns = session.fetch_columns(VALUES, params, 6)
+    assert _typed(columns) == _typed(zip(*rows))
+    assert columns[2][1] is None and columns[2][0] != columns[2][0]  # NULL, then NaN
+    assert columns[5] == [None] * 4
+
+
+@pytest.mark.parametrize("numpy", [True, False])
+def test_no_rows_give_empty_columns(session, monkeypatch, numpy):
+    monkeypatch.setattr(duckdb_backend, "NUMPY", numpy)
+    assert session.fetch_columns("SELECT 1::INTEGER AS a, 'x' AS b WHERE 1 = ?", [0], 2) == [[], []]
+
+
+def test_columns_of_one_name_are_kept_apart(session):
+    assert session.fetch_columns("SELECT ?::INTEGER AS a, 2 AS a", [1], 2) == [[1], [2]]
+
+
+def test_position_order_is_restored_for_every_column():
+    columns = [[3, 0, 2, 1], ["d", "a", "c", "b"], [None, 1, None, 2]]
+    assert _in_position_order(columns) == [[0, 1, 2, 3], ["a", "b", "c", "d"], [1, 2, None, None]]
+    ordered = [[0, 1, 5], ["a", "b", "c"]]
+    assert _in_position_order(ordered) is ordered
+    assert _in_position_order([[], []]) == [[], []]
+
+
+# --- whole loads: column-wise equals row-wise ------------------------------------------------------
+
+def _load_both_ways(sm, monkeypatch, name, **kwargs):
+    monkeypatch.setattr(manager_module, "COLUMNWISE_READ", ROWWISE)
+    by_rows = sm.load_scenario(name, **kwargs)
+    monkeypatch.setattr(manager_module, "COLUMNWISE_READ", COLUMNWISE)
+    by_columns = sm.load_scenario(name, **kwargs)
+    return by_rows, by_columns
+
+
+def _read_by(monkeypatch, way):
+    """``numpy``: as configured (DuckDB reads columns by way of NumPy; the
+    server, rows); ``turned``: every backend made to read columns by turning
+    its rows around (``Session.fetch_columns`` of the base class)."""
+    if way == "turned":
+        monkeypatch.setattr(duckdb_backend, "NUMPY", False)
+        for session_class in (base.Session, duckdb_backend.DuckDBSession):
+            monkeypatch.setattr(session_class, "reads_columns", property(lambda self: True))
+
+
+@pytest.mark.parametrize("way", ["numpy", "turned"])
+def test_a_load_reads_the_same_either_way_even_out_of_stored_order(sm, monkeypatch, way):
+    _read_by(monkeypatch, way)
+    data = scenario(2, seed=11)
+    sm.save_scenario("s", data)
+    labs = data["lab_result"]
+    changed = {**labs[0], "value": "changed"}  # same key: it keeps position 0, stored last
+    sm.add_entities("s", {"lab_result": [changed]})
+
+    by_rows, by_columns = _load_both_ways(sm, monkeypatch, "s")
+    assert by_columns == by_rows
+    assert [lab["lab_result_id"] for lab in by_columns["entities"]["lab_result"]] == \
+        [lab["lab_result_id"] for lab in labs]
+    assert by_columns["entities"]["lab_result"][0]["value"] == "changed"
+    old_rows, old_columns = _load_both_ways(sm, monkeypatch, "s", version=1)
+    assert old_columns == old_rows
+    assert old_columns["entities"]["lab_result"][0]["value"] == labs[0]["value"]
+
+
+@pytest.fixture(scope="module")
+def memory_store():
+    with StateManager(":memory:") as sm:
+        yield sm
+
+
+_names = itertools.count()
+
+
+@settings(max_examples=max(5, settings.default.max_examples // 4), suppress_health_check=QUIET)
+@given(entities=S.scenario_entities(RAW, max_size=4))
+def test_random_entities_load_the_same_either_way(memory_store, entities):
+    name = f"s{next(_names)}"
+    memory_store.save_scenario(name, entities)
+    with pytest.MonkeyPatch.context() as patch:
+        by_rows, by_columns = _load_both_ways(memory_store, patch, name)
+        _read_by(patch, "turned")
+        _, turned = _load_both_ways(memory_store, patch, name)
+    assert by_columns == by_rows
+    assert turned == by_rows
