@@ -114,6 +114,14 @@ def sm(store):
         yield manager
 
 
+@pytest.fixture(scope="module")
+def memory_sm():
+    """One in-memory DuckDB store for a module's property tests (each example
+    saves a scenario of its own name)."""
+    with StateManager(":memory:") as manager:
+        yield manager
+
+
 def pytest_collection_modifyitems(items):
     """``-m postgres`` selects the tests that need the server; ``-m "not postgres"`` the others."""
     for item in items:

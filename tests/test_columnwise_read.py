@@ -17,8 +17,8 @@ import oracle
 import strategies as S
 from benchmarks.generate import scenario
 from healthsim_state import StateManager
-from healthsim_state.backends import base, duckdb_backend
 from healthsim_state import manager as manager_module
+from healthsim_state.backends import base, duckdb_backend
 from healthsim_state.store import _in_position_order
 
 RAW = oracle.load_mapping_dirs([Path(__file__).resolve().parents[1] / "mappings"])
@@ -118,23 +118,17 @@ def test_a_load_reads_the_same_either_way_even_out_of_stored_order(sm, monkeypat
     assert old_columns["entities"]["lab_result"][0]["value"] == labs[0]["value"]
 
 
-@pytest.fixture(scope="module")
-def memory_store():
-    with StateManager(":memory:") as sm:
-        yield sm
-
-
 _names = itertools.count()
 
 
 @settings(max_examples=max(5, settings.default.max_examples // 4), suppress_health_check=QUIET)
 @given(entities=S.scenario_entities(RAW, max_size=4))
-def test_random_entities_load_the_same_either_way(memory_store, entities):
+def test_random_entities_load_the_same_either_way(memory_sm, entities):
     name = f"s{next(_names)}"
-    memory_store.save_scenario(name, entities)
+    memory_sm.save_scenario(name, entities)
     with pytest.MonkeyPatch.context() as patch:
-        by_rows, by_columns = _load_both_ways(memory_store, patch, name)
+        by_rows, by_columns = _load_both_ways(memory_sm, patch, name)
         _read_by(patch, "turned")
-        _, turned = _load_both_ways(memory_store, patch, name)
+        _, turned = _load_both_ways(memory_sm, patch, name)
     assert by_columns == by_rows
     assert turned == by_rows

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 import oracle
 import strategies as S
-from healthsim_state import StateManager
 from healthsim_state.engine.values import dump_column_json, dump_residual_json, parse_json, parse_json_many, to_json
 
 RAW = oracle.load_mapping_dirs([Path(__file__).resolve().parents[1] / "mappings"])
@@ -66,21 +65,15 @@ def test_no_texts():
 
 # --- the whole rows, through the database ------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def store():
-    with StateManager(":memory:") as sm:
-        yield sm
-
-
 _names = itertools.count()
 
 
 @settings(max_examples=max(5, settings.default.max_examples // 4), suppress_health_check=QUIET)
 @given(entities=S.scenario_entities({t: RAW[t] for t in ("claim_line", "lab_result", "patient", "encounter")},
                                     max_size=5))
-def test_rows_rebuild_as_one_row_at_a_time(store, entities):
+def test_rows_rebuild_as_one_row_at_a_time(memory_sm, entities):
     name = f"s{next(_names)}"
-    scenario_id = store.save_scenario(name, entities)
+    scenario_id = memory_sm.save_scenario(name, entities)
 
     def both(g):
         out = {}
@@ -89,17 +82,17 @@ def test_rows_rebuild_as_one_row_at_a_time(store, entities):
             out[entity] = (codec.rebuild_rows(rows), [codec.rebuild(row) for row in rows])
         return out
 
-    for entity, (many, one_by_one) in store._read(both).items():
+    for entity, (many, one_by_one) in memory_sm._read(both).items():
         assert many == one_by_one, entity
 
 
-def test_a_json_column_the_residual_overrides_still_takes_its_value(store):
+def test_a_json_column_the_residual_overrides_still_takes_its_value(memory_sm):
     """A json value holding a number no float holds: the column has the digits
     and the residual the value, which wins; the next row must get its own."""
     lines = [{"claim_id": "C1", "line_number": 1, "procedure_modifiers": [Decimal("0.10000000000000001")]},
              {"claim_id": "C1", "line_number": 2, "procedure_modifiers": ["25"]},
              {"claim_id": "C1", "line_number": 3, "procedure_modifiers": {"a": [1, {"b": None}]}}]
-    store.save_scenario("overridden", {"claim_lines": lines})
-    got = store.load_scenario("overridden")["entities"]["claim_line"]
+    memory_sm.save_scenario("overridden", {"claim_lines": lines})
+    got = memory_sm.load_scenario("overridden")["entities"]["claim_line"]
     assert [line["procedure_modifiers"] for line in got] == [[Decimal("0.10000000000000001")], ["25"],
                                                             {"a": [1, {"b": None}]}]
