@@ -768,10 +768,11 @@ class Snapshot:
         counts = self.info["entity_counts"]
         return [entity for entity in self.registry.entity_types if counts.get(entity)]
 
-    def _batches(self, entity: str, batch_size: int, typed: bool) -> Iterator[tuple[Codec, list[tuple]]]:
+    def _batches(self, entity: str, batch_size: int, typed: bool,
+                 by_columns: bool = False) -> Iterator[tuple[Codec, list]]:
         codec = self.registry.codecs[entity]
         batches = self._gateway.stream_rows(codec, self.info["scenario_id"], version=self._version,
-                                            batch_size=batch_size, typed=typed)
+                                            batch_size=batch_size, typed=typed, by_columns=by_columns)
         while True:
             with no_cyclic_gc():  # not across the yield: the caller's code runs there
                 rows = next(batches, None)
@@ -792,9 +793,13 @@ class Snapshot:
             return rebuild_rows(codec, rows)
 
     def entities(self, entity: str, *, batch_size: int = 10_000) -> Iterator[dict[str, Any]]:
-        """The type's entities in canonical shape."""
-        for codec, rows in self._batches(entity, batch_size, typed=False):
-            yield from rebuild_rows(codec, rows)
+        """The type's entities in canonical shape (batches as large as a load's
+        types that are read a column at a time are read that way too)."""
+        stored = self.info["entity_counts"].get(entity) or 0
+        by_columns = min(batch_size, stored) >= COLUMNWISE_READ and self._gateway.session.reads_columns
+        rebuild = rebuild_columns if by_columns else rebuild_rows
+        for codec, batch in self._batches(entity, batch_size, typed=False, by_columns=by_columns):
+            yield from rebuild(codec, batch)
 
     def typed_rows(self, entity: str, *, batch_size: int = 50_000) -> Iterator[list[tuple]]:
         """Batches of the type's typed column values ``(col_0, ..., col_n)``,

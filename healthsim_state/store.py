@@ -289,22 +289,25 @@ class Gateway:
         return _in_position_order(self.session.fetch_columns(sql, params, len(codec.mapping.fields) + 2))
 
     def stream_rows(self, codec: Codec, scenario_id: str, *, version: int | None, batch_size: int,
-                    after: int = -1, typed: bool = False) -> Iterator[list[tuple]]:
+                    after: int = -1, typed: bool = False, by_columns: bool = False) -> Iterator[list]:
         """A type's rows in saved order, ``batch_size`` at a time, each batch a
         range on ``_position`` (keyset paging, so no batch rereads the ones
         before). Rows are ``(position, col_0, ..., residual)`` in read form,
-        or with ``typed`` the columns' own values."""
+        or with ``typed`` the columns' own values; with ``by_columns`` each
+        batch is the rows' columns (as :meth:`fetch_columns` gives them)."""
         sql, params = self._live_rows_sql(codec, scenario_id, version, typed=typed)
+        page = f"SELECT * FROM ({sql}) r WHERE _position > ? ORDER BY _position LIMIT ?"
+        width = len(codec.mapping.fields) + 2
         while True:
-            rows = self.session.fetchall(
-                f"SELECT * FROM ({sql}) r WHERE _position > ? ORDER BY _position LIMIT ?",
-                params + [after, batch_size])
-            if not rows:
+            args = params + [after, batch_size]
+            batch = self.session.fetch_columns(page, args, width) if by_columns else self.session.fetchall(page, args)
+            count = len(batch[0]) if by_columns else len(batch)
+            if not count:
                 return
-            yield rows
-            if len(rows) < batch_size:
+            yield batch
+            if count < batch_size:
                 return
-            after = rows[-1][0]
+            after = batch[0][-1] if by_columns else batch[-1][0]
 
     def _live_rows_sql(self, codec: Codec, scenario_id: str, version: int | None,
                        typed: bool = False) -> tuple[str, list[Any]]:

@@ -121,6 +121,48 @@ def test_a_load_reads_the_same_either_way_even_out_of_stored_order(sm, monkeypat
 _names = itertools.count()
 
 
+@pytest.mark.parametrize("way", ["numpy", "turned"])
+def test_entities_streamed_in_batches_read_the_same_either_way(sm, store, monkeypatch, way):
+    """``iter_entities`` (and so copies between stores) pages through a type by
+    ``_position``; by columns each page is columns, and the next page starts
+    after the last position of the one before."""
+    _read_by(monkeypatch, way)
+    pages = _count_column_reads(monkeypatch)
+    data = scenario(2, seed=12)
+    sm.save_scenario("s", data)
+    changed = {**data["lab_result"][3], "value": "changed"}
+    sm.add_entities("s", {"lab_result": [changed]})
+    expected = sm.load_scenario("s")["entities"]["lab_result"]
+    assert len(expected) > 7
+    streamed = {}
+    for threshold in (ROWWISE, COLUMNWISE):
+        monkeypatch.setattr(manager_module, "COLUMNWISE_READ", threshold)
+        streamed[threshold] = list(sm.iter_entities("s", "lab_result", batch_size=3))
+    assert streamed[COLUMNWISE] == streamed[ROWWISE] == expected
+    by_columns = way == "turned" or store.kind == "duckdb"
+    assert len(pages) == (len(expected) // 3 + 1 if by_columns else 0), pages  # the last page is short
+
+
+def _count_column_reads(monkeypatch) -> list[str]:
+    """The statements read a column at a time from here on (one each, also
+    where DuckDB's way hands over to the base class's)."""
+    sent, inside = [], [0]
+    for session_class in (base.Session, duckdb_backend.DuckDBSession):
+        original = session_class.fetch_columns
+
+        def counted(self, sql, params, width, _original=original):
+            if not inside[0]:
+                sent.append(sql)
+            inside[0] += 1
+            try:
+                return _original(self, sql, params, width)
+            finally:
+                inside[0] -= 1
+
+        monkeypatch.setattr(session_class, "fetch_columns", counted)
+    return sent
+
+
 @settings(max_examples=max(5, settings.default.max_examples // 4), suppress_health_check=QUIET)
 @given(entities=S.scenario_entities(RAW, max_size=4))
 def test_random_entities_load_the_same_either_way(memory_sm, entities):
