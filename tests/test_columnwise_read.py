@@ -8,6 +8,8 @@ to be taken), on both backends, and for rows stored out of position order."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,28 @@ def test_no_rows_give_empty_columns(session, monkeypatch, numpy):
 
 def test_columns_of_one_name_are_kept_apart(session):
     assert session.fetch_columns("SELECT ?::INTEGER AS a, 2 AS a", [1], 2) == [[1], [2]]
+
+
+NOT_IMPORTABLE = """
+import sys
+from healthsim_state import StateManager, manager
+from healthsim_state.backends import duckdb_backend
+assert duckdb_backend.NUMPY
+sys.modules["numpy"] = None  # found on the path, but its import fails
+manager.COLUMNWISE_READ = 1
+sm = StateManager(":memory:")
+sm.save_scenario("s", {"patient": [{"patient_id": "p1"}, {"patient_id": "p2"}]})
+assert [p["patient_id"] for p in sm.load_scenario("s")["entities"]["patient"]] == ["p1", "p2"]
+assert duckdb_backend.NUMPY is False
+print("read by rows")
+"""
+
+
+def test_a_numpy_that_does_not_import_leaves_reads_to_rows():
+    done = subprocess.run([sys.executable, "-c", NOT_IMPORTABLE], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "read by rows"
 
 
 def test_position_order_is_restored_for_every_column():
