@@ -775,10 +775,10 @@ class Snapshot:
                                             batch_size=batch_size, typed=typed, by_columns=by_columns)
         while True:
             with no_cyclic_gc():  # not across the yield: the caller's code runs there
-                rows = next(batches, None)
-            if rows is None:
+                batch = next(batches, None)  # rows, or with by_columns their columns
+            if batch is None:
                 return
-            yield codec, rows
+            yield codec, batch
 
     def page(self, entity: str, *, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
         """The type's entities at positions ``offset`` to ``offset + limit - 1``
