@@ -138,8 +138,6 @@ class StoreState:
     documents: dict[str, Any] = field(default_factory=dict)  # entity -> recorded mapping document
 
 
-def table_exists(session: Session, table: str) -> bool:
-    return session.scalar(session.dialect.table_exists, [table]) > 0
 
 
 def table_columns(session: Session) -> dict[str, list[str]]:
@@ -155,7 +153,7 @@ def table_columns(session: Session) -> dict[str, list[str]]:
 
 def read_state(session: Session) -> StoreState | None:
     """The store's state, or None for a store without our tables (new)."""
-    if not table_exists(session, META):
+    if not session.table_exists(META):
         return None
     meta = dict(session.fetchall(f"SELECT key, value FROM {META}"))
     version = meta.get("schema_version", "1")
@@ -170,7 +168,7 @@ def read_state(session: Session) -> StoreState | None:
 def read_documents(session: Session, state: StoreState) -> StoreState:
     """Fill ``state`` with the recorded mapping documents (read only when the
     digest says the caller has not seen them)."""
-    if table_exists(session, TABLES):
+    if session.table_exists(TABLES):
         for entity, table, text in session.fetchall(f"SELECT entity, table_name, mapping FROM {TABLES}"):
             state.tables[entity] = table
             state.documents[entity] = parse_json(text) if isinstance(text, str) else text

