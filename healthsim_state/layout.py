@@ -138,8 +138,6 @@ class StoreState:
     documents: dict[str, Any] = field(default_factory=dict)  # entity -> recorded mapping document
 
 
-
-
 def table_columns(session: Session) -> dict[str, list[str]]:
     """``{table: [column, ...]}`` of the store's schema."""
     rows = session.fetchall(

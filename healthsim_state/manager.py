@@ -796,7 +796,7 @@ class Snapshot:
         """The type's entities in canonical shape (batches as large as a load's
         types that are read a column at a time are read that way too)."""
         stored = self.info["entity_counts"].get(entity) or 0
-        by_columns = min(batch_size, stored) >= COLUMNWISE_READ and self._gateway.session.reads_columns
+        by_columns = _by_columns(self._gateway.session, min(batch_size, stored))
         rebuild = rebuild_columns if by_columns else rebuild_rows
         for codec, batch in self._batches(entity, batch_size, typed=False, by_columns=by_columns):
             yield from rebuild(codec, batch)
@@ -883,10 +883,15 @@ def _add_by_key(g: Gateway, scenario_id: str, version: int, batch: ScenarioBatch
 COLUMNWISE_READ = 1_000
 
 
+def _by_columns(session: Session, rows: int) -> bool:
+    """Whether a read of ``rows`` rows of one type goes a column at a time."""
+    return rows >= COLUMNWISE_READ and session.reads_columns
+
+
 def _load_type(g: Gateway, codec: Codec, scenario_id: str, count: int, version: int | None,
                limit: int | None, offset: int) -> list[dict]:
     """One type's entities of a load, in saved order (``count`` of them stored)."""
-    if limit is None and not offset and count >= COLUMNWISE_READ and g.session.reads_columns:
+    if limit is None and not offset and _by_columns(g.session, count):
         return rebuild_columns(codec, g.fetch_columns(codec, scenario_id, version=version))
     return rebuild_rows(codec, g.fetch_rows(codec, scenario_id, version=version, limit=limit, offset=offset))
 

@@ -243,12 +243,13 @@ def _rebuild_rows_source(mapping: Mapping, root: _Node) -> str:
     (``loads_many``); a row takes the next value of each of its non-null
     texts, so every branch below takes one whether it uses it or not."""
     out = _Source()
-    parsed = frozenset(_parsed(mapping))
+    in_order = _parsed(mapping)
+    parsed = frozenset(in_order)
     columns = ", ".join(f"c{i}" for i in range(len(mapping.fields)))
     out("def rebuild_rows(rows, residuals, texts):")
     out.indent()
     out("residuals = iter(loads_many([t for t in residuals if t is not None]))")
-    for order, index in enumerate(_parsed(mapping)):
+    for order, index in enumerate(in_order):
         out(f"J{index} = iter(loads_many([t for t in texts[{order}] if t is not None]))")
     out("out = []")
     out("append = out.append")
