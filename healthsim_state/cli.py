@@ -25,7 +25,8 @@ import click
 from . import __version__
 from .config import default_target, is_url
 from .engine.values import dump_exact, parse_exact
-from .errors import EntityNotFoundError, HealthSimError, ScenarioExistsError, StoreNotFoundError
+from .errors import EntityNotFoundError, HealthSimError, ScenarioExistsError, StoreNotFoundError, \
+    VersionNotFoundError
 from .interop import legacy
 from .interop.json_io import STDIN, ScenarioDocument, dumps, export_document, json_target, read_document, \
     save_document, scenario_name
@@ -36,6 +37,7 @@ from .manager import MISSING_OK_HINT, StateManager, plan_schema_changes
 
 DB_HELP = ("The store: a DuckDB file, or a postgresql:// URL (default: $HEALTHSIM_DB, else "
            "~/.healthsim/healthsim.duckdb).")
+ROOT_DB_HELP = DB_HELP[:-2] + "; a command's own --db wins)."
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -84,11 +86,17 @@ def db_option(function: Callable) -> Callable:
 
 def version_option(function: Callable) -> Callable:
     return click.option("--version", "version", type=click.IntRange(min=1), default=None, metavar="N",
-                        help="That version of the scenario (see `history`); default: the newest.")(function)
+                        help="Version N of the scenario (see `history`; not the program's version, which "
+                             "`healthsim-state --version` prints); default: the newest.")(function)
 
 
 def _target(db: str | None) -> str:
-    """The store: a file path (``~`` expanded) or a PostgreSQL URL."""
+    """The store: a file path (``~`` expanded) or a PostgreSQL URL. A
+    command's ``--db`` wins over one given before the command, which wins
+    over ``$HEALTHSIM_DB`` and the default file."""
+    if db is None:
+        context = click.get_current_context(silent=True)
+        db = context.find_root().params.get("db") if context is not None else None
     if db is None:
         return default_target()
     return db if is_url(db) else str(Path(db).expanduser())
@@ -215,6 +223,11 @@ def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else ""
 
 
+def entities_text(count: int) -> str:
+    """``1 entity``, ``2 entities``."""
+    return f"{count} entit{'y' if count == 1 else 'ies'}"
+
+
 def counts_text(manager_or_registry: Any, counts: dict[str, int]) -> str:
     """``2 patients, 1 encounter`` (types by their singular or plural name)."""
     registry = getattr(manager_or_registry, "registry", manager_or_registry)
@@ -232,10 +245,17 @@ def counts_text(manager_or_registry: Any, counts: dict[str, int]) -> str:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
-@click.version_option(__version__, prog_name="healthsim-state")
-def cli(debug: bool) -> None:
+@click.option("--db", metavar="PATH_OR_URL", default=None, help=ROOT_DB_HELP)
+@click.version_option(__version__, prog_name="healthsim-state",
+                      help="Show the program's version and exit (on load, show and export, --version N is a "
+                           "scenario's version).")
+def cli(debug: bool, db: str | None) -> None:
     """Save, load, version, query and move HealthSim scenarios in one store
-    (a DuckDB file, or a PostgreSQL database)."""
+    (a DuckDB file, or a PostgreSQL database).
+
+    --db goes before the command or after it; reading commands (load, list,
+    show, export, history, diff, sql, ...) never create the store: a missing
+    one is an error naming it."""
     warnings.showwarning = _show_warning
 
 
@@ -246,9 +266,10 @@ def _show_warning(message: Warning | str, *_: Any, **__: Any) -> None:
 
 @cli.command()
 @click.argument("file")
-@click.option("--name", "-n", required=True, help="The scenario's name.")
-@click.option("--description", "-d", help="Replaces the file's description.")
-@click.option("--tag", "-t", "tags", multiple=True, help="A tag (repeat for more); replaces the file's tags.")
+@click.option("--name", "-n", required=True, metavar="NAME", help="The scenario's name.")
+@click.option("--description", "-d", metavar="TEXT", help="Replaces the file's description.")
+@click.option("--tag", "-t", "tags", multiple=True, metavar="TAG",
+              help="A tag (repeat for more); replaces the file's tags.")
 @click.option("--overwrite", is_flag=True, help="Replace a scenario of the same name.")
 @db_option
 def save(file: str, name: str, description: str | None, tags: tuple[str, ...], overwrite: bool,
@@ -272,7 +293,7 @@ def _save(manager: StateManager, document: ScenarioDocument, name: str, **option
 
 @cli.command()
 @click.argument("name_or_id")
-@click.option("--output", "-o", help="Write to this file instead of stdout.")
+@click.option("--output", "-o", metavar="PATH", help="Write to this file instead of stdout.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @version_option
 @db_option
@@ -288,20 +309,18 @@ def load(name_or_id: str, output: str | None, force: bool, version: int | None, 
 
 
 @cli.command(name="list")
-@click.option("--tag", help="Only scenarios with this tag (case-insensitive).")
-@click.option("--search", help="Only names or descriptions containing this text (case-insensitive).")
-@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True)
-@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="Skip this many first.")
+@click.option("--tag", metavar="TAG", help="Only scenarios with this tag (case-insensitive).")
+@click.option("--search", metavar="TEXT", help="Only names or descriptions containing this text (case-insensitive).")
+@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True, metavar="N",
+              help="List at most N scenarios; 0 lists them all.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Skip the first N.")
 @click.option("--json", "as_json", is_flag=True, help="Machine output: a JSON array.")
 @db_option
 def list_command(tag: str | None, search: str | None, limit: int, offset: int, as_json: bool, db: str | None) -> None:
     """List scenarios, newest first: name, entities, tags, updated."""
-    items: list[dict[str, Any]] = []
     with _reader(db) as manager:
-        try:
-            items = manager.list_scenarios(tag=tag, search=search, limit=limit, offset=offset)
-        except StoreNotFoundError:
-            pass  # nothing saved yet: an empty list
+        items = manager.list_scenarios(tag=tag, search=search, limit=limit or None, offset=offset)
     if as_json:
         print_json(items)
         return
@@ -323,22 +342,41 @@ def show(name_or_id: str, as_json: bool, version: int | None, db: str | None) ->
     """Show one scenario: id, version, description, tags, dates and entity counts per type."""
     with _reader(db) as manager:
         item = manager.scenario_info(name_or_id, version=version)
-        if as_json:
-            print_json(item)
-            return
-        fields = [("name", item["name"]), ("id", item["scenario_id"]), ("version", str(item["version"])),
-                  ("description", item["description"] or ""), ("tags", ", ".join(item["tags"])),
-                  ("created", _when(item["created_at"])), ("updated", _when(item["updated_at"])),
-                  ("entities", str(item["entity_count"]))]
-        width = max(len(label) for label, _ in fields)
-        for label, value in fields:
-            click.echo(f"{label:<{width}}  {value}")
-        counts = [(entity, count) for entity, count in item["entity_counts"].items() if count]
-        if counts:
-            name_width = max(len(entity) for entity, _ in counts)
-            count_width = max(len(str(count)) for _, count in counts)
-            for entity, count in counts:
-                click.echo(f"  {entity:<{name_width}}  {count:>{count_width}}")
+        item["entity_counts"] = _in_mapping_order(manager, item["entity_counts"])
+    if as_json:
+        print_json(item)
+        return
+    _print_info(item)
+
+
+def _in_mapping_order(manager: StateManager, counts: dict[str, int]) -> dict[str, int]:
+    """Counts per type in the mappings' order (as load and export give the
+    types); a type no mapping names, after them."""
+    order = {entity: index for index, entity in enumerate(manager.registry.entity_types)}
+    return dict(sorted(counts.items(), key=lambda pair: order.get(pair[0], len(order))))
+
+
+def _print_info(item: dict[str, Any]) -> None:
+    """Aligned lines on a terminal; piped, ``field<TAB>value`` lines under a
+    header, dates in ISO 8601 and each type's count as ``entities.<type>``."""
+    tty = _tty(sys.stdout)
+    when = _when if tty else (lambda value: value.isoformat())
+    fields = [("name", item["name"]), ("id", item["scenario_id"]), ("version", str(item["version"])),
+              ("description", item["description"] or ""), ("tags", ", ".join(item["tags"])),
+              ("created", when(item["created_at"])), ("updated", when(item["updated_at"])),
+              ("entities", str(item["entity_count"]))]
+    counts = [(entity, count) for entity, count in item["entity_counts"].items() if count]
+    if not tty:
+        print_table(["field", "value"], fields + [(f"entities.{entity}", count) for entity, count in counts])
+        return
+    width = max(len(label) for label, _ in fields)
+    for label, value in fields:
+        click.echo(f"{label:<{width}}  {value}")
+    if counts:
+        name_width = max(len(entity) for entity, _ in counts)
+        count_width = max(len(str(count)) for _, count in counts)
+        for entity, count in counts:
+            click.echo(f"  {entity:<{name_width}}  {count:>{count_width}}")
 
 
 @cli.command()
@@ -350,7 +388,7 @@ def delete(name_or_id: str, yes: bool, db: str | None) -> None:
     with _reader(db) as reader:
         item = reader.scenario_info(name_or_id)  # a missing store is an error, and is not created
     with _manager(db) as manager:
-        label = f"{item['name']!r} ({item['entity_count']} entities)"
+        label = f"{item['name']!r} ({entities_text(item['entity_count'])})"
         if not yes:
             if not _tty(sys.stdin):
                 raise CliError(f"not deleting {label}: confirm with --yes (stdin is not a terminal)")
@@ -375,11 +413,11 @@ def rename(name_or_id: str, new_name: str, db: str | None) -> None:
 
 @cli.command()
 @click.argument("name_or_id")
-@click.option("--description", "-d", help="The new description (\"\" removes it).")
-@click.option("--tag", "-t", "tags", multiple=True, help="Replace the tags with these (repeat for more).")
+@click.option("--description", "-d", metavar="TEXT", help="The new description (\"\" removes it).")
+@click.option("--tag", "-t", "tags", multiple=True, metavar="TAG", help="Replace the tags with these (repeat for more).")
 @click.option("--no-tags", is_flag=True, help="Remove every tag (before any --add-tag).")
-@click.option("--add-tag", "add_tags", multiple=True, help="Add a tag (repeat for more).")
-@click.option("--remove-tag", "remove_tags", multiple=True, help="Remove a tag (repeat for more).")
+@click.option("--add-tag", "add_tags", multiple=True, metavar="TAG", help="Add a tag (repeat for more).")
+@click.option("--remove-tag", "remove_tags", multiple=True, metavar="TAG", help="Remove a tag (repeat for more).")
 @db_option
 def update(name_or_id: str, description: str | None, tags: tuple[str, ...], no_tags: bool,
            add_tags: tuple[str, ...], remove_tags: tuple[str, ...], db: str | None) -> None:
@@ -404,7 +442,7 @@ def update(name_or_id: str, description: str | None, tags: tuple[str, ...], no_t
         click.echo(f"{item['name']!r} unchanged: it already has that description and those tags")
         return
     click.echo(f"updated {item['name']!r} (version {item['version']}): tags {', '.join(item['tags']) or '(none)'}; "
-               f"description {item['description']!r}")
+               f"description {'(none)' if item['description'] is None else repr(item['description'])}")
 
 
 @cli.command(name="delete-entities")
@@ -437,7 +475,7 @@ def delete_entities(name_or_id: str, entity_type: str, keys: tuple[str, ...], mi
         click.echo(f"warning: {result['name']!r} holds no {entity} with the key {_key_arg(key)}", err=True)
     if deleted:
         click.echo(f"deleted {counts_text(manager, {entity: deleted})} from {result['name']!r} "
-                   f"(version {result['version']}; {result['entity_count']} entities left)")
+                   f"(version {result['version']}; {entities_text(result['entity_count'])} left)")
     else:
         click.echo(f"nothing deleted from {result['name']!r}")
 
@@ -469,7 +507,7 @@ def _key_arg(key: Any) -> str:
 
 @cli.command()
 @click.argument("name_or_id")
-@click.option("--output", "-o", help="A file (json; - is stdout) or directory (parquet). Default: a name "
+@click.option("--output", "-o", metavar="PATH", help="A file (json; - is stdout) or directory (parquet). Default: a name "
                                      "made from the scenario's, in the current directory.")
 @click.option("--format", "fmt", type=click.Choice(["json", "parquet"]), default="json", show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing file, or a previous Parquet export.")
@@ -490,14 +528,14 @@ def export(name_or_id: str, output: str | None, fmt: str, force: bool, version: 
                 click.echo(text, nl=False)
                 return
             target = write_atomic(json_target(document["name"], output), text.encode("utf-8"), force=force)
-            click.echo(f"exported {document['name']!r} ({count} entities) to {target}")
+            click.echo(f"exported {document['name']!r} ({entities_text(count)}) to {target}")
             return
         summary = manager.scenario_info(name_or_id, version=version)
         types = sum(1 for count in summary["entity_counts"].values() if count)
         with progress(types, "writing Parquet") as report:
             result = export_parquet(manager, summary["scenario_id"], output, force=force, version=version,
                                     progress=lambda entity, done, total: report.advance())
-    click.echo(f"exported {summary['name']!r} ({summary['entity_count']} entities) to {result.directory}/: "
+    click.echo(f"exported {summary['name']!r} ({entities_text(summary['entity_count'])}) to {result.directory}/: "
                f"{len(result.files)} Parquet file{'s' if len(result.files) != 1 else ''} and manifest.json")
 
 
@@ -539,9 +577,9 @@ def _changes_text(changes: dict[str, dict[str, int]]) -> str:
 @cli.command()
 @click.argument("a")
 @click.argument("b", required=False)
-@click.option("--a-version", type=click.IntRange(min=1), help="A version of A (default: its newest).")
-@click.option("--b-version", type=click.IntRange(min=1), help="A version of B (default: its newest).")
-@click.option("--type", "entity_types", multiple=True, help="Only this entity type (repeat for more).")
+@click.option("--a-version", type=click.IntRange(min=1), metavar="N", help="Version N of A (default: its newest).")
+@click.option("--b-version", type=click.IntRange(min=1), metavar="N", help="Version N of B (default: its newest).")
+@click.option("--type", "entity_types", multiple=True, metavar="TYPE", help="Only this entity type (repeat for more).")
 @click.option("--json", "as_json", is_flag=True, help="Machine output: a JSON object per entity type.")
 @db_option
 def diff(a: str, b: str | None, a_version: int | None, b_version: int | None, entity_types: tuple[str, ...],
@@ -549,18 +587,21 @@ def diff(a: str, b: str | None, a_version: int | None, b_version: int | None, en
     """What changed from scenario A to scenario B, or between two versions of A.
 
     Entities are matched by their key: + added, - removed, ~ changed (with the
-    canonical paths that differ). `diff NAME --a-version 3` compares version 3
-    with the newest.
+    canonical paths that differ), under a --- and +++ line naming the two sides.
+    `diff NAME` alone compares its version before the newest with the newest;
+    `diff NAME --a-version 3` compares version 3 with the newest.
     """
     with _reader(db) as manager:
-        found = manager.diff_scenarios(a, b, a_version=a_version, b_version=b_version,
-                                       entity_types=list(entity_types) or None)
+        left, right = _diff_sides(manager, a, b, a_version, b_version)
+        found = manager.diff_scenarios(left["scenario_id"], right["scenario_id"], a_version=left["version"],
+                                       b_version=right["version"], entity_types=list(entity_types) or None)
     if as_json:
         print_json(found)
         return
     if not found:
-        click.echo("no differences")
+        click.echo(f"no differences between {_side(left)} and {_side(right)}")
         return
+    click.echo(f"--- {_side(left)}\n+++ {_side(right)}")
     styled = _tty(sys.stdout)
     for entity, change in found.items():
         click.echo(f"{entity}: {len(change['added'])} added, {len(change['removed'])} removed, "
@@ -573,32 +614,58 @@ def diff(a: str, b: str | None, a_version: int | None, b_version: int | None, en
                                    fg="yellow" if styled else None))
 
 
+def _diff_sides(manager: StateManager, a: str, b: str | None, a_version: int | None,
+                b_version: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two scenario versions a diff compares. A alone, with no version,
+    is its version before the newest against the newest (as `git show` does
+    with a commit): comparing the newest with itself would say nothing."""
+    right = manager.scenario_info(a if b is None else b, version=b_version)
+    if b is None and a_version is None and b_version is None:
+        if right["version"] == 1:
+            raise CliError(f"scenario {right['name']!r} has one version only: nothing to compare it with; "
+                           "give B, another scenario")
+        try:
+            return manager.scenario_info(a, version=right["version"] - 1), right
+        except VersionNotFoundError:
+            raise CliError(f"scenario {right['name']!r} keeps no version before its newest ({right['version']}): "
+                           "give B, another scenario") from None
+    return manager.scenario_info(a, version=a_version), right
+
+
+def _side(info: dict[str, Any]) -> str:
+    return f"{info['name']!r} version {info['version']}"
+
+
 def _key_text(key: Any) -> str:
     return ", ".join(map(str, key)) if isinstance(key, list) else str(key)
 
 
 @cli.command()
 @click.argument("name_or_id")
-@click.argument("version", type=click.IntRange(min=1))
+@click.argument("version", type=click.IntRange(min=1), metavar="N")
 @db_option
 def restore(name_or_id: str, version: int, db: str | None) -> None:
-    """Make VERSION the scenario's newest again (as a new version: history is
+    """Make version N the scenario's newest again (as a new version: history is
     kept, so a restore can itself be undone)."""
+    with _reader(db) as reader:
+        reader.scenario_info(name_or_id, version=version)  # a missing store is an error, and is not created
     with _manager(db) as manager:
         info = manager.restore_scenario(name_or_id, version)
     click.echo(f"restored {info['name']!r} to version {version}: now version {info['version']} "
-               f"({info['entity_count']} entities)")
+               f"({entities_text(info['entity_count'])})")
 
 
 @cli.command()
 @click.argument("names", nargs=-1)
-@click.option("--keep", type=click.IntRange(min=1), required=True, help="How many of the newest versions to keep.")
+@click.option("--keep", type=click.IntRange(min=1), required=True, metavar="N", help="Keep the N newest versions.")
 @click.option("--all", "every", is_flag=True, help="Every scenario in the store.")
 @db_option
 def prune(names: tuple[str, ...], keep: int, every: bool, db: str | None) -> None:
-    """Drop the older versions of scenarios, keeping the KEEP newest of each."""
+    """Drop the older versions of scenarios, keeping the N newest of each (--keep N)."""
     if bool(names) == every:
         raise click.UsageError("name the scenarios, or give --all")
+    with _reader(db) as reader:
+        reader.scenario_exists("")  # a missing store is an error, and is not created
     with _manager(db) as manager:
         targets = [s["scenario_id"] for s in manager.list_scenarios(limit=None)] if every else list(names)
         dropped = sum(manager.prune_history(target, keep) for target in targets)
@@ -627,10 +694,7 @@ def history_limit(keep: str | None, db: str | None) -> None:
     (a number, or `all` to keep every version)."""
     if keep is None:
         with _reader(db) as manager:
-            try:
-                limit = manager.history_limit
-            except StoreNotFoundError:
-                limit = None
+            limit = manager.history_limit
         click.echo("every version is kept" if limit is None else f"each scenario keeps its {limit} newest versions")
         return
     if keep != "all" and not (keep.isdigit() and int(keep) >= 1):
@@ -642,7 +706,8 @@ def history_limit(keep: str | None, db: str | None) -> None:
 
 @cli.command(name="import")
 @click.argument("files", nargs=-1, required=True)
-@click.option("--name", "-n", help="The scenario's name (one FILE only). Default: the file's, else its file name.")
+@click.option("--name", "-n", metavar="NAME",
+              help="The scenario's name (one FILE only). Default: the file's, else its file name.")
 @click.option("--overwrite", is_flag=True, help="Replace scenarios of the same names.")
 @db_option
 def import_command(files: tuple[str, ...], name: str | None, overwrite: bool, db: str | None) -> None:
@@ -680,7 +745,7 @@ def import_command(files: tuple[str, ...], name: str | None, overwrite: bool, db
 
 
 @cli.command()
-@click.option("--from", "directories", multiple=True,
+@click.option("--from", "directories", multiple=True, metavar="DIR",
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A directory of legacy JSON files (repeat for more). Default: ~/.healthsim/scenarios "
                    "and ~/.healthsim/workspaces.")
@@ -749,6 +814,10 @@ def types(entity: str | None, as_json: bool, db: str | None) -> None:
     next time a command writes; other changes wait for migrate-schema.
     """
     with _reader(db) as manager:
+        try:
+            manager.scenario_exists("")
+        except StoreNotFoundError as error:  # still useful: the types a first save would make
+            click.echo(f"warning: {error}: these are the mapping files' types", err=True)
         registry = manager.registry
         local = manager.mapping_changes()
     described = [codec.mapping.describe() for codec in registry.codecs.values()]
@@ -795,7 +864,8 @@ def _local_mark(changes: dict[str, list[str]]) -> str:
 
 @cli.command()
 @click.argument("query")
-@click.option("--param", "-p", "params", multiple=True, help="A value for the next ? placeholder (repeat).")
+@click.option("--param", "-p", "params", multiple=True, metavar="VALUE",
+              help="A value for the next ? placeholder (repeat).")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of row objects.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
 @db_option
@@ -857,7 +927,7 @@ def copy_command(names: tuple[str, ...], source: str, target: str, overwrite: bo
             if result.ok:
                 copied += 1
                 verb = "replaced" if result.replaced else "copied"
-                report.line(f"{verb} {result.name!r} ({result.entity_count} entities) to {shown_to}")
+                report.line(f"{verb} {result.name!r} ({entities_text(result.entity_count)}) to {shown_to}")
             else:
                 failed += 1
                 report.line(f"error: {result.error}", err=True)
@@ -908,8 +978,8 @@ def migrate_schema(dry_run: bool, as_json: bool, db: str | None) -> None:
 @cli.command(name="mcp")
 @click.option("--transport", type=click.Choice(["stdio", "http"]), default="stdio", show_default=True,
               help="stdio for a client that starts the server; http for streamable HTTP.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (http).")
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
+@click.option("--host", default="127.0.0.1", show_default=True, metavar="HOST", help="Address to listen on (http).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, metavar="PORT",
               help="Port to listen on (http).")
 @db_option
 def mcp_command(transport: str, host: str, port: int, db: str | None) -> None:

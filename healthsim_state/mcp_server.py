@@ -21,6 +21,7 @@ written, and the server goes on serving.
 from __future__ import annotations
 
 import argparse
+import bisect
 import functools
 import inspect
 import json
@@ -96,7 +97,9 @@ class AddResult(TypedDict):
 class LoadResult(ScenarioInfo):
     """The scenario with the requested slice of its entities (per type, a list of
     objects in canonical shape): omitted counts, per type, the entities not returned;
-    next_offset is where the next slice starts."""
+    next_offset is where the next slice starts. limit_fitted is true when no limit_per_type
+    was given and the default was lowered to keep the page within the page's entity cap
+    (note then says so in words)."""
     # list, not list[dict]: a client checks the result against this schema, and an item
     # schema would have it walk every entity of the page (a tenth of a 1,000-entity call)
     entities: dict[str, list]
@@ -105,6 +108,8 @@ class LoadResult(ScenarioInfo):
     omitted: dict[str, int]
     complete: bool
     next_offset: int | None
+    limit_fitted: bool
+    note: str | None
 
 
 class SummaryResult(ScenarioInfo):
@@ -331,9 +336,11 @@ class ScenarioTools:
         self,
         name_or_id: NameOrId,
         entity_types: EntityTypes = None,
-        limit_per_type: Annotated[int, Field(
-            ge=1, le=MAX_PAGE_ENTITIES, description=f"At most this many entities of each type (default {PAGE}).")
-        ] = PAGE,
+        limit_per_type: Annotated[int | None, Field(
+            ge=1, le=MAX_PAGE_ENTITIES, description=(
+                f"At most this many entities of each type. Default: {PAGE}, lowered if needed so that the page "
+                f"holds at most {MAX_PAGE_ENTITIES} entities (the result's limit_fitted says so)."))
+        ] = None,
         offset: Annotated[int, Field(
             ge=0, description="Skip this many entities of each type: the next_offset of the page before.")] = 0,
         version: Version = None,
@@ -345,23 +352,26 @@ class ScenarioTools:
         positions in each type's list); entity_types picks types. The result says what was
         left out: omitted counts, per type, the entities not returned; complete is true when
         nothing was; next_offset is the offset of the next page (null when there is none). A
-        page may hold at most 5000 entities in all: for a large scenario, ask for fewer types
-        or a smaller limit_per_type. Call get_scenario_summary first to see the counts."""
-        if isinstance(limit_per_type, bool) or not isinstance(limit_per_type, int) or limit_per_type < 1:
+        page holds at most 5000 entities in all: left out, limit_per_type is fitted to that
+        (limit_fitted and note say so); given, one that does not fit is an error naming the
+        largest that does. Call get_scenario_summary first to see the counts."""
+        if limit_per_type is not None and (isinstance(limit_per_type, bool) or not isinstance(limit_per_type, int)
+                                           or limit_per_type < 1):
             raise ValueError(f"limit_per_type must be a whole number of at least 1, got {limit_per_type!r}")
         with self._read_manager() as manager, manager.snapshot(name_or_id, version=version) as snap:  # one transaction
             info = snap.info
             counts = {entity: count for entity, count in info["entity_counts"].items() if count}
             wanted = snap.registry.entity_names(entity_types)
             chosen = wanted if wanted is not None else list(counts)
-            size = sum(max(0, min(limit_per_type, counts.get(entity, 0) - offset)) for entity in chosen)
-            if size > MAX_PAGE_ENTITIES:
-                raise ValueError(
-                    f"this page would hold {size} entities ({_count_text(counts)} in all); a page holds at most "
-                    f"{MAX_PAGE_ENTITIES}: ask for fewer entity_types, or a limit_per_type of at most "
-                    f"{max(1, MAX_PAGE_ENTITIES // max(1, len(chosen)))}, and page with offset")
-            entities = {entity: snap.page(entity, limit=limit_per_type, offset=offset) for entity in chosen}
-        return _page({**info, "entities": entities}, counts, chosen, limit_per_type, offset)
+            remaining = [max(0, counts.get(entity, 0) - offset) for entity in chosen]
+            limit, fitted = _page_limit(limit_per_type, remaining, counts)
+            entities = {entity: snap.page(entity, limit=limit, offset=offset) for entity in chosen}
+        page = _page({**info, "entities": entities}, counts, chosen, limit, offset)
+        note = None
+        if fitted:
+            note = (f"limit_per_type was lowered from {PAGE} to {limit} so that the page holds at most "
+                    f"{MAX_PAGE_ENTITIES} entities; page with offset (next_offset) for the rest")
+        return {**page, "limit_fitted": fitted, "note": note}
 
     def get_scenario_summary(
         self,
@@ -513,6 +523,39 @@ def _page(scenario: dict[str, Any], counts: dict[str, int], chosen: list[str], l
     more = any(counts.get(entity, 0) > end for entity in chosen)
     return {**_info(scenario), "entities": entities, "offset": offset, "limit_per_type": limit,
             "omitted": omitted, "complete": not omitted, "next_offset": end if more else None}
+
+
+def _page_limit(asked: int | None, remaining: list[int], counts: dict[str, int]) -> tuple[int, bool]:
+    """The per-type limit of a page, and whether it was fitted: the one asked
+    for if the page keeps within MAX_PAGE_ENTITIES (else an error naming the
+    largest that does); none asked, PAGE lowered to the largest that does."""
+    largest = _largest_fitting_limit(remaining)
+    if asked is None:
+        if largest < 1:
+            raise ValueError(_too_big(remaining, 1, counts) + "ask for fewer entity_types")
+        return min(PAGE, largest), largest < PAGE
+    if _page_size(remaining, asked) > MAX_PAGE_ENTITIES:
+        hint = f"or a limit_per_type of at most {largest}, " if largest >= 1 else ""
+        raise ValueError(_too_big(remaining, asked, counts) + f"ask for fewer entity_types, {hint}and page with offset")
+    return asked, False
+
+
+def _page_size(remaining: list[int], limit: int) -> int:
+    """How many entities a page holds at ``limit`` a type, given what each type has from the offset on."""
+    return sum(min(limit, left) for left in remaining)
+
+
+def _largest_fitting_limit(remaining: list[int]) -> int:
+    """The largest per-type limit (0 if none) keeping the page within
+    MAX_PAGE_ENTITIES: exact, since a type with fewer left than the limit
+    takes only what it has (3000, 3000 and 1666 left: 1667, not 5000 // 3)."""
+    return bisect.bisect_right(range(MAX_PAGE_ENTITIES + 1), MAX_PAGE_ENTITIES,
+                               key=lambda limit: _page_size(remaining, limit)) - 1
+
+
+def _too_big(remaining: list[int], limit: int, counts: dict[str, int]) -> str:
+    return (f"this page would hold {_page_size(remaining, limit)} entities ({_count_text(counts)} in all); "
+            f"a page holds at most {MAX_PAGE_ENTITIES}: ")
 
 
 def _count_text(counts: dict[str, int]) -> str:

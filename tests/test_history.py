@@ -209,15 +209,17 @@ def test_cli_history_diff_restore_and_versions(sm, store):
     assert lines[2].startswith("1\tsave\t") and lines[2].endswith('\t1\tpatient +1\t{"seed": 1}')
     assert json.loads(cli("history", "s", "--json", db=store.target).stdout)[1]["metadata"] == {"seed": 1}
     diff = cli("diff", "s", "--a-version", "1", db=store.target)
-    assert diff.stdout.splitlines() == ["patient: 1 added, 0 removed, 1 changed", "  + b", "  ~ a: x"]
+    assert diff.stdout.splitlines() == ["--- 's' version 1", "+++ 's' version 2", "patient: 1 added, 0 removed, "
+                                        "1 changed", "  + b", "  ~ a: x"]
     assert json.loads(cli("diff", "s", "--a-version", "1", "--json", db=store.target).stdout) == {
         "patient": {"added": ["b"], "removed": [], "changed": [{"key": "a", "paths": ["x"]}]}}
-    assert cli("diff", "s", "--a-version", "2", db=store.target).stdout.strip() == "no differences"
+    assert cli("diff", "s", "--a-version", "2", db=store.target).stdout.strip() == \
+        "no differences between 's' version 2 and 's' version 2"
     old = json.loads(cli("load", "s", "--version", "1", db=store.target).stdout)
     assert old["entities"]["patients"] == [canonical("a", x=1)]
-    assert "version      1" in cli("show", "s", "--version", "1", db=store.target).stdout
+    assert "version\t1\n" in cli("show", "s", "--version", "1", db=store.target).stdout
     restored = cli("restore", "s", "1", db=store.target)
-    assert restored.stdout.strip() == "restored 's' to version 1: now version 3 (1 entities)"
+    assert restored.stdout.strip() == "restored 's' to version 1: now version 3 (1 entity)"
     assert cli("prune", "s", "--keep", "1", db=store.target).stdout.strip() == "dropped 2 versions from 1 scenario"
     assert cli("history-limit", "5", db=store.target).returncode == 0
     assert cli("history-limit", db=store.target).stdout.strip() == "each scenario keeps its 5 newest versions"

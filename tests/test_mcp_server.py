@@ -631,3 +631,57 @@ def test_query_and_load_give_json_numbers(db_path):
     patient = payload.structured_content["entities"]["patient"][0]
     assert (patient["x"], patient["y"]) == (0.1, 10**400)  # the nearest JSON numbers (an integral one exact)
     assert json.loads(payload.content[0].text) == payload.structured_content
+
+
+# --- a default page always answers; an explicit limit that cannot fit names the exact maximum --------------
+
+def _keyed(sm: StateManager, counts: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
+    """``counts`` entities of each type, each only its (one-column) key."""
+    entities = {}
+    for kind, count in counts.items():
+        (field,) = sm.registry.codecs[sm.registry.entity_names([kind])[0]].mapping.key_fields
+        entities[kind] = [{field.dotted: f"{kind}-{i}"} for i in range(count)]
+    return entities
+
+
+def test_a_default_page_is_fitted_to_the_cap_and_says_so(db_path):
+    # 10 types of 600 and one of 40: 500 of each would be 5040; the largest limit that fits is
+    # 496 (10 x 496 + 40 = 5000), where dividing the cap by 11 types would say 454
+    counts = {kind: 600 for kind in ("patients", "claims", "encounters", "diagnoses", "procedures", "medications",
+                                     "prescriptions", "lab_results", "vital_signs", "clinical_notes")}
+    counts["members"] = 40
+    with StateManager(db_path) as sm:
+        sm.save_scenario("wide", _keyed(sm, counts))
+    tools = ScenarioTools(db_path)
+    page = tools.load_scenario("wide")
+    assert page["limit_per_type"] == 496 and page["limit_fitted"] is True
+    assert sum(map(len, page["entities"].values())) == mcp_server.MAX_PAGE_ENTITIES
+    assert page["note"] == ("limit_per_type was lowered from 500 to 496 so that the page holds at most 5000 "
+                            "entities; page with offset (next_offset) for the rest")
+    assert page["next_offset"] == 496 and page["omitted"]["patient"] == 104 and "member" not in page["omitted"]
+    rest = tools.load_scenario("wide", offset=496)  # what is left fits at the default
+    assert rest["limit_per_type"] == 500 and rest["limit_fitted"] is False and rest["note"] is None
+    assert rest["complete"] is False and rest["next_offset"] is None
+    with pytest.raises(ValueError) as caught:
+        tools.load_scenario("wide", limit_per_type=500)  # asked for: not lowered, refused with the exact maximum
+    assert str(caught.value).endswith("ask for fewer entity_types, or a limit_per_type of at most 496, "
+                                      "and page with offset")
+    assert tools.load_scenario("wide", limit_per_type=496)["limit_fitted"] is False
+
+
+def test_the_suggested_limit_is_the_largest_that_fits(db_path):
+    # 3000, 3000 and 1666: 1667 fits exactly (1667 + 1667 + 1666 = 5000), though 5000 // 3 = 1666
+    with StateManager(db_path) as sm:
+        sm.save_scenario("uneven", _keyed(sm, {"patients": 3000, "claims": 3000, "encounters": 1666}))
+    tools = ScenarioTools(db_path)
+    with pytest.raises(ValueError) as caught:
+        tools.load_scenario("uneven", limit_per_type=5000)
+    assert str(caught.value) == ("this page would hold 7666 entities (3000 patient, 3000 claim, 1666 encounter in "
+                                 "all); a page holds at most 5000: ask for fewer entity_types, or a limit_per_type "
+                                 "of at most 1667, and page with offset")
+    page = tools.load_scenario("uneven", limit_per_type=1667)
+    assert sum(map(len, page["entities"].values())) == 5000 and page["limit_fitted"] is False
+    with pytest.raises(ValueError, match="would hold 5002 entities .* at most 1667,"):
+        tools.load_scenario("uneven", limit_per_type=1668)
+    with pytest.raises(ValueError, match="limit_per_type of at most 1917,"):  # from an offset: what is left
+        tools.load_scenario("uneven", limit_per_type=5000, offset=500)  # (2 x 1917 + 1166 = 5000)
