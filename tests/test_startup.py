@@ -113,6 +113,20 @@ def test_a_second_list_imports_neither_jsonschema_nor_the_extras(tmp_path):
     assert not {"psycopg", "pandas", "mcp"} & {name.split(".")[0] for name in again}
 
 
+def test_listing_compiles_no_generated_function_and_a_save_only_its_types(tmp_path):
+    store = tmp_path / "small.duckdb"
+    with StateManager(store) as sm:
+        sm.save_scenario("small", {"patients": [{"id": "p1"}]})
+    compiled = ("import linecache\n"
+                "print(sorted(name.split()[1:3] for name in linecache.cache if name.startswith('<healthsim-state ')))")
+    listing = CLI.replace("print(json.dumps(sorted(", "%s\nprint(json.dumps(sorted(" % compiled)
+    assert python(listing, "list", "--db", store).splitlines()[-2] == "[]"
+    save = ("import sys\nfrom healthsim_state import StateManager\n"
+            "with StateManager(sys.argv[1]) as sm:\n"
+            "    sm.save_scenario('again', {'patients': [{'id': 'p2'}]})\n" + compiled)
+    assert python(save, store).splitlines()[-1] == "[['flatten', 'patient']]"
+
+
 # --- the validation cache ---------------------------------------------------------------------
 
 def test_a_valid_file_is_validated_once_then_found_in_the_cache(tmp_path):
