@@ -19,8 +19,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,7 @@ def cache_path() -> Path:
 
 
 def schema_bytes() -> bytes:
-    return resources.files(__package__).joinpath(SCHEMA_FILE).read_bytes()
+    return (Path(__file__).parent / SCHEMA_FILE).read_bytes()
 
 
 def digest(document: Any) -> str | None:
@@ -125,6 +123,8 @@ def _read(path: Path) -> tuple[list[str], bool]:
 
 def _rewrite(path: Path, keys: list[str]) -> None:
     """Replace the file by ``keys``, atomically (readers see the old or the new)."""
+    import tempfile  # only when compacting
+
     try:
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
