@@ -227,3 +227,18 @@ def test_the_cache_lives_in_xdg_cache_home_else_home(monkeypatch, tmp_path):
     assert validation_cache.cache_path().parent == Path.home() / ".cache" / "healthsim-state"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert validation_cache.cache_path().parent == Path.home() / ".cache" / "healthsim-state"
+
+
+def test_the_startup_benchmark_reports_every_figure(tmp_path):
+    """benchmarks/startup.py runs without hyperfine and prints each figure (no
+    timing is asserted: machines are noisy)."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.run", "--startup", "--repeat", "1",
+                          "--workdir", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout)
+    names = ["python_s", "import_s", "click_rich_s", "help_s", "duckdb_s", "list_s", "list_cold_cache_s"]
+    assert all(figures[name] > 0 and figures["cpu"][name] > 0 for name in names)
+    assert figures["help_vs_click_rich"] == pytest.approx(figures["help_s"] / figures["click_rich_s"], rel=0.01)
+    assert set(figures["targets_met"]) == {"help_vs_click_rich", "import_s", "list_s"}
+    assert list(tmp_path.iterdir()) == [], "the store and caches went with the temporary directory"
