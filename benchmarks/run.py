@@ -3,6 +3,7 @@
     python3 -m benchmarks.run                          # 10k, 100k and 1M entities, and 100k legacy-shaped
     python3 -m benchmarks.run --sizes 10000 --legacy "" --repeat 5
     python3 -m benchmarks.run --latency                # the small-operation targets
+    python3 -m benchmarks.run --startup                # start-up cost (benchmarks/startup.py)
     python3 -m benchmarks.run --sizes 100000 --postgres start   # and on a throwaway PostgreSQL server
 
 Throughput (one line per size and shape): median save and load seconds and
@@ -429,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated entity counts of legacy-shaped data (default: %(default)s)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; medians are reported")
     parser.add_argument("--latency", action="store_true", help="measure the small-operation targets instead")
+    parser.add_argument("--startup", action="store_true",
+                        help="measure start-up (--help, import, list) instead; see benchmarks/startup.py")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one size in this process
     parser.add_argument("--shape", default="canonical", help=argparse.SUPPRESS)  # internal: with --one
     parser.add_argument("--workdir", type=Path, help="where to put databases (default: a temp dir)")
@@ -453,7 +456,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         workdir = Path(tmp)
-        if args.one:
+        if args.startup:
+            from benchmarks.startup import measure_startup
+
+            print(json.dumps(measure_startup(workdir, args.repeat)), flush=True)
+        elif args.one:
             print(json.dumps(measure_size(args.one, args.repeat, workdir, args.shape, args.postgres)), flush=True)
         elif args.latency:
             for result in measure_latency(workdir, args.repeat):

@@ -45,9 +45,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch, tmp_path_factory):
-    """No test touches the user's ~/.healthsim or inherits their settings."""
+    """No test touches the user's ~/.healthsim or cache, or inherits their settings;
+    each test has its own cache of validated mappings."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.delenv("HEALTHSIM_DB", raising=False)
     monkeypatch.delenv("HEALTHSIM_MAPPINGS", raising=False)
 

@@ -244,3 +244,25 @@ def test_paths_with_line_breaks_and_nul_are_data_not_code(tmp_path):
     with StateManager(tmp_path / "db.duckdb", mapping_dirs=[tmp_path]) as sm:
         sm.save_scenario("w", {"widget": [{"widget_id": "1", "o": {"a\nb": "v"}, "n\x00ul": "moved"}]})
         assert sm.load_scenario("w")["entities"]["widget"] == [{"widget_id": "1", "o": {"a\nb": "v"}, hostile: "moved"}]
+
+
+def test_every_overlap_is_reported_in_the_order_the_paths_appear(tmp_path):
+    """Overlaps are found by prefix lookups: each pair is still reported, in
+    the order the earlier path appears (path before aliases, field by field)."""
+    write(tmp_path / "maps", """\
+        entity: widget
+        table: widgets
+        primary_key: widget_id
+        fields:
+          - {column: widget_id, path: widget_id, type: varchar}
+          - {column: size, path: info.size.value, type: varchar}
+          - {column: info, path: info, type: json, aliases: [size.value]}
+          - {column: unit, path: info.size.value.unit, type: varchar, aliases: [size]}
+        """)
+    lines = errors_of(tmp_path / "maps").splitlines()[1:]
+    assert [line.split("(entity widget): ")[1].split(": one lies")[0] for line in lines] == [
+        "fields[2] (info).path: 'info' overlaps the path of column size ('info.size.value')",
+        "fields[3] (unit).path: 'info.size.value.unit' overlaps the path of column size ('info.size.value')",
+        "fields[3] (unit).path: 'info.size.value.unit' overlaps the path of column info ('info')",
+        "fields[3] (unit).aliases[0]: 'size' overlaps the alias of column info ('size.value')",
+    ]

@@ -20,6 +20,10 @@ the same for a list of rows in one call, reading each column of JSON text
 (the residuals, json columns) in one pass first; ``rebuild_columns`` for
 the rows' columns.
 
+Each function is generated and compiled the first time it is used, not when
+the mapping is: a command that only lists scenarios compiles nothing, and a
+save of one type compiles that type's ``flatten`` alone.
+
 How containers are handled (the variables ``n0``, ``n1``, ... of the generated
 code): every object on the way to a path or an alias is looked up once and
 shallow-copied before anything is popped from it, so the caller's entity is
@@ -36,6 +40,7 @@ import itertools
 import linecache
 import uuid
 from dataclasses import dataclass, field as dataclass_field
+from functools import cached_property
 from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import Problem, preview
@@ -343,17 +348,12 @@ def _missing_message(value: Any) -> str:
     return "required field is missing"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Codec:
-    """Everything per entity type that the engine compiled from one mapping."""
+    """Everything per entity type that the engine compiles from one mapping;
+    the generated functions and their source are made on first use."""
 
     mapping: Mapping
-    flatten: Callable[[Any, int, list[Problem]], tuple | None]
-    rebuild: Callable[[tuple], dict]
-    flatten_source: str
-    rebuild_source: str
-    # generated: (rows, residual texts, json columns' texts) -> entities; see rebuild_rows
-    rebuild_texts: Callable[[Iterable[tuple], Sequence[Any], list[Sequence[Any]]], list[dict]]
     # For the column-wise flatten (engine.columns): the slow path of one value
     # (``convert(field, value, position, problems) -> (column, kept)``), the
     # residual's JSON text (``dump_residual(rest, position, problems)``), and
@@ -361,6 +361,33 @@ class Codec:
     convert: Callable[[Field, Any, int, list[Problem]], tuple[Any, Any]] | None = None
     dump_residual: Callable[[dict, int, list[Problem]], str | None] | None = None
     cache: dict = dataclass_field(default_factory=dict, compare=False, repr=False)
+    scope: dict[str, Any] = dataclass_field(default_factory=dict, compare=False, repr=False)  # generated code's
+
+    @cached_property
+    def _tree(self) -> tuple[_Node, dict[tuple[str, ...], _Node]]:
+        return _trie(self.mapping)
+
+    @cached_property
+    def flatten_source(self) -> str:
+        return _flatten_source(self.mapping, self._tree[1])
+
+    @cached_property
+    def rebuild_source(self) -> str:
+        return _rebuild_source(self.mapping, self._tree[0])
+
+    @cached_property
+    def flatten(self) -> Callable[[Any, int, list[Problem]], tuple | None]:
+        return _compile(self.flatten_source, "flatten", self.mapping.entity, self.scope)
+
+    @cached_property
+    def rebuild(self) -> Callable[[tuple], dict]:
+        return _compile(self.rebuild_source, "rebuild", self.mapping.entity, self.scope)
+
+    @cached_property
+    def rebuild_texts(self) -> Callable[[Iterable[tuple], Sequence[Any], list[Sequence[Any]]], list[dict]]:
+        """Generated: (rows, residual texts, json columns' texts) -> entities; see rebuild_rows."""
+        source = _rebuild_rows_source(self.mapping, self._tree[0])
+        return _compile(source, "rebuild_rows", self.mapping.entity, self.scope)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -385,7 +412,6 @@ class Codec:
 
 
 def compile_mapping(mapping: Mapping) -> Codec:
-    root, nodes = _trie(mapping)
     entity = mapping.entity
 
     def convert(f: Field, value: Any, position: int, problems: list[Problem]) -> tuple[Any, Any]:
@@ -433,12 +459,7 @@ def compile_mapping(mapping: Mapping) -> Codec:
         scope[f"F{index}"] = f
         scope[f"D{index}"] = f.default
         scope[f"R{index}"] = f.type.render
-    flatten_source = _flatten_source(mapping, nodes)
-    rebuild_source = _rebuild_source(mapping, root)
-    flatten = _compile(flatten_source, "flatten", entity, scope)
-    rebuild = _compile(rebuild_source, "rebuild", entity, scope)
-    rebuild_texts = _compile(_rebuild_rows_source(mapping, root), "rebuild_rows", entity, scope)
-    return Codec(mapping, flatten, rebuild, flatten_source, rebuild_source, rebuild_texts, convert, dump_residual)
+    return Codec(mapping, convert, dump_residual, scope=scope)
 
 
 def _compile(source: str, name: str, entity: str, scope: dict[str, Any]) -> Callable:

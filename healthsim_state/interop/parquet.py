@@ -18,15 +18,15 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-import duckdb
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..backends.base import quote
-from ..backends.duckdb_backend import CONFIG, DIALECT
 from ..manager import Snapshot, StateManager
 from ..mapping.model import Mapping
 from .files import check_directory_target, default_target, new_work_directory, replace_directory
+
+if TYPE_CHECKING:  # DuckDB is imported by an export, not by every command that imports this module
+    import duckdb
 
 MARKER = "healthsim-parquet"
 VERSION = 1
@@ -75,6 +75,10 @@ def export_parquet(manager: StateManager, name_or_id: str, path: str | os.PathLi
 
 
 def _write_files(snapshot: Snapshot, work: Path, progress: Progress | None) -> dict[str, Any]:
+    import duckdb
+
+    from ..backends.duckdb_backend import CONFIG
+
     entities = snapshot.entity_types()
     tables: dict[str, Any] = {}
     writer = duckdb.connect(":memory:", config=CONFIG)
@@ -97,6 +101,8 @@ def _write_files(snapshot: Snapshot, work: Path, progress: Progress | None) -> d
 
 def _write_one(writer: duckdb.DuckDBPyConnection, snapshot: Snapshot, mapping: Mapping, target: Path) -> int:
     """One type's rows into a Parquet file; returns the row count written."""
+    from ..backends.duckdb_backend import DIALECT
+
     columns = ", ".join(f"{quote(f.column)} {DIALECT.column_type(f.type)}" for f in mapping.fields)
     writer.execute("DROP TABLE IF EXISTS export")
     writer.execute(f"CREATE TABLE export (_row BIGINT, {columns})")

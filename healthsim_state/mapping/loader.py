@@ -4,6 +4,10 @@ Every problem of every file is collected and reported together, each naming
 the file, the entity, the key and what to do. Nothing loads unless everything
 is valid: a malformed file never half-loads.
 
+A document that passed the JSON Schema once is remembered by its digest
+(:mod:`.validation_cache`), so an unchanged file is not validated again and
+``jsonschema`` (and PyYAML) are imported only when needed.
+
 Where mappings come from, in order (a later file with the same ``entity``
 replaces an earlier one): the built-in directory shipped in the package, the
 directories of ``$HEALTHSIM_MAPPINGS`` (separated by ``os.pathsep``), then the
@@ -12,26 +16,22 @@ directories of ``$HEALTHSIM_MAPPINGS`` (separated by ``os.pathsep``), then the
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
-
-import jsonschema
-import yaml
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ..engine.types import column_type
 from ..engine.values import MISSING, NotJSON, to_json
 from ..errors import MappingError, Problem
+from . import validation_cache
 from .model import UUID4, Field, Mapping
 
+if TYPE_CHECKING:
+    import jsonschema
+
 ENV_MAPPINGS = "HEALTHSIM_MAPPINGS"
-# libyaml's safe loader when PyYAML was built with it: parsing the 14 built-in
-# files in pure Python took ~100 ms, most of a StateManager's start.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 RESERVED_COLUMNS = frozenset({"scenario_id", "_position", "_residual"})
 RESERVED_TABLES = frozenset({"scenarios", "scenario_tags", "scenario_versions"})
 RESERVED_TABLE_PREFIX = "_healthsim"
@@ -47,17 +47,39 @@ _FIELD_KEYS = ("column", "path", "type", "aliases", "default", "required", "stri
 
 @lru_cache(maxsize=1)
 def _schema_validator() -> jsonschema.protocols.Validator:
-    text = resources.files(__package__).joinpath("mapping.schema.json").read_text("utf-8")
-    schema = json.loads(text)
+    import jsonschema  # ~90 ms to import: only when a document is not in the cache
+
+    schema = json.loads(validation_cache.schema_bytes())
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema)
 
 
+def _schema_problems(source: str | Path, entity: str | None, document: Any) -> list[Problem]:
+    """What the JSON Schema says of ``document``, skipped for a document that
+    passed before (see :mod:`.validation_cache`)."""
+    key = validation_cache.digest(document)
+    if key in validation_cache.VALIDATED:
+        return []
+    errors = sorted(_schema_validator().iter_errors(document), key=lambda e: list(e.absolute_path))
+    if not errors:
+        validation_cache.VALIDATED.add(key)
+    return [_problem(source, entity, _key_of(error, document), _explain(error)) for error in errors]
+
+
+@lru_cache(maxsize=1)
+def _yaml() -> tuple[Any, Any]:
+    """PyYAML's module and its fastest safe loader: libyaml's when PyYAML was
+    built with it (parsing the 14 built-in files in pure Python took ~100 ms)."""
+    import yaml
+
+    return yaml, getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def builtin_mapping_dir() -> Path:
     """The built-in mappings: inside the installed package, or the repo's
     top-level ``mappings/`` when running from a source checkout."""
-    packaged = Path(str(resources.files("healthsim_state"))) / "mappings"
+    packaged = Path(__file__).resolve().parents[1] / "mappings"
     if packaged.is_dir():
         return packaged
     checkout = Path(__file__).resolve().parents[2] / "mappings"
@@ -133,8 +155,9 @@ def _load_directory(directory: Path, problems: list[Problem]) -> dict[str, Mappi
 def load_mapping_file(path: Path, problems: list[Problem]) -> Mapping | None:
     """Parse and check one file; append its problems and return None if any."""
     before = len(problems)
+    yaml, loader = _yaml()
     try:
-        document = yaml.load(path.read_text("utf-8"), Loader=_YAML_LOADER)
+        document = yaml.load(path.read_text("utf-8"), Loader=loader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "document"
@@ -148,8 +171,7 @@ def load_mapping_file(path: Path, problems: list[Problem]) -> Mapping | None:
                                  "a mapping file must be a YAML mapping with keys entity, table, primary_key, fields"))
         return None
     entity = document.get("entity") if isinstance(document.get("entity"), str) else None
-    for error in sorted(_schema_validator().iter_errors(document), key=lambda e: list(e.absolute_path)):
-        problems.append(_problem(path, entity, _key_of(error, document), _explain(error)))
+    problems.extend(_schema_problems(path, entity, document))
     if len(problems) > before:
         return None
     mapping = _build(str(path), document, problems)
@@ -169,8 +191,7 @@ def mapping_from_document(document: Any, source: str) -> Mapping:
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT:
         raise MappingError([_problem(source, entity, "format", f"mapping format {version} was written by a newer "
                                      f"healthsim-state (this one reads format {FORMAT}); upgrade healthsim-state")])
-    for error in sorted(_schema_validator().iter_errors(document), key=lambda e: list(e.absolute_path)):
-        problems.append(_problem(source, entity, _key_of(error, document), _explain(error)))
+    problems.extend(_schema_problems(source, entity, document))
     mapping = None if problems else _build(source, document, problems)
     if problems or mapping is None:
         raise MappingError(problems)
@@ -300,8 +321,11 @@ def _check_keys(path: str, mapping: Mapping, doc: dict[str, Any], problems: list
 
 def _check_paths(path: str, mapping: Mapping, problems: list[Problem]) -> None:
     """Paths and aliases must be distinct, and none may lie inside another
-    (a value at ``a`` and one at ``a.b`` cannot both be fields)."""
-    owners: dict[tuple[str, ...], str] = {}
+    (a value at ``a`` and one at ``a.b`` cannot both be fields). Each path is
+    looked up by its prefixes, not compared with every other (that was
+    quadratic: most of the time a process spent checking the 14 built-ins)."""
+    owners: dict[tuple[str, ...], str] = {}  # in the order met: overlaps are reported in that order
+    below: dict[tuple[str, ...], list[tuple[str, ...]]] = {}  # prefix -> the owned paths inside it
     for index, field in enumerate(mapping.fields):
         for kind, keys in [("path", field.path)] + [(f"aliases[{i}]", a) for i, a in enumerate(field.aliases)]:
             where = f"fields[{index}] ({field.column}).{kind}"
@@ -311,13 +335,15 @@ def _check_paths(path: str, mapping: Mapping, problems: list[Problem]) -> None:
                                          f"{dotted!r} is already the {owners[keys]}; each path and alias may "
                                          "appear once in a mapping"))
                 continue
-            for other, owner in owners.items():
-                shorter, longer = (other, keys) if len(other) < len(keys) else (keys, other)
-                if longer[: len(shorter)] == shorter:
-                    problems.append(_problem(path, mapping.entity, where,
-                                             f"{dotted!r} overlaps the {owner} ({'.'.join(other)!r}): one lies "
-                                             "inside the other; rename one of them"))
+            prefixes = [keys[:depth] for depth in range(1, len(keys))]
+            overlapping = {other for other in prefixes if other in owners} | set(below.get(keys, ()))
+            for other in sorted(overlapping, key=list(owners).index) if overlapping else ():
+                problems.append(_problem(path, mapping.entity, where,
+                                         f"{dotted!r} overlaps the {owners[other]} ({'.'.join(other)!r}): one lies "
+                                         "inside the other; rename one of them"))
             owners[keys] = f"{'path' if kind == 'path' else 'alias'} of column {field.column}"
+            for prefix in prefixes:
+                below.setdefault(prefix, []).append(keys)
 
 
 def check_mapping_set(mappings: dict[str, Mapping]) -> list[Problem]:
@@ -372,6 +398,8 @@ def _key_of(error: jsonschema.ValidationError, doc: dict[str, Any]) -> str:
 
 
 def _explain(error: jsonschema.ValidationError) -> str:
+    import difflib  # only when there is an error to explain
+
     kind, value = error.validator, error.instance
     where = error.absolute_path[-1] if error.absolute_path else None
     if kind == "additionalProperties":

@@ -1,0 +1,244 @@
+"""Start-up: importing the package or asking for help imports no heavy module,
+and a mapping document is validated against the JSON Schema once, then found
+in the cache, which can never make an invalid document pass. Each check runs a
+fresh process, where what is imported can be seen. (Timings are in
+benchmarks/startup.py, not here.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from healthsim_state import MappingError, StateManager
+from healthsim_state.mapping import validation_cache
+from healthsim_state.mapping.loader import load_mapping_dirs
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("duckdb", "jsonschema", "psycopg", "pandas", "mcp", "yaml", "numpy", "pyarrow")
+
+GOOD = """\
+entity: widget
+table: widgets
+primary_key: widget_id
+fields:
+  - column: widget_id
+    path: widget_id
+    type: varchar
+  - column: label
+    path: info.label
+    type: varchar
+"""
+BAD = GOOD.replace("    type: varchar\n", "    type: varchar\n    colour: red\n", 1)
+
+# Loads one mapping directory; prints whether jsonschema was imported and the error, if any.
+LOAD = """\
+import json, sys
+from healthsim_state import MappingError
+from healthsim_state.mapping.loader import load_mapping_dirs
+try:
+    load_mapping_dirs([sys.argv[1]])
+    error = None
+except MappingError as caught:
+    error = str(caught)
+print(json.dumps({"validated": "jsonschema" in sys.modules, "error": error}))
+"""
+
+# Runs the command line in this process; prints the heavy modules it imported.
+CLI = """\
+import json, sys
+from healthsim_state.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in %r)))
+""" % (HEAVY,)
+
+
+def python(code: str, *args: str, env: dict[str, str] | None = None) -> str:
+    environment = {**os.environ, **(env or {}),
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                            env=environment, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def heavy_imported_by(*args: str) -> list[str]:
+    return json.loads(python(CLI, *args).splitlines()[-1])
+
+
+def load_in_fresh_process(directory: Path, env: dict[str, str] | None = None) -> dict:
+    return json.loads(python(LOAD, directory, env=env))
+
+
+def write(directory: Path, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "widget.yaml"
+    path.write_text(textwrap.dedent(text), "utf-8")
+    return path
+
+
+def cache_lines() -> list[str]:
+    path = validation_cache.cache_path()
+    return path.read_text().splitlines() if path.exists() else []
+
+
+# --- lazy imports -------------------------------------------------------------------------
+
+def test_importing_the_package_imports_no_heavy_module():
+    imported = python("import json, sys, healthsim_state\n"
+                      "print(json.dumps(sorted(n for n in sys.modules if n.split('.')[0] in %r)))" % (HEAVY,))
+    assert json.loads(imported) == []
+
+
+@pytest.mark.parametrize("args", [["--help"], ["list", "--help"], ["export", "--help"], ["--version"]],
+                         ids=lambda args: " ".join(args))
+def test_help_imports_no_heavy_module(args):
+    assert heavy_imported_by(*args) == []
+
+
+def test_a_second_list_imports_neither_jsonschema_nor_the_extras(tmp_path):
+    with StateManager(tmp_path / "small.duckdb") as sm:
+        sm.save_scenario("small", {"patients": [{"id": "p1"}]})
+    heavy_imported_by("list", "--db", tmp_path / "small.duckdb")  # validates, and fills the cache
+    again = heavy_imported_by("list", "--db", tmp_path / "small.duckdb")
+    assert "jsonschema" not in again  # the files and the store's copies were all found in the cache
+    assert not {"psycopg", "pandas", "mcp"} & {name.split(".")[0] for name in again}
+
+
+def test_listing_compiles_no_generated_function_and_a_save_only_its_types(tmp_path):
+    store = tmp_path / "small.duckdb"
+    with StateManager(store) as sm:
+        sm.save_scenario("small", {"patients": [{"id": "p1"}]})
+    compiled = ("import linecache\n"
+                "print(sorted(name.split()[1:3] for name in linecache.cache if name.startswith('<healthsim-state ')))")
+    listing = CLI.replace("print(json.dumps(sorted(", "%s\nprint(json.dumps(sorted(" % compiled)
+    assert python(listing, "list", "--db", store).splitlines()[-2] == "[]"
+    save = ("import sys\nfrom healthsim_state import StateManager\n"
+            "with StateManager(sys.argv[1]) as sm:\n"
+            "    sm.save_scenario('again', {'patients': [{'id': 'p2'}]})\n" + compiled)
+    assert python(save, store).splitlines()[-1] == "[['flatten', 'patient']]"
+
+
+# --- the validation cache ---------------------------------------------------------------------
+
+def test_a_valid_file_is_validated_once_then_found_in_the_cache(tmp_path):
+    write(tmp_path / "maps", GOOD)
+    assert load_in_fresh_process(tmp_path / "maps") == {"validated": True, "error": None}
+    assert len(cache_lines()) == 1
+    assert load_in_fresh_process(tmp_path / "maps") == {"validated": False, "error": None}
+
+
+def test_a_file_edited_to_be_invalid_still_fails_with_the_same_message(tmp_path):
+    write(tmp_path / "maps", GOOD)
+    load_in_fresh_process(tmp_path / "maps")
+    write(tmp_path / "maps", BAD)
+    result = load_in_fresh_process(tmp_path / "maps")
+    assert result["validated"] is True
+    assert "fields[0] (widget_id)" in result["error"] and "unknown key 'colour'" in result["error"]
+    uncached = load_in_fresh_process(tmp_path / "maps", env={"XDG_CACHE_HOME": str(tmp_path / "empty")})
+    assert result["error"] == uncached["error"]
+    assert len(cache_lines()) == 1, "the invalid file was not recorded"
+    assert load_in_fresh_process(tmp_path / "maps")["error"] == uncached["error"]
+
+
+def test_an_invalid_document_is_never_recorded(tmp_path):
+    write(tmp_path / "maps", BAD)
+    with pytest.raises(MappingError, match="unknown key 'colour'"):
+        load_mapping_dirs([tmp_path / "maps"])
+    assert cache_lines() == []
+
+
+@pytest.mark.parametrize("content", [
+    b"\x00\xff garbage \xfe",
+    b"z" * 64 + b"\n" + b"0123abcd\n",  # not digests, a torn line
+    b'{"format": 1, "valid": []}',
+], ids=["binary", "torn", "other-format"])
+def test_a_corrupt_cache_is_ignored(tmp_path, content):
+    path = validation_cache.cache_path()
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    write(tmp_path / "maps", GOOD)
+    assert load_in_fresh_process(tmp_path / "maps") == {"validated": True, "error": None}
+    assert load_in_fresh_process(tmp_path / "maps") == {"validated": False, "error": None}
+    write(tmp_path / "maps", BAD)
+    assert "unknown key 'colour'" in load_in_fresh_process(tmp_path / "maps")["error"]
+
+
+def test_an_unwritable_cache_directory_changes_nothing_but_speed(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    env = {"XDG_CACHE_HOME": str(blocker / "cache")}  # cannot be made, even by root
+    write(tmp_path / "maps", GOOD)
+    for _ in range(2):
+        assert load_in_fresh_process(tmp_path / "maps", env=env) == {"validated": True, "error": None}
+    write(tmp_path / "maps", BAD)
+    assert "unknown key 'colour'" in load_in_fresh_process(tmp_path / "maps", env=env)["error"]
+
+
+def test_the_digest_changes_with_the_document_the_schema_and_the_version(monkeypatch):
+    import healthsim_state
+
+    document = {"entity": "widget", "n": 1}
+    key = validation_cache.digest(document)
+    assert key == validation_cache.digest({"n": 1, "entity": "widget"})  # key order is not content
+    assert key != validation_cache.digest({"entity": "widget", "n": 1.0})
+    assert key != validation_cache.digest({"entity": "widget", "n": True})
+    monkeypatch.setattr(healthsim_state, "__version__", "99.0")
+    assert validation_cache.digest(document) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(validation_cache, "_schema_digest_value", b"another schema")
+    assert validation_cache.digest(document) != key
+
+
+@pytest.mark.parametrize("document", [
+    {"default": __import__("datetime").date(2020, 1, 1)},
+    {"fields": ("a", "b")},
+    {1: "x"},
+    {"x": float("nan")},
+], ids=["date", "tuple", "int-key", "nan"])
+def test_a_document_without_exact_json_is_always_validated(document):
+    assert validation_cache.digest(document) is None
+    validation_cache.VALIDATED.add(None)
+    assert None not in validation_cache.VALIDATED and cache_lines() == []
+
+
+def test_the_cache_file_is_compacted_past_its_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(validation_cache, "MAX_ENTRIES", 4)
+    path = tmp_path / "digests.txt"
+    keys = [f"{n:064x}" for n in range(6)]
+    path.write_text("".join(key + "\n" for key in keys))
+    cache = validation_cache.ValidatedDigests(path)
+    assert keys[0] in cache
+    assert path.read_text().splitlines() == keys[-2:]  # the newest half kept
+
+
+def test_the_cache_lives_in_xdg_cache_home_else_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert validation_cache.cache_path().parent == tmp_path / "xdg" / "healthsim-state"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")  # the XDG spec: absolute paths only
+    assert validation_cache.cache_path().parent == Path.home() / ".cache" / "healthsim-state"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert validation_cache.cache_path().parent == Path.home() / ".cache" / "healthsim-state"
+
+
+def test_the_startup_benchmark_reports_every_figure(tmp_path):
+    """benchmarks/startup.py runs without hyperfine and prints each figure (no
+    timing is asserted: machines are noisy)."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.run", "--startup", "--repeat", "1",
+                          "--workdir", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout)
+    names = ["python_s", "import_s", "click_rich_s", "help_s", "duckdb_s", "list_s", "list_cold_cache_s"]
+    assert all(figures[name] > 0 and figures["cpu"][name] > 0 for name in names)
+    assert figures["help_vs_click_rich"] == pytest.approx(figures["help_s"] / figures["click_rich_s"], rel=0.01)
+    assert set(figures["targets_met"]) == {"help_vs_click_rich", "import_s", "list_s"}
+    assert list(tmp_path.iterdir()) == [], "the store and caches went with the temporary directory"
