@@ -94,7 +94,11 @@ def scrub(text: str, url: str) -> str:
     """``text`` (a driver's message) with ``url`` shown redacted and any of
     its secrets replaced by ``***``: libpq quotes a URL it cannot read whole,
     and a token of it (a bad percent-escape, a host) as written."""
-    text = text.replace(url, redact(url))
-    for secret in secrets(url):
+    found = secrets(url)
+    return redact(url).join(_without(segment, found) for segment in text.split(url))
+
+
+def _without(text: str, found: list[str]) -> str:
+    for secret in found:
         text = text.replace(secret, MASK)
     return text
