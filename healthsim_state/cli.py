@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 import click
 
 from . import __version__
+from .backends.urls import scrub_all
 from .config import default_target, is_url
 from .engine.values import dump_exact, parse_exact
 from .errors import EntityNotFoundError, HealthSimError, ScenarioExistsError, StoreNotFoundError
@@ -34,6 +35,7 @@ from .interop.parquet import export_parquet
 from .interop.query import jsonable, records, run_query
 from .manager import MISSING_OK_HINT, StateManager, plan_schema_changes
 
+_URLS = "healthsim_state.urls"  # the context's meta key: the URLs this command uses
 DB_HELP = ("The store: a DuckDB file, or a postgresql:// URL (default: $HEALTHSIM_DB, else "
            "~/.healthsim/healthsim.duckdb).")
 
@@ -71,7 +73,7 @@ class _Group(click.Group):
         except Exception as error:
             if ctx.params.get("debug"):
                 raise
-            raise CliError(describe_error(error)) from None
+            raise CliError(scrub_all(describe_error(error), ctx.meta.get(_URLS, ()))) from None
 
 
 def _debug() -> bool:
@@ -88,10 +90,13 @@ def version_option(function: Callable) -> Callable:
 
 
 def _target(db: str | None) -> str:
-    """The store: a file path (``~`` expanded) or a PostgreSQL URL."""
-    if db is None:
-        return default_target()
-    return db if is_url(db) else str(Path(db).expanduser())
+    """The store: a file path (``~`` expanded) or a PostgreSQL URL (kept in
+    the context, so that no error message can show its password)."""
+    target = default_target() if db is None else db if is_url(db) else str(Path(db).expanduser())
+    context = click.get_current_context(silent=True)
+    if context is not None and is_url(target):
+        context.meta.setdefault(_URLS, set()).add(target)
+    return target
 
 
 def _manager(db: str | None) -> StateManager:

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from hypothesis import assume, given, strategies as st
 from mcp import Client
 
-from healthsim_state import HealthSimError, StateManager
+from healthsim_state import HealthSimError, StateManager, StoreError
 from healthsim_state.backends.urls import MASK, redact, scrub, secrets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,3 +202,31 @@ def test_mcp_tools_on_a_bad_url_never_show_the_password(url, password, shown, ca
         text = result.content[0].text
         assert result.is_error and password not in text and shown in text
     assert password not in caplog.text
+
+
+# --- the last guard: a message that forgot to redact ------------------------------------------------
+
+def _leaky(url: str):
+    def list_scenarios(*args, **kwargs):
+        raise StoreError(f"the database {url} broke (a message naming the URL as given)")
+    return list_scenarios
+
+
+@pytest.mark.parametrize("url, password, shown", ODD_URLS[:3])
+def test_the_front_ends_scrub_any_message_of_the_urls_they_were_given(url, password, shown, monkeypatch, tmp_path):
+    from healthsim_state import mcp_server
+
+    monkeypatch.setattr(StateManager, "list_scenarios", _leaky(url))
+    monkeypatch.setattr(StateManager, "__enter__", lambda self: self)
+    done = cli("list", "--db", url, home=tmp_path)
+    assert_hidden(done, password)
+    assert done.stderr == f"error: the database {redact(url)} broke (a message naming the URL as given)\n"
+
+    async def call():
+        with anyio.fail_after(TIMEOUT):
+            async with Client(mcp_server.build_server(url)) as client:
+                return await client.call_tool("list_scenarios", {})
+
+    result = anyio.run(call)
+    assert result.is_error and result.content[0].text.endswith(f"the database {redact(url)} broke (a message "
+                                                              "naming the URL as given)")

@@ -12,7 +12,7 @@ too: more than needed, never less.)
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 from urllib.parse import unquote
 
 MASK = "***"
@@ -72,30 +72,44 @@ def redact(url: str) -> str:
     return shown + base + query
 
 
+def _passwords(url: str) -> set[str]:
+    """The password and any ``password`` query values, as written and decoded."""
+    parts = _parts(url)
+    found = {parts.password} if parts.password else set()
+    found.update(value for key, value in _query_fields(parts.rest)[1] if value and _is_password_key(key))
+    return found | {unquote(text, errors="replace") for text in found}
+
+
 def secrets(url: str) -> list[str]:
     """Every text of ``url`` a message must not show, longest first: the
     password as written and percent-decoded, ``password`` query values, and
     the longer pieces of each (see ``_PIECE_SEPARATORS``)."""
-    found = []
-    password = _parts(url).password
-    if password:
-        found.append(password)
-    found += [value for key, value in _query_fields(_parts(url).rest)[1] if value and _is_password_key(key)]
-    texts = set()
-    for secret in found:
-        for text in (secret, unquote(secret, errors="replace")):
-            texts.add(text)
-            texts.update(piece for piece in _PIECE_SEPARATORS.split(text) if len(piece) >= _SHORTEST_PIECE)
-    texts.discard("")
+    texts = _passwords(url)
+    for secret in list(texts):
+        texts.update(piece for piece in _PIECE_SEPARATORS.split(secret) if len(piece) >= _SHORTEST_PIECE)
     return sorted(texts, key=len, reverse=True)
 
 
-def scrub(text: str, url: str) -> str:
+def scrub(text: str, url: str, *, pieces: bool = True) -> str:
     """``text`` (a driver's message) with ``url`` shown redacted and any of
     its secrets replaced by ``***``: libpq quotes a URL it cannot read whole,
-    and a token of it (a bad percent-escape, a host) as written."""
-    found = secrets(url)
+    and a token of it (a bad percent-escape, a host) as written. Without
+    ``pieces``, only the password itself (for our own messages, where a
+    piece would more likely be one of our words)."""
+    found = secrets(url) if pieces else _whole_secrets(url)
     return redact(url).join(_without(segment, found) for segment in text.split(url))
+
+
+def scrub_all(text: str, urls: Iterable[str]) -> str:
+    """``text``, one of our messages, without a password of any of ``urls``:
+    the last guard of the front ends, wherever the message came from."""
+    for url in urls:
+        text = scrub(text, url, pieces=False)
+    return text
+
+
+def _whole_secrets(url: str) -> list[str]:
+    return sorted(_passwords(url), key=len, reverse=True)
 
 
 def _without(text: str, found: list[str]) -> str:
