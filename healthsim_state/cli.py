@@ -73,7 +73,12 @@ class _Group(click.Group):
         except Exception as error:
             if ctx.params.get("debug"):
                 raise
-            raise CliError(scrub_all(describe_error(error), ctx.meta.get(_URLS, ()))) from None
+            raise CliError(_scrubbed(describe_error(error))) from None
+
+
+def _scrubbed(message: str) -> str:
+    """``message`` without a password of any URL this command was given."""
+    return scrub_all(message, click.get_current_context().meta.get(_URLS, ()))
 
 
 def _debug() -> bool:
@@ -865,7 +870,7 @@ def copy_command(names: tuple[str, ...], source: str, target: str, overwrite: bo
                 report.line(f"{verb} {result.name!r} ({result.entity_count} entities) to {shown_to}")
             else:
                 failed += 1
-                report.line(f"error: {result.error}", err=True)
+                report.line(f"error: {_scrubbed(result.error or '')}", err=True)
     if copied + failed > 1:
         click.echo(f"{copied + failed} scenarios: {copied} copied, {failed} failed")
     if failed:

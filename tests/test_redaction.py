@@ -230,3 +230,17 @@ def test_the_front_ends_scrub_any_message_of_the_urls_they_were_given(url, passw
     result = anyio.run(call)
     assert result.is_error and result.content[0].text.endswith(f"the database {redact(url)} broke (a message "
                                                               "naming the URL as given)")
+
+
+def test_a_failed_copy_line_is_scrubbed_too(source, monkeypatch, tmp_path):
+    from healthsim_state.interop import copy as copy_module
+
+    url, password, shown = ODD_URLS[0]
+
+    def failing(*args, **kwargs):
+        yield copy_module.CopyResult("s", None, error=f"could not write to {url}")
+
+    monkeypatch.setattr(copy_module, "iter_copies", failing)
+    done = cli("copy", "s", "--from", str(source), "--to", url, home=tmp_path)
+    assert_hidden(done, password)
+    assert done.stderr == f"error: could not write to {redact(url)}\n"
