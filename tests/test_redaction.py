@@ -35,6 +35,7 @@ ODD_URLS = [
      "u:***@127.0.0.1:1/db?sslmode=disable"),
     ("postgresql://u@127.0.0.1:1/db?password=q-s3cret&x=1", "q-s3cret", "u@127.0.0.1:1/db?password=***&x=1"),
     ("postgresql://u:n0t-%aa-utf8@127.0.0.1:1/db", "n0t-%aa-utf8", "u:***@127.0.0.1:1/db"),
+    ("postgresql://127.0.0.1:1/db?password=at@s1gn", "at@s1gn", "127.0.0.1:1/db?password=***"),
     ("postgresql://u@127.0.0.1:1/db?pass%77ord=enc0ded", "enc0ded", "u@127.0.0.1:1/db?pass%77ord=***"),
 ]
 
@@ -82,6 +83,16 @@ def test_fuzzed_passwords_never_show_and_the_rest_always_does(user, password, ho
     quoted = f'in URI: "{url}"; invalid percent-encoded token: "{password}"; decoded: {unquote(password)}'
     scrubbed = scrub(quoted, url)
     assert password not in scrubbed and unquote(password) not in scrubbed and redacted in scrubbed
+
+
+@given(users, odd_passwords.filter(lambda password: "&" not in password), hosts, databases)
+def test_fuzzed_password_query_values_never_show_and_the_rest_always_does(user, password, host_list, database):
+    """A ``password`` query value ends at the next ``&`` (libpq's rule too)."""
+    shown = f"postgresql://{user}@{','.join(host_list)}/{database}?sslmode=disable&password={MASK}"
+    assume(password not in shown)
+    url = shown.replace(MASK, password)
+    assert redact(url) == shown
+    assert password not in scrub(f'invalid value: "{password}" in "{url}"', url)
 
 
 # Long enough that it cannot be a word of the message by chance (a "?" is).

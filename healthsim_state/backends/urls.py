@@ -4,9 +4,10 @@ Redaction goes by the *position* of the user information, never by parsing
 the URL: libpq takes passwords a URL parser refuses or reads otherwise
 (``#``, ``?``, ``@``, ``/``, bad percent-escapes), and a URL that does not
 parse at all is quoted whole in libpq's own error. The user information is
-everything between ``://`` and the last ``@``; its password is what follows
-its first ``:``. (A query value holding an ``@`` therefore hides the hosts
-too: more than needed, never less.)
+everything between ``://`` and the last ``@`` (before any ``password``
+query field); its password is what follows its first ``:``. (Another query
+value holding an ``@`` therefore hides the hosts too: more than needed,
+never less.)
 """
 
 from __future__ import annotations
@@ -26,20 +27,27 @@ _SHORTEST_PIECE = 2
 
 class _Parts(NamedTuple):
     prefix: str           # the scheme and "://"
-    user: str | None      # None: no user information
-    password: str | None  # None: no ":" in the user information
-    rest: str             # hosts, database and query, as written
+    user: str | None      # None: no password in the user information
+    password: str | None
+    rest: str             # the rest as written: (user and) hosts, database and query
+
+
+_FIELD = re.compile(r"[?&]([^?&=]*)=")
 
 
 def _parts(url: str) -> _Parts:
+    """The user information ends at the last ``@`` before any ``password``
+    query field (whose value may hold an ``@`` too); without a ``:`` in it
+    there is no password there."""
     head, sep, tail = url.partition("://")
     if not sep:
         return _Parts("", None, None, url)
-    userinfo, at, rest = tail.rpartition("@")
-    if not at:
+    end = next((field.start() for field in _FIELD.finditer(tail) if _is_password_key(field.group(1))), len(tail))
+    userinfo, at, rest = tail[:end].rpartition("@")
+    if not at or ":" not in userinfo:
         return _Parts(head + sep, None, None, tail)
-    user, colon, password = userinfo.partition(":")
-    return _Parts(head + sep, user, password if colon else None, rest)
+    user, _, password = userinfo.partition(":")
+    return _Parts(head + sep, user, password, rest + tail[end:])
 
 
 def _query_fields(rest: str) -> tuple[str, list[tuple[str, str | None]]]:
@@ -65,7 +73,7 @@ def redact(url: str) -> str:
     parts = _parts(url)
     shown = parts.prefix
     if parts.user is not None:
-        shown += parts.user + ("" if parts.password is None else ":" + MASK) + "@"
+        shown += f"{parts.user}:{MASK}@"
     base, fields = _query_fields(parts.rest)
     query = "&".join(key if value is None else f"{key}={MASK if _is_password_key(key) else value}"
                      for key, value in fields)
