@@ -119,6 +119,10 @@ def test_fuzzed_passwords_never_show_in_the_drivers_messages_as_we_raise_them(us
     assert user in message
 
 
+def test_scrubbing_with_no_url_changes_nothing():
+    assert scrub("a message", "") == "a message" and scrub("a message", "postgresql://h/db") == "a message"
+
+
 def test_the_secrets_include_the_decoded_password_and_its_longer_pieces():
     found = secrets("postgresql://u:ab%40cd/efgh@h/db?password=q1")
     assert {"ab%40cd/efgh", "ab@cd/efgh", "efgh", "ab", "cd", "q1"} <= set(found)

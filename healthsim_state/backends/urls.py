@@ -104,6 +104,8 @@ def scrub(text: str, url: str, *, pieces: bool = True) -> str:
     and a token of it (a bad percent-escape, a host) as written. Without
     ``pieces``, only the password itself (for our own messages, where a
     piece would more likely be one of our words)."""
+    if not url:
+        return text
     found = secrets(url) if pieces else _whole_secrets(url)
     return redact(url).join(_without(segment, found) for segment in text.split(url))
 
