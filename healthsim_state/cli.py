@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 import click
 
 from . import __version__
+from .backends.urls import scrub_all
 from .config import default_target, is_url
 from .engine.values import dump_exact, parse_exact
 from .errors import EntityNotFoundError, HealthSimError, ScenarioExistsError, StoreNotFoundError, \
@@ -35,6 +36,7 @@ from .interop.parquet import export_parquet
 from .interop.query import jsonable, records, run_query
 from .manager import MISSING_OK_HINT, StateManager, plan_schema_changes
 
+_URLS = "healthsim_state.urls"  # the context's meta key: the URLs this command uses
 DB_HELP = ("The store: a DuckDB file, or a postgresql:// URL (default: $HEALTHSIM_DB, else "
            "~/.healthsim/healthsim.duckdb).")
 ROOT_DB_HELP = DB_HELP[:-2] + "; a command's own --db wins)."
@@ -73,7 +75,12 @@ class _Group(click.Group):
         except Exception as error:
             if ctx.params.get("debug"):
                 raise
-            raise CliError(describe_error(error)) from None
+            raise CliError(_scrubbed(describe_error(error))) from None
+
+
+def _scrubbed(message: str) -> str:
+    """``message`` without a password of any URL this command was given."""
+    return scrub_all(message, click.get_current_context().meta.get(_URLS, ()))
 
 
 def _debug() -> bool:
@@ -93,13 +100,15 @@ def version_option(function: Callable) -> Callable:
 def _target(db: str | None) -> str:
     """The store: a file path (``~`` expanded) or a PostgreSQL URL. A
     command's ``--db`` wins over one given before the command, which wins
-    over ``$HEALTHSIM_DB`` and the default file."""
-    if db is None:
-        context = click.get_current_context(silent=True)
-        db = context.find_root().params.get("db") if context is not None else None
-    if db is None:
-        return default_target()
-    return db if is_url(db) else str(Path(db).expanduser())
+    over ``$HEALTHSIM_DB`` and the default file. A URL is kept in the
+    context, so that no error message can show its password."""
+    context = click.get_current_context(silent=True)
+    if db is None and context is not None:
+        db = context.find_root().params.get("db")
+    target = default_target() if db is None else db if is_url(db) else str(Path(db).expanduser())
+    if context is not None and is_url(target):
+        context.meta.setdefault(_URLS, set()).add(target)
+    return target
 
 
 def _manager(db: str | None) -> StateManager:
@@ -930,7 +939,7 @@ def copy_command(names: tuple[str, ...], source: str, target: str, overwrite: bo
                 report.line(f"{verb} {result.name!r} ({entities_text(result.entity_count)}) to {shown_to}")
             else:
                 failed += 1
-                report.line(f"error: {result.error}", err=True)
+                report.line(f"error: {_scrubbed(result.error or '')}", err=True)
     if copied + failed > 1:
         click.echo(f"{copied + failed} scenarios: {copied} copied, {failed} failed")
     if failed:

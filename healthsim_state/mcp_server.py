@@ -38,6 +38,7 @@ from pydantic import Field
 
 from . import __version__
 from .backends import describe_target
+from .backends.urls import scrub_all
 from .config import default_target, is_url
 from .errors import EntityNotFoundError, HealthSimError, ScenarioNotFoundError, StoreNotFoundError
 from .interop.query import json_rows, jsonable, run_query
@@ -585,16 +586,18 @@ def _payload(value: dict[str, Any]) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=value)
 
 
-def _as_tool(function: Callable[..., dict[str, Any]]) -> Callable[..., CallToolResult]:
+def _as_tool(function: Callable[..., dict[str, Any]], db_path: str) -> Callable[..., CallToolResult]:
     """``function`` as the SDK calls it: errors a caller can cause become tool
-    errors with our message; its return annotation stays the output schema."""
+    errors with our message (never with a password of ``db_path``); its
+    return annotation stays the output schema."""
+    urls = [db_path] if is_url(db_path) else []
 
     @functools.wraps(function)
     def call(*args: Any, **kwargs: Any) -> CallToolResult:
         try:
             return _payload(function(*args, **kwargs))
         except (HealthSimError, ValueError) as error:
-            raise ToolError(str(error)) from None
+            raise ToolError(scrub_all(str(error), urls)) from None
 
     signature = inspect.signature(function, eval_str=True)
     call.__signature__ = signature.replace(  # type: ignore[attr-defined]
@@ -648,7 +651,8 @@ def build_server(db_path: str | Path | None = None, *, log_level: str = "WARNING
                        instructions=INSTRUCTIONS, log_level=log_level)  # type: ignore[arg-type]
     for name, title, hints in TOOLS:
         function = getattr(tools, name)
-        server.add_tool(_as_tool(function), name=name, title=title, description=inspect.cleandoc(function.__doc__),
+        server.add_tool(_as_tool(function, path), name=name, title=title,
+                        description=inspect.cleandoc(function.__doc__),
                         annotations=hints.model_copy(update={"title": title}), structured_output=True)
     return server
 
@@ -671,7 +675,8 @@ def serve(db_path: str | Path | None = None, transport: str = "stdio", host: str
     except StoreNotFoundError:
         pass  # a new store: made by the first save
     except HealthSimError as error:
-        print(f"healthsim-state mcp: warning: {error}", file=sys.stderr)
+        print(f"healthsim-state mcp: warning: {scrub_all(str(error), [path] if is_url(path) else [])}",
+              file=sys.stderr)
     if transport == "stdio":
         server.run("stdio")
         return

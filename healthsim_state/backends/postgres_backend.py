@@ -54,7 +54,7 @@ from ..errors import (
 )
 from .base import Backend, Dialect, QueryResult, Session, quote
 from .sqltext import bind_user_query, first_keyword, numbered
-from .urls import redact
+from .urls import redact, scrub
 
 try:
     import psycopg
@@ -165,6 +165,9 @@ class PostgresBackend(Backend):
             params = conninfo_to_dict(self.url)
         except psycopg.Error as error:
             raise StoreError(f"{self.label} is not a usable PostgreSQL URL: {_reason(error, self.url)}") from None
+        except UnicodeDecodeError:  # psycopg decodes libpq's values as UTF-8; its message quotes the bytes
+            raise StoreError(f"{self.label} is not a usable PostgreSQL URL: a percent-escape in it is not UTF-8 "
+                             "text") from None
         extra: dict[str, Any] = {}
         if "connect_timeout" not in params and not os.environ.get("PGCONNECT_TIMEOUT"):
             extra["connect_timeout"] = CONNECT_TIMEOUT
@@ -231,7 +234,7 @@ class PostgresBackend(Backend):
                 _close(held.con)
                 if pooled and attempt == 0 and isinstance(error, psycopg.OperationalError):
                     continue  # the server closed an idle connection
-                raise translate(error, self.label) from None
+                raise translate(error, self.label, self.url) from None
             self._give_back(held)
             self._known_to_exist = bool(found)
             return self._known_to_exist
@@ -259,7 +262,7 @@ class PostgresBackend(Backend):
             finally:
                 _unlock(held, exclusive)
         except psycopg.Error as error:
-            raise translate(error, self.label) from error
+            raise translate(error, self.label, self.url) from error
         finally:
             self._give_back(held)
 
@@ -275,7 +278,7 @@ class PostgresBackend(Backend):
                 _close(held.con)
                 if pooled and attempt == 0:
                     continue  # the server closed an idle connection (restarted, or timed it out)
-                raise translate(error, self.label) from None
+                raise translate(error, self.label, self.url) from None
             except BaseException:
                 _close(held.con)
                 raise
@@ -284,7 +287,7 @@ class PostgresBackend(Backend):
             except BaseException as error:
                 _close(held.con)
                 if isinstance(error, psycopg.Error):
-                    raise translate(error, self.label) from None
+                    raise translate(error, self.label, self.url) from None
                 raise
             return held
         raise AssertionError("unreachable")
@@ -418,7 +421,7 @@ class PostgresSession(Session):
         try:
             cursor.execute(numbered(sql), list(params) if params else None)
         except psycopg.Error as error:
-            raise translate(error, self.label) from None
+            raise translate(error, self.label, self._backend.url) from None
         except UnicodeError as error:
             raise StoreError(f"the database {self.label} could not be used: a value is not valid Unicode text "
                              f"({error.reason})") from None
@@ -436,7 +439,7 @@ class PostgresSession(Session):
         try:
             return list(cursor.stream(numbered(sql), list(params) if params else None, size=FETCH_CHUNK))
         except psycopg.Error as error:
-            raise translate(error, self.label) from None
+            raise translate(error, self.label, self._backend.url) from None
         except UnicodeError as error:
             raise StoreError(f"the database {self.label} could not be used: a value is not valid Unicode text "
                              f"({error.reason})") from None
@@ -456,7 +459,7 @@ class PostgresSession(Session):
                     return
                 yield rows
         except psycopg.Error as error:
-            raise translate(error, self.label) from None
+            raise translate(error, self.label, self._backend.url) from None
         finally:
             self._close_cursor(cursor)
 
@@ -488,7 +491,7 @@ class PostgresSession(Session):
                 for row in rows:
                     write(row)
         except psycopg.Error as error:
-            raise translate(error, self.label) from None
+            raise translate(error, self.label, self._backend.url) from None
         except UnicodeError as error:
             raise StoreError(f"the database {self.label} could not store a value: it is not valid Unicode text "
                              f"({error.reason})") from None
@@ -578,12 +581,12 @@ def _close_all(idle: list[_Connection], pid: int) -> None:
         _close(idle.pop().con)
 
 
-def translate(error: "psycopg.Error", label: str) -> Exception:
+def translate(error: "psycopg.Error", label: str, url: str) -> Exception:
     """Our error for a psycopg one: a lost race is a conflict (worth running
     again), a lock held too long names the wait, a lost connection says so,
-    anything else names the store."""
+    anything else names the store. Never a password of ``url``."""
     state = getattr(error, "sqlstate", None)
-    text = _first_line(str(error))
+    text = scrub(_first_line(str(error)), url)
     if state in ("40001", "40P01"):
         return TransactionConflictError(f"{label}: another transaction changed the same data at the same time "
                                         f"and kept doing so ({text})")
@@ -632,19 +635,7 @@ def _reason(error: BaseException, url: str) -> str:
     text = re.sub(r"^connection (?:failed|is bad): ", "", text)
     text = re.sub(r'^connection to server (?:at|on) .*? failed: ', "", text)
     text = re.sub(r"^(?:FATAL|ERROR):\s+", "", text)
-    return _scrub(text, url)
-
-
-def _scrub(text: str, url: str) -> str:
-    """``text`` with the URL's password (if any) replaced: belt and braces,
-    as libpq does not quote passwords in its messages."""
-    try:
-        password = conninfo_to_dict(url).get("password")
-    except psycopg.Error:
-        password = None
-    if password:
-        text = text.replace(str(password), "***")
-    return text
+    return scrub(text, url)
 
 
 def _first_line(text: str) -> str:
