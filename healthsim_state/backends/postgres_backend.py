@@ -53,7 +53,8 @@ from ..errors import (
     TransactionConflictError,
 )
 from .base import Backend, Dialect, QueryResult, Session, quote
-from .sqltext import bind_user_query, first_keyword, numbered
+from .sandbox import refusal, subquery
+from .sqltext import bind_user_query, numbered
 from .urls import redact
 
 try:
@@ -92,7 +93,6 @@ POOL_SIZE = 4  # idle connections kept between operations
 FETCH_CHUNK = 2000  # rows a fetch receives at a time
 _LAYOUT_LOCK_CLASS = 0x48534D53  # 'HSMS': the high 32 bits of the advisory lock key
 _DDL = re.compile(r"\s*(CREATE|ALTER|DROP)\b", re.IGNORECASE)
-QUERY_STATEMENTS = ("select", "with", "values", "table", "explain")
 
 
 class _NumericDumper(Dumper):
@@ -311,23 +311,22 @@ class PostgresBackend(Backend):
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None, *, limit: int | None,
               timeout: float | None) -> QueryResult:
-        """Run one user statement in a ``READ ONLY`` transaction on a
-        connection of its own (closed afterwards, and never committed, so no
-        setting it makes outlives it).
+        """Run one user query in a ``READ ONLY`` transaction on a connection
+        of its own (closed afterwards, and never committed, so no setting it
+        makes outlives it).
 
-        The rule: the server parses the text as one statement (the extended
-        protocol takes exactly one); it must start, after comments and
-        parentheses, with ``SELECT``, ``WITH``, ``VALUES``, ``TABLE`` or
-        ``EXPLAIN``; and the read-only transaction refuses any write, a
-        data-modifying ``WITH`` or an ``EXPLAIN ANALYZE`` of a write included.
-        The query runs with the URL's role: what that role may read, the
-        query may read. ``statement_timeout`` stops it after ``timeout``
-        seconds; at most ``limit`` + 1 rows are fetched. A database without
-        the store's tables is :class:`StoreNotFoundError`, as a missing file is."""
-        if not isinstance(sql, str) or not sql.strip():
-            raise QueryError("the query is empty")
+        The server runs the text only as a subquery (see
+        :mod:`~healthsim_state.backends.sandbox`), parsed as one statement
+        (the extended protocol takes exactly one), so it runs nothing but one
+        query, whatever the text holds; the read-only transaction refuses
+        any write (``SELECT ... FOR UPDATE``, ``nextval``, ...). The query
+        runs with the URL's role: what that role may read, the query may
+        read. ``statement_timeout`` stops it after ``timeout`` seconds; at
+        most ``limit`` + 1 rows are fetched. A database without the store's
+        tables is :class:`StoreNotFoundError`, as a missing file is."""
+        statement = subquery(sql)
         try:
-            text, values = bind_user_query(sql, params)
+            text, values = bind_user_query(statement, params)
         except KeyError as missing:
             raise QueryError(f"the query names the parameter ${missing.args[0]}, which was not given") from None
         held = self._connect()
@@ -339,16 +338,27 @@ class PostgresBackend(Backend):
                                          "there yet)")
             if timeout is not None:
                 con.execute(f"SET LOCAL statement_timeout = {max(1, round(timeout * 1000))}")
-            columns = _parse(con, text)
-            keyword = first_keyword(sql)
-            if keyword not in QUERY_STATEMENTS:
-                raise QueryError("only a read-only SELECT (or WITH ... SELECT, VALUES, TABLE, or EXPLAIN) query "
-                                 f"is allowed; this is {keyword.upper() or 'no SQL statement'}")
+            try:
+                columns = _parse(con, text)
+            except (pg_errors.SyntaxError, pg_errors.FeatureNotSupported) as error:
+                _rollback(con)
+                raise self._refused(con, sql, params, error) from None
             return _stream_query(con, text, values, columns, limit, timeout)
         except psycopg.Error as error:
             raise _query_error(error, timeout, self.url) from None
         finally:
             _close(con)
+
+    def _refused(self, con: "psycopg.Connection", sql: str, params: Any, error: "psycopg.Error") -> QueryError:
+        """Why the server did not take the subquery: the text's own parse
+        error when it has one (only parsed, never run), else what it is."""
+        try:
+            _parse(con, bind_user_query(sql, params)[0])
+        except psycopg.Error as own:
+            return _query_error(own, None, self.url)
+        if isinstance(error, pg_errors.FeatureNotSupported) and "data-modifying" in str(error):
+            return QueryError("the query tries to change the store (a data-modifying WITH); queries are read-only")
+        return refusal(sql, _first_line(str(error)))
 
 
 def _parse(con: "psycopg.Connection", sql: str) -> list[tuple[str, str]]:

@@ -1,0 +1,153 @@
+"""The read-only SQL feature runs one query, whatever the text holds.
+
+Each hostile text below fooled, or could fool, a reading of the statement's
+kind written by hand (PostgreSQL nests block comments; dollar quotes, E''
+strings and ``;`` inside strings hide where a statement ends). Through the
+Python API, the command line and the MCP ``query`` tool, on both backends,
+each is refused with a :class:`QueryError` that says why, runs nothing
+(a file the text would write is never made) and leaves the store as it was;
+legitimate queries of the same shapes still work.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from healthsim_state import StateManager
+from healthsim_state.interop import QueryError, run_query
+from healthsim_state.mcp_server import ScenarioTools
+from test_cli import Cli
+
+HIDE = "/* /* */ SELECT */ "  # a nested comment: a reader that does not nest sees SELECT first
+
+# Refused on both backends: (text, what the message says, or (on PostgreSQL, on DuckDB)). {file} is a
+# path the text would write. DuckDB has no COPY ... TO PROGRAM: its parser refuses the text.
+HOSTILE = [
+    (HIDE + "COPY (SELECT 1) TO PROGRAM 'touch {file}'", ("this is COPY", "does not parse")),
+    (HIDE + "COPY (SELECT 1) TO '{file}'", "this is COPY"),
+    (HIDE + "ATTACH '{file}' AS other", ("does not parse", "this is ATTACH")),
+    (HIDE + "CREATE TABLE stolen AS SELECT * FROM scenarios", "this is CREATE"),
+    (HIDE + "DELETE FROM scenario_tags", "this is DELETE"),
+    (HIDE + "ANALYZE", "this is ANALYZE"),
+    (HIDE + "LISTEN sandbox", "LISTEN"),
+    (HIDE + "PREPARE p AS SELECT 1", "PREPARE"),
+    ("ANALYZE", "this is ANALYZE"),
+    ("DO $$BEGIN PERFORM pg_sleep(0); END$$", "DO"),
+    (HIDE + "DO $$BEGIN PERFORM pg_sleep(0); END$$", "DO"),
+    ("LISTEN sandbox", "LISTEN"),
+    ("PREPARE p AS SELECT 1", "PREPARE"),
+    # dollar quotes, E'' strings and ; inside strings: where does the first statement end?
+    ("SELECT $$ ; $$ AS d; COPY (SELECT 1) TO PROGRAM 'touch {file}'", ("exactly one statement", "does not parse")),
+    ("SELECT $x$ $$ ; $x$ AS d; COPY (SELECT 1) TO '{file}'", "exactly one statement"),
+    ("/* $$ */ COPY (SELECT 1) TO PROGRAM 'touch {file}' /* $$ */", ("this is COPY", "does not parse")),
+    ("SELECT E'\\'' AS e; COPY (SELECT 1) TO PROGRAM 'touch {file}'", ("exactly one statement", "does not parse")),
+    ("SELECT E'\\'' AS e; COPY (SELECT 1) TO '{file}'", "exactly one statement"),
+    ("/* E'*/ COPY (SELECT 1) TO '{file}' --'", "this is COPY"),
+    ("SELECT ';' AS s; DELETE FROM scenario_tags", "exactly one statement"),
+    ("SELECT 1; SELECT 2", "exactly one statement"),
+    # writes a SELECT or an EXPLAIN carries
+    ("WITH gone AS (DELETE FROM scenario_tags RETURNING 1) SELECT * FROM gone", ""),
+    ("EXPLAIN ANALYZE DELETE FROM scenario_tags", ""),
+    ("EXPLAIN ANALYZE INSERT INTO scenario_tags SELECT scenario_id, 9, 'x' FROM scenarios", ""),
+    ("EXPLAIN ANALYZE COPY (SELECT 1) TO '{file}'", ""),
+    ("EXPLAIN ANALYZE CREATE TABLE stolen AS SELECT 1", ""),
+    ("SELECT * INTO stolen FROM scenarios", ""),
+    ("SELECT 1 AS a) AS q; COPY (SELECT 1) TO PROGRAM 'touch {file}'; SELECT * FROM (SELECT 1", ""),
+    ("SELECT 1 /*", ""),
+]
+
+# Work on both backends: (text, params, rows).
+LEGIT = [
+    ("WITH s AS (SELECT name FROM scenarios) SELECT name FROM s", None, [("kept",)]),
+    ("SELECT name FROM scenarios;", None, [("kept",)]),
+    ("SELECT name FROM scenarios ; ; -- the end\n", None, [("kept",)]),
+    ("-- first\nSELECT /* a /* nested */ comment */ name FROM scenarios -- last", None, [("kept",)]),
+    ("SELECT ';' AS semicolon, name FROM scenarios", None, [(";", "kept")]),
+    ("SELECT $$a; b$$ AS d, $x$ $$ ; $x$ AS e", None, [("a; b", " $$ ; ")]),
+    ("SELECT E'it\\'s; ok' AS e", None, [("it's; ok",)]),
+    ("VALUES (1), (2)", None, [(1,), (2,)]),
+    ("(SELECT 1 AS n) UNION ALL (SELECT 2) ORDER BY n DESC", None, [(2,), (1,)]),
+    ("SELECT '?' AS mark, name FROM scenarios WHERE name = ?", ["kept"], [("?", "kept")]),
+    ("SELECT name FROM scenarios WHERE name = $1;", ["kept"], [("kept",)]),
+    ("SELECT name FROM scenarios WHERE name = $n AND $n <> '' -- $m", {"n": "kept"}, [("kept",)]),
+    ("SELECT p.patient_id FROM patients p JOIN scenarios s USING (scenario_id) WHERE s.name = ?", ["kept"],
+     [("p1",)]),
+]
+
+
+@pytest.fixture
+def kept(store) -> str:
+    """The store, holding one scenario 'kept' (one patient, one tag)."""
+    with StateManager(store.target) as sm:
+        sm.save_scenario("kept", {"patients": [{"patient_id": "p1"}]}, tags=["t"])
+    return store.target
+
+
+@pytest.fixture
+def victim() -> Path:
+    """A path that a hostile text would write; its directory is open to the
+    server's user, so a write that ran would show."""
+    directory = tempfile.mkdtemp(prefix="sandbox-", dir="/tmp")
+    os.chmod(directory, 0o1777)
+    yield Path(directory) / "pwned"
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _unchanged(target: str, victim: Path) -> None:
+    assert not victim.exists(), "the hostile text ran"
+    assert run_query(target, "SELECT name FROM scenarios").rows == [("kept",)]
+    assert run_query(target, "SELECT tag FROM scenario_tags").rows == [("t",)]
+    assert run_query(target, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'stolen'").rows \
+        == [(0,)]
+
+
+@pytest.mark.parametrize("text, message", HOSTILE)
+def test_hostile_text_is_refused_and_runs_nothing(kept, store, victim, text, message):
+    if isinstance(message, tuple):
+        message = message[store.kind == "duckdb"]
+    with pytest.raises(QueryError) as refused:
+        run_query(kept, text.format(file=victim), timeout=10)
+    _unchanged(kept, victim)
+    shown = str(refused.value)
+    assert message in shown and "didn't produce a result" not in shown
+
+
+@pytest.mark.parametrize("text, params, rows", LEGIT)
+def test_legitimate_queries_still_work(kept, text, params, rows):
+    assert run_query(kept, text, params).rows == rows
+
+
+def test_explain_still_works_and_explains_the_query(kept):
+    for text in ("EXPLAIN SELECT * FROM scenarios", "explain analyze SELECT * FROM scenarios;",
+                 "/* plan */ EXPLAIN SELECT * FROM scenarios WHERE name = ?"):
+        plan = run_query(kept, text, ["kept"] if "?" in text else None)
+        assert plan.rows and "scenarios" in " ".join(str(cell) for row in plan.rows for cell in row).lower()
+
+
+def _hidden_copy(store, victim: Path) -> str:
+    """A COPY that writes ``victim``, behind a nested comment: to a program on
+    PostgreSQL, to the file on DuckDB."""
+    return HIDE + (f"COPY (SELECT 1) TO PROGRAM 'touch {victim}'" if store.kind == "postgres" else
+                   f"COPY (SELECT 1) TO '{victim}'")
+
+
+def test_the_command_line_refuses_a_hidden_copy_and_still_runs_queries(kept, store, victim, tmp_path):
+    cli = Cli(tmp_path, store)
+    result = cli("sql", _hidden_copy(store, victim), expect=1)
+    assert result.stderr.startswith("error: only a read-only query (SELECT, WITH ... SELECT, VALUES, TABLE, or an "
+                                    "EXPLAIN of one) is allowed; this is COPY")
+    assert len(result.stderr.splitlines()) == 1
+    assert cli("sql", "SELECT ';' AS s, name FROM scenarios; -- done").stdout == "s\tname\n;\tkept\n"
+    _unchanged(kept, victim)
+
+
+def test_the_mcp_query_tool_refuses_a_hidden_copy(kept, store, victim):
+    with pytest.raises(ValueError, match="this is COPY"):
+        ScenarioTools(kept).query(_hidden_copy(store, victim))
+    assert ScenarioTools(kept).query("SELECT name FROM scenarios;")["rows"] == [["kept"]]
+    _unchanged(kept, victim)
