@@ -6,12 +6,16 @@ strings and ``;`` inside strings hide where a statement ends). Through the
 Python API, the command line and the MCP ``query`` tool, on both backends,
 each is refused with a :class:`QueryError` that says why, runs nothing
 (a file the text would write is never made) and leaves the store as it was;
-legitimate queries of the same shapes still work.
+legitimate queries of the same shapes still work. Values go in order or by
+name; values that do not fit the placeholders are a
+:class:`QueryParameterError` saying what the query takes and what was given.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from healthsim_state import StateManager
-from healthsim_state.interop import QueryError, run_query
+from healthsim_state.interop import QueryError, QueryParameterError, run_query
 from healthsim_state.mcp_server import ScenarioTools
-from test_cli import Cli
+from test_cli import REPO, Cli
 
 HIDE = "/* /* */ SELECT */ "  # a nested comment: a reader that does not nest sees SELECT first
 
@@ -151,3 +155,67 @@ def test_the_mcp_query_tool_refuses_a_hidden_copy(kept, store, victim):
         ScenarioTools(kept).query(_hidden_copy(store, victim))
     assert ScenarioTools(kept).query("SELECT name FROM scenarios;")["rows"] == [["kept"]]
     _unchanged(kept, victim)
+
+
+# --- parameters: in order or by name, and a clear error when they do not match ----------------
+
+MISMATCHED = [
+    ("SELECT ? AS a", None, "the query takes 1 value in order (? or $1, $2, ...); 0 given"),
+    ("SELECT ? AS a, ? AS b", ["x"], "the query takes 2 values in order (? or $1, $2, ...); 1 given"),
+    ("SELECT $1 AS a", ["x", "y"], "the query takes 1 value in order (? or $1, $2, ...); 2 given"),
+    ("SELECT 1 AS a", ["x"], "the query has no placeholders; 1 given"),
+    ("SELECT ? AS a", {"s": "x"}, "the query takes 1 value in order (? or $1, $2, ...); given by name: s"),
+    ("SELECT 1 AS a", {"s": "x"}, "the query has no placeholders; given by name: s"),
+    ("SELECT $s AS a", None, "the query takes values by name ($s); none given"),
+    ("SELECT $s AS a", ["x"], "the query takes values by name ($s); 1 value given in order"),
+    ("SELECT $s AS a, $t AS b, $s AS c", {"s": "x", "u": "y"},
+     "the query takes values by name ($s, $t); given: s, u; no value for $t; not in the query: u"),
+]
+
+
+@pytest.mark.parametrize("text, params, message", MISMATCHED)
+def test_values_that_do_not_match_the_placeholders_are_a_clear_error(kept, text, params, message):
+    with pytest.raises(QueryParameterError) as refused:
+        run_query(kept, text, params)
+    assert str(refused.value) == message
+
+
+def test_values_by_name_fill_each_name_wherever_it_stands(kept):
+    result = run_query(kept, "SELECT $b AS b, $a AS a, $b || $a AS ba, '$a' AS literal", {"a": "1", "b": "2"})
+    assert result.rows == [("2", "1", "21", "$a")]
+
+
+def _versions(target: str) -> str:
+    """'kept' in three versions (patients p1; p1, p2; p2); its id."""
+    with StateManager(target) as sm:
+        sm.save_scenario("kept", {"patients": [{"patient_id": "p1"}, {"patient_id": "p2"}]}, overwrite=True)
+        sm.save_scenario("kept", {"patients": [{"patient_id": "p2"}]}, overwrite=True)
+        return sm.scenario_info("kept")["scenario_id"]
+
+
+def test_the_readmes_named_parameter_example_runs_on_the_command_line(kept, store, tmp_path):
+    scenario_id = _versions(kept)
+    block = re.search(r"```sh\n(healthsim-state sql '[^`]*\$s[^`]*)```", (REPO / "README.md").read_text())
+    command = shlex.split(block.group(1).replace("SCENARIO_ID", scenario_id))
+    assert command[0] == "healthsim-state" and command[-2:] == ["-p", f"s={scenario_id}"]
+    cli = Cli(tmp_path, store)
+    assert [row["patient_id"] for row in cli.json(*command[1:], "--json")] == ["p2"]
+    for version, patients in ((1, ["p1"]), (2, ["p1", "p2"])):
+        query = command[2].replace("<= 3", f"<= {version}").replace("> 3", f"> {version}") + " ORDER BY _position"
+        assert [row["patient_id"] for row in cli.json("sql", query, "-p", f"s={scenario_id}", "--json")] == patients
+
+
+def test_the_command_line_takes_values_by_name_or_in_order(kept, store, tmp_path):
+    cli = Cli(tmp_path, store)
+    assert cli("sql", "SELECT $n AS n, $m AS m", "-p", "m=a=b", "-p", "n=").stdout == "n\tm\n\ta=b\n"
+    assert cli("sql", "SELECT name FROM scenarios WHERE name = ?", "-p", "kept").stdout == "name\nkept\n"
+    assert cli("sql", "SELECT ? AS v", "-p", "a=b").stdout == "v\na=b\n"  # no $name: a value, = and all
+    result = cli("sql", "SELECT $s AS s", "-p", "t=x", expect=1)
+    assert result.stderr == "error: the query takes values by name ($s); given: t; no value for $s; " \
+                            "not in the query: t\n"
+    result = cli("sql", "SELECT ? AS a, ? AS b", "-p", "x", expect=1)
+    assert result.stderr == "error: the query takes 2 values in order (? or $1, $2, ...); 1 given\n"
+    result = cli("sql", "SELECT $s AS s", "-p", "x", expect=2)
+    assert "the query takes values by name ($s): give each as -p NAME=VALUE (not 'x')" in result.stderr
+    result = cli("sql", "SELECT $s AS s", "-p", "s=1", "-p", "s=2", expect=2)
+    assert "-p s= is given twice" in result.stderr

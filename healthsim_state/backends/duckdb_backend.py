@@ -42,7 +42,7 @@ import nanoarrow as na
 from ..errors import DatabaseLockedError, QueryError, StoreError, StoreNotFoundError, TransactionConflictError
 from ..engine.types import ColumnType
 from .base import Backend, Constant, Dialect, QueryResult, Session, quote
-from .sandbox import ALLOWED, QUERY_WORDS, explains, refusal, subquery
+from .sandbox import ALLOWED, QUERY_WORDS, check_parameters, explains, refusal, subquery
 from .sqltext import first_keyword
 
 MEMORY = ":memory:"
@@ -180,6 +180,7 @@ class DuckDBBackend(Backend):
             con.execute("SET enable_progress_bar = false")
             con.execute("SET lock_configuration = true")
             statement = checked_statement(con, sql)
+            check_parameters(_takes(statement), params)
             try:
                 with interrupt_after(con, timeout):
                     cursor = con.execute(statement, params if params is not None else [])
@@ -528,6 +529,15 @@ def checked_statement(con: duckdb.DuckDBPyConnection, sql: str) -> "duckdb.State
     if [s.type for s in statements] != [expected]:  # what the subquery's parentheses cannot hold does not parse
         raise refusal(sql, f"it reads as {', '.join(s.type.name for s in statements)}")
     return statements[0]
+
+
+def _takes(statement: "duckdb.Statement") -> int | list[str]:
+    """What the statement's placeholders take: names, or a count of values
+    in order (DuckDB names ``?`` and ``$1`` by their numbers)."""
+    names = statement.named_parameters
+    if all(name.isdigit() for name in names):
+        return max(map(int, names), default=0)
+    return sorted(names)
 
 
 def _only_statement(con: duckdb.DuckDBPyConnection, sql: str) -> "duckdb.Statement":

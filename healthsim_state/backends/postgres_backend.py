@@ -53,8 +53,8 @@ from ..errors import (
     TransactionConflictError,
 )
 from .base import Backend, Dialect, QueryResult, Session, quote
-from .sandbox import refusal, subquery
-from .sqltext import bind_user_query, numbered
+from .sandbox import check_parameters, parameter_error, refusal, subquery
+from .sqltext import bind_user_query, numbered, placeholder_names
 from .urls import redact
 
 try:
@@ -325,10 +325,12 @@ class PostgresBackend(Backend):
         most ``limit`` + 1 rows are fetched. A database without the store's
         tables is :class:`StoreNotFoundError`, as a missing file is."""
         statement = subquery(sql)
-        try:
-            text, values = bind_user_query(statement, params)
-        except KeyError as missing:
-            raise QueryError(f"the query names the parameter ${missing.args[0]}, which was not given") from None
+        names = placeholder_names(statement)
+        if names:
+            check_parameters(names, params)
+        # Values by name with no $name to take them go in order, for the server to count what the text takes.
+        given = params if names or not isinstance(params, Mapping) else list(params.values())
+        text, values = bind_user_query(statement, given)
         held = self._connect()
         con = held.con
         try:
@@ -339,10 +341,12 @@ class PostgresBackend(Backend):
             if timeout is not None:
                 con.execute(f"SET LOCAL statement_timeout = {max(1, round(timeout * 1000))}")
             try:
-                columns = _parse(con, text)
+                columns, takes = _parse(con, text)
             except (pg_errors.SyntaxError, pg_errors.FeatureNotSupported) as error:
                 _rollback(con)
-                raise self._refused(con, sql, params, error) from None
+                raise self._refused(con, sql, given, error) from None
+            if not names:
+                check_parameters(takes, params)
             return _stream_query(con, text, values, columns, limit, timeout)
         except psycopg.Error as error:
             raise _query_error(error, timeout, self.url) from None
@@ -350,8 +354,16 @@ class PostgresBackend(Backend):
             _close(con)
 
     def _refused(self, con: "psycopg.Connection", sql: str, params: Any, error: "psycopg.Error") -> QueryError:
-        """Why the server did not take the subquery: the text's own parse
-        error when it has one (only parsed, never run), else what it is."""
+        """Why the server did not take the subquery: ``?`` placeholders
+        given no values, the text's own parse error when it has one (only
+        parsed, never run), else what it is."""
+        if not params and "?" in sql:  # not bound, so that a jsonb ? operator stays one
+            try:
+                short = parameter_error(_parse(con, numbered(subquery(sql)))[1], params)
+            except psycopg.Error:
+                short = None
+            if short is not None:
+                return short
         try:
             _parse(con, bind_user_query(sql, params)[0])
         except psycopg.Error as own:
@@ -361,9 +373,10 @@ class PostgresBackend(Backend):
         return refusal(sql, _first_line(str(error)))
 
 
-def _parse(con: "psycopg.Connection", sql: str) -> list[tuple[str, str]]:
+def _parse(con: "psycopg.Connection", sql: str) -> tuple[list[tuple[str, str]], int]:
     """Have the server parse ``sql`` as one statement (not run it); return
-    the columns it would return, (name, type) each."""
+    the columns it would return, (name, type) each, and how many values
+    its placeholders take."""
     encoding = con.info.encoding
     pgconn = con.pgconn
     prepared = pgconn.prepare(b"", sql.encode(encoding))
@@ -376,7 +389,7 @@ def _parse(con: "psycopg.Connection", sql: str) -> list[tuple[str, str]]:
         info = con.adapters.types.get(oid)
         shown = info.get_type_display(oid=oid, fmod=fmod) if info else str(oid)
         columns.append(((described.fname(index) or b"").decode(encoding), shown))
-    return columns
+    return columns, described.nparams
 
 
 def _query_error(error: "psycopg.Error", timeout: float | None, url: str) -> QueryError:

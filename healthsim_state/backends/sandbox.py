@@ -31,8 +31,9 @@ another statement run.
 from __future__ import annotations
 
 import re
+from typing import Any, Mapping, Sequence
 
-from ..errors import QueryError
+from ..errors import QueryError, QueryParameterError
 from .sqltext import first_keyword, separated, skip_blanks, without_terminator
 
 # Keywords of texts the subquery takes; any other first word is named in the refusal.
@@ -76,3 +77,41 @@ def refusal(sql: str, reason: str) -> QueryError:
     if keyword not in QUERY_WORDS:
         return QueryError(f"only {ALLOWED} is allowed; this is {keyword.upper() or 'no SQL statement'}")
     return QueryError(f"only {ALLOWED} is allowed, and the server does not read this as one: {reason}")
+
+
+def check_parameters(takes: int | Sequence[str], params: Sequence[Any] | Mapping[str, Any] | None) -> None:
+    """Raise :class:`QueryParameterError` unless ``params`` fit what the
+    query takes: ``takes`` values in order (``?``, ``$1``), or values for
+    the names ``takes`` lists (``$name``), each given once, no other."""
+    error = parameter_error(takes, params)
+    if error is not None:
+        raise error
+
+
+def parameter_error(takes: int | Sequence[str],
+                    params: Sequence[Any] | Mapping[str, Any] | None) -> QueryParameterError | None:
+    """The error :func:`check_parameters` raises, or None when the values fit."""
+    given = params or ()
+    if isinstance(takes, int):
+        if isinstance(given, Mapping):
+            return QueryParameterError(f"{_in_order(takes)}; given by name: {', '.join(given)}") if given else None
+        return QueryParameterError(f"{_in_order(takes)}; {len(given)} given") if len(given) != takes else None
+    wanted = f"the query takes values by name ({', '.join('$' + name for name in takes)})"
+    if not isinstance(given, Mapping):
+        return QueryParameterError(f"{wanted}; " + (f"{_values(len(given))} given in order" if given else "none given"))
+    missing = [name for name in takes if name not in given]
+    extra = [name for name in given if name not in takes]
+    if not missing and not extra:
+        return None
+    return QueryParameterError(f"{wanted}; given: {', '.join(given) or 'none'}"
+                               + (f"; no value for {', '.join('$' + name for name in missing)}" if missing else "")
+                               + (f"; not in the query: {', '.join(extra)}" if extra else ""))
+
+
+def _in_order(count: int) -> str:
+    return (f"the query takes {_values(count)} in order (? or $1, $2, ...)" if count else
+            "the query has no placeholders")
+
+
+def _values(count: int) -> str:
+    return f"{count} value" + ("" if count == 1 else "s")

@@ -89,6 +89,11 @@ def numbered(sql: str) -> str:
     return _rewrite(sql, replace)
 
 
+def placeholder_names(sql: str) -> list[str]:
+    """The ``$name`` placeholders of ``sql``, each once, in order of first use."""
+    return list(dict.fromkeys(match.group(0)[1:] for kind, match in marks(sql) if kind == "name"))
+
+
 def bind_user_query(sql: str, params: Sequence[Any] | Mapping[str, Any] | None) -> tuple[str, list[Any] | None]:
     """A user's query and its values as PostgreSQL takes them: ``?`` marks
     (when the text has no ``$1``-style placeholders of its own) become
