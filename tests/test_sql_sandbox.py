@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from healthsim_state import StateManager
 from healthsim_state.interop import QueryError, QueryParameterError, run_query
@@ -219,3 +221,23 @@ def test_the_command_line_takes_values_by_name_or_in_order(kept, store, tmp_path
     assert "the query takes values by name ($s): give each as -p NAME=VALUE (not 'x')" in result.stderr
     result = cli("sql", "SELECT $s AS s", "-p", "s=1", "-p", "s=2", expect=2)
     assert "-p s= is given twice" in result.stderr
+
+
+# --- random texts from the pieces that hide statements ----------------------------------------
+
+PIECES = ["/*", "*/", "--", "\n", " ", "'", "''", "E'", "\\'", "$$", "$x$", ";", "(", ")", ") AS q", "SELECT 1",
+          "SELECT * FROM (", "EXPLAIN ANALYZE ", "COPY (SELECT 1) TO '{file}'",
+          "COPY (SELECT 1) TO PROGRAM 'touch {file}'", "DELETE FROM scenario_tags",
+          "WITH d AS (DELETE FROM scenario_tags RETURNING 1) SELECT * FROM d"]
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pieces=st.lists(st.sampled_from(PIECES), min_size=1, max_size=10))
+def test_no_text_made_of_hiding_pieces_runs_anything_but_a_query(kept, victim, pieces):
+    """Whatever the pieces make, the outcome is rows or a QueryError, and
+    never a write."""
+    try:
+        run_query(kept, "".join(pieces).format(file=victim), timeout=10)
+    except QueryError as refused:
+        assert "didn't produce a result" not in str(refused)
+    _unchanged(kept, victim)
