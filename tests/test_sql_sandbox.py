@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from healthsim_state import StateManager
 from healthsim_state.interop import QueryError, QueryParameterError, run_query
 from healthsim_state.mcp_server import ScenarioTools
+from stores import Store
 from test_cli import REPO, Cli
 
 HIDE = "/* /* */ SELECT */ "  # a nested comment: a reader that does not nest sees SELECT first
@@ -86,12 +87,22 @@ LEGIT = [
 ]
 
 
-@pytest.fixture
-def kept(store) -> str:
-    """The store, holding one scenario 'kept' (one patient, one tag)."""
+@pytest.fixture(scope="module", params=["duckdb", "postgres"])
+def kept(request, tmp_path_factory) -> Store:
+    """One store a backend for the module, holding one scenario 'kept' (one
+    patient, one tag). The tests that share it leave it as it was, and each
+    hostile one checks so."""
+    cluster, name = None, f"sandbox_{os.getpid()}"
+    if request.param == "duckdb":
+        store = Store("duckdb", str(tmp_path_factory.mktemp("kept") / "kept.duckdb"))
+    else:
+        cluster = request.getfixturevalue("pg_cluster")
+        store = Store("postgres", cluster.create_database(name))
     with StateManager(store.target) as sm:
         sm.save_scenario("kept", {"patients": [{"patient_id": "p1"}]}, tags=["t"])
-    return store.target
+    yield store
+    if cluster is not None:
+        cluster.drop_database(name)
 
 
 @pytest.fixture
@@ -113,25 +124,25 @@ def _unchanged(target: str, victim: Path) -> None:
 
 
 @pytest.mark.parametrize("text, message", HOSTILE)
-def test_hostile_text_is_refused_and_runs_nothing(kept, store, victim, text, message):
+def test_hostile_text_is_refused_and_runs_nothing(kept, victim, text, message):
     if isinstance(message, tuple):
-        message = message[store.kind == "duckdb"]
+        message = message[kept.kind == "duckdb"]
     with pytest.raises(QueryError) as refused:
-        run_query(kept, text.format(file=victim), timeout=10)
-    _unchanged(kept, victim)
+        run_query(kept.target, text.format(file=victim), timeout=10)
+    _unchanged(kept.target, victim)
     shown = str(refused.value)
     assert message in shown and "didn't produce a result" not in shown
 
 
 @pytest.mark.parametrize("text, params, rows", LEGIT)
 def test_legitimate_queries_still_work(kept, text, params, rows):
-    assert run_query(kept, text, params).rows == rows
+    assert run_query(kept.target, text, params).rows == rows
 
 
 def test_explain_still_works_and_explains_the_query(kept):
     for text in ("EXPLAIN SELECT * FROM scenarios", "explain analyze SELECT * FROM scenarios;",
                  "/* plan */ EXPLAIN SELECT * FROM scenarios WHERE name = ?"):
-        plan = run_query(kept, text, ["kept"] if "?" in text else None)
+        plan = run_query(kept.target, text, ["kept"] if "?" in text else None)
         assert plan.rows and "scenarios" in " ".join(str(cell) for row in plan.rows for cell in row).lower()
 
 
@@ -142,21 +153,21 @@ def _hidden_copy(store, victim: Path) -> str:
                    f"COPY (SELECT 1) TO '{victim}'")
 
 
-def test_the_command_line_refuses_a_hidden_copy_and_still_runs_queries(kept, store, victim, tmp_path):
-    cli = Cli(tmp_path, store)
-    result = cli("sql", _hidden_copy(store, victim), expect=1)
+def test_the_command_line_refuses_a_hidden_copy_and_still_runs_queries(kept, victim, tmp_path):
+    cli = Cli(tmp_path, kept)
+    result = cli("sql", _hidden_copy(kept, victim), expect=1)
     assert result.stderr.startswith("error: only a read-only query (SELECT, WITH ... SELECT, VALUES, TABLE, or an "
                                     "EXPLAIN of one) is allowed; this is COPY")
     assert len(result.stderr.splitlines()) == 1
     assert cli("sql", "SELECT ';' AS s, name FROM scenarios; -- done").stdout == "s\tname\n;\tkept\n"
-    _unchanged(kept, victim)
+    _unchanged(kept.target, victim)
 
 
-def test_the_mcp_query_tool_refuses_a_hidden_copy(kept, store, victim):
+def test_the_mcp_query_tool_refuses_a_hidden_copy(kept, victim):
     with pytest.raises(ValueError, match="this is COPY"):
-        ScenarioTools(kept).query(_hidden_copy(store, victim))
-    assert ScenarioTools(kept).query("SELECT name FROM scenarios;")["rows"] == [["kept"]]
-    _unchanged(kept, victim)
+        ScenarioTools(kept.target).query(_hidden_copy(kept, victim))
+    assert ScenarioTools(kept.target).query("SELECT name FROM scenarios;")["rows"] == [["kept"]]
+    _unchanged(kept.target, victim)
 
 
 # --- parameters: in order or by name, and a clear error when they do not match ----------------
@@ -178,25 +189,26 @@ MISMATCHED = [
 @pytest.mark.parametrize("text, params, message", MISMATCHED)
 def test_values_that_do_not_match_the_placeholders_are_a_clear_error(kept, text, params, message):
     with pytest.raises(QueryParameterError) as refused:
-        run_query(kept, text, params)
+        run_query(kept.target, text, params)
     assert str(refused.value) == message
 
 
 def test_values_by_name_fill_each_name_wherever_it_stands(kept):
-    result = run_query(kept, "SELECT $b AS b, $a AS a, $b || $a AS ba, '$a' AS literal", {"a": "1", "b": "2"})
+    result = run_query(kept.target, "SELECT $b AS b, $a AS a, $b || $a AS ba, '$a' AS literal", {"a": "1", "b": "2"})
     assert result.rows == [("2", "1", "21", "$a")]
 
 
 def _versions(target: str) -> str:
     """'kept' in three versions (patients p1; p1, p2; p2); its id."""
     with StateManager(target) as sm:
+        sm.save_scenario("kept", {"patients": [{"patient_id": "p1"}]})
         sm.save_scenario("kept", {"patients": [{"patient_id": "p1"}, {"patient_id": "p2"}]}, overwrite=True)
         sm.save_scenario("kept", {"patients": [{"patient_id": "p2"}]}, overwrite=True)
         return sm.scenario_info("kept")["scenario_id"]
 
 
-def test_the_readmes_named_parameter_example_runs_on_the_command_line(kept, store, tmp_path):
-    scenario_id = _versions(kept)
+def test_the_readmes_named_parameter_example_runs_on_the_command_line(store, tmp_path):
+    scenario_id = _versions(store.target)
     block = re.search(r"```sh\n(healthsim-state sql '[^`]*\$s[^`]*)```", (REPO / "README.md").read_text())
     command = shlex.split(block.group(1).replace("SCENARIO_ID", scenario_id))
     assert command[0] == "healthsim-state" and command[-2:] == ["-p", f"s={scenario_id}"]
@@ -207,8 +219,8 @@ def test_the_readmes_named_parameter_example_runs_on_the_command_line(kept, stor
         assert [row["patient_id"] for row in cli.json("sql", query, "-p", f"s={scenario_id}", "--json")] == patients
 
 
-def test_the_command_line_takes_values_by_name_or_in_order(kept, store, tmp_path):
-    cli = Cli(tmp_path, store)
+def test_the_command_line_takes_values_by_name_or_in_order(kept, tmp_path):
+    cli = Cli(tmp_path, kept)
     assert cli("sql", "SELECT $n AS n, $m AS m", "-p", "m=a=b", "-p", "n=").stdout == "n\tm\n\ta=b\n"
     assert cli("sql", "SELECT name FROM scenarios WHERE name = ?", "-p", "kept").stdout == "name\nkept\n"
     assert cli("sql", "SELECT ? AS v", "-p", "a=b").stdout == "v\na=b\n"  # no $name: a value, = and all
@@ -237,7 +249,7 @@ def test_no_text_made_of_hiding_pieces_runs_anything_but_a_query(kept, victim, p
     """Whatever the pieces make, the outcome is rows or a QueryError, and
     never a write."""
     try:
-        run_query(kept, "".join(pieces).format(file=victim), timeout=10)
+        run_query(kept.target, "".join(pieces).format(file=victim), timeout=10)
     except QueryError as refused:
         assert "didn't produce a result" not in str(refused)
-    _unchanged(kept, victim)
+    _unchanged(kept.target, victim)
