@@ -873,8 +873,9 @@ def _local_mark(changes: dict[str, list[str]]) -> str:
 
 @cli.command()
 @click.argument("query")
-@click.option("--param", "-p", "params", multiple=True, metavar="VALUE",
-              help="A value for the next ? placeholder (repeat).")
+@click.option("--param", "-p", "params", multiple=True, metavar="[NAME=]VALUE",
+              help="A value: NAME=VALUE for $NAME when the query names its placeholders, else VALUE for the "
+                   "next ? (or $1, $2, ...). Repeat.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of row objects.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
 @db_option
@@ -884,10 +885,12 @@ def sql(query: str, params: tuple[str, ...], as_json: bool, as_csv: bool, db: st
     Tables: scenarios, scenario_tags, and one per entity type (patients,
     encounters, ...: see `types`), each with scenario_id, _position and its
     typed columns. The file is opened read-only; other files are out of reach.
+    Values go in as parameters: -p VALUE for each ? (or $1, $2, ...), or
+    -p NAME=VALUE for each $NAME.
     """
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
-    result = run_query(_target(db), query, list(params))
+    result = run_query(_target(db), query, _query_params(query, params))
     if as_json:
         print_json(records(result, exact=True))
     elif as_csv:
@@ -896,6 +899,26 @@ def sql(query: str, params: tuple[str, ...], as_json: bool, as_csv: bool, db: st
         writer.writerows([_cell(value) for value in row] for row in result.rows)
     else:
         print_table(result.columns, result.rows)
+
+
+def _query_params(query: str, params: tuple[str, ...]) -> list[str] | dict[str, str]:
+    """The -p values as the query takes them: by name (each NAME=VALUE) when
+    it names its placeholders ($s), else in order, each value whole."""
+    from .backends.sqltext import placeholder_names
+
+    names = placeholder_names(query)
+    if not names:
+        return list(params)
+    named: dict[str, str] = {}
+    for item in params:
+        name, equals, value = item.partition("=")
+        if not equals or not name:
+            raise click.UsageError(f"the query takes values by name ({', '.join('$' + n for n in names)}): "
+                                   f"give each as -p NAME=VALUE (not {item!r})")
+        if name in named:
+            raise click.UsageError(f"-p {name}= is given twice")
+        named[name] = value
+    return named
 
 
 @cli.command(name="copy")

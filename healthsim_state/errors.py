@@ -176,6 +176,12 @@ class QueryError(HealthSimError, ValueError):
     rejects or stops (too long)."""
 
 
+class QueryParameterError(QueryError):
+    """The values given for a query do not match its placeholders: another
+    number of values in order (``?``, ``$1``), or other names (``$name``).
+    The message says what the query takes and what was given."""
+
+
 class MappingDriftWarning(UserWarning):
     """This client's mapping files differ from the mappings in force in the
     store in more than additions. The store's mappings stay in force and

@@ -295,8 +295,8 @@ def test_bad_entities_list_every_problem_and_save_nothing(cli):
     (("import", "missing.json"), "error: missing.json: No such file or directory"),
     (("export", "s", "-o", "s.json"), "error: s.json already exists; use --force to replace it"),
     (("export", "s", "-o", "no/such/dir/s.json"), "error: no/such/dir: the directory does not exist"),
-    (("sql", "DELETE FROM patients"), "error: only a read-only SELECT (or WITH ... SELECT, or EXPLAIN) query is allowed; "
-                                      "this is DELETE"),
+    (("sql", "DELETE FROM patients"), "error: only a read-only query (SELECT, WITH ... SELECT, VALUES, TABLE, or an "
+                                      "EXPLAIN of one) is allowed; this is DELETE"),
     (("sql", "SELECT 1; DROP TABLE patients"), "error: give exactly one statement; found 2"),
     (("sql", "SELECT nope FROM patients"), "error: the query failed: Binder Error: Referenced column \"nope\" "
                                            "not found in FROM clause!"),

@@ -436,14 +436,14 @@ def test_sql_select_with_parameters(filled_db):
 
 
 @pytest.mark.parametrize("query, message", [
-    ("DELETE FROM patients", "only a read-only SELECT"),
-    ("DROP TABLE patients", "only a read-only SELECT"),
-    ("INSERT INTO scenario_tags VALUES ('x', 0, 'y')", "only a read-only SELECT"),
-    ("UPDATE scenarios SET name = 'x'", "only a read-only SELECT"),
-    ("ATTACH 'other.duckdb'", "only a read-only SELECT"),
-    ("COPY patients TO 'out.csv'", "only a read-only SELECT"),
-    ("PRAGMA database_size", "only a read-only SELECT"),
-    ("SET threads = 1", "only a read-only SELECT"),
+    ("DELETE FROM patients", "only a read-only query"),
+    ("DROP TABLE patients", "only a read-only query"),
+    ("INSERT INTO scenario_tags VALUES ('x', 0, 'y')", "only a read-only query"),
+    ("UPDATE scenarios SET name = 'x'", "only a read-only query"),
+    ("ATTACH 'other.duckdb'", "only a read-only query"),
+    ("COPY patients TO 'out.csv'", "only a read-only query"),
+    ("PRAGMA database_size", "only a read-only query"),
+    ("SET threads = 1", "only a read-only query"),
     ("SELECT 1; DELETE FROM patients", "exactly one statement; found 2"),
     ("SELECT 1; SELECT 2", "exactly one statement; found 2"),
     ("   ", "the query is empty"),

@@ -251,10 +251,10 @@ ERRORS = [
     ("save_scenario", {"name": "bad", "entities": {"spaceships": [{"id": "x"}]}}, "unknown entity type 'spaceships'"),
     ("load_scenario", {"name_or_id": "existing", "entity_types": ["spaceship"]}, "unknown entity type 'spaceship'"),
     ("list_entity_types", {"entity_types": ["spaceship"]}, "unknown entity type 'spaceship'"),
-    ("query", {"sql": "DELETE FROM patients"}, "only a read-only SELECT"),
-    ("query", {"sql": "CREATE TABLE x AS SELECT 1"}, "only a read-only SELECT"),
+    ("query", {"sql": "DELETE FROM patients"}, "only a read-only query"),
+    ("query", {"sql": "CREATE TABLE x AS SELECT 1"}, "only a read-only query"),
     ("query", {"sql": "SELECT 1; SELECT 2"}, "exactly one statement"),
-    ("query", {"sql": "ATTACH 'other.duckdb'"}, {"duckdb": "only a read-only SELECT", "postgres": "does not parse"}),
+    ("query", {"sql": "ATTACH 'other.duckdb'"}, {"duckdb": "only a read-only query", "postgres": "does not parse"}),
     ("query", {"sql": "SELEC 1"}, "does not parse"),
     ("query", {"sql": "SELECT no_such_column FROM patients"}, "the query failed"),
     ("query", {"sql": "SELECT * FROM read_csv('/etc/passwd')"}, "the query failed"),
@@ -372,7 +372,7 @@ def test_streamable_http_on_loopback(tmp_path, store):
                     loaded = await client.call_tool("load_scenario", {"name_or_id": "over-http"})
                     assert loaded.structured_content["entities"] == {"patient": [ANA_CANONICAL]}
                     refused = await client.call_tool("query", {"sql": "DROP TABLE patients"})
-                    assert refused.is_error and "only a read-only SELECT" in refused.content[0].text
+                    assert refused.is_error and "only a read-only query" in refused.content[0].text
 
         anyio.run(session)
         assert f"http://127.0.0.1:{port}/mcp" in log.read_text()
@@ -423,11 +423,11 @@ def test_query_values_are_json_ready_on_postgres(pg_url):
 
 
 @pytest.mark.parametrize("sql, message", [
-    ("DELETE FROM patients", "only a read-only SELECT"),
+    ("DELETE FROM patients", "only a read-only query"),
     ("WITH gone AS (DELETE FROM scenarios RETURNING 1) SELECT * FROM gone", "queries are read-only"),
     ("SELECT 1; DROP TABLE patients", "exactly one statement"),
-    ("SELECT * INTO stolen FROM scenarios", "queries are read-only"),
-    ("EXPLAIN ANALYZE DELETE FROM scenarios", "queries are read-only"),
+    ("SELECT * INTO stolen FROM scenarios", "the server does not read this as one"),
+    ("EXPLAIN ANALYZE DELETE FROM scenarios", "the server does not read this as one"),
     ("SELECT nextval('no_such_sequence')", "the query failed"),
     ("SELECT set_config('transaction_read_only', 'off', false)", "the query failed"),
     ("SELEC 1", "does not parse"),

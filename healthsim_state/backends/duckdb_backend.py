@@ -42,6 +42,8 @@ import nanoarrow as na
 from ..errors import DatabaseLockedError, QueryError, StoreError, StoreNotFoundError, TransactionConflictError
 from ..engine.types import ColumnType
 from .base import Backend, Constant, Dialect, QueryResult, Session, quote
+from .sandbox import ALLOWED, QUERY_WORDS, check_parameters, explains, refusal, subquery
+from .sqltext import first_keyword
 
 MEMORY = ":memory:"
 
@@ -177,10 +179,11 @@ class DuckDBBackend(Backend):
         try:
             con.execute("SET enable_progress_bar = false")
             con.execute("SET lock_configuration = true")
-            check_statement(con, sql)
+            statement = checked_statement(con, sql)
+            check_parameters(_takes(statement), params)
             try:
                 with interrupt_after(con, timeout):
-                    cursor = con.execute(sql, params if params is not None else [])
+                    cursor = con.execute(statement, params if params is not None else [])
                     description = cursor.description or []
                     rows = cursor.fetchall() if limit is None else cursor.fetchmany(limit + 1)
             except duckdb.InterruptException:
@@ -505,22 +508,46 @@ def _close_quietly(con: duckdb.DuckDBPyConnection) -> None:
 WARM = _Warm()
 
 
-def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Raise :class:`QueryError` unless ``sql`` is one statement that DuckDB's
-    own parser reads as a ``SELECT`` (``WITH``, ``FROM t``, ``VALUES``,
-    ``DESCRIBE``, ``SUMMARIZE`` are selects to DuckDB) or an ``EXPLAIN``."""
-    if not isinstance(sql, str) or not sql.strip():
-        raise QueryError("the query is empty")
+def checked_statement(con: duckdb.DuckDBPyConnection, sql: str) -> "duckdb.Statement":
+    """The one statement to run for a user's ``sql``: it as a subquery (see
+    :mod:`~healthsim_state.backends.sandbox`), parsed by DuckDB's own parser.
+    Raises :class:`QueryError` unless ``sql`` is one statement that the
+    parser reads as a ``SELECT`` (``WITH``, ``FROM t``, ``VALUES``,
+    ``DESCRIBE``, ``SUMMARIZE`` are selects to DuckDB) or an ``EXPLAIN`` of
+    one, and the subquery one ``SELECT`` (or that ``EXPLAIN``)."""
+    wrapped = subquery(sql)
+    kind = _only_statement(con, sql).type
+    if kind not in QUERY_STATEMENTS:  # named as written (DuckDB calls ANALYZE a VACUUM)
+        keyword = first_keyword(sql)
+        raise QueryError(f"only {ALLOWED} is allowed; this is "
+                         f"{keyword.upper() if keyword and keyword not in QUERY_WORDS else kind.name}")
+    try:
+        statements = con.extract_statements(wrapped)
+    except duckdb.Error as error:
+        raise refusal(sql, _first_line(str(error))) from None
+    expected = duckdb.StatementType.EXPLAIN if explains(sql) else duckdb.StatementType.SELECT
+    if [s.type for s in statements] != [expected]:  # what the subquery's parentheses cannot hold does not parse
+        raise refusal(sql, f"it reads as {', '.join(s.type.name for s in statements)}")
+    return statements[0]
+
+
+def _takes(statement: "duckdb.Statement") -> int | list[str]:
+    """What the statement's placeholders take: names, or a count of values
+    in order (DuckDB names ``?`` and ``$1`` by their numbers)."""
+    names = statement.named_parameters
+    if all(name.isdigit() for name in names):
+        return max(map(int, names), default=0)
+    return sorted(names)
+
+
+def _only_statement(con: duckdb.DuckDBPyConnection, sql: str) -> "duckdb.Statement":
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as error:
         raise QueryError(f"the query does not parse: {_first_line(str(error))}") from None
     if len(statements) != 1:
         raise QueryError(f"give exactly one statement; found {len(statements)}")
-    kind = statements[0].type
-    if kind not in QUERY_STATEMENTS:
-        raise QueryError(f"only a read-only SELECT (or WITH ... SELECT, or EXPLAIN) query is allowed; "
-                         f"this is {kind.name}")
+    return statements[0]
 
 
 @contextmanager

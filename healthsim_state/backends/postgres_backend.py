@@ -53,7 +53,8 @@ from ..errors import (
     TransactionConflictError,
 )
 from .base import Backend, Dialect, QueryResult, Session, quote
-from .sqltext import bind_user_query, first_keyword, numbered
+from .sandbox import check_parameters, parameter_error, refusal, subquery
+from .sqltext import bind_user_query, numbered, placeholder_names
 from .urls import redact, scrub
 
 try:
@@ -92,7 +93,6 @@ POOL_SIZE = 4  # idle connections kept between operations
 FETCH_CHUNK = 2000  # rows a fetch receives at a time
 _LAYOUT_LOCK_CLASS = 0x48534D53  # 'HSMS': the high 32 bits of the advisory lock key
 _DDL = re.compile(r"\s*(CREATE|ALTER|DROP)\b", re.IGNORECASE)
-QUERY_STATEMENTS = ("select", "with", "values", "table", "explain")
 
 
 class _NumericDumper(Dumper):
@@ -314,25 +314,26 @@ class PostgresBackend(Backend):
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None, *, limit: int | None,
               timeout: float | None) -> QueryResult:
-        """Run one user statement in a ``READ ONLY`` transaction on a
-        connection of its own (closed afterwards, and never committed, so no
-        setting it makes outlives it).
+        """Run one user query in a ``READ ONLY`` transaction on a connection
+        of its own (closed afterwards, and never committed, so no setting it
+        makes outlives it).
 
-        The rule: the server parses the text as one statement (the extended
-        protocol takes exactly one); it must start, after comments and
-        parentheses, with ``SELECT``, ``WITH``, ``VALUES``, ``TABLE`` or
-        ``EXPLAIN``; and the read-only transaction refuses any write, a
-        data-modifying ``WITH`` or an ``EXPLAIN ANALYZE`` of a write included.
-        The query runs with the URL's role: what that role may read, the
-        query may read. ``statement_timeout`` stops it after ``timeout``
-        seconds; at most ``limit`` + 1 rows are fetched. A database without
-        the store's tables is :class:`StoreNotFoundError`, as a missing file is."""
-        if not isinstance(sql, str) or not sql.strip():
-            raise QueryError("the query is empty")
-        try:
-            text, values = bind_user_query(sql, params)
-        except KeyError as missing:
-            raise QueryError(f"the query names the parameter ${missing.args[0]}, which was not given") from None
+        The server runs the text only as a subquery (see
+        :mod:`~healthsim_state.backends.sandbox`), parsed as one statement
+        (the extended protocol takes exactly one), so it runs nothing but one
+        query, whatever the text holds; the read-only transaction refuses
+        any write (``SELECT ... FOR UPDATE``, ``nextval``, ...). The query
+        runs with the URL's role: what that role may read, the query may
+        read. ``statement_timeout`` stops it after ``timeout`` seconds; at
+        most ``limit`` + 1 rows are fetched. A database without the store's
+        tables is :class:`StoreNotFoundError`, as a missing file is."""
+        statement = subquery(sql)
+        names = placeholder_names(statement)
+        if names:
+            check_parameters(names, params)
+        # Values by name with no $name to take them go in order, for the server to count what the text takes.
+        given = params if names or not isinstance(params, Mapping) else list(params.values())
+        text, values = bind_user_query(statement, given)
         held = self._connect()
         con = held.con
         try:
@@ -342,21 +343,43 @@ class PostgresBackend(Backend):
                                          "there yet)")
             if timeout is not None:
                 con.execute(f"SET LOCAL statement_timeout = {max(1, round(timeout * 1000))}")
-            columns = _parse(con, text)
-            keyword = first_keyword(sql)
-            if keyword not in QUERY_STATEMENTS:
-                raise QueryError("only a read-only SELECT (or WITH ... SELECT, VALUES, TABLE, or EXPLAIN) query "
-                                 f"is allowed; this is {keyword.upper() or 'no SQL statement'}")
+            try:
+                columns, takes = _parse(con, text)
+            except (pg_errors.SyntaxError, pg_errors.FeatureNotSupported) as error:
+                _rollback(con)
+                raise self._refused(con, sql, given, error) from None
+            if not names:
+                check_parameters(takes, params)
             return _stream_query(con, text, values, columns, limit, timeout)
         except psycopg.Error as error:
             raise _query_error(error, timeout, self.url) from None
         finally:
             _close(con)
 
+    def _refused(self, con: "psycopg.Connection", sql: str, params: Any, error: "psycopg.Error") -> QueryError:
+        """Why the server did not take the subquery: ``?`` placeholders
+        given no values, the text's own parse error when it has one (only
+        parsed, never run), else what it is."""
+        if not params and "?" in sql:  # not bound, so that a jsonb ? operator stays one
+            try:
+                short = parameter_error(_parse(con, numbered(subquery(sql)))[1], params)
+            except psycopg.Error:
+                short = None
+            if short is not None:
+                return short
+        try:
+            _parse(con, bind_user_query(sql, params)[0])
+        except psycopg.Error as own:
+            return _query_error(own, None, self.url)
+        if isinstance(error, pg_errors.FeatureNotSupported) and "data-modifying" in str(error):
+            return QueryError("the query tries to change the store (a data-modifying WITH); queries are read-only")
+        return refusal(sql, _first_line(str(error)))
 
-def _parse(con: "psycopg.Connection", sql: str) -> list[tuple[str, str]]:
+
+def _parse(con: "psycopg.Connection", sql: str) -> tuple[list[tuple[str, str]], int]:
     """Have the server parse ``sql`` as one statement (not run it); return
-    the columns it would return, (name, type) each."""
+    the columns it would return, (name, type) each, and how many values
+    its placeholders take."""
     encoding = con.info.encoding
     pgconn = con.pgconn
     prepared = pgconn.prepare(b"", sql.encode(encoding))
@@ -369,7 +392,7 @@ def _parse(con: "psycopg.Connection", sql: str) -> list[tuple[str, str]]:
         info = con.adapters.types.get(oid)
         shown = info.get_type_display(oid=oid, fmod=fmod) if info else str(oid)
         columns.append(((described.fname(index) or b"").decode(encoding), shown))
-    return columns
+    return columns, described.nparams
 
 
 def _query_error(error: "psycopg.Error", timeout: float | None, url: str) -> QueryError:

@@ -8,7 +8,7 @@ The CLI is a thin layer over these functions.
 """
 
 from .copy import CopyResult, copy_scenario, copy_scenarios
-from .errors import DocumentError, OutputExistsError, QueryError, UnknownEntityTypeError
+from .errors import DocumentError, OutputExistsError, QueryError, QueryParameterError, UnknownEntityTypeError
 from .json_io import (
     ImportResult,
     ScenarioDocument,
@@ -25,7 +25,7 @@ from .parquet import ParquetExport, export_parquet
 from .query import QueryResult, jsonable, records, run_query
 
 __all__ = [
-    "DocumentError", "OutputExistsError", "QueryError", "UnknownEntityTypeError",
+    "DocumentError", "OutputExistsError", "QueryError", "QueryParameterError", "UnknownEntityTypeError",
     "ScenarioDocument", "ImportResult", "read_document", "parse_document", "import_file", "save_document",
     "export_document", "export_json", "dumps",
     "ParquetExport", "export_parquet",

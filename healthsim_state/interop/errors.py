@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ..errors import SHOWN_PROBLEMS, HealthSimError, Problem, QueryError, UnknownEntityTypeError  # noqa: F401 (re-exported)
+from ..errors import SHOWN_PROBLEMS, HealthSimError, Problem, QueryError, QueryParameterError, UnknownEntityTypeError  # noqa: F401 (re-exported)
 
 
 class DocumentError(HealthSimError, ValueError):
