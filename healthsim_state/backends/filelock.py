@@ -113,13 +113,13 @@ def release(place: Place | None) -> None:
     """The turn is over for one user of ``place``; the last leaves the queue."""
     if place is None:
         return
-    with _guard:
+    with _guard:  # closed before another place can open the file: a close drops all the process's locks on it
         place.users -= 1
         if place.users:
             return
         if _places.get(place.key) is place:
             del _places[place.key]
-    os.close(place.fd)  # lets go of the place's lock
+        os.close(place.fd)  # lets go of the place's lock
 
 
 def _join(key: str, lock_file: Path, shared: bool, create: bool, deadline: float) -> Place | None:
