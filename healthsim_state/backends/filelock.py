@@ -18,10 +18,12 @@ locks (``fcntl.lockf``), which the kernel drops when a process exits:
   over the range of earlier places tells, whatever its length).
 
 A waiter that gives up or dies leaves the queue with its lock. Plain
-blocking locks would not do: Linux wakes every waiter of ``flock`` or
-``F_SETLKW`` when a lock is let go and the fastest wins, and they cannot time
-out. So a waiter tests its turn, every millisecond when at most one ticket is
-ahead of it, every 10 ms further back. The queue only orders the waiters:
+blocking locks (``flock``, ``F_SETLKW``) would not do: they cannot time out
+(a thread blocked in one cannot be called back), and their order is not
+promised (on Linux 6.18, 8 blocked waiters got the lock in arrival order in
+10 rounds of 10, but a process trying without blocking takes it whenever it
+comes first). So a waiter tests its turn, every millisecond when at most one
+ticket is ahead of it, every 10 ms further back; the order is the tickets'. The queue only orders the waiters:
 the file stays guarded by DuckDB's own lock, which the one whose turn it is
 then takes (waiting out anything outside the queue: another program, an
 instance kept open).
