@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -226,3 +227,39 @@ def test_many_processes_with_short_operations_all_get_their_turn(db_path):
         for item in sm.list_scenarios(limit=None):
             loaded = sm.load_scenario(item["scenario_id"])
             assert len(loaded["entities"].get("patient", [])) == item["entity_count"]
+
+
+def test_threads_of_a_process_share_its_place_in_the_queue(db_path):
+    """Threads writing and reading here while two other processes work the
+    file: the threads' sessions overlap in one place of the queue, none waits
+    for another thread's place, and everything gets through."""
+    with StateManager(db_path) as sm:
+        for i in range(3):
+            sm.save_scenario(f"shared-{i}", {"patient": [{"patient_id": f"first-{i}"}]})
+    others = [python(MIXED, db_path, worker, 10) for worker in (100, 101)]
+    errors: list[str] = []
+
+    def work(index: int) -> None:
+        sm = StateManager(db_path)
+        for step in range(8):
+            try:
+                if index % 2:
+                    sm.load_scenario(f"shared-{step % 3}")
+                else:
+                    sm.save_scenario(f"t{index}", {"patient": [{"patient_id": f"{index}-{step}"}]}, overwrite=True)
+            except Exception as error:  # every error counts against the test
+                errors.append(f"{type(error).__name__}: {error}")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not any(thread.is_alive() for thread in threads)
+    for other in others:
+        out, err = other.communicate(timeout=300)
+        assert other.returncode == 0, err
+        errors.extend(r[2] for r in json.loads(out) if r[2])
+    assert errors == []
+    with StateManager(db_path) as sm:
+        assert [sm.load_scenario(f"t{i}")["entities"]["patient"][0]["patient_id"] for i in (0, 2)] == ["0-7", "2-7"]
