@@ -2,10 +2,12 @@
 
 The file is open only while an operation runs, so an idle process never keeps
 another out. Inside one process, the threads writing one file take turns (see
-:meth:`DuckDBBackend._writer_turn`). While another process holds the file's
+:meth:`DuckDBBackend._writer_turn`). Processes take turns first come, first
+served, in a queue kept beside the file (``<file>.lock``, see
+:mod:`.filelock`); then, while a program outside the queue holds the file's
 lock, opening waits with jittered exponential backoff (5 ms doubling to 250
-ms) up to the lock timeout, then raises :class:`DatabaseLockedError` naming
-the holder's PID.
+ms). The whole wait lasts up to the lock timeout, then raises
+:class:`DatabaseLockedError` naming the holder's PID.
 
 Opening costs: creating the DuckDB instance (about 15 ms), and after a write,
 closing it checkpoints the file. With ``keep_open=S`` (asked for, never by
@@ -41,6 +43,7 @@ import nanoarrow as na
 
 from ..errors import DatabaseLockedError, QueryError, StoreError, StoreNotFoundError, TransactionConflictError
 from ..engine.types import ColumnType
+from . import filelock
 from .base import Backend, Constant, Dialect, QueryResult, Session, quote
 from .sandbox import ALLOWED, QUERY_WORDS, check_parameters, explains, refusal, subquery
 from .sqltext import first_keyword
@@ -132,33 +135,55 @@ class DuckDBBackend(Backend):
     @contextmanager
     def _session(self, write: bool) -> Iterator[Session]:
         created = not self.exists()
-        if not self.memory:
-            WARM.hold(self.path, self.read_only)  # a kept instance of the file is in use now
-        con = self._connect(write)
-        session = DuckDBSession(con, writable=write and not self.read_only, label=self.label)
-        committed = False
+        # a kept instance of the file is in use now: it holds the file, no need to queue
+        kept = not self.memory and WARM.hold(self.path, self.read_only)
+        with self._queued(shared=self.read_only, create=not (created or self.read_only),
+                          queue=not (self.memory or kept)) as deadline:
+            con = self._connect(write, deadline)
+            session = DuckDBSession(con, writable=write and not self.read_only, label=self.label)
+            committed = False
+            try:
+                try:
+                    con.execute("BEGIN TRANSACTION")
+                    yield session
+                    con.execute("COMMIT")
+                    committed = True
+                except BaseException:
+                    _rollback(con)
+                    raise
+            except duckdb.Error as error:
+                raise translate(error, self.label) from error
+            finally:
+                if self.keep_open and (committed or not created):
+                    WARM.keep(self.path, self.read_only, self.keep_open)  # before the close: the instance lives on
+                elif not self.memory:
+                    WARM.release(self.path)
+                try:
+                    con.close()
+                except duckdb.Error:
+                    pass  # already failing, or nothing left to release
+                if created and not committed:
+                    self._remove_new_file()
+
+    @contextmanager
+    def _queued(self, *, shared: bool, create: bool, queue: bool = True) -> Iterator[float]:
+        """This process's turn at the file, first come, first served among
+        the processes waiting for it (see :mod:`.filelock`; ``shared``: a
+        read-only open, which goes with the readers next to it), held until
+        the block ends. Yields the deadline for DuckDB's own lock: after a
+        turn that came in time the file is free but for programs outside
+        the queue; at the lock timeout it gets one last try, and the error
+        names the holder's PID. ``create``: make the queue's file if it is
+        not there (a read-only open, or the first write, writes no file)."""
+        deadline = time.monotonic() + self.lock_timeout
         try:
-            try:
-                con.execute("BEGIN TRANSACTION")
-                yield session
-                con.execute("COMMIT")
-                committed = True
-            except BaseException:
-                _rollback(con)
-                raise
-        except duckdb.Error as error:
-            raise translate(error, self.label) from error
+            place = filelock.acquire(self.path, shared=shared, create=create, deadline=deadline) if queue else None
+        except TimeoutError:
+            place = None
+        try:
+            yield deadline
         finally:
-            if self.keep_open and (committed or not created):
-                WARM.keep(self.path, self.read_only, self.keep_open)  # before the close: the instance lives on
-            elif not self.memory:
-                WARM.release(self.path)
-            try:
-                con.close()
-            except duckdb.Error:
-                pass  # already failing, or nothing left to release
-            if created and not committed:
-                self._remove_new_file()
+            filelock.release(place)
 
     def _remove_new_file(self) -> None:
         """A first write that failed leaves no file behind: bad input changes nothing."""
@@ -175,7 +200,12 @@ class DuckDBBackend(Backend):
         if not self.path.is_file():
             raise StoreNotFoundError(f"no database at {self.path} (nothing has been saved there yet)")
         WARM.release(self.path)  # a kept instance has other settings: one process, one set a file
-        con = connect_waiting(self.path, self.lock_timeout, read_only=True, config=QUERY_CONFIG)
+        with self._queued(shared=True, create=False) as deadline:
+            return self._query(connect_waiting(self.path, self.lock_timeout, read_only=True, config=QUERY_CONFIG,
+                                               deadline=deadline), sql, params, limit, timeout)
+
+    def _query(self, con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | dict[str, Any] | None,
+               limit: int | None, timeout: float | None) -> QueryResult:
         try:
             con.execute("SET enable_progress_bar = false")
             con.execute("SET lock_configuration = true")
@@ -211,14 +241,14 @@ class DuckDBBackend(Backend):
         if not self.path.is_file():
             raise StoreNotFoundError(f"no database at {self.path} (nothing has been saved there yet)")
         with self._writer_turn(True):  # no thread of this process writes to the old file meanwhile
-            return self._compact()
+            WARM.release(self.path)  # the file is replaced: no instance may keep the old one
+            with self._queued(shared=False, create=True) as deadline:
+                return self._compact(connect_waiting(self.path, self.lock_timeout, deadline=deadline))
 
-    def _compact(self) -> tuple[int, int]:
-        WARM.release(self.path)  # the file is replaced: no instance may keep the old one
+    def _compact(self, con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
         fresh = self.path.with_name(f".{self.path.name}.compact")
         fresh.unlink(missing_ok=True)
         before = self.path.stat().st_size
-        con = connect_waiting(self.path, self.lock_timeout)
         try:
             con.execute("CHECKPOINT")
             source = quote(con.execute("SELECT current_database()").fetchone()[0])
@@ -233,7 +263,7 @@ class DuckDBBackend(Backend):
             con.close()
         return before, self.path.stat().st_size
 
-    def _connect(self, write: bool) -> duckdb.DuckDBPyConnection:
+    def _connect(self, write: bool, deadline: float) -> duckdb.DuckDBPyConnection:
         if self.memory:
             with self._memory_lock:
                 if self._memory_con is None:
@@ -247,7 +277,7 @@ class DuckDBBackend(Backend):
             except OSError as error:
                 raise StoreError(f"cannot create the directory for the database {self.path}: "
                                  f"{error.strerror or error}") from None
-        return connect_waiting(self.path, self.lock_timeout, read_only=self.read_only)
+        return connect_waiting(self.path, self.lock_timeout, read_only=self.read_only, deadline=deadline)
 
 
 class DuckDBSession(Session):
@@ -440,20 +470,22 @@ class _Warm:
         self._kept: dict[Path, tuple[bool, duckdb.DuckDBPyConnection, threading.Timer | None]] = {}
         atexit.register(self.release_all)
 
-    def hold(self, path: Path, read_only: bool) -> None:
-        """A session of ``path`` starts: no timer may let its instance go now."""
+    def hold(self, path: Path, read_only: bool) -> bool:
+        """A session of ``path`` starts: no timer may let its instance go now.
+        Whether one is kept (so the process holds the file already)."""
         with self._lock:
             found = self._kept.get(path)
             if found is None:
-                return
+                return False
             mode, con, timer = found
             if timer is not None:
                 timer.cancel()
             if mode != read_only:
                 del self._kept[path]
                 _close_quietly(con)
-            else:
-                self._kept[path] = (mode, con, None)
+                return False
+            self._kept[path] = (mode, con, None)
+            return True
 
     def keep(self, path: Path, read_only: bool, seconds: float) -> None:
         """A session of ``path`` ends: keep its instance ``seconds`` more."""
@@ -585,11 +617,14 @@ def translate(error: duckdb.Error, label: str) -> Exception:
     return StoreError(f"the database {label} could not be used: {_first_line(text)}")
 
 
-def connect_waiting(path: Path, timeout: float, *, read_only: bool = False,
-                    config: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
+def connect_waiting(path: Path, timeout: float, *, read_only: bool = False, config: dict[str, Any] | None = None,
+                    deadline: float | None = None) -> duckdb.DuckDBPyConnection:
     """Open ``path``, waiting (with backoff) while another process holds its
-    lock, for up to ``timeout`` seconds; then :class:`DatabaseLockedError`."""
-    deadline = time.monotonic() + timeout
+    lock, for up to ``timeout`` seconds (or until ``deadline``, when the wait
+    began earlier: ``timeout`` is then what the message says);
+    then :class:`DatabaseLockedError`."""
+    if deadline is None:
+        deadline = time.monotonic() + timeout
     delay = 0.005
     settings = dict(CONFIG, **(config or {}))
     while True:
