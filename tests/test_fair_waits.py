@@ -18,6 +18,7 @@ import time
 import pytest
 
 from healthsim_state import DatabaseLockedError, StateManager
+from healthsim_state.backends.filelock import SLOTS
 from test_processes import python
 
 STRESS = bool(os.environ.get("HEALTHSIM_STRESS"))
@@ -40,7 +41,23 @@ TURN = """
     except Exception as error:
         print("error", type(error).__name__, error, flush=True)
 """
-ARRIVAL_GAP = 0.4  # seconds between arrivals: each is surely waiting before the next comes
+
+
+def queued(process, timeout: float = 60) -> None:
+    """Return once ``process`` holds its place in the queue (a POSIX lock
+    at or past ``filelock.SLOTS``, as /proc/locks shows), so that the next
+    arrival surely comes after it however slow the machine is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:  # already through (a short timeout): its place came and went
+            return
+        with open("/proc/locks") as locks:
+            for line in locks:
+                fields = line.split()
+                if "->" not in fields and str(process.pid) in fields[4:5] and int(fields[6]) >= SLOTS:
+                    return
+        time.sleep(0.01)
+    raise AssertionError(f"process {process.pid} took no place in the queue within {timeout} s")
 
 
 def arrive(path, mode: str, hold: float, timeout: float = 60):
@@ -90,7 +107,7 @@ def test_waiting_processes_get_the_file_in_the_order_they_came(store):
     try:
         for mode in modes:
             waiters.append(arrive(store, mode, 0.5))
-            time.sleep(ARRIVAL_GAP)
+            queued(waiters[-1])
     finally:
         let_go(holder)
     finished(holder)
@@ -108,11 +125,11 @@ def test_a_waiter_that_gives_up_or_dies_leaves_the_queue(store):
     says what the timeout always said."""
     holder = holding(store)
     impatient = arrive(store, "write", 0, timeout=0.5)
-    time.sleep(ARRIVAL_GAP)
+    queued(impatient)
     killed = arrive(store, "write", 0)
-    time.sleep(ARRIVAL_GAP)
+    queued(killed)
     patient = arrive(store, "write", 0)
-    time.sleep(ARRIVAL_GAP)
+    queued(patient)
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=30)
     out, _ = impatient.communicate(timeout=60)
