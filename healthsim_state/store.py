@@ -206,6 +206,15 @@ class Gateway:
             [scenario_id, version, operation, at, description, json.dumps(tags), sum(counts.values()),
              json.dumps(counts), None if metadata is None else dump_exact(metadata), json.dumps(changes)])
 
+    def insert_versions(self, scenario_id: str, versions: Sequence[dict[str, Any]]) -> None:
+        """Version records as :meth:`versions` gives them (``at`` aware UTC), in
+        bulk: what a copy or an import of a whole history writes."""
+        rows = [(scenario_id, v["version"], v["operation"], v["at"].astimezone(_dt.timezone.utc).replace(tzinfo=None),
+                 v["description"], json.dumps(v["tags"]), sum(v["entity_counts"].values()),
+                 json.dumps(v["entity_counts"]), None if v["metadata"] is None else dump_exact(v["metadata"]),
+                 json.dumps(v["changes"])) for v in versions]
+        self.session.append("scenario_versions", ("scenario_id", *_VERSION_COLUMNS), rows)
+
     def versions(self, scenario_id: str, version: int | None = None) -> list[dict[str, Any]]:
         """The scenario's versions, newest first (or the one asked for)."""
         columns = ", ".join(_VERSION_COLUMNS)
@@ -269,6 +278,22 @@ class Gateway:
             if problems:
                 raise ValidationError(problems, summary="scenario not saved") from None
             raise
+
+    def history_rows(self, codec: Codec, scenario_id: str) -> list[tuple]:
+        """Every row the scenario's type holds in any kept version, as
+        ``(position, col_0, ..., residual, since, until)`` in read form,
+        ordered by ``since`` then position: what a copy of a history reads."""
+        dialect = self.session.dialect
+        reads = ", ".join(f"{dialect.read_expression(f.type, f.column)} AS {quote(f.column)}"
+                          for f in codec.mapping.fields)
+        return self.session.fetchall(f"SELECT _position, {reads}, _residual, _since, _until FROM {_rows(codec)} "
+                                     "WHERE scenario_id = ? ORDER BY _since, _position", [scenario_id])
+
+    def append_history_rows(self, codec: Codec, scenario_id: str, rows: list[tuple]) -> None:
+        """Rows ``(position, col_0, ..., residual, since, until)`` of any
+        versions, in bulk (no SQL per row)."""
+        columns = (*write_columns(codec.mapping), "_until")
+        self._append(codec, versions_table(codec.mapping.table), columns, [(scenario_id, *row) for row in rows])
 
     def fetch_rows(self, codec: Codec, scenario_id: str, *, version: int | None = None,
                    limit: int | None = None, offset: int = 0) -> list[tuple]:

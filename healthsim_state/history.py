@@ -1,0 +1,154 @@
+"""A scenario's whole history as data: every kept version (number,
+operation, time, description, tags, metadata, changes) and every entity of
+any of them with the versions that held it. What ``copy --history`` carries
+between stores and ``export --history`` writes to a file.
+
+An entity is held by versions ``since`` up to (not including) ``until``
+(None: it is still current), at ``position`` in its type's list: the store's
+own ``_since``/``_until`` (see :mod:`healthsim_state.store`), so a history is
+written back row for row, sharing every unchanged entity between versions as
+the source did, in bulk.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import Any
+
+from .engine.batch import ScenarioBatch, no_cyclic_gc
+from .engine.types import TYPES, Unfit
+from .errors import Problem, ValidationError, preview
+from .store import Gateway
+
+SUMMARY = "scenario history not saved"
+
+
+@dataclass
+class HeldEntity:
+    """One entity and the versions that held it."""
+
+    since: int
+    until: int | None
+    position: int
+    entity: dict[str, Any]
+
+
+@dataclass
+class ScenarioHistory:
+    """A scenario with every kept version, oldest first. ``versions`` are
+    dicts as :meth:`StateManager.scenario_history` gives them (``at`` a UTC
+    datetime); ``entities`` maps an entity type to its held entities."""
+
+    name: str
+    description: str | None
+    tags: list[str]
+    created_at: _dt.datetime
+    updated_at: _dt.datetime
+    versions: list[dict[str, Any]]
+    entities: dict[str, list[HeldEntity]] = field(default_factory=dict)
+
+    @property
+    def entity_count(self) -> int:
+        """Entities in the newest version."""
+        return sum(1 for held in self.entities.values() for item in held if item.until is None)
+
+
+def check_history(history: ScenarioHistory) -> list[Problem]:
+    """Every problem of a history from outside (a file): version numbers
+    consecutive and ascending, each entity's versions among them, no two
+    entities of a type at one position in one version. Fills each version's
+    ``entity_counts`` from the entities (what the store counts)."""
+    problems: list[Problem] = []
+    numbers = [v.get("version") for v in history.versions]
+    if not numbers:
+        return [Problem("a history holds at least one version", path="versions")]
+    if any(isinstance(n, bool) or not isinstance(n, int) for n in numbers) or numbers[0] < 1 or \
+            numbers != list(range(numbers[0], numbers[0] + len(numbers))):
+        return [Problem(f"version numbers must be consecutive integers from 1 up, oldest first, got "
+                        f"{preview(numbers)}", path="versions")]
+    for index, version in enumerate(history.versions):
+        _check_version(version, f"versions[{index}]", problems)
+    first, newest = numbers[0], numbers[-1]
+    counts = {n: {} for n in numbers}
+    for entity, held in history.entities.items():
+        for index, item in enumerate(held):
+            path = f"entities.{entity}[{index}]"
+            if not _is_count(item.position):
+                problems.append(Problem(f"position must be an integer of 0 or more, got {preview(item.position)}",
+                                        entity, index, f"{path}.position"))
+            if not _is_count(item.since) or not 1 <= item.since <= newest:
+                problems.append(Problem(f"since must be a version number up to {newest}, got {preview(item.since)}",
+                                        entity, index, f"{path}.since"))
+                continue
+            if item.until is not None and (not _is_count(item.until) or not max(item.since, first) < item.until
+                                           <= newest):
+                problems.append(Problem(f"until must be null (still current) or a version after since "
+                                        f"({item.since}) and after {first}, up to {newest}, got "
+                                        f"{preview(item.until)}", entity, index, f"{path}.until"))
+                continue
+            for number in range(max(item.since, first), newest + 1 if item.until is None else item.until):
+                counts[number][entity] = counts[number].get(entity, 0) + 1
+        problems += _overlaps(entity, held)
+    for version in history.versions:
+        version["entity_counts"] = counts.get(version.get("version"), {})
+    return problems
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_version(version: dict[str, Any], path: str, problems: list[Problem]) -> None:
+    operation = version.get("operation")
+    if not isinstance(operation, str) or not operation:
+        problems.append(Problem(f"operation must be a non-empty string, got {preview(operation)}",
+                                path=f"{path}.operation"))
+    try:
+        at, _ = TYPES["timestamp"].convert(version.get("at"))
+        version["at"] = at.replace(tzinfo=_dt.timezone.utc)
+    except Unfit as reason:
+        problems.append(Problem(f"at: {reason}, got {preview(version.get('at'))}", path=f"{path}.at"))
+    changes = version.get("changes", {})
+    if not isinstance(changes, dict) or not all(isinstance(c, dict) for c in changes.values()):
+        problems.append(Problem("changes must map an entity type to its counts", path=f"{path}.changes"))
+
+
+def _overlaps(entity: str, held: list[HeldEntity]) -> list[Problem]:
+    """Two entities of one type at one position in a version (a bad file)."""
+    problems = []
+    valid = [h for h in held if _is_count(h.position) and _is_count(h.since)
+             and (h.until is None or _is_count(h.until))]
+    for position, group in groupby(sorted(valid, key=lambda h: (h.position, h.since)), key=lambda h: h.position):
+        end: int | None = 0
+        for item in group:
+            if end is None or item.since < end:
+                problems.append(Problem(f"two entities hold position {position} in version {item.since}",
+                                        entity, position, f"entities.{entity}"))
+                break
+            end = item.until
+    return problems
+
+
+def write_rows(g: Gateway, scenario_id: str, history: ScenarioHistory) -> None:
+    """Every held entity as a row of the target, through the target's
+    mappings: grouped by the version that wrote them (whose keys are unique,
+    so each group validates as one save would), each group in bulk. Every
+    problem is collected; then :class:`ValidationError`."""
+    problems: list[Problem] = []
+    for entity, held in history.entities.items():
+        for since, group in groupby(sorted(held, key=lambda h: (h.since, h.position)), key=lambda h: h.since):
+            items = list(group)
+            batch = ScenarioBatch(g.registry, {entity: [item.entity for item in items]})
+            try:
+                with no_cyclic_gc():
+                    for codec, chunk in batch.chunks():
+                        rows = [(items[row[0]].position, *row[1:], since, items[row[0]].until)
+                                for row in chunk.all_rows()]
+                        g.append_history_rows(codec, scenario_id, rows)
+            except ValidationError as error:
+                problems += [Problem(f"(written in version {since}) {p.message}", p.entity_type, p.index, p.path,
+                                     p.value) for p in error.problems]
+    if problems:
+        raise ValidationError(problems, summary=SUMMARY)
