@@ -13,11 +13,12 @@ the source did, in bulk.
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import groupby
 from typing import Any
 
 from .engine.batch import ScenarioBatch, no_cyclic_gc
+from .engine.registry import Registry
 from .engine.types import TYPES, Unfit
 from .errors import Problem, ValidationError, preview
 from .store import Gateway
@@ -55,12 +56,38 @@ class ScenarioHistory:
         return sum(1 for held in self.entities.values() for item in held if item.until is None)
 
 
+def by_entity(registry: Registry, history: ScenarioHistory) -> ScenarioHistory:
+    """The history with its types by singular name (a file may give plural
+    ones), checked (:func:`check_history`): raises :class:`ValidationError`
+    listing every problem."""
+    problems: list[Problem] = []
+    entities: dict[str, list[HeldEntity]] = {}
+    for key, held in history.entities.items():
+        codec = registry.resolve(key)
+        if codec is None:
+            problems.append(Problem(f"unknown entity type {preview(key)}; registered types: "
+                                    f"{', '.join(registry.entity_types)}", path=f"entities.{key}", value=key))
+        elif codec.mapping.entity in entities:
+            problems.append(Problem(f"entity type {codec.mapping.entity!r} given twice; merge the two lists",
+                                    codec.mapping.entity, path=f"entities.{key}"))
+        else:
+            entities[codec.mapping.entity] = held
+    versions = [dict(version) for version in history.versions]
+    checked = replace(history, versions=versions, entities=entities)
+    problems += check_history(checked)
+    if problems:
+        raise ValidationError(problems, summary=SUMMARY)
+    return checked
+
+
 def check_history(history: ScenarioHistory) -> list[Problem]:
     """Every problem of a history from outside (a file): version numbers
     consecutive and ascending, each entity's versions among them, no two
     entities of a type at one position in one version. Fills each version's
     ``entity_counts`` from the entities (what the store counts)."""
     problems: list[Problem] = []
+    if not all(isinstance(v, dict) for v in history.versions):
+        return [Problem("each version is an object (version, operation, at, ...)", path="versions")]
     numbers = [v.get("version") for v in history.versions]
     if not numbers:
         return [Problem("a history holds at least one version", path="versions")]

@@ -373,7 +373,7 @@ class StateManager:
         name = history.name if name is None else name
         _check_arguments(name, history.description, summary=history_module.SUMMARY)
         tags = _check_tags(history.tags, summary=history_module.SUMMARY)
-        problems = history_module.check_history(history)
+        problems: list[Problem] = []
         for index, version in enumerate(history.versions):
             try:
                 _check_arguments(None, version.get("description"), summary=history_module.SUMMARY, check_name=False)
@@ -385,9 +385,10 @@ class StateManager:
         if problems:
             raise ValidationError(problems, summary=history_module.SUMMARY)
         created, updated = _check_created_at(history.created_at), _check_created_at(history.updated_at)
-        newest = history.versions[-1]
 
         def save(g: Gateway) -> str:
+            held = history_module.by_entity(g.registry, history)  # checked, counted, by singular type name
+            newest = held.versions[-1]
             existing = g.find_scenario(name, by_id=False)
             if existing is not None and not overwrite:
                 raise ScenarioExistsError(f"scenario {name!r} already exists (id {existing['scenario_id']}); "
@@ -399,11 +400,12 @@ class StateManager:
                 scenario_id = existing["scenario_id"]
                 g.delete_scenario(scenario_id)
             counts = newest["entity_counts"]
-            g.insert_scenario(scenario_id, name, history.description, counts, updated, created_at=created)
-            g.update_scenario(scenario_id, newest["version"], counts, updated)
+            at = updated or newest["at"].replace(tzinfo=None)
+            g.insert_scenario(scenario_id, name, history.description, counts, at, created_at=created)
+            g.update_scenario(scenario_id, newest["version"], counts, at)
             g.replace_tags(scenario_id, tags)
-            g.insert_versions(scenario_id, history.versions)
-            history_module.write_rows(g, scenario_id, history)
+            g.insert_versions(scenario_id, held.versions)
+            history_module.write_rows(g, scenario_id, held)
             return scenario_id
 
         return self._write(save)
