@@ -13,8 +13,10 @@ the source did, in bulk.
 from __future__ import annotations
 
 import datetime as _dt
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 from .engine.batch import ScenarioBatch, no_cyclic_gc
@@ -93,14 +95,21 @@ def check_history(history: ScenarioHistory) -> list[Problem]:
         return [Problem("a history holds at least one version", path="versions")]
     if any(isinstance(n, bool) or not isinstance(n, int) for n in numbers) or numbers[0] < 1 or \
             numbers != list(range(numbers[0], numbers[0] + len(numbers))):
-        return [Problem(f"version numbers must be consecutive integers from 1 up, oldest first, got "
+        return [Problem(f"version numbers must be consecutive integers of 1 or more, oldest first, got "
                         f"{preview(numbers)}", path="versions")]
     for index, version in enumerate(history.versions):
         _check_version(version, f"versions[{index}]", problems)
     first, newest = numbers[0], numbers[-1]
-    counts = {n: {} for n in numbers}
+    steps: Counter[tuple[int, str]] = Counter()  # (version, type): entities coming minus going there
     for entity, held in history.entities.items():
         for index, item in enumerate(held):
+            since, until, position = item.since, item.until, item.position
+            if since.__class__ is int and 1 <= since <= newest and position.__class__ is int and position >= 0 and \
+                    (until is None or until.__class__ is int and max(since, first) < until <= newest):
+                steps[max(since, first), entity] += 1  # the common case, checked at once
+                if until is not None:
+                    steps[until, entity] -= 1
+                continue
             path = f"entities.{entity}[{index}]"
             if not _is_count(item.position):
                 problems.append(Problem(f"position must be an integer of 0 or more, got {preview(item.position)}",
@@ -114,12 +123,12 @@ def check_history(history: ScenarioHistory) -> list[Problem]:
                 problems.append(Problem(f"until must be null (still current) or a version after since "
                                         f"({item.since}) and after {first}, up to {newest}, got "
                                         f"{preview(item.until)}", entity, index, f"{path}.until"))
-                continue
-            for number in range(max(item.since, first), newest + 1 if item.until is None else item.until):
-                counts[number][entity] = counts[number].get(entity, 0) + 1
         problems += _overlaps(entity, held)
+    running: dict[str, int] = {}
     for version in history.versions:
-        version["entity_counts"] = counts.get(version.get("version"), {})
+        for entity in history.entities:
+            running[entity] = running.get(entity, 0) + steps[version["version"], entity]
+        version["entity_counts"] = {entity: count for entity, count in running.items() if count}
     return problems
 
 
@@ -147,7 +156,7 @@ def _overlaps(entity: str, held: list[HeldEntity]) -> list[Problem]:
     problems = []
     valid = [h for h in held if _is_count(h.position) and _is_count(h.since)
              and (h.until is None or _is_count(h.until))]
-    for position, group in groupby(sorted(valid, key=lambda h: (h.position, h.since)), key=lambda h: h.position):
+    for position, group in groupby(sorted(valid, key=attrgetter("position", "since")), key=attrgetter("position")):
         end: int | None = 0
         for item in group:
             if end is None or item.since < end:
@@ -160,20 +169,27 @@ def _overlaps(entity: str, held: list[HeldEntity]) -> list[Problem]:
 
 def write_rows(g: Gateway, scenario_id: str, history: ScenarioHistory) -> None:
     """Every held entity as a row of the target, through the target's
-    mappings: grouped by the version that wrote them (whose keys are unique,
-    so each group validates as one save would), each group in bulk. Every
+    mappings: grouped by the versions that hold them (rows written by one
+    version have unique keys, so each group validates as one save would),
+    each group in bulk (a column batch where the engine makes one). Every
     problem is collected; then :class:`ValidationError`."""
     problems: list[Problem] = []
     for entity, held in history.entities.items():
-        for since, group in groupby(sorted(held, key=lambda h: (h.since, h.position)), key=lambda h: h.since):
-            items = list(group)
+        groups: dict[tuple[int, int | None], list[HeldEntity]] = {}
+        for item in held:
+            groups.setdefault((item.since, item.until), []).append(item)
+        for (since, until), items in groups.items():
             batch = ScenarioBatch(g.registry, {entity: [item.entity for item in items]})
             try:
                 with no_cyclic_gc():
                     for codec, chunk in batch.chunks():
-                        rows = [(items[row[0]].position, *row[1:], since, items[row[0]].until)
-                                for row in chunk.all_rows()]
-                        g.append_history_rows(codec, scenario_id, rows)
+                        if chunk.columns is not None and len(chunk.columns):
+                            columns = chunk.columns
+                            columns.positions = [items[p].position for p in columns.positions]
+                            g.append_history_columns(codec, scenario_id, since, until, columns)
+                        rows = [(items[row[0]].position, *row[1:], since, until) for row in chunk.rows]
+                        if rows:
+                            g.append_history_rows(codec, scenario_id, rows)
             except ValidationError as error:
                 problems += [Problem(f"(written in version {since}) {p.message}", p.entity_type, p.index, p.path,
                                      p.value) for p in error.problems]

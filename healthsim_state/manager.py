@@ -387,7 +387,8 @@ class StateManager:
         created, updated = _check_created_at(history.created_at), _check_created_at(history.updated_at)
 
         def save(g: Gateway) -> str:
-            held = history_module.by_entity(g.registry, history)  # checked, counted, by singular type name
+            with no_cyclic_gc():
+                held = history_module.by_entity(g.registry, history)  # checked, counted, by singular type name
             newest = held.versions[-1]
             existing = g.find_scenario(name, by_id=False)
             if existing is not None and not overwrite:
@@ -827,10 +828,12 @@ class Snapshot:
         entities: dict[str, list[HeldEntity]] = {}
         for entity in self.registry.entity_types:
             codec = self.registry.codecs[entity]
-            rows = g.history_rows(codec, info["scenario_id"])
-            if rows:
-                rebuilt = rebuild_rows(codec, [row[:-2] for row in rows])
-                entities[entity] = [HeldEntity(row[-2], row[-1], row[0], item) for row, item in zip(rows, rebuilt)]
+            with no_cyclic_gc(kept=True):  # many objects, none cyclic, all kept
+                rows = g.history_rows(codec, info["scenario_id"])
+                if rows:
+                    rebuilt = rebuild_rows(codec, [row[:-2] for row in rows])
+                    entities[entity] = [HeldEntity(row[-2], row[-1], row[0], item)
+                                        for row, item in zip(rows, rebuilt)]
         return ScenarioHistory(info["name"], info["description"], list(info["tags"]), info["created_at"],
                                info["updated_at"], versions, entities)
 

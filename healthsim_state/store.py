@@ -265,12 +265,12 @@ class Gateway:
     def _append_columns(self, codec: Codec, table: str, columns: Sequence[str], batch: ColumnBatch,
                         *around: Constant) -> None:
         """``batch`` under ``columns``: the constants ``around`` it (scenario id
-        before, version after) when there are any."""
+        before, then the versions after) when there are any."""
         fields = codec.mapping.fields
         arrays = [batch.positions, *batch.columns, batch.residuals]
         types = [None, *(f.type for f in fields), None]
         if around:
-            arrays, types = [around[0], *arrays, around[1]], [None, *types, None]
+            arrays, types = [around[0], *arrays, *around[1:]], [None, *types, *[None] * (len(around) - 1)]
         try:
             self.session.append_columns(table, columns, arrays, types, len(batch))
         except StoreError:
@@ -294,6 +294,14 @@ class Gateway:
         versions, in bulk (no SQL per row)."""
         columns = (*write_columns(codec.mapping), "_until")
         self._append(codec, versions_table(codec.mapping.table), columns, [(scenario_id, *row) for row in rows])
+
+    def append_history_columns(self, codec: Codec, scenario_id: str, since: int, until: int | None,
+                               batch: ColumnBatch) -> None:
+        """A column batch of rows written in version ``since`` and replaced in
+        ``until`` (None: current), in bulk."""
+        columns = (*write_columns(codec.mapping), "_until")
+        self._append_columns(codec, versions_table(codec.mapping.table), columns, batch, Constant(scenario_id),
+                             Constant(since), Constant(until))
 
     def fetch_rows(self, codec: Codec, scenario_id: str, *, version: int | None = None,
                    limit: int | None = None, offset: int = 0) -> list[tuple]:

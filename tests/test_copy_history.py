@@ -212,7 +212,7 @@ def test_a_bad_history_document_says_where_and_writes_nothing(file_store, tmp_pa
         assert sm.list_scenarios() == []
     document["versions"] = [{"version": 0}]
     path.write_text(json.dumps(document))
-    with StateManager(target) as sm, pytest.raises(DocumentError, match="consecutive integers from 1 up"):
+    with StateManager(target) as sm, pytest.raises(DocumentError, match="consecutive integers of 1 or more, oldest first"):
         import_file(sm, path)
     del document["versions"]
     path.write_text(json.dumps(document))
