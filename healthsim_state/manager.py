@@ -823,6 +823,10 @@ class Snapshot:
         """The scenario with every kept version and every entity any of them
         holds (see :mod:`healthsim_state.history`), in canonical shape. Only
         for a snapshot of the newest version."""
+        if self._version is not None:
+            raise ValidationError([Problem("a history holds every version: read it from a snapshot of the "
+                                           "scenario, not of one version", path="version")],
+                                  summary="history not read")
         g, info = self._gateway, self.info
         versions = g.versions(info["scenario_id"])[::-1]
         entities: dict[str, list[HeldEntity]] = {}

@@ -220,10 +220,28 @@ def test_a_bad_history_document_says_where_and_writes_nothing(file_store, tmp_pa
         import_file(sm, path)
 
 
+def test_a_history_document_under_another_name_but_not_other_tags(file_store, tmp_path):
+    fill(file_store.target, lone=False)
+    with StateManager(file_store.target) as sm:
+        export_json(sm, "pruned", tmp_path / "p.json", history=True)
+    target = str(tmp_path / "b.duckdb")
+    with StateManager(target) as sm:
+        assert import_file(sm, tmp_path / "p.json", name="renamed").name == "renamed"
+        assert [v["version"] for v in sm.scenario_history("renamed")] == [3, 2]
+        with pytest.raises(DocumentError, match="p.json: a history document keeps its versions' descriptions and "
+                                                "tags; save it without a new description or tags"):
+            import_file(sm, tmp_path / "p.json", name="again", tags=["x"])
+        assert not sm.scenario_exists("again")
+
+
 def test_history_and_one_version_are_not_both_asked(file_store):
     fill(file_store.target)
     with StateManager(file_store.target) as sm, pytest.raises(ValidationError, match="not both"):
         export_document(sm, "cohort", version=2, history=True)
+    with StateManager(file_store.target) as sm, sm.snapshot("cohort", version=2) as snapshot, \
+            pytest.raises(ValidationError, match="a history holds every version: read it from a snapshot of the "
+                                                 "scenario, not of one version"):
+        snapshot.history()
 
 
 # --- the command line -----------------------------------------------------------------------------
