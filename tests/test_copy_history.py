@@ -16,8 +16,7 @@ import pytest
 
 from benchmarks.generate import scenario
 from healthsim_state import ScenarioExistsError, StateManager, StoreError, ValidationError
-from healthsim_state.interop import DocumentError, export_document, export_json, import_file
-from healthsim_state.interop import copy_scenarios
+from healthsim_state.interop import DocumentError, copy_scenarios, export_document, export_json, import_file
 from healthsim_state.store import Gateway
 from stores import Store, new_store
 
@@ -212,7 +211,8 @@ def test_a_bad_history_document_says_where_and_writes_nothing(file_store, tmp_pa
         assert sm.list_scenarios() == []
     document["versions"] = [{"version": 0}]
     path.write_text(json.dumps(document))
-    with StateManager(target) as sm, pytest.raises(DocumentError, match="consecutive integers of 1 or more, oldest first"):
+    with StateManager(target) as sm, \
+            pytest.raises(DocumentError, match="consecutive integers of 1 or more, oldest first"):
         import_file(sm, path)
     del document["versions"]
     path.write_text(json.dumps(document))
