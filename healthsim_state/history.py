@@ -191,7 +191,14 @@ def write_rows(g: Gateway, scenario_id: str, history: ScenarioHistory) -> None:
                         if rows:
                             g.append_history_rows(codec, scenario_id, rows)
             except ValidationError as error:
-                problems += [Problem(f"(written in version {since}) {p.message}", p.entity_type, p.index, p.path,
+                problems += [Problem(f"(written in version {since}) {p.message}", p.entity_type, p.position, p.path,
                                      p.value) for p in error.problems]
+    if not problems:  # groups validate apart: a key two of them hold in one version is found here
+        for entity in history.entities:
+            codec = g.registry.codecs[entity]
+            for version, *key in g.repeated_keys(codec, scenario_id):
+                shown = ", ".join(f"{column}={value!r}" for column, value in zip(codec.mapping.primary_key, key))
+                problems.append(Problem(f"version {version} holds two entities with the key ({shown})", entity,
+                                        path=f"entities.{entity}"))
     if problems:
         raise ValidationError(problems, summary=SUMMARY)

@@ -303,6 +303,17 @@ class Gateway:
         self._append_columns(codec, versions_table(codec.mapping.table), columns, batch, Constant(scenario_id),
                              Constant(since), Constant(until))
 
+    def repeated_keys(self, codec: Codec, scenario_id: str, limit: int = 10) -> list[tuple]:
+        """``(version, key_0, ...)`` of keys that two of the type's rows hold in
+        one version of the scenario (none, in a store that only this module
+        wrote; a history from a file is checked so after it is written)."""
+        keys = ", ".join(f"r.{quote(k)}" for k in codec.mapping.primary_key)
+        return self.session.fetchall(
+            f"SELECT v.version, {keys} FROM {_rows(codec)} r JOIN scenario_versions v "
+            "ON v.scenario_id = r.scenario_id AND r._since <= v.version AND (r._until IS NULL OR r._until > v.version) "
+            f"WHERE r.scenario_id = ? GROUP BY v.version, {keys} HAVING count(*) > 1 ORDER BY 1 LIMIT ?",
+            [scenario_id, limit])
+
     def fetch_rows(self, codec: Codec, scenario_id: str, *, version: int | None = None,
                    limit: int | None = None, offset: int = 0) -> list[tuple]:
         """A type's rows ``(position, col_0, ..., residual)`` in saved order, of

@@ -220,6 +220,29 @@ def test_a_bad_history_document_says_where_and_writes_nothing(file_store, tmp_pa
         import_file(sm, path)
 
 
+def test_entities_a_history_document_holds_are_checked_as_a_save_checks_them(file_store, tmp_path):
+    fill(file_store.target, lone=False)
+    with StateManager(file_store.target) as sm:
+        document = export_document(sm, "pruned", history=True)
+    patients = document["entities"]["patients"]
+    patients[2]["entity"]["patient_id"] = "p2"  # p2 (since 1) and this one (since 2) are both current
+    path, target = tmp_path / "twice.json", str(tmp_path / "b.duckdb")
+    path.write_text(json.dumps(document))
+    with StateManager(target) as sm, pytest.raises(DocumentError) as caught:
+        import_file(sm, path)
+    assert "patient @ entities.patient: version 2 holds two entities with the key (patient_id='p2')" \
+        in str(caught.value)
+    assert "version 3 holds two entities" in str(caught.value)
+    patients[2]["entity"]["patient_id"] = "p3"
+    patients[0]["entity"]["birthDate"] = "not a date"
+    path.write_text(json.dumps(document))
+    with StateManager(target) as sm, pytest.raises(DocumentError) as caught:
+        import_file(sm, path)
+    assert "patient[0] @ birthDate: (written in version 1)" in str(caught.value)
+    with StateManager(target) as sm:
+        assert sm.list_scenarios() == []
+
+
 def test_a_history_document_under_another_name_but_not_other_tags(file_store, tmp_path):
     fill(file_store.target, lone=False)
     with StateManager(file_store.target) as sm:
