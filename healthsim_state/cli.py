@@ -520,24 +520,38 @@ def _key_arg(key: Any) -> str:
                                      "made from the scenario's, in the current directory.")
 @click.option("--format", "fmt", type=click.Choice(["json", "parquet"]), default="json", show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing file, or a previous Parquet export.")
+@click.option("--history", "with_history", is_flag=True,
+              help="JSON with every kept version (numbers, operations, times, metadata, entities); "
+                   "`import` reads it back.")
 @version_option
 @db_option
-def export(name_or_id: str, output: str | None, fmt: str, force: bool, version: int | None, db: str | None) -> None:
-    """Export a scenario: versioned JSON (lossless), or a Parquet directory (typed columns)."""
+def export(name_or_id: str, output: str | None, fmt: str, force: bool, with_history: bool, version: int | None,
+           db: str | None) -> None:
+    """Export a scenario: versioned JSON (lossless), or a Parquet directory (typed columns).
+
+    With --history the JSON holds every kept version of the scenario (format
+    healthsim-scenario-history: each entity once, with the versions that hold
+    it); `import` makes the scenario again with that whole history.
+    """
     if fmt == "parquet" and output == STDIN:
         raise click.UsageError("-o - (stdout) is for --format json; Parquet needs a directory")
+    if with_history and (fmt != "json" or version is not None):
+        raise click.UsageError("--history is for the JSON export of every version (not with --format parquet "
+                               "or --version)")
     with _reader(db) as manager:
         if fmt == "json":
             with progress(1, "exporting") as report:
-                document = export_document(manager, name_or_id, version=version)
+                document = export_document(manager, name_or_id, version=version, history=with_history)
                 text = dumps(document)
                 report.advance()
-            count = sum(len(items) for items in document["entities"].values())
+            count = sum(len(items) for items in document["entities"].values()) if not with_history else \
+                sum(1 for items in document["entities"].values() for item in items if item["until"] is None)
+            kept = f", {len(document['versions'])} versions" if with_history else ""
             if output == STDIN:
                 click.echo(text, nl=False)
                 return
             target = write_atomic(json_target(document["name"], output), text.encode("utf-8"), force=force)
-            click.echo(f"exported {document['name']!r} ({entities_text(count)}) to {target}")
+            click.echo(f"exported {document['name']!r} ({entities_text(count)}{kept}) to {target}")
             return
         summary = manager.scenario_info(name_or_id, version=version)
         types = sum(1 for count in summary["entity_counts"].values() if count)
@@ -722,7 +736,8 @@ def history_limit(keep: str | None, db: str | None) -> None:
 def import_command(files: tuple[str, ...], name: str | None, overwrite: bool, db: str | None) -> None:
     """Import each JSON FILE as one scenario (- is stdin).
 
-    Reads our export, the predecessor's export, old workspace files, and bare
+    Reads our export (with --history too: the scenario comes back with every
+    version), the predecessor's export, old workspace files, and bare
     entity lists ({"patients": [...], ...}). Each file is saved in its own
     transaction; a bad file changes nothing and the others still go in.
     """
@@ -929,13 +944,19 @@ def _query_params(query: str, params: tuple[str, ...]) -> list[str] | dict[str, 
               help="The store to copy to; created if it does not exist.")
 @click.option("--overwrite", is_flag=True, help="Replace scenarios of the same names in the target.")
 @click.option("--all", "everything", is_flag=True, help="Copy every scenario of the source.")
-def copy_command(names: tuple[str, ...], source: str, target: str, overwrite: bool, everything: bool) -> None:
+@click.option("--history", "with_history", is_flag=True,
+              help="Copy every kept version (numbers, operations, times, metadata), not only the newest.")
+def copy_command(names: tuple[str, ...], source: str, target: str, overwrite: bool, everything: bool,
+                 with_history: bool) -> None:
     """Copy scenarios between stores (file to server, server to file, file to file).
 
     Each scenario is copied in one transaction on the target, with its name,
     description, tags, created_at, the metadata of its newest version and
-    every entity exactly; its version history stays in the source. A scenario that
-    exists in the target is refused unless --overwrite. Exits 1 if any failed.
+    every entity exactly, as a new version; its version history stays in the
+    source. With --history every kept version goes too, as it was (numbers,
+    operations, times, descriptions, tags, metadata, entities), and
+    --overwrite replaces the target's scenario with its versions. A scenario
+    that exists in the target is refused unless --overwrite. Exits 1 if any failed.
     """
     from .backends import describe_target
     from .interop.copy import iter_copies
@@ -955,11 +976,12 @@ def copy_command(names: tuple[str, ...], source: str, target: str, overwrite: bo
             state["done"] = done
 
         for result in iter_copies(source, target, names, all=everything, overwrite=overwrite, keep_going=True,
-                                  progress=advanced):
+                                  progress=advanced, history=with_history):
             if result.ok:
                 copied += 1
                 verb = "replaced" if result.replaced else "copied"
-                report.line(f"{verb} {result.name!r} ({entities_text(result.entity_count)}) to {shown_to}")
+                kept = ", every version" if with_history else ""
+                report.line(f"{verb} {result.name!r} ({entities_text(result.entity_count)}{kept}) to {shown_to}")
             else:
                 failed += 1
                 report.line(f"error: {_scrubbed(result.error or '')}", err=True)

@@ -38,6 +38,8 @@ from .errors import (
     preview,
 )
 from .evolution import SchemaReport
+from . import history as history_module
+from .history import HeldEntity, ScenarioHistory
 from .layout import SCHEMA_VERSION, StoreState, create_base, digest_of, read_documents, read_state, \
     recorded_mappings, set_meta, upgrade, utc_now
 from .mapping.loader import fingerprint, load_mapping_dirs, mapping_search_path
@@ -351,6 +353,60 @@ class StateManager:
             g.replace_tags(scenario_id, tag_list)
             self._record_version(g, scenario_id, version, "save" if existing is None else "overwrite", now,
                                  description, tag_list, batch.counts, meta, changes)
+            return scenario_id
+
+        return self._write(save)
+
+    def save_history(self, history: "ScenarioHistory", *, name: str | None = None, overwrite: bool = False) -> str:
+        """Save a scenario with its whole history (see
+        :mod:`healthsim_state.history`: what :meth:`Snapshot.history` reads
+        and ``export --history`` writes) as scenario ``name`` (default: the
+        history's), in one transaction; return its id.
+
+        Every version keeps its number, operation, time, description, tags,
+        metadata and changes, and loads the same entities as in the source;
+        the scenario keeps ``created_at`` and ``updated_at``. A scenario of
+        that name is refused (:class:`ScenarioExistsError`) unless
+        ``overwrite``, which replaces it whole, its versions too (it keeps its
+        id). Entities are validated with the mappings in force; any problem
+        raises :class:`ValidationError` and nothing is written."""
+        name = history.name if name is None else name
+        _check_arguments(name, history.description, summary=history_module.SUMMARY)
+        tags = _check_tags(history.tags, summary=history_module.SUMMARY)
+        problems: list[Problem] = []
+        for index, version in enumerate(history.versions):
+            try:
+                _check_arguments(None, version.get("description"), summary=history_module.SUMMARY, check_name=False)
+                version["tags"] = _check_tags(version.get("tags"), path=f"versions[{index}].tags",
+                                              summary=history_module.SUMMARY)
+                version["metadata"] = _check_metadata(version.get("metadata"), summary=history_module.SUMMARY)
+            except ValidationError as error:
+                problems += [Problem(f"versions[{index}]: {p.message}", path=p.path) for p in error.problems]
+        if problems:
+            raise ValidationError(problems, summary=history_module.SUMMARY)
+        created, updated = _check_created_at(history.created_at), _check_created_at(history.updated_at)
+
+        def save(g: Gateway) -> str:
+            with no_cyclic_gc():
+                held = history_module.by_entity(g.registry, history)  # checked, counted, by singular type name
+            newest = held.versions[-1]
+            existing = g.find_scenario(name, by_id=False)
+            if existing is not None and not overwrite:
+                raise ScenarioExistsError(f"scenario {name!r} already exists (id {existing['scenario_id']}); "
+                                          "pass overwrite=True to replace it and its history")
+            if existing is None:
+                _check_not_an_id(g, name, summary=history_module.SUMMARY)
+                scenario_id = new_scenario_id()
+            else:
+                scenario_id = existing["scenario_id"]
+                g.delete_scenario(scenario_id)
+            counts = newest["entity_counts"]
+            at = updated or newest["at"].replace(tzinfo=None)
+            g.insert_scenario(scenario_id, name, history.description, counts, at, created_at=created)
+            g.update_scenario(scenario_id, newest["version"], counts, at)
+            g.replace_tags(scenario_id, tags)
+            g.insert_versions(scenario_id, held.versions)
+            history_module.write_rows(g, scenario_id, held)
             return scenario_id
 
         return self._write(save)
@@ -762,6 +818,28 @@ class Snapshot:
         """The metadata saved with this version of the scenario (None if none)."""
         rows = self._gateway.versions(self.info["scenario_id"], self.info["version"])
         return rows[0]["metadata"] if rows else None
+
+    def history(self) -> ScenarioHistory:
+        """The scenario with every kept version and every entity any of them
+        holds (see :mod:`healthsim_state.history`), in canonical shape. Only
+        for a snapshot of the newest version."""
+        if self._version is not None:
+            raise ValidationError([Problem("a history holds every version: read it from a snapshot of the "
+                                           "scenario, not of one version", path="version")],
+                                  summary="history not read")
+        g, info = self._gateway, self.info
+        versions = g.versions(info["scenario_id"])[::-1]
+        entities: dict[str, list[HeldEntity]] = {}
+        for entity in self.registry.entity_types:
+            codec = self.registry.codecs[entity]
+            with no_cyclic_gc(kept=True):  # many objects, none cyclic, all kept
+                rows = g.history_rows(codec, info["scenario_id"])
+                if rows:
+                    rebuilt = rebuild_rows(codec, [row[:-2] for row in rows])
+                    entities[entity] = [HeldEntity(row[-2], row[-1], row[0], item)
+                                        for row, item in zip(rows, rebuilt)]
+        return ScenarioHistory(info["name"], info["description"], list(info["tags"]), info["created_at"],
+                               info["updated_at"], versions, entities)
 
     def entity_types(self) -> list[str]:
         """The types the scenario holds, in the order of the mappings in force."""

@@ -206,6 +206,15 @@ class Gateway:
             [scenario_id, version, operation, at, description, json.dumps(tags), sum(counts.values()),
              json.dumps(counts), None if metadata is None else dump_exact(metadata), json.dumps(changes)])
 
+    def insert_versions(self, scenario_id: str, versions: Sequence[dict[str, Any]]) -> None:
+        """Version records as :meth:`versions` gives them (``at`` aware UTC), in
+        bulk: what a copy or an import of a whole history writes."""
+        rows = [(scenario_id, v["version"], v["operation"], v["at"].astimezone(_dt.timezone.utc).replace(tzinfo=None),
+                 v["description"], json.dumps(v["tags"]), sum(v["entity_counts"].values()),
+                 json.dumps(v["entity_counts"]), None if v["metadata"] is None else dump_exact(v["metadata"]),
+                 json.dumps(v["changes"])) for v in versions]
+        self.session.append("scenario_versions", ("scenario_id", *_VERSION_COLUMNS), rows)
+
     def versions(self, scenario_id: str, version: int | None = None) -> list[dict[str, Any]]:
         """The scenario's versions, newest first (or the one asked for)."""
         columns = ", ".join(_VERSION_COLUMNS)
@@ -256,12 +265,12 @@ class Gateway:
     def _append_columns(self, codec: Codec, table: str, columns: Sequence[str], batch: ColumnBatch,
                         *around: Constant) -> None:
         """``batch`` under ``columns``: the constants ``around`` it (scenario id
-        before, version after) when there are any."""
+        before, then the versions after) when there are any."""
         fields = codec.mapping.fields
         arrays = [batch.positions, *batch.columns, batch.residuals]
         types = [None, *(f.type for f in fields), None]
         if around:
-            arrays, types = [around[0], *arrays, around[1]], [None, *types, None]
+            arrays, types = [around[0], *arrays, *around[1:]], [None, *types, *[None] * (len(around) - 1)]
         try:
             self.session.append_columns(table, columns, arrays, types, len(batch))
         except StoreError:
@@ -269,6 +278,41 @@ class Gateway:
             if problems:
                 raise ValidationError(problems, summary="scenario not saved") from None
             raise
+
+    def history_rows(self, codec: Codec, scenario_id: str) -> list[tuple]:
+        """Every row the scenario's type holds in any kept version, as
+        ``(position, col_0, ..., residual, since, until)`` in read form,
+        ordered by ``since`` then position: what a copy of a history reads."""
+        dialect = self.session.dialect
+        reads = ", ".join(f"{dialect.read_expression(f.type, f.column)} AS {quote(f.column)}"
+                          for f in codec.mapping.fields)
+        return self.session.fetchall(f"SELECT _position, {reads}, _residual, _since, _until FROM {_rows(codec)} "
+                                     "WHERE scenario_id = ? ORDER BY _since, _position", [scenario_id])
+
+    def append_history_rows(self, codec: Codec, scenario_id: str, rows: list[tuple]) -> None:
+        """Rows ``(position, col_0, ..., residual, since, until)`` of any
+        versions, in bulk (no SQL per row)."""
+        columns = (*write_columns(codec.mapping), "_until")
+        self._append(codec, versions_table(codec.mapping.table), columns, [(scenario_id, *row) for row in rows])
+
+    def append_history_columns(self, codec: Codec, scenario_id: str, since: int, until: int | None,
+                               batch: ColumnBatch) -> None:
+        """A column batch of rows written in version ``since`` and replaced in
+        ``until`` (None: current), in bulk."""
+        columns = (*write_columns(codec.mapping), "_until")
+        self._append_columns(codec, versions_table(codec.mapping.table), columns, batch, Constant(scenario_id),
+                             Constant(since), Constant(until))
+
+    def repeated_keys(self, codec: Codec, scenario_id: str, limit: int = 10) -> list[tuple]:
+        """``(version, key_0, ...)`` of keys that two of the type's rows hold in
+        one version of the scenario (none, in a store that only this module
+        wrote; a history from a file is checked so after it is written)."""
+        keys = ", ".join(f"r.{quote(k)}" for k in codec.mapping.primary_key)
+        return self.session.fetchall(
+            f"SELECT v.version, {keys} FROM {_rows(codec)} r JOIN scenario_versions v "
+            "ON v.scenario_id = r.scenario_id AND r._since <= v.version AND (r._until IS NULL OR r._until > v.version) "
+            f"WHERE r.scenario_id = ? GROUP BY v.version, {keys} HAVING count(*) > 1 ORDER BY 1 LIMIT ?",
+            [scenario_id, limit])
 
     def fetch_rows(self, codec: Codec, scenario_id: str, *, version: int | None = None,
                    limit: int | None = None, offset: int = 0) -> list[tuple]:

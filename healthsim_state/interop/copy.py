@@ -11,7 +11,10 @@ canonical shape, in saved order), the metadata of the newest version, and
 ``created_at`` (for a new scenario; one it replaces keeps its own). What it
 does not: the version history (it stays in the source; the copy is a new
 version in the target, version 1 of a new scenario or the next version of
-the one it replaces) and the scenario id (the target gives its own).
+the one it replaces) and the scenario id (the target gives its own). With
+``history``, every kept version goes too (numbers, operations, times,
+description, tags, metadata, changes), with ``updated_at``, in the same one
+transaction, and an overwrite replaces the target's scenario whole.
 Entities are written with the target's mappings in force, so a copy is exact
 when both stores have the same mappings (a type or field the target lacks
 can be added with the target client's mapping files).
@@ -50,10 +53,15 @@ class CopyResult:
 
 
 def copy_scenario(source: StateManager, target: StateManager, name_or_id: str, *, overwrite: bool = False,
-                  progress: Progress | None = None, done: int = 0, total: int = 0) -> CopyResult:
+                  progress: Progress | None = None, done: int = 0, total: int = 0,
+                  history: bool = False) -> CopyResult:
     """Copy one scenario from ``source`` to ``target``. A scenario of the same
     name in the target is refused (:class:`ScenarioExistsError`) unless
-    ``overwrite``."""
+    ``overwrite``. With ``history``, every kept version goes too (see
+    :func:`_copy_history`)."""
+    if history:
+        return _copy_history(source, target, name_or_id, overwrite=overwrite, progress=progress, done=done,
+                             total=total)
     with source.snapshot(name_or_id) as snapshot:
         info = snapshot.info
         name = info["name"]
@@ -75,6 +83,25 @@ def copy_scenario(source: StateManager, target: StateManager, name_or_id: str, *
     return CopyResult(name, info["scenario_id"], target_id, sum(map(len, entities.values())), replaced)
 
 
+def _copy_history(source: StateManager, target: StateManager, name_or_id: str, *, overwrite: bool,
+                  progress: Progress | None, done: int, total: int) -> CopyResult:
+    """Every kept version with its number, operation, time, description,
+    tags, metadata and changes, and the entities each holds, written in one
+    transaction (:meth:`StateManager.save_history`); a scenario of the name
+    in the target is replaced whole (its versions too) with ``overwrite``."""
+    with source.snapshot(name_or_id) as snapshot:
+        info = snapshot.info
+        if not overwrite and target.scenario_exists(info["name"]):
+            raise ScenarioExistsError(f"scenario {info['name']!r} already exists in {target.label}; "
+                                      "copy with overwrite (--overwrite) to replace it")
+        history = snapshot.history()
+    if progress is not None:
+        progress(info["name"], done + info["entity_count"], total)
+    replaced = overwrite and target.scenario_exists(info["name"])
+    target_id = target.save_history(history, overwrite=overwrite)
+    return CopyResult(info["name"], info["scenario_id"], target_id, info["entity_count"], replaced)
+
+
 def _batches(items: Iterable[dict[str, Any]], size: int = 10_000) -> Iterable[list[dict[str, Any]]]:
     batch: list[dict[str, Any]] = []
     for item in items:
@@ -88,15 +115,17 @@ def _batches(items: Iterable[dict[str, Any]], size: int = 10_000) -> Iterable[li
 
 def copy_scenarios(source: Store, target: Store, names: Iterable[str] = (), *, all: bool = False,
                    overwrite: bool = False, keep_going: bool = False, progress: Progress | None = None,
-                   mapping_dirs: Iterable[str | os.PathLike] | None = None) -> list[CopyResult]:
+                   mapping_dirs: Iterable[str | os.PathLike] | None = None,
+                   history: bool = False) -> list[CopyResult]:
     """Copy scenarios between stores; see :func:`iter_copies`. Returns every result."""
     return list(iter_copies(source, target, names, all=all, overwrite=overwrite, keep_going=keep_going,
-                            progress=progress, mapping_dirs=mapping_dirs))
+                            progress=progress, mapping_dirs=mapping_dirs, history=history))
 
 
 def iter_copies(source: Store, target: Store, names: Iterable[str] = (), *, all: bool = False,
                 overwrite: bool = False, keep_going: bool = False, progress: Progress | None = None,
-                mapping_dirs: Iterable[str | os.PathLike] | None = None) -> Iterator[CopyResult]:
+                mapping_dirs: Iterable[str | os.PathLike] | None = None,
+                history: bool = False) -> Iterator[CopyResult]:
     """Copy the scenarios ``names`` (names or ids), or with ``all`` every
     scenario of the source, each in its own transaction on the target.
 
@@ -107,7 +136,9 @@ def iter_copies(source: Store, target: Store, names: Iterable[str] = (), *, all:
     invalid there) is a result with its ``error`` and the others go on; a
     store that fails (unreachable, locked, ...) still raises.
     ``progress(name, entities done, entities in all)`` is called as entities
-    are read. Yields each result as its copy is done."""
+    are read. With ``history``, each scenario goes with every kept version
+    (numbers, operations, times, metadata) instead of as one new version.
+    Yields each result as its copy is done."""
     names = list(names)
     if all == bool(names):
         raise ValidationError([Problem("name the scenarios to copy, or ask for all of them (not both)",
@@ -136,7 +167,7 @@ def iter_copies(source: Store, target: Store, names: Iterable[str] = (), *, all:
                 continue
             try:
                 result = copy_scenario(reader, writer, scenario_id, overwrite=overwrite, progress=progress,
-                                       done=done, total=total)
+                                       done=done, total=total, history=history)
             except HealthSimError as error:
                 if not keep_going or isinstance(error, StoreError):  # the store itself failed: stop
                     raise

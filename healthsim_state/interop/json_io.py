@@ -14,7 +14,25 @@ Import accepts (:func:`parse_document` tells them apart):
     provenance}``; an item becomes ``{**data, "_provenance": provenance}``;
 ``entities``
     bare entity lists, ``{"patients": [...], "encounters": [...]}``, optionally
-    beside ``name``, ``description`` and ``tags``.
+    beside ``name``, ``description`` and ``tags``;
+``history``
+    ours with every kept version (``export --history``)::
+
+        {"format": "healthsim-scenario-history", "version": 1,
+         "name", "description", "tags", "created_at", "updated_at",
+         "versions": [{"version": 1, "operation": "save", "at": "<ISO time>",
+                       "description", "tags", "entity_count", "entity_counts",
+                       "metadata", "changes"}, ...],          # oldest first
+         "entities": {"patients": [{"since": 1, "until": 3, "position": 0,
+                                    "entity": {...}}, ...], ...}}
+
+    each entity once, with the versions that hold it: ``since`` up to (not
+    including) ``until`` (null: still current), at ``position`` in its
+    type's list. Version 2 of a scenario is every entity with ``since <= 2``
+    and ``until`` null or above 2, in position order. Importing it makes
+    the scenario with every version as it was (see
+    :meth:`StateManager.save_history`); ``entity_count`` and
+    ``entity_counts`` are there to read, and are counted again on import.
 
 Everywhere: an entity type may be singular or plural, a single object where a
 list is expected is a one-item list, and ``null`` is an empty list. The
@@ -35,12 +53,18 @@ from typing import Any, Callable, Iterable
 
 from ..engine.values import dump_exact, exact_number, render_object
 from ..errors import Problem, ValidationError
+from ..history import HeldEntity, ScenarioHistory
 from ..manager import StateManager
 from .errors import DocumentError
 from .files import default_target, write_atomic
 
 FORMAT = "healthsim-scenario"
 VERSION = 1
+HISTORY_FORMAT = "healthsim-scenario-history"
+HISTORY_VERSION = 1
+_VERSION_KEYS = ("version", "operation", "at", "description", "tags", "entity_count", "entity_counts", "metadata",
+                 "changes")
+_HELD_KEYS = frozenset({"since", "until", "position", "entity"})
 STDIN = "-"
 
 # Keys beside bare entity lists that are the scenario's own data, not entity types.
@@ -66,9 +90,15 @@ class ScenarioDocument:
     source: str = "<document>"
     created_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    history: ScenarioHistory | None = None  # a history document's versions and entities
 
     @property
     def counts(self) -> dict[str, int]:
+        """Entities per type (of the newest version, for a history)."""
+        if self.history is not None:
+            counts = {key: sum(1 for item in held if item.until is None)
+                      for key, held in self.history.entities.items()}
+            return {key: count for key, count in counts.items() if count}
         return {key: len(items) for key, items in self.entities.items() if isinstance(items, list) and items}
 
     def metadata(self, key: str = "imported_from", **more: Any) -> dict[str, Any]:
@@ -209,6 +239,8 @@ def parse_document(doc: Any, source: str = "<document>") -> ScenarioDocument:
         raise DocumentError(source, f"expected a JSON object (a scenario document or entity lists), "
                                     f"got {_json_type(doc)}")
     problems: list[Problem] = []
+    if doc.get("format") == HISTORY_FORMAT:
+        return _parse_history(doc, source)
     if "format" in doc:
         shape, meta, raw = "export", doc, doc.get("entities")
         _check_format(doc, source)
@@ -274,19 +306,58 @@ def _preview(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _check_format(doc: dict, source: str) -> None:
-    if doc["format"] != FORMAT:
-        raise DocumentError(source, f"unknown format {doc['format']!r}; expected {FORMAT!r}")
+def _check_format(doc: dict, source: str, fmt: str = FORMAT, readable: int = VERSION) -> None:
+    if doc["format"] != fmt:
+        raise DocumentError(source, f"unknown format {doc['format']!r}; expected {FORMAT!r} or {HISTORY_FORMAT!r}")
     version = doc.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise DocumentError(source, f"{FORMAT} document without a valid version (got {version!r})")
-    if version > VERSION:
-        raise DocumentError(source, f"{FORMAT} version {version} was written by a newer healthsim-state; "
-                                    f"this one reads version {VERSION}: upgrade healthsim-state")
+        raise DocumentError(source, f"{fmt} document without a valid version (got {version!r})")
+    if version > readable:
+        raise DocumentError(source, f"{fmt} version {version} was written by a newer healthsim-state; "
+                                    f"this one reads version {readable}: upgrade healthsim-state")
+
+
+def _parse_history(doc: dict, source: str) -> ScenarioDocument:
+    """A history document (see the module's docstring): its structure is
+    checked here, its versions and entities by the save."""
+    _check_format(doc, source, HISTORY_FORMAT, HISTORY_VERSION)
+    problems: list[Problem] = []
+    name = _optional_string(doc, "name", "", problems)
+    description = _optional_string(doc, "description", "", problems)
+    tags = _tags(doc.get("tags"), "", problems)
+    created_at = _optional_time(doc, "created_at", "", problems)
+    updated_at = _optional_time(doc, "updated_at", "", problems)
+    versions = doc.get("versions")
+    if not isinstance(versions, list) or not versions or not all(isinstance(v, dict) for v in versions):
+        problems.append(Problem("expected a non-empty list of version objects", path="versions"))
+        versions = []
+    entities: dict[str, list[HeldEntity]] = {}
+    raw = doc.get("entities")
+    if not isinstance(raw, dict):
+        problems.append(Problem(f"expected an object of entity type to list, got {_json_type(raw)}",
+                                path="entities"))
+        raw = {}
+    for key, items in raw.items():
+        if not isinstance(items, list):
+            problems.append(Problem(f"expected a list, got {_json_type(items)}", path=f"entities.{key}"))
+            continue
+        entities[key] = held = []
+        for index, item in enumerate(items):
+            if not (isinstance(item, dict) and item.keys() == _HELD_KEYS and isinstance(item["entity"], dict)):
+                problems.append(Problem("expected {since, until, position, entity} with entity an object",
+                                        path=f"entities.{key}[{index}]"))
+                continue
+            held.append(HeldEntity(item["since"], item["until"], item["position"], item["entity"]))
+    if problems:
+        raise DocumentError(source, f"not a scenario history document: {len(problems)} "
+                                    f"problem{'s' if len(problems) != 1 else ''}", problems=problems)
+    history = ScenarioHistory(name, description, tags, created_at, updated_at,
+                              [dict(version) for version in versions], entities)
+    return ScenarioDocument(name, description, tags, {}, "history", source, created_at, history=history)
 
 
 def _shape_label(shape: str) -> str:
-    return {"export": "healthsim-scenario export", "predecessor": "scenario export",
+    return {"export": "healthsim-scenario export", "predecessor": "scenario export", "history": "history export",
             "workspace": "workspace file", "entities": "entity lists"}[shape]
 
 
@@ -370,6 +441,8 @@ def save_document(manager: StateManager, document: ScenarioDocument, name: str, 
     it came from (``metadata``, by default :meth:`ScenarioDocument.metadata`).
     ``progress(done, total)`` follows the entities written."""
     replaced = overwrite and manager.scenario_exists(name)
+    if document.history is not None:
+        return _save_history(manager, document, name, description, tags, overwrite, replaced)
     try:
         scenario_id = manager.save_scenario(
             name, document.entities,
@@ -377,6 +450,20 @@ def save_document(manager: StateManager, document: ScenarioDocument, name: str, 
             tags=list(tags) if tags is not None else document.tags,
             overwrite=overwrite, created_at=document.created_at,
             metadata=metadata if metadata is not None else document.metadata(), progress=progress)
+    except ValidationError as error:
+        summary = str(error).splitlines()[0]
+        raise DocumentError(document.source, summary, problems=error.problems) from None
+    return ImportResult(document.source, name, scenario_id, document.counts, document.shape, replaced)
+
+
+def _save_history(manager: StateManager, document: ScenarioDocument, name: str, description: str | None,
+                  tags: Iterable[str] | None, overwrite: bool, replaced: bool) -> ImportResult:
+    """A history document as scenario ``name``, every version as it was."""
+    if description is not None or tags is not None:
+        raise DocumentError(document.source, "a history document keeps its versions' descriptions and tags; "
+                                             "save it without a new description or tags")
+    try:
+        scenario_id = manager.save_history(document.history, name=name, overwrite=overwrite)
     except ValidationError as error:
         summary = str(error).splitlines()[0]
         raise DocumentError(document.source, summary, problems=error.problems) from None
@@ -394,10 +481,17 @@ def import_file(manager: StateManager, path: str | os.PathLike, *, name: str | N
 
 # --- exporting -----------------------------------------------------------------------
 
-def export_document(manager: StateManager, name_or_id: str, *, version: int | None = None) -> dict[str, Any]:
+def export_document(manager: StateManager, name_or_id: str, *, version: int | None = None,
+                    history: bool = False) -> dict[str, Any]:
     """The scenario (newest version, or ``version``) as our versioned export
     document (non-empty entity types only, under their plural names, every
-    field kept)."""
+    field kept); with ``history``, every kept version as a history document
+    (see the module's docstring)."""
+    if history:
+        if version is not None:
+            raise ValidationError([Problem("a history export holds every version; ask for one version or for the "
+                                           "history, not both", path="version")], summary="nothing exported")
+        return export_history(manager, name_or_id)
     scenario = manager.load_scenario(name_or_id, version=version)
     codecs = manager.registry.codecs
     return {
@@ -413,6 +507,28 @@ def export_document(manager: StateManager, name_or_id: str, *, version: int | No
     }
 
 
+def export_history(manager: StateManager, name_or_id: str) -> dict[str, Any]:
+    """The scenario with every kept version, as a history document."""
+    with manager.snapshot(name_or_id) as snapshot:
+        history = snapshot.history()
+        codecs = snapshot.registry.codecs
+    return {
+        "format": HISTORY_FORMAT,
+        "version": HISTORY_VERSION,
+        "name": history.name,
+        "description": history.description,
+        "tags": history.tags,
+        "created_at": history.created_at.isoformat(),
+        "updated_at": history.updated_at.isoformat(),
+        "versions": [{key: version[key].isoformat() if key == "at" else version[key] for key in _VERSION_KEYS}
+                     for version in history.versions],
+        "entities": {codecs[entity].mapping.plural: [{"since": item.since, "until": item.until,
+                                                      "position": item.position, "entity": item.entity}
+                                                     for item in held]
+                     for entity, held in history.entities.items()},
+    }
+
+
 def dumps(document: Any) -> str:
     """JSON text of a document: UTF-8, indented, strictly JSON (no NaN); a
     number no float holds (a ``Decimal``) written with every digit."""
@@ -424,11 +540,13 @@ def _default(value: Any) -> Any:
 
 
 def export_json(manager: StateManager, name_or_id: str, path: str | os.PathLike | None = None, *,
-                force: bool = False, directory: str | os.PathLike = ".", version: int | None = None) -> Path:
-    """Write the export document to ``path`` atomically, never replacing a
-    file without ``force``. With no ``path``, or a ``path`` that is a directory,
-    the file is ``<scenario name made safe>.json`` in that directory."""
-    document = export_document(manager, name_or_id, version=version)
+                force: bool = False, directory: str | os.PathLike = ".", version: int | None = None,
+                history: bool = False) -> Path:
+    """Write the export document (with ``history``, the history document) to
+    ``path`` atomically, never replacing a file without ``force``. With no
+    ``path``, or a ``path`` that is a directory, the file is ``<scenario name
+    made safe>.json`` in that directory."""
+    document = export_document(manager, name_or_id, version=version, history=history)
     target = json_target(document["name"], path, directory)
     return write_atomic(target, dumps(document).encode("utf-8"), force=force)
 
