@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from psycopg import errors as psycopg_errors
 
 import oracle
 from benchmarks.pgcluster import PASSWORD_ROLE
@@ -33,7 +34,8 @@ from healthsim_state import (
     StoreError,
     StoreNotFoundError,
 )
-from healthsim_state.backends.postgres_backend import DIALECT, PostgresBackend
+from healthsim_state.backends.postgres_backend import DIALECT, PostgresBackend, translate
+from healthsim_state.backends.urls import redact
 from healthsim_state.store import Gateway
 from stores import Store
 from test_processes import python, run_mixed_workers
@@ -341,6 +343,47 @@ def test_a_connection_the_server_dropped_is_replaced(pg_url, pg_cluster):
         wait_until(lambda: not backends_of(pg_url), "the connection to go")
         assert sm.scenario_exists("s")
         sm.save_scenario("t", {})
+
+
+@pytest.mark.parametrize("operation", ["save", "load"])
+def test_a_session_the_server_ends_mid_operation_is_a_lost_connection(pg_url, pg_cluster, monkeypatch, operation):
+    """A fast shutdown (or pg_terminate_backend) ends the session with
+    57P01 while an operation runs: a ServerConnectionError naming the store,
+    not a generic StoreError; nothing of the write remains and the next
+    operation works on a new connection."""
+    database = pg_url.rsplit("/", 1)[1]
+    original = Gateway.tags_of if operation == "load" else Gateway.replace_tags
+
+    def end_session_then_go_on(self, *args, **kwargs):
+        with pg_cluster.admin() as con:
+            con.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                        "AND application_name = 'healthsim-state'", [database])
+        wait_until(lambda: not backends_of(pg_url), "the session to end")
+        return original(self, *args, **kwargs)
+
+    with StateManager(pg_url) as sm:
+        sm.save_scenario("s", {"patient": [{"patient_id": "kept"}]})
+        monkeypatch.setattr(Gateway, original.__name__, end_session_then_go_on)
+        with pytest.raises(ServerConnectionError) as caught:
+            if operation == "save":
+                sm.save_scenario("s", {"patient": [{"patient_id": "lost"}]}, overwrite=True)
+            else:
+                sm.load_scenario("s")
+        message = str(caught.value)
+        assert message.startswith(f"lost the connection to {redact(pg_url)}: terminating connection due to "
+                                  "administrator command"), message
+        monkeypatch.undo()
+        assert [p["patient_id"] for p in sm.load_scenario("s")["entities"]["patient"]] == ["kept"]
+
+
+@pytest.mark.parametrize("state", ["57P01", "57P02", "57P03", "08006", "08003", "08000"])
+def test_every_way_of_losing_the_server_is_a_server_connection_error(state):
+    """admin_shutdown, crash_shutdown, cannot_connect_now and the connection-
+    exception class, as the driver reports them."""
+    error = psycopg_errors.lookup(state)("the server went away")
+    translated = translate(error, "postgresql://u:***@h/db")
+    assert isinstance(translated, ServerConnectionError)
+    assert str(translated) == "lost the connection to postgresql://u:***@h/db: the server went away"
 
 
 def test_read_only_on_a_server(pg_url):

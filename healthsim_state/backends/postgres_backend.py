@@ -597,9 +597,20 @@ def translate(error: "psycopg.Error", label: str) -> Exception:
     if state == "42501":
         return StoreError(f"{label}: permission denied ({text}); the URL's role needs to create tables in the "
                           "schema and to read and write them (see the README on PostgreSQL)")
-    if isinstance(error, psycopg.OperationalError) and state is None:
+    if _connection_lost(error, state):
         return ServerConnectionError(f"lost the connection to {label}: {text}")
     return StoreError(f"the database {label} could not be used: {text}")
+
+
+# The server ended the session (a fast or crash shutdown, pg_terminate_backend,
+# a server still starting) or the connection broke (class 08).
+_SESSION_ENDED = ("57P01", "57P02", "57P03")
+
+
+def _connection_lost(error: "psycopg.Error", state: str | None) -> bool:
+    if state is None:
+        return isinstance(error, psycopg.OperationalError)
+    return state in _SESSION_ENDED or state.startswith("08")
 
 
 _HINTS = (
