@@ -13,6 +13,7 @@ two engines share; values always travel as parameters.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from abc import ABC, abstractmethod
@@ -49,6 +50,9 @@ class Dialect:
     ``table_exists`` is a query of one parameter, a table name, giving 1 if
     the current schema has that table, else 0 (every operation asks it once,
     through :meth:`Session.table_exists`, which a backend may answer another way).
+    ``lock_rows`` ends a write's look-up of its scenario (`` FOR UPDATE`` where
+    writers run side by side), so every write of a scenario locks its row
+    first: one lock, taken in one order, before any other row is touched.
     """
 
     name: str
@@ -56,6 +60,7 @@ class Dialect:
     read: dict[str, str]
     compare: dict[str, str] = field(default_factory=dict)
     indexed: bool = False
+    lock_rows: str = ""
     table_exists: str = ("SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() "
                          "AND table_catalog = current_database() AND table_name = ?")
 
@@ -220,20 +225,35 @@ class Backend(ABC):
         network; at most ``limit`` rows, stopped after ``timeout`` seconds.
         Raises :class:`~healthsim_state.errors.QueryError`."""
 
-    def run(self, operation: Callable[[Session], T], *, write: bool, attempts: int = 12) -> T:
+    retry_for: float = 60.0  # seconds a write that keeps losing races is run again for
+    retries: int = 0  # times an operation of this backend was run again (for tests and benchmarks)
+
+    def run(self, operation: Callable[[Session], T], *, write: bool) -> T:
         """``operation(session)`` in one transaction, run again from the start
-        (with jittered backoff) while it loses races with concurrent
-        transactions (:class:`TransactionConflictError`)."""
+        while it loses races with concurrent transactions
+        (:class:`TransactionConflictError`): after a jittered, exponentially
+        growing pause, for up to :attr:`retry_for` seconds, however many
+        attempts that takes (a count alone gives up early under load)."""
         if write and self.read_only:
             raise ReadOnlyError(f"{self.label} was opened read-only; open it without read_only=True to write")
-        delay = 0.005
-        for attempt in range(attempts):
+        started = time.monotonic()
+        for attempt in itertools.count(1):
             try:
                 with self.session(write=write) as session:
                     return operation(session)
-            except TransactionConflictError:
-                if attempt == attempts - 1:
-                    raise
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.25)
+            except TransactionConflictError as error:
+                pause = _backoff(attempt)
+                if time.monotonic() + pause - started > self.retry_for:
+                    raise TransactionConflictError(
+                        f"{error}; ran {attempt} times over {time.monotonic() - started:.1f} s and gave up "
+                        "(HEALTHSIM_RETRY_TIMEOUT sets how long)") from None
+            self.retries += 1
+            time.sleep(pause)
         raise AssertionError("unreachable")
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds to pause before attempt ``attempt + 1``: "full jitter" (a
+    uniform pick up to a cap that doubles from 5 ms to 0.5 s), so racers
+    that collided spread out instead of colliding again."""
+    return random.uniform(0, min(0.5, 0.005 * 2 ** attempt))

@@ -7,13 +7,17 @@ at a time; :meth:`PostgresBackend.close` releases them. The URL is libpq's:
 a password may come from it, from ``PGPASSWORD`` or from ``~/.pgpass``, and
 every message names the URL without its password.
 
-Transactions. Every operation is one ``REPEATABLE READ`` transaction (read
-sessions are ``READ ONLY``), so a load sees one snapshot. A write that loses
-a race (a serialization failure, a deadlock, or a unique key another
-transaction has just committed, such as the same new scenario name) raises
-:class:`TransactionConflictError`, and :meth:`Backend.run` runs it again from
-the start: a second save of one new name then finds the first and raises
-``ScenarioExistsError``.
+Transactions. Every read is one ``REPEATABLE READ READ ONLY`` transaction,
+so a load sees one snapshot. Every write is one ``READ COMMITTED``
+transaction that first locks its scenario's row (``SELECT ... FOR UPDATE``,
+see :class:`Dialect`): writers of one scenario queue on that one lock, each
+then sees the scenario as the one before it left it, and none has to fail
+because its snapshot is older than a commit (the serialization failures of
+``REPEATABLE READ`` writes under load). A write that still loses a race (a
+deadlock, or a unique key another transaction has just committed, such as
+the same new scenario name) raises :class:`TransactionConflictError`, and
+:meth:`Backend.run` runs it again from the start: a second save of one new
+name then finds the first and raises ``ScenarioExistsError``.
 
 The layout lock. The tables' layout (the store's creation, additions from a
 client's mapping files, ``migrate-schema``) changes only under an exclusive
@@ -83,6 +87,7 @@ DIALECT = Dialect(
     },
     compare={"json": "{}::text"},  # json has no equality operator; its text compares exactly
     indexed=True,
+    lock_rows=" FOR UPDATE",
 )
 
 NUMERIC_OID = 1700
@@ -280,7 +285,8 @@ class PostgresBackend(Backend):
                 _close(held.con)
                 raise
             try:
-                held.con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ" + ("" if writable else " READ ONLY"))
+                held.con.execute("BEGIN ISOLATION LEVEL " + ("READ COMMITTED" if writable else
+                                                              "REPEATABLE READ READ ONLY"))
             except BaseException as error:
                 _close(held.con)
                 if isinstance(error, psycopg.Error):
@@ -587,7 +593,7 @@ def translate(error: "psycopg.Error", label: str) -> Exception:
     if state in ("40001", "40P01"):
         return TransactionConflictError(f"{label}: another transaction changed the same data at the same time "
                                         f"and kept doing so ({text})")
-    if state == "23505":
+    if state == "23505" and getattr(error.diag, "table_name", None) in _RACED_TABLES:
         return TransactionConflictError(f"{label}: another transaction saved the same key at the same time "
                                         f"({text})")
     if state == "55P03":
@@ -601,6 +607,10 @@ def translate(error: "psycopg.Error", label: str) -> Exception:
         return ServerConnectionError(f"lost the connection to {label}: {text}")
     return StoreError(f"the database {label} could not be used: {text}")
 
+
+# A unique key of these tables taken by another transaction's commit is a
+# lost race (two saves of one new name, say), worth running again.
+_RACED_TABLES = ("scenarios", "scenario_versions", "_healthsim_meta", "_healthsim_tables")
 
 # The server ended the session (a fast or crash shutdown, pg_terminate_backend,
 # a server still starting) or the connection broke (class 08).
