@@ -169,6 +169,16 @@ class Session(ABC):
         self.execute(f"CREATE TEMP TABLE {quoted} AS {sql}", params)
         return quoted
 
+    def analyze(self, table: str, columns: Sequence[str]) -> None:
+        """Give the planner statistics of a temporary table just filled, for
+        the ``columns`` queries join and filter on (an engine that plans
+        without them does nothing)."""
+
+    def grew(self, table: str, rows: int, columns: Sequence[str]) -> None:
+        """Note that this transaction wrote ``rows`` rows into ``table``: an
+        engine whose plans need statistics refreshes those of ``columns``
+        once the table has grown a lot (see the PostgreSQL backend)."""
+
     def lock_layout(self) -> None:
         """Keep other clients from changing the layout until this transaction
         ends (a no-op where the engine admits one writer at a time)."""
