@@ -83,20 +83,18 @@ class Gateway:
         """The scenario whose id or name is ``name_or_id``. Ids and names never
         shadow each other (a save refuses a name that is another scenario's
         id); should both match different scenarios, that is an error naming
-        both. A string no scenario can be named finds none. In a write the
-        row found is locked until the write ends (see :class:`Dialect`)."""
+        both. A string no scenario can be named finds none."""
         if not isinstance(name_or_id, str):
             raise ValidationError([Problem(f"a scenario id or name is a string, got {type(name_or_id).__name__}",
                                            path="name_or_id", value=name_or_id)], summary="invalid scenario lookup")
         if not is_text(name_or_id) or "\x00" in name_or_id:
             return None
         columns = ", ".join(_SCENARIO_COLUMNS)
-        lock = self.session.dialect.lock_rows if self.session.writable else ""  # a write locks its scenario first
         if by_id:
-            rows = self.session.fetchall(f"SELECT {columns} FROM scenarios WHERE scenario_id = ? OR name = ?{lock}",
+            rows = self.session.fetchall(f"SELECT {columns} FROM scenarios WHERE scenario_id = ? OR name = ?",
                                          [name_or_id, name_or_id])
         else:
-            rows = self.session.fetchall(f"SELECT {columns} FROM scenarios WHERE name = ?{lock}", [name_or_id])
+            rows = self.session.fetchall(f"SELECT {columns} FROM scenarios WHERE name = ?", [name_or_id])
         if len(rows) > 1:
             from .errors import AmbiguousScenarioError
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from contextlib import contextmanager
 
@@ -22,7 +21,6 @@ import pytest
 
 from healthsim_state import StateManager, StoreError, TransactionConflictError
 from healthsim_state.backends import base, open_backend
-from healthsim_state.store import Gateway
 from test_processes import python
 
 SCENARIOS = ("shared-0", "shared-1", "shared-2")
@@ -190,50 +188,3 @@ def test_the_retry_time_comes_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("HEALTHSIM_RETRY_TIMEOUT", "soon")
     with pytest.raises(StoreError, match="HEALTHSIM_RETRY_TIMEOUT='soon' is not a number of seconds"):
         open_backend(str(tmp_path / "a.duckdb"))
-
-
-def test_a_write_waits_for_another_write_of_its_scenario_and_then_runs_once(pg_url, monkeypatch):
-    """Writes of one scenario queue on its row: the second overwrite waits
-    while the first is open, then runs once (no serialization failure, no
-    retry) on what the first left, so both versions are there in order."""
-    with StateManager(pg_url) as sm:
-        sm.save_scenario("s", {"patient": [{"patient_id": "v1"}]})
-    original, held, release = Gateway.replace_tags, threading.Event(), threading.Event()
-
-    def replace_then_hold(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        if threading.current_thread().name == "first":
-            held.set()
-            assert release.wait(30)
-
-    monkeypatch.setattr(Gateway, "replace_tags", replace_then_hold)
-    managers = {who: StateManager(pg_url) for who in ("first", "second")}
-    threads = {who: threading.Thread(target=managers[who].save_scenario, name=who,
-                                     args=("s", {"patient": [{"patient_id": who}]}), kwargs={"overwrite": True})
-               for who in managers}
-    threads["first"].start()
-    assert held.wait(30)
-    threads["second"].start()
-    deadline = time.monotonic() + 30
-    while not any(wait == "Lock" for (wait,) in waits(pg_url)):
-        assert time.monotonic() < deadline, "the second write never waited for the first"
-        time.sleep(0.02)
-    release.set()
-    for thread in threads.values():
-        thread.join(30)
-    assert [manager._backend.retries for manager in managers.values()] == [0, 0]
-    with StateManager(pg_url) as sm:
-        history = sm.scenario_history("s")
-        assert [v["version"] for v in history] == [3, 2, 1]
-        assert [p["patient_id"] for p in sm.load_scenario("s", version=2)["entities"]["patient"]] == ["first"]
-        assert [p["patient_id"] for p in sm.load_scenario("s")["entities"]["patient"]] == ["second"]
-    for manager in managers.values():
-        manager.close()
-
-
-def waits(url: str) -> list[tuple]:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as con:
-        return con.execute("SELECT wait_event_type FROM pg_stat_activity WHERE datname = current_database() "
-                           "AND application_name = 'healthsim-state'").fetchall()

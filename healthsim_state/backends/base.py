@@ -50,9 +50,6 @@ class Dialect:
     ``table_exists`` is a query of one parameter, a table name, giving 1 if
     the current schema has that table, else 0 (every operation asks it once,
     through :meth:`Session.table_exists`, which a backend may answer another way).
-    ``lock_rows`` ends a write's look-up of its scenario (`` FOR UPDATE`` where
-    writers run side by side), so every write of a scenario locks its row
-    first: one lock, taken in one order, before any other row is touched.
     """
 
     name: str
@@ -60,7 +57,6 @@ class Dialect:
     read: dict[str, str]
     compare: dict[str, str] = field(default_factory=dict)
     indexed: bool = False
-    lock_rows: str = ""
     table_exists: str = ("SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() "
                          "AND table_catalog = current_database() AND table_name = ?")
 

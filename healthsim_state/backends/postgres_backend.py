@@ -7,17 +7,14 @@ at a time; :meth:`PostgresBackend.close` releases them. The URL is libpq's:
 a password may come from it, from ``PGPASSWORD`` or from ``~/.pgpass``, and
 every message names the URL without its password.
 
-Transactions. Every read is one ``REPEATABLE READ READ ONLY`` transaction,
-so a load sees one snapshot. Every write is one ``READ COMMITTED``
-transaction that first locks its scenario's row (``SELECT ... FOR UPDATE``,
-see :class:`Dialect`): writers of one scenario queue on that one lock, each
-then sees the scenario as the one before it left it, and none has to fail
-because its snapshot is older than a commit (the serialization failures of
-``REPEATABLE READ`` writes under load). A write that still loses a race (a
-deadlock, or a unique key another transaction has just committed, such as
-the same new scenario name) raises :class:`TransactionConflictError`, and
-:meth:`Backend.run` runs it again from the start: a second save of one new
-name then finds the first and raises ``ScenarioExistsError``.
+Transactions. Every operation is one ``REPEATABLE READ`` transaction (read
+sessions are ``READ ONLY``), so a load sees one snapshot. A write that loses
+a race (a serialization failure, a deadlock, or a unique key of the store's
+own tables another transaction has just committed, such as the same new
+scenario name) raises :class:`TransactionConflictError`, and
+:meth:`Backend.run` runs it again from the start, with jittered backoff, for
+up to ``HEALTHSIM_RETRY_TIMEOUT`` seconds: a second save of one new name then
+finds the first and raises ``ScenarioExistsError``.
 
 The layout lock. The tables' layout (the store's creation, additions from a
 client's mapping files, ``migrate-schema``) changes only under an exclusive
@@ -87,7 +84,6 @@ DIALECT = Dialect(
     },
     compare={"json": "{}::text"},  # json has no equality operator; its text compares exactly
     indexed=True,
-    lock_rows=" FOR UPDATE",
 )
 
 NUMERIC_OID = 1700
@@ -288,8 +284,7 @@ class PostgresBackend(Backend):
                 _close(held.con)
                 raise
             try:
-                held.con.execute("BEGIN ISOLATION LEVEL " + ("READ COMMITTED" if writable else
-                                                              "REPEATABLE READ READ ONLY"))
+                held.con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ" + ("" if writable else " READ ONLY"))
             except BaseException as error:
                 _close(held.con)
                 if isinstance(error, psycopg.Error):
