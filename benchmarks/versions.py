@@ -2,7 +2,8 @@
 the newest version, appends into a big scenario, streaming one type.
 
     python3 -m benchmarks.versions                # every measure, one JSON line each
-    python3 -m benchmarks.versions --only appends # or: history, stream
+    python3 -m benchmarks.versions --only appends # or: history, stream, overwrites
+    python3 -m benchmarks.versions --only overwrites --postgres start  # on a fresh server
 
 ``history``: an 80,000-entity scenario (1,000 patients of benchmarks.generate)
 overwritten 10 times with 1% of its entities changed each time. It prints the
@@ -19,6 +20,13 @@ version only.
 ``stream``: peak memory growth while ``iter_entities`` streams one type of a
 1,000,000-entity scenario, against ``load_scenario`` of that type.
 
+``overwrites``: a 20,000-entity scenario saved into a fresh store (new
+tables, never analyzed; on PostgreSQL with ``--postgres``, a URL or
+``start`` for a throwaway server, a new schema each series), then overwritten
+10 times with every entity changed. Targets: every overwrite within 3x the
+save, and version 10 within 1.5x version 2 (the first overwrite). Each
+position's median over ``--repeat`` series.
+
 Timings are medians; the machine is shared, so compare ratios from one run.
 """
 
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -156,7 +165,61 @@ def measure_stream(workdir: Path, patients: int = 12_500, kind: str = "lab_resul
     return {"measure": "stream", "scenario_entities": total, "type": kind, **out}
 
 
-MEASURES = {"history": measure_history, "appends": measure_appends, "stream": measure_stream}
+def _patients(count: int, round_: int) -> dict:
+    """``count`` patients, every one different in each ``round_`` (a mapped
+    column and an unmapped field)."""
+    return {"patient": [{"patient_id": f"p{i}", "mrn": f"M{i}", "name": {"given": f"G{round_}-{i}", "family": "F"},
+                         "birthDate": f"19{i % 90 + 10}-0{i % 9 + 1}-1{i % 9}", "revision": round_}
+                        for i in range(count)]}
+
+
+def _overwrite_series(target: str, entities: int, overwrites: int) -> list[float]:
+    """Seconds of the first save, then of each full overwrite, in a new store."""
+    rounds = [_patients(entities, round_) for round_ in range(overwrites + 1)]
+    with StateManager(target) as sm:
+        sm.create()  # the tables exist, empty and never analyzed, as on a new server
+        return [_timed(lambda: sm.save_scenario("s", data, overwrite=round_ > 0))
+                for round_, data in enumerate(rounds)]
+
+
+def _fresh_stores(workdir: Path, postgres: str | None):
+    """Targets of new stores, one a call: a DuckDB file, or a new schema on the server."""
+    if postgres is None:
+        for series in range(1_000_000):
+            yield str(workdir / f"overwrites-{series}.duckdb")
+        return
+    import psycopg
+
+    from benchmarks.run import _with_search_path
+
+    for series in range(1_000_000):
+        schema = f"healthsim_overwrites_{os.getpid()}_{series}"
+        with psycopg.connect(postgres, autocommit=True) as admin:
+            admin.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            yield _with_search_path(postgres, schema)
+        finally:
+            with psycopg.connect(postgres, autocommit=True) as admin:
+                admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def measure_overwrites(workdir: Path, repeat: int, entities: int = 20_000, overwrites: int = 10,
+                       postgres: str | None = None) -> dict:
+    stores = _fresh_stores(workdir, postgres)
+    series = [_overwrite_series(next(stores), entities, overwrites) for _ in range(repeat)]
+    stores.close()
+    medians = [statistics.median(runs) for runs in zip(*series)]
+    save, rest = medians[0], medians[1:]
+    return {"measure": "overwrites", "backend": "postgres" if postgres else "duckdb", "entities": entities,
+            "series": repeat, "save_ms": round(save * 1000, 1),
+            "overwrite_ms_by_version": {version: round(t * 1000, 1) for version, t in enumerate(rest, start=2)},
+            "worst_overwrite_vs_save": round(max(rest) / save, 2),
+            "version_10_vs_2": round(rest[min(8, len(rest) - 1)] / rest[0], 2),
+            "targets_met": max(rest) <= 3 * save and rest[min(8, len(rest) - 1)] <= 1.5 * rest[0]}
+
+
+MEASURES = {"history": measure_history, "appends": measure_appends, "stream": measure_stream,
+            "overwrites": measure_overwrites}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,13 +227,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=sorted(MEASURES), action="append", help="one measure (repeatable)")
     parser.add_argument("--repeat", type=int, default=5, help="runs per timing; medians are reported")
     parser.add_argument("--workdir", type=Path, help="where to put databases (default: a temp dir)")
+    parser.add_argument("--postgres", metavar="URL|start",
+                        help="run overwrites on a PostgreSQL server: a postgresql:// URL (a schema a series is "
+                             "made there and dropped), or 'start' for a throwaway server on this machine")
     args = parser.parse_args(argv)
+    cluster = None
+    if args.postgres == "start":
+        from benchmarks.pgcluster import Cluster
+
+        cluster = Cluster.start(durable=True)  # fsync and all: a real server's figures
+        args.postgres = cluster.url()
+    try:
+        return _run(args)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+def _run(args: argparse.Namespace) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="healthsim-versions-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         for name in args.only or list(MEASURES):
             measure = MEASURES[name]
-            result = measure(workdir, args.repeat) if name != "stream" else measure(workdir)
+            if name == "stream":
+                result = measure(workdir)
+            elif name == "overwrites":
+                result = measure(workdir, args.repeat, postgres=args.postgres)
+            else:
+                result = measure(workdir, args.repeat)
             print(json.dumps(result), flush=True)
     finally:
         if args.workdir is None:

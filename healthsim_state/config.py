@@ -2,7 +2,8 @@
 
 ``HEALTHSIM_DB`` names the default store (a file path, or a ``postgresql://``
 URL); ``HEALTHSIM_LOCK_TIMEOUT`` the seconds an operation waits for another
-process's lock; ``HEALTHSIM_MAPPINGS`` (read by :mod:`.mapping.loader`) adds
+process's lock; ``HEALTHSIM_RETRY_TIMEOUT`` the seconds a write that keeps
+losing races with other clients' writes is run again for; ``HEALTHSIM_MAPPINGS`` (read by :mod:`.mapping.loader`) adds
 directories of mapping files.
 """
 
@@ -16,6 +17,8 @@ from .errors import StoreError
 ENV_DB = "HEALTHSIM_DB"
 ENV_LOCK_TIMEOUT = "HEALTHSIM_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT = 10.0
+ENV_RETRY_TIMEOUT = "HEALTHSIM_RETRY_TIMEOUT"
+DEFAULT_RETRY_TIMEOUT = 60.0
 URL_SCHEMES = ("postgresql://", "postgres://")
 
 
@@ -39,13 +42,22 @@ def is_url(target: object) -> bool:
 
 def default_lock_timeout() -> float:
     """``$HEALTHSIM_LOCK_TIMEOUT`` seconds if set, else 10."""
-    value = os.environ.get(ENV_LOCK_TIMEOUT)
+    return _seconds(ENV_LOCK_TIMEOUT, DEFAULT_LOCK_TIMEOUT)
+
+
+def default_retry_timeout() -> float:
+    """``$HEALTHSIM_RETRY_TIMEOUT`` seconds if set, else 60."""
+    return _seconds(ENV_RETRY_TIMEOUT, DEFAULT_RETRY_TIMEOUT)
+
+
+def _seconds(variable: str, default: float) -> float:
+    value = os.environ.get(variable)
     if not value:
-        return DEFAULT_LOCK_TIMEOUT
+        return default
     try:
         seconds = float(value)
     except ValueError:
         seconds = -1.0
     if not seconds >= 0:  # also refuses nan
-        raise StoreError(f"{ENV_LOCK_TIMEOUT}={value!r} is not a number of seconds (0 or more)")
+        raise StoreError(f"{variable}={value!r} is not a number of seconds (0 or more)")
     return seconds

@@ -140,7 +140,8 @@ class MissingExtraError(StoreError, ImportError):
 
 class TransactionConflictError(StoreError):
     """Another transaction kept changing the same data at the same time; the
-    operation was run again several times and gave up. Nothing was written."""
+    operation was run again for ``HEALTHSIM_RETRY_TIMEOUT`` seconds (60 by
+    default) and gave up. Nothing was written."""
 
 
 class IncompatibleDatabaseError(StoreError):

@@ -245,13 +245,16 @@ class Gateway:
         """Rows ``(position, col_0, ..., residual)`` (or a flattened
         :class:`Chunk`) as current rows of a scenario, in bulk (no SQL per row)."""
         table, columns = versions_table(codec.mapping.table), write_columns(codec.mapping)
+        written = 0
         if isinstance(rows, Chunk):
             if rows.columns is not None and len(rows.columns):
                 self._append_columns(codec, table, columns, rows.columns, Constant(scenario_id), Constant(version))
+                written = len(rows.columns)
             rows = rows.rows
         if rows:
             prefix, suffix = (scenario_id,), (version,)
             self._append(codec, table, columns, [prefix + row + suffix for row in rows])
+        self.session.grew(table, written + len(rows or ()), _planned_columns(codec))
 
     def _append(self, codec: Codec, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
         try:
@@ -406,6 +409,7 @@ class Gateway:
             if removed:
                 self._retire(codec, scenario_id, version, None)
             return Changes(removed=removed)
+        session.analyze(staging, ("_position", *mapping.primary_key))  # else plans guess its size
         same = " AND ".join(f"{self._compare(codec, c, 'c')} IS NOT DISTINCT FROM {self._compare(codec, c, 's')}"
                             for c in columns if c != "_position")
         # One join on the position tells what stays (same position, same content),
@@ -415,6 +419,7 @@ class Gateway:
             f"SELECT c._position AS old_position, s._position AS new_position, ({same}) AS same "
             f"FROM (SELECT * FROM {rows} WHERE scenario_id = ? AND _until IS NULL) c "
             f"FULL OUTER JOIN {staging} s ON c._position = s._position", [scenario_id])
+        session.analyze(compared, ("old_position", "new_position", "same"))
         gone = (f"SELECT old_position FROM {compared} WHERE old_position IS NOT NULL "
                 "AND (new_position IS NULL OR NOT same)")
         fresh = (f"SELECT new_position FROM {compared} WHERE new_position IS NOT NULL "
@@ -423,6 +428,7 @@ class Gateway:
         self._retire(codec, scenario_id, version, gone)
         session.execute(f"INSERT INTO {rows} (scenario_id, {names}, _since) SELECT ?, {names}, ? FROM {staging} "
                         f"WHERE _position IN ({fresh})", [scenario_id, version])
+        session.grew(versions_table(mapping.table), changes.added + changes.changed, _planned_columns(codec))
         for temporary in (compared, staging):
             session.execute(f"DROP TABLE {temporary}")
         return changes
@@ -550,6 +556,11 @@ def _page(params: list[Any], limit: int | None, offset: int) -> str:
         clause += " OFFSET ?"
         params.append(offset)
     return clause
+
+
+def _planned_columns(codec: Codec) -> tuple[str, ...]:
+    """The columns of a type's table that writes find, join and filter rows on."""
+    return ("scenario_id", "_position", "_until", *codec.mapping.primary_key)
 
 
 def _rows(codec: Codec) -> str:

@@ -108,3 +108,25 @@ def test_the_versions_benchmark_measures_what_it_says(tmp_path):
     for mode in ("stream", "load"):
         assert stream[mode]["entities"] == expected
         assert isinstance(stream[mode]["peak_rss_growth_mb"], int) and stream[mode]["peak_rss_growth_mb"] >= 0
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
+def test_the_overwrite_series_saves_then_overwrites_every_entity(tmp_path, request, backend):
+    """Each series: one save and the overwrites asked for, every entity
+    changed each time, into a new store (on a server: a schema of its own,
+    dropped after)."""
+    from benchmarks.versions import _patients, measure_overwrites
+
+    postgres = request.getfixturevalue("pg_url") if backend == "postgres" else None
+    result = measure_overwrites(tmp_path, repeat=2, entities=5, overwrites=3, postgres=postgres)
+    assert result["backend"] == backend and result["series"] == 2 and result["entities"] == 5
+    assert list(result["overwrite_ms_by_version"]) == [2, 3, 4] and result["save_ms"] > 0
+    first, second = _patients(5, 0)["patient"], _patients(5, 1)["patient"]
+    assert all(a != b for a, b in zip(first, second)) and [a["patient_id"] for a in first] == \
+        [b["patient_id"] for b in second]
+    if postgres:
+        import psycopg
+
+        with psycopg.connect(postgres, autocommit=True) as con:
+            assert con.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'healthsim_overwrites_%'"
+                               ).fetchone() == (0,)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..config import default_lock_timeout, default_target, is_url
+from ..config import default_lock_timeout, default_retry_timeout, default_target, is_url
 from .base import Backend, Dialect, Session, quote
 
 __all__ = ["Backend", "Dialect", "Session", "quote", "open_backend", "describe_target"]
@@ -20,13 +20,17 @@ def open_backend(target: str | os.PathLike | None = None, *, read_only: bool = F
     operation on it (0: closed after each operation)."""
     target = default_target() if target is None else target
     timeout = default_lock_timeout() if lock_timeout is None else float(lock_timeout)
+    backend: Backend
     if is_url(target):
         from .postgres_backend import PostgresBackend  # needs the postgres extra
 
-        return PostgresBackend(str(target), read_only=read_only, lock_timeout=timeout)
-    from .duckdb_backend import DuckDBBackend
+        backend = PostgresBackend(str(target), read_only=read_only, lock_timeout=timeout)
+    else:
+        from .duckdb_backend import DuckDBBackend
 
-    return DuckDBBackend(Path(target), read_only=read_only, lock_timeout=timeout, keep_open=keep_open)
+        backend = DuckDBBackend(Path(target), read_only=read_only, lock_timeout=timeout, keep_open=keep_open)
+    backend.retry_for = default_retry_timeout()
+    return backend
 
 
 def describe_target(target: str | os.PathLike | None) -> str:

@@ -13,6 +13,7 @@ two engines share; values always travel as parameters.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from abc import ABC, abstractmethod
@@ -164,6 +165,16 @@ class Session(ABC):
         self.execute(f"CREATE TEMP TABLE {quoted} AS {sql}", params)
         return quoted
 
+    def analyze(self, table: str, columns: Sequence[str]) -> None:
+        """Give the planner statistics of a temporary table just filled, for
+        the ``columns`` queries join and filter on (an engine that plans
+        without them does nothing)."""
+
+    def grew(self, table: str, rows: int, columns: Sequence[str]) -> None:
+        """Note that this transaction wrote ``rows`` rows into ``table``: an
+        engine whose plans need statistics refreshes those of ``columns``
+        once the table has grown a lot (see the PostgreSQL backend)."""
+
     def lock_layout(self) -> None:
         """Keep other clients from changing the layout until this transaction
         ends (a no-op where the engine admits one writer at a time)."""
@@ -220,20 +231,35 @@ class Backend(ABC):
         network; at most ``limit`` rows, stopped after ``timeout`` seconds.
         Raises :class:`~healthsim_state.errors.QueryError`."""
 
-    def run(self, operation: Callable[[Session], T], *, write: bool, attempts: int = 12) -> T:
+    retry_for: float = 60.0  # seconds a write that keeps losing races is run again for
+    retries: int = 0  # times an operation of this backend was run again (for tests and benchmarks)
+
+    def run(self, operation: Callable[[Session], T], *, write: bool) -> T:
         """``operation(session)`` in one transaction, run again from the start
-        (with jittered backoff) while it loses races with concurrent
-        transactions (:class:`TransactionConflictError`)."""
+        while it loses races with concurrent transactions
+        (:class:`TransactionConflictError`): after a jittered, exponentially
+        growing pause, for up to :attr:`retry_for` seconds, however many
+        attempts that takes (a count alone gives up early under load)."""
         if write and self.read_only:
             raise ReadOnlyError(f"{self.label} was opened read-only; open it without read_only=True to write")
-        delay = 0.005
-        for attempt in range(attempts):
+        started = time.monotonic()
+        for attempt in itertools.count(1):
             try:
                 with self.session(write=write) as session:
                     return operation(session)
-            except TransactionConflictError:
-                if attempt == attempts - 1:
-                    raise
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.25)
+            except TransactionConflictError as error:
+                pause = _backoff(attempt)
+                if time.monotonic() + pause - started > self.retry_for:
+                    raise TransactionConflictError(
+                        f"{error}; ran {attempt} times over {time.monotonic() - started:.1f} s and gave up "
+                        "(HEALTHSIM_RETRY_TIMEOUT sets how long)") from None
+            self.retries += 1
+            time.sleep(pause)
         raise AssertionError("unreachable")
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds to pause before attempt ``attempt + 1``: "full jitter" (a
+    uniform pick up to a cap that doubles from 5 ms to 0.5 s), so racers
+    that collided spread out instead of colliding again."""
+    return random.uniform(0, min(0.5, 0.005 * 2 ** attempt))

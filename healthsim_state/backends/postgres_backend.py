@@ -9,11 +9,12 @@ every message names the URL without its password.
 
 Transactions. Every operation is one ``REPEATABLE READ`` transaction (read
 sessions are ``READ ONLY``), so a load sees one snapshot. A write that loses
-a race (a serialization failure, a deadlock, or a unique key another
-transaction has just committed, such as the same new scenario name) raises
-:class:`TransactionConflictError`, and :meth:`Backend.run` runs it again from
-the start: a second save of one new name then finds the first and raises
-``ScenarioExistsError``.
+a race (a serialization failure, a deadlock, or a unique key of the store's
+own tables another transaction has just committed, such as the same new
+scenario name) raises :class:`TransactionConflictError`, and
+:meth:`Backend.run` runs it again from the start, with jittered backoff, for
+up to ``HEALTHSIM_RETRY_TIMEOUT`` seconds: a second save of one new name then
+finds the first and raises ``ScenarioExistsError``.
 
 The layout lock. The tables' layout (the store's creation, additions from a
 client's mapping files, ``migrate-schema``) changes only under an exclusive
@@ -91,6 +92,8 @@ APPLICATION_NAME = "healthsim-state"
 CONNECT_TIMEOUT = 10  # seconds, unless the URL or PGCONNECT_TIMEOUT says otherwise
 POOL_SIZE = 4  # idle connections kept between operations
 FETCH_CHUNK = 2000  # rows a fetch receives at a time
+ANALYZE_ROWS = 1000  # rows a write must add to a table before it refreshes the table's statistics ...
+ANALYZE_SHARE = 1.0  # ... and this share of the rows the statistics counted (1: it at least doubled)
 _LAYOUT_LOCK_CLASS = 0x48534D53  # 'HSMS': the high 32 bits of the advisory lock key
 _DDL = re.compile(r"\s*(CREATE|ALTER|DROP)\b", re.IGNORECASE)
 
@@ -261,6 +264,7 @@ class PostgresBackend(Backend):
                 raise
             finally:
                 _unlock(held, exclusive)
+            _refresh_statistics(con, session.grown)
         except psycopg.Error as error:
             raise translate(error, self.label, self.url) from error
         finally:
@@ -438,6 +442,7 @@ class PostgresSession(Session):
         self._copy_types: dict[str, dict[str, int]] = {}  # relation -> column -> type oid, this transaction
         self._cursors: list[Any] = []
         self._named = 0
+        self.grown: dict[str, tuple[int, tuple[str, ...]]] = {}  # table -> (rows written, columns planned on)
 
     def _cursor(self, sql: str, params: Sequence[Any]) -> "psycopg.Cursor":
         cursor = self.con.cursor()
@@ -539,6 +544,17 @@ class PostgresSession(Session):
         self.execute(f"CREATE TEMP TABLE {quote(name)} ON COMMIT DROP AS {sql}", params)
         return relation
 
+    def analyze(self, table: str, columns: Sequence[str]) -> None:
+        """Temporary tables get no statistics from autovacuum: without them
+        a join of 20,000 rows can be planned as a nested loop (20 s). Only
+        the columns plans use: a column's statistics cost time to sample."""
+        self.execute(f"ANALYZE {_relation(table)} ({', '.join(map(quote, columns))})")
+
+    def grew(self, table: str, rows: int, columns: Sequence[str]) -> None:
+        if rows:
+            before = self.grown.get(table, (0, ()))[0]
+            self.grown[table] = (before + rows, tuple(columns))
+
     def lock_layout(self) -> None:
         """Hold the layout lock alone. A session that holds it shared runs
         again from the start holding it exclusively (see the module notes)."""
@@ -553,6 +569,31 @@ class PostgresSession(Session):
 def _relation(table: str) -> str:
     """A table as SQL: a staging table's name comes quoted and qualified already."""
     return table if table.startswith("pg_temp.") else quote(table)
+
+
+def _refresh_statistics(con: "psycopg.Connection", grown: Mapping[str, tuple[int, Sequence[str]]]) -> None:
+    """After a commit, ``ANALYZE`` each table the write grew by at least
+    :data:`ANALYZE_ROWS` rows and by :data:`ANALYZE_SHARE` of what its
+    statistics last counted (a new table has none: the first big save into
+    it qualifies), for the columns plans use. A plan made before a table was
+    ever analyzed took a first overwrite of 20,000 entities from 0.4 s to
+    minutes; autovacuum would analyze it a minute later. Each refresh at
+    least doubles what was counted, so a growing table is sampled a few
+    times, not every write. It runs in a transaction of its own, holding no
+    lock of the write; a table another client is analyzing (or vacuuming)
+    is left to it (``SKIP_LOCKED``). Best effort: an error is ignored."""
+    for table, (rows, columns) in grown.items():
+        if rows < ANALYZE_ROWS:
+            continue
+        try:
+            counted = con.execute("SELECT reltuples FROM pg_class WHERE oid = $1::regclass",
+                                  [quote(table)]).fetchone()
+            if counted is not None and rows >= ANALYZE_SHARE * max(counted[0], 0):
+                con.execute(f"ANALYZE (SKIP_LOCKED) {quote(table)} ({', '.join(map(quote, columns))})")
+        except psycopg.Error:
+            if con.info.transaction_status != TransactionStatus.IDLE:
+                _rollback(con)
+            return
 
 
 def _unlock(held: _Connection, exclusive: bool) -> None:
@@ -613,7 +654,7 @@ def translate(error: "psycopg.Error", label: str, url: str) -> Exception:
     if state in ("40001", "40P01"):
         return TransactionConflictError(f"{label}: another transaction changed the same data at the same time "
                                         f"and kept doing so ({text})")
-    if state == "23505":
+    if state == "23505" and getattr(error.diag, "table_name", None) in _RACED_TABLES:
         return TransactionConflictError(f"{label}: another transaction saved the same key at the same time "
                                         f"({text})")
     if state == "55P03":
@@ -623,9 +664,24 @@ def translate(error: "psycopg.Error", label: str, url: str) -> Exception:
     if state == "42501":
         return StoreError(f"{label}: permission denied ({text}); the URL's role needs to create tables in the "
                           "schema and to read and write them (see the README on PostgreSQL)")
-    if isinstance(error, psycopg.OperationalError) and state is None:
+    if _connection_lost(error, state):
         return ServerConnectionError(f"lost the connection to {label}: {text}")
     return StoreError(f"the database {label} could not be used: {text}")
+
+
+# A unique key of these tables taken by another transaction's commit is a
+# lost race (two saves of one new name, say), worth running again.
+_RACED_TABLES = ("scenarios", "scenario_versions", "_healthsim_meta", "_healthsim_tables")
+
+# The server ended the session (a fast or crash shutdown, pg_terminate_backend,
+# a server still starting) or the connection broke (class 08).
+_SESSION_ENDED = ("57P01", "57P02", "57P03")
+
+
+def _connection_lost(error: "psycopg.Error", state: str | None) -> bool:
+    if state is None:
+        return isinstance(error, psycopg.OperationalError)
+    return state in _SESSION_ENDED or state.startswith("08")
 
 
 _HINTS = (
