@@ -381,7 +381,7 @@ def test_every_way_of_losing_the_server_is_a_server_connection_error(state):
     """admin_shutdown, crash_shutdown, cannot_connect_now and the connection-
     exception class, as the driver reports them."""
     error = psycopg_errors.lookup(state)("the server went away")
-    translated = translate(error, "postgresql://u:***@h/db")
+    translated = translate(error, "postgresql://u:***@h/db", "postgresql://u:pw@h/db")
     assert isinstance(translated, ServerConnectionError)
     assert str(translated) == "lost the connection to postgresql://u:***@h/db: the server went away"
 
