@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -36,6 +35,7 @@ from .errors import (
     ValidationError,
     VersionNotFoundError,
     preview,
+    warn_caller,
 )
 from .evolution import SchemaReport
 from .layout import SCHEMA_VERSION, StoreState, create_base, digest_of, read_documents, read_state, \
@@ -262,10 +262,10 @@ class StateManager:
             return
         _WARNED.add((self.label, lines))
         shown = "; ".join(lines[:10]) + (f"; and {len(lines) - 10} more" if len(lines) > 10 else "")
-        warnings.warn(MappingDriftWarning(
+        warn_caller(MappingDriftWarning(
             f"the mapping files differ from the mappings in force in {self.label}, which stay in force (nothing "
             f"was rewritten): {shown}. To apply these changes, run healthsim-state migrate-schema (see "
-            "--dry-run first), or open the store with StateManager(..., evolve=True)"), stacklevel=5)
+            "--dry-run first), or open the store with StateManager(..., evolve=True)"))
 
     # --- running operations -----------------------------------------------------------
 
