@@ -17,7 +17,9 @@ close, as a save is), and the standard library's
 ``json.loads`` of those NDJSON lines into dicts (``load_vs_json_loads``). A
 save is into a new file, so it includes making the store; ``create_s`` is
 that alone, measured apart. ``shape`` is ``canonical`` (:func:`scenario`) or
-``legacy`` (:func:`legacy_scenario`: flat aliases, explicit nulls, offsets).
+``legacy`` (:func:`legacy_scenario`: flat aliases, explicit nulls, offsets) or
+``keyless`` (:func:`keyless_scenario`: the clinical types without their keys,
+which the store makes from each entity's content; ``--keyless SIZES``).
 Each size runs in a fresh process so memory figures are its own. With
 ``--postgres`` (a URL, or ``start`` for a throwaway server with default
 durability), the same scenario is also saved and loaded on PostgreSQL in the
@@ -49,7 +51,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from benchmarks.generate import PER_PATIENT, entity_count, legacy_scenario, scenario
+from benchmarks.generate import PER_PATIENT, entity_count, keyless_scenario, legacy_scenario, scenario
 
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 LEGACY_SIZES = (100_000,)
@@ -85,7 +87,7 @@ def measure_size(size: int, repeat: int, workdir: Path, shape: str = "canonical"
 
     gc.collect()
     baseline = _status("VmRSS")
-    make = legacy_scenario if shape == "legacy" else scenario
+    make = {"legacy": legacy_scenario, "keyless": keyless_scenario}.get(shape, scenario)
     data = make(max(1, size // PER_PATIENT), seed=size)
     entities = entity_count(data)
     gc.collect()
@@ -428,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated entity counts (default: %(default)s)")
     parser.add_argument("--legacy", default=",".join(map(str, LEGACY_SIZES)),
                         help="comma-separated entity counts of legacy-shaped data (default: %(default)s)")
+    parser.add_argument("--keyless", default="",
+                        help="comma-separated entity counts of data whose clinical types leave their keys to the "
+                             "store (default: none)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; medians are reported")
     parser.add_argument("--latency", action="store_true", help="measure the small-operation targets instead")
     parser.add_argument("--startup", action="store_true",
@@ -467,7 +472,8 @@ def _run(args: argparse.Namespace) -> int:
                 print(json.dumps(result), flush=True)
         else:
             runs = [(int(n), "canonical") for n in args.sizes.split(",") if n] + \
-                [(int(n), "legacy") for n in args.legacy.split(",") if n]
+                [(int(n), "legacy") for n in args.legacy.split(",") if n] + \
+                [(int(n), "keyless") for n in args.keyless.split(",") if n]
             for size, shape in runs:
                 command = [sys.executable, "-m", "benchmarks.run", "--one", str(size), "--shape", shape,
                            "--repeat", str(args.repeat)]

@@ -288,6 +288,10 @@ def save(file: str, name: str, description: str | None, tags: tuple[str, ...], o
     with _manager(db) as manager, progress(sum(document.counts.values()), f"saving {name}") as report:
         result = _save(manager, document, name, description=description, tags=list(tags) or None,
                        overwrite=overwrite, progress=lambda done, total: report.set(done, total))
+        if result.unchanged:
+            click.echo(f"{name!r} unchanged ({result.scenario_id}): it already holds these entities, description "
+                       "and tags")
+            return
         click.echo(f"{'replaced' if result.replaced else 'saved'} {name!r} ({result.scenario_id}): "
                    f"{counts_text(manager, result.counts)}")
 
@@ -669,11 +673,17 @@ def _key_text(key: Any) -> str:
 @db_option
 def restore(name_or_id: str, version: int, db: str | None) -> None:
     """Make version N the scenario's newest again (as a new version: history is
-    kept, so a restore can itself be undone)."""
+    kept, so a restore can itself be undone). Nothing is written when the
+    scenario already is what version N holds."""
     with _reader(db) as reader:
         reader.scenario_info(name_or_id, version=version)  # a missing store is an error, and is not created
+        before = reader.scenario_info(name_or_id)
     with _manager(db) as manager:
         info = manager.restore_scenario(name_or_id, version)
+    if info["version"] == before["version"]:
+        same = "is its newest" if version == info["version"] else f"holds the same as its newest, {info['version']}"
+        click.echo(f"{info['name']!r} unchanged: version {version} {same}")
+        return
     click.echo(f"restored {info['name']!r} to version {version}: now version {info['version']} "
                f"({entities_text(info['entity_count'])})")
 
@@ -760,7 +770,9 @@ def import_command(files: tuple[str, ...], name: str | None, overwrite: bool, db
                 message = error.message if isinstance(error, click.ClickException) else describe_error(error)
                 report.line(f"error: {message}", err=True)
             else:
-                report.line(f"{'replaced' if result.replaced else 'imported'} {result.source} as {scenario!r} "
+                report.line(f"{scenario!r} unchanged ({result.scenario_id}): it already holds what {result.source} "
+                            "holds" if result.unchanged else
+                            f"{'replaced' if result.replaced else 'imported'} {result.source} as {scenario!r} "
                             f"({result.scenario_id}): {counts_text(manager, result.counts)}")
     if len(files) > 1:
         click.echo(f"{len(files)} files: {len(files) - failed} imported, {failed} failed")
@@ -977,7 +989,10 @@ def copy_command(names: tuple[str, ...], source: str, target: str, overwrite: bo
 
         for result in iter_copies(source, target, names, all=everything, overwrite=overwrite, keep_going=True,
                                   progress=advanced, history=with_history):
-            if result.ok:
+            if result.ok and result.unchanged:
+                copied += 1
+                report.line(f"{result.name!r} unchanged in {shown_to}: it holds the same already")
+            elif result.ok:
                 copied += 1
                 verb = "replaced" if result.replaced else "copied"
                 kept = ", every version" if with_history else ""

@@ -9,6 +9,9 @@ message shows the first :data:`SHOWN_PROBLEMS` of them.
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,3 +192,28 @@ class MappingDriftWarning(UserWarning):
     nothing was rewritten; the message names each pending change and how to
     apply it (``healthsim-state migrate-schema``, or
     ``StateManager(..., evolve=True)``)."""
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_caller(warning: Warning) -> None:
+    """Issue ``warning`` at the first frame outside this package: the user's
+    own line, however deep in the package it was raised.
+
+    Python 3.12's ``warnings.warn(skip_file_prefixes=...)`` does the same;
+    3.11 lacks it, so the stack level is counted here. Frames of the import
+    machinery are not counted, as ``warnings.warn`` does not count them.
+    """
+    level = 2  # 1 is this line, 2 the caller of this function
+    frame = sys._getframe(1)
+    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE_DIR) or _is_import_frame(frame)):
+        if not _is_import_frame(frame):
+            level += 1
+        frame = frame.f_back
+    warnings.warn(warning, stacklevel=level)
+
+
+def _is_import_frame(frame: Any) -> bool:
+    name = frame.f_code.co_filename
+    return "importlib" in name and "_bootstrap" in name

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -36,6 +35,7 @@ from .errors import (
     ValidationError,
     VersionNotFoundError,
     preview,
+    warn_caller,
 )
 from .evolution import SchemaReport
 from . import history as history_module
@@ -264,10 +264,10 @@ class StateManager:
             return
         _WARNED.add((self.label, lines))
         shown = "; ".join(lines[:10]) + (f"; and {len(lines) - 10} more" if len(lines) > 10 else "")
-        warnings.warn(MappingDriftWarning(
+        warn_caller(MappingDriftWarning(
             f"the mapping files differ from the mappings in force in {self.label}, which stay in force (nothing "
             f"was rewritten): {shown}. To apply these changes, run healthsim-state migrate-schema (see "
-            "--dry-run first), or open the store with StateManager(..., evolve=True)"), stacklevel=5)
+            "--dry-run first), or open the store with StateManager(..., evolve=True)"))
 
     # --- running operations -----------------------------------------------------------
 
@@ -315,8 +315,11 @@ class StateManager:
 
         Saving an existing name raises :class:`ScenarioExistsError` unless
         ``overwrite=True``, which makes a new version of it (keeping the id,
-        ``created_at`` and the earlier versions). ``metadata`` (a JSON object:
-        generator, seed, prompt, ...) is kept with the version. ``created_at``
+        ``created_at`` and the earlier versions); an overwrite that would
+        change nothing (the same entities in the same order, description and
+        tags) writes nothing and makes no version, whatever its metadata.
+        ``metadata`` (a JSON object: generator, seed, prompt, ...) is kept
+        with the version. ``created_at``
         (a datetime, naive taken as UTC, or ISO text) dates a *new* scenario
         (an import or a copy from another store keeps its date); an overwrite
         keeps the stored one. ``progress(done, total)`` is called as the
@@ -349,6 +352,8 @@ class StateManager:
                 scenario_id, version = existing["scenario_id"], existing["version"] + 1
                 with no_cyclic_gc():
                     changes = _replace_all(g, scenario_id, version, batch, existing["entity_counts"])
+                if _unchanged(g, existing, changes, description, tag_list):
+                    return scenario_id  # the same entities, in the same order, description and tags
                 g.update_scenario(scenario_id, version, batch.counts, now, description=description)
             g.replace_tags(scenario_id, tag_list)
             self._record_version(g, scenario_id, version, "save" if existing is None else "overwrite", now,
@@ -423,7 +428,9 @@ class StateManager:
         scenario of that name; without it, :class:`ScenarioNotFoundError`.
         Returns scenario_id, name,
         ``added`` and ``replaced`` counts per type, the new entity_count and
-        version. The cost depends on the batch, not on what is stored.
+        version (the same version when every entity given is stored already,
+        as given: then nothing is written). The cost depends on the batch,
+        not on what is stored.
         """
         meta = _check_metadata(metadata)
 
@@ -444,8 +451,11 @@ class StateManager:
                 tags = g.tags_of(scenario_id)
             batch = ScenarioBatch(g.registry, entities, progress=progress)
             added, replaced, changes = _add_by_key(g, scenario_id, version, batch, counts)
-            g.update_scenario(scenario_id, version, counts, now)
-            self._record_version(g, scenario_id, version, "add", now, description, tags, counts, meta, changes)
+            if found is not None and not any(changes.values()):
+                version -= 1  # every entity is stored already, as given: nothing written
+            else:
+                g.update_scenario(scenario_id, version, counts, now)
+                self._record_version(g, scenario_id, version, "add", now, description, tags, counts, meta, changes)
             return {"scenario_id": scenario_id, "name": found["name"] if found else name_or_id, "added": added,
                     "replaced": replaced, "entity_count": sum(counts.values()), "version": version}
 
@@ -582,7 +592,9 @@ class StateManager:
     def restore_scenario(self, name_or_id: str, version: int) -> dict[str, Any]:
         """Make a new version equal to ``version`` (its entities, description
         and tags); the history is kept, so a restore can itself be undone.
-        Returns the scenario's summary."""
+        Returns the scenario's summary. When the scenario already is what
+        ``version`` holds (it is the newest, or equal to it), nothing is
+        written: the summary keeps the current version number."""
         _check_version_number(version, "version")
 
         def restore(g: Gateway) -> dict[str, Any]:
@@ -598,6 +610,8 @@ class StateManager:
                     staging = g.stage(codec)
                     g.stage_version(codec, staging, scenario_id, version)
                 changes[entity] = g.replace_rows(codec, scenario_id, new_version, staging)
+            if _unchanged(g, found, changes, target["description"], target["tags"]):
+                return _summary(g, found)  # that version is the content already
             counts = target["entity_counts"]
             g.update_scenario(scenario_id, new_version, counts, now, description=target["description"])
             g.replace_tags(scenario_id, target["tags"])
@@ -914,6 +928,15 @@ def _replace_all(g: Gateway, scenario_id: str, version: int, batch: ScenarioBatc
         if entity not in changes and before[entity]:
             changes[entity] = g.replace_rows(g.registry.codecs[entity], scenario_id, version, None)
     return changes
+
+
+def _unchanged(g: Gateway, found: dict[str, Any], changes: dict[str, Changes], description: str | None,
+               tags: list[str]) -> bool:
+    """Whether a write that replaced the rows with ``changes`` and would set
+    ``description`` and ``tags`` leaves the scenario as it was: then it is
+    not written (no version), as git makes no empty commit."""
+    return (not any(change.rewritten for change in changes.values()) and description == found["description"]
+            and tags == g.tags_of(found["scenario_id"]))
 
 
 def _add_by_key(g: Gateway, scenario_id: str, version: int, batch: ScenarioBatch,

@@ -55,11 +55,14 @@ def new_scenario_id() -> str:
 @dataclass
 class Changes:
     """What a write changed in one type, matched by key: entities added,
-    changed (same key, other content) and removed."""
+    changed (same key, other content) and removed. ``rewritten`` tells
+    whether any stored row was replaced at all: also true of a new order of
+    the same entities, which changes no key's content but is a change."""
 
     added: int = 0
     changed: int = 0
     removed: int = 0
+    rewritten: bool = False
 
     def as_dict(self) -> dict[str, int]:
         return {"added": self.added, "changed": self.changed, "removed": self.removed}
@@ -399,7 +402,7 @@ class Gateway:
         rows as of ``version``: rows equal to a staged one (same position,
         same content) stay as they are; the others are retired (their
         ``_until`` set); staged rows not already current are inserted. Returns
-        the changes by key."""
+        the changes by key (``rewritten`` false: nothing was written)."""
         mapping, session = codec.mapping, self.session
         rows = _rows(codec)
         columns = data_columns(mapping)
@@ -408,7 +411,7 @@ class Gateway:
             removed = self.count_rows(codec, scenario_id)
             if removed:
                 self._retire(codec, scenario_id, version, None)
-            return Changes(removed=removed)
+            return Changes(removed=removed, rewritten=bool(removed))
         session.analyze(staging, ("_position", *mapping.primary_key))  # else plans guess its size
         same = " AND ".join(f"{self._compare(codec, c, 'c')} IS NOT DISTINCT FROM {self._compare(codec, c, 's')}"
                             for c in columns if c != "_position")
@@ -425,10 +428,11 @@ class Gateway:
         fresh = (f"SELECT new_position FROM {compared} WHERE new_position IS NOT NULL "
                  "AND (old_position IS NULL OR NOT same)")
         changes = self._count_changes(codec, scenario_id, staging, gone, fresh)
-        self._retire(codec, scenario_id, version, gone)
-        session.execute(f"INSERT INTO {rows} (scenario_id, {names}, _since) SELECT ?, {names}, ? FROM {staging} "
-                        f"WHERE _position IN ({fresh})", [scenario_id, version])
-        session.grew(versions_table(mapping.table), changes.added + changes.changed, _planned_columns(codec))
+        if changes.rewritten:
+            self._retire(codec, scenario_id, version, gone)
+            session.execute(f"INSERT INTO {rows} (scenario_id, {names}, _since) SELECT ?, {names}, ? "
+                            f"FROM {staging} WHERE _position IN ({fresh})", [scenario_id, version])
+            session.grew(versions_table(mapping.table), changes.added + changes.changed, _planned_columns(codec))
         for temporary in (compared, staging):
             session.execute(f"DROP TABLE {temporary}")
         return changes
@@ -448,7 +452,8 @@ class Gateway:
 
     def _count_changes(self, codec: Codec, scenario_id: str, staging: str, gone: str, fresh: str) -> Changes:
         """Added, changed and removed by key, from the rows that go and the
-        rows that come (every other row is the same on both sides)."""
+        rows that come (every other row is the same on both sides); whether
+        any row goes or comes at all."""
         mapping = codec.mapping
         keys = " AND ".join(f"o.{quote(k)} = n.{quote(k)}" for k in mapping.primary_key)
         content = [c for c in data_columns(mapping) if c != "_position"]
@@ -456,14 +461,14 @@ class Gateway:
                               for c in content)
         first = quote(mapping.primary_key[0])
         row = self.session.fetchone(
-            f"SELECT count(*) FILTER (WHERE o.{first} IS NULL), "
+            f"SELECT count(*), count(*) FILTER (WHERE o.{first} IS NULL), "
             f"count(*) FILTER (WHERE n.{first} IS NULL), "
             f"count(*) FILTER (WHERE o.{first} IS NOT NULL AND n.{first} IS NOT NULL AND ({differs})) "
             f"FROM (SELECT * FROM {_rows(codec)} WHERE scenario_id = ? AND _until IS NULL "
             f"AND _position IN ({gone})) o "
             f"FULL OUTER JOIN (SELECT * FROM {staging} WHERE _position IN ({fresh})) n "
             f"ON {keys}", [scenario_id])
-        return Changes(added=row[0], removed=row[1], changed=row[2])
+        return Changes(added=row[1], removed=row[2], changed=row[3], rewritten=row[0] > 0)
 
     # --- adding by key ------------------------------------------------------------------------------
 

@@ -169,6 +169,8 @@ def test_builtin_vital_sign_keeps_measurements_in_any_shape(things):
     assert {k: loaded[k] for k in given} == given
 
 
-def test_a_missing_uuid4_key_is_generated_and_kept(things):
+def test_a_missing_uuid4_key_is_generated_from_the_entity_and_kept(things):
     loaded = roundtrip(things, {"name": {"given": "A"}}, "patient")
-    assert uuid.UUID(loaded["patient_id"]).version == 4
+    assert uuid.UUID(loaded["patient_id"]).version == 5  # made from the content: see test_generated_keys
+    assert roundtrip(things, {"name": {"given": "A"}}, "patient")["patient_id"] == loaded["patient_id"]
+    assert roundtrip(things, {"name": {"given": "B"}}, "patient")["patient_id"] != loaded["patient_id"]

@@ -112,6 +112,20 @@ def test_an_existing_scenario_is_refused_unless_overwrite(store, second_store):
         assert [v["operation"] for v in sm.scenario_history("odd")] == ["overwrite", "save"]
 
 
+def test_a_copy_onto_what_holds_the_same_writes_nothing(store, second_store):
+    """Onto itself, or a second time into another store: nothing to write, no version."""
+    fill(store.target)
+    before = store.snapshot()
+    results = copy_scenarios(store.target, store.target, all=True, overwrite=True)
+    assert [(r.name, r.ok, r.replaced, r.unchanged) for r in results] == [
+        ("cohort", True, True, True), ("odd", True, True, True), ("empty", True, True, True)]
+    assert store.snapshot() == before
+    copy_scenarios(store.target, second_store.target, ["odd"])
+    copied = second_store.snapshot()
+    (again,) = copy_scenarios(store.target, second_store.target, ["odd"], overwrite=True)
+    assert again.unchanged and second_store.snapshot() == copied
+
+
 def test_a_copy_the_target_refuses_writes_nothing_of_it(file_store, server_store, tmp_path):
     """The source knows a type (from its client's mapping files) that the
     target does not: that scenario is refused as a whole, the others go in."""
@@ -181,6 +195,11 @@ def test_the_copy_command(file_store, server_store, tmp_path):
                    home=tmp_path)
     assert replaced.returncode == 0, replaced.stderr
     assert replaced.stdout.splitlines()[-1] == "2 scenarios: 2 copied, 0 failed"
+
+    onto_itself = run("copy", "odd", "--overwrite", "--from", url, "--to", url, home=tmp_path)
+    assert onto_itself.returncode == 0, onto_itself.stderr
+    assert onto_itself.stdout == f"'odd' unchanged in {url.replace('shown-nowhere', '***')}: it holds the same " \
+        "already\n"
 
     usage = run("copy", "odd", "--all", "--from", file_store.target, "--to", url, home=tmp_path)
     assert usage.returncode == 2 and "not both" in usage.stderr

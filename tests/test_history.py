@@ -96,6 +96,65 @@ def test_restore_makes_a_new_version_and_can_itself_be_undone(sm):
         sm.restore_scenario("s", 9)
 
 
+# --- a write that changes nothing writes nothing ----------------------------------------------------
+
+def test_an_overwrite_that_changes_nothing_writes_nothing(sm, store):
+    entities = {"patient": [patient("a", x=1), patient("b")], "encounter": [{"encounter_id": "e1"}]}
+    sm.save_scenario("s", entities, description="d", tags=["t"], metadata={"seed": 1})
+    before = store.snapshot()
+    sm.save_scenario("s", entities, description="d", tags=["t"], overwrite=True, metadata={"seed": 2})
+    assert store.snapshot() == before  # no version, no row, not even updated_at
+    assert [v["version"] for v in sm.scenario_history("s")] == [1]
+    # each of these is a change: the same entities in another order, then another description
+    sm.save_scenario("s", {"encounter": entities["encounter"], "patient": entities["patient"][::-1]},
+                     description="d", tags=["t"], overwrite=True)
+    assert sm.load_scenario("s")["entities"]["patient"] == [canonical("b"), canonical("a", x=1)]
+    sm.save_scenario("s", {"patient": [patient("b"), patient("a", x=1)], "encounter": [{"encounter_id": "e1"}]},
+                     description="other", tags=["t"], overwrite=True)
+    assert [v["version"] for v in sm.scenario_history("s")] == [3, 2, 1]
+
+
+def test_adding_what_is_stored_already_writes_nothing(sm, store):
+    sm.save_scenario("s", {"patient": [patient("a", x=1), patient("b")]})
+    before = store.snapshot()
+    result = sm.add_entities("s", {"patient": [patient("b"), patient("a", x=1)]})
+    assert (result["version"], result["added"], result["replaced"]) == (1, {"patient": 0}, {"patient": 2})
+    assert store.snapshot() == before
+    assert sm.add_entities("s", {"patient": [patient("b", x=2)]})["version"] == 2
+
+
+def test_restoring_what_is_in_force_writes_nothing(sm, store):
+    sm.save_scenario("s", {"patient": [patient("a", x=1)]}, tags=["v1"])
+    sm.save_scenario("s", {"patient": [patient("a", x=2)]}, tags=["v2"], overwrite=True)
+    before = store.snapshot()
+    assert sm.restore_scenario("s", 2)["version"] == 2  # the newest already
+    assert store.snapshot() == before
+    assert sm.restore_scenario("s", 1)["version"] == 3
+    before = store.snapshot()
+    info = sm.restore_scenario("s", 1)  # version 3 holds what version 1 holds
+    assert (info["version"], info["tags"]) == (3, ["v1"])
+    assert store.snapshot() == before
+    sm.update_scenario("s", tags=["other"])  # version 4: version 1's entities, other tags
+    assert sm.restore_scenario("s", 3)["version"] == 5  # the tags differ: a change
+
+
+def test_cli_says_when_a_save_or_restore_changes_nothing(sm, store, tmp_path):
+    sm.save_scenario("s", {"patient": [patient("a", x=1)]}, description="d")
+    sm.save_scenario("s", {"patient": [patient("a", x=2)]}, description="d", overwrite=True)
+    restored = cli("restore", "s", "2", db=store.target)
+    assert (restored.returncode, restored.stdout) == (0, "'s' unchanged: version 2 is its newest\n")
+    assert cli("restore", "s", "1", db=store.target).stdout.startswith("restored 's' to version 1: now version 3")
+    again = cli("restore", "s", "1", db=store.target)
+    assert again.stdout == "'s' unchanged: version 1 holds the same as its newest, 3\n"
+    document = tmp_path / "s.json"
+    assert cli("load", "s", "-o", str(document), db=store.target).returncode == 0
+    for command in (["save", str(document), "--name", "s"], ["import", str(document), "--name", "s"]):
+        done = cli(*command, "--overwrite", db=store.target)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("'s' unchanged (") and "it already holds" in done.stdout, done.stdout
+    assert sm.scenario_info("s")["version"] == 3
+
+
 def test_diff_two_versions_or_two_scenarios(sm):
     sm.save_scenario("s", {"patient": [patient("a", name={"given": "Ana"}), patient("b")],
                            "trial_visit": [{"usubjid": "S1", "visit_num": 1}]})
@@ -330,14 +389,16 @@ def test_random_histories_load_back_and_diff_like_the_model(tmp_path_factory, it
     for action, argument in steps:
         if action == "overwrite":
             sm.save_scenario("s", {"items": argument}, overwrite=True)
-            versions.append(oracle.expect(ITEM, argument))
+            after = oracle.expect(ITEM, argument)
         elif action == "add":
             sm.add_entities("s", {"item": argument})
-            versions.append(model_add(versions[-1], oracle.expect(ITEM, argument)))
+            after = model_add(versions[-1], oracle.expect(ITEM, argument))
         else:
             target = 1 + (argument - 1) % len(versions)
             sm.restore_scenario("s", target)
-            versions.append(versions[target - 1])
+            after = versions[target - 1]
+        if not oracle.same(after, versions[-1]):  # a write that changes nothing makes no version
+            versions.append(after)
     assert [v["version"] for v in sm.scenario_history("s")] == list(range(len(versions), 0, -1))
     for number, expected in enumerate(versions, 1):
         loaded = sm.load_scenario("s", version=number)["entities"]["item"]

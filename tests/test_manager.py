@@ -315,7 +315,9 @@ def test_list_filters_combine_and_are_case_insensitive(sm):
 def test_overwrite_moves_a_scenario_to_the_top_of_the_list(sm):
     sm.save_scenario("old", {})
     sm.save_scenario("new", {})
-    sm.save_scenario("old", {}, overwrite=True)
+    sm.save_scenario("old", {}, overwrite=True)  # changes nothing, writes nothing: stays where it is
+    assert [s["name"] for s in sm.list_scenarios()] == ["new", "old"]
+    sm.save_scenario("old", {}, description="now", overwrite=True)
     assert [s["name"] for s in sm.list_scenarios()] == ["old", "new"]
 
 

@@ -104,6 +104,28 @@ def test_changes_beyond_additions_wait_and_warn_once(tmp_path):
         {"ssn": "123"}
 
 
+@pytest.mark.parametrize("operation", ["load", "save", "entity_types"])
+def test_the_drift_warning_points_at_the_callers_line(tmp_path, operation):
+    """However deep in the package the warning is raised, it names the user's
+    call (this file and line), not a line of the package."""
+    db = tmp_path / "shared.duckdb"
+    StateManager(db).save_scenario("s", {"patient": [{"patient_id": "p1"}]})
+    sm = StateManager(db, mapping_dirs=[patient_mapping(tmp_path / "edited", move_ssn=True)])
+    with pytest.warns(MappingDriftWarning) as caught:
+        if operation == "load":
+            _, line = sm.load_scenario("s"), this_line()
+        elif operation == "save":
+            _, line = sm.save_scenario("t", {"patient": [{"patient_id": "p2"}]}), this_line()
+        else:
+            _, line = sm.entity_types, this_line()
+    (warning,) = caught
+    assert (warning.filename, warning.lineno) == (__file__, line)
+
+
+def this_line() -> int:
+    return sys._getframe(1).f_lineno
+
+
 def test_what_the_files_lack_is_kept_without_a_warning(tmp_path):
     """A field another client added, or one a release dropped from the built-in
     files, is not a change these files state: no warning, nothing removed."""

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, Mapping as AnyMapping
 from ..errors import Problem, ValidationError, preview
 from .columns import ColumnBatch, flatten_columns
 from .compile import Codec
+from .keys import KeyMaker, generated_fields
 from .registry import Registry
 from .types import from_form
 
@@ -84,6 +85,7 @@ class ScenarioBatch:
         for codec, items in self._lists:
             flatten = codec.flatten
             keys = KeyTracker(codec, problems)
+            maker = KeyMaker(codec) if generated_fields(codec) else None
             for start in range(0, len(items), self._chunk):
                 part = items[start:start + self._chunk]
                 with no_cyclic_gc():
@@ -93,6 +95,10 @@ class ScenarioBatch:
                     else:
                         columns, rows = None, [flatten(item, position, problems)
                                                for position, item in enumerate(part, start)]
+                    if maker is not None:
+                        rows = maker.fill_rows(rows)
+                        if columns is not None:
+                            maker.fill_columns(columns.columns, columns.residuals)
                     keys.check(rows, columns)
                 if not problems:
                     yield codec, Chunk(codec, columns, rows)  # resumed once the caller has written it

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import uuid
 from dataclasses import dataclass
 from itertools import chain, compress, repeat
 from operator import add, and_, eq, floordiv, is_, is_not, itemgetter, mul, not_, or_, sub, truediv
@@ -37,6 +36,7 @@ from typing import Any, Callable, Iterable
 
 from ..mapping.model import UUID4, Field
 from .compile import Codec, _Source
+from .keys import GENERATED
 from .types import from_form, to_form
 from .values import MAX_DEPTH, MISSING, _dump_residual_fast, dump_column_json, dump_residual_json, is_text, to_json
 
@@ -428,7 +428,7 @@ class Plan:
         kept: dict[int, dict[int, Any]] = {}  # field index -> {j: the value the residual keeps}
         bad: set[int] = set()
         for index, value in self.constants.items():
-            columns[index] = [str(uuid.uuid4()) for _ in range(n)] if value is UUID4 else [value] * n
+            columns[index] = [GENERATED] * n if value is UUID4 else [value] * n  # keys: made later (see .keys)
         for container, feeds, getter in self.feeds:
             given = objects[container]
             if len(feeds) == 1:

@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import itertools
 import linecache
-import uuid
 from dataclasses import dataclass, field as dataclass_field
 from functools import cached_property
 from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import Problem, preview
 from ..mapping.model import UUID4, Field, Mapping
+from .keys import GENERATED
 from .types import HeldText, Unfit, identity
 from .values import MISSING, NotJSON, dump_residual_json, parse_json, parse_json_many, to_json
 
@@ -197,10 +197,15 @@ def _flatten_field(out: _Source, index: int, f: Field, nodes: dict[tuple[str, ..
         out.indent()
         _lookup(out, alias, nodes, alias=True)
         out.dedent()
-    if f.default is not MISSING:
+    if f.default == UUID4:  # the key is made from the whole entity, once it is flattened (see .keys)
         out("if v is MISSING:")
-        out(f"    v = {'str(uuid4())' if f.default == UUID4 else f'D{index}'}")
-    out("if v is MISSING or v is BLOCKED:")
+        out(f"    c{index} = GENERATED")
+        out("elif v is BLOCKED:")
+    else:
+        if f.default is not MISSING:
+            out("if v is MISSING:")
+            out(f"    v = D{index}")
+        out("if v is MISSING or v is BLOCKED:")
     out(f"    c{index} = None")
     if f.required:
         out(f"    problems.append(Problem(missing_message(v), ENTITY, position, {f.dotted!r}, None))")
@@ -452,7 +457,7 @@ def compile_mapping(mapping: Mapping) -> Codec:
 
     scope: dict[str, Any] = {
         "MISSING": MISSING, "BLOCKED": BLOCKED, "Problem": Problem, "ENTITY": entity,
-        "uuid4": uuid.uuid4, "convert": convert, "dump_residual": dump_residual,
+        "GENERATED": GENERATED, "convert": convert, "dump_residual": dump_residual,
         "missing_message": _missing_message, "loads": parse_json, "loads_many": parse_json_many,
     }
     for index, f in enumerate(mapping.fields):

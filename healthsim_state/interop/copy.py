@@ -11,7 +11,8 @@ canonical shape, in saved order), the metadata of the newest version, and
 ``created_at`` (for a new scenario; one it replaces keeps its own). What it
 does not: the version history (it stays in the source; the copy is a new
 version in the target, version 1 of a new scenario or the next version of
-the one it replaces) and the scenario id (the target gives its own). With
+the one it replaces, unless that one holds the same already: then nothing is
+written) and the scenario id (the target gives its own). With
 ``history``, every kept version goes too (numbers, operations, times,
 description, tags, metadata, changes), with ``updated_at``, in the same one
 transaction, and an overwrite replaces the target's scenario whole.
@@ -28,6 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import HealthSimError, Problem, ScenarioExistsError, StoreError, ValidationError
 from ..manager import StateManager
+from .json_io import newest_version
 
 Progress = Callable[[str, int, int], None]  # (scenario name, entities done, entities in all)
 Store = StateManager | str | os.PathLike
@@ -36,9 +38,11 @@ Store = StateManager | str | os.PathLike
 @dataclass
 class CopyResult:
     """One scenario's copy: its name, its id in each store, the entities
-    copied, and whether it replaced a scenario of that name in the target.
-    ``error`` is the message of a copy that failed (only with
-    ``keep_going``; then ``target_id`` is None)."""
+    copied, whether it replaced a scenario of that name in the target, and
+    whether that one was the same already (``unchanged``: nothing was
+    written, as a copy of a scenario onto itself). ``error`` is the message
+    of a copy that failed (only with ``keep_going``; then ``target_id`` is
+    None)."""
 
     name: str
     source_id: str | None
@@ -46,6 +50,7 @@ class CopyResult:
     entity_count: int = 0
     replaced: bool = False
     error: str | None = None
+    unchanged: bool = False
 
     @property
     def ok(self) -> bool:
@@ -77,10 +82,12 @@ def copy_scenario(source: StateManager, target: StateManager, name_or_id: str, *
                 if progress is not None:
                     progress(name, done, total)
         metadata = snapshot.metadata
-    replaced = overwrite and target.scenario_exists(name)
+    before = newest_version(target, name) if overwrite else None
     target_id = target.save_scenario(name, entities, description=info["description"], tags=info["tags"],
                                      overwrite=overwrite, metadata=metadata, created_at=info["created_at"])
-    return CopyResult(name, info["scenario_id"], target_id, sum(map(len, entities.values())), replaced)
+    unchanged = before is not None and newest_version(target, target_id) == before
+    return CopyResult(name, info["scenario_id"], target_id, sum(map(len, entities.values())), before is not None,
+                      unchanged=unchanged)
 
 
 def _copy_history(source: StateManager, target: StateManager, name_or_id: str, *, overwrite: bool,

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..engine.values import dump_exact, exact_number, render_object
-from ..errors import Problem, ValidationError
+from ..errors import Problem, ScenarioNotFoundError, StoreNotFoundError, ValidationError
 from ..history import HeldEntity, ScenarioHistory
 from ..manager import StateManager
 from .errors import DocumentError
@@ -115,6 +115,7 @@ class ImportResult:
     counts: dict[str, int] = field(default_factory=dict)
     shape: str = ""
     replaced: bool = False
+    unchanged: bool = False  # it replaced a scenario that held the same already: nothing was written
 
 
 # --- reading -----------------------------------------------------------------------
@@ -440,9 +441,10 @@ def save_document(manager: StateManager, document: ScenarioDocument, name: str, 
     scenario keeps the document's ``created_at``; the version records where
     it came from (``metadata``, by default :meth:`ScenarioDocument.metadata`).
     ``progress(done, total)`` follows the entities written."""
-    replaced = overwrite and manager.scenario_exists(name)
     if document.history is not None:
+        replaced = overwrite and manager.scenario_exists(name)
         return _save_history(manager, document, name, description, tags, overwrite, replaced)
+    before = newest_version(manager, name) if overwrite else None
     try:
         scenario_id = manager.save_scenario(
             name, document.entities,
@@ -453,7 +455,19 @@ def save_document(manager: StateManager, document: ScenarioDocument, name: str, 
     except ValidationError as error:
         summary = str(error).splitlines()[0]
         raise DocumentError(document.source, summary, problems=error.problems) from None
-    return ImportResult(document.source, name, scenario_id, document.counts, document.shape, replaced)
+    unchanged = before is not None and newest_version(manager, scenario_id) == before
+    return ImportResult(document.source, name, scenario_id, document.counts, document.shape, before is not None,
+                        unchanged)
+
+
+def newest_version(manager: StateManager, name_or_id: str) -> int | None:
+    """The scenario's newest version number, None when there is no such
+    scenario (or no store yet). Compared before and after a write, it tells
+    whether the write wrote anything."""
+    try:
+        return manager.scenario_info(name_or_id)["version"]
+    except (ScenarioNotFoundError, StoreNotFoundError):
+        return None
 
 
 def _save_history(manager: StateManager, document: ScenarioDocument, name: str, description: str | None,
