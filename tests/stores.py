@@ -33,21 +33,29 @@ class Store:
 
     def sql(self, query: str, params: Sequence[Any] = ()) -> list[tuple]:
         """Rows of ``query`` (``?`` placeholders), read with the engine's driver."""
+        return self.queries([(query, params)])[0]
+
+    def queries(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple]]:
+        """The rows of each query, read over one connection: a connection
+        costs milliseconds, and a snapshot used to open one for every table."""
         if self.kind == "duckdb":
             import duckdb
 
             con = duckdb.connect(self.target, read_only=True)
             try:
-                return con.execute(query, list(params)).fetchall()
+                return [con.execute(query, list(params)).fetchall() for query, params in statements]
             finally:
                 con.close()
         import psycopg
 
         from healthsim_state.backends.sqltext import numbered
 
+        results = []
         with psycopg.connect(self.target, autocommit=True, cursor_factory=psycopg.RawCursor) as con:
-            cursor = con.execute(numbered(query), list(params) or None)
-            return cursor.fetchall() if cursor.description else []
+            for query, params in statements:
+                cursor = con.execute(numbered(query), list(params) or None)
+                results.append(cursor.fetchall() if cursor.description else [])
+        return results
 
     def execute(self, query: str, params: Sequence[Any] = ()) -> None:
         """Change the store behind healthsim-state's back (to test what it then does)."""
@@ -77,7 +85,9 @@ class Store:
 
     def snapshot(self) -> dict[str, list[str]]:
         """Every table's rows, as sorted reprs: equal snapshots, equal contents."""
-        return {t: sorted(map(repr, self.sql(f'SELECT * FROM "{t}"'))) for t in self.tables()}
+        tables = self.tables()
+        rows = self.queries([(f'SELECT * FROM "{t}"', ()) for t in tables])
+        return {t: sorted(map(repr, table_rows)) for t, table_rows in zip(tables, rows)}
 
 
 _databases = itertools.count()

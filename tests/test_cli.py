@@ -1,7 +1,11 @@
-"""The installed ``healthsim-state`` console script, run as a subprocess end to
-end: save, list, show, load, export both formats, import every accepted
-shape, migrate (dry run, for real, again), delete; and the error paths, each
-with its exit code and its one-line message."""
+"""The ``healthsim-state`` command end to end: save, list, show, load, export
+both formats, import every accepted shape, migrate (dry run, for real,
+again), delete; and the error paths, each with its exit code and its
+one-line message.
+
+The commands run in this process (tests/clirun.py: a subprocess per call made
+this file take minutes); what needs a process (the installed console script,
+a terminal, --debug's traceback) runs the script as one."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import pytest
 
 from healthsim_state import StateManager
 from healthsim_state.interop import run_query
+from clirun import run
 from stores import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,10 +43,12 @@ EXE = _executable()
 
 
 class Cli:
-    """Runs the console script with HOME in a temp dir and the store in
-    ``HEALTHSIM_DB`` (a DuckDB file there, or a PostgreSQL database)."""
+    """Runs the command with HOME in a temp dir and the store in
+    ``HEALTHSIM_DB`` (a DuckDB file there, or a PostgreSQL database): in this
+    process, or with ``process=True`` as the installed console script."""
 
-    def __init__(self, tmp_path: Path, store: Store | None = None):
+    def __init__(self, tmp_path: Path, store: Store | None = None, process: bool = False):
+        self.process = process
         self.home = tmp_path / "home"
         self.home.mkdir()
         self.cwd = tmp_path / "work"
@@ -58,8 +65,12 @@ class Cli:
         return bool(self.store.tables())
 
     def __call__(self, *args: str, input: str | None = None, expect: int = 0) -> subprocess.CompletedProcess:
-        result = subprocess.run([EXE, *map(str, args)], input=input, capture_output=True, text=True,
-                                cwd=self.cwd, env=self.env, timeout=60)
+        if self.process:
+            result = subprocess.run([EXE, *map(str, args)], input=input, capture_output=True, text=True,
+                                    cwd=self.cwd, env=self.env, timeout=60)
+        else:  # self.env exactly: what it lacks is unset for the call
+            result = run(args, input=input, cwd=self.cwd,
+                         env={**{name: None for name in os.environ if name not in self.env}, **self.env})
         assert result.returncode == expect, (args, result.returncode, result.stdout, result.stderr)
         if expect:
             assert result.stderr.startswith("error: ") or result.stderr.startswith("Usage:"), result.stderr
@@ -149,7 +160,9 @@ def test_save_list_show_load_export_import_delete(cli):
 
 
 def test_readme_try_it_commands(cli):
-    """The README's main job: install, import the example, list it, show it."""
+    """The README's main job: install, import the example, list it, show it,
+    as a user runs it: the installed console script, a process per command."""
+    cli.process = True
     out = cli("import", SAMPLE, "--overwrite")
     assert out.stdout.startswith(f"imported {SAMPLE} as 'sample-scenario' (")
     out = cli("import", SAMPLE, "--overwrite")  # the README's command can be run again

@@ -4,19 +4,17 @@ unless told; the same from the command line."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+import clirun
 from benchmarks.generate import scenario
 from healthsim_state import ScenarioExistsError, ScenarioNotFoundError, StateManager, ValidationError
 from healthsim_state.interop import copy_scenarios
 from stores import Store, new_store
 
-REPO = Path(__file__).resolve().parents[1]
 
 ODD = {"patient": [{"patient_id": "odd", "name": {"given": "Zoë"}, "birthDate": "0001-01-01",
                     "unmapped": {"b": 1, "a": [2**100, None, "a\x00b"]}, "lone": "\ud800"}],
@@ -170,10 +168,8 @@ def test_bad_calls(store, second_store):
 # --- the command ----------------------------------------------------------------------------------
 
 def run(*args: str, home: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(home)}
-    env.pop("HEALTHSIM_DB", None)
-    return subprocess.run([sys.executable, "-m", "healthsim_state.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+    """The command, run in this process (tests/clirun.py)."""
+    return clirun.run(args, env=clirun.env_for(home))
 
 
 def test_the_copy_command(file_store, server_store, tmp_path):

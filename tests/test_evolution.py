@@ -8,7 +8,6 @@ edit waits (a MappingDriftWarning, the store's mapping stays in force) until
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from healthsim_state import (
     ValidationError,
     plan_schema_changes,
 )
+import clirun
 from stores import Store, new_store
 
 BASE_FIELDS = {
@@ -297,12 +297,8 @@ def test_random_edit_sequences_never_lose_data(request, tmp_path_factory, backen
 # --- the command line ----------------------------------------------------------------------
 
 def run_cli(*args: str, mappings: Path) -> subprocess.CompletedProcess:
-    import os
-    import sys
-
-    script = Path(sys.executable).parent / "healthsim-state"
-    env = {**os.environ, "HEALTHSIM_MAPPINGS": str(mappings)}
-    return subprocess.run([str(script), *args], env=env, capture_output=True, text=True, timeout=60)
+    """The command, run in this process (tests/clirun.py), with ``mappings`` in $HEALTHSIM_MAPPINGS."""
+    return clirun.run(args, env={"HEALTHSIM_MAPPINGS": str(mappings)})
 
 
 def test_cli_migrate_schema_dry_run_then_for_real(db):

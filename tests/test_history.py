@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,12 +16,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import clirun
 import oracle
 import strategies as S
 from healthsim_state import ScenarioNotFoundError, StateManager, ValidationError, VersionNotFoundError
 from healthsim_state.interop import run_query
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def patient(pid: str, **fields) -> dict:
@@ -252,9 +250,8 @@ def test_sql_sees_current_rows_and_reaches_older_ones(sm, store):
 # --- the command line and the MCP tools ---------------------------------------------------------------
 
 def cli(*args: str, db: str | Path) -> subprocess.CompletedProcess:
-    script = Path(sys.executable).parent / "healthsim-state"
-    return subprocess.run([str(script), *args, "--db", str(db)], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    """The command, run in this process (tests/clirun.py)."""
+    return clirun.run([*args, "--db", db])
 
 
 def test_cli_history_diff_restore_and_versions(sm, store):

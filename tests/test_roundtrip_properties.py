@@ -345,13 +345,16 @@ def test_round_trip_through_each_store(store_env, data):
 
 @pytest.fixture
 def scratch(request, tmp_path):
-    """Where a fresh store per example goes: ``scratch(kind)`` makes one."""
+    """Where a fresh store per example goes: ``scratch(kind)`` makes one (its
+    mapping directory, and the store). DuckDB's is in memory: a new manager
+    on ``:memory:`` is a new, empty database, the same engine and SQL as a
+    file's, without creating and syncing a file per example."""
     counter = itertools.count()
 
     def fresh(kind: str = "duckdb") -> tuple[Path, str]:
         here = tmp_path / f"m{next(counter)}"
         here.mkdir()
-        return here, new_target(request, kind, here)
+        return here, ":memory:" if kind == "duckdb" else new_target(request, kind, here)
 
     return fresh
 
