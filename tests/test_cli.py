@@ -165,8 +165,10 @@ def test_readme_try_it_commands(cli):
     cli.process = True
     out = cli("import", SAMPLE, "--overwrite")
     assert out.stdout.startswith(f"imported {SAMPLE} as 'sample-scenario' (")
-    out = cli("import", SAMPLE, "--overwrite")  # the README's command can be run again
-    assert out.stdout.startswith(f"replaced {SAMPLE} as 'sample-scenario' (")
+    out = cli("import", SAMPLE, "--overwrite")  # the README's command can be run again, and writes nothing
+    assert out.stdout.startswith("'sample-scenario' unchanged (")
+    assert out.stdout.rstrip().endswith(f"it already holds what {SAMPLE} holds")
+    assert [v["version"] for v in cli.json("history", "sample-scenario", "--json")] == [1]
     assert tsv(cli("list").stdout)[0]["name"] == "sample-scenario"
     assert "entities\t23\n" in cli("show", "sample-scenario").stdout
 
