@@ -25,7 +25,7 @@ import click
 from . import __version__
 from .backends.urls import scrub_all
 from .config import default_target, is_url
-from .engine.values import dump_exact, parse_exact
+from .values import dump_exact, parse_exact
 from .errors import EntityNotFoundError, HealthSimError, ScenarioExistsError, StoreNotFoundError, \
     VersionNotFoundError
 from .interop import legacy

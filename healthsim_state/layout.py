@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends.base import Dialect, Session, quote
-from .engine.values import parse_json
+from .values import parse_json
 from .errors import IncompatibleDatabaseError, MappingError
 from .mapping.loader import VERSIONS_SUFFIX, mapping_from_document
 from .mapping.model import Mapping

@@ -23,8 +23,8 @@ from .backends import Backend, Session, open_backend
 from .engine.batch import KEPT_RESULT, ScenarioBatch, key_function, no_cyclic_gc, rebuild_columns, rebuild_rows
 from .engine.compile import Codec
 from .engine.registry import Registry, registry_for
-from .engine.types import TYPES, HeldText, Unfit
-from .engine.values import NotJSON, dump_exact, is_text, to_json
+from .column_types import TYPES, HeldText, Unfit
+from .values import NotJSON, dump_exact, is_text, to_json
 from .errors import (
     EntityNotFoundError,
     IncompatibleDatabaseError,

@@ -30,7 +30,7 @@ from .engine.batch import Chunk
 from .engine.columns import ColumnBatch
 from .engine.compile import Codec
 from .engine.registry import Registry
-from .engine.values import dump_exact, is_text, parse_exact
+from .values import dump_exact, is_text, parse_exact
 from .errors import Problem, StoreError, ValidationError
 from .layout import data_columns, versions_table, write_columns
 

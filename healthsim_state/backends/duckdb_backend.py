@@ -40,7 +40,7 @@ import duckdb
 import nanoarrow as na
 
 from ..errors import DatabaseLockedError, QueryError, StoreError, StoreNotFoundError, TransactionConflictError
-from ..engine.types import ColumnType
+from ..column_types import ColumnType
 from .base import Backend, Constant, Dialect, QueryResult, Session, quote
 
 MEMORY = ":memory:"

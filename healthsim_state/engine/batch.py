@@ -15,7 +15,7 @@ from ..errors import Problem, ValidationError, preview
 from .columns import ColumnBatch, flatten_columns
 from .compile import Codec
 from .registry import Registry
-from .types import from_form
+from ..column_types import from_form
 
 
 CHUNK = 16_384

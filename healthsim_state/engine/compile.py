@@ -45,8 +45,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import Problem, preview
 from ..mapping.model import UUID4, Field, Mapping
-from .types import HeldText, Unfit, identity
-from .values import MISSING, NotJSON, dump_residual_json, parse_json, parse_json_many, to_json
+from ..column_types import HeldText, Unfit, identity
+from ..values import MISSING, NotJSON, dump_residual_json, parse_json, parse_json_many, to_json
 
 
 class _Blocked:

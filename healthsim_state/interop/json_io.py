@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..engine.values import dump_exact, exact_number, render_object
+from ..values import dump_exact, exact_number, render_object
 from ..errors import Problem, ValidationError
 from ..manager import StateManager
 from .errors import DocumentError
