@@ -26,11 +26,13 @@ from . import __version__
 from .backends.urls import scrub_all
 from .config import default_target, is_url
 from .values import dump_exact, parse_exact
-from .errors import EntityNotFoundError, HealthSimError, ScenarioExistsError, StoreNotFoundError, \
-    VersionNotFoundError
+from .errors import (
+    EntityNotFoundError, HealthSimError, ScenarioExistsError, StoreNotFoundError, VersionNotFoundError,
+)
 from .interop import legacy
-from .interop.json_io import STDIN, ScenarioDocument, dumps, export_document, json_target, read_document, \
-    save_document, scenario_name
+from .interop.json_io import (
+    STDIN, ScenarioDocument, dumps, export_document, json_target, read_document, save_document, scenario_name,
+)
 from .interop.files import write_atomic
 from .interop.parquet import export_parquet
 from .interop.query import jsonable, records, run_query

@@ -231,9 +231,9 @@ def create_base(session: Session) -> None:
     set_metas(session, {"schema_version": str(SCHEMA_VERSION), "generation": "0"})
 
 
-def record(session: Session, mappings: dict[str, Mapping], state: StoreState) -> str:
+def record(session: Session, mappings: dict[str, Mapping], state: StoreState) -> None:
     """Record ``mappings`` as the set in force (entities not named keep their
-    record), bump the generation, and return the new digest."""
+    record) and bump the generation."""
     now = utc_now()
     documents = {entity: json.dumps(mapping.describe()) for entity, mapping in mappings.items()}
     if documents:  # one statement for all: a new store records 14
@@ -247,7 +247,6 @@ def record(session: Session, mappings: dict[str, Mapping], state: StoreState) ->
         state.documents[entity] = parse_json(document)
     state.generation += 1
     set_meta(session, "generation", str(state.generation))
-    return state.generation
 
 
 def upgrade(session: Session, state: StoreState) -> None:

@@ -12,7 +12,6 @@ happen at all.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from contextlib import contextmanager
@@ -38,8 +37,10 @@ from .errors import (
     preview,
 )
 from .evolution import SchemaReport
-from .layout import SCHEMA_VERSION, StoreState, create_base, digest_of, read_documents, read_state, \
-    recorded_mappings, set_meta, upgrade, utc_now
+from .layout import (
+    SCHEMA_VERSION, StoreState, create_base, digest_of, read_documents, read_state, recorded_mappings, set_meta,
+    upgrade, utc_now,
+)
 from .mapping.loader import fingerprint, load_mapping_dirs, mapping_search_path
 from .mapping.model import Mapping
 from .plan import Plan, plan

@@ -192,9 +192,6 @@ class Gateway:
                 tags.setdefault(scenario_id, []).append(tag)
         return tags
 
-    def scenario_count(self) -> int:
-        return self.session.scalar("SELECT count(*) FROM scenarios")
-
     # --- versions ------------------------------------------------------------------------
 
     def insert_version(self, scenario_id: str, version: int, operation: str, at: _dt.datetime,

@@ -16,10 +16,9 @@ from __future__ import annotations
 import random
 import time
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Iterator, Sequence, TypeVar
 
 from ..column_types import ColumnType, from_form
 from ..errors import ReadOnlyError, StoreError, TransactionConflictError
@@ -168,10 +167,6 @@ class Session(ABC):
         """Keep other clients from changing the layout until this transaction
         ends (a no-op where the engine admits one writer at a time)."""
 
-    def require_writable(self, what: str) -> None:
-        if not self.writable:
-            raise ReadOnlyError(f"{what} needs a store opened for writing; this one was opened read-only")
-
 
 @dataclass
 class QueryResult:
@@ -199,7 +194,7 @@ class Backend(ABC):
         """Whether the store has been created (a file exists, ...)."""
 
     @abstractmethod
-    def session(self, *, write: bool) -> "contextmanager[Session]":
+    def session(self, *, write: bool) -> ContextManager[Session]:
         """One transaction: open (waiting out other processes' locks), begin,
         yield a :class:`Session`, commit or roll back, release."""
 

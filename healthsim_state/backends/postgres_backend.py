@@ -41,7 +41,7 @@ import weakref
 import zlib
 from contextlib import contextmanager
 from decimal import Decimal
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..errors import (
     DatabaseLockedError,

@@ -67,11 +67,6 @@ class ScenarioBatch:
         self.counts = {codec.mapping.entity: len(items) for codec, items in self._lists if items}
         self._progress = progress
 
-    @property
-    def codecs(self) -> list[Codec]:
-        """The types the batch holds (empty lists included), in the order given."""
-        return [codec for codec, _ in self._lists]
-
     def chunks(self) -> Iterator[tuple[Codec, Chunk]]:
         """``(codec, chunk)`` ready for the store, while no problem has been
         found; then only validation goes on, and the end raises

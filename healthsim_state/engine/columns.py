@@ -33,7 +33,7 @@ import uuid
 from dataclasses import dataclass
 from itertools import chain, compress, repeat
 from operator import add, and_, eq, floordiv, is_, is_not, itemgetter, mul, not_, or_, sub, truediv
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from ..mapping.model import UUID4, Field
 from .compile import Codec, _Source

@@ -10,7 +10,6 @@ the text. Here the results become JSON-ready values.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import uuid
