@@ -27,7 +27,6 @@ from dataclasses import dataclass, field as dataclass_field
 from .backends.base import Session, quote
 from .engine.batch import KeyTracker, no_cyclic_gc
 from .engine.compile import Codec, compile_mapping
-from .values import MISSING
 from .errors import IncompatibleDatabaseError, Problem, SchemaChangeError
 from .layout import (
     REWRITE_TABLE, StoreState, create_view, data_columns, digest_of, drop_view, entity_ddl, index_ddl, record,
@@ -35,6 +34,7 @@ from .layout import (
 )
 from .mapping.model import Mapping
 from .plan import CREATE, REWRITE, MappingDiff, Plan, Step, diff_mappings
+from .values import MISSING
 
 BATCH = 10_000
 

@@ -38,10 +38,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends.base import Dialect, Session, quote
-from .values import parse_json
+from .caches import RECORDED_MAPPINGS
 from .errors import IncompatibleDatabaseError, MappingError
 from .mapping.loader import VERSIONS_SUFFIX, mapping_from_document
 from .mapping.model import Mapping
+from .values import parse_json
 
 SCHEMA_VERSION = 2
 META = "_healthsim_meta"
@@ -181,24 +182,19 @@ def recorded_mappings(state: StoreState, label: str) -> dict[str, Mapping]:
     return mappings
 
 
-_read: dict[tuple[str, str, str], Mapping] = {}
-
-
 def _read_document(entity: str, document: Any, label: str) -> Mapping:
     """One recorded mapping, read (and checked against the JSON Schema: the
     slow part, a tenth of a second for the built-in set) once a process per
     document text and store."""
     key = (label, entity, json.dumps(document, sort_keys=True))
-    found = _read.get(key)
+    found = RECORDED_MAPPINGS.get(key)
     if found is None:
         try:
             found = mapping_from_document(document, source=f"{label} (the store's mapping of {entity})")
         except MappingError as error:
             raise IncompatibleDatabaseError(f"the store {label} records a mapping this version cannot read: "
                                             f"{error}") from None
-        if len(_read) > 512:
-            _read.clear()
-        _read[key] = found
+        RECORDED_MAPPINGS.put(key, found)
     return found
 
 

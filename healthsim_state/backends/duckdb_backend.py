@@ -39,8 +39,8 @@ from typing import Any, Iterator, Sequence
 import duckdb
 import nanoarrow as na
 
-from ..errors import DatabaseLockedError, QueryError, StoreError, StoreNotFoundError, TransactionConflictError
 from ..column_types import ColumnType
+from ..errors import DatabaseLockedError, QueryError, StoreError, StoreNotFoundError, TransactionConflictError
 from .base import Backend, Constant, Dialect, QueryResult, Session, quote
 
 MEMORY = ":memory:"

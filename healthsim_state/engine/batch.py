@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable, Iterator, Mapping as AnyMapping
 
+from ..column_types import from_form
 from ..errors import Problem, ValidationError, preview
 from .columns import ColumnBatch, flatten_columns
 from .compile import Codec
 from .registry import Registry
-from ..column_types import from_form
 
 
 CHUNK = 16_384

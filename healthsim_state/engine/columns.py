@@ -35,10 +35,10 @@ from itertools import chain, compress, repeat
 from operator import add, and_, eq, floordiv, is_, is_not, itemgetter, mul, not_, or_, sub, truediv
 from typing import Any, Callable
 
-from ..mapping.model import UUID4, Field
-from .compile import Codec, _Source
 from ..column_types import from_form, to_form
+from ..mapping.model import UUID4, Field
 from ..values import MAX_DEPTH, MISSING, _dump_residual_fast, dump_column_json, dump_residual_json, is_text, to_json
+from .compile import Codec, _Source
 
 MIN_GROUP = 32
 """Entities of one shape, in one chunk, below which the generic flatten is

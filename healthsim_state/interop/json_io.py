@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..values import dump_exact, exact_number, render_object
 from ..errors import Problem, ValidationError
 from ..manager import StateManager
+from ..values import dump_exact, exact_number, render_object
 from .errors import DocumentError
 from .files import default_target, write_atomic
 

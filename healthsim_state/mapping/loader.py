@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..column_types import TYPE_NAMES, column_type
-from ..values import MISSING, NotJSON, to_json
 from ..errors import MappingError, Problem
+from ..values import MISSING, NotJSON, to_json
 from . import validation_cache
 from .model import UUID4, Field, Mapping
 
