@@ -25,16 +25,18 @@ import click
 from . import __version__
 from .backends.urls import scrub_all
 from .config import default_target, is_url
-from .engine.values import dump_exact, parse_exact
-from .errors import EntityNotFoundError, HealthSimError, ScenarioExistsError, StoreNotFoundError, \
-    VersionNotFoundError
+from .errors import (
+    EntityNotFoundError, HealthSimError, ScenarioExistsError, StoreNotFoundError, VersionNotFoundError,
+)
 from .interop import legacy
-from .interop.json_io import STDIN, ScenarioDocument, dumps, export_document, json_target, read_document, \
-    save_document, scenario_name
+from .interop.json_io import (
+    STDIN, ScenarioDocument, dumps, export_document, json_target, read_document, save_document, scenario_name,
+)
 from .interop.files import write_atomic
 from .interop.parquet import export_parquet
 from .interop.query import jsonable, records, run_query
 from .manager import MISSING_OK_HINT, StateManager, plan_schema_changes
+from .values import dump_exact, parse_exact
 
 _URLS = "healthsim_state.urls"  # the context's meta key: the URLs this command uses
 DB_HELP = ("The store: a DuckDB file, or a postgresql:// URL (default: $HEALTHSIM_DB, else "

@@ -30,11 +30,6 @@ def default_target() -> str:
     return str(Path(value).expanduser() if value else Path.home() / ".healthsim" / "healthsim.duckdb")
 
 
-def default_db_path() -> Path:
-    """The default store as a path (a URL is returned as it is, in a Path)."""
-    return Path(default_target())
-
-
 def is_url(target: object) -> bool:
     """True for a PostgreSQL URL; anything else names a file."""
     return isinstance(target, str) and target.lower().startswith(URL_SCHEMES)

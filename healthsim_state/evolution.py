@@ -27,12 +27,14 @@ from dataclasses import dataclass, field as dataclass_field
 from .backends.base import Session, quote
 from .engine.batch import KeyTracker, no_cyclic_gc
 from .engine.compile import Codec, compile_mapping
-from .engine.values import MISSING
 from .errors import IncompatibleDatabaseError, Problem, SchemaChangeError
-from .layout import REWRITE_TABLE, StoreState, create_view, data_columns, digest_of, drop_view, entity_ddl, \
-    index_ddl, record, set_meta, table_columns, versions_table
+from .layout import (
+    REWRITE_TABLE, StoreState, create_view, data_columns, digest_of, drop_view, entity_ddl, index_ddl, record,
+    set_meta, table_columns, versions_table,
+)
 from .mapping.model import Mapping
 from .plan import CREATE, REWRITE, MappingDiff, Plan, Step, diff_mappings
+from .values import MISSING
 
 BATCH = 10_000
 

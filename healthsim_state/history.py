@@ -21,7 +21,7 @@ from typing import Any
 
 from .engine.batch import ScenarioBatch, no_cyclic_gc
 from .engine.registry import Registry
-from .engine.types import TYPES, Unfit
+from .column_types import TYPES, Unfit
 from .errors import Problem, ValidationError, preview
 from .store import Gateway
 

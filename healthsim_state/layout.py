@@ -38,10 +38,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends.base import Dialect, Session, quote
-from .engine.values import parse_json
+from .caches import RECORDED_MAPPINGS
 from .errors import IncompatibleDatabaseError, MappingError
 from .mapping.loader import VERSIONS_SUFFIX, mapping_from_document
 from .mapping.model import Mapping
+from .values import parse_json
 
 SCHEMA_VERSION = 2
 META = "_healthsim_meta"
@@ -181,24 +182,19 @@ def recorded_mappings(state: StoreState, label: str) -> dict[str, Mapping]:
     return mappings
 
 
-_read: dict[tuple[str, str, str], Mapping] = {}
-
-
 def _read_document(entity: str, document: Any, label: str) -> Mapping:
     """One recorded mapping, read (and checked against the JSON Schema: the
     slow part, a tenth of a second for the built-in set) once a process per
     document text and store."""
     key = (label, entity, json.dumps(document, sort_keys=True))
-    found = _read.get(key)
+    found = RECORDED_MAPPINGS.get(key)
     if found is None:
         try:
             found = mapping_from_document(document, source=f"{label} (the store's mapping of {entity})")
         except MappingError as error:
             raise IncompatibleDatabaseError(f"the store {label} records a mapping this version cannot read: "
                                             f"{error}") from None
-        if len(_read) > 512:
-            _read.clear()
-        _read[key] = found
+        RECORDED_MAPPINGS.put(key, found)
     return found
 
 
@@ -231,9 +227,9 @@ def create_base(session: Session) -> None:
     set_metas(session, {"schema_version": str(SCHEMA_VERSION), "generation": "0"})
 
 
-def record(session: Session, mappings: dict[str, Mapping], state: StoreState) -> str:
+def record(session: Session, mappings: dict[str, Mapping], state: StoreState) -> None:
     """Record ``mappings`` as the set in force (entities not named keep their
-    record), bump the generation, and return the new digest."""
+    record) and bump the generation."""
     now = utc_now()
     documents = {entity: json.dumps(mapping.describe()) for entity, mapping in mappings.items()}
     if documents:  # one statement for all: a new store records 14
@@ -247,7 +243,6 @@ def record(session: Session, mappings: dict[str, Mapping], state: StoreState) ->
         state.documents[entity] = parse_json(document)
     state.generation += 1
     set_meta(session, "generation", str(state.generation))
-    return state.generation
 
 
 def upgrade(session: Session, state: StoreState) -> None:

@@ -12,18 +12,17 @@ happen at all.
 
 from __future__ import annotations
 
-import json
 import os
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import evolution
 from .backends import Backend, Session, open_backend
+from .caches import LOCAL_MAPPINGS, SYNCED
+from .column_types import TYPES, HeldText, Unfit
 from .engine.batch import KEPT_RESULT, ScenarioBatch, key_function, no_cyclic_gc, rebuild_columns, rebuild_rows
 from .engine.compile import Codec
 from .engine.registry import Registry, registry_for
-from .engine.types import TYPES, HeldText, Unfit
-from .engine.values import NotJSON, dump_exact, is_text, to_json
 from .errors import (
     EntityNotFoundError,
     IncompatibleDatabaseError,
@@ -40,12 +39,15 @@ from .errors import (
 from .evolution import SchemaReport
 from . import history as history_module
 from .history import HeldEntity, ScenarioHistory
-from .layout import SCHEMA_VERSION, StoreState, create_base, digest_of, read_documents, read_state, \
-    recorded_mappings, set_meta, upgrade, utc_now
+from .layout import (
+    SCHEMA_VERSION, StoreState, create_base, digest_of, read_documents, read_state, recorded_mappings, set_meta,
+    upgrade, utc_now,
+)
 from .mapping.loader import fingerprint, load_mapping_dirs, mapping_search_path
 from .mapping.model import Mapping
 from .plan import Plan, plan
 from .store import Changes, Gateway, new_scenario_id
+from .values import NotJSON, dump_exact, is_text, to_json
 from . import diffs
 
 T = TypeVar("T")
@@ -71,9 +73,6 @@ MISSING_OK_HINT = "pass missing_ok=True to delete the others"
 
 # (store, pending changes) pairs this process has warned about: once each.
 _WARNED: set[tuple[str, tuple[str, ...]]] = set()
-# (store, (digest, generation), local mappings' digest, evolve) -> (plan, registry) with nothing
-# left to apply: what a fresh manager of the same files would compute again.
-_SYNCED: dict[tuple, tuple[Plan, Registry]] = {}
 
 
 class StateManager:
@@ -115,8 +114,7 @@ class StateManager:
         self.db_path = self._backend.label if db_path is None else db_path
         self.read_only = read_only
         self.evolve = evolve
-        self._local = _local_mappings(mapping_dirs)
-        self._local_digest = digest_of(self._local)
+        self._local, self._local_digest = _local_mappings(mapping_dirs)
         self._plans: dict[tuple[str | None, int], tuple[Plan, Registry]] = {}
         self._registry: Registry | None = None
         self._report: SchemaReport | None = None
@@ -158,12 +156,12 @@ class StateManager:
                 self._read(lambda g: None, missing=lambda: None)
             except StoreNotFoundError:
                 pass  # a read-only manager of a store not made yet: these would be in force
-        return self._registry or registry_for(self._local)
+        return self._registry or registry_for(self._local, self._local_digest)
 
     @property
     def local_registry(self) -> Registry:
         """This client's own mappings (its files), compiled: what a new store would take."""
-        return registry_for(self._local)
+        return registry_for(self._local, self._local_digest)
 
     @property
     def entity_types(self) -> tuple[str, ...]:
@@ -229,8 +227,10 @@ class StateManager:
         key = (state.digest, state.generation)
         cached = self._plans.get(key)
         shared_key = (self.label, key, self._local_digest, self.evolve)
-        if cached is None and shared_key in _SYNCED:
-            cached = self._plans[key] = _SYNCED[shared_key]
+        if cached is None:
+            cached = SYNCED.get(shared_key)
+            if cached is not None:
+                self._plans[key] = cached
         if cached is None or (cached[0].steps and session.writable):
             read_documents(session, state)
             plan_ = plan(recorded_mappings(state, self.label), self._local, evolve=self.evolve)
@@ -239,15 +239,14 @@ class StateManager:
                 self._report = evolution.apply(session, plan_, state, label=self.label)
                 plan_.steps = []
                 key = (state.digest, state.generation)
-                registry = registry_for(plan_.in_force)
+                registry = registry_for(plan_.in_force, state.digest)  # apply set it to the digest of in_force
             else:
-                registry = registry_for(plan_.in_force if not plan_.steps else recorded_mappings(state, self.label))
+                in_force = plan_.in_force if not plan_.steps else recorded_mappings(state, self.label)
+                registry = registry_for(in_force, digest_of(in_force))
             cached = (plan_, registry)
             self._plans = {key: cached}
             if not plan_.steps:  # nothing left to apply: any manager of these files may reuse it
-                if len(_SYNCED) > 64:
-                    _SYNCED.clear()
-                _SYNCED[(self.label, key, self._local_digest, self.evolve)] = cached
+                SYNCED.put((self.label, key, self._local_digest, self.evolve), cached)
             self._warn_drift(plan_)
         self._last_plan = cached[0]
         self._registry = cached[1]
@@ -301,7 +300,7 @@ class StateManager:
         except StoreNotFoundError:
             if self.read_only or missing is None:
                 raise
-            self._registry = self._registry or registry_for(self._local)
+            self._registry = self._registry or registry_for(self._local, self._local_digest)
             return missing()
 
     # --- writes ------------------------------------------------------------------------
@@ -1041,21 +1040,16 @@ def _union(*counts: dict[str, int]) -> list[str]:
 
 # --- mappings: this client's files, parsed once a process --------------------------------
 
-_local_cache: dict[tuple, dict[str, Mapping]] = {}
-
-
-def _local_mappings(mapping_dirs: Iterable[str | os.PathLike] | None) -> dict[str, Mapping]:
-    """This client's mappings (built-in, ``$HEALTHSIM_MAPPINGS``, ``mapping_dirs``),
-    reused while no file changes (a process that opens many managers parses
-    YAML once)."""
+def _local_mappings(mapping_dirs: Iterable[str | os.PathLike] | None) -> tuple[dict[str, Mapping], str]:
+    """This client's mappings (built-in, ``$HEALTHSIM_MAPPINGS``, ``mapping_dirs``)
+    and their digest, reused while no file changes (a process that opens many
+    managers parses YAML and computes the digest once)."""
     dirs = mapping_search_path(mapping_dirs)
     key = fingerprint(dirs)
-    found = _local_cache.get(key)
+    found = LOCAL_MAPPINGS.get(key)
     if found is None:
-        found = load_mapping_dirs(dirs)
-        if len(_local_cache) > 16:
-            _local_cache.clear()
-        _local_cache[key] = found
+        mappings = load_mapping_dirs(dirs)
+        found = LOCAL_MAPPINGS.put(key, (mappings, digest_of(mappings)))
     return found
 
 

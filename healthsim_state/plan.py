@@ -133,7 +133,7 @@ def _field_attribute_changes(o: Field, n: Field, *, skip_required: bool = False)
 
 
 def _show(value: object) -> str:
-    from .engine.values import MISSING
+    from .values import MISSING
 
     return "none" if value is MISSING else repr(value)
 

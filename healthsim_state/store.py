@@ -30,9 +30,9 @@ from .engine.batch import Chunk
 from .engine.columns import ColumnBatch
 from .engine.compile import Codec
 from .engine.registry import Registry
-from .engine.values import dump_exact, is_text, parse_exact
 from .errors import Problem, StoreError, ValidationError
 from .layout import data_columns, versions_table, write_columns
+from .values import dump_exact, is_text, parse_exact
 
 _SCENARIO_COLUMNS = ("scenario_id", "name", "description", "created_at", "updated_at", "entity_count",
                      "entity_counts", "version")
@@ -194,9 +194,6 @@ class Gateway:
                     "ORDER BY scenario_id, position", part):
                 tags.setdefault(scenario_id, []).append(tag)
         return tags
-
-    def scenario_count(self) -> int:
-        return self.session.scalar("SELECT count(*) FROM scenarios")
 
     # --- versions ------------------------------------------------------------------------
 

@@ -28,8 +28,8 @@ from healthsim_state.engine import batch as batch_module
 from healthsim_state.engine import columns
 from healthsim_state.engine.columns import Plan, flatten_columns, group_by_shape, residual_builder
 from healthsim_state.engine.compile import compile_mapping
-from healthsim_state.engine.types import column_type, from_form, to_form
-from healthsim_state.engine.values import MISSING
+from healthsim_state.column_types import column_type, from_form, to_form
+from healthsim_state.values import MISSING
 from healthsim_state.mapping.loader import mapping_from_document
 from healthsim_state.mapping.model import UUID4, Field
 from test_hostile_input import hostile_entity

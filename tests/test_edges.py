@@ -24,8 +24,8 @@ from healthsim_state import (
     ValidationError,
 )
 from healthsim_state.backends import duckdb_backend
-from healthsim_state.engine import values
-from healthsim_state.engine.values import dump_residual_json, parse_json, render_decimal
+from healthsim_state import values
+from healthsim_state.values import dump_residual_json, parse_json, render_decimal
 from healthsim_state.interop import (
     DocumentError,
     export_document,

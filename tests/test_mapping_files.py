@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from healthsim_state import MappingError, StateManager, ValidationError
+from healthsim_state.column_types import TYPE_NAMES, TYPE_PATTERN
+from healthsim_state.mapping import loader as loader_module
 from healthsim_state.mapping.loader import builtin_mapping_dir, load_mapping_dirs, load_mappings
 
 GOOD = """\
@@ -266,3 +268,15 @@ def test_every_overlap_is_reported_in_the_order_the_paths_appear(tmp_path):
         "fields[3] (unit).path: 'info.size.value.unit' overlaps the path of column info ('info')",
         "fields[3] (unit).aliases[0]: 'size' overlaps the alias of column info ('size.value')",
     ]
+
+
+def test_the_schemas_type_pattern_is_the_one_the_type_table_derives():
+    # The schema file stays whole for editors; the table is where a type is added.
+    schema = json.loads((Path(loader_module.__file__).parent / "mapping.schema.json").read_text("utf-8"))
+    assert schema["$defs"]["type"]["pattern"] == TYPE_PATTERN
+
+
+def test_an_unknown_type_lists_every_type_of_the_table(tmp_path):
+    write(tmp_path, GOOD.replace("type: varchar\n    aliases", "type: string\n    aliases"))
+    message = errors_of(tmp_path)
+    assert f"unknown type 'string'; use one of {TYPE_NAMES}" in message

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import oracle
 import strategies as S
-from healthsim_state.engine.values import dump_column_json, dump_residual_json, parse_json, parse_json_many, to_json
+from healthsim_state.values import dump_column_json, dump_residual_json, parse_json, parse_json_many, to_json
 
 RAW = oracle.load_mapping_dirs([Path(__file__).resolve().parents[1] / "mappings"])
 QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]

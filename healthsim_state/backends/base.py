@@ -17,12 +17,11 @@ import itertools
 import random
 import time
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Iterator, Sequence, TypeVar
 
-from ..engine.types import ColumnType, from_form
+from ..column_types import ColumnType, from_form
 from ..errors import ReadOnlyError, StoreError, TransactionConflictError
 
 T = TypeVar("T")
@@ -40,7 +39,7 @@ class Dialect:
     ``types`` maps a mapping type's family to its SQL type (``decimal`` is
     ``DECIMAL(P,S)`` everywhere). ``read`` says how a load selects a column so
     that every engine hands back the engine-independent *read form* the codecs
-    expect (see :mod:`healthsim_state.engine.types`): ISO text for dates and
+    expect (see :mod:`healthsim_state.column_types`): ISO text for dates and
     timestamps, a float for a decimal of up to 15 digits and text for a
     longer one, JSON text for json. ``compare`` says how to compare a column
     exactly (in ``EXCEPT`` and ``IS DISTINCT FROM``), for a type the engine
@@ -139,7 +138,7 @@ class Session(ABC):
                        types: Sequence[ColumnType | None], length: int) -> None:
         """Insert ``length`` rows given column by column, in bulk: ``arrays[i]``
         holds the values of ``columns[i]`` (or is a :class:`Constant`), in the
-        *form* of ``types[i]`` (see :mod:`healthsim_state.engine.types`:
+        *form* of ``types[i]`` (see :mod:`healthsim_state.column_types`:
         ISO text for dates and timestamps, unscaled integers for decimals;
         None: values as a row holds them).
 
@@ -179,10 +178,6 @@ class Session(ABC):
         """Keep other clients from changing the layout until this transaction
         ends (a no-op where the engine admits one writer at a time)."""
 
-    def require_writable(self, what: str) -> None:
-        if not self.writable:
-            raise ReadOnlyError(f"{what} needs a store opened for writing; this one was opened read-only")
-
 
 @dataclass
 class QueryResult:
@@ -210,7 +205,7 @@ class Backend(ABC):
         """Whether the store has been created (a file exists, ...)."""
 
     @abstractmethod
-    def session(self, *, write: bool) -> "contextmanager[Session]":
+    def session(self, *, write: bool) -> ContextManager[Session]:
         """One transaction: open (waiting out other processes' locks), begin,
         yield a :class:`Session`, commit or roll back, release."""
 

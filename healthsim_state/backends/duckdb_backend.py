@@ -41,8 +41,8 @@ from typing import Any, Iterator, Sequence
 import duckdb
 import nanoarrow as na
 
+from ..column_types import ColumnType
 from ..errors import DatabaseLockedError, QueryError, StoreError, StoreNotFoundError, TransactionConflictError
-from ..engine.types import ColumnType
 from . import filelock
 from .base import Backend, Constant, Dialect, QueryResult, Session, quote
 from .sandbox import ALLOWED, QUERY_WORDS, check_parameters, explains, refusal, subquery

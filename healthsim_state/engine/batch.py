@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable, Iterator, Mapping as AnyMapping
 
+from ..column_types import from_form
 from ..errors import Problem, ValidationError, preview
 from .columns import ColumnBatch, flatten_columns
 from .compile import Codec
 from .keys import KeyMaker, generated_fields
 from .registry import Registry
-from .types import from_form
 
 
 CHUNK = 16_384
@@ -67,11 +67,6 @@ class ScenarioBatch:
         self._lists = _entity_lists(registry, entities, self.problems)
         self.counts = {codec.mapping.entity: len(items) for codec, items in self._lists if items}
         self._progress = progress
-
-    @property
-    def codecs(self) -> list[Codec]:
-        """The types the batch holds (empty lists included), in the order given."""
-        return [codec for codec, _ in self._lists]
 
     def chunks(self) -> Iterator[tuple[Codec, Chunk]]:
         """``(codec, chunk)`` ready for the store, while no problem has been

@@ -20,7 +20,7 @@ required field, a small group) goes through the generated ``flatten`` itself.
 So every entity is stored as the generated code would store it, and bad input
 is reported by the same code with the same messages.
 
-Columns come out in each type's *form* (see :mod:`.types`), which a backend
+Columns come out in each type's *form* (see :mod:`healthsim_state.column_types`), which a backend
 takes without per-value Python work: dates and timestamps as their canonical
 ISO text, decimals as unscaled integers.
 """
@@ -32,13 +32,13 @@ import math
 from dataclasses import dataclass
 from itertools import chain, compress, repeat
 from operator import add, and_, eq, floordiv, is_, is_not, itemgetter, mul, not_, or_, sub, truediv
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
+from ..column_types import from_form, to_form
 from ..mapping.model import UUID4, Field
+from ..values import MAX_DEPTH, MISSING, _dump_residual_fast, dump_column_json, dump_residual_json, is_text, to_json
 from .compile import Codec, _Source
 from .keys import GENERATED
-from .types import from_form, to_form
-from .values import MAX_DEPTH, MISSING, _dump_residual_fast, dump_column_json, dump_residual_json, is_text, to_json
 
 MIN_GROUP = 32
 """Entities of one shape, in one chunk, below which the generic flatten is

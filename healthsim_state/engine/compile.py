@@ -42,11 +42,11 @@ from dataclasses import dataclass, field as dataclass_field
 from functools import cached_property
 from typing import Any, Callable, Iterable, Sequence
 
+from ..column_types import HeldText, Unfit, identity
 from ..errors import Problem, preview
 from ..mapping.model import UUID4, Field, Mapping
 from .keys import GENERATED
-from .types import HeldText, Unfit, identity
-from .values import MISSING, NotJSON, dump_residual_json, parse_json, parse_json_many, to_json
+from ..values import MISSING, NotJSON, dump_residual_json, parse_json, parse_json_many, to_json
 
 
 class _Blocked:

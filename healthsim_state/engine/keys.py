@@ -30,7 +30,7 @@ from itertools import compress
 from typing import TYPE_CHECKING, Any
 
 from ..mapping.model import UUID4
-from .types import from_form, to_form
+from ..column_types import from_form, to_form
 
 if TYPE_CHECKING:
     from .compile import Codec

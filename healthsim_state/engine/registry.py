@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from ..caches import REGISTRIES
 from ..errors import Problem, UnknownEntityTypeError, ValidationError
 from ..mapping.model import Mapping
 from .compile import Codec, compile_mapping
@@ -50,21 +51,12 @@ class Registry:
         return result
 
 
-_compiled: dict[str, Registry] = {}
-
-
-def registry_for(mappings: dict[str, Mapping]) -> Registry:
-    """The registry of a mapping set, compiled once a process per set (the
-    cache is keyed by the set's content, so it never goes stale)."""
-    import hashlib
-    import json
-
-    key = hashlib.sha256(json.dumps(sorted(json.dumps(m.describe(), sort_keys=True) for m in mappings.values())
-                                    ).encode()).hexdigest()
-    found = _compiled.get(key)
+def registry_for(mappings: dict[str, Mapping], digest: str) -> Registry:
+    """The registry of a mapping set, compiled once a process per set.
+    ``digest`` is the set's (:func:`healthsim_state.layout.digest_of`: equal
+    digests, equal mappings), which the caller has already computed; the
+    cache is keyed by it, so it never goes stale."""
+    found = REGISTRIES.get(digest)
     if found is None:
-        found = Registry(mappings[entity] for entity in sorted(mappings))
-        if len(_compiled) > 32:
-            _compiled.clear()
-        _compiled[key] = found
+        found = REGISTRIES.put(digest, Registry(mappings[entity] for entity in sorted(mappings)))
     return found

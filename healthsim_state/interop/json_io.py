@@ -51,10 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..engine.values import dump_exact, exact_number, render_object
 from ..errors import Problem, ScenarioNotFoundError, StoreNotFoundError, ValidationError
 from ..history import HeldEntity, ScenarioHistory
 from ..manager import StateManager
+from ..values import dump_exact, exact_number, render_object
 from .errors import DocumentError
 from .files import default_target, write_atomic
 

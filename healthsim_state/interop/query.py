@@ -10,7 +10,6 @@ the text. Here the results become JSON-ready values.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import uuid
@@ -19,7 +18,7 @@ from typing import Any, Sequence
 
 from ..backends import open_backend
 from ..backends.base import QueryResult
-from ..engine.values import parse_exact
+from ..values import parse_exact
 
 __all__ = ["QueryResult", "run_query", "jsonable", "records", "json_rows"]
 
@@ -41,7 +40,7 @@ def json_rows(result: QueryResult, *, exact: bool = False) -> list[list[Any]]:
     """The rows as JSON values: a JSON column's text becomes the JSON it
     holds. With ``exact``, a decimal (or a number in a JSON column) that no
     float holds stays a ``Decimal`` with every digit (for a writer that
-    keeps them, :func:`~healthsim_state.engine.values.dump_exact`); without,
+    keeps them, :func:`~healthsim_state.values.dump_exact`); without,
     it is the nearest float."""
     parse = [t in JSON_TYPES for t in result.types]
     cell = _exact_cell if exact else jsonable

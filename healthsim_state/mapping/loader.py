@@ -22,9 +22,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from ..engine.types import column_type
-from ..engine.values import MISSING, NotJSON, to_json
+from ..column_types import TYPE_NAMES, column_type
 from ..errors import MappingError, Problem
+from ..values import MISSING, NotJSON, to_json
 from . import validation_cache
 from .model import UUID4, Field, Mapping
 
@@ -36,7 +36,6 @@ RESERVED_COLUMNS = frozenset({"scenario_id", "_position", "_residual"})
 RESERVED_TABLES = frozenset({"scenarios", "scenario_tags", "scenario_versions"})
 RESERVED_TABLE_PREFIX = "_healthsim"
 
-_TYPE_NAMES = "varchar, integer, bigint, double, decimal(P,S), boolean, date, timestamp, json"
 _TOP_KEYS = ("format", "entity", "plural", "table", "description", "primary_key", "fields")
 FORMAT = 1  # the mapping document's format version (``format:``, optional in files)
 # PostgreSQL keeps 63 bytes of a name; a type's table of every version adds VERSIONS_SUFFIX.
@@ -206,7 +205,7 @@ def _build(path: str, doc: dict[str, Any], problems: list[Problem]) -> Mapping |
         try:
             ctype = column_type(raw["type"])
         except ValueError as reason:
-            problems.append(_problem(path, entity, f"{key}.type", f"{reason}; use one of {_TYPE_NAMES}"))
+            problems.append(_problem(path, entity, f"{key}.type", f"{reason}; use one of {TYPE_NAMES}"))
             continue
         default = _check_default(path, entity, key, raw, ctype, problems)
         fields.append(Field(
@@ -414,7 +413,7 @@ def _explain(error: jsonschema.ValidationError) -> str:
         return f"{error.message.split(' is ')[0]} is missing; add it"
     if kind == "pattern":
         if where == "type" or "varchar" in error.validator_value:
-            return f"unknown type {value!r}; use one of {_TYPE_NAMES}"
+            return f"unknown type {value!r}; use one of {TYPE_NAMES}"
         if "[^.]" in error.validator_value:
             return f"{value!r} is not a valid path: keys joined by single dots, none empty"
         return (f"{value!r} is not a valid name: use lowercase letters, digits and underscores, "

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.types import ColumnType
-from ..engine.values import MISSING
+from ..column_types import ColumnType
+from ..values import MISSING
 
 UUID4 = "uuid4"
 

@@ -11,7 +11,7 @@ for ``decimal(P,S)``) gives:
 - ``fast_test``: a Python expression over ``v``, true when ``v`` is its own
   column value and its own rendering, so compiled flatten code skips the call
   for the common case;
-- ``form``: how a column of values in bulk (:mod:`.columns`) holds them, so
+- ``form``: how a column of values in bulk (:mod:`healthsim_state.engine.columns`) holds them, so
   that a backend can take it without per-value Python work: ``value`` (as a
   row holds them), ``iso_text`` (a date as the canonical ISO text
   ``isoformat`` writes, which every engine parses back exactly), ``instant``
@@ -50,8 +50,9 @@ from dataclasses import dataclass
 from decimal import Context, Decimal, InvalidOperation
 from typing import Any, Callable
 
-from .values import MISSING, NotJSON, check_real_date, dump_column_json, dump_exact, is_text, parse_json, \
-    to_json
+from .values import (
+    MISSING, NotJSON, check_real_date, dump_column_json, dump_exact, is_text, parse_json, to_json,
+)
 
 
 class Unfit(ValueError):
@@ -304,6 +305,13 @@ TYPES: dict[str, ColumnType] = {
 
 _DECIMAL = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
 MAX_DECIMAL_PRECISION = 38
+
+TYPE_NAMES = ", ".join([*TYPES, "decimal(P,S)"])
+"""Every type a mapping may declare, for messages."""
+
+TYPE_PATTERN = "^(" + "|".join(TYPES) + r"|decimal\(\s*[0-9]+\s*,\s*[0-9]+\s*\))$"
+"""The pattern of the mapping JSON Schema's ``type`` (``$defs.type``): the file
+must say the same (a test holds it to this), so that it stays whole for editors."""
 
 
 def column_type(name: str) -> ColumnType:
