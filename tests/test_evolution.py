@@ -22,6 +22,7 @@ from healthsim_state import (
     ValidationError,
     plan_schema_changes,
 )
+from healthsim_state import evolution
 import clirun
 from stores import Store, new_store
 
@@ -244,6 +245,32 @@ def test_dry_run_reports_and_changes_nothing(db):
     text = "\n".join(report.lines())
     assert "person (people): rewritten" in text and "field added: nickname" in text and "field removed: age" in text
     assert db.snapshot() == before
+
+
+@pytest.mark.parametrize("edit", [
+    {"age": None, "nickname": "{column: nickname, path: nickname, type: varchar}"},  # a rewrite
+    {"nickname": "{column: nickname, path: nickname, type: varchar}"},  # a column and a backfill
+    {"given": "{column: first, path: name.given, type: varchar}"},  # a renamed column
+])
+def test_dry_run_lists_the_operations_that_applying_runs(db, monkeypatch, edit):
+    maps = db.write(edited(**edit))
+    dry = plan_schema_changes(db.path, mapping_dirs=[maps])
+    executed = []
+    run = evolution.execute
+    monkeypatch.setattr(evolution, "execute", lambda session, operations: (executed.append(operations),
+                                                                          run(session, operations)))
+    with db.evolved() as sm:
+        real = sm.schema_report
+    assert [_comparable(op) for op in executed[0]] == [_comparable(op) for op in dry.operations]
+    assert dry.operations and real.applied and not dry.applied
+    assert dry.lines() == real.lines()
+    assert db.loads() == db.before
+
+
+def _comparable(operation: object) -> object:
+    """An operation, its rows in a fixed order (a scan may yield them in any)."""
+    rows = getattr(operation, "rows", None)
+    return operation if rows is None else (type(operation), operation.table, operation.columns, sorted(rows, key=repr))
 
 
 # --- random sequences of edits -------------------------------------------------------------
