@@ -17,7 +17,7 @@ changed path, in the new canonical shape), every version of it included:
 
 Two stages: :func:`compile_plan` reads the store (and writes nothing) to
 turn the plan into the list of operations it takes, DDL as
-:class:`Statement` and row rewrites as :class:`AppendRows` and
+:class:`Statement` and row rewrites as :class:`RewriteScenario` and
 :class:`UpdateRows`, making every check on the way; :func:`execute` runs
 such a list. A dry run is the first stage alone: its report holds the list.
 """
@@ -61,18 +61,50 @@ class Statement:
 
 
 @dataclass(frozen=True)
-class AppendRows:
-    """Rows rebuilt under the new mapping, appended to ``table`` in bulk."""
+class Conversion:
+    """How a rewrite turns a stored row of the old mapping into one of the new:
+    compiled once per table, shared by its :class:`RewriteScenario` operations."""
+
+    diff: MappingDiff
+    old_codec: Codec
+    stored: Codec
+
+    @classmethod
+    def of(cls, diff: MappingDiff) -> Conversion:
+        return cls(diff, compile_mapping(diff.old), compile_mapping(stored_data_mapping(diff)))
+
+    def scenario(self, session: Session, source: str, scenario_id: Any) -> tuple[list[tuple], list[Problem]]:
+        """One scenario's rows of every version, read from the versions table
+        ``source`` (in the old mapping's columns) and rebuilt under the new."""
+        rows = session.fetchall(_select(session, self.diff.old, source, " WHERE scenario_id = ?"), [scenario_id])
+        return _convert(rows, self.diff, self.old_codec, self.stored)
+
+
+@dataclass(frozen=True)
+class RewriteScenario:
+    """One scenario's rows, rebuilt under the new mapping, appended to
+    ``table`` in bulk. It holds no rows, only what to read: :func:`compile_plan`
+    converts each scenario once to check it and count (keeping only the
+    counts), and :meth:`run` reads and converts it again from ``source`` (the
+    versions table's name at the moment it runs, after any table rename listed
+    before it). Converting twice is the price of holding one scenario's rows
+    at a time, never the table's, for this rare operation."""
 
     table: str
     columns: tuple[str, ...]
-    rows: list[tuple]
+    source: str
+    scenario_id: Any
+    row_count: int
+    conversion: Conversion = dataclass_field(compare=False)
 
     def describe(self) -> str:
-        return f"append {len(self.rows)} rebuilt rows to {self.table}"
+        return f"append {self.row_count} rebuilt rows to {self.table}"
 
     def run(self, session: Session) -> None:
-        session.append(self.table, self.columns, self.rows)
+        rows, problems = self.conversion.scenario(session, self.source, self.scenario_id)
+        if problems:  # the checks ran in this transaction, so only a store changed in between gets here
+            raise SchemaChangeError(problems, table=self.conversion.diff.new.table)
+        session.append(self.table, self.columns, rows)
 
 
 @dataclass(frozen=True)
@@ -98,7 +130,7 @@ class UpdateRows:
         session.execute(f"DROP TABLE {staging}")
 
 
-Operation = Statement | AppendRows | UpdateRows
+Operation = Statement | RewriteScenario | UpdateRows
 
 
 def _statements(*sql: str) -> list[Operation]:
@@ -230,13 +262,13 @@ def stored_data_mapping(diff: MappingDiff) -> Mapping:
     return dataclasses.replace(diff.new, fields=fields)
 
 
-def _select(session: Session, mapping: Mapping, extra: str = "") -> str:
+def _select(session: Session, mapping: Mapping, table: str, extra: str = "") -> str:
     """``scenario_id, _since, _until, _position, <columns in read form>, _residual``
-    of the type's rows of every version."""
+    of the type's rows of every version, from the versions table ``table``
+    (whose columns are still ``mapping``'s)."""
     dialect = session.dialect
     reads = ", ".join(dialect.read_expression(f.type, f.column) for f in mapping.fields)
-    table = quote(versions_table(mapping.table))
-    return f"SELECT scenario_id, _since, _until, _position, {reads}, _residual FROM {table}{extra}"
+    return f"SELECT scenario_id, _since, _until, _position, {reads}, _residual FROM {quote(table)}{extra}"
 
 
 # --- fields added: a column and a backfill ------------------------------------------------
@@ -255,7 +287,7 @@ def _add_fields(session: Session, diff: MappingDiff, report: TableReport) -> lis
     operations = _statements(*(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(f.column)} "
                                f"{session.dialect.column_type(f.type)}" for f in diff.added))
     updates = []
-    for rows in session.stream(_select(session, old, where), needles, BATCH):
+    for rows in session.stream(_select(session, old, versions_table(old.table), where), needles, BATCH):
         with no_cyclic_gc():
             for scenario_id, since, _, *row in rows:
                 flat = stored.flatten(old_codec.rebuild(row), row[0], [])
@@ -274,28 +306,30 @@ def _add_fields(session: Session, diff: MappingDiff, report: TableReport) -> lis
 
 def _rewrite(session: Session, diff: MappingDiff, report: TableReport) -> list[Operation]:
     """Rebuild every row of every version with the new mapping (see the module
-    docstring) into a new table that then takes the old one's place."""
+    docstring) into a new table that then takes the old one's place. Each
+    scenario is converted here to check it and count, one at a time, keeping
+    only counts and problems; its :class:`RewriteScenario` converts it again
+    when it runs."""
     new = diff.new
-    old_codec, stored = compile_mapping(diff.old), compile_mapping(stored_data_mapping(diff))
+    conversion = Conversion.of(diff)
     names = dict(session.fetchall("SELECT scenario_id, name FROM scenarios"))
     blockers: list[Problem] = []
     filled = {f.column: 0 for f in diff.added}
     slots = {f.column: 1 + [g.column for g in new.fields].index(f.column) for f in diff.added}
-    table = versions_table(new.table)
+    table, source = versions_table(new.table), versions_table(diff.old.table)
     operations = _statements(f"DROP TABLE IF EXISTS {quote(REWRITE_TABLE)}",
                              entity_ddl(session.dialect, new, table=REWRITE_TABLE))
     columns = ("scenario_id", *data_columns(new), "_since", "_until")
-    scenario_ids = [s for (s,) in session.fetchall(
-        f"SELECT DISTINCT scenario_id FROM {quote(versions_table(diff.old.table))} ORDER BY 1")]
+    scenario_ids = [s for (s,) in session.fetchall(f"SELECT DISTINCT scenario_id FROM {quote(source)} ORDER BY 1")]
     for scenario_id in scenario_ids:
-        rows = session.fetchall(_select(session, diff.old, " WHERE scenario_id = ?"), [scenario_id])
-        new_rows, problems = _convert(rows, diff, old_codec, stored)
+        new_rows, problems = conversion.scenario(session, source, scenario_id)  # read now: nothing has run yet
         if problems:
             where = names.get(scenario_id, scenario_id)
             blockers += [dataclasses.replace(p, message=f"scenario {where!r}: {p.message}") for p in problems]
         if blockers:
             continue
-        operations.append(AppendRows(REWRITE_TABLE, columns, new_rows))
+        # Runs after the table rename (if any) listed before it: it reads the new name.
+        operations.append(RewriteScenario(REWRITE_TABLE, columns, table, scenario_id, len(new_rows), conversion))
         report.rows += len(new_rows)
         for column, slot in slots.items():
             filled[column] += sum(row[1 + slot] is not None for row in new_rows)
