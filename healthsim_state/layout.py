@@ -94,17 +94,17 @@ def entity_ddl(dialect: Dialect, mapping: Mapping, *, table: str | None = None) 
     return f"CREATE TABLE {quote(table or versions_table(mapping.table))} ({', '.join(columns)})"
 
 
-def create_view(session: Session, mapping: Mapping) -> None:
+def view_ddl(mapping: Mapping) -> list[str]:
     """The view of a type's current rows, named as the mapping's table (made
     anew whenever the columns change: a view lists them)."""
     names = ", ".join(quote(c) for c in write_columns(mapping))
-    session.execute(f"DROP VIEW IF EXISTS {quote(mapping.table)}")
-    session.execute(f"CREATE VIEW {quote(mapping.table)} AS SELECT {names} FROM "
-                    f"{quote(versions_table(mapping.table))} WHERE _until IS NULL")
+    return [drop_view_ddl(mapping.table),
+            f"CREATE VIEW {quote(mapping.table)} AS SELECT {names} FROM "
+            f"{quote(versions_table(mapping.table))} WHERE _until IS NULL"]
 
 
-def drop_view(session: Session, table: str) -> None:
-    session.execute(f"DROP VIEW IF EXISTS {quote(table)}")
+def drop_view_ddl(table: str) -> str:
+    return f"DROP VIEW IF EXISTS {quote(table)}"
 
 
 def index_ddl(dialect: Dialect, table: str) -> list[str]:
@@ -271,4 +271,5 @@ def _upgrade_1_to_2(session: Session, state: StoreState) -> None:
         session.execute(f"ALTER TABLE {quote(table)} RENAME TO {quote(versions_table(table))}")
         session.execute(f"ALTER TABLE {quote(versions_table(table))} ADD COLUMN _since INTEGER DEFAULT 1")
         session.execute(f"ALTER TABLE {quote(versions_table(table))} ADD COLUMN _until INTEGER")
-        create_view(session, mapping)
+        for ddl in view_ddl(mapping):
+            session.execute(ddl)

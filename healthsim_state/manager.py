@@ -233,21 +233,21 @@ class StateManager:
                 self._plans[key] = cached
         if cached is None or (cached[0].steps and session.writable):
             read_documents(session, state)
-            plan_ = plan(recorded_mappings(state, self.label), self._local, evolve=self.evolve)
-            if plan_.steps and session.writable:
+            schema_plan = plan(recorded_mappings(state, self.label), self._local, evolve=self.evolve)
+            if schema_plan.steps and session.writable:
                 session.lock_layout()
-                self._report = evolution.apply(session, plan_, state, label=self.label)
-                plan_.steps = []
+                self._report = evolution.apply(session, schema_plan, state, label=self.label)
+                schema_plan = schema_plan.once_applied()
                 key = (state.digest, state.generation)
-                registry = registry_for(plan_.in_force, state.digest)  # apply set it to the digest of in_force
+                registry = registry_for(schema_plan.in_force, state.digest)  # apply set it to the digest of in_force
             else:
-                in_force = plan_.in_force if not plan_.steps else recorded_mappings(state, self.label)
+                in_force = schema_plan.in_force if not schema_plan.steps else recorded_mappings(state, self.label)
                 registry = registry_for(in_force, digest_of(in_force))
-            cached = (plan_, registry)
+            cached = (schema_plan, registry)
             self._plans = {key: cached}
-            if not plan_.steps:  # nothing left to apply: any manager of these files may reuse it
+            if not schema_plan.steps:  # nothing left to apply: any manager of these files may reuse it
                 SYNCED.put((self.label, key, self._local_digest, self.evolve), cached)
-            self._warn_drift(plan_)
+            self._warn_drift(schema_plan)
         self._last_plan = cached[0]
         self._registry = cached[1]
         self._synced = True
@@ -257,8 +257,8 @@ class StateManager:
         registry = self._sync(session)
         return Gateway(session, registry, self.label, history_limit=self._history_limit)
 
-    def _warn_drift(self, plan_: Plan) -> None:
-        lines = tuple(plan_.pending_lines)
+    def _warn_drift(self, schema_plan: Plan) -> None:
+        lines = tuple(schema_plan.pending_lines)
         if not lines or (self.label, lines) in _WARNED:
             return
         _WARNED.add((self.label, lines))
@@ -1227,21 +1227,21 @@ def plan_schema_changes(db_path: str | os.PathLike | None = None, *,
                         mapping_dirs: Iterable[str | os.PathLike] | None = None) -> SchemaReport:
     """What ``migrate-schema`` would change to bring the store in line with
     these mapping files, changing nothing (a dry run: every check is made,
-    nothing is written). A change that cannot be applied raises
-    :class:`SchemaChangeError` listing what blocks it."""
+    nothing is written); the report's ``operations`` are the statements and
+    row rewrites that applying would run. A change that cannot be applied
+    raises :class:`SchemaChangeError` listing what blocks it."""
     manager = StateManager(db_path, mapping_dirs=mapping_dirs, read_only=True)
     local = manager._local
 
-    def dry_run(session: Session) -> SchemaReport:
+    def compile_changes(session: Session) -> SchemaReport:
         state = read_state(session)
         if state is None:
             state = StoreState(SCHEMA_VERSION, None, 0, None)
         stored = recorded_mappings(read_documents(session, state), manager.label)
-        plan_ = plan(stored, local, evolve=True)
-        return evolution.apply(session, plan_, state, label=manager.label, dry_run=True)
+        return evolution.compile_plan(session, plan(stored, local, evolve=True), label=manager.label)
 
     try:
-        return manager._backend.run(dry_run, write=False)
+        return manager._backend.run(compile_changes, write=False)
     finally:
         manager.close()
 

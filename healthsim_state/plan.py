@@ -20,15 +20,23 @@ pending; :mod:`healthsim_state.evolution` applies the steps.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field as dataclass_field
 
 from .errors import MappingError
 from .mapping.loader import check_mapping_set
 from .mapping.model import Field, Mapping
 
-# What a step does to a table. "rewrite" rebuilds every row; the others are cheap.
-CREATE, ADD_FIELDS, RECORD, RENAME_COLUMNS, REWRITE = "created", "fields added", "recorded", "renamed columns", \
-    "rewritten"
+class Action(enum.StrEnum):
+    """What a step does to a table; its value is how reports name it.
+    ``REWRITTEN`` rebuilds every row; the others are cheap."""
+
+    CREATED = "created"
+    FIELDS_ADDED = "fields added"
+    RECORDED = "recorded"
+    RENAMED_COLUMNS = "renamed columns"
+    RENAMED_TABLE = "renamed table"
+    REWRITTEN = "rewritten"
 
 
 @dataclass
@@ -176,10 +184,10 @@ def add_only(old: Mapping, new: Mapping) -> Mapping:
 
 @dataclass
 class Step:
-    """One table's change: ``action`` (see the constants above), from ``old``
-    (None for a new type) to ``new``, described line by line."""
+    """One table's change: ``action``, from ``old`` (None for a new type) to
+    ``new``, described line by line."""
 
-    action: str
+    action: Action
     entity: str
     old: Mapping | None
     new: Mapping
@@ -202,6 +210,11 @@ class Plan:
     def pending_lines(self) -> list[str]:
         return [f"{entity}: {line}" for entity, lines in self.pending.items() for line in lines]
 
+    def once_applied(self) -> Plan:
+        """This plan after its steps ran: nothing left to apply, the same set
+        in force and the same changes pending."""
+        return dataclasses.replace(self, steps=[])
+
 
 def plan(stored: dict[str, Mapping], local: dict[str, Mapping], *, evolve: bool = False) -> Plan:
     """What opening a store holding ``stored`` with the files ``local`` does:
@@ -221,7 +234,7 @@ def plan(stored: dict[str, Mapping], local: dict[str, Mapping], *, evolve: bool 
                     raise MappingError(problems)
                 pending[entity] = [f"type not added: {p.message}" for p in problems]
                 continue
-            steps.append(Step(CREATE, entity, None, target, [f"type added: table {target.table}"]))
+            steps.append(Step(Action.CREATED, entity, None, target, [f"type added: table {target.table}"]))
         elif not same_mapping(old, target):
             steps.append(_step(old, target))
         in_force[entity] = target
@@ -241,13 +254,13 @@ def _step(old: Mapping, new: Mapping) -> Step:
     diff = diff_mappings(old, new)
     changes = describe_changes(old, new)
     if diff.needs_rewrite:
-        action = REWRITE
+        action = Action.REWRITTEN
     elif diff.added:
-        action = ADD_FIELDS
+        action = Action.FIELDS_ADDED
     elif diff.renames:
-        action = RENAME_COLUMNS
+        action = Action.RENAMED_COLUMNS
+    elif old.table != new.table:
+        action = Action.RENAMED_TABLE
     else:
-        action = RECORD
-    if old.table != new.table and action == RECORD:
-        action = "renamed table"
+        action = Action.RECORDED
     return Step(action, new.entity, old, new, changes)

@@ -7,6 +7,7 @@ edit waits (a MappingDriftWarning, the store's mapping stays in force) until
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import subprocess
 from pathlib import Path
@@ -22,6 +23,7 @@ from healthsim_state import (
     ValidationError,
     plan_schema_changes,
 )
+from healthsim_state import evolution
 import clirun
 from stores import Store, new_store
 
@@ -243,6 +245,87 @@ def test_dry_run_reports_and_changes_nothing(db):
     assert not report.applied
     text = "\n".join(report.lines())
     assert "person (people): rewritten" in text and "field added: nickname" in text and "field removed: age" in text
+    assert db.snapshot() == before
+
+
+@pytest.mark.parametrize("edit", [
+    {"age": None, "nickname": "{column: nickname, path: nickname, type: varchar}"},  # a rewrite
+    {"nickname": "{column: nickname, path: nickname, type: varchar}"},  # a column and a backfill
+    {"given": "{column: first, path: name.given, type: varchar}"},  # a renamed column
+])
+def test_dry_run_lists_the_operations_that_applying_runs(db, monkeypatch, edit):
+    maps = db.write(edited(**edit))
+    dry = plan_schema_changes(db.path, mapping_dirs=[maps])
+    executed = []
+    run = evolution.execute
+    monkeypatch.setattr(evolution, "execute", lambda session, operations: (executed.append(operations),
+                                                                          run(session, operations)))
+    with db.evolved() as sm:
+        real = sm.schema_report
+    assert [_comparable(op) for op in executed[0]] == [_comparable(op) for op in dry.operations]
+    assert dry.operations and real.applied and not dry.applied
+    assert dry.lines() == real.lines()
+    assert db.loads() == db.before
+
+
+def _comparable(operation: object) -> object:
+    """What an operation says it does, with an update's rows in a fixed order
+    (a scan may yield them in any); a rewrite holds no rows, only their count."""
+    rows = getattr(operation, "rows", None)
+    described = (type(operation), operation.describe())
+    return described if rows is None else (*described, sorted(rows, key=repr))
+
+
+def test_a_rewrite_with_a_renamed_table_reads_the_renamed_table_when_it_runs(db):
+    text = mapping_text(edited(age=None)).replace("table: people", "table: folks")
+    (db.write(BASE_FIELDS) / "person.yaml").write_text(text)
+    dry = plan_schema_changes(db.path, mapping_dirs=[db.maps])
+    described = [op.describe() for op in dry.operations]
+    renamed = next(i for i, line in enumerate(described) if "RENAME TO" in line and "folks" in line)
+    assert renamed < min(i for i, line in enumerate(described) if line.startswith("append "))
+    with db.evolved() as sm:
+        assert sm.schema_report.for_entity("person").rows == dry.for_entity("person").rows == 4
+    assert db.loads() == db.before
+    assert sorted(db.sql("SELECT pid FROM folks")) == [("a1",), ("a1",), ("a2",), ("b2",)]
+
+
+@pytest.mark.parametrize("people", [1, 30])
+def test_a_compiled_rewrite_holds_no_rows(tmp_path, store, people):
+    """The list a rewrite compiles to is the same size whatever the rows: one
+    small operation a scenario, naming what to read, not the rows rebuilt."""
+    db = Db(tmp_path, store)
+    db.write(BASE_FIELDS)
+    with db.open() as sm:
+        for name in ("alpha", "beta"):
+            sm.save_scenario(name, {"person": [{"pid": f"p{i}", "age": i, "nickname": "x" * 100}
+                                               for i in range(people)]})
+    dry = plan_schema_changes(db.path, mapping_dirs=[db.write(edited(age=None))])
+    rewrites = [op for op in dry.operations if isinstance(op, evolution.RewriteScenario)]
+    assert [op.describe() for op in rewrites] == [f"append {people} rebuilt rows to _healthsim_rewrite"] * 2
+    for op in dry.operations:
+        held = [getattr(op, f.name) for f in dataclasses.fields(op)]
+        assert not any(isinstance(value, list) for value in held), op
+    with db.evolved() as sm:
+        assert sm.schema_report.for_entity("person").rows == 2 * people
+        assert [p["nickname"] for p in sm.load_scenario("beta")["entities"]["person"]] == ["x" * 100] * people
+
+
+def test_a_rewrite_checks_each_scenario_again_when_it_runs(tmp_path, store):
+    """A store changed between the checks and the run (not possible inside one
+    transaction; here the dry run's list is run later) stops the rewrite."""
+    db = Db(tmp_path, store)
+    base = db.write(BASE_FIELDS)
+    with db.open() as sm:
+        sm.save_scenario("alpha", {"person": [{"pid": "a1", "code": "x"}, {"pid": "a2", "code": "y"}]})
+    dry = plan_schema_changes(db.path, mapping_dirs=[db.write(BASE_FIELDS, key="code")])
+    db.maps = base
+    with db.open() as sm:
+        sm.save_scenario("alpha", {"person": [{"pid": "a1", "code": "x"}, {"pid": "a2", "code": "x"}]},
+                         overwrite=True)
+        before = db.snapshot()
+        with pytest.raises(SchemaChangeError, match="table 'people' left as it was") as caught:
+            sm._backend.run(lambda session: evolution.execute(session, dry.operations), write=True)
+    assert "duplicate" in str(caught.value).lower()
     assert db.snapshot() == before
 
 
