@@ -444,18 +444,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure save and load on a PostgreSQL server: a postgresql:// URL (a schema "
                              "a run is made there and dropped), or 'start' for a throwaway server on this machine")
     args = parser.parse_args(argv)
+    from benchmarks.pgcluster import run_with_postgres
 
-    cluster = None
-    if args.postgres == "start":
-        from benchmarks.pgcluster import Cluster
-
-        cluster = Cluster.start(durable=True)  # fsync and all: a real server's figures
-        args.postgres = cluster.url()
-    try:
-        return _run(args)
-    finally:
-        if cluster is not None:
-            cluster.stop()
+    return run_with_postgres(args, _run)
 
 
 def _run(args: argparse.Namespace) -> int:

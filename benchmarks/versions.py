@@ -231,17 +231,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run overwrites on a PostgreSQL server: a postgresql:// URL (a schema a series is "
                              "made there and dropped), or 'start' for a throwaway server on this machine")
     args = parser.parse_args(argv)
-    cluster = None
-    if args.postgres == "start":
-        from benchmarks.pgcluster import Cluster
+    from benchmarks.pgcluster import run_with_postgres
 
-        cluster = Cluster.start(durable=True)  # fsync and all: a real server's figures
-        args.postgres = cluster.url()
-    try:
-        return _run(args)
-    finally:
-        if cluster is not None:
-            cluster.stop()
+    return run_with_postgres(args, _run)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from healthsim_state import StateManager
-from stores import Store
+from stores import Store, new_store
 
 _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large]
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True, suppress_health_check=_QUIET,
@@ -112,6 +112,22 @@ def store(request, tmp_path) -> Store:
     if request.param == "duckdb":
         return Store("duckdb", str(tmp_path / "test.duckdb"))
     return Store("postgres", request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def second_store(request, tmp_path) -> Store:
+    """Another new store of the same kind as ``store`` (copies between two stores)."""
+    return new_store(request, request.getfixturevalue("store").kind, tmp_path / "second.duckdb")
+
+
+@pytest.fixture
+def file_store(tmp_path) -> Store:
+    return Store("duckdb", str(tmp_path / "local.duckdb"))
+
+
+@pytest.fixture
+def server_store(pg_url) -> Store:
+    return Store("postgres", pg_url)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import clirun
 from benchmarks.generate import scenario
 from healthsim_state import ScenarioExistsError, ScenarioNotFoundError, StateManager, ValidationError
 from healthsim_state.interop import copy_scenarios
-from stores import Store, new_store
 
 
 ODD = {"patient": [{"patient_id": "odd", "name": {"given": "Zoë"}, "birthDate": "0001-01-01",
@@ -21,21 +20,6 @@ ODD = {"patient": [{"patient_id": "odd", "name": {"given": "Zoë"}, "birthDate":
        "claim": [{"claim_id": "c", "total_charge": -0.0, "total_paid": 12.25}],
        "encounter": [{"encounter_id": "e", "period": {"start": "2024-03-10T01:30:00.000001-05:00"}}]}
 
-
-@pytest.fixture
-def second_store(request, tmp_path) -> Store:
-    """Another new store of the same kind as ``store``."""
-    return new_store(request, request.getfixturevalue("store").kind, tmp_path / "second.duckdb")
-
-
-@pytest.fixture
-def file_store(tmp_path) -> Store:
-    return Store("duckdb", str(tmp_path / "local.duckdb"))
-
-
-@pytest.fixture
-def server_store(pg_url) -> Store:
-    return Store("postgres", pg_url)
 
 
 def fill(target: str) -> dict[str, dict]:

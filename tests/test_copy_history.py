@@ -18,7 +18,6 @@ from benchmarks.generate import scenario
 from healthsim_state import ScenarioExistsError, StateManager, StoreError, ValidationError
 from healthsim_state.interop import DocumentError, copy_scenarios, export_document, export_json, import_file
 from healthsim_state.store import Gateway
-from stores import Store, new_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,21 +25,6 @@ ODD = {"patient": [{"patient_id": "odd", "name": {"given": "Zoë"}, "birthDate":
                     "unmapped": {"b": 1, "a": [2**100, None, "a\x00b"]}}],
        "claim": [{"claim_id": "c", "total_charge": -0.0, "total_paid": 12.25}]}
 
-
-@pytest.fixture
-def second_store(request, tmp_path) -> Store:
-    """Another new store of the same kind as ``store``."""
-    return new_store(request, request.getfixturevalue("store").kind, tmp_path / "second.duckdb")
-
-
-@pytest.fixture
-def file_store(tmp_path) -> Store:
-    return Store("duckdb", str(tmp_path / "local.duckdb"))
-
-
-@pytest.fixture
-def server_store(pg_url) -> Store:
-    return Store("postgres", pg_url)
 
 
 def fill(target: str, *, lone: bool = True) -> None:
