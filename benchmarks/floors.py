@@ -20,6 +20,9 @@ of ours around them. The floors are:
 - a save of 50 entities: connect, ``BEGIN``, the same rows written to the
   same tables by the same calls, ``COMMIT``, close (the bookkeeping around
   them, the scenario's row, tags and version, is ours, not the floor's);
+  ``statements`` beside it is every call the save made, that bookkeeping
+  too, replayed as the save of a new scenario (what our SQL costs without
+  our Python);
 - with ``keep_open`` (the file kept open between operations), the same on a
   connection that is already open: no connect, no close;
 - a large save (100k, 1M): the Arrow floor, our exact ``INSERT`` statements
@@ -49,6 +52,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -344,22 +348,62 @@ def measure_small(workdir: Path, rounds: int, *, background: int = 100, listed: 
 
 
 def _small_measure(kind: str, measure: str, ours: Callable[[], None], keep: float, rounds: int) -> dict:
+    """Ours against its floor; for a save also against ``statements``, every
+    call the save made (its bookkeeping too) replayed as a new scenario."""
     ours()  # warm: mappings read, plans made, the kept instance open
     recorded = _recorded(ours)
     events = recorded.writes() if kind == "save" else recorded.statements()
-    if not keep:
-        floor = _bare(recorded, events, transaction=kind == "save")
-        return compared(measure, interleaved({"ours": ours, "floor": floor}, rounds), TARGETS[(kind, False)],
-                        keep_open=0.0, floor_does=_describe(events, kind, opened=False))
+    statements = _as_new_scenarios(recorded.statements()) if kind == "save" else None
     args, kwargs = recorded.connect
-    con = duckdb.connect(*args, **kwargs)  # shares the instance kept open for ours
+    con = duckdb.connect(*args, **kwargs) if keep else None  # shares the instance kept open for ours
     try:
-        floor = (lambda: _in_transaction(con, events)) if kind == "save" else (lambda: replay(con, events))
-        times = interleaved({"ours": ours, "floor": floor}, rounds)
+        if con is None:
+            sides = {"ours": ours, "floor": _bare(recorded, events, transaction=kind == "save")}
+            if statements is not None:
+                sides["statements"] = lambda: _bare(recorded, statements.current, transaction=False)()
+        else:
+            sides = {"ours": ours, "floor": (lambda: _in_transaction(con, events)) if kind == "save"
+                     else (lambda: replay(con, events))}
+            if statements is not None:
+                sides["statements"] = lambda: replay(con, statements.current)
+        times = interleaved(sides, rounds, before=statements.renew if statements is not None else None)
     finally:
-        con.close()
-    return compared(measure, times, TARGETS[(kind, True)], keep_open=keep,
-                    floor_does=_describe(events, kind, opened=True))
+        if con is not None:
+            con.close()
+    return compared(measure, times, TARGETS[(kind, bool(keep))], keep_open=keep,
+                    floor_does=_describe(events, kind, opened=bool(keep)))
+
+
+class _as_new_scenarios:
+    """A save's recorded calls made anew each round as the save of a new
+    scenario: its id and name (found in the ``INSERT INTO scenarios``)
+    swapped for new ones wherever they are a value, outside the timing.
+    ``current`` is None when no such insert was recorded."""
+
+    def __init__(self, events: list[tuple]) -> None:
+        self.events, self.current = events, None
+        found = next((e[2] for e in events if e[0] == "execute" and isinstance(e[1], str)
+                      and e[1].startswith("INSERT INTO scenarios")), None)
+        self.old = None if found is None else (found[0], found[1])
+        self.rounds = 0
+
+    def renew(self, side: str) -> None:
+        if side != "statements" or self.old is None:
+            return
+        self.rounds += 1
+        swap = {self.old[0]: str(uuid.uuid4()), self.old[1]: f"{self.old[1]}#{self.rounds}"}
+        self.current = [_swapped(event, swap) for event in self.events]
+
+
+def _swapped(event: tuple, swap: dict[str, str]) -> tuple:
+    def value(v: Any) -> Any:
+        return swap.get(v, v) if isinstance(v, str) else v
+
+    if event[0] == "execute":
+        return ("execute", event[1], [value(v) for v in event[2]])
+    if event[0] == "append":
+        return ("append", event[1], event[2], [tuple(map(value, row)) for row in event[3]])
+    return event
 
 
 def _describe(events: list[tuple], kind: str, *, opened: bool) -> str:

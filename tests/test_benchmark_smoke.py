@@ -148,6 +148,8 @@ def test_every_floor_line_has_ours_a_floor_and_their_ratio(tmp_path):
     for line in lines:
         assert line["ours"] > 0 and line["floor"] > 0 and line["ratio"] > 0, line
         assert line["target"] > 0 and isinstance(line["met"], bool), line
+    saves = [line for line in lines if line["measure"] == "save 50 entities"]
+    assert all(line["statements"] > 0 and line["ratio_statements"] > 0 for line in saves)
     large = [line for line in lines if line.get("shape") and line["unit"] == "ms"]
     assert all(line["read_json"] > 0 and line["ratio_read_json"] > 0 and line["entities"] == 800 for line in large)
 
