@@ -36,9 +36,9 @@ of ours around them. The floors are:
 Ours and its floor(s) take turns, round by round, the order rotating each
 round, so a change in the shared machine's speed weighs on both sides.
 ``ours`` and ``floor`` are medians (ms, or bytes per entity); ``ratio`` is
-ours / floor; ``ratio_iqr`` the interquartile range of the rounds' own ratios
-(each round's ours over the same round's floor), and ``*_iqr`` that of each
-side's times. ``target`` is the issue's; ``met`` says whether the ratio is
+the median of the rounds' own ratios (each round's ours over the same
+round's floor, so a busy spell weighs on both), ``ratio_iqr`` their
+interquartile range, and ``*_iqr`` that of each side's times. ``target`` is the issue's; ``met`` says whether the ratio is
 within it. Compare ratios: the machine is what it is.
 """
 
@@ -275,7 +275,7 @@ def compared(measure: str, times: dict[str, list[float]], target: float, *, floo
         ratios = [a / b for a, b in zip(times["ours"], values)]
         suffix = "" if key == "floor" else f"_{key}"
         line[key] = round(median * 1000, 2)
-        line["ratio" + suffix] = round(ours / median, 3)
+        line["ratio" + suffix] = round(statistics.median(ratios), 3)
         line["ratio_iqr" + suffix] = [round(q, 3) for q in _quartiles(ratios)]
         line[f"{key}_iqr"] = round(_iqr(values) * 1000, 2)
     line["ours_iqr"] = round(_iqr(times["ours"]) * 1000, 2)
