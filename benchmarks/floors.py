@@ -87,7 +87,9 @@ class Recording:
     @property
     def connect(self) -> tuple[tuple, dict]:
         """How the operation first connected (path and settings)."""
-        found = next(e for e in self.events if e[0] == "connect")
+        found = next((e for e in self.events if e[0] == "connect"), None)
+        if found is None:  # the backend no longer calls duckdb.connect: the recording must follow it
+            raise RuntimeError("the operation made no duckdb.connect call, so its calls were not recorded")
         return found[1], found[2]
 
     def statements(self) -> list[tuple]:
