@@ -4,6 +4,7 @@
     python3 -m benchmarks.run --sizes 10000 --legacy "" --repeat 5
     python3 -m benchmarks.run --latency                # the small-operation targets
     python3 -m benchmarks.run --startup                # start-up cost (benchmarks/startup.py)
+    python3 -m benchmarks.run --floors                 # ours against DuckDB's own floor (benchmarks/floors.py)
     python3 -m benchmarks.run --sizes 100000 --postgres start   # and on a throwaway PostgreSQL server
 
 Throughput (one line per size and shape): median save and load seconds and
@@ -437,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", action="store_true", help="measure the small-operation targets instead")
     parser.add_argument("--startup", action="store_true",
                         help="measure start-up (--help, import, list) instead; see benchmarks/startup.py")
+    parser.add_argument("--floors", action="store_true",
+                        help="measure each operation against its floor instead (python3 -m benchmarks.floors "
+                             "takes that benchmark's options)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one size in this process
     parser.add_argument("--shape", default="canonical", help=argparse.SUPPRESS)  # internal: with --one
     parser.add_argument("--workdir", type=Path, help="where to put databases (default: a temp dir)")
@@ -444,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure save and load on a PostgreSQL server: a postgresql:// URL (a schema "
                              "a run is made there and dropped), or 'start' for a throwaway server on this machine")
     args = parser.parse_args(argv)
+    if args.floors:
+        from benchmarks.floors import main as floors
+
+        return floors(["--workdir", str(args.workdir)] if args.workdir else [])
     from benchmarks.pgcluster import run_with_postgres
 
     return run_with_postgres(args, _run)

@@ -1052,13 +1052,16 @@ def migrate_schema(dry_run: bool, as_json: bool, db: str | None) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, metavar="HOST", help="Address to listen on (http).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, metavar="PORT",
               help="Port to listen on (http).")
+@click.option("--keep-open", type=click.FloatRange(0, 3600), default=1.0, show_default=True, metavar="S",
+              help="Keep a DuckDB file open S seconds after a call, so a burst of calls skips DuckDB's start "
+                   "(other processes wait for the file meanwhile); 0 closes it after each call.")
 @db_option
-def mcp_command(transport: str, host: str, port: int, db: str | None) -> None:
+def mcp_command(transport: str, host: str, port: int, keep_open: float, db: str | None) -> None:
     """Serve the scenarios to an AI assistant: an MCP server with the scenario tools.
 
     Needs the mcp extra: pip install 'healthsim-state[mcp]'. The database file
-    is open only while a tool call runs, so other processes can use it while
-    the server is idle.
+    is open while a tool call runs and --keep-open seconds after, so other
+    processes can use it while the server is idle.
     """
     try:
         from .mcp_server import serve
@@ -1066,7 +1069,7 @@ def mcp_command(transport: str, host: str, port: int, db: str | None) -> None:
         if error.name != "mcp" and not (error.name or "").startswith("mcp."):
             raise
         raise CliError("the MCP server needs the mcp extra: pip install 'healthsim-state[mcp]'") from None
-    serve(_target(db), transport, host, port)
+    serve(_target(db), transport, host, port, keep_open)
 
 
 def main(argv: list[str] | None = None) -> None:

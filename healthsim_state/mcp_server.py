@@ -7,10 +7,15 @@ http --port P`` (streamable HTTP, on 127.0.0.1 unless told otherwise), or
 
 Each tool is a thin layer over :class:`StateManager` (and the read-only SQL of
 :mod:`healthsim_state.interop.query`). Reading tools use a read-only manager,
-writing tools a read-write one; a call opens a DuckDB file and closes it
-before it returns, so an idle server never keeps other processes out of the
-file. Calls run one at a time: inside one process DuckDB cannot open a file
-read-only while a read-write connection to it is open.
+writing tools a read-write one. A call keeps a DuckDB file open for
+``keep_open`` seconds after it returns (``--keep-open``, default
+:data:`DEFAULT_KEEP_OPEN`): an assistant calls tools in bursts, and a call in
+a burst then skips DuckDB's start (about 15 ms) and the checkpoint of a
+close; once the server is idle that long, the file is closed and other
+processes have it (meanwhile they wait, as for a running call). ``0`` closes
+the file before each call returns. Calls run one at a time: inside one
+process DuckDB cannot open a file read-only while a read-write connection to
+it is open.
 
 A call that fails because of its input (unknown scenario, invalid entity,
 unknown type, a query that is not a SELECT, ...) comes back as an MCP tool error
@@ -54,6 +59,8 @@ PAGE = 500
 MAX_PAGE_ENTITIES = 5_000
 """Most entities one load_scenario page may hold (over every type it reads)."""
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+DEFAULT_KEEP_OPEN = 1.0
+"""Seconds the server keeps a DuckDB file open after a call (0: none)."""
 
 INSTRUCTIONS = """\
 Scenarios are named sets of synthetic healthcare entities (patients, encounters, claims, \
@@ -189,8 +196,9 @@ class ScenarioTools:
     """The tool functions, on one database file. Each returns a JSON-ready dict
     and raises our errors (or ValueError) for input it cannot use."""
 
-    def __init__(self, db_path: str | Path):
+    def __init__(self, db_path: str | Path, *, keep_open: float = DEFAULT_KEEP_OPEN):
         self.db_path = db_path
+        self.keep_open = keep_open
         self._lock = threading.Lock()
         self._writer: StateManager | None = None
         self._reader: StateManager | None = None
@@ -198,11 +206,11 @@ class ScenarioTools:
     @contextmanager
     def _manager(self) -> Iterator[StateManager]:
         """The server's read-write manager, one call at a time. A manager holds
-        a file only while one of its methods runs, so keeping it costs other
-        processes nothing."""
+        a file only while one of its methods runs and ``keep_open`` seconds
+        after, so keeping it costs other processes nothing."""
         with self._lock:
             if self._writer is None:
-                self._writer = StateManager(self.db_path)
+                self._writer = StateManager(self.db_path, keep_open=self.keep_open)
             yield self._writer
 
     @contextmanager
@@ -211,7 +219,7 @@ class ScenarioTools:
         store not made yet reads as empty."""
         with self._lock:
             if self._reader is None:
-                self._reader = StateManager(self.db_path, read_only=True)
+                self._reader = StateManager(self.db_path, read_only=True, keep_open=self.keep_open)
             try:
                 yield self._reader
             except StoreNotFoundError as error:
@@ -484,7 +492,7 @@ class ScenarioTools:
             try:
                 result = run_query(self.db_path, sql, limit=limit, timeout=QUERY_TIMEOUT)
             except StoreNotFoundError:  # a new store: make its tables, so the query can see them
-                self._writer = self._writer or StateManager(self.db_path)
+                self._writer = self._writer or StateManager(self.db_path, keep_open=self.keep_open)
                 self._writer.create()
                 result = run_query(self.db_path, sql, limit=limit, timeout=QUERY_TIMEOUT)
         return {"columns": result.columns, "types": result.types, "rows": json_rows(result),
@@ -492,7 +500,7 @@ class ScenarioTools:
 
     def _read_manager_unlocked(self) -> StateManager:
         if self._reader is None:
-            self._reader = StateManager(self.db_path, read_only=True)
+            self._reader = StateManager(self.db_path, read_only=True, keep_open=self.keep_open)
         return self._reader
 
 
@@ -642,11 +650,13 @@ TOOLS: tuple[tuple[str, str, ToolAnnotations], ...] = (
 )
 
 
-def build_server(db_path: str | Path | None = None, *, log_level: str = "WARNING") -> MCPServer:
+def build_server(db_path: str | Path | None = None, *, log_level: str = "WARNING",
+                 keep_open: float = DEFAULT_KEEP_OPEN) -> MCPServer:
     """An MCP server with the scenario tools on ``db_path`` (default:
-    ``$HEALTHSIM_DB``, else ``~/.healthsim/healthsim.duckdb``)."""
+    ``$HEALTHSIM_DB``, else ``~/.healthsim/healthsim.duckdb``), keeping a
+    DuckDB file open ``keep_open`` seconds after each call."""
     path = resolve_db_path(db_path)
-    tools = ScenarioTools(path)
+    tools = ScenarioTools(path, keep_open=keep_open)
     server = MCPServer("healthsim-state", title="HealthSim scenarios", version=__version__,
                        instructions=INSTRUCTIONS, log_level=log_level)  # type: ignore[arg-type]
     for name, title, hints in TOOLS:
@@ -665,10 +675,10 @@ def resolve_db_path(db_path: str | Path | None) -> str:
 
 
 def serve(db_path: str | Path | None = None, transport: str = "stdio", host: str = "127.0.0.1",
-          port: int = 8000) -> None:
+          port: int = 8000, keep_open: float = DEFAULT_KEEP_OPEN) -> None:
     """Run the server until the client goes away (stdio) or it is stopped (http)."""
     path = resolve_db_path(db_path)
-    server = build_server(path)
+    server = build_server(path, keep_open=keep_open)
     try:  # report a bad store at once; the server still starts, and each call reports it
         with StateManager(path, read_only=True) as probe:
             probe.scenario_exists("")
@@ -692,6 +702,17 @@ def serve(db_path: str | Path | None = None, transport: str = "stdio", host: str
     server.run("streamable-http", host=host, port=port)
 
 
+def keep_open_seconds(text: str) -> float:
+    """``--keep-open``'s value: seconds from 0 to 3600, as a manager takes."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"give seconds from 0 to 3600, not {text!r}")
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m healthsim_state.mcp_server",
                                      description="The healthsim-state MCP server.")
@@ -700,8 +721,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transport", choices=("stdio", "http"), default="stdio")
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (http; default 127.0.0.1).")
     parser.add_argument("--port", type=int, default=8000, help="Port to listen on (http; default 8000).")
+    parser.add_argument("--keep-open", type=keep_open_seconds, default=DEFAULT_KEEP_OPEN, metavar="S",
+                        help=f"Keep a DuckDB file open S seconds after a call, so a burst of calls skips "
+                             f"DuckDB's start; other processes wait for the file meanwhile. 0 closes it after "
+                             f"each call (default {DEFAULT_KEEP_OPEN:g}).")
     args = parser.parse_args(argv)
-    serve(args.db, args.transport, args.host, args.port)
+    serve(args.db, args.transport, args.host, args.port, args.keep_open)
     return 0
 
 

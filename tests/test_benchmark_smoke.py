@@ -5,6 +5,7 @@ its JSON line. (No timings are asserted: CI machines are noisy.)"""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,61 @@ def test_the_overwrite_series_saves_then_overwrites_every_entity(tmp_path, reque
         with psycopg.connect(postgres, autocommit=True) as con:
             assert con.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'healthsim_overwrites_%'"
                                ).fetchone() == (0,)
+
+
+# --- ours against the floor (benchmarks/floors.py) ---------------------------------------------
+
+def test_every_floor_line_has_ours_a_floor_and_their_ratio(tmp_path):
+    """Small sizes, one round: every measure of the issue's table prints its
+    line, with both sides and their ratio measured (no timing is asserted)."""
+    from benchmarks.floors import measure_floors
+
+    lines = list(measure_floors(tmp_path, rounds=1, large_rounds=1, sizes=(800,), background=2, listed=5))
+    assert [(line["measure"].split()[0], line.get("keep_open"), line.get("shape")) for line in lines] == [
+        ("load", 0.0, None), ("load", 1.0, None), ("save", 0.0, None), ("save", 1.0, None),
+        ("list_scenarios(limit=None)", 0.0, None), ("list_scenarios(limit=None)", 1.0, None),
+        ("save", None, "canonical"), ("stored", None, "canonical"), ("save", None, "legacy"), ("stored", None, "legacy")]
+    for line in lines:
+        assert line["ours"] > 0 and line["floor"] > 0 and line["ratio"] > 0, line
+        assert line["target"] > 0 and isinstance(line["met"], bool), line
+    saves = [line for line in lines if line["measure"] == "save 50 entities"]
+    assert all(line["statements"] > 0 and line["ratio_statements"] > 0 for line in saves)
+    large = [line for line in lines if line.get("shape") and line["unit"] == "ms"]
+    assert all(line["read_json"] > 0 and line["ratio_read_json"] > 0 and line["entities"] == 800 for line in large)
+
+
+def test_the_arrow_floor_writes_the_rows_our_save_wrote(tmp_path):
+    """The floor of a large save is our own INSERTs, fed the Arrow columns
+    our codec made: replayed into an empty store, they give the same rows."""
+    import duckdb
+
+    from benchmarks.floors import recording, replay
+
+    empty, ours, floor = tmp_path / "empty.duckdb", tmp_path / "ours.duckdb", tmp_path / "floor.duckdb"
+    StateManager(empty).create()
+    shutil.copyfile(empty, ours)
+    shutil.copyfile(empty, floor)
+    data = scenario(30, seed=4)
+    with recording() as found:
+        with StateManager(ours) as sm:
+            sm.save_scenario("s", data)
+    writes = found.writes()
+    assert any(event[0] == "register" for event in writes)  # Arrow columns (small types may go by the appender)
+    con = duckdb.connect(str(floor), config=found.connect[1]["config"])
+    con.execute("BEGIN TRANSACTION")
+    replay(con, writes)
+    con.execute("COMMIT")
+    con.execute("ATTACH ? AS ours (READ_ONLY)", [str(ours)])
+    tables = [name for (name,) in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = 'ours' AND table_name LIKE '%\\_\\_versions' "
+        "ESCAPE '\\'").fetchall()]
+    assert len(tables) == 14
+    total = 0
+    for table in tables:
+        count, = con.execute(f'SELECT count(*) FROM ours."{table}"').fetchone()
+        differ = con.execute(f'SELECT count(*) FROM ((FROM ours."{table}" EXCEPT ALL FROM floor."{table}") UNION ALL '
+                             f'(FROM floor."{table}" EXCEPT ALL FROM ours."{table}"))').fetchone()
+        assert differ == (0,), table
+        total += count
+    con.close()
+    assert total == entity_count(data)

@@ -496,7 +496,7 @@ def test_the_cli_command_is_documented():
 
     result = CliRunner().invoke(cli, ["mcp", "--help"])
     assert result.exit_code == 0, result.output
-    for option in ("--transport", "--host", "--port", "--db", "stdio", "http"):
+    for option in ("--transport", "--host", "--port", "--keep-open", "--db", "stdio", "http"):
         assert option in result.output
 
 
@@ -685,3 +685,49 @@ def test_the_suggested_limit_is_the_largest_that_fits(db_path):
         tools.load_scenario("uneven", limit_per_type=1668)
     with pytest.raises(ValueError, match="limit_per_type of at most 1917,"):  # from an offset: what is left
         tools.load_scenario("uneven", limit_per_type=5000, offset=500)  # (2 x 1917 + 1166 = 5000)
+
+
+# --- the server keeps the file open between calls (keep_open) ----------------------------------
+
+HOLDS = "import sys, duckdb\ntry:\n    duckdb.connect(sys.argv[1], read_only=True).close()\nexcept duckdb.IOException:\n" \
+        "    sys.exit(3)\n"  # exit 3: another process holds the file
+
+
+@pytest.mark.parametrize("argv, expected", [([], mcp_server.DEFAULT_KEEP_OPEN), (["--keep-open", "0"], 0.0),
+                                            (["--keep-open", "45"], 45.0)])
+def test_the_server_keeps_the_file_open_as_configured(tmp_path, monkeypatch, argv, expected):
+    """``--keep-open S`` (default 1 s) reaches every manager the server makes;
+    with S > 0 the file stays held after a call, with 0 it is free at once."""
+    served: dict[str, Any] = {}
+    monkeypatch.setattr(mcp_server, "serve", lambda *args: served.setdefault("args", args))
+    db = tmp_path / "kept.duckdb"
+    assert mcp_server.main(["--db", str(db), *argv]) == 0
+    keep_open = served["args"][4]
+    assert keep_open == expected
+    made: list[float] = []
+
+    class Recording(StateManager):
+        def __init__(self, *args: Any, **kwargs: Any):
+            made.append(kwargs.get("keep_open", 0.0))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(mcp_server, "StateManager", Recording)
+    tools = ScenarioTools(str(db), keep_open=keep_open)
+    tools.save_scenario("kept", {"patients": [ANA]})  # the read-write manager
+    if expected == 45.0:  # long enough that no machine's delay lets it lapse: the file is still held
+        held = subprocess.run([sys.executable, "-c", HOLDS, str(db)], timeout=TIMEOUT, cwd=REPO)
+        assert held.returncode == 3
+    assert tools.load_scenario("kept")["entities"]["patient"][0]["patient_id"] == "p1"  # the read-only one
+    assert made == [expected, expected]
+    if expected == 0.0:  # nothing kept: another process opens the file at once
+        free = subprocess.run([sys.executable, "-c", HOLDS, str(db)], timeout=TIMEOUT, cwd=REPO)
+        assert free.returncode == 0
+    from healthsim_state.backends.duckdb_backend import WARM
+
+    WARM.release(db)  # let the file go now rather than in 45 s
+
+
+def test_keep_open_out_of_range_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        mcp_server.main(["--keep-open", "-1"])
+    assert "give seconds from 0 to 3600, not '-1'" in capsys.readouterr().err
