@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure save and load on a PostgreSQL server: a postgresql:// URL (a schema "
                              "a run is made there and dropped), or 'start' for a throwaway server on this machine")
     args = parser.parse_args(argv)
-    from benchmarks.pgcluster import run_with_postgres
+    from benchmarks.postgres import run_with_postgres
 
     return run_with_postgres(args, _run)
 
