@@ -141,14 +141,16 @@ class Conflicted(base.Backend):
         return True
 
     @contextmanager
-    def session(self, *, write: bool):
+    def _connection(self, writable: bool, exclusive: bool):
         if self.losses > 0:
             self.losses -= 1
             raise TransactionConflictError("fake store: another transaction changed the same data")
         yield None
 
-    def query(self, *args, **kwargs):
-        raise NotImplementedError
+    def _begin(self, session) -> None:
+        pass
+
+    _commit = _rollback = _begin
 
 
 @pytest.fixture
