@@ -209,16 +209,19 @@ class WriteNeeded(Exception):
 class Backoff:
     """The pauses between attempts at something another client holds up (a
     write that lost a race, a file another process has open), until a
-    deadline. "Full jitter": each pause is a uniform pick up to a cap that
-    doubles from 5 ms to 0.5 s, so racers that collided spread out instead
-    of colliding again; the last pause ends at the deadline, for one last
-    attempt. Counted in time, not attempts: a count gives up early under load."""
+    deadline. Each pause is a uniform pick up to a cap that doubles from
+    10 ms to 0.5 s, and at least ``floor`` of it: 0 ("full jitter") spreads
+    racers that collided the most, so they do not collide again; a waiter
+    for a lock takes half (fewer attempts in vain, none in a burst). The last
+    pause ends at the deadline, for one last attempt. Counted in time, not
+    attempts: a count gives up early under load."""
 
     FIRST, LONGEST = 0.005, 0.5
 
-    def __init__(self, deadline: float):
+    def __init__(self, deadline: float, *, floor: float = 0.0):
         self.started = time.monotonic()
         self.deadline = deadline
+        self.floor = floor
         self.attempts = 1  # the first is under way
 
     @classmethod
@@ -235,7 +238,8 @@ class Backoff:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             return False
-        time.sleep(min(random.uniform(0, min(self.LONGEST, self.FIRST * 2 ** self.attempts)), remaining))
+        cap = min(self.LONGEST, self.FIRST * 2 ** self.attempts)
+        time.sleep(min(random.uniform(self.floor * cap, cap), remaining))
         self.attempts += 1
         return True
 

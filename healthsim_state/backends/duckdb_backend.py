@@ -511,7 +511,7 @@ def connect_waiting(path: Path, timeout: float, *, read_only: bool = False, conf
     lock, for up to ``timeout`` seconds (or until ``deadline``, when the wait
     began earlier: ``timeout`` is then what the message says);
     then :class:`DatabaseLockedError`."""
-    backoff = Backoff(time.monotonic() + timeout if deadline is None else deadline)
+    backoff = Backoff(time.monotonic() + timeout if deadline is None else deadline, floor=0.5)
     settings = dict(CONFIG, **(config or {}))
     while True:
         try:
