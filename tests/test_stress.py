@@ -184,6 +184,47 @@ def test_a_write_that_never_wins_gives_up_after_the_retry_time_saying_so(clock):
     assert f"times over {clock.now:.1f} s and gave up (HEALTHSIM_RETRY_TIMEOUT sets how long)" in message
 
 
+class Recording(Conflicted):
+    """A backend that records the sessions it opens: (write, exclusive)."""
+
+    def __init__(self):
+        super().__init__(losses=0)
+        self.opened = []
+
+    @contextmanager
+    def _connection(self, writable: bool, exclusive: bool):
+        self.opened.append((writable, exclusive))
+        yield None
+
+
+def test_a_write_that_must_change_the_layout_runs_again_holding_the_layout_lock_alone(clock):
+    backend = Recording()
+
+    def change_layout(session):
+        if not backend.opened[-1][1]:
+            raise base.LayoutLockNeeded("the layout changes")
+        return "changed"
+
+    assert backend.run(change_layout, write=True) == "changed"
+    assert backend.opened == [(True, False), (True, True)]
+    assert backend.retries == 0 and clock.pauses == []  # not a lost race: no pause
+
+
+def test_a_read_that_finds_a_write_needed_runs_it_first_then_reads_again_once(clock):
+    backend, writes = Recording(), []
+
+    def read(session):
+        if not writes:
+            raise base.WriteNeeded()
+        return "read"
+
+    assert backend.run(read, write=False, write_first=lambda session: writes.append("done")) == "read"
+    assert writes == ["done"] and backend.opened == [(False, False), (True, False), (False, False)]
+    writes.clear()
+    with pytest.raises(base.WriteNeeded):  # without a write to run first, it is the caller's
+        Recording().run(read, write=False)
+
+
 def test_the_retry_time_comes_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("HEALTHSIM_RETRY_TIMEOUT", "2.5")
     assert open_backend(str(tmp_path / "a.duckdb")).retry_for == 2.5

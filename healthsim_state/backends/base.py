@@ -216,7 +216,7 @@ class Backoff:
     pause ends at the deadline, for one last attempt. Counted in time, not
     attempts: a count gives up early under load."""
 
-    FIRST, LONGEST = 0.005, 0.5
+    FIRST, LONGEST = 0.01, 0.5  # seconds: the first cap, the last
 
     def __init__(self, deadline: float, *, floor: float = 0.0):
         self.started = time.monotonic()
@@ -238,7 +238,7 @@ class Backoff:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             return False
-        cap = min(self.LONGEST, self.FIRST * 2 ** self.attempts)
+        cap = min(self.LONGEST, self.FIRST * 2 ** (self.attempts - 1))
         time.sleep(min(random.uniform(self.floor * cap, cap), remaining))
         self.attempts += 1
         return True
