@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.floors import main as floors
 
         return floors(["--workdir", str(args.workdir)] if args.workdir else [])
-    from benchmarks.pgcluster import run_with_postgres
+    from benchmarks.postgres import run_with_postgres
 
     return run_with_postgres(args, _run)
 

@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run overwrites on a PostgreSQL server: a postgresql:// URL (a schema a series is "
                              "made there and dropped), or 'start' for a throwaway server on this machine")
     args = parser.parse_args(argv)
-    from benchmarks.pgcluster import run_with_postgres
+    from benchmarks.postgres import run_with_postgres
 
     return run_with_postgres(args, _run)
 

@@ -17,9 +17,10 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import evolution
-from .backends import Backend, Session, open_backend
+from .backends import Backend, Session, WriteNeeded, open_backend
 from .caches import LOCAL_MAPPINGS, SYNCED
 from .column_types import TYPES, HeldText, Unfit
+from .compact import compact as compact_store
 from .engine.batch import KEPT_RESULT, ScenarioBatch, key_function, no_cyclic_gc, rebuild_columns, rebuild_rows
 from .engine.compile import Codec
 from .engine.registry import Registry, registry_for
@@ -288,15 +289,13 @@ class StateManager:
                 raise _WriteFirst  # this client's files add something: applied on open, in a write
             return operation(gateway)
 
+        def write_first(session: Session) -> Registry:  # add to (or upgrade) the store; the read runs again
+            nonlocal first
+            first = False
+            return self._sync(session)
+
         try:
-            try:
-                return self._backend.run(run, write=False)
-            except (_WriteFirst, _NeedsUpgrade):
-                if not first:
-                    raise
-                self._backend.run(self._sync, write=True)  # add to (or upgrade) the store, then read
-                first = False
-                return self._backend.run(run, write=False)
+            return self._backend.run(run, write=False, write_first=write_first if first else None)
         except StoreNotFoundError:
             if self.read_only or missing is None:
                 raise
@@ -653,7 +652,7 @@ class StateManager:
         and pruned versions for reuse, and never shrinks by itself; this
         rewrites it compactly (every version kept). Returns ``bytes_before``
         and ``bytes_after``."""
-        before, after = self._backend.compact()
+        before, after = compact_store(self._backend)
         return {"bytes_before": before, "bytes_after": after}
 
     def _record_version(self, g: Gateway, scenario_id: str, version: int, operation: str, now: Any,
@@ -899,12 +898,13 @@ class Snapshot:
             yield [row[1:-1] for row in rows]
 
 
-class _WriteFirst(Exception):
+class _WriteFirst(WriteNeeded):
     """A first read found changes to apply to the store: they go first, in a write."""
 
 
-class _NeedsUpgrade(IncompatibleDatabaseError):
-    """The store's layout is older than this version's: a write upgrades it."""
+class _NeedsUpgrade(IncompatibleDatabaseError, WriteNeeded):
+    """The store's layout is older than this version's: a write upgrades it
+    (a read-only manager, which may not, reports it)."""
 
 
 # --- writes, type by type ---------------------------------------------------------------

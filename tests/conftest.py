@@ -74,9 +74,9 @@ _databases = itertools.count()
 @pytest.fixture(scope="session")
 def pg_cluster():
     """A PostgreSQL server started for this test session (see
-    benchmarks/pgcluster.py), stopped and removed at its end. Where none can
+    tests/pgserver.py), stopped and removed at its end. Where none can
     be started the PostgreSQL tests are skipped, loudly; under CI they fail."""
-    from benchmarks.pgcluster import Cluster, ClusterUnavailable
+    from pgserver import Cluster, ClusterUnavailable
 
     try:
         import psycopg  # noqa: F401 - the postgres extra

@@ -23,7 +23,7 @@ import yaml
 from psycopg import errors as psycopg_errors
 
 import oracle
-from benchmarks.pgcluster import PASSWORD_ROLE
+from pgserver import PASSWORD_ROLE
 from healthsim_state import (
     DatabaseLockedError,
     MissingExtraError,
@@ -260,7 +260,7 @@ def password_role(pg_cluster):
 
 def bad_urls(pg_cluster, pg_url) -> dict[str, tuple[str, str]]:
     """name: (URL, what the message must say)."""
-    from benchmarks.pgcluster import _free_port
+    from pgserver import _free_port
 
     database = pg_url.rsplit("/", 1)[1]
     return {

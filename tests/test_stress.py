@@ -141,14 +141,16 @@ class Conflicted(base.Backend):
         return True
 
     @contextmanager
-    def session(self, *, write: bool):
+    def _connection(self, writable: bool, exclusive: bool):
         if self.losses > 0:
             self.losses -= 1
             raise TransactionConflictError("fake store: another transaction changed the same data")
         yield None
 
-    def query(self, *args, **kwargs):
-        raise NotImplementedError
+    def _begin(self, session) -> None:
+        pass
+
+    _commit = _rollback = _begin
 
 
 @pytest.fixture
@@ -180,6 +182,47 @@ def test_a_write_that_never_wins_gives_up_after_the_retry_time_saying_so(clock):
     message = str(caught.value)
     assert message.startswith("fake store: another transaction changed the same data; ran ")
     assert f"times over {clock.now:.1f} s and gave up (HEALTHSIM_RETRY_TIMEOUT sets how long)" in message
+
+
+class Recording(Conflicted):
+    """A backend that records the sessions it opens: (write, exclusive)."""
+
+    def __init__(self):
+        super().__init__(losses=0)
+        self.opened = []
+
+    @contextmanager
+    def _connection(self, writable: bool, exclusive: bool):
+        self.opened.append((writable, exclusive))
+        yield None
+
+
+def test_a_write_that_must_change_the_layout_runs_again_holding_the_layout_lock_alone(clock):
+    backend = Recording()
+
+    def change_layout(session):
+        if not backend.opened[-1][1]:
+            raise base.LayoutLockNeeded("the layout changes")
+        return "changed"
+
+    assert backend.run(change_layout, write=True) == "changed"
+    assert backend.opened == [(True, False), (True, True)]
+    assert backend.retries == 0 and clock.pauses == []  # not a lost race: no pause
+
+
+def test_a_read_that_finds_a_write_needed_runs_it_first_then_reads_again_once(clock):
+    backend, writes = Recording(), []
+
+    def read(session):
+        if not writes:
+            raise base.WriteNeeded()
+        return "read"
+
+    assert backend.run(read, write=False, write_first=lambda session: writes.append("done")) == "read"
+    assert writes == ["done"] and backend.opened == [(False, False), (True, False), (False, False)]
+    writes.clear()
+    with pytest.raises(base.WriteNeeded):  # without a write to run first, it is the caller's
+        Recording().run(read, write=False)
 
 
 def test_the_retry_time_comes_from_the_environment(monkeypatch, tmp_path):

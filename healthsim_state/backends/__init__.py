@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 from ..config import default_lock_timeout, default_retry_timeout, default_target, is_url
-from .base import Backend, Dialect, Session, quote
+from .base import Backend, Dialect, Session, WriteNeeded, quote
 
-__all__ = ["Backend", "Dialect", "Session", "quote", "open_backend", "describe_target"]
+__all__ = ["Backend", "Dialect", "Session", "WriteNeeded", "quote", "open_backend", "describe_target"]
 
 
 def open_backend(target: str | os.PathLike | None = None, *, read_only: bool = False,

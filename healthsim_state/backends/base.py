@@ -4,8 +4,16 @@ Everything above this module (the store gateway, the layout, evolution, the
 manager, interop, the front ends) speaks to a :class:`Backend` and the
 :class:`Session` it opens, never to a driver. What differs between engines is
 kept as data in a :class:`Dialect` (type names, how a column is read back, how
-it is compared) or behind the few methods below (connecting and waiting for
-locks, transactions and their retries, bulk writes, streaming reads).
+it is compared) or behind the few hooks below (connecting and waiting for
+locks, begin, commit, roll back, release, what a driver's error means; bulk
+writes, streaming reads).
+
+A transaction's life is written once, here (:meth:`Backend.session`, the way
+dlt's ``SqlClientBase`` and SQLAlchemy's ``do_begin``/``do_commit`` dialect
+hooks shape it), and so are running one again (:meth:`Backend.run`) and the
+pauses between attempts (:class:`Backoff`). User queries and compaction are
+product features built on top (:mod:`healthsim_state.interop.query`,
+:mod:`healthsim_state.compact`), not part of this interface.
 
 SQL text above this line uses ``?`` placeholders and the portable subset the
 two engines share; values always travel as parameters.
@@ -13,10 +21,10 @@ two engines share; values always travel as parameters.
 
 from __future__ import annotations
 
-import itertools
 import random
 import time
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Callable, ContextManager, Iterator, Sequence, TypeVar
@@ -86,11 +94,13 @@ class Session(ABC):
     """One transaction on the store: run SQL, write and read rows in bulk.
 
     Opened by :meth:`Backend.session`; committed when the ``with`` block ends
-    normally, rolled back on any error.
+    normally, rolled back on any error. ``exclusive``: the session holds the
+    store's layout lock alone (see :meth:`lock_layout`).
     """
 
     dialect: Dialect
     writable: bool
+    exclusive: bool = False
 
     @abstractmethod
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
@@ -175,19 +185,63 @@ class Session(ABC):
         once the table has grown a lot (see the PostgreSQL backend)."""
 
     def lock_layout(self) -> None:
-        """Keep other clients from changing the layout until this transaction
-        ends (a no-op where the engine admits one writer at a time)."""
+        """Make sure this transaction alone may change the store's layout
+        (tables, columns, the mappings in force) until it ends. Where the
+        engine admits one writer at a time, it does already; a backend whose
+        sessions hold the layout lock shared raises :class:`LayoutLockNeeded`
+        unless this session holds it alone."""
 
 
-@dataclass
-class QueryResult:
-    """What a read-only query returned: column names and SQL types, the rows
-    (at most the limit asked for), and whether there were more."""
+class LayoutLockNeeded(Exception):
+    """Raised in a write transaction that holds the layout lock shared and
+    finds it must change the layout. Not an error: :meth:`Backend.run` runs
+    the operation again from the start holding the lock alone (a lock is
+    never upgraded, so two clients cannot deadlock on it)."""
 
-    columns: list[str]
-    types: list[str]
-    rows: list[tuple]
-    truncated: bool = False
+
+class WriteNeeded(Exception):
+    """Raised in a read transaction that finds the store must be written
+    first (its layout upgraded, this client's mapping additions applied):
+    :meth:`Backend.run` given a ``write_first`` operation runs it in a write,
+    then the read again. Without one, it is the caller's to handle."""
+
+
+class Backoff:
+    """The pauses between attempts at something another client holds up (a
+    write that lost a race, a file another process has open), until a
+    deadline. Each pause is a uniform pick up to a cap that doubles from
+    10 ms to 0.5 s, and at least ``floor`` of it: 0 ("full jitter") spreads
+    racers that collided the most, so they do not collide again; a waiter
+    for a lock takes half (fewer attempts in vain, none in a burst). The last
+    pause ends at the deadline, for one last attempt. Counted in time, not
+    attempts: a count gives up early under load."""
+
+    FIRST, LONGEST = 0.01, 0.5  # seconds: the first cap, the last
+
+    def __init__(self, deadline: float, *, floor: float = 0.0):
+        self.started = time.monotonic()
+        self.deadline = deadline
+        self.floor = floor
+        self.attempts = 1  # the first is under way
+
+    @classmethod
+    def lasting(cls, seconds: float) -> "Backoff":
+        return cls(time.monotonic() + seconds)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def wait(self) -> bool:
+        """After a failed attempt: pause, and True for another attempt; or
+        False (no pause) once the deadline has passed: give up."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        cap = min(self.LONGEST, self.FIRST * 2 ** (self.attempts - 1))
+        time.sleep(min(random.uniform(self.floor * cap, cap), remaining))
+        self.attempts += 1
+        return True
 
 
 class Backend(ABC):
@@ -204,57 +258,96 @@ class Backend(ABC):
     def exists(self) -> bool:
         """Whether the store has been created (a file exists, ...)."""
 
-    @abstractmethod
-    def session(self, *, write: bool) -> ContextManager[Session]:
-        """One transaction: open (waiting out other processes' locks), begin,
-        yield a :class:`Session`, commit or roll back, release."""
+    retry_for: float = 60.0  # seconds a write that keeps losing races is run again for
+    retries: int = 0  # times an operation of this backend was run again after a lost race (for tests and benchmarks)
+    driver_errors: tuple[type[BaseException], ...] = ()  # what the driver raises; :meth:`translate` makes them ours
 
     def close(self) -> None:
         """Release whatever the backend keeps between operations."""
 
-    def compact(self) -> tuple[int, int]:
-        """Give back the space that replaced rows and pruned versions leave
-        unused; returns the store's size in bytes before and after."""
-        raise StoreError(f"{self.label}: this backend reclaims space by itself (PostgreSQL's autovacuum); "
-                         "there is nothing to compact")
+    # --- the transaction template: the session's life, written once ------------------------------
+
+    @contextmanager
+    def session(self, *, write: bool, exclusive: bool = False) -> Iterator[Session]:
+        """One transaction: acquire a connection (waiting out other clients'
+        locks; ``exclusive``: holding the layout lock alone), begin, yield a
+        :class:`Session`, commit, or roll back on any error, release. A
+        driver's error leaves as ours (:meth:`translated`)."""
+        with self.translated(), self._connection(write and not self.read_only, exclusive) as session:
+            try:
+                self._begin(session)
+                yield session
+                self._commit(session)
+            except BaseException:
+                self._rollback(session)
+                raise
 
     @abstractmethod
-    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None, *, limit: int | None,
-              timeout: float | None) -> QueryResult:
-        """Run one read-only statement a user wrote (a ``SELECT``, or an
-        ``EXPLAIN`` of one) with no way to write, to reach other files or the
-        network; at most ``limit`` rows, stopped after ``timeout`` seconds.
-        Raises :class:`~healthsim_state.errors.QueryError`."""
+    def _connection(self, writable: bool, exclusive: bool) -> ContextManager[Session]:
+        """Hook: a session on a connection ready for its transaction (queued,
+        locked, as the engine needs), released when the block ends: normally
+        after a commit, by an error after a rollback."""
 
-    retry_for: float = 60.0  # seconds a write that keeps losing races is run again for
-    retries: int = 0  # times an operation of this backend was run again (for tests and benchmarks)
+    @abstractmethod
+    def _begin(self, session: Session) -> None:
+        """Hook: begin the session's transaction."""
 
-    def run(self, operation: Callable[[Session], T], *, write: bool) -> T:
+    @abstractmethod
+    def _commit(self, session: Session) -> None:
+        """Hook: commit it."""
+
+    @abstractmethod
+    def _rollback(self, session: Session) -> None:
+        """Hook: roll it back, quietly (the connection may be gone)."""
+
+    def translate(self, error: BaseException) -> Exception:
+        """Hook: our error (:mod:`healthsim_state.errors`) for one of
+        :attr:`driver_errors`: a lost race is a
+        :class:`TransactionConflictError`, worth running again."""
+        return StoreError(f"the database {self.label} could not be used: {error}")
+
+    @contextmanager
+    def translated(self) -> Iterator[None]:
+        """The one place a driver's error becomes ours. Sessions use it too,
+        where a caller inside the transaction must see ours (a bulk write the
+        store diagnoses while it has the rows at hand)."""
+        try:
+            yield
+        except self.driver_errors as error:
+            raise self.translate(error) from None
+
+    # --- running an operation: once, or again ------------------------------------------------------
+
+    def run(self, operation: Callable[[Session], T], *, write: bool,
+            write_first: Callable[[Session], Any] | None = None) -> T:
         """``operation(session)`` in one transaction, run again from the start
-        while it loses races with concurrent transactions
-        (:class:`TransactionConflictError`): after a jittered, exponentially
-        growing pause, for up to :attr:`retry_for` seconds, however many
-        attempts that takes (a count alone gives up early under load)."""
+        when it must: while it loses races with concurrent transactions
+        (:class:`TransactionConflictError`), after a :class:`Backoff` pause,
+        for up to :attr:`retry_for` seconds, however many attempts that takes;
+        holding the layout lock alone when it asks for it
+        (:class:`LayoutLockNeeded`); and, a read that finds the store must be
+        written first (:class:`WriteNeeded`), after ``write_first`` has run in
+        a write (once)."""
         if write and self.read_only:
             raise ReadOnlyError(f"{self.label} was opened read-only; open it without read_only=True to write")
-        started = time.monotonic()
-        for attempt in itertools.count(1):
+        backoff = Backoff.lasting(self.retry_for)
+        exclusive = False
+        while True:
             try:
-                with self.session(write=write) as session:
+                with self.session(write=write, exclusive=exclusive) as session:
                     return operation(session)
+            except LayoutLockNeeded:
+                if exclusive or not write:
+                    raise
+                exclusive = True
+            except WriteNeeded:
+                if write_first is None:
+                    raise
+                self.run(write_first, write=True)
+                write_first = None
             except TransactionConflictError as error:
-                pause = _backoff(attempt)
-                if time.monotonic() + pause - started > self.retry_for:
+                if not backoff.wait():
                     raise TransactionConflictError(
-                        f"{error}; ran {attempt} times over {time.monotonic() - started:.1f} s and gave up "
+                        f"{error}; ran {backoff.attempts} times over {backoff.elapsed:.1f} s and gave up "
                         "(HEALTHSIM_RETRY_TIMEOUT sets how long)") from None
-            self.retries += 1
-            time.sleep(pause)
-        raise AssertionError("unreachable")
-
-
-def _backoff(attempt: int) -> float:
-    """Seconds to pause before attempt ``attempt + 1``: "full jitter" (a
-    uniform pick up to a cap that doubles from 5 ms to 0.5 s), so racers
-    that collided spread out instead of colliding again."""
-    return random.uniform(0, min(0.5, 0.005 * 2 ** attempt))
+                self.retries += 1

@@ -5,9 +5,14 @@ another out. Inside one process, the threads writing one file take turns (see
 :meth:`DuckDBBackend._writer_turn`). Processes take turns first come, first
 served, in a queue kept beside the file (``<file>.lock``, see
 :mod:`.filelock`); then, while a program outside the queue holds the file's
-lock, opening waits with jittered exponential backoff (5 ms doubling to 250
-ms). The whole wait lasts up to the lock timeout, then raises
-:class:`DatabaseLockedError` naming the holder's PID.
+lock, opening waits with the store's one :class:`~.base.Backoff`. The whole
+wait lasts up to the lock timeout, then raises :class:`DatabaseLockedError`
+naming the holder's PID.
+
+A transaction's life (begin, commit, rollback, errors) is the base class's
+template; this module supplies the hooks: the connection (the writer turn,
+the queue, the kept instance, a failed first write's file removed) and
+DuckDB's statements and errors.
 
 Opening costs: creating the DuckDB instance (about 15 ms), and after a write,
 closing it checkpoints the file. With ``keep_open=S`` (asked for, never by
@@ -28,7 +33,6 @@ import array
 import atexit
 import importlib.util
 import os
-import random
 import re
 import threading
 import time
@@ -42,11 +46,9 @@ import duckdb
 import nanoarrow as na
 
 from ..column_types import ColumnType
-from ..errors import DatabaseLockedError, QueryError, StoreError, StoreNotFoundError, TransactionConflictError
+from ..errors import DatabaseLockedError, StoreError, StoreNotFoundError, TransactionConflictError
 from . import filelock
-from .base import Backend, Constant, Dialect, QueryResult, Session, quote
-from .sandbox import ALLOWED, QUERY_WORDS, check_parameters, explains, refusal, subquery
-from .sqltext import first_keyword
+from .base import Backend, Backoff, Constant, Dialect, Session, quote
 
 MEMORY = ":memory:"
 
@@ -75,10 +77,6 @@ DIALECT = Dialect(
 # write (existing files keep the block size they were made with).
 CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False,
           "default_block_size": 16_384}
-# A user's query: read-only, no other files, no network; then no progress bar
-# on stderr, and the settings locked (see query()).
-QUERY_CONFIG = {"enable_external_access": False}
-QUERY_STATEMENTS = (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)
 _PID = re.compile(r"PID (\d+)")
 
 
@@ -105,11 +103,47 @@ class DuckDBBackend(Backend):
             self._memory_con.close()
             self._memory_con = None
 
+    # --- the hooks of the transaction template (see Backend.session) ----------------------------
+
+    driver_errors = (duckdb.Error,)
+
     @contextmanager
-    def session(self, *, write: bool) -> Iterator[Session]:
-        with self._writer_turn(write):
-            with self._session(write) as session:
-                yield session
+    def _connection(self, writable: bool, exclusive: bool) -> Iterator[Session]:
+        """This process's writer turn (a write), the file's queue, a
+        connection; when the block ends, the instance kept (``keep_open``)
+        or let go, and a new file whose first write did not commit removed.
+        (One writer at a time: a write holds the layout alone already.)"""
+        with self._writer_turn(writable):
+            created = not self.exists()
+            # a kept instance of the file is in use now: it holds the file, no need to queue
+            kept = not self.memory and WARM.hold(self.path, self.read_only)
+            with self._queued(shared=self.read_only, create=not (created or self.read_only),
+                              queue=not (self.memory or kept)) as deadline:
+                con = self._connect(writable, deadline)
+                committed = False
+                try:
+                    yield DuckDBSession(con, writable=writable, label=self.label, backend=self)
+                    committed = True
+                finally:
+                    if self.keep_open and (committed or not created):
+                        WARM.keep(self.path, self.read_only, self.keep_open)  # before the close: the instance lives on
+                    elif not self.memory:
+                        WARM.release(self.path)
+                    _close_quietly(con)
+                    if created and not committed:
+                        self._remove_new_file()
+
+    def _begin(self, session: Session) -> None:
+        session.con.execute("BEGIN TRANSACTION")
+
+    def _commit(self, session: Session) -> None:
+        session.con.execute("COMMIT")
+
+    def _rollback(self, session: Session) -> None:
+        _rollback(session.con)
+
+    def translate(self, error: BaseException) -> Exception:
+        return translate(error, self.label)
 
     @contextmanager
     def _writer_turn(self, write: bool) -> Iterator[None]:
@@ -131,39 +165,6 @@ class DuckDBBackend(Backend):
             yield
         finally:
             lock.release()
-
-    @contextmanager
-    def _session(self, write: bool) -> Iterator[Session]:
-        created = not self.exists()
-        # a kept instance of the file is in use now: it holds the file, no need to queue
-        kept = not self.memory and WARM.hold(self.path, self.read_only)
-        with self._queued(shared=self.read_only, create=not (created or self.read_only),
-                          queue=not (self.memory or kept)) as deadline:
-            con = self._connect(write, deadline)
-            session = DuckDBSession(con, writable=write and not self.read_only, label=self.label)
-            committed = False
-            try:
-                try:
-                    con.execute("BEGIN TRANSACTION")
-                    yield session
-                    con.execute("COMMIT")
-                    committed = True
-                except BaseException:
-                    _rollback(con)
-                    raise
-            except duckdb.Error as error:
-                raise translate(error, self.label) from error
-            finally:
-                if self.keep_open and (committed or not created):
-                    WARM.keep(self.path, self.read_only, self.keep_open)  # before the close: the instance lives on
-                elif not self.memory:
-                    WARM.release(self.path)
-                try:
-                    con.close()
-                except duckdb.Error:
-                    pass  # already failing, or nothing left to release
-                if created and not committed:
-                    self._remove_new_file()
 
     @contextmanager
     def _queued(self, *, shared: bool, create: bool, queue: bool = True) -> Iterator[float]:
@@ -193,75 +194,22 @@ class DuckDBBackend(Backend):
             except OSError:
                 pass
 
-    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None, *, limit: int | None,
-              timeout: float | None) -> QueryResult:
-        if self.memory:
-            raise QueryError("queries run on a database file; this store is in memory")
-        if not self.path.is_file():
-            raise StoreNotFoundError(f"no database at {self.path} (nothing has been saved there yet)")
-        WARM.release(self.path)  # a kept instance has other settings: one process, one set a file
-        with self._queued(shared=True, create=False) as deadline:
-            return self._query(connect_waiting(self.path, self.lock_timeout, read_only=True, config=QUERY_CONFIG,
-                                               deadline=deadline), sql, params, limit, timeout)
-
-    def _query(self, con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | dict[str, Any] | None,
-               limit: int | None, timeout: float | None) -> QueryResult:
-        try:
-            con.execute("SET enable_progress_bar = false")
-            con.execute("SET lock_configuration = true")
-            statement = checked_statement(con, sql)
-            check_parameters(_takes(statement), params)
-            try:
-                with interrupt_after(con, timeout):
-                    cursor = con.execute(statement, params if params is not None else [])
-                    description = cursor.description or []
-                    rows = cursor.fetchall() if limit is None else cursor.fetchmany(limit + 1)
-            except duckdb.InterruptException:
-                raise QueryError(f"the query ran for more than {timeout:g} s and was stopped") from None
-            except duckdb.Error as error:
-                raise QueryError(f"the query failed: {_first_line(str(error))}") from None
-        finally:
-            con.close()
-        truncated = limit is not None and len(rows) > limit
-        return QueryResult([d[0] for d in description], [str(d[1]) for d in description],
-                           rows[:limit] if truncated else rows, truncated)
-
-    def compact(self) -> tuple[int, int]:
-        """Copy the store into a fresh file and put it in place of the old one.
-
-        A DuckDB file never shrinks: blocks that deletes, replaced rows and
-        checkpoints free stay in it for reuse. The copy is made while this
-        connection holds the file's lock, and moved into place before the lock
-        is released, so no other process can write to the old file meanwhile;
-        a failure leaves the old file as it was."""
-        if self.read_only:
-            raise StoreError(f"{self.label} was opened read-only; compacting writes a new file")
-        if self.memory:
-            return 0, 0
-        if not self.path.is_file():
-            raise StoreNotFoundError(f"no database at {self.path} (nothing has been saved there yet)")
-        with self._writer_turn(True):  # no thread of this process writes to the old file meanwhile
-            WARM.release(self.path)  # the file is replaced: no instance may keep the old one
-            with self._queued(shared=False, create=True) as deadline:
-                return self._compact(connect_waiting(self.path, self.lock_timeout, deadline=deadline))
-
-    def _compact(self, con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
-        fresh = self.path.with_name(f".{self.path.name}.compact")
-        fresh.unlink(missing_ok=True)
-        before = self.path.stat().st_size
-        try:
-            con.execute("CHECKPOINT")
-            source = quote(con.execute("SELECT current_database()").fetchone()[0])
-            con.execute(f"ATTACH ? AS healthsim_compact (BLOCK_SIZE {CONFIG['default_block_size']})", [str(fresh)])
-            con.execute(f"COPY FROM DATABASE {source} TO healthsim_compact")
-            con.execute("DETACH healthsim_compact")
-            fresh.replace(self.path)
-        except duckdb.Error as error:
-            raise translate(error, self.label) from error
-        finally:
-            fresh.unlink(missing_ok=True)
-            con.close()
-        return before, self.path.stat().st_size
+    @contextmanager
+    def connection(self, *, write: bool, config: dict[str, Any] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection to the file outside any transaction, for the features
+        built on the backend (a user's query, with settings of its own;
+        compacting, which replaces the file): this process's writer turn (a
+        write) and the file's queue held, no kept instance (one process opens
+        a file with one set of settings), closed when the block ends."""
+        with self._writer_turn(write):
+            WARM.release(self.path)
+            with self._queued(shared=not write, create=write) as deadline:
+                con = connect_waiting(self.path, self.lock_timeout, read_only=not write, config=config,
+                                      deadline=deadline)
+                try:
+                    yield con
+                finally:
+                    _close_quietly(con)
 
     def _connect(self, write: bool, deadline: float) -> duckdb.DuckDBPyConnection:
         if self.memory:
@@ -283,10 +231,11 @@ class DuckDBBackend(Backend):
 class DuckDBSession(Session):
     dialect = DIALECT
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, *, writable: bool, label: str):
+    def __init__(self, con: duckdb.DuckDBPyConnection, *, writable: bool, label: str, backend: DuckDBBackend):
         self.con = con
         self.writable = writable
         self.label = label
+        self._translated = backend.translated  # a bulk write's failure is ours at once: the store diagnoses it
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.con.execute(sql, params)
@@ -335,11 +284,8 @@ class DuckDBSession(Session):
             yield rows
 
     def append(self, table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:
-        try:
-            with self.con.appender(table, columns=list(columns)) as appender:
-                appender.append_rows(rows)
-        except duckdb.Error as error:
-            raise translate(error, self.label) from error
+        with self._translated(), self.con.appender(table, columns=list(columns)) as appender:
+            appender.append_rows(rows)
 
     def append_columns(self, table: str, columns: Sequence[str], arrays: Sequence[Any],
                        types: Sequence[ColumnType | None], length: int) -> None:
@@ -366,10 +312,9 @@ class DuckDBSession(Session):
         target = table if '"' in table else quote(table)
         self.con.register(_COLUMNS_VIEW, view)
         try:
-            self.con.execute(f"INSERT INTO {target} ({', '.join(map(quote, columns))}) "
-                             f"SELECT {', '.join(selected)} FROM {_COLUMNS_VIEW}", params)
-        except duckdb.Error as error:
-            raise translate(error, self.label) from error
+            with self._translated():
+                self.con.execute(f"INSERT INTO {target} ({', '.join(map(quote, columns))}) "
+                                 f"SELECT {', '.join(selected)} FROM {_COLUMNS_VIEW}", params)
         finally:
             self.con.unregister(_COLUMNS_VIEW)
             view.array = None
@@ -540,63 +485,6 @@ def _close_quietly(con: duckdb.DuckDBPyConnection) -> None:
 WARM = _Warm()
 
 
-def checked_statement(con: duckdb.DuckDBPyConnection, sql: str) -> "duckdb.Statement":
-    """The one statement to run for a user's ``sql``: it as a subquery (see
-    :mod:`~healthsim_state.backends.sandbox`), parsed by DuckDB's own parser.
-    Raises :class:`QueryError` unless ``sql`` is one statement that the
-    parser reads as a ``SELECT`` (``WITH``, ``FROM t``, ``VALUES``,
-    ``DESCRIBE``, ``SUMMARIZE`` are selects to DuckDB) or an ``EXPLAIN`` of
-    one, and the subquery one ``SELECT`` (or that ``EXPLAIN``)."""
-    wrapped = subquery(sql)
-    kind = _only_statement(con, sql).type
-    if kind not in QUERY_STATEMENTS:  # named as written (DuckDB calls ANALYZE a VACUUM)
-        keyword = first_keyword(sql)
-        raise QueryError(f"only {ALLOWED} is allowed; this is "
-                         f"{keyword.upper() if keyword and keyword not in QUERY_WORDS else kind.name}")
-    try:
-        statements = con.extract_statements(wrapped)
-    except duckdb.Error as error:
-        raise refusal(sql, _first_line(str(error))) from None
-    expected = duckdb.StatementType.EXPLAIN if explains(sql) else duckdb.StatementType.SELECT
-    if [s.type for s in statements] != [expected]:  # what the subquery's parentheses cannot hold does not parse
-        raise refusal(sql, f"it reads as {', '.join(s.type.name for s in statements)}")
-    return statements[0]
-
-
-def _takes(statement: "duckdb.Statement") -> int | list[str]:
-    """What the statement's placeholders take: names, or a count of values
-    in order (DuckDB names ``?`` and ``$1`` by their numbers)."""
-    names = statement.named_parameters
-    if all(name.isdigit() for name in names):
-        return max(map(int, names), default=0)
-    return sorted(names)
-
-
-def _only_statement(con: duckdb.DuckDBPyConnection, sql: str) -> "duckdb.Statement":
-    try:
-        statements = con.extract_statements(sql)
-    except duckdb.Error as error:
-        raise QueryError(f"the query does not parse: {_first_line(str(error))}") from None
-    if len(statements) != 1:
-        raise QueryError(f"give exactly one statement; found {len(statements)}")
-    return statements[0]
-
-
-@contextmanager
-def interrupt_after(con: duckdb.DuckDBPyConnection, seconds: float | None) -> Iterator[None]:
-    """Interrupt whatever ``con`` runs once ``seconds`` have passed."""
-    if seconds is None:
-        yield
-        return
-    timer = threading.Timer(seconds, con.interrupt)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
-
-
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:
     try:
         con.execute("ROLLBACK")
@@ -623,9 +511,7 @@ def connect_waiting(path: Path, timeout: float, *, read_only: bool = False, conf
     lock, for up to ``timeout`` seconds (or until ``deadline``, when the wait
     began earlier: ``timeout`` is then what the message says);
     then :class:`DatabaseLockedError`."""
-    if deadline is None:
-        deadline = time.monotonic() + timeout
-    delay = 0.005
+    backoff = Backoff(time.monotonic() + timeout if deadline is None else deadline, floor=0.5)
     settings = dict(CONFIG, **(config or {}))
     while True:
         try:
@@ -642,8 +528,7 @@ def connect_waiting(path: Path, timeout: float, *, read_only: bool = False, conf
                     raise StoreError(f"cannot open {path} as a healthsim-state database: it is {kind}, not a "
                                      "DuckDB database; give the path of a DuckDB file (or a new one)") from None
                 raise StoreError(f"cannot open {path} as a healthsim-state database: {_first_line(text)}") from None
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if not backoff.wait():
                 if blocker is not None:
                     raise StoreError(blocker) from None
                 holder = _PID.search(text)
@@ -652,8 +537,6 @@ def connect_waiting(path: Path, timeout: float, *, read_only: bool = False, conf
                     + (f" (PID {holder[1]})" if holder else "")
                     + f" and stayed locked for {timeout:g} s; wait for it to finish, stop it, or raise "
                     "HEALTHSIM_LOCK_TIMEOUT", path=path, pid=int(holder[1]) if holder else None) from None
-            time.sleep(min(delay * (0.5 + random.random()), remaining))
-            delay = min(delay * 2, 0.25)
 
 
 _FILE_KINDS = ((b"SQLite format 3\x00", "an SQLite database"), (b"PAR1", "a Parquet file"), (b"PK\x03\x04", "a ZIP file"),

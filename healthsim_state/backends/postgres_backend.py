@@ -14,7 +14,9 @@ own tables another transaction has just committed, such as the same new
 scenario name) raises :class:`TransactionConflictError`, and
 :meth:`Backend.run` runs it again from the start, with jittered backoff, for
 up to ``HEALTHSIM_RETRY_TIMEOUT`` seconds: a second save of one new name then
-finds the first and raises ``ScenarioExistsError``.
+finds the first and raises ``ScenarioExistsError``. The transaction's life
+and the translation of the driver's errors are the base class's template;
+this module supplies the hooks.
 
 The layout lock. The tables' layout (the store's creation, additions from a
 client's mapping files, ``migrate-schema``) changes only under an exclusive
@@ -22,8 +24,9 @@ advisory lock, and every operation holds the same lock in shared mode from
 before its snapshot is taken until it ends. So no operation ever sees a
 layout changing under it, and two clients never change the layout at once.
 An operation that finds it must change the layout (:meth:`Session.lock_layout`)
-gives up its shared hold and is run again holding the lock exclusively from
-the start: a lock is never upgraded, so two clients cannot deadlock on it.
+raises :class:`~.base.LayoutLockNeeded`, giving up its shared hold, and
+:meth:`Backend.run` runs it again holding the lock exclusively from the
+start: a lock is never upgraded, so two clients cannot deadlock on it.
 The key is per database and schema. Waiting for it is bounded by the lock
 timeout, after which :class:`DatabaseLockedError` names the holders' PIDs.
 
@@ -47,15 +50,12 @@ from typing import Any, Iterator, Mapping, Sequence
 from ..errors import (
     DatabaseLockedError,
     MissingExtraError,
-    QueryError,
     ServerConnectionError,
     StoreError,
-    StoreNotFoundError,
     TransactionConflictError,
 )
-from .base import Backend, Dialect, QueryResult, Session, quote
-from .sandbox import check_parameters, parameter_error, refusal, subquery
-from .sqltext import bind_user_query, numbered, placeholder_names
+from .base import Backend, Dialect, LayoutLockNeeded, Session, quote
+from .sqltext import numbered
 from .urls import redact, scrub
 
 try:
@@ -155,7 +155,6 @@ class PostgresBackend(Backend):
         self._idle: list[_Connection] = []
         self._pid = os.getpid()
         self._pool_lock = threading.Lock()
-        self._exclusive = threading.local()  # this thread's next write must hold the layout lock alone
         self._known_to_exist = False
         self._finalizer = weakref.finalize(self, _close_all, self._idle, self._pid)
 
@@ -225,73 +224,91 @@ class PostgresBackend(Backend):
                     _close(self._idle.pop().con)
             self._idle.clear()
 
+    @contextmanager
+    def connection(self) -> Iterator["psycopg.Connection"]:
+        """A new autocommit connection outside any transaction and the pool,
+        for the features built on the backend (a user's query: nothing it
+        sets outlives it), closed when the block ends."""
+        held = self._connect()
+        try:
+            yield held.con
+        finally:
+            _close(held.con)
+
     def exists(self) -> bool:
         """Whether the store's tables are there (the database must exist either way)."""
         if self._known_to_exist:
             return True
-        for attempt in (0, 1):
-            held, pooled = self._take()
-            try:
-                found = held.con.execute("SELECT to_regclass('_healthsim_meta') IS NOT NULL").fetchone()[0]
-            except psycopg.Error as error:
-                _close(held.con)
-                if pooled and attempt == 0 and isinstance(error, psycopg.OperationalError):
-                    continue  # the server closed an idle connection
-                raise translate(error, self.label, self.url) from None
-            self._give_back(held)
-            self._known_to_exist = bool(found)
-            return self._known_to_exist
+        with self.translated():
+            for attempt in (0, 1):
+                held, pooled = self._take()
+                try:
+                    found = held.con.execute("SELECT to_regclass('_healthsim_meta') IS NOT NULL").fetchone()[0]
+                except psycopg.Error as error:
+                    _close(held.con)
+                    if pooled and attempt == 0 and isinstance(error, psycopg.OperationalError):
+                        continue  # the server closed an idle connection
+                    raise
+                self._give_back(held)
+                self._known_to_exist = bool(found)
+                return self._known_to_exist
         raise AssertionError("unreachable")
 
     # --- transactions ---------------------------------------------------------------------------
 
+    # --- the hooks of the transaction template (see Backend.session) ----------------------------
+
+    driver_errors = (psycopg.Error, UnicodeError)
+
     @contextmanager
-    def session(self, *, write: bool) -> Iterator[Session]:
-        writable = write and not self.read_only
-        exclusive = writable and getattr(self._exclusive, "wanted", False)
-        self._exclusive.wanted = False  # taken: a session that still needs it asks again
-        held = self._begin(writable, exclusive)
-        con = held.con
-        session = PostgresSession(con, writable=writable, label=self.label, backend=self, exclusive=exclusive)
+    def _connection(self, writable: bool, exclusive: bool) -> Iterator[Session]:
+        """A connection holding the layout lock (shared, or ``exclusive`` for
+        a write that asked for it), before the transaction's snapshot; when
+        the block ends the lock is released, the statistics of tables a
+        committed write grew refreshed, the connection given back."""
+        exclusive = exclusive and writable
+        held = self._locked(exclusive)
+        session = PostgresSession(held.con, writable=writable, label=self.label, backend=self, exclusive=exclusive)
         try:
             try:
                 yield session
-                session.close_cursors()
-                con.execute("COMMIT")
-            except BaseException:
-                session.close_cursors()
-                _rollback(con)
-                raise
             finally:
                 _unlock(held, exclusive)
-            _refresh_statistics(con, session.grown)
-        except psycopg.Error as error:
-            raise translate(error, self.label, self.url) from error
+            _refresh_statistics(held.con, session.grown)
         finally:
             self._give_back(held)
 
-    def _begin(self, writable: bool, exclusive: bool) -> _Connection:
-        """A connection holding the layout lock (shared, or ``exclusive``) in a
-        new transaction. A pooled connection the server has dropped is
-        replaced once."""
+    def _begin(self, session: Session) -> None:
+        session.con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ" + ("" if session.writable else " READ ONLY"))
+
+    def _commit(self, session: Session) -> None:
+        session.close_cursors()
+        session.con.execute("COMMIT")
+
+    def _rollback(self, session: Session) -> None:
+        session.close_cursors()
+        _rollback(session.con)
+
+    def translate(self, error: BaseException) -> Exception:
+        if isinstance(error, UnicodeError):  # a value psycopg cannot encode or decode
+            return StoreError(f"the database {self.label} could not be used: a value is not valid Unicode text "
+                              f"({error.reason})")
+        return translate(error, self.label, self.url)
+
+    def _locked(self, exclusive: bool) -> _Connection:
+        """A connection holding the layout lock (shared, or ``exclusive``). A
+        pooled connection the server has dropped is replaced once."""
         for attempt in (0, 1):
             held, pooled = self._take()
             try:
                 self._lock(held, exclusive)
-            except psycopg.OperationalError as error:
+            except psycopg.OperationalError:
                 _close(held.con)
                 if pooled and attempt == 0:
                     continue  # the server closed an idle connection (restarted, or timed it out)
-                raise translate(error, self.label, self.url) from None
+                raise
             except BaseException:
                 _close(held.con)
-                raise
-            try:
-                held.con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ" + ("" if writable else " READ ONLY"))
-            except BaseException as error:
-                _close(held.con)
-                if isinstance(error, psycopg.Error):
-                    raise translate(error, self.label, self.url) from None
                 raise
             return held
         raise AssertionError("unreachable")
@@ -310,125 +327,6 @@ class PostgresBackend(Backend):
                 + f" and stayed so for {self.lock_timeout:g} s; wait for it to finish, or raise "
                 "HEALTHSIM_LOCK_TIMEOUT", path=self.label, pid=holders[0] if holders else None) from None
 
-    def want_exclusive(self) -> None:
-        """Make this thread's next write session take the layout lock exclusively."""
-        self._exclusive.wanted = True
-
-    # --- user queries ---------------------------------------------------------------------------
-
-    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None, *, limit: int | None,
-              timeout: float | None) -> QueryResult:
-        """Run one user query in a ``READ ONLY`` transaction on a connection
-        of its own (closed afterwards, and never committed, so no setting it
-        makes outlives it).
-
-        The server runs the text only as a subquery (see
-        :mod:`~healthsim_state.backends.sandbox`), parsed as one statement
-        (the extended protocol takes exactly one), so it runs nothing but one
-        query, whatever the text holds; the read-only transaction refuses
-        any write (``SELECT ... FOR UPDATE``, ``nextval``, ...). The query
-        runs with the URL's role: what that role may read, the query may
-        read. ``statement_timeout`` stops it after ``timeout`` seconds; at
-        most ``limit`` + 1 rows are fetched. A database without the store's
-        tables is :class:`StoreNotFoundError`, as a missing file is."""
-        statement = subquery(sql)
-        names = placeholder_names(statement)
-        if names:
-            check_parameters(names, params)
-        # Values by name with no $name to take them go in order, for the server to count what the text takes.
-        given = params if names or not isinstance(params, Mapping) else list(params.values())
-        text, values = bind_user_query(statement, given)
-        held = self._connect()
-        con = held.con
-        try:
-            con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            if con.execute("SELECT to_regclass('_healthsim_meta') IS NULL").fetchone()[0]:
-                raise StoreNotFoundError(f"{self.label} holds no healthsim-state store (nothing has been saved "
-                                         "there yet)")
-            if timeout is not None:
-                con.execute(f"SET LOCAL statement_timeout = {max(1, round(timeout * 1000))}")
-            try:
-                columns, takes = _parse(con, text)
-            except (pg_errors.SyntaxError, pg_errors.FeatureNotSupported) as error:
-                _rollback(con)
-                raise self._refused(con, sql, given, error) from None
-            if not names:
-                check_parameters(takes, params)
-            return _stream_query(con, text, values, columns, limit, timeout)
-        except psycopg.Error as error:
-            raise _query_error(error, timeout, self.url) from None
-        finally:
-            _close(con)
-
-    def _refused(self, con: "psycopg.Connection", sql: str, params: Any, error: "psycopg.Error") -> QueryError:
-        """Why the server did not take the subquery: ``?`` placeholders
-        given no values, the text's own parse error when it has one (only
-        parsed, never run), else what it is."""
-        if not params and "?" in sql:  # not bound, so that a jsonb ? operator stays one
-            try:
-                short = parameter_error(_parse(con, numbered(subquery(sql)))[1], params)
-            except psycopg.Error:
-                short = None
-            if short is not None:
-                return short
-        try:
-            _parse(con, bind_user_query(sql, params)[0])
-        except psycopg.Error as own:
-            return _query_error(own, None, self.url)
-        if isinstance(error, pg_errors.FeatureNotSupported) and "data-modifying" in str(error):
-            return QueryError("the query tries to change the store (a data-modifying WITH); queries are read-only")
-        return refusal(sql, _first_line(str(error)))
-
-
-def _parse(con: "psycopg.Connection", sql: str) -> tuple[list[tuple[str, str]], int]:
-    """Have the server parse ``sql`` as one statement (not run it); return
-    the columns it would return, (name, type) each, and how many values
-    its placeholders take."""
-    encoding = con.info.encoding
-    pgconn = con.pgconn
-    prepared = pgconn.prepare(b"", sql.encode(encoding))
-    if prepared.error_message:
-        raise pg_errors.error_from_result(prepared, encoding)
-    described = pgconn.describe_prepared(b"")
-    columns = []
-    for index in range(described.nfields):
-        oid, fmod = described.ftype(index), described.fmod(index)
-        info = con.adapters.types.get(oid)
-        shown = info.get_type_display(oid=oid, fmod=fmod) if info else str(oid)
-        columns.append(((described.fname(index) or b"").decode(encoding), shown))
-    return columns, described.nparams
-
-
-def _query_error(error: "psycopg.Error", timeout: float | None, url: str) -> QueryError:
-    if isinstance(error, pg_errors.QueryCanceled) and timeout is not None:
-        return QueryError(f"the query ran for more than {timeout:g} s and was stopped")
-    if isinstance(error, pg_errors.ReadOnlySqlTransaction):
-        return QueryError("the query tries to change the store; queries are read-only")
-    if isinstance(error, pg_errors.SyntaxError):
-        if "multiple commands" in str(error):
-            return QueryError("give exactly one statement; found more than one")
-        return QueryError(f"the query does not parse: {_first_line(str(error))}")
-    return QueryError(f"the query failed: {_reason(error, url)}")
-
-
-def _stream_query(con: "psycopg.Connection", sql: str, values: list[Any] | None, columns: list[tuple[str, str]],
-                  limit: int | None, timeout: float | None) -> QueryResult:
-    cursor = con.cursor()
-    rows: list[tuple] = []
-    size = 1000 if limit is None else max(1, min(limit + 1, 1000))
-    stream = cursor.stream(sql, values, size=size)
-    try:
-        for row in stream:
-            rows.append(row)
-            if limit is not None and len(rows) > limit:
-                break
-    finally:
-        stream.close()
-    truncated = limit is not None and len(rows) > limit
-    return QueryResult([name for name, _ in columns], [shown for _, shown in columns],
-                       rows[:limit] if truncated else rows, truncated)
-
-
 class PostgresSession(Session):
     dialect = DIALECT
 
@@ -437,8 +335,8 @@ class PostgresSession(Session):
         self.con = con
         self.writable = writable
         self.label = label
-        self._backend = backend
-        self._exclusive = exclusive
+        self.exclusive = exclusive
+        self._translated = backend.translated  # ours at once: a caller inside the transaction may handle it
         self._copy_types: dict[str, dict[str, int]] = {}  # relation -> column -> type oid, this transaction
         self._cursors: list[Any] = []
         self._named = 0
@@ -446,13 +344,8 @@ class PostgresSession(Session):
 
     def _cursor(self, sql: str, params: Sequence[Any]) -> "psycopg.Cursor":
         cursor = self.con.cursor()
-        try:
+        with self._translated():
             cursor.execute(numbered(sql), list(params) if params else None)
-        except psycopg.Error as error:
-            raise translate(error, self.label, self._backend.url) from None
-        except UnicodeError as error:
-            raise StoreError(f"the database {self.label} could not be used: a value is not valid Unicode text "
-                             f"({error.reason})") from None
         return cursor
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
@@ -465,12 +358,8 @@ class PostgresSession(Session):
         while the server sends the next (faster than waiting for all)."""
         cursor = self.con.cursor()
         try:
-            return list(cursor.stream(numbered(sql), list(params) if params else None, size=FETCH_CHUNK))
-        except psycopg.Error as error:
-            raise translate(error, self.label, self._backend.url) from None
-        except UnicodeError as error:
-            raise StoreError(f"the database {self.label} could not be used: a value is not valid Unicode text "
-                             f"({error.reason})") from None
+            with self._translated():
+                return list(cursor.stream(numbered(sql), list(params) if params else None, size=FETCH_CHUNK))
         finally:
             cursor.close()
 
@@ -480,14 +369,13 @@ class PostgresSession(Session):
         cursor = psycopg.RawServerCursor(self.con, f"_healthsim_stream_{self._named}")
         self._cursors.append(cursor)
         try:
-            cursor.execute(numbered(sql), list(params) if params else None)
-            while True:
+            with self._translated():
+                cursor.execute(numbered(sql), list(params) if params else None)
                 rows = cursor.fetchmany(batch_size)
-                if not rows:
-                    return
+            while rows:
                 yield rows
-        except psycopg.Error as error:
-            raise translate(error, self.label, self._backend.url) from None
+                with self._translated():
+                    rows = cursor.fetchmany(batch_size)
         finally:
             self._close_cursor(cursor)
 
@@ -512,17 +400,11 @@ class PostgresSession(Session):
         relation = _relation(table)
         types = self._types_of(relation, columns)
         statement = f"COPY {relation} ({', '.join(map(quote, columns))}) FROM STDIN (FORMAT BINARY)"
-        try:
-            with self.con.cursor().copy(statement) as copy:
-                copy.set_types(types)
-                write = copy.write_row
-                for row in rows:
-                    write(row)
-        except psycopg.Error as error:
-            raise translate(error, self.label, self._backend.url) from None
-        except UnicodeError as error:
-            raise StoreError(f"the database {self.label} could not store a value: it is not valid Unicode text "
-                             f"({error.reason})") from None
+        with self._translated(), self.con.cursor().copy(statement) as copy:
+            copy.set_types(types)
+            write = copy.write_row
+            for row in rows:
+                write(row)
 
     def _types_of(self, relation: str, columns: Sequence[str]) -> list[int]:
         known = self._copy_types.get(relation)
@@ -558,10 +440,8 @@ class PostgresSession(Session):
     def lock_layout(self) -> None:
         """Hold the layout lock alone. A session that holds it shared runs
         again from the start holding it exclusively (see the module notes)."""
-        if self._exclusive:
-            return
-        self._backend.want_exclusive()
-        raise TransactionConflictError(f"{self.label}: the layout changes; running again with the layout lock")
+        if not self.exclusive:
+            raise LayoutLockNeeded(f"{self.label}: the layout changes; run again holding the layout lock alone")
 
 
 # --- helpers -----------------------------------------------------------------------------------

@@ -1,28 +1,43 @@
 """Read-only SQL over a store, for the ``sql`` command and the MCP ``query`` tool.
 
-The one query runner: the backend runs the text (see
-:meth:`~healthsim_state.backends.base.Backend.query`: one ``SELECT`` or
-``EXPLAIN``, read-only, no other files or network, a row limit and a
-timeout); values go in as parameters (``?`` or ``$name``), never spliced into
-the text. Here the results become JSON-ready values.
+The one query runner, built on the backends (not part of their interface):
+the engine's own runner (:mod:`.duckdb_query`, :mod:`.postgres_query`) runs
+the text on a connection of its own: one ``SELECT`` or ``EXPLAIN``,
+read-only, no other files or network, a row limit and a timeout; values go in
+as parameters (``?`` or ``$name``), never spliced into the text. Here the
+results become JSON-ready values.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import math
 import os
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Sequence
 
 from ..backends import open_backend
-from ..backends.base import QueryResult
 from ..values import parse_exact
 
 __all__ = ["QueryResult", "run_query", "jsonable", "records", "json_rows"]
 
 JSON_TYPES = ("JSON", "json", "jsonb")
+# Each engine's runner, by its dialect's name (imported when used: PostgreSQL's needs the extra).
+RUNNERS = {"duckdb": ".duckdb_query", "postgres": ".postgres_query"}
+
+
+@dataclass
+class QueryResult:
+    """What a read-only query returned: column names and SQL types, the rows
+    (at most the limit asked for), and whether there were more."""
+
+    columns: list[str]
+    types: list[str]
+    rows: list[tuple]
+    truncated: bool = False
 
 
 def run_query(target: str | os.PathLike | None, sql: str, params: Sequence[Any] | dict[str, Any] | None = None,
@@ -31,7 +46,8 @@ def run_query(target: str | os.PathLike | None, sql: str, params: Sequence[Any] 
     """Run one read-only query on the store (a file path or a URL)."""
     backend = open_backend(target, read_only=True, lock_timeout=lock_timeout)
     try:
-        return backend.query(sql, params, limit=limit, timeout=timeout)
+        runner = importlib.import_module(RUNNERS[backend.dialect.name], __package__)
+        return runner.run(backend, sql, params, limit=limit, timeout=timeout)
     finally:
         backend.close()
 

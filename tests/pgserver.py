@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL cluster on 127.0.0.1, for the tests and the benchmark.
+"""A throwaway PostgreSQL server on 127.0.0.1, for the tests (and the benchmarks' ``--postgres start``).
 
 ``Cluster.start()`` runs ``initdb`` into a new temporary directory and starts
 the server on a free port (about 1-2 s), listening on 127.0.0.1 only, its
@@ -141,17 +141,3 @@ class Cluster:
             self._run(str(self.binaries / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
-
-
-def run_with_postgres(args, run) -> int:
-    """``run(args)`` for a benchmark's ``--postgres`` option: with ``start``, a
-    throwaway durable server (fsync and all: a real server's figures) is
-    started, put in ``args.postgres`` as its URL, and stopped after."""
-    if args.postgres != "start":
-        return run(args)
-    cluster = Cluster.start(durable=True)
-    args.postgres = cluster.url()
-    try:
-        return run(args)
-    finally:
-        cluster.stop()
