@@ -547,8 +547,8 @@ def test_an_overwrite_plans_with_statistics_of_its_temporary_tables(pg_url, monk
         monkeypatch.setattr(PostgresSession, "execute", spy)
         sm.save_scenario("s", {"patient": [{"patient_id": "b"}]}, overwrite=True)
     analyzed = [sql for sql in statements if sql.startswith("ANALYZE")]
-    assert analyzed == ['ANALYZE pg_temp."_healthsim_stage" ("_position", "patient_id")',
-                        'ANALYZE pg_temp."_healthsim_compare" ("old_position", "new_position", "same")']
+    assert analyzed == ['ANALYZE "_healthsim_stage" ("_position", "patient_id")',
+                        'ANALYZE "_healthsim_compare" ("old_position", "new_position", "same")']
 
 
 def test_the_backend_label_never_shows_the_password():
