@@ -1,7 +1,7 @@
 """What differs between two sets of one type's entities, matched by key.
 
 The store hands over only the rows that differ (see
-:meth:`~healthsim_state.store.Gateway.differing_rows`); here they are rebuilt
+:meth:`~healthsim_state.store.TypeRows.differing_rows`); here they are rebuilt
 into canonical entities and compared path by path.
 """
 

@@ -23,7 +23,7 @@ from .engine.batch import ScenarioBatch, no_cyclic_gc
 from .engine.registry import Registry
 from .column_types import TYPES, Unfit
 from .errors import Problem, ValidationError, preview
-from .store import Gateway
+from .store import Scenarios
 
 SUMMARY = "scenario history not saved"
 
@@ -167,7 +167,7 @@ def _overlaps(entity: str, held: list[HeldEntity]) -> list[Problem]:
     return problems
 
 
-def write_rows(g: Gateway, scenario_id: str, history: ScenarioHistory) -> None:
+def write_rows(scenarios: Scenarios, scenario_id: str, history: ScenarioHistory) -> None:
     """Every held entity as a row of the target, through the target's
     mappings: grouped by the versions that hold them (rows written by one
     version have unique keys, so each group validates as one save would),
@@ -179,24 +179,24 @@ def write_rows(g: Gateway, scenario_id: str, history: ScenarioHistory) -> None:
         for item in held:
             groups.setdefault((item.since, item.until), []).append(item)
         for (since, until), items in groups.items():
-            batch = ScenarioBatch(g.registry, {entity: [item.entity for item in items]})
+            batch = ScenarioBatch(scenarios.registry, {entity: [item.entity for item in items]})
             try:
                 with no_cyclic_gc():
                     for codec, chunk in batch.chunks():
                         if chunk.columns is not None and len(chunk.columns):
                             columns = chunk.columns
                             columns.positions = [items[p].position for p in columns.positions]
-                            g.append_history_columns(codec, scenario_id, since, until, columns)
+                            scenarios.rows(codec, scenario_id).append_history_columns(since, until, columns)
                         rows = [(items[row[0]].position, *row[1:], since, until) for row in chunk.rows]
                         if rows:
-                            g.append_history_rows(codec, scenario_id, rows)
+                            scenarios.rows(codec, scenario_id).append_history(rows)
             except ValidationError as error:
                 problems += [Problem(f"(written in version {since}) {p.message}", p.entity_type, p.position, p.path,
                                      p.value) for p in error.problems]
     if not problems:  # groups validate apart: a key two of them hold in one version is found here
         for entity in history.entities:
-            codec = g.registry.codecs[entity]
-            for version, *key in g.repeated_keys(codec, scenario_id):
+            codec = scenarios.registry.codecs[entity]
+            for version, *key in scenarios.rows(codec, scenario_id).repeated_keys():
                 shown = ", ".join(f"{column}={value!r}" for column, value in zip(codec.mapping.primary_key, key))
                 problems.append(Problem(f"version {version} holds two entities with the key ({shown})", entity,
                                         path=f"entities.{entity}"))

@@ -3,7 +3,7 @@ digest of this client's mapping set computed once a process per set of files."""
 
 from __future__ import annotations
 
-from healthsim_state import StateManager, manager
+from healthsim_state import StateManager, opening
 from healthsim_state.caches import BoundedCache
 
 WIDGET = """\
@@ -38,8 +38,8 @@ def test_managers_of_the_same_files_compute_the_mapping_digest_once(tmp_path, mo
     files.mkdir()
     (files / "widget.yaml").write_text(WIDGET, "utf-8")
     calls = []
-    real = manager.digest_of
-    monkeypatch.setattr(manager, "digest_of", lambda mappings: calls.append(1) or real(mappings))
+    real = opening.digest_of
+    monkeypatch.setattr(opening, "digest_of", lambda mappings: calls.append(1) or real(mappings))
     first = StateManager(db_path, mapping_dirs=[files])
     second = StateManager(db_path, mapping_dirs=[files])
     assert len(calls) == 1

@@ -19,9 +19,9 @@ import oracle
 import strategies as S
 from benchmarks.generate import scenario
 from healthsim_state import StateManager
-from healthsim_state import manager as manager_module
+from healthsim_state.store import rows as rows_module
 from healthsim_state.backends import base, duckdb_backend
-from healthsim_state.store import _in_position_order
+from healthsim_state.store.rows import _in_position_order
 
 RAW = oracle.load_mapping_dirs([Path(__file__).resolve().parents[1] / "mappings"])
 QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
@@ -75,11 +75,12 @@ def test_columns_of_one_name_are_kept_apart(session):
 
 NOT_IMPORTABLE = """
 import sys
-from healthsim_state import StateManager, manager
+from healthsim_state import StateManager
+from healthsim_state.store import rows
 from healthsim_state.backends import duckdb_backend
 assert duckdb_backend.NUMPY
 sys.modules["numpy"] = None  # found on the path, but its import fails
-manager.COLUMNWISE_READ = 1
+rows.COLUMNWISE_READ = 1
 sm = StateManager(":memory:")
 sm.save_scenario("s", {"patient": [{"patient_id": "p1"}, {"patient_id": "p2"}]})
 assert [p["patient_id"] for p in sm.load_scenario("s")["entities"]["patient"]] == ["p1", "p2"]
@@ -106,9 +107,9 @@ def test_position_order_is_restored_for_every_column():
 # --- whole loads: column-wise equals row-wise ------------------------------------------------------
 
 def _load_both_ways(sm, monkeypatch, name, **kwargs):
-    monkeypatch.setattr(manager_module, "COLUMNWISE_READ", ROWWISE)
+    monkeypatch.setattr(rows_module, "COLUMNWISE_READ", ROWWISE)
     by_rows = sm.load_scenario(name, **kwargs)
-    monkeypatch.setattr(manager_module, "COLUMNWISE_READ", COLUMNWISE)
+    monkeypatch.setattr(rows_module, "COLUMNWISE_READ", COLUMNWISE)
     by_columns = sm.load_scenario(name, **kwargs)
     return by_rows, by_columns
 
@@ -160,7 +161,7 @@ def test_entities_streamed_in_batches_read_the_same_either_way(sm, store, monkey
     assert len(expected) > 7
     streamed = {}
     for threshold in (ROWWISE, COLUMNWISE):
-        monkeypatch.setattr(manager_module, "COLUMNWISE_READ", threshold)
+        monkeypatch.setattr(rows_module, "COLUMNWISE_READ", threshold)
         streamed[threshold] = list(sm.iter_entities("s", "lab_result", batch_size=3))
     assert streamed[COLUMNWISE] == streamed[ROWWISE] == expected
     by_columns = way == "turned" or store.kind == "duckdb"

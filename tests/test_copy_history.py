@@ -17,7 +17,7 @@ import pytest
 from benchmarks.generate import scenario
 from healthsim_state import ScenarioExistsError, StateManager, StoreError, ValidationError
 from healthsim_state.interop import DocumentError, copy_scenarios, export_document, export_json, import_file
-from healthsim_state.store import Gateway
+from healthsim_state.store import TypeRows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,15 +96,15 @@ def test_a_failure_midway_leaves_nothing_on_the_target(store, second_store, monk
     with StateManager(second_store.target) as sm:
         sm.save_scenario("other", {"patient": [{"patient_id": "kept"}]})
     calls = []
-    original = Gateway.append_history_rows
+    original = TypeRows.append_history
 
-    def failing(self, codec, scenario_id, rows):
-        calls.append(codec.mapping.entity)
+    def failing(self, rows):
+        calls.append(self.mapping.entity)
         if len(calls) == 3:
             raise StoreError("the disk is full (a test)")
-        original(self, codec, scenario_id, rows)
+        original(self, rows)
 
-    monkeypatch.setattr(Gateway, "append_history_rows", failing)
+    monkeypatch.setattr(TypeRows, "append_history", failing)
     with pytest.raises(StoreError, match="disk is full"):
         copy_scenarios(store.target, second_store.target, ["cohort"], history=True)
     assert len(calls) == 3  # two bulk writes happened before it failed

@@ -4,6 +4,7 @@ packages makes a newcomer read both to understand either)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import healthsim_state
@@ -32,3 +33,37 @@ def test_the_ground_floor_imports_nothing_of_the_package_but_values():
 def test_the_mapping_package_does_not_import_the_engine():
     for path in (PACKAGE / "mapping").glob("*.py"):
         assert not {m for m in package_imports(path) if m.startswith("engine")}, path.name
+
+
+def test_the_store_does_not_import_what_sits_above_it():
+    above = {"manager", "opening", "arguments", "snapshot", "interop", "cli", "mcp_server"}
+    for path in (PACKAGE / "store").glob("*.py"):
+        assert not {m for m in package_imports(path) if m.split(".")[0] in above}, path.name
+
+
+# A statement's opening words, in a string of the code (docstrings aside).
+STATEMENT = re.compile(r"\b(SELECT\s.*\bFROM\s|INSERT INTO\s|DELETE FROM\s|UPDATE\s+\S+\s+SET\s|DROP (TABLE|VIEW)\s"
+                       r"|CREATE (TEMP |UNIQUE )?(TABLE|VIEW|INDEX)\s|ALTER TABLE\s)")
+SQL_OWNERS = ("store/", "layout.py", "evolution.py", "backends/")
+
+
+def sql_strings(path: Path) -> list[str]:
+    """The string constants (f-string parts too) of ``path`` that hold a
+    SQL statement; docstrings are not code."""
+    tree = ast.parse(path.read_text("utf-8"))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)}
+    texts = [node.value for node in ast.walk(tree)
+             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+    texts += ["".join(part.value if isinstance(part, ast.Constant) else "{}" for part in node.values)
+              for node in ast.walk(tree) if isinstance(node, ast.JoinedStr)]
+    return [text for text in texts if STATEMENT.search(text)]
+
+
+def test_only_the_store_the_layout_evolution_and_the_backends_write_sql():
+    owners = [path for path in PACKAGE.rglob("*.py") if str(path.relative_to(PACKAGE)).startswith(SQL_OWNERS)]
+    assert any(sql_strings(path) for path in owners)  # the check finds what it looks for
+    for path in PACKAGE.rglob("*.py"):
+        if path not in owners:
+            assert sql_strings(path) == [], path.relative_to(PACKAGE)

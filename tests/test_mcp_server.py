@@ -596,12 +596,11 @@ def test_a_big_page_is_refused_telling_how_to_page_and_a_page_reads_only_itself(
     assert str(caught.value) == ("this page would hold 6000 entities (3000 patient, 3000 claim in all); a page holds "
                                  "at most 5000: ask for fewer entity_types, or a limit_per_type of at most 2500, "
                                  "and page with offset")
-    from healthsim_state.store import Gateway
+    from healthsim_state.store import TypeRows
 
     reads = []
-    real = Gateway.fetch_rows
-    monkeypatch.setattr(Gateway, "fetch_rows", lambda self, codec, sid, **kw: reads.append(kw) or real(
-        self, codec, sid, **kw))
+    real = TypeRows.fetch
+    monkeypatch.setattr(TypeRows, "fetch", lambda self, **kw: reads.append(kw) or real(self, **kw))
     page = tools.load_scenario("big")  # the default page: 500 of each type, read in SQL
     assert {k: len(v) for k, v in page["entities"].items()} == {"claim": 500, "patient": 500}
     assert page["next_offset"] == 500 and reads == [{"version": None, "limit": 500, "offset": 0}] * 2

@@ -36,7 +36,7 @@ from healthsim_state import (
 )
 from healthsim_state.backends.postgres_backend import DIALECT, PostgresBackend, translate
 from healthsim_state.backends.urls import redact
-from healthsim_state.store import Gateway
+from healthsim_state.store import Scenarios, TypeRows
 from stores import Store
 from test_processes import python, run_mixed_workers
 
@@ -74,9 +74,9 @@ def test_eight_processes_with_fifty_mixed_operations_each(pg_url):
 RACER = """
     import sys
     from healthsim_state import StateManager, ScenarioExistsError
-    from healthsim_state.store import Gateway
+    from healthsim_state.store import Scenarios
     url = sys.argv[1]
-    original, waited = Gateway.find_scenario, []
+    original, waited = Scenarios.find_scenario, []
     def find_then_wait(self, name, by_id=True):
         found = original(self, name, by_id=by_id)
         if not waited:  # the first attempt: this snapshot sees no scenario; wait until the other has one too
@@ -84,7 +84,7 @@ RACER = """
             print("looked", flush=True)
             assert sys.stdin.readline().strip() == "go"
         return found
-    Gateway.find_scenario = find_then_wait
+    Scenarios.find_scenario = find_then_wait
     with StateManager(url) as sm:
         try:
             sid = sm.save_scenario("one name", {"patient": [{"patient_id": sys.argv[2]}]})
@@ -121,7 +121,7 @@ def test_a_race_on_one_name_in_threads_is_run_again_and_refused(pg_url, monkeypa
     waits on the first's uncommitted row, the first commits, the second
     raises ScenarioExistsError (not a database error)."""
     StateManager(pg_url).create()
-    original = Gateway.insert_scenario
+    original = Scenarios.insert_scenario
     inserted, release = threading.Event(), threading.Event()
 
     def insert_then_hold(self, *args, **kwargs):
@@ -130,7 +130,7 @@ def test_a_race_on_one_name_in_threads_is_run_again_and_refused(pg_url, monkeypa
             inserted.set()
             assert release.wait(30)
 
-    monkeypatch.setattr(Gateway, "insert_scenario", insert_then_hold)
+    monkeypatch.setattr(Scenarios, "insert_scenario", insert_then_hold)
     results: dict[str, object] = {}
 
     def save(who: str) -> None:
@@ -161,17 +161,17 @@ def test_a_load_sees_one_snapshot_while_another_client_overwrites(pg_url, monkey
     new = {"patient": [{"patient_id": f"new{i}"} for i in range(5)], "encounter": [{"encounter_id": "new"}]}
     with StateManager(pg_url) as sm:
         sm.save_scenario("moving", old)
-    original = Gateway.fetch_rows
+    original = TypeRows.fetch
     first_type_read, overwritten = threading.Event(), threading.Event()
 
-    def fetch_then_pause(self, codec, scenario_id, **options):
-        rows = original(self, codec, scenario_id, **options)
+    def fetch_then_pause(self, **options):
+        rows = original(self, **options)
         if threading.current_thread().name == "reader" and not first_type_read.is_set():
             first_type_read.set()
             assert overwritten.wait(30)
         return rows
 
-    monkeypatch.setattr(Gateway, "fetch_rows", fetch_then_pause)
+    monkeypatch.setattr(TypeRows, "fetch", fetch_then_pause)
     loaded: dict = {}
     reader = threading.Thread(target=lambda: loaded.update(StateManager(pg_url).load_scenario("moving")),
                               name="reader")
@@ -352,7 +352,7 @@ def test_a_session_the_server_ends_mid_operation_is_a_lost_connection(pg_url, pg
     not a generic StoreError; nothing of the write remains and the next
     operation works on a new connection."""
     database = pg_url.rsplit("/", 1)[1]
-    original = Gateway.tags_of if operation == "load" else Gateway.replace_tags
+    original = Scenarios.tags_of if operation == "load" else Scenarios.replace_tags
 
     def end_session_then_go_on(self, *args, **kwargs):
         with pg_cluster.admin() as con:
@@ -363,7 +363,7 @@ def test_a_session_the_server_ends_mid_operation_is_a_lost_connection(pg_url, pg
 
     with StateManager(pg_url) as sm:
         sm.save_scenario("s", {"patient": [{"patient_id": "kept"}]})
-        monkeypatch.setattr(Gateway, original.__name__, end_session_then_go_on)
+        monkeypatch.setattr(Scenarios, original.__name__, end_session_then_go_on)
         with pytest.raises(ServerConnectionError) as caught:
             if operation == "save":
                 sm.save_scenario("s", {"patient": [{"patient_id": "lost"}]}, overwrite=True)
@@ -547,8 +547,8 @@ def test_an_overwrite_plans_with_statistics_of_its_temporary_tables(pg_url, monk
         monkeypatch.setattr(PostgresSession, "execute", spy)
         sm.save_scenario("s", {"patient": [{"patient_id": "b"}]}, overwrite=True)
     analyzed = [sql for sql in statements if sql.startswith("ANALYZE")]
-    assert analyzed == ['ANALYZE pg_temp."_healthsim_stage" ("_position", "patient_id")',
-                        'ANALYZE pg_temp."_healthsim_compare" ("old_position", "new_position", "same")']
+    assert analyzed == ['ANALYZE "_healthsim_stage" ("_position", "patient_id")',
+                        'ANALYZE "_healthsim_compare" ("old_position", "new_position", "same")']
 
 
 def test_the_backend_label_never_shows_the_password():

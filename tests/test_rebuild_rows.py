@@ -75,14 +75,14 @@ def test_rows_rebuild_as_one_row_at_a_time(memory_sm, entities):
     name = f"s{next(_names)}"
     scenario_id = memory_sm.save_scenario(name, entities)
 
-    def both(g):
+    def both(scenarios):
         out = {}
-        for entity, codec in g.registry.codecs.items():
-            rows = g.fetch_rows(codec, scenario_id)
+        for entity, codec in scenarios.registry.codecs.items():
+            rows = scenarios.rows(codec, scenario_id).fetch()
             out[entity] = (codec.rebuild_rows(rows), [codec.rebuild(row) for row in rows])
         return out
 
-    for entity, (many, one_by_one) in memory_sm._read(both).items():
+    for entity, (many, one_by_one) in memory_sm._store.read(both).items():
         assert many == one_by_one, entity
 
 

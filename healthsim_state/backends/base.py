@@ -161,18 +161,19 @@ class Session(ABC):
 
     def create_staging(self, name: str, like: str, columns: Sequence[str]) -> str:
         """An empty temporary table ``name`` with these columns of table
-        ``like``; returns its quoted name. Callers drop it when done (and a
-        rollback drops it with everything else)."""
+        ``like``; returns its name (bare, as every table name passed to a
+        session). Callers drop it when done (and a rollback drops it with
+        everything else)."""
         return self.create_temp_as(name, f"SELECT {', '.join(map(quote, columns))} FROM {quote(like)} LIMIT 0")
 
     def create_temp_as(self, name: str, sql: str, params: Sequence[Any] = ()) -> str:
         """A temporary table ``name`` holding what ``sql`` selects; returns its
-        quoted name. (Temporary names start with ``_healthsim``, which no
-        mapping's table may, so an unqualified name finds the right table.)"""
+        name. (Temporary names start with ``_healthsim``, which no mapping's
+        table may, so an unqualified name finds the right table.)"""
         quoted = quote(name)
         self.execute(f"DROP TABLE IF EXISTS {quoted}")
         self.execute(f"CREATE TEMP TABLE {quoted} AS {sql}", params)
-        return quoted
+        return name
 
     def analyze(self, table: str, columns: Sequence[str]) -> None:
         """Give the planner statistics of a temporary table just filled, for

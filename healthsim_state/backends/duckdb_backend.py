@@ -309,11 +309,10 @@ class DuckDBSession(Session):
             view = _Lent(na.Array(na.c_array_from_buffers(na.struct(names), length, [None], children=children)))
         except (ValueError, TypeError, OverflowError) as error:  # lone surrogates, mostly: diagnosed above
             raise StoreError(f"the database {self.label} could not take the rows: {error}") from None
-        target = table if '"' in table else quote(table)
         self.con.register(_COLUMNS_VIEW, view)
         try:
             with self._translated():
-                self.con.execute(f"INSERT INTO {target} ({', '.join(map(quote, columns))}) "
+                self.con.execute(f"INSERT INTO {quote(table)} ({', '.join(map(quote, columns))}) "
                                  f"SELECT {', '.join(selected)} FROM {_COLUMNS_VIEW}", params)
         finally:
             self.con.unregister(_COLUMNS_VIEW)

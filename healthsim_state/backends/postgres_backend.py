@@ -397,7 +397,7 @@ class PostgresSession(Session):
         """Binary ``COPY``, each value sent as its column's type."""
         if not rows:
             return
-        relation = _relation(table)
+        relation = quote(table)
         types = self._types_of(relation, columns)
         statement = f"COPY {relation} ({', '.join(map(quote, columns))}) FROM STDIN (FORMAT BINARY)"
         with self._translated(), self.con.cursor().copy(statement) as copy:
@@ -419,18 +419,18 @@ class PostgresSession(Session):
                 from None
 
     def create_temp_as(self, name: str, sql: str, params: Sequence[Any] = ()) -> str:
-        """A temporary table (in ``pg_temp``, so never one of the store's),
+        """A temporary table (in ``pg_temp``, so never one of the store's; the
+        bare name finds it, as ``pg_temp`` comes first in the search path),
         dropped at the end of the transaction if its caller has not."""
-        relation = f"pg_temp.{quote(name)}"
-        self.execute(f"DROP TABLE IF EXISTS {relation}")
+        self.execute(f"DROP TABLE IF EXISTS pg_temp.{quote(name)}")
         self.execute(f"CREATE TEMP TABLE {quote(name)} ON COMMIT DROP AS {sql}", params)
-        return relation
+        return name
 
     def analyze(self, table: str, columns: Sequence[str]) -> None:
         """Temporary tables get no statistics from autovacuum: without them
         a join of 20,000 rows can be planned as a nested loop (20 s). Only
         the columns plans use: a column's statistics cost time to sample."""
-        self.execute(f"ANALYZE {_relation(table)} ({', '.join(map(quote, columns))})")
+        self.execute(f"ANALYZE {quote(table)} ({', '.join(map(quote, columns))})")
 
     def grew(self, table: str, rows: int, columns: Sequence[str]) -> None:
         if rows:
@@ -445,11 +445,6 @@ class PostgresSession(Session):
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-def _relation(table: str) -> str:
-    """A table as SQL: a staging table's name comes quoted and qualified already."""
-    return table if table.startswith("pg_temp.") else quote(table)
-
 
 def _refresh_statistics(con: "psycopg.Connection", grown: Mapping[str, tuple[int, Sequence[str]]]) -> None:
     """After a commit, ``ANALYZE`` each table the write grew by at least

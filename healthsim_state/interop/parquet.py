@@ -2,12 +2,10 @@
 entity type (its typed columns, in saved order) and a ``manifest.json``.
 
 The rows come from one snapshot of the store (any backend), batch by batch,
-into an in-memory DuckDB table with the same column types, which DuckDB's
-own writer turns into Parquet (no pyarrow). Timestamps are written as UTC
-instants (``TIMESTAMP WITH TIME ZONE``, ``isAdjustedToUTC``), so Spark,
-pandas and Trino read instants, not local times. The directory is built beside
-the target and moved into place at the end, so a reader never sees half an
-export. Parquet carries the typed columns only; the JSON export is the
+into DuckDB's own Parquet writer (:mod:`healthsim_state.backends.parquet_file`:
+timestamps as UTC instants, which Spark, pandas and Trino read as such). The
+directory is built beside the target and moved into place at the end, so a
+reader never sees half an export. Parquet carries the typed columns only; the JSON export is the
 lossless one (unmapped fields, given spellings).
 """
 
@@ -18,15 +16,11 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-from ..backends.base import quote
+from ..backends.parquet_file import ParquetWriter
 from ..manager import Snapshot, StateManager
-from ..mapping.model import Mapping
 from .files import check_directory_target, default_target, new_work_directory, replace_directory
-
-if TYPE_CHECKING:  # DuckDB is imported by an export, not by every command that imports this module
-    import duckdb
 
 MARKER = "healthsim-parquet"
 VERSION = 1
@@ -75,46 +69,20 @@ def export_parquet(manager: StateManager, name_or_id: str, path: str | os.PathLi
 
 
 def _write_files(snapshot: Snapshot, work: Path, progress: Progress | None) -> dict[str, Any]:
-    import duckdb
-
-    from ..backends.duckdb_backend import CONFIG
-
     entities = snapshot.entity_types()
     tables: dict[str, Any] = {}
-    writer = duckdb.connect(":memory:", config=CONFIG)
-    try:
-        writer.execute("SET TimeZone = 'UTC'")
+    with ParquetWriter() as writer:
         for done, entity in enumerate(entities):
             mapping = snapshot.registry.codecs[entity].mapping
             file_name = f"{mapping.table}.parquet"
-            rows = _write_one(writer, snapshot, mapping, work / file_name)
+            rows = writer.write(mapping, snapshot.typed_rows(entity, batch_size=BATCH), work / file_name)
             tables[entity] = {
                 "file": file_name, "table": mapping.table, "rows": rows,
                 "columns": [{"column": f.column, "type": f.type.name, "path": f.dotted} for f in mapping.fields],
             }
             if progress is not None:
                 progress(entity, done + 1, len(entities))
-    finally:
-        writer.close()
     return tables
-
-
-def _write_one(writer: duckdb.DuckDBPyConnection, snapshot: Snapshot, mapping: Mapping, target: Path) -> int:
-    """One type's rows into a Parquet file; returns the row count written."""
-    from ..backends.duckdb_backend import DIALECT
-
-    columns = ", ".join(f"{quote(f.column)} {DIALECT.column_type(f.type)}" for f in mapping.fields)
-    writer.execute("DROP TABLE IF EXISTS export")
-    writer.execute(f"CREATE TABLE export (_row BIGINT, {columns})")
-    count = 0
-    for batch in snapshot.typed_rows(mapping.entity, batch_size=BATCH):
-        with writer.appender("export") as appender:
-            appender.append_rows([(count + i, *row) for i, row in enumerate(batch)])
-        count += len(batch)
-    picked = ", ".join(f"CAST({quote(f.column)} AS TIMESTAMPTZ) AS {quote(f.column)}" if f.type.family == "timestamp"
-                       else quote(f.column) for f in mapping.fields)
-    writer.sql(f"SELECT {picked} FROM export ORDER BY _row").write_parquet(str(target))  # the path is no SQL
-    return count
 
 
 def _manifest(summary: dict[str, Any], tables: dict[str, Any]) -> dict[str, Any]:
