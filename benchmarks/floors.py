@@ -59,8 +59,7 @@ from typing import Any, Callable, Iterator
 
 import duckdb
 
-from benchmarks.generate import entity_count, legacy_scenario, scenario
-from benchmarks.run import ndjson_lines, write_ndjson
+from benchmarks.generate import entity_count, legacy_scenario, ndjson_lines, scenario, write_ndjson
 
 KEEP_OPEN = 1.0
 """Seconds the file stays open between operations in the ``keep_open`` measures."""

@@ -12,7 +12,9 @@ Same arguments, same data, on every machine.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
+from pathlib import Path
 from typing import Any
 
 PER_PATIENT = 80
@@ -317,3 +319,17 @@ def _legacy_trial(rng, out, p, pid, born, given, family) -> None:
                                    "visit_date": (dt.date(2023, 3, 1) + dt.timedelta(days=14 * v)).isoformat(),
                                    "study_day": 14 * v + 1, "visit_status": "completed",
                                    "window_deviation_days": None})
+
+
+def ndjson_lines(data: dict) -> dict[str, list[str]]:
+    """Each type's entities as NDJSON lines (dates and Decimals as text)."""
+    return {kind: [json.dumps(item, default=str) for item in items] for kind, items in data.items()}
+
+
+def write_ndjson(lines: dict[str, list[str]], workdir: Path) -> dict[str, Path]:
+    """Each type's lines in a file of its own, for ``read_json``."""
+    files = {}
+    for kind, part in lines.items():
+        files[kind] = workdir / f"{kind}.ndjson"
+        files[kind].write_text("".join(line + "\n" for line in part))
+    return files

@@ -52,7 +52,15 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from benchmarks.generate import PER_PATIENT, entity_count, keyless_scenario, legacy_scenario, scenario
+from benchmarks.generate import (
+    PER_PATIENT,
+    entity_count,
+    keyless_scenario,
+    legacy_scenario,
+    ndjson_lines,
+    scenario,
+    write_ndjson,
+)
 
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 LEGACY_SIZES = (100_000,)
@@ -218,20 +226,6 @@ def _with_search_path(url: str, schema: str) -> str:
 
     option = "options=" + quote(f"-c search_path={schema}", safe="")
     return url + ("&" if "?" in url else "?") + option
-
-
-def ndjson_lines(data: dict) -> dict[str, list[str]]:
-    """Each type's entities as NDJSON lines (dates and Decimals as text)."""
-    return {kind: [json.dumps(item, default=str) for item in items] for kind, items in data.items()}
-
-
-def write_ndjson(lines: dict[str, list[str]], workdir: Path) -> dict[str, Path]:
-    """Each type's lines in a file of its own, for ``read_json``."""
-    files = {}
-    for kind, part in lines.items():
-        files[kind] = workdir / f"{kind}.ndjson"
-        files[kind].write_text("".join(line + "\n" for line in part))
-    return files
 
 
 def json_loads_once(lines: list[str]) -> float:
