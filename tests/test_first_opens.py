@@ -7,7 +7,8 @@ before the file was made whole: see ``duckdb_backend._make_whole``). Here
 workers open a new file in each round at the same instant, some of them
 with a first write that fails (its file is removed, but never another's
 rows). The default run is a few seconds; ``HEALTHSIM_STRESS=1`` runs more
-rounds."""
+rounds. Then files half made by another program's DuckDB: waited for
+while young, an error at once otherwise."""
 
 from __future__ import annotations
 
@@ -16,10 +17,15 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import duckdb
+import pytest
+
+from healthsim_state import StateManager, StoreError
+from healthsim_state.backends import duckdb_backend
 
 REPO = Path(__file__).resolve().parents[1]
 STRESS = bool(os.environ.get("HEALTHSIM_STRESS"))
@@ -78,3 +84,48 @@ def test_processes_making_one_new_file_at_once_all_open_it_and_lose_nothing(tmp_
     stores = {f"r{r}.duckdb" for r in range(ROUNDS)}
     left = {p.name for p in tmp_path.iterdir()}  # the stores, some queues, and nothing else (no scratch file)
     assert stores <= left and left - stores <= {f"{name}.lock" for name in stores}
+
+
+# --- a file half made by a DuckDB outside the store -----------------------------------------
+
+def a_database_file(folder: Path) -> bytes:
+    made = folder / "made.duckdb"
+    duckdb.connect(str(made)).close()
+    return made.read_bytes()
+
+
+def test_a_file_another_program_is_making_is_waited_for(tmp_path):
+    """Another program's DuckDB makes the file in steps: an empty file now,
+    its headers a moment later. The store waits for them, not fails."""
+    whole = a_database_file(tmp_path)
+    path = tmp_path / "s.duckdb"
+    path.write_bytes(b"")
+    filler = threading.Timer(0.3, path.write_bytes, (whole,))
+    filler.start()
+    try:
+        started = time.monotonic()
+        assert StateManager(path).list_scenarios() == []
+        assert time.monotonic() - started >= 0.25  # it did wait for the header
+    finally:
+        filler.join()
+
+
+def test_an_empty_file_of_some_age_is_an_error_at_once(tmp_path):
+    path = tmp_path / "s.duckdb"
+    path.write_bytes(b"")
+    old = time.time() - 2 * duckdb_backend.YOUNG
+    os.utime(path, (old, old))
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="s.duckdb as a healthsim-state database: it is an empty file"):
+        StateManager(path).save_scenario("s", {})
+    assert time.monotonic() - started < duckdb_backend.YOUNG
+    assert path.read_bytes() == b""
+
+
+def test_a_new_file_of_another_kind_is_an_error_at_once(tmp_path):
+    path = tmp_path / "s.duckdb"
+    path.write_bytes(b"SQLite format 3\x00" + bytes(100))
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="it is an SQLite database"):
+        StateManager(path).list_scenarios()
+    assert time.monotonic() - started < duckdb_backend.YOUNG

@@ -546,6 +546,8 @@ def _open_waiting(path: Path, timeout: float, *, read_only: bool, config: dict[s
                 blocker = _own_connection_message(path)
             elif _is_lock_conflict(text):
                 blocker = None
+            elif _being_made(path) and backoff.wait():
+                continue  # made by a program that does not make it whole: it will be in a moment
             else:
                 kind = _foreign_file(path)
                 if kind is not None:
@@ -587,6 +589,28 @@ def _make_whole(path: Path) -> bool:
             except OSError:
                 pass
     return True
+
+
+YOUNG = 1.0  # seconds: a file this new, still without a whole header, is being made
+HEADERS = 3 * 4096  # bytes: DuckDB's main header and its two database headers
+
+
+def _being_made(path: Path) -> bool:
+    """Whether a file that failed to open looks half made by a DuckDB
+    outside this module (another program, a file system without hard links,
+    or one made again just after a failed first write removed it): modified
+    under :data:`YOUNG` ago, no longer than the headers, and nothing but
+    zeros or DuckDB's own magic at the start. A file of another kind, or an
+    older one, is an error at once."""
+    try:
+        with open(path, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            head = handle.read(16)
+    except OSError:
+        return False
+    if time.time() - stat.st_mtime > YOUNG or stat.st_size > HEADERS:
+        return False
+    return head[8:12] == b"DUCK" or not head.strip(b"\0")
 
 
 def _wal(path: Path) -> Path:
