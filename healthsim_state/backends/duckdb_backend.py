@@ -129,9 +129,11 @@ class DuckDBBackend(Backend):
                         WARM.keep(self.path, self.read_only, self.keep_open)  # before the close: the instance lives on
                     elif not self.memory:
                         WARM.release(self.path)
-                    if made and not committed:
-                        self._remove_new_file(con)
+                    removing = made and not committed and _empty(con)
+                    left = removing and not self._remove_new_file()  # while con holds DuckDB's lock on it
                     _close_quietly(con)
+                    if left:  # Windows: an open file cannot be removed
+                        self._remove_new_file()
 
     def _begin(self, session: Session) -> None:
         session.con.execute("BEGIN TRANSACTION")
@@ -186,25 +188,20 @@ class DuckDBBackend(Backend):
         finally:
             filelock.release(place)
 
-    def _remove_new_file(self, con: duckdb.DuckDBPyConnection) -> None:
+    def _remove_new_file(self) -> bool:
         """A first write that failed leaves no file behind: bad input changes
-        nothing. Removed while ``con`` still holds DuckDB's lock on it, and
-        only while it is empty: another process may have opened the new file
-        and saved to it between its making and this connection (it then
-        stays); one waiting for the lock tries the path again and makes a
-        new file."""
-        try:
-            ((count,),) = con.execute("SELECT (SELECT count(*) FROM duckdb_tables()) "
-                                      "+ (SELECT count(*) FROM duckdb_sequences())").fetchall()
-        except duckdb.Error:
-            return  # cannot tell: a file is better left than lost
-        if count:
-            return
-        for path in (self.path, _wal(self.path)):
+        nothing. Removed while the connection still holds DuckDB's lock on
+        it, and only while it is empty (see :func:`_empty`); a process
+        waiting for the lock tries the path again, and makes a new file.
+        Whether the file is gone."""
+        for path in (_wal(self.path), self.path):
             try:
                 path.unlink()
-            except OSError:
+            except FileNotFoundError:
                 pass
+            except OSError:
+                return False
+        return True
 
     @contextmanager
     def connection(self, *, write: bool, config: dict[str, Any] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -497,6 +494,18 @@ def _close_quietly(con: duckdb.DuckDBPyConnection) -> None:
 
 
 WARM = _Warm()
+
+
+def _empty(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the database holds nothing (no table, no sequence): a file
+    this process made may have been opened and saved to by another process
+    between its making and this connection; then it stays."""
+    try:
+        ((count,),) = con.execute("SELECT (SELECT count(*) FROM duckdb_tables()) "
+                                  "+ (SELECT count(*) FROM duckdb_sequences())").fetchall()
+    except duckdb.Error:
+        return False  # cannot tell: a file is better left than lost
+    return count == 0
 
 
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:
