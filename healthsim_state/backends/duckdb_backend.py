@@ -114,23 +114,25 @@ class DuckDBBackend(Backend):
         or let go, and a new file whose first write did not commit removed.
         (One writer at a time: a write holds the layout alone already.)"""
         with self._writer_turn(writable):
-            created = not self.exists()
+            new = not self.exists()
             # a kept instance of the file is in use now: it holds the file, no need to queue
             kept = not self.memory and WARM.hold(self.path, self.read_only)
-            with self._queued(shared=self.read_only, create=not (created or self.read_only),
+            with self._queued(shared=self.read_only, create=not (new or self.read_only),
                               queue=not (self.memory or kept)) as deadline:
-                con = self._connect(writable, deadline)
+                con, made = self._connect(writable, deadline)
                 committed = False
                 try:
                     yield DuckDBSession(con, writable=writable, label=self.label, backend=self)
                     committed = True
                 finally:
-                    if self.keep_open and (committed or not created):
+                    if self.keep_open and (committed or not made):
                         WARM.keep(self.path, self.read_only, self.keep_open)  # before the close: the instance lives on
                     elif not self.memory:
                         WARM.release(self.path)
+                    removing = made and not committed and _empty(con)
+                    left = removing and not self._remove_new_file()  # while con holds DuckDB's lock on it
                     _close_quietly(con)
-                    if created and not committed:
+                    if left:  # Windows: an open file cannot be removed
                         self._remove_new_file()
 
     def _begin(self, session: Session) -> None:
@@ -186,13 +188,20 @@ class DuckDBBackend(Backend):
         finally:
             filelock.release(place)
 
-    def _remove_new_file(self) -> None:
-        """A first write that failed leaves no file behind: bad input changes nothing."""
-        for path in (self.path, self.path.with_name(self.path.name + ".wal")):
+    def _remove_new_file(self) -> bool:
+        """A first write that failed leaves no file behind: bad input changes
+        nothing. Removed while the connection still holds DuckDB's lock on
+        it, and only while it is empty (see :func:`_empty`); a process
+        waiting for the lock tries the path again, and makes a new file.
+        Whether the file is gone."""
+        for path in (_wal(self.path), self.path):
             try:
                 path.unlink()
-            except OSError:
+            except FileNotFoundError:
                 pass
+            except OSError:
+                return False
+        return True
 
     @contextmanager
     def connection(self, *, write: bool, config: dict[str, Any] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -211,12 +220,13 @@ class DuckDBBackend(Backend):
                 finally:
                     _close_quietly(con)
 
-    def _connect(self, write: bool, deadline: float) -> duckdb.DuckDBPyConnection:
+    def _connect(self, write: bool, deadline: float) -> tuple[duckdb.DuckDBPyConnection, bool]:
+        """A connection, and whether this call made the file."""
         if self.memory:
             with self._memory_lock:
                 if self._memory_con is None:
                     self._memory_con = duckdb.connect(MEMORY, config=CONFIG)
-                return self._memory_con.cursor()
+                return self._memory_con.cursor(), False
         if not self.path.is_file():
             if self.read_only or not write:
                 raise StoreNotFoundError(f"no database at {self.path} (nothing has been saved there yet)")
@@ -225,7 +235,8 @@ class DuckDBBackend(Backend):
             except OSError as error:
                 raise StoreError(f"cannot create the directory for the database {self.path}: "
                                  f"{error.strerror or error}") from None
-        return connect_waiting(self.path, self.lock_timeout, read_only=self.read_only, deadline=deadline)
+        return _open_waiting(self.path, self.lock_timeout, read_only=self.read_only, config=None,
+                             deadline=deadline)
 
 
 class DuckDBSession(Session):
@@ -484,6 +495,18 @@ def _close_quietly(con: duckdb.DuckDBPyConnection) -> None:
 WARM = _Warm()
 
 
+def _empty(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the database holds nothing (no table, no sequence): a file
+    this process made may have been opened and saved to by another process
+    between its making and this connection; then it stays."""
+    try:
+        ((count,),) = con.execute("SELECT (SELECT count(*) FROM duckdb_tables()) "
+                                  "+ (SELECT count(*) FROM duckdb_sequences())").fetchall()
+    except duckdb.Error:
+        return False  # cannot tell: a file is better left than lost
+    return count == 0
+
+
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:
     try:
         con.execute("ROLLBACK")
@@ -509,18 +532,30 @@ def connect_waiting(path: Path, timeout: float, *, read_only: bool = False, conf
     """Open ``path``, waiting (with backoff) while another process holds its
     lock, for up to ``timeout`` seconds (or until ``deadline``, when the wait
     began earlier: ``timeout`` is then what the message says);
-    then :class:`DatabaseLockedError`."""
+    then :class:`DatabaseLockedError`. A writable open of a missing file
+    makes it first, whole (see :func:`_make_whole`)."""
+    return _open_waiting(path, timeout, read_only=read_only, config=config, deadline=deadline)[0]
+
+
+def _open_waiting(path: Path, timeout: float, *, read_only: bool, config: dict[str, Any] | None,
+                  deadline: float | None) -> tuple[duckdb.DuckDBPyConnection, bool]:
+    """:func:`connect_waiting`, and whether this call made the file."""
     backoff = Backoff(time.monotonic() + timeout if deadline is None else deadline, floor=0.5)
     settings = dict(CONFIG, **(config or {}))
+    made = False
     while True:
+        if not read_only and not path.exists():  # again each round: a failed first write elsewhere removes its file
+            made = _make_whole(path) or made
         try:
-            return duckdb.connect(str(path), read_only=read_only, config=settings)
+            return duckdb.connect(str(path), read_only=read_only, config=settings), made
         except duckdb.Error as error:
             text = str(error)
             if _is_other_configuration(text):
                 blocker = _own_connection_message(path)
             elif _is_lock_conflict(text):
                 blocker = None
+            elif _being_made(path) and backoff.wait():
+                continue  # made by a program that does not make it whole: it will be in a moment
             else:
                 kind = _foreign_file(path)
                 if kind is not None:
@@ -536,6 +571,58 @@ def connect_waiting(path: Path, timeout: float, *, read_only: bool = False, conf
                     + (f" (PID {holder[1]})" if holder else "")
                     + f" and stayed locked for {timeout:g} s; wait for it to finish, stop it, or raise "
                     "HEALTHSIM_LOCK_TIMEOUT", path=path, pid=int(holder[1]) if holder else None) from None
+
+
+def _make_whole(path: Path) -> bool:
+    """Make a new, empty database at ``path`` whole or not at all; whether
+    this call made it. DuckDB makes a new file in steps (creates it, locks
+    it, writes its header), and a process opening the path between them
+    found "not a valid DuckDB database file" (or, making it too, truncated
+    it). So the file is made under a name of this process and thread beside
+    it, then linked into place: a link never replaces a file, so the first
+    maker wins and the others open its file. False too where the file
+    system has no hard links or the scratch file cannot be made: DuckDB
+    then makes the file itself, as before, and says what is wrong if it
+    cannot."""
+    scratch = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.new")
+    try:
+        duckdb.connect(str(scratch), config=CONFIG).close()
+        os.link(scratch, path)
+    except (duckdb.Error, OSError):  # FileExistsError: another process made it first
+        return False
+    finally:
+        for leftover in (scratch, _wal(scratch)):
+            try:
+                leftover.unlink()
+            except OSError:
+                pass
+    return True
+
+
+YOUNG = 1.0  # seconds: a file this new, still without a whole header, is being made
+HEADERS = 3 * 4096  # bytes: DuckDB's main header and its two database headers
+
+
+def _being_made(path: Path) -> bool:
+    """Whether a file that failed to open looks half made by a DuckDB
+    outside this module (another program, a file system without hard links,
+    or one made again just after a failed first write removed it): modified
+    under :data:`YOUNG` ago, no longer than the headers, and nothing but
+    zeros or DuckDB's own magic at the start. A file of another kind, or an
+    older one, is an error at once."""
+    try:
+        with open(path, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            head = handle.read(16)
+    except OSError:
+        return False
+    if time.time() - stat.st_mtime > YOUNG or stat.st_size > HEADERS:
+        return False
+    return head[8:12] == b"DUCK" or not head.strip(b"\0")
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + ".wal")
 
 
 _FILE_KINDS = ((b"SQLite format 3\x00", "an SQLite database"), (b"PAR1", "a Parquet file"), (b"PK\x03\x04", "a ZIP file"),
