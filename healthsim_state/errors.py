@@ -217,3 +217,23 @@ def warn_caller(warning: Warning) -> None:
 def _is_import_frame(frame: Any) -> bool:
     name = frame.f_code.co_filename
     return "importlib" in name and "_bootstrap" in name
+
+
+class FhirInputError(HealthSimError, ValueError):
+    """FHIR input that cannot be imported: not JSON, not a resource, not valid
+    R4 where it is read, a duplicate id, a reference cycle. Nothing was saved.
+    ``source`` (file, and line for NDJSON), ``resource_type``, ``resource_id``
+    and ``element`` say where, as far as known."""
+
+    def __init__(self, message: str, *, source: str | None = None, resource_type: str | None = None,
+                 resource_id: str | None = None, element: str | None = None):
+        self.source, self.resource_type, self.resource_id, self.element = source, resource_type, resource_id, element
+        self.reason = message
+        where = []
+        if source:
+            where.append(source)
+        if resource_type:
+            where.append(f"{resource_type}/{resource_id}" if resource_id else resource_type)
+        if element:
+            where.append(element)
+        super().__init__(f"{': '.join(where)}: {message}" if where else message)

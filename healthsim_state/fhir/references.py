@@ -1,0 +1,183 @@
+"""The two reference indexes of the FHIR package.
+
+:class:`ExportRefs` answers the mapper's "which resource is the patient whose
+``mrn`` is X?" on the way out: a pre-pass over the lookup fields of every type
+other types refer to, ``{(entity type, field, value): "Type/<id>"}``. It holds
+keys and ids only, never entities.
+
+:class:`ImportRefs` answers "which input resource does this reference name?" on
+the way in: every input resource by ``Type/id``, by its Bundle ``fullUrl``
+(``urn:uuid:...``) and by each identifier (the conditional form
+``Type?identifier=system|value``). A reference it cannot resolve is kept as it
+came by the caller (a Practitioner the Bundle does not hold stays
+``Practitioner?identifier=...``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from urllib.parse import unquote
+
+if TYPE_CHECKING:
+    from ..manager import Snapshot
+
+_AMBIGUOUS = ""  # an alias two resources share: it resolves to neither
+
+
+def field_value(entity: dict[str, Any], dotted: str) -> Any:
+    """The value at a canonical dotted path of an entity (None if absent)."""
+    value: Any = entity
+    for part in dotted.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+class NoRefs:
+    """Resolves nothing: for rendering a resource only to learn its type or ids."""
+
+    def reference(self, entity_type: str, field: str, value: Any) -> None:
+        return None
+
+
+class ExportRefs:
+    """``(entity type, field, value) -> "Type/<id>"`` for the lookup fields of
+    the types other entities refer to."""
+
+    def __init__(self) -> None:
+        self._index: dict[tuple[str, str, Any], str] = {}
+
+    def add(self, entity_type: str, field: str, value: Any, reference: str) -> None:
+        self._index.setdefault((entity_type, field, _lookup(value)), reference)
+
+    def reference(self, entity_type: str, field: str, value: Any) -> str | None:
+        if value is None:
+            return None
+        return self._index.get((entity_type, field, _lookup(value)))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @classmethod
+    def build(cls, snapshot: "Snapshot", mapper: Any, resource_types: dict[str, str]) -> "ExportRefs":
+        """The index of a scenario version: one pass over each referenced type
+        (a type whose mapping declares lookup fields), a batch at a time.
+        ``resource_types`` gives each entity type's primary resource type."""
+        refs = cls()
+        scenario_id = snapshot.info["scenario_id"]
+        held = set(snapshot.entity_types())
+        for entity_type in mapper.declared_types():
+            fields = mapper.lookup_fields(entity_type)
+            if not fields or entity_type not in held:
+                continue
+            for entity in snapshot.entities(entity_type):
+                resource_type = resource_types.get(entity_type) or primary_type(mapper, entity_type, entity,
+                                                                                 scenario_id, resource_types)
+                target = f"{resource_type}/{mapper.resource_id(entity_type, entity, scenario_id)}"
+                for field in fields:
+                    value = field_value(entity, field)
+                    if value is not None:
+                        refs.add(entity_type, field, value, target)
+        return refs
+
+
+def primary_type(mapper: Any, entity_type: str, entity: dict[str, Any], scenario_id: str,
+                 known: dict[str, str]) -> str:
+    """The resource type an entity type's first resource has, learnt once by
+    rendering one entity (the declarations are the mapper's to read)."""
+    found = known.get(entity_type)
+    if found is None:
+        resources = mapper.to_resources(entity_type, entity, scenario_id=scenario_id, refs=NoRefs())
+        found = known[entity_type] = resources[0]["resourceType"]
+    return found
+
+
+def _lookup(value: Any) -> Any:
+    """Lookup values compare as text: a patient_id 42 and "42" are one patient."""
+    return value if isinstance(value, str) else str(value)
+
+
+# --- import side --------------------------------------------------------------------------
+
+class ImportRefs:
+    """Every input resource by ``Type/id``, and the other names a reference
+    may give it (``fullUrl``, conditional identifier search)."""
+
+    def __init__(self) -> None:
+        self.resources: dict[str, dict[str, Any]] = {}
+        self._aliases: dict[str, str] = {}
+
+    def add(self, resource: dict[str, Any], full_url: str | None = None) -> str:
+        """Index ``resource``; return its ``Type/id``. The caller checks for
+        duplicates first (:meth:`holds`)."""
+        local = f"{resource['resourceType']}/{resource['id']}"
+        self.resources[local] = resource
+        if full_url:
+            self._alias(full_url, local)
+        for identifier in resource.get("identifier") or ():
+            if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
+                system = identifier.get("system")
+                if isinstance(system, str):
+                    self._alias(f"{resource['resourceType']}?identifier={system}|{identifier['value']}", local)
+                self._alias(f"{resource['resourceType']}?identifier={identifier['value']}", local)
+        return local
+
+    def _alias(self, alias: str, local: str) -> None:
+        found = self._aliases.get(alias)
+        self._aliases[alias] = local if found in (None, local) else _AMBIGUOUS
+
+    def holds(self, local: str) -> dict[str, Any] | None:
+        return self.resources.get(local)
+
+    def canonical(self, reference: str) -> str | None:
+        """``Type/id`` of the input resource ``reference`` names, or None."""
+        if reference in self.resources:
+            return reference
+        found = self._aliases.get(reference)
+        if found is None and "?" in reference:
+            found = self._aliases.get(unquote(reference))
+        if found is None and "/" in reference and not reference.startswith("urn:"):
+            tail = "/".join(reference.rstrip("/").split("/")[-2:])  # an absolute URL: [base]/Type/id
+            found = tail if tail in self.resources else None
+            if found is None and "/_history/" in reference:
+                found = "/".join(reference.split("/_history/")[0].split("/")[-2:])
+                found = found if found in self.resources else None
+        return found or None
+
+    def target(self, reference: str) -> dict[str, Any] | None:
+        """The referenced input resource, or None when the input does not hold it."""
+        local = self.canonical(reference)
+        return None if local is None else self.resources[local]
+
+    def __len__(self) -> int:
+        return len(self.resources)
+
+
+def references_in(value: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every ``Reference`` inside a resource: (element path, the dict holding
+    ``reference``). An explicit stack, not recursion: resources nest deeply."""
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("reference"), str):
+                yield where, node
+            for key, child in node.items():
+                if isinstance(child, (dict, list)):
+                    stack.append((f"{where}.{key}" if where else key, child))
+        elif isinstance(node, list):
+            for child in node:
+                if isinstance(child, (dict, list)):
+                    stack.append((where, child))
+
+
+def rewrite_references(resource: dict[str, Any], rename: Any, skip: Iterable[str] = ()) -> None:
+    """Replace, in place, each reference ``rename`` maps to a new text."""
+    skipped = set(skip)
+    for where, holder in references_in(resource):
+        if where in skipped:
+            continue
+        new = rename(holder["reference"])
+        if new is not None:
+            holder["reference"] = new
