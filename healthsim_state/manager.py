@@ -812,6 +812,34 @@ class StateManager:
         _check_slice(limit, offset, what="list_scenarios")
         return self._read(lambda g: g.list_scenarios(tag, search, limit, offset), missing=list)
 
+    # --- FHIR R4 (healthsim_state.fhir; thin delegations) ------------------------------
+
+    def export_fhir(self, name_or_id: str, directory: str | os.PathLike, *, bundles: bool = False,
+                    since_version: int | None = None, version: int | None = None,
+                    entity_types: Iterable[str] | None = None, force: bool = False) -> dict[str, Any]:
+        """Write the scenario as FHIR R4 Bulk Data NDJSON (or, with ``bundles``,
+        one transaction Bundle per patient) to ``directory``; return the manifest."""
+        from .fhir.export import export_fhir
+        from .fhir.mapper import FhirMapper
+        return export_fhir(self, name_or_id, directory, mapper=FhirMapper.from_registry(self.registry),
+                           bundles=bundles, since_version=since_version, version=version,
+                           entity_types=entity_types, force=force)
+
+    def iter_fhir(self, name_or_id: str, *, resource_types: Iterable[str] | None = None,
+                  version: int | None = None) -> Iterator[dict[str, Any]]:
+        """The scenario's FHIR R4 resources one by one, streamed a batch at a time."""
+        from .fhir.export import stream_resources
+        from .fhir.mapper import FhirMapper
+        self.scenario_info(name_or_id, version=version)  # fail now, not at the first next()
+        return stream_resources(self, name_or_id, FhirMapper.from_registry(self.registry),
+                                resource_types=resource_types, version=version)
+
+    def import_fhir(self, paths: Iterable[str | os.PathLike], name: str, *, overwrite: bool = False) -> Any:
+        """Save FHIR R4 Bundles, NDJSON files and directories of them as scenario
+        ``name`` in one transaction; return the import's report."""
+        from .fhir.importer import import_fhir
+        from .fhir.mapper import FhirMapper
+        return import_fhir(self, paths, name, mapper=FhirMapper.from_registry(self.registry), overwrite=overwrite)
 
 class Snapshot:
     """A scenario as one transaction sees it (see :meth:`StateManager.snapshot`):

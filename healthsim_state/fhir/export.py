@@ -379,3 +379,34 @@ def _write_bundle(path: Path, members: list[dict[str, Any]], shared: dict[str, d
     path.write_text(json.dumps(bundle, ensure_ascii=False, indent=1, default=_number) + "\n", "utf-8")
     return {"type": "Bundle", "url": url, "count": len(entries)}
 
+
+
+def stream_resources(manager: "StateManager", name_or_id: str, mapper: Any, *,
+                     resource_types: Iterable[str] | None = None, version: int | None = None,
+                     patient: str | None = None) -> Iterator[dict[str, Any]]:
+    """The scenario's resources one by one (of ``resource_types`` only, if
+    given; of one patient only, if ``patient`` names one by its resource id
+    or a lookup value such as its patient_id or mrn)."""
+    wanted = None if resource_types is None else set(resource_types)
+    with manager.snapshot(name_or_id, version=version) as snapshot:
+        plan = make_plan(snapshot, mapper)
+        owner = None if patient is None else _patient_reference(plan, patient)
+        for resource in iter_resources(snapshot, plan):
+            if wanted is not None and resource["resourceType"] not in wanted:
+                continue
+            if owner is not None and patient_of(resource) != owner:
+                continue
+            yield resource
+
+
+def _patient_reference(plan: Plan, patient: str) -> str:
+    """``Patient/<id>`` for a patient named by a lookup value of a type whose
+    primary resource is a Patient, else by its resource id."""
+    for entity_type, resource_type in plan.resource_types.items():
+        if resource_type != "Patient":
+            continue
+        for field_name in plan.mapper.lookup_fields(entity_type):
+            found = plan.refs.reference(entity_type, field_name, patient)
+            if found is not None:
+                return found
+    return patient if patient.startswith("Patient/") else f"Patient/{patient}"
