@@ -85,6 +85,25 @@ class MappingError(ValidationError):
         super().__init__(problems, summary="invalid mapping")
 
 
+class FhirMappingError(MappingError):
+    """A mapping's ``fhir:`` section cannot be used (a field or entity type it
+    names does not exist, a value map or code system that does not fit).
+    Each problem's ``path`` is ``<file> (entity E): fhir[i] (Resource).<key>``
+    and its message says what to do."""
+
+
+class FhirInputError(HealthSimError, ValueError):
+    """A FHIR resource that cannot be read: the message names the resource
+    type, its id and the element. ``resource_type``, ``resource_id`` and
+    ``element`` carry them for callers."""
+
+    def __init__(self, message: str, *, resource_type: str | None = None, resource_id: str | None = None,
+                 element: str | None = None):
+        where = f"{resource_type or 'resource'}/{resource_id or '?'}" + (f" @ {element}" if element else "")
+        super().__init__(f"{where}: {message}")
+        self.resource_type, self.resource_id, self.element = resource_type, resource_id, element
+
+
 class ScenarioExistsError(HealthSimError, ValueError):
     """A save used the name of an existing scenario without ``overwrite=True``."""
 
@@ -217,23 +236,3 @@ def warn_caller(warning: Warning) -> None:
 def _is_import_frame(frame: Any) -> bool:
     name = frame.f_code.co_filename
     return "importlib" in name and "_bootstrap" in name
-
-
-class FhirInputError(HealthSimError, ValueError):
-    """FHIR input that cannot be imported: not JSON, not a resource, not valid
-    R4 where it is read, a duplicate id, a reference cycle. Nothing was saved.
-    ``source`` (file, and line for NDJSON), ``resource_type``, ``resource_id``
-    and ``element`` say where, as far as known."""
-
-    def __init__(self, message: str, *, source: str | None = None, resource_type: str | None = None,
-                 resource_id: str | None = None, element: str | None = None):
-        self.source, self.resource_type, self.resource_id, self.element = source, resource_type, resource_id, element
-        self.reason = message
-        where = []
-        if source:
-            where.append(source)
-        if resource_type:
-            where.append(f"{resource_type}/{resource_id}" if resource_id else resource_type)
-        if element:
-            where.append(element)
-        super().__init__(f"{': '.join(where)}: {message}" if where else message)

@@ -117,6 +117,21 @@ class _Input:
     local: str = ""
 
 
+def _error(message: str, *, source: str | None = None, resource_type: str | None = None,
+           resource_id: str | None = None, element: str | None = None) -> FhirInputError:
+    """A :class:`FhirInputError` whose message starts with where the input is
+    (the file, and the line of an NDJSON file or the Bundle entry)."""
+    if resource_type is None and element is None:
+        error = FhirInputError(message)
+        error.args = (f"{source}: {message}" if source else message,)
+    else:
+        error = FhirInputError(message, resource_type=resource_type, resource_id=resource_id, element=element)
+        if source:
+            error.args = (f"{source}: {error}",)
+    error.source = source  # type: ignore[attr-defined]
+    return error
+
+
 # --- reading -------------------------------------------------------------------------------
 
 def input_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -129,7 +144,7 @@ def input_files(paths: Iterable[str | Path]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise FhirInputError("no such file or directory", source=str(path))
+            raise _error("no such file or directory", source=str(path))
     return files
 
 
@@ -148,12 +163,12 @@ def _load(data: bytes, source: str) -> Any:
     try:
         return json.loads(data)
     except UnicodeDecodeError as error:
-        raise FhirInputError(f"not UTF-8 text (byte {error.start})", source=source) from None
+        raise _error(f"not UTF-8 text (byte {error.start})", source=source) from None
     except json.JSONDecodeError as error:
-        raise FhirInputError(f"not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}",
+        raise _error(f"not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}",
                              source=source) from None
     except RecursionError:
-        raise FhirInputError("not usable JSON: nested too deeply", source=source) from None
+        raise _error("not usable JSON: nested too deeply", source=source) from None
 
 
 def read_resources(files: Iterable[Path]) -> Iterator[tuple[dict[str, Any], str | None, str]]:
@@ -171,24 +186,24 @@ def read_resources(files: Iterable[Path]) -> Iterator[tuple[dict[str, Any], str 
 
 def _resources_of(document: Any, source: str) -> Iterator[tuple[dict[str, Any], str | None, str]]:
     if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
-        raise FhirInputError("not a FHIR resource (a JSON object with a resourceType)", source=source)
+        raise _error("not a FHIR resource (a JSON object with a resourceType)", source=source)
     if document["resourceType"] != "Bundle":
         yield document, None, source
         return
     kind = document.get("type")
     if kind not in BUNDLE_TYPES:
-        raise FhirInputError(f"a Bundle of type {kind!r} is not read; the types read: {', '.join(BUNDLE_TYPES)}",
+        raise _error(f"a Bundle of type {kind!r} is not read; the types read: {', '.join(BUNDLE_TYPES)}",
                              source=source, resource_type="Bundle", resource_id=document.get("id"), element="type")
     for index, entry in enumerate(document.get("entry") or ()):
         if not isinstance(entry, dict):
-            raise FhirInputError("a Bundle entry must be an object", source=source, element=f"entry[{index}]")
+            raise _error("a Bundle entry must be an object", source=source, element=f"entry[{index}]")
         method = (entry.get("request") or {}).get("method") if isinstance(entry.get("request"), dict) else None
         resource = entry.get("resource")
         if resource is None and method in ("DELETE", "GET", "HEAD"):
             continue
         at = f"{source} entry[{index}]"
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            raise FhirInputError("not a FHIR resource (a JSON object with a resourceType)", source=at,
+            raise _error("not a FHIR resource (a JSON object with a resourceType)", source=at,
                                  element=f"entry[{index}].resource")
         if resource["resourceType"] == "Bundle":
             yield from _resources_of(resource, at)
@@ -209,19 +224,19 @@ def check_resource(resource: dict[str, Any], full_url: str | None, source: str) 
             resource["id"] = str(uuid.uuid5(ID_NAMESPACE, json.dumps(resource, sort_keys=True, default=str)))
     rid = resource["id"]
     if not isinstance(rid, str) or not _ID.fullmatch(rid):
-        raise FhirInputError(f"{rid!r} is not a FHIR id (1 to 64 letters, digits, '-' and '.')", source=source,
+        raise _error(f"{rid!r} is not a FHIR id (1 to 64 letters, digits, '-' and '.')", source=source,
                              resource_type=kind, resource_id=str(rid), element="id")
     for name, value in resource.items():
         check = CHECKS.get(name)
         if check is None and name.endswith("DateTime"):
             check = (_valid_datetime, "a dateTime")
         if check is not None and not check[0](value):
-            raise FhirInputError(f"{value!r} is not {check[1]}", source=source, resource_type=kind,
+            raise _error(f"{value!r} is not {check[1]}", source=source, resource_type=kind,
                                  resource_id=rid, element=name)
         if name in PERIODS and isinstance(value, dict):
             for end in ("start", "end"):
                 if end in value and not _valid_datetime(value[end]):
-                    raise FhirInputError(f"{value[end]!r} is not a dateTime", source=source, resource_type=kind,
+                    raise _error(f"{value[end]!r} is not a dateTime", source=source, resource_type=kind,
                                          resource_id=rid, element=f"{name}.{end}")
 
 
@@ -238,7 +253,7 @@ def index_inputs(items: Iterable[tuple[dict[str, Any], str | None, str]]) -> tup
         if held is not None:
             if held == resource:
                 continue
-            raise FhirInputError(f"the id is given to two different resources (first in {sources[local]})",
+            raise _error(f"the id is given to two different resources (first in {sources[local]})",
                                  source=source, resource_type=resource["resourceType"], resource_id=resource["id"],
                                  element="id")
         refs.add(resource, full_url)
@@ -260,7 +275,7 @@ def resolve_references(refs: ImportRefs, inputs: list[_Input]) -> None:
                 continue
             holder["reference"] = target
             if target == item.local:
-                raise FhirInputError(f"a reference cycle: the resource refers to itself ({target})",
+                raise _error(f"a reference cycle: the resource refers to itself ({target})",
                                      source=item.source, resource_type=kind, resource_id=item.resource["id"],
                                      element=where)
             if target.startswith(kind + "/"):
@@ -269,7 +284,7 @@ def resolve_references(refs: ImportRefs, inputs: list[_Input]) -> None:
         cycle = _cycle(graph)
         if cycle:
             first = sources[cycle[0]]
-            raise FhirInputError(f"a reference cycle through {where}: {' -> '.join(cycle + [cycle[0]])}",
+            raise _error(f"a reference cycle through {where}: {' -> '.join(cycle + [cycle[0]])}",
                                  source=first.source, resource_type=first.resource["resourceType"],
                                  resource_id=first.resource["id"], element=where)
 
@@ -331,10 +346,10 @@ def map_inputs(mapper: Any, registry: Any, refs: ImportRefs, inputs: list[_Input
         try:
             made = mapper.from_resource(resource, refs=refs)
         except FhirInputError as error:
-            if error.source:
-                raise
-            raise FhirInputError(error.reason, source=item.source, resource_type=resource["resourceType"],
-                                 resource_id=resource["id"], element=error.element) from None
+            if getattr(error, "source", None) is None:  # the mapper's: say which file too
+                error.source = item.source  # type: ignore[attr-defined]
+                error.args = (f"{item.source}: {error}",)
+            raise
         for entity_type, entity in made:
             _add(merged, entity_type, entity, key_paths)
     entities = {entity_type: list(by_key.values()) for entity_type, by_key in merged.items()}
@@ -381,7 +396,7 @@ def import_fhir(manager: "StateManager", paths: Iterable[str | Path], name: str,
     scenario ``name`` in one save (one transaction). See the module docstring."""
     paths = [str(path) for path in paths]
     if not paths:
-        raise FhirInputError("no input: give at least one file or directory")
+        raise _error("no input: give at least one file or directory")
     files = input_files(paths)
     refs, inputs = index_inputs(read_resources(files))
     resolve_references(refs, inputs)
