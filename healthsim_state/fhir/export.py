@@ -168,8 +168,7 @@ def since_plan(manager: "StateManager", snapshot: "Snapshot", plan: Plan, since:
                         gone.setdefault(entity_type, set()).add(key)
     plan.only = only
     before = _resources_of(manager, info["scenario_id"], since, plan, gone)
-    now = {f"{r['resourceType']}/{r['id']}" for r in _resources_of(manager, info["scenario_id"], info["version"],
-                                                                     plan, {t: k for t, k in gone.items()})}
+    now = _resources_of(manager, info["scenario_id"], info["version"], plan, gone)
     return sorted(before - now)
 
 
