@@ -826,13 +826,14 @@ class StateManager:
                            entity_types=entity_types, force=force)
 
     def iter_fhir(self, name_or_id: str, *, resource_types: Iterable[str] | None = None,
-                  version: int | None = None) -> Iterator[dict[str, Any]]:
-        """The scenario's FHIR R4 resources one by one, streamed a batch at a time."""
+                  version: int | None = None, patient: str | None = None) -> Iterator[dict[str, Any]]:
+        """The scenario's FHIR R4 resources one by one, streamed a batch at a time
+        (``patient``: only those of the patient with this id, patient_id or mrn)."""
         from .fhir.export import stream_resources
         from .fhir.mapper import FhirMapper
         self.scenario_info(name_or_id, version=version)  # fail now, not at the first next()
         return stream_resources(self, name_or_id, FhirMapper.from_registry(self.registry),
-                                resource_types=resource_types, version=version)
+                                resource_types=resource_types, version=version, patient=patient)
 
     def import_fhir(self, paths: Iterable[str | os.PathLike], name: str, *, overwrite: bool = False) -> Any:
         """Save FHIR R4 Bundles, NDJSON files and directories of them as scenario

@@ -41,6 +41,7 @@ TOOLS = {  # tool: (readOnlyHint, destructiveHint, idempotentHint)
     "add_entities": (False, True, False),
     "load_scenario": (True, False, True),
     "get_scenario_summary": (True, False, True),
+    "get_fhir": (True, False, True),
     "list_scenarios": (True, False, True),
     "delete_scenario": (False, True, True),
     "scenario_history": (True, False, True),

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..errors import UnknownEntityTypeError
 from ..interop.errors import OutputExistsError
+from .spool import IN_MEMORY, ChildSpool
 from .references import ExportRefs, NoRefs, field_value, references_in, rewrite_references
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class Plan:
     refs: ExportRefs
     resource_types: dict[str, str] = field(default_factory=dict)
     only: dict[str, set[tuple[str, ...]]] | None = None  # entity type -> keys to render (since_version)
+    spool_limit: int = IN_MEMORY  # folded children held in memory before they go to a temporary file
 
 
 def make_plan(snapshot: "Snapshot", mapper: Any, entity_types: Iterable[str] | None = None) -> Plan:
@@ -96,19 +98,28 @@ def iter_resources(snapshot: "Snapshot", plan: Plan) -> Iterator[dict[str, Any]]
         if entity_type == KEPT_TYPE:
             yield from _kept(snapshot, plan)
             continue
-        children = _children_of(snapshot, plan, entity_type)
         only = None if plan.only is None else plan.only.get(entity_type, set())
         if only is not None and not only:
             continue
-        codec = snapshot.registry.codecs[entity_type]
-        key_paths = [f.dotted for f in codec.mapping.key_fields]
-        for entity in snapshot.entities(entity_type):
-            key = _key(entity, key_paths)
-            if only is not None and key not in only:
-                continue
-            kids = None if children is None else {child: groups.get(key, []) for child, groups in children.items()}
-            yield from plan.mapper.to_resources(entity_type, entity, scenario_id=plan.scenario_id, refs=plan.refs,
-                                                children=kids)
+        spools = _children_of(snapshot, plan, entity_type)
+        try:
+            yield from _rendered(snapshot, plan, entity_type, only, spools)
+        finally:
+            for spool in spools.values():
+                spool.close()
+
+
+def _rendered(snapshot: "Snapshot", plan: Plan, entity_type: str, only: set | None,
+              spools: dict[str, ChildSpool]) -> Iterator[dict[str, Any]]:
+    codec = snapshot.registry.codecs[entity_type]
+    key_paths = [f.dotted for f in codec.mapping.key_fields]
+    for entity in snapshot.entities(entity_type):
+        key = _key(entity, key_paths)
+        if only is not None and key not in only:
+            continue
+        kids = {child: spool.children(key) for child, spool in spools.items()} if spools else None
+        yield from plan.mapper.to_resources(entity_type, entity, scenario_id=plan.scenario_id, refs=plan.refs,
+                                            children=kids)
 
 
 def _kept(snapshot: "Snapshot", plan: Plan) -> Iterator[dict[str, Any]]:
@@ -118,19 +129,16 @@ def _kept(snapshot: "Snapshot", plan: Plan) -> Iterator[dict[str, Any]]:
             yield entity["resource"]
 
 
-def _children_of(snapshot: "Snapshot", plan: Plan, parent: str) -> dict[str, dict[tuple, list]] | None:
-    """The folded children of ``parent``'s entities, grouped by parent key (in
-    saved order); None when no type folds into it."""
-    kinds = [(child, fields) for child, (owner, fields) in plan.folded.items() if owner == parent]
-    if not kinds:
-        return None
-    grouped: dict[str, dict[tuple, list]] = {}
-    for child, fields in kinds:
-        groups: dict[tuple, list] = grouped.setdefault(child, {})
-        if child in snapshot.info["entity_counts"] and snapshot.info["entity_counts"].get(child):
-            for entity in snapshot.entities(child):
-                groups.setdefault(_key(entity, fields), []).append(entity)
-    return grouped
+def _children_of(snapshot: "Snapshot", plan: Plan, parent: str) -> dict[str, ChildSpool]:
+    """The folded children of ``parent``'s entities, by child type, grouped
+    by parent key in saved order (empty when no type folds into it)."""
+    spools = {}
+    for child, (owner, fields) in plan.folded.items():
+        if owner == parent:
+            pairs = ((_key(entity, fields), entity) for entity in snapshot.entities(child)) \
+                if snapshot.info["entity_counts"].get(child) else ()
+            spools[child] = ChildSpool(plan.spool_limit).extend(pairs)
+    return spools
 
 
 def _key(entity: dict[str, Any], paths: Iterable[str]) -> tuple[str, ...]:
