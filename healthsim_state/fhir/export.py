@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..errors import UnknownEntityTypeError
 from ..interop.errors import OutputExistsError
-from .spool import IN_MEMORY, ChildSpool
+from .spool import ChildSpool
 from .references import ExportRefs, NoRefs, field_value, references_in, rewrite_references
 
 if TYPE_CHECKING:
@@ -68,7 +68,6 @@ class Plan:
     refs: ExportRefs
     resource_types: dict[str, str] = field(default_factory=dict)
     only: dict[str, set[tuple[str, ...]]] | None = None  # entity type -> keys to render (since_version)
-    spool_limit: int = IN_MEMORY  # folded children held in memory before they go to a temporary file
 
 
 def make_plan(snapshot: "Snapshot", mapper: Any, entity_types: Iterable[str] | None = None) -> Plan:
@@ -137,7 +136,7 @@ def _children_of(snapshot: "Snapshot", plan: Plan, parent: str) -> dict[str, Chi
         if owner == parent:
             pairs = ((_key(entity, fields), entity) for entity in snapshot.entities(child)) \
                 if snapshot.info["entity_counts"].get(child) else ()
-            spools[child] = ChildSpool(plan.spool_limit).extend(pairs)
+            spools[child] = ChildSpool().extend(pairs)
     return spools
 
 

@@ -22,8 +22,8 @@ IN_MEMORY = 20_000
 class ChildSpool:
     """``add(parent_key, child)`` in saved order, then ``children(parent_key)``."""
 
-    def __init__(self, in_memory: int = IN_MEMORY):
-        self._limit = in_memory
+    def __init__(self, in_memory: int | None = None):
+        self._limit = IN_MEMORY if in_memory is None else in_memory
         self._groups: dict[tuple, list[dict[str, Any]]] = {}
         self._count = 0
         self._db: sqlite3.Connection | None = None
