@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
+from ..engine.batch import no_cyclic_gc
 from ..errors import FhirInputError
 from .export import KEPT_TYPE, MANIFEST, PATIENT_ELEMENTS
 from .references import ImportRefs, references_in
@@ -159,14 +160,17 @@ def _directory_files(directory: Path) -> list[Path]:
                   and p.name != MANIFEST and not any(part.startswith(".") for part in p.relative_to(directory).parts))
 
 
-def _load(data: bytes, source: str) -> Any:
+_decode = json.JSONDecoder().decode
+
+
+def _load(data: bytes | str, source: str) -> Any:
     try:
-        return json.loads(data)
+        return _decode(data.decode("utf-8-sig") if isinstance(data, bytes) else data)
     except UnicodeDecodeError as error:
         raise _error(f"not UTF-8 text (byte {error.start})", source=source) from None
     except json.JSONDecodeError as error:
         raise _error(f"not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}",
-                             source=source) from None
+                     source=source) from None
     except RecursionError:
         raise _error("not usable JSON: nested too deeply", source=source) from None
 
@@ -175,13 +179,20 @@ def read_resources(files: Iterable[Path]) -> Iterator[tuple[dict[str, Any], str 
     """(resource, fullUrl, source) of every resource in the files."""
     for path in files:
         data = path.read_bytes()
-        if path.suffix == ".ndjson":
-            for number, line in enumerate(data.split(b"\n"), start=1):
-                if line.strip():
-                    source = f"{path}, line {number}"
-                    yield from _resources_of(_load(line, source), source)
-        else:
+        if path.suffix != ".ndjson":
             yield from _resources_of(_load(data, str(path)), str(path))
+            continue
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise _error(f"not UTF-8 text (byte {error.start})", source=str(path)) from None
+        for number, line in enumerate(text.split("\n"), start=1):
+            if line and not line.isspace():
+                try:
+                    document = _decode(line)  # the fast path: no per-line source text made
+                except (ValueError, RecursionError):
+                    document = _load(line, f"{path}, line {number}")
+                yield from _resources_of(document, f"{path}, line {number}")
 
 
 def _resources_of(document: Any, source: str) -> Iterator[tuple[dict[str, Any], str | None, str]]:
@@ -359,8 +370,13 @@ def map_inputs(mapper: Any, registry: Any, refs: ImportRefs, inputs: list[_Input
 def _add(merged: dict[str, dict[Any, dict[str, Any]]], entity_type: str, entity: dict[str, Any],
          key_paths: dict[str, list[tuple[str, ...]]]) -> None:
     by_key = merged.setdefault(entity_type, {})
-    key = tuple(_at(entity, path) for path in key_paths.get(entity_type, ()))
-    if not key or any(part is None for part in key):
+    paths = key_paths.get(entity_type, ())
+    if len(paths) == 1 and len(paths[0]) == 1:  # the usual key: one top-level field
+        part = entity.get(paths[0][0])
+        key = (part if part is None or part.__class__ in (str, int) else _at(entity, paths[0]),)
+    else:
+        key = tuple(_at(entity, path) for path in paths)
+    if not key or None in key:
         by_key[object()] = entity  # no key to merge by: an entity of its own
     elif key in by_key:
         _merge(by_key[key], entity)
@@ -398,9 +414,11 @@ def import_fhir(manager: "StateManager", paths: Iterable[str | Path], name: str,
     if not paths:
         raise _error("no input: give at least one file or directory")
     files = input_files(paths)
-    refs, inputs = index_inputs(read_resources(files))
-    resolve_references(refs, inputs)
-    entities, read, kept = map_inputs(mapper, manager.registry, refs, inputs)
+    with no_cyclic_gc():  # millions of containers and no cycles: a full collection would walk them all, often
+        refs, inputs = index_inputs(read_resources(files))
+        resolve_references(refs, inputs)
+        entities, read, kept = map_inputs(mapper, manager.registry, refs, inputs)
+        del refs, inputs
     scenario_id = manager.save_scenario(
         name, entities, description=f"imported from FHIR ({len(inputs)} resources)", overwrite=overwrite,
         metadata={"import": "fhir", "paths": paths, "files": len(files), "resources": len(inputs)})

@@ -15,7 +15,7 @@ came by the caller (a Practitioner the Bundle does not hold stays
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import unquote
 
 if TYPE_CHECKING:
@@ -115,15 +115,16 @@ class ImportRefs:
         self.resources[local] = resource
         if full_url:
             self._alias(full_url, local)
+        kind = resource["resourceType"]
         for identifier in resource.get("identifier") or ():
-            if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
+            if identifier.__class__ is dict and identifier.get("value").__class__ is str:
                 system = identifier.get("system")
-                if isinstance(system, str):
-                    self._alias(f"{resource['resourceType']}?identifier={system}|{identifier['value']}", local)
-                self._alias(f"{resource['resourceType']}?identifier={identifier['value']}", local)
+                if system.__class__ is str:
+                    self._alias((kind, system, identifier["value"]), local)
+                self._alias((kind, None, identifier["value"]), local)
         return local
 
-    def _alias(self, alias: str, local: str) -> None:
+    def _alias(self, alias: Any, local: str) -> None:
         found = self._aliases.get(alias)
         self._aliases[alias] = local if found in (None, local) else _AMBIGUOUS
 
@@ -134,15 +135,24 @@ class ImportRefs:
         """``Type/id`` of the input resource ``reference`` names, or None."""
         if reference in self.resources:
             return reference
+        if "?" in reference:
+            return self._conditional(reference)
         found = self._aliases.get(reference)
-        if found is None and "?" in reference:
-            found = self._aliases.get(unquote(reference))
         if found is None and "/" in reference and not reference.startswith("urn:"):
-            tail = "/".join(reference.rstrip("/").split("/")[-2:])  # an absolute URL: [base]/Type/id
+            path = reference.split("/_history/")[0].rstrip("/")  # an absolute URL: [base]/Type/id[/_history/n]
+            tail = "/".join(path.split("/")[-2:])
             found = tail if tail in self.resources else None
-            if found is None and "/_history/" in reference:
-                found = "/".join(reference.split("/_history/")[0].split("/")[-2:])
-                found = found if found in self.resources else None
+        return found or None
+
+    def _conditional(self, reference: str) -> str | None:
+        """``Type?identifier=[system|]value`` (URL-encoded or not): the one
+        input resource of that type with that identifier."""
+        kind, _, query = unquote(reference).partition("?")
+        name, _, wanted = query.partition("=")
+        if name != "identifier" or "&" in wanted:
+            return None
+        system, bar, value = wanted.rpartition("|")
+        found = self._aliases.get((kind, system if bar else None, value))
         return found or None
 
     def target(self, reference: str) -> dict[str, Any] | None:
@@ -154,30 +164,33 @@ class ImportRefs:
         return len(self.resources)
 
 
-def references_in(value: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every ``Reference`` inside a resource: (element path, the dict holding
-    ``reference``). An explicit stack, not recursion: resources nest deeply."""
-    stack: list[tuple[str, Any]] = [(path, value)]
-    while stack:
-        where, node = stack.pop()
-        if isinstance(node, dict):
-            if isinstance(node.get("reference"), str):
-                yield where, node
-            for key, child in node.items():
-                if isinstance(child, (dict, list)):
-                    stack.append((f"{where}.{key}" if where else key, child))
-        elif isinstance(node, list):
-            for child in node:
-                if isinstance(child, (dict, list)):
-                    stack.append((where, child))
-
-
-def rewrite_references(resource: dict[str, Any], rename: Any, skip: Iterable[str] = ()) -> None:
-    """Replace, in place, each reference ``rename`` maps to a new text."""
-    skipped = set(skip)
-    for where, holder in references_in(resource):
-        if where in skipped:
+def references_in(resource: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every ``Reference`` inside a resource: (the top-level element it is
+    under, the dict holding ``reference``). An explicit stack, not recursion:
+    resources nest deeply; and no paths built on the way: this runs for
+    every resource of an import."""
+    for element, value in resource.items():
+        if value.__class__ is not dict and value.__class__ is not list:
             continue
+        stack = [value]
+        pop, push = stack.pop, stack.append
+        while stack:
+            node = pop()
+            if node.__class__ is dict:
+                if node.get("reference").__class__ is str:
+                    yield element, node
+                for child in node.values():
+                    if child.__class__ is dict or child.__class__ is list:
+                        push(child)
+            else:
+                for child in node:
+                    if child.__class__ is dict or child.__class__ is list:
+                        push(child)
+
+
+def rewrite_references(resource: dict[str, Any], rename: Any) -> None:
+    """Replace, in place, each reference ``rename`` maps to a new text."""
+    for _, holder in references_in(resource):
         new = rename(holder["reference"])
         if new is not None:
             holder["reference"] = new
