@@ -418,10 +418,11 @@ def import_fhir(manager: "StateManager", paths: Iterable[str | Path], name: str,
         refs, inputs = index_inputs(read_resources(files))
         resolve_references(refs, inputs)
         entities, read, kept = map_inputs(mapper, manager.registry, refs, inputs)
+        resources = len(inputs)
         del refs, inputs
     scenario_id = manager.save_scenario(
-        name, entities, description=f"imported from FHIR ({len(inputs)} resources)", overwrite=overwrite,
-        metadata={"import": "fhir", "paths": paths, "files": len(files), "resources": len(inputs)})
+        name, entities, description=f"imported from FHIR ({resources} resources)", overwrite=overwrite,
+        metadata={"import": "fhir", "paths": paths, "files": len(files), "resources": resources})
     order = {entity: index for index, entity in enumerate(manager.registry.entity_types)}
     made = {entity: len(items) for entity, items in sorted(entities.items(), key=lambda pair: order.get(pair[0], 0))}
     return ImportReport(scenario_id, name, len(files), dict(sorted(read.items())), made, dict(sorted(kept.items())))
