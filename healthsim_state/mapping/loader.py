@@ -36,7 +36,7 @@ RESERVED_COLUMNS = frozenset({"scenario_id", "_position", "_residual"})
 RESERVED_TABLES = frozenset({"scenarios", "scenario_tags", "scenario_versions"})
 RESERVED_TABLE_PREFIX = "_healthsim"
 
-_TOP_KEYS = ("format", "entity", "plural", "table", "description", "primary_key", "fields")
+_TOP_KEYS = ("format", "entity", "plural", "table", "description", "primary_key", "fields", "fhir")
 FORMAT = 1  # the mapping document's format version (``format:``, optional in files)
 # PostgreSQL keeps 63 bytes of a name; a type's table of every version adds VERSIONS_SUFFIX.
 MAX_IDENTIFIER = 63
@@ -229,6 +229,9 @@ def _build(path: str, doc: dict[str, Any], problems: list[Problem]) -> Mapping |
         fields=tuple(fields),
         description=doc.get("description"),
         source=path,
+        # Kept as JSON text, parsed by healthsim_state.fhir only when FHIR is used:
+        # loading mappings stays as fast as without it.
+        fhir=json.dumps(doc["fhir"], separators=(",", ":"), ensure_ascii=False) if "fhir" in doc else None,
     )
     _check_names(path, mapping, problems)
     _check_keys(path, mapping, doc, problems)
@@ -402,7 +405,8 @@ def _explain(error: jsonschema.ValidationError) -> str:
     kind, value = error.validator, error.instance
     where = error.absolute_path[-1] if error.absolute_path else None
     if kind == "additionalProperties":
-        allowed = _FIELD_KEYS if "column" in error.schema.get("properties", {}) else _TOP_KEYS
+        properties = error.schema.get("properties", {})
+        allowed = _FIELD_KEYS if "column" in properties else _TOP_KEYS if "entity" in properties else tuple(properties)
         unknown = sorted(set(value) - set(allowed))
         hints = []
         for key in unknown:

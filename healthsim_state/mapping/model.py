@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from typing import Any
 
 from ..column_types import ColumnType
@@ -40,6 +40,10 @@ class Mapping:
     fields: tuple[Field, ...]
     description: str | None = None
     source: str = "<memory>"  # the file it came from, for messages
+    # The ``fhir:`` section as JSON text (None: none). How the type is shown as
+    # FHIR, not how it is stored: the store does not record it (describe() leaves
+    # it out) and a change to it needs no migration. Read by healthsim_state.fhir.
+    fhir: str | None = dataclass_field(default=None, compare=False)
 
     def field(self, column: str) -> Field:
         for candidate in self.fields:

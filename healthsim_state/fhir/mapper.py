@@ -1,0 +1,1141 @@
+"""The FHIR mapper: entities to R4 resources and back, as the ``fhir:`` sections say.
+
+A generic interpreter of :mod:`.declarations`: nothing here knows a patient
+from a claim. Each entity type's declarations are compiled once, when first
+used, into a plan of small closures (one per element, each knowing its path,
+its field and its conversion), so a call runs no interpretation, only the
+closures (the pattern of :mod:`healthsim_state.engine.compile`, without
+generated source: the plans are short).
+
+Two directions, one declaration:
+
+- ``to_resources(entity)``: each declared resource whose ``when`` columns hold a
+  value, with ``resourceType``, a stable ``id`` (:mod:`.ids`), ``meta.profile``,
+  the entity's key in ``identifier[0]`` (system ``urn:healthsim:<type>``), then
+  the elements in declared order. Same entity, same bytes.
+- ``from_resource(resource)``: the declaration that reads it (by resource type,
+  ``match`` constants, ``own`` identifiers) takes each element it knows out of
+  a copy of the resource; what is left (extensions, extra identifiers, ``text``,
+  codings of other systems, references to resources not in the input) is kept
+  in the entity under ``_fhir`` (:data:`RESERVED_KEY`), with the resource's id:
+  ``{"_fhir": {"<slot>": {"id": ..., "extra": {...}}}}``. An export merges it
+  back, so an imported resource comes out again with every element under its id.
+
+List positions: an element taken out of a list leaves ``None`` in the kept copy
+(a placeholder), so an export puts the regenerated item back at its place.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import re
+from typing import Any, Callable, Iterable, Protocol
+
+from ..column_types import HeldText, Unfit
+from ..errors import FhirInputError
+from ..mapping.model import Field, Mapping
+from ..values import MISSING
+from . import declarations as d
+from .ids import resource_id as _resource_id
+
+RESERVED_KEY = d.RESERVED_KEY
+UCUM = "http://unitsofmeasure.org"
+ORIGINAL_VALUE = "https://healthsim.dev/fhir/StructureDefinition/original-value"
+# Values of mapped columns that their element cannot hold (a non-strict field's
+# {"value": 92, "unit": "bpm"}, a gender no code fits): kept as JSON in one
+# extension, so they come back on import and no value is lost on the way.
+UNFIT = "https://healthsim.dev/fhir/StructureDefinition/unfit-values"
+_LOOKUP_CACHE_LIMIT = 200_000
+
+
+class ExportRefs(Protocol):
+    def reference(self, entity_type: str, field: str, value: Any) -> str | None: ...
+
+
+class ImportRefs(Protocol):
+    def target(self, reference: str) -> dict | None: ...
+
+
+# --- paths in resources ---------------------------------------------------------------------
+
+def _put(node: dict, steps: tuple[d.Step, ...], value: Any) -> None:
+    """Write ``value`` at ``steps`` below ``node``, making objects and lists on the way
+    (a list too short for an index is padded with None: see :func:`_compact`)."""
+    last = len(steps) - 1
+    for position, step in enumerate(steps):
+        if step.index is None:
+            if position == last:
+                node[step.key] = value
+                return
+            node = node.setdefault(step.key, {})
+            continue
+        items = node.setdefault(step.key, [])
+        while len(items) <= step.index:
+            items.append(None)
+        if position == last:
+            items[step.index] = value
+            return
+        if items[step.index] is None:
+            items[step.index] = {}
+        node = items[step.index]
+
+
+def _parent(node: Any, steps: tuple[d.Step, ...]) -> Any:
+    """The container holding the last step's value (a dict, or a list for an
+    indexed last step), or MISSING."""
+    for step in steps[:-1]:
+        if not isinstance(node, dict):
+            return MISSING
+        node = node.get(step.key, MISSING)
+        if step.index is not None:
+            if not isinstance(node, list):
+                return MISSING
+            node = _slice(node, step.match) if step.match else (
+                node[step.index] if len(node) > step.index else MISSING)
+    if not isinstance(node, dict):
+        return MISSING
+    last = steps[-1]
+    if last.index is None:
+        return node
+    items = node.get(last.key)
+    return items if isinstance(items, list) and len(items) > last.index else MISSING
+
+
+def _slice(items: list, match: tuple) -> Any:
+    """The first item whose constants at ``match``'s paths are equal, or MISSING."""
+    for item in items:
+        if isinstance(item, dict) and all(_peek(item, steps) == value for steps, value in match):
+            return item
+    return MISSING
+
+
+def _peek(node: Any, steps: tuple[d.Step, ...]) -> Any:
+    holder = _parent(node, steps)
+    if holder is MISSING:
+        return MISSING
+    last = steps[-1]
+    if last.index is None:
+        return holder.get(last.key, MISSING)
+    value = holder[last.index]
+    return MISSING if value is None else value
+
+
+def _drop(node: Any, steps: tuple[d.Step, ...]) -> None:
+    holder = _parent(node, steps)
+    if holder is MISSING:
+        return
+    last = steps[-1]
+    if last.index is None:
+        holder.pop(last.key, None)
+    else:
+        holder[last.index] = None  # a placeholder: later items keep their positions
+
+
+def _prune(node: Any) -> Any:
+    """``node`` without empty objects, and without lists that hold only placeholders."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            value = _prune(value)
+            if value is not MISSING:
+                out[key] = value
+        return out if out else MISSING
+    if isinstance(node, list):
+        items = [None if item is None else _prune(item) for item in node]
+        items = [None if item is MISSING else item for item in items]
+        return items if any(item is not None for item in items) else MISSING
+    return node
+
+
+def _compact(node: Any) -> Any:
+    """Drop list holes an export left (an item after an absent one moves up)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, (dict, list)):
+                node[key] = _compact(value)
+        return node
+    if isinstance(node, list):
+        return [_compact(item) for item in node if item is not None]
+    return node
+
+
+def _merge(made: Any, kept: Any) -> Any:
+    """An export's resource with the elements an import kept put back. Kept
+    values win at a leaf (the declaration did not read them, so they are the
+    original's); a kept list's placeholders take the made items in order."""
+    if isinstance(made, dict) and isinstance(kept, dict):
+        out = dict(made)
+        for key, value in kept.items():
+            out[key] = _merge(made[key], value) if key in made else _fill(value)
+        return out
+    if isinstance(made, list) and isinstance(kept, list):
+        if any(item is None for item in kept):
+            fresh = iter(item for item in made if item is not None)
+            out = [next(fresh, None) if item is None else item for item in kept]
+            out.extend(fresh)
+            return [item for item in out if item is not None]
+        out = [_merge(made[i], kept[i]) if i < len(made) and made[i] is not None else kept[i]
+               for i in range(len(kept))]
+        return out + [item for item in made[len(kept):] if item is not None]
+    return kept
+
+
+def _fill(kept: Any) -> Any:
+    """A kept value with nothing made for it: placeholders whose item is gone drop out."""
+    if isinstance(kept, list):
+        return [_fill(item) for item in kept if item is not None]
+    if isinstance(kept, dict):
+        return {key: _fill(value) for key, value in kept.items()}
+    return kept
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy(item) for item in value]
+    return value
+
+
+# --- paths in entities ----------------------------------------------------------------------
+
+def _getter(path: tuple[str, ...]) -> Callable[[dict], Any]:
+    if len(path) == 1:
+        key = path[0]
+        return lambda entity: entity.get(key)
+    if len(path) == 2:
+        first, second = path
+
+        def get2(entity: dict) -> Any:
+            inner = entity.get(first)
+            return inner.get(second) if isinstance(inner, dict) else None
+        return get2
+
+    def get(entity: dict) -> Any:
+        node: Any = entity
+        for key in path:
+            if not isinstance(node, dict):
+                return None
+            node = node.get(key)
+        return node
+    return get
+
+
+def _set(entity: dict, path: tuple[str, ...], value: Any) -> None:
+    node = entity
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+
+
+# --- values: column -> FHIR primitive ---------------------------------------------------------
+
+_DATE = re.compile(r"^[0-9]{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01]))?)?$")
+_FULL_DATE = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")
+_NUMBER = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$")
+
+
+def _date_time(value: Any, instant: bool = False) -> str | None:
+    """A FHIR dateTime (or instant): seconds and an offset whenever there is a
+    time; a time without an offset is UTC, as the store reads it."""
+    if not isinstance(value, str):
+        return None
+    if _DATE.match(value) and not instant:
+        return value
+    try:
+        moment = _dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=_dt.timezone.utc)
+    text = moment.isoformat(timespec="microseconds" if moment.microsecond else "seconds")
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def _as_string(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _as_integer(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _as_decimal(value: Any) -> int | float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, str) and _NUMBER.match(value):
+        number = float(value)
+        return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
+    return None
+
+
+def _as_date(value: Any) -> str | None:
+    return value if isinstance(value, str) and _DATE.match(value) else None
+
+
+def _as_base64(value: Any) -> str | None:
+    return base64.b64encode(value.encode("utf-8")).decode("ascii") if isinstance(value, str) else None
+
+
+TO_FHIR: dict[str, Callable[[Any], Any]] = {
+    "string": _as_string, "code": _as_string, "uri": _as_string, "id": _as_string, "markdown": _as_string,
+    "integer": _as_integer, "positiveInt": lambda v: v if (v := _as_integer(v)) is not None and v > 0 else None,
+    "unsignedInt": lambda v: v if (v := _as_integer(v)) is not None and v >= 0 else None,
+    "decimal": _as_decimal, "boolean": lambda v: v if isinstance(v, bool) else None,
+    "date": _as_date, "dateTime": _date_time, "instant": lambda v: _date_time(v, instant=True),
+    "base64Binary": _as_base64,
+}
+
+
+def _from_base64(value: Any) -> Any:
+    try:
+        return base64.b64decode(value, validate=True).decode("utf-8") if isinstance(value, str) else MISSING
+    except (ValueError, UnicodeDecodeError):
+        return MISSING
+
+
+def _fits(field: Field, value: Any) -> Any:
+    """``value`` as the field should hold it, or MISSING when it does not fit
+    (a non-strict field takes anything)."""
+    family = field.type.family
+    if family in ("integer", "bigint") and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    try:
+        field.type.convert(value)
+    except (Unfit, HeldText, ValueError, TypeError):
+        return value if not field.strict else MISSING
+    return value
+
+
+def _key_text(values: tuple) -> str:
+    if len(values) == 1:
+        value = values[0]
+        return value if isinstance(value, str) else json.dumps(value)
+    return json.dumps(list(values), separators=(",", ":"), ensure_ascii=False)
+
+
+def _key_values(text: str, key_fields: tuple[Field, ...]) -> tuple | None:
+    """The key an identifier's value holds (see :func:`_key_text`), typed as its columns."""
+    if len(key_fields) == 1:
+        raw = [text]
+        if key_fields[0].type.family != "varchar":
+            try:
+                raw = [json.loads(text)]
+            except ValueError:
+                raw = [text]
+    else:
+        try:
+            raw = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(raw, list) or len(raw) != len(key_fields):
+            return None
+    out = []
+    for field, value in zip(key_fields, raw):
+        value = _fits(field, value)
+        if value is MISSING:
+            return None
+        out.append(value)
+    return tuple(out)
+
+
+def _absent(code: str) -> dict:
+    return {"extension": [{"url": d.DATA_ABSENT_REASON, "valueCode": code}]}
+
+
+class _Export:
+    """What one to_resources call shares with its element writers."""
+
+    __slots__ = ("refs", "scenario_id", "children", "kept", "key", "unfit")
+
+    def __init__(self, refs, scenario_id, children, kept, key):
+        self.refs, self.scenario_id, self.children, self.kept, self.key = refs, scenario_id, children, kept, key
+        self.unfit: dict[str, Any] = {}  # dotted path -> a value its element cannot hold (see UNFIT)
+
+
+class _Import:
+    __slots__ = ("refs", "entity", "children", "drops")
+
+    def __init__(self, refs, entity):
+        self.refs, self.entity, self.children, self.drops = refs, entity, [], []
+
+    def drop_constants(self) -> None:
+        for holder, last in self.drops:
+            if last.index is None:
+                holder.pop(last.key, None)
+            else:
+                holder[last.index] = None
+        self.drops.clear()
+
+
+Writer = Callable[[dict, dict, _Export], None]
+Reader = Callable[[dict, dict, _Import], None]
+
+
+class _Resource:
+    """One declared resource of an entity type, compiled."""
+
+    def __init__(self, decl: d.ResourceDeclaration, writers: list[Writer], readers: list[Reader],
+                 whens: list[Callable], compact: bool, field_paths: dict[str, tuple[d.Step, ...]]):
+        self.decl, self.writers, self.readers, self.whens, self.compact = decl, writers, readers, whens, compact
+        self.slot, self.resource_type = decl.slot, decl.resource
+        self.field_paths = field_paths  # column -> the path it is written at (lookups on import)
+        self.constants = {e.path: (e.steps, e.value) for e in decl.elements if e.kind == "value"}
+
+
+class _Plan:
+    """An entity type's compiled declarations."""
+
+    def __init__(self, mapper: "FhirMapper", mapping: Mapping, decls: d.Declarations):
+        self.mapping, self.mapper = mapping, mapper
+        self.entity_type = mapping.entity
+        self.system = d.ENTITY_SYSTEM + mapping.entity
+        self.key_fields = mapping.key_fields
+        self.key_getters = [_getter(f.path) for f in self.key_fields]
+        self.fields = {f.column: f for f in mapping.fields}
+        self.resources = [self._compile(decl) for decl in decls.resources]
+        self.by_slot = {r.slot: r for r in self.resources}
+
+    def _compile(self, decl: d.ResourceDeclaration) -> _Resource:
+        writers, readers = [], []
+        field_paths: dict[str, tuple[d.Step, ...]] = {}
+        compact = False
+        for element in decl.elements:
+            writer, reader = self.mapper._element(element, self.mapping, self, decl)
+            writers.append(writer)
+            readers.append((element.kind == "value", reader))
+            if element.kind == "field":
+                field_paths[element.field] = element.steps
+            compact = compact or any(step.index for step in element.steps)
+        whens = [_getter(self.fields[c].path) for c in decl.when]
+        return _Resource(decl, writers, _constants_last(readers), whens, compact, field_paths)
+
+    def key_of(self, entity: dict) -> tuple:
+        return tuple(get(entity) for get in self.key_getters)
+
+    def slot_id(self, entity: dict, slot: str, scenario_id: str, key: tuple | None = None) -> str:
+        kept = entity.get(RESERVED_KEY)
+        if isinstance(kept, dict):
+            record = kept.get(slot)
+            if isinstance(record, dict) and isinstance(record.get("id"), str):
+                return record["id"]
+        return _resource_id(scenario_id, self.entity_type, key if key is not None else self.key_of(entity), slot)
+
+
+class FhirMapper:
+    """Entities to FHIR R4 resources and back, for every type with a ``fhir:`` section."""
+
+    def __init__(self, mappings: dict[str, Mapping]):
+        self._mappings = dict(mappings)
+        self._declared: dict[str, d.Declarations] = {}
+        for entity, mapping in self._mappings.items():
+            decls = d.declarations_of(mapping)
+            if decls is not None:
+                self._declared[entity] = decls
+        d.check(self._mappings, self._declared)
+        self._folded = d.folded(self._declared)
+        self._plans: dict[str, _Plan] = {}
+        self._by_resource: dict[str, list[tuple[str, d.ResourceDeclaration]]] = {}
+        for entity, decls in self._declared.items():
+            for decl in decls.resources:
+                self._by_resource.setdefault(decl.resource, []).append((entity, decl))
+        self._lookups: dict[str, dict[str, Any]] = {}  # entity type -> target column -> reader
+        self._lookup_cache: dict[tuple, dict] = {}
+
+    @classmethod
+    def from_registry(cls, registry) -> "FhirMapper":
+        """The mapper of a :class:`~healthsim_state.engine.registry.Registry` (``sm.registry``),
+        made once per registry."""
+        found = getattr(registry, "_fhir_mapper", None)
+        if found is None:
+            found = cls({entity: codec.mapping for entity, codec in registry.codecs.items()})
+            registry._fhir_mapper = found
+        return found
+
+    # --- what is declared ------------------------------------------------------------------
+
+    def declared_types(self) -> tuple[str, ...]:
+        return tuple(e for e in self._mappings if e in self._declared)
+
+    def folded_types(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        return dict(self._folded)
+
+    def lookup_fields(self, entity_type: str) -> tuple[str, ...]:
+        """The canonical paths of ``entity_type`` that references of other types name."""
+        mapping = self._mappings[entity_type]
+        columns: list[str] = list(mapping.primary_key)
+        for decls in self._declared.values():
+            for decl in decls.resources:
+                for element in d._walk(decl.elements):
+                    r = element.reference
+                    if r is not None and r.target == entity_type:
+                        columns += [theirs for _, theirs in r.fields if theirs not in columns]
+        return tuple(mapping.field(c).dotted for c in columns)
+
+    def mapping(self, entity_type: str) -> Mapping:
+        return self._mappings[entity_type]
+
+    def mapped_columns(self, entity_type: str) -> tuple[str, ...]:
+        """The columns of ``entity_type`` its declarations (or its parent's, for a
+        folded type) write and read: its key, and every column an element names."""
+        mapping = self._mappings[entity_type]
+        columns = list(mapping.primary_key)
+        parent = self._folded.get(entity_type)
+        if parent is not None:
+            sources = [e.children.elements for decl in self._declared[parent[0]].resources
+                       for e in d._walk(decl.elements) if e.kind == "children" and e.children.entity_type == entity_type]
+        else:
+            sources = [decl.elements for decl in self._declared[entity_type].resources]
+        for elements in sources:
+            for element in elements:
+                columns += [c for c in _columns_of(element) if c not in columns]
+        return tuple(columns)
+
+    def plan(self, entity_type: str) -> _Plan:
+        found = self._plans.get(entity_type)
+        if found is None:
+            decls = self._declared.get(entity_type)
+            if decls is None:
+                raise KeyError(f"entity type {entity_type!r} has no fhir: section; declared: "
+                               f"{', '.join(self.declared_types())}")
+            found = self._plans[entity_type] = _Plan(self, self._mappings[entity_type], decls)
+        return found
+
+    def resource_id(self, entity_type: str, entity: dict, scenario_id: str) -> str:
+        plan = self.plan(entity_type)
+        return plan.slot_id(entity, plan.resources[0].slot, scenario_id)
+
+    def primary_resource_type(self, entity_type: str) -> str:
+        return self.plan(entity_type).resources[0].resource_type
+
+    # --- out --------------------------------------------------------------------------------
+
+    def to_resources(self, entity_type: str, entity: dict, *, scenario_id: str, refs: ExportRefs,
+                     children: dict[str, list[dict]] | None = None) -> list[dict]:
+        plan = self.plan(entity_type)
+        key = plan.key_of(entity)
+        kept = entity.get(RESERVED_KEY)
+        kept = kept if isinstance(kept, dict) else None
+        context = _Export(refs, scenario_id, children or {}, kept, key)
+        out = []
+        for resource in plan.resources:
+            if resource.whens and all(get(entity) is None for get in resource.whens):
+                continue
+            made = self._make(plan, resource, entity, context)
+            out.append(made)
+        return out
+
+    def _make(self, plan: _Plan, resource: _Resource, entity: dict, context: _Export) -> dict:
+        record = context.kept.get(resource.slot) if context.kept else None
+        record = record if isinstance(record, dict) else None
+        made: dict[str, Any] = {"resourceType": resource.resource_type,
+                                "id": plan.slot_id(entity, resource.slot, context.scenario_id, context.key)}
+        if resource.decl.profile and not (record and record.get("profile") is False):
+            made["meta"] = {"profile": [resource.decl.profile]}
+        if not (record and record.get("keyed_by_id")):
+            made["identifier"] = [{"system": plan.system, "value": _key_text(context.key)}]
+        context.unfit = {}
+        for write in resource.writers:
+            write(entity, made, context)
+        if context.unfit:
+            _keep_unfit(made, context.unfit)
+        if record and isinstance(record.get("extra"), dict):
+            made = _merge(made, record["extra"])
+        if resource.compact:
+            made = _compact(made)
+        return made
+
+    # --- compiling elements -------------------------------------------------------------------
+
+    def _element(self, element: d.Element, mapping: Mapping, plan: _Plan,
+                 decl: d.ResourceDeclaration) -> tuple[Writer, Reader]:
+        make = getattr(self, f"_{element.kind}_element")
+        return make(element, mapping, plan, decl)
+
+    def _field_element(self, element, mapping, plan, decl):
+        field = mapping.field(element.field)
+        get, steps, path, dotted = _getter(field.path), element.steps, field.path, field.dotted
+        primitive = element.primitive or d.PRIMITIVE_OF_TYPE[field.type.family]
+        convert = TO_FHIR.get(primitive, lambda v: v)
+        forward = dict(element.values)
+        backward = _backward(element.values)
+        last = steps[-1]
+        original_steps = steps[:-1] + (d.Step("_" + last.key, None),) if last.index is None else None
+
+        wanted = _condition(element, mapping)
+
+        def write(entity: dict, node: dict, context: _Export) -> None:
+            value = get(entity)
+            if value is None or (wanted is not None and not wanted(entity)):
+                return
+            if forward:
+                mapped = forward.get(value) if isinstance(value, str) else None
+                if mapped is None:
+                    if not isinstance(value, str) or value not in backward:
+                        context.unfit[dotted] = value
+                        return
+                    mapped = value
+                if backward[mapped] != value and original_steps is not None:
+                    _put(node, original_steps, {"extension": [{"url": ORIGINAL_VALUE, "valueString": value}]})
+                value = mapped
+            else:
+                converted = convert(value)
+                if converted is None:
+                    context.unfit[dotted] = value
+                    return
+                value = converted
+            _put(node, steps, value)
+
+        def read(resource: dict, entity: dict, context: _Import) -> None:
+            value = _peek(resource, steps)
+            if value is MISSING:
+                return
+            if backward:
+                original = _original_value(resource, original_steps)
+                if original is not MISSING and forward.get(original) == value:
+                    _drop(resource, original_steps)
+                    value = original
+                elif value in backward:
+                    value = backward[value]
+            if primitive == "base64Binary":
+                value = _from_base64(value)
+            value = _fits(field, value) if value is not MISSING else MISSING
+            if value is MISSING:
+                return  # left in the resource: kept as it came
+            _drop(resource, steps)
+            _set(entity, path, value)
+        return write, read
+
+    def _value_element(self, element, mapping, plan, decl):
+        steps, constant = element.steps, element.value
+        wanted = _condition(element, mapping)
+
+        def write(entity: dict, node: dict, context: _Export) -> None:
+            if wanted is None or wanted(entity):
+                _put(node, steps, constant)
+
+        def read(resource: dict, entity: dict, context: _Import) -> None:
+            if _peek(resource, steps) == constant:
+                # Dropped once every constant was read: constants find their slice.
+                context.drops.append((_parent(resource, steps), steps[-1]))
+        return write, read
+
+    def _coding_element(self, element, mapping, plan, decl):
+        c = element.coding
+        steps, absent = element.steps, element.absent
+        code_field = mapping.field(c.code)
+        get_code = _getter(code_field.path)
+        display_field = mapping.field(c.display) if c.display else None
+        get_display = _getter(display_field.path) if display_field else None
+        system_field = mapping.field(c.system_field) if c.system_field else None
+        get_system = _getter(system_field.path) if system_field else None
+        systems = dict(c.systems)
+        system_names = {url: name for name, url in reversed(c.systems)}
+        forward = dict(c.values)
+        backward = _backward(c.values)
+
+        def write(entity: dict, node: dict, context: _Export) -> None:
+            code = get_code(entity)
+            if not isinstance(code, str) or not code.strip():
+                if code is not None:
+                    context.unfit[code_field.dotted] = code
+                if absent:
+                    _put(node, steps, _absent(absent))
+                return
+            coding: dict[str, Any] = {}
+            system = c.system if get_system is None else systems.get(get_system(entity))
+            if system:
+                coding["system"] = system
+            coding["code"] = forward.get(code, code)
+            if get_display is not None:
+                display = get_display(entity)
+                if isinstance(display, str) and display.strip():
+                    coding["display"] = display
+                elif display is not None:
+                    context.unfit[display_field.dotted] = display
+            _put(node, steps, {"coding": [coding]})
+
+        def read(resource: dict, entity: dict, context: _Import) -> None:
+            concept = _peek(resource, steps)
+            if not isinstance(concept, dict):
+                return
+            if absent and concept == _absent(absent):
+                _drop(resource, steps)
+                return
+            codings = concept.get("coding")
+            if not isinstance(codings, list):
+                return
+            for index, coding in enumerate(codings):
+                if not isinstance(coding, dict) or not isinstance(coding.get("code"), str):
+                    continue
+                system = coding.get("system")
+                if get_system is None and system != c.system:
+                    continue
+                if get_system is not None and system not in system_names:
+                    continue
+                code = backward.get(coding["code"], coding["code"])
+                if _fits(code_field, code) is MISSING:
+                    continue
+                _set(entity, code_field.path, code)
+                taken = ["system", "code"]
+                if system_field is not None:
+                    _set(entity, system_field.path, system_names[system])
+                if display_field is not None and isinstance(coding.get("display"), str):
+                    _set(entity, display_field.path, coding["display"])
+                    taken.append("display")
+                rest = {k: v for k, v in coding.items() if k not in taken}
+                codings[index] = rest or None
+                return
+        return write, read
+
+    def _quantity_element(self, element, mapping, plan, decl):
+        q = element.quantity
+        steps, absent = element.steps, element.absent
+        value_field = mapping.field(q.value)
+        get_value = _getter(value_field.path)
+        unit_field = mapping.field(q.unit_field) if q.unit_field else None
+        get_unit = _getter(unit_field.path) if unit_field else None
+        convert = TO_FHIR[q.primitive]
+
+        def write(entity: dict, node: dict, context: _Export) -> None:
+            given = get_value(entity)
+            value = given
+            if isinstance(value, dict):  # {"value": 92, "unit": "bpm"}, as PatientSim writes some vitals
+                value = value.get("value")
+            value = convert(value) if value is not None else None
+            if value is not given and given is not None and not isinstance(given, (int, float)):
+                context.unfit[value_field.dotted] = given
+            if value is None:
+                if absent:
+                    _put(node, steps, _absent(absent))
+                return
+            quantity: dict[str, Any] = {"value": value}
+            unit = q.unit if get_unit is None else get_unit(entity)
+            if get_unit is not None and unit is not None and not isinstance(unit, str):
+                context.unfit[unit_field.dotted] = unit
+            if isinstance(unit, str) and unit.strip():
+                quantity.update(unit=unit, system=UCUM, code=unit)
+            _put(node, steps, quantity)
+
+        def read(resource: dict, entity: dict, context: _Import) -> None:
+            quantity = _peek(resource, steps)
+            if not isinstance(quantity, dict):
+                return
+            if absent and quantity == _absent(absent):
+                _drop(resource, steps)
+                return
+            value = quantity.get("value")
+            if value is None or _fits(value_field, value) is MISSING:
+                return
+            unit = quantity.get("unit", quantity.get("code"))
+            if get_unit is None and q.unit is not None and unit is not None and unit != q.unit:
+                return  # another unit than the column's: kept as it came, not misread
+            value = _fits(value_field, value)
+            _set(entity, value_field.path, value)
+            quantity.pop("value")
+            if unit_field is not None and isinstance(unit, str):
+                _set(entity, unit_field.path, unit)
+            if unit is not None and quantity.get("code", unit) == unit and quantity.get("system", UCUM) == UCUM \
+                    and quantity.get("unit", unit) == unit:
+                for k in ("unit", "system", "code"):
+                    quantity.pop(k, None)
+        return write, read
+
+    def _reference_element(self, element, mapping, plan, decl):
+        r = element.reference
+        steps, absent = element.steps, element.absent
+        if r.target is None:
+            return self._slot_reference(element, plan)
+        target_mapping = self._mappings[r.target]
+        target_key = target_mapping.primary_key
+        pairs = [(mapping.field(own), target_mapping.field(theirs)) for own, theirs in r.fields]
+        getters = [(_getter(own.path), theirs) for own, theirs in pairs]
+        systems = {self._lookup_system(r.target, theirs.column, target_key): own for own, theirs in pairs}
+        target_slot = r.slot
+        mapper = self
+
+        def write(entity: dict, node: dict, context: _Export) -> None:
+            first = None
+            found = None
+            for get, theirs in getters:
+                value = get(entity)
+                if value is None:
+                    continue
+                if first is None:
+                    first = (theirs, value)
+                found = context.refs.reference(r.target, theirs.dotted, value)
+                if found:
+                    if target_slot is not None:
+                        found = mapper._slot_reference_of(context, r.target, theirs, value, found, target_slot)
+                    break
+            if first is None:
+                if absent:
+                    _put(node, steps, _absent(absent))
+                return
+            made: dict[str, Any] = {}
+            if found:
+                made["reference"] = found
+            theirs, value = first
+            made["identifier"] = {"system": mapper._lookup_system(r.target, theirs.column, target_key),
+                                  "value": value if isinstance(value, str) else json.dumps(value)}
+            _put(node, steps, made)
+
+        def read(resource: dict, entity: dict, context: _Import) -> None:
+            ref = _peek(resource, steps)
+            if not isinstance(ref, dict):
+                return
+            if absent and ref == _absent(absent):
+                _drop(resource, steps)
+                return
+            text = ref.get("reference")
+            target = context.refs.target(text) if isinstance(text, str) else None
+            taken = False
+            if target is not None:
+                values = mapper._lookup(r.target, target)
+                if values is not None:
+                    for own, theirs in pairs:
+                        value = values.get(theirs.column)
+                        if value is not None and _fits(own, value) is not MISSING:
+                            _set(entity, own.path, value)
+                            taken = True
+                    if taken:
+                        ref.pop("reference")
+            identifier = ref.get("identifier")
+            if isinstance(identifier, dict) and identifier.get("system") in systems:
+                own = systems[identifier["system"]]
+                value = identifier.get("value")
+                if own.type.family != "varchar" and isinstance(value, str):
+                    try:
+                        value = json.loads(value)
+                    except ValueError:
+                        pass
+                if value is not None and _fits(own, value) is not MISSING:
+                    if _getter(own.path)(entity) is None:
+                        _set(entity, own.path, value)
+                    ref.pop("identifier")
+        return write, read
+
+    def _slot_reference(self, element, plan):
+        steps, slot = element.steps, element.reference.slot
+        resource_type = None
+
+        def write(entity: dict, node: dict, context: _Export) -> None:
+            nonlocal resource_type
+            resource_type = resource_type or plan.by_slot[slot].resource_type
+            _put(node, steps, {"reference": f"{resource_type}/{plan.slot_id(entity, slot, context.scenario_id, context.key)}"})
+
+        def read(resource: dict, entity: dict, context: _Import) -> None:
+            ref = _peek(resource, steps)
+            wanted = plan.by_slot[slot].resource_type + "/"
+            if isinstance(ref, dict) and isinstance(ref.get("reference"), str) and ref["reference"].startswith(wanted):
+                ref.pop("reference")
+        return write, read
+
+    def _children_element(self, element, mapping, plan, decl):
+        c = element.children
+        child_mapping = self._mappings[c.entity_type]
+        child_plan = _ChildPlan(self, child_mapping, c, plan, decl)
+        steps, child_type, slot = element.steps, c.entity_type, decl.slot
+
+        def write(entity: dict, node: dict, context: _Export) -> None:
+            kids = context.children.get(child_type)
+            if not kids:
+                return
+            items = [child_plan.item(kid, context, slot) for kid in kids]
+            _put(node, steps, items)
+
+        def read(resource: dict, entity: dict, context: _Import) -> None:
+            items = _peek(resource, steps)
+            if not isinstance(items, list):
+                return
+            key = plan.key_of(entity)
+            if any(v is None for v in key):
+                return
+            for index, item in enumerate(items):
+                if isinstance(item, dict):
+                    context.children.append((child_type, child_plan.entity(item, key, context, slot)))
+                    items[index] = None
+        return write, read
+
+    # --- references: systems, slots, lookups ------------------------------------------------------
+
+    @staticmethod
+    def _lookup_system(entity_type: str, column: str, key: tuple[str, ...]) -> str:
+        """The identifier system a reference writes a lookup value under: the
+        entity's own for its (single) key column, else ``urn:healthsim:<type>:<column>``."""
+        if key == (column,):
+            return d.ENTITY_SYSTEM + entity_type
+        return f"{d.ENTITY_SYSTEM}{entity_type}:{column}"
+
+    def _slot_reference_of(self, context: _Export, entity_type: str, theirs: Field, value: Any, primary: str,
+                           slot: str) -> str | None:
+        """A reference to another resource (``slot``) of the entity ``primary`` points at."""
+        exact = getattr(context.refs, "slot_reference", None)
+        if exact is not None:
+            return exact(entity_type, theirs.dotted, value, slot)
+        target = self.plan(entity_type)
+        if target.by_slot[slot] is target.resources[0]:
+            return primary
+        if tuple(target.mapping.primary_key) != (theirs.column,):
+            return None
+        return f"{target.by_slot[slot].resource_type}/{_resource_id(context.scenario_id, entity_type, (value,), slot)}"
+
+    def _lookup(self, entity_type: str, resource: dict) -> dict | None:
+        """The values of ``entity_type``'s lookup columns that a resource (a
+        reference's target) holds, cached by resource type and id."""
+        cache_key = (entity_type, resource.get("resourceType"), resource.get("id"))
+        found = self._lookup_cache.get(cache_key)
+        if found is not None:
+            return found
+        picked = self._declaration_for(resource, (entity_type,))
+        if picked is None:
+            return None
+        plan, compiled = picked
+        values: dict[str, Any] = {}
+        key = self._key_from(plan, resource)
+        if key is not None:
+            values.update(zip(plan.mapping.primary_key, key))
+        for column, steps in compiled.field_paths.items():
+            value = _peek(resource, steps)
+            if value is not MISSING and column not in values:
+                values[column] = value
+        if len(self._lookup_cache) >= _LOOKUP_CACHE_LIMIT:
+            self._lookup_cache.clear()
+        self._lookup_cache[cache_key] = values
+        return values
+
+    # --- in ---------------------------------------------------------------------------------
+
+    def entity_types_of(self, resource: dict) -> tuple[str, ...] | None:
+        """The entity type(s) a resource becomes (None: no declaration reads it)."""
+        picked = self._candidates(resource)
+        return tuple(dict.fromkeys(plan.entity_type for plan, _ in picked)) or None
+
+    def _candidates(self, resource: dict) -> list[tuple[_Plan, _Resource]]:
+        options = self._by_resource.get(resource.get("resourceType"), ())
+        systems = _identifier_systems(resource)
+        found, own = [], []
+        for entity, decl in options:
+            plan = self.plan(entity)
+            compiled = plan.by_slot[decl.slot]
+            carries = plan.system in systems
+            if decl.own and not carries:
+                continue
+            if any(_peek(resource, compiled.constants[path][0]) != compiled.constants[path][1] for path in decl.match):
+                continue
+            (own if carries else found).append((plan, compiled))
+        return own or found
+
+    def _declaration_for(self, resource: dict, types: Iterable[str]) -> tuple[_Plan, _Resource] | None:
+        for plan, compiled in self._candidates(resource):
+            if plan.entity_type in types:
+                return plan, compiled
+        return None
+
+    def _key_from(self, plan: _Plan, resource: dict) -> tuple | None:
+        identifiers = resource.get("identifier")
+        if isinstance(identifiers, list):
+            for identifier in identifiers:
+                if isinstance(identifier, dict) and identifier.get("system") == plan.system \
+                        and isinstance(identifier.get("value"), str):
+                    return _key_values(identifier["value"], plan.key_fields)
+        if len(plan.key_fields) == 1 and plan.key_fields[0].type.family == "varchar" \
+                and isinstance(resource.get("id"), str):
+            return (resource["id"],)
+        return None
+
+    def from_resource(self, resource: dict, *, refs: ImportRefs) -> list[tuple[str, dict]]:
+        """One resource as entities (its type's, and folded children's), each in
+        canonical shape with what the declaration does not read under ``_fhir``."""
+        resource_type, rid = resource.get("resourceType"), resource.get("id")
+        candidates = self._candidates(resource)
+        if not candidates:
+            raise FhirInputError("no mapping declares this resource (see entity_types_of)",
+                                 resource_type=resource_type, resource_id=rid)
+        plan, compiled = candidates[0]
+        copy = _copy(resource)
+        entity: dict[str, Any] = {}
+        record: dict[str, Any] = {}
+        if isinstance(rid, str):
+            record["id"] = rid
+        keyed_by_id = self._take_key(plan, copy, entity)
+        if keyed_by_id is None:
+            raise FhirInputError(f"no key: the resource has no identifier of system {plan.system} and its id "
+                                 f"cannot be {plan.entity_type}'s key ({', '.join(plan.mapping.primary_key)})",
+                                 resource_type=resource_type, resource_id=rid, element="identifier")
+        if keyed_by_id:
+            record["keyed_by_id"] = True
+        context = _Import(refs, entity)
+        profile = compiled.decl.profile
+        meta = copy.get("meta")
+        if profile and isinstance(meta, dict) and isinstance(meta.get("profile"), list) and profile in meta["profile"]:
+            meta["profile"] = [p if p != profile else None for p in meta["profile"]]
+        elif profile:
+            record["profile"] = False  # it came without our profile: it goes out without it
+        for read in compiled.readers:
+            read(copy, entity, context)
+        context.drop_constants()
+        _restore_unfit(copy, entity)
+        copy.pop("resourceType", None)
+        copy.pop("id", None)
+        extra = _prune(copy)
+        if extra is not MISSING:
+            record["extra"] = extra
+        entity[RESERVED_KEY] = {compiled.slot: record}
+        return [(plan.entity_type, entity), *context.children]
+
+    def _take_key(self, plan: _Plan, resource: dict, entity: dict) -> bool | None:
+        """Set the entity's key from its identifier (False) or the resource id
+        (True); None when neither gives one."""
+        identifiers = resource.get("identifier")
+        if isinstance(identifiers, list):
+            for index, identifier in enumerate(identifiers):
+                if isinstance(identifier, dict) and identifier.get("system") == plan.system \
+                        and isinstance(identifier.get("value"), str):
+                    key = _key_values(identifier["value"], plan.key_fields)
+                    if key is not None:
+                        for field, value in zip(plan.key_fields, key):
+                            _set(entity, field.path, value)
+                        rest = {k: v for k, v in identifier.items() if k not in ("system", "value")}
+                        identifiers[index] = rest or None
+                        return False
+        key = self._key_from(plan, {"id": resource.get("id")})
+        if key is None:
+            return None
+        _set(entity, plan.key_fields[0].path, key[0])
+        return True
+
+
+class _ChildPlan:
+    """The elements of a folded child type (claim_line in Claim.item), compiled."""
+
+    def __init__(self, mapper: FhirMapper, mapping: Mapping, children: d.Children, parent: _Plan,
+                 decl: d.ResourceDeclaration):
+        self.mapping = mapping
+        self.link = [mapping.field(c) for c in children.link]
+        pairs = [mapper._element(e, mapping, parent, decl) for e in children.elements]
+        self.writers = [w for w, _ in pairs]
+        self.readers = _constants_last([(e.kind == "value", r) for e, (_, r) in zip(children.elements, pairs)])
+
+    def item(self, kid: dict, context: _Export, slot: str) -> dict:
+        item: dict[str, Any] = {}
+        parents, context.unfit = context.unfit, {}
+        for write in self.writers:
+            write(kid, item, context)
+        if context.unfit:
+            _keep_unfit(item, context.unfit)
+        context.unfit = parents
+        kept = kid.get(RESERVED_KEY)
+        record = kept.get(slot) if isinstance(kept, dict) else None
+        if isinstance(record, dict) and isinstance(record.get("extra"), dict):
+            item = _merge(item, record["extra"])
+        return item
+
+    def entity(self, item: dict, parent_key: tuple, context: _Import, slot: str) -> dict:
+        kid: dict[str, Any] = {}
+        for field, value in zip(self.link, parent_key):
+            _set(kid, field.path, value)
+        for read in self.readers:
+            read(item, kid, context)
+        context.drop_constants()
+        _restore_unfit(item, kid)
+        extra = _prune(item)
+        if extra is not MISSING:
+            kid[RESERVED_KEY] = {slot: {"extra": extra}}
+        return kid
+
+
+def _keep_unfit(node: dict, unfit: dict[str, Any]) -> None:
+    text = json.dumps(unfit, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    node.setdefault("extension", []).append({"url": UNFIT, "valueString": text})
+
+
+def _restore_unfit(node: dict, entity: dict) -> None:
+    """Put back the values :func:`_keep_unfit` kept (they win over what the
+    elements read: the element held a stand-in, the extension the original)."""
+    extensions = node.get("extension")
+    if not isinstance(extensions, list):
+        return
+    for index, extension in enumerate(extensions):
+        if isinstance(extension, dict) and extension.get("url") == UNFIT and isinstance(extension.get("valueString"), str):
+            try:
+                values = json.loads(extension["valueString"])
+            except ValueError:
+                return
+            if not isinstance(values, dict):
+                return
+            for dotted, value in values.items():
+                _set(entity, tuple(dotted.split(".")), value)
+            extensions[index] = None
+            return
+
+
+def _columns_of(element: d.Element) -> list[str]:
+    if element.kind == "field":
+        return [element.field]
+    if element.kind == "coding":
+        c = element.coding
+        return [x for x in (c.code, c.display, c.system_field) if x]
+    if element.kind == "quantity":
+        return [x for x in (element.quantity.value, element.quantity.unit_field) if x]
+    if element.kind == "reference":
+        return [own for own, _ in element.reference.fields]
+    return []
+
+
+def _backward(values: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """A value map read backwards: a code to the first value that maps to it,
+    or to itself when the map keeps it (``female: female``)."""
+    backward: dict[str, str] = {}
+    for source, target in values:
+        backward.setdefault(target, source)
+    for source, target in values:
+        if source == target:
+            backward[target] = target
+    return backward
+
+
+def _condition(element: d.Element, mapping: Mapping) -> Callable[[dict], bool] | None:
+    """The test of an element's ``with``/``without`` column, or None."""
+    if element.with_field:
+        present = _getter(mapping.field(element.with_field).path)
+        return lambda entity: present(entity) is not None
+    if element.without_field:
+        absent = _getter(mapping.field(element.without_field).path)
+        return lambda entity: absent(entity) is None
+    return None
+
+
+def _constants_last(readers: list[tuple[bool, Reader]]) -> list[Reader]:
+    """Readers with the constants' last: a slice is found by its constants, so
+    they are taken out only once every field of the slice was read."""
+    return [reader for _, reader in sorted(readers, key=lambda pair: pair[0])]
+
+
+def _identifier_systems(resource: dict) -> set:
+    identifiers = resource.get("identifier")
+    if not isinstance(identifiers, list):
+        return set()
+    return {i.get("system") for i in identifiers if isinstance(i, dict)}
+
+
+def _original_value(resource: dict, steps) -> Any:
+    if steps is None:
+        return MISSING
+    holder = _peek(resource, steps)
+    if not isinstance(holder, dict):
+        return MISSING
+    for extension in holder.get("extension", ()):
+        if isinstance(extension, dict) and extension.get("url") == ORIGINAL_VALUE:
+            return extension.get("valueString", MISSING)
+    return MISSING

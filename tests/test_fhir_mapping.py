@@ -1,0 +1,336 @@
+"""The FHIR mapper: the mappings' ``fhir:`` sections, both directions.
+
+Round trips (entity -> resources -> entity) on the sample scenario and on
+generated entities, must-fail declarations with their messages, imports of
+hand-written resources that keep every element, and stable ids and bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from healthsim_state import StateManager
+from healthsim_state.engine.registry import Registry
+from healthsim_state.errors import FhirInputError, FhirMappingError, MappingError
+from healthsim_state.fhir.ids import resource_id
+from healthsim_state.fhir.mapper import RESERVED_KEY, FhirMapper
+from healthsim_state.mapping.loader import builtin_mapping_dir, load_mapping_dirs
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "examples" / "sample-scenario.json"
+
+
+# --- the references a test resolves: the whole scenario is the index ---------------------------
+
+class ScenarioRefs:
+    """ExportRefs over one scenario's entities (fhir-io builds the real index)."""
+
+    def __init__(self, mapper: FhirMapper, entities: dict[str, list[dict]], scenario_id: str):
+        self.index: dict[tuple, str] = {}
+        for entity_type, items in entities.items():
+            if entity_type not in mapper.declared_types() or entity_type in mapper.folded_types():
+                continue
+            kind = mapper.primary_resource_type(entity_type)
+            for entity in items:
+                rid = mapper.resource_id(entity_type, entity, scenario_id)
+                for path in mapper.lookup_fields(entity_type):
+                    value = _get(entity, path)
+                    if value is not None:
+                        self.index.setdefault((entity_type, path, _hashable(value)), f"{kind}/{rid}")
+
+    def reference(self, entity_type: str, field: str, value):
+        return self.index.get((entity_type, field, _hashable(value)))
+
+
+class ResourceRefs:
+    """ImportRefs over a list of resources."""
+
+    def __init__(self, resources: list[dict]):
+        self.by_ref = {f"{r['resourceType']}/{r['id']}": r for r in resources}
+
+    def target(self, reference: str):
+        return self.by_ref.get(reference)
+
+
+class NoRefs:
+    def reference(self, entity_type, field, value):
+        return None
+
+    def target(self, reference):
+        return None
+
+
+def _get(entity: dict, dotted: str):
+    node = entity
+    for key in dotted.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node
+
+
+def _hashable(value):
+    return json.dumps(value, sort_keys=True)
+
+
+def export_all(mapper: FhirMapper, entities: dict[str, list[dict]], scenario_id: str) -> list[dict]:
+    refs = ScenarioRefs(mapper, entities, scenario_id)
+    folded = mapper.folded_types()
+    out = []
+    for entity_type in mapper.declared_types():
+        if entity_type in folded:
+            continue
+        children_of = [(child, link) for child, (parent, link) in folded.items() if parent == entity_type]
+        key_columns = mapper.plan(entity_type).mapping.primary_key
+        for entity in entities.get(entity_type, []):
+            key = tuple(entity.get(c) for c in key_columns)
+            children = {child: [c for c in entities.get(child, []) if tuple(c.get(k) for k in link) == key]
+                        for child, link in children_of}
+            out += mapper.to_resources(entity_type, entity, scenario_id=scenario_id, refs=refs, children=children)
+    return out
+
+
+def import_all(mapper: FhirMapper, resources: list[dict]) -> dict[str, list[dict]]:
+    """Resources -> entities, partial entities with equal keys merged (as the import shell does)."""
+    refs = ResourceRefs(resources)
+    merged: dict[str, dict[tuple, dict]] = {}
+    for resource in resources:
+        for entity_type, entity in mapper.from_resource(resource, refs=refs):
+            mapping = mapper.mapping(entity_type)
+            key = tuple(json.dumps(_get(entity, mapping.field(c).dotted)) for c in mapping.primary_key)
+            _deep_merge(merged.setdefault(entity_type, {}).setdefault(key, {}), entity)
+    return {t: list(items.values()) for t, items in merged.items()}
+
+
+def _deep_merge(into: dict, more: dict) -> None:
+    for key, value in more.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def mapped_values(mapper: FhirMapper, entity_type: str, entity: dict) -> dict:
+    """The typed values of every column the declarations map (what a round trip keeps)."""
+    mapping = mapper.mapping(entity_type)
+    out = {}
+    for column in mapper.mapped_columns(entity_type):
+        field = mapping.field(column)
+        value = _get(entity, field.dotted)
+        if value is None:
+            continue
+        try:
+            out[column] = field.type.convert(value)[0]
+        except ValueError:
+            out[column] = value
+    return out
+
+
+# --- the sample scenario ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sample():
+    with StateManager(":memory:") as sm:
+        scenario_id = sm.save_scenario("sample", json.loads(SAMPLE.read_text("utf-8")))
+        loaded = sm.load_scenario("sample")
+        yield FhirMapper.from_registry(sm.registry), loaded["entities"], scenario_id
+
+
+def test_the_declared_types_and_the_folded_ones(sample):
+    mapper, _, _ = sample
+    assert {"patient", "encounter", "diagnosis", "lab_result"} <= set(mapper.declared_types())
+    assert mapper.lookup_fields("patient") == ("patient_id", "mrn")
+
+
+def test_the_sample_round_trips_through_fhir(sample):
+    mapper, entities, scenario_id = sample
+    resources = export_all(mapper, entities, scenario_id)
+    back = import_all(mapper, resources)
+    checked = 0
+    for entity_type in mapper.declared_types():
+        originals = entities.get(entity_type, [])
+        keys = mapper.plan(entity_type).mapping.primary_key
+        by_key = {tuple(json.dumps(e.get(k)) for k in keys): e for e in back.get(entity_type, [])}
+        assert len(by_key) == len(originals), entity_type
+        for original in originals:
+            again = by_key[tuple(json.dumps(original.get(k)) for k in keys)]
+            assert mapped_values(mapper, entity_type, again) == mapped_values(mapper, entity_type, original)
+            checked += 1
+    assert checked >= 10
+
+
+def test_an_export_is_the_same_bytes_every_time_and_ids_are_stable(sample):
+    mapper, entities, scenario_id = sample
+    first = json.dumps(export_all(mapper, entities, scenario_id))
+    assert first == json.dumps(export_all(mapper, entities, scenario_id))
+    patient = entities["patient"][0]
+    assert mapper.resource_id("patient", patient, scenario_id) == resource_id(
+        scenario_id, "patient", (patient["patient_id"],), "patient")
+    assert mapper.resource_id("patient", patient, "another") != mapper.resource_id("patient", patient, scenario_id)
+
+
+def test_references_resolve_to_the_resources_of_the_scenario(sample):
+    mapper, entities, scenario_id = sample
+    resources = export_all(mapper, entities, scenario_id)
+    ids = {f"{r['resourceType']}/{r['id']}" for r in resources}
+    condition = next(r for r in resources if r["resourceType"] == "Condition")
+    assert condition["subject"]["reference"] in ids
+    assert condition["encounter"]["reference"] in ids
+    assert condition["subject"]["identifier"]["system"] == "urn:healthsim:patient"
+
+
+def test_an_unresolved_reference_keeps_the_lookup_value_as_an_identifier(sample):
+    mapper, entities, scenario_id = sample
+    lab = {"lab_result_id": "L1", "patient_mrn": "MRN-X", "loinc_code": "2345-7"}
+    (made,) = mapper.to_resources("lab_result", lab, scenario_id=scenario_id, refs=NoRefs())
+    assert made["subject"] == {"identifier": {"system": "urn:healthsim:patient:mrn", "value": "MRN-X"}}
+    ((entity_type, back),) = mapper.from_resource(made, refs=NoRefs())
+    assert (entity_type, back["patient_mrn"], back["lab_result_id"]) == ("lab_result", "MRN-X", "L1")
+
+
+def test_value_maps_run_both_ways_and_keep_the_original_spelling(sample):
+    mapper, _, scenario_id = sample
+    for given, code in [("M", "male"), ("F", "female"), ("female", "female"), ("U", "unknown")]:
+        (made,) = mapper.to_resources("patient", {"patient_id": "P", "gender": given}, scenario_id="s", refs=NoRefs())
+        assert made["gender"] == code
+        ((_, back),) = mapper.from_resource(made, refs=NoRefs())
+        assert back["gender"] == given
+    (made,) = mapper.to_resources("patient", {"patient_id": "P", "gender": "robot"}, scenario_id="s", refs=NoRefs())
+    assert "gender" not in made  # no code fits: not written rather than written wrong
+
+
+def test_timestamps_become_fhir_date_times_with_an_offset(sample):
+    mapper, _, _ = sample
+    (made,) = mapper.to_resources("encounter", {"encounter_id": "E", "period": {"start": "2024-01-15T10:30",
+                                                                                 "end": "2024-01-15T11:00:00+02:00"}},
+                                  scenario_id="s", refs=NoRefs())
+    assert made["period"] == {"start": "2024-01-15T10:30:00Z", "end": "2024-01-15T11:00:00+02:00"}
+
+
+# --- imports keep what they do not map --------------------------------------------------------
+
+FOREIGN_PATIENT = {
+    "resourceType": "Patient", "id": "syn-1",
+    "meta": {"lastUpdated": "2024-01-01T00:00:00Z"},
+    "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Ann</div>"},
+    "extension": [{"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race",
+                   "extension": [{"url": "text", "valueString": "White"}]}],
+    "identifier": [{"system": "https://github.com/synthetichealth/synthea", "value": "syn-1"},
+                   {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR",
+                                         "display": "Medical Record Number"}]},
+                    "system": "http://hospital.smarthealthit.org", "value": "syn-1"}],
+    "name": [{"use": "official", "family": "Doe", "given": ["Ann", "B"], "prefix": ["Ms."]}],
+    "telecom": [{"system": "phone", "value": "555-1234", "use": "home"}],
+    "gender": "female", "birthDate": "1980-02-29",
+    "address": [{"line": ["1 Main St"], "city": "Boston", "state": "MA", "postalCode": "02101", "country": "US",
+                 "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/geolocation"}]}],
+    "maritalStatus": {"text": "M"},
+}
+
+
+def test_a_foreign_resource_comes_back_with_every_element_under_its_id(sample):
+    mapper, _, _ = sample
+    ((entity_type, entity),) = mapper.from_resource(FOREIGN_PATIENT, refs=NoRefs())
+    assert entity_type == "patient"
+    assert (entity["patient_id"], entity["name"]["family"], entity["name"]["given"], entity["gender"]) == (
+        "syn-1", "Doe", "Ann", "female")
+    assert entity[RESERVED_KEY]["patient"]["id"] == "syn-1"
+    saved = json.loads(json.dumps(entity))  # what the store keeps is JSON
+    (again,) = mapper.to_resources("patient", saved, scenario_id="any", refs=NoRefs())
+    assert again == FOREIGN_PATIENT
+
+
+def test_an_import_does_not_change_the_resource_it_reads(sample):
+    mapper, _, _ = sample
+    before = json.dumps(FOREIGN_PATIENT)
+    mapper.from_resource(FOREIGN_PATIENT, refs=NoRefs())
+    assert json.dumps(FOREIGN_PATIENT) == before
+
+
+def test_a_resource_no_mapping_declares_is_an_input_error(sample):
+    mapper, _, _ = sample
+    immunization = {"resourceType": "Immunization", "id": "i1"}
+    assert mapper.entity_types_of(immunization) is None
+    with pytest.raises(FhirInputError, match="Immunization/i1"):
+        mapper.from_resource(immunization, refs=NoRefs())
+
+
+def test_a_laboratory_observation_is_a_lab_result_and_others_are_not(sample):
+    mapper, _, _ = sample
+    lab = {"resourceType": "Observation", "id": "o1", "status": "final",
+           "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                     "code": "laboratory"}]}],
+           "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}}
+    survey = dict(lab, category=[{"coding": [{"code": "survey"}]}])
+    assert mapper.entity_types_of(lab) == ("lab_result",)
+    assert mapper.entity_types_of(survey) is None
+
+
+# --- declarations that must fail, with their messages -----------------------------------------
+
+WIDGET = """\
+entity: widget
+table: widgets
+primary_key: widget_id
+fields:
+  - {column: widget_id, path: widget_id, type: varchar}
+  - {column: label, path: label, type: varchar}
+  - {column: made, path: made, type: timestamp}
+fhir:
+"""
+
+MUST_FAIL = [
+    ("unknown-column", "  - resource: Device\n    elements:\n      - {path: \"note[0].text\", field: lable}\n",
+     ["fhir[0] (Device device).elements[0].field", "'lable' is not a column of entity widget", "label"]),
+    ("unknown-type", "  - resource: Device\n    elements:\n      - path: patient\n        reference: {type: patien, "
+     "fields: {label: patient_id}}\n", ["reference.type", "entity type 'patien' has no mapping", "patient"]),
+    ("system-name", "  - resource: Device\n    elements:\n      - path: type\n        coding: {system: LOINC, "
+     "code: label}\n", ["coding.system", "'LOINC' is not a code system URI", "http://loinc.org"]),
+    ("bound-codes", "  - resource: Patient\n    elements:\n      - path: gender\n        field: label\n"
+     "        values: {M: man}\n", ["values.M", "'man' is not a code Patient.gender allows", "female"]),
+    ("reserved-identifier", "  - resource: Device\n    elements:\n      - {path: \"identifier[0].value\", field: label}\n",
+     ["identifier[0] holds the entity's key"]),
+    ("slots", "  - resource: Device\n    elements: [{path: \"note[0].text\", field: label}]\n"
+              "  - resource: Device\n    elements: [{path: \"note[0].text\", field: label}]\n",
+     ["fhir[1] (Device device).slot", "give each resource of an entity its own slot"]),
+    ("match", "  - resource: Device\n    match: [status]\n    elements: [{path: status, field: label}]\n",
+     ["match[0]", "'status' is not the path of a constant"]),
+    ("date-of-timestamp", "  - resource: Device\n    elements: [{path: manufactureDate, field: made, as: date}]\n",
+     ["elements[0].as", "use as: dateTime"]),
+]
+
+
+@pytest.mark.parametrize("case, section, expected", MUST_FAIL, ids=[c[0] for c in MUST_FAIL])
+def test_a_bad_fhir_section_names_file_key_and_fix(tmp_path, case, section, expected):
+    (tmp_path / "widget.yaml").write_text(WIDGET + section, "utf-8")
+    mappings = load_mapping_dirs([builtin_mapping_dir(), tmp_path])
+    with pytest.raises(FhirMappingError) as caught:
+        FhirMapper(mappings)
+    message = str(caught.value)
+    assert "widget.yaml (entity widget)" in message
+    for part in expected:
+        assert part in message, (part, message)
+
+
+def test_the_schema_rejects_an_unknown_element_key_with_the_allowed_ones(tmp_path):
+    (tmp_path / "widget.yaml").write_text(WIDGET + "  - resource: Device\n    elements:\n"
+                                          "      - {path: status, feild: label}\n", "utf-8")
+    with pytest.raises(MappingError) as caught:
+        load_mapping_dirs([builtin_mapping_dir(), tmp_path])
+    assert "fhir[0].elements[0]" in str(caught.value)
+
+
+def test_the_builtin_declarations_are_valid_and_compile():
+    mapper = FhirMapper(load_mapping_dirs([builtin_mapping_dir()]))
+    for entity_type in mapper.declared_types():
+        assert mapper.plan(entity_type).resources
+
+
+def test_fhir_declarations_are_not_recorded_by_the_store(sample):
+    mapper, _, _ = sample
+    described = mapper.mapping("patient").describe()
+    assert "fhir" not in described and mapper.mapping("patient").fhir is not None
