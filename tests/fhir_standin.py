@@ -1,7 +1,7 @@
-"""A tiny stand-in for fhir-core's FhirMapper (patient, lab_result, claim with
-folded claim_lines), so that the files, indexes and entry points around the
-mapper are tested on their own: what they do must not depend on how rich the
-declarations are."""
+"""A tiny stand-in for FhirMapper (patient, lab_result, claim with folded
+claim_lines), for the tests of what the io layer does around any mapper
+(folding children, the spool, since-version of a changed child): they must
+not depend on how rich the built-in declarations are."""
 
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ class StandInMapper:
 
     def lookup_fields(self, entity_type):
         return {"patient": ("patient_id", "mrn")}.get(entity_type, ())
+
+    def primary_resource_type(self, entity_type):
+        return self.TYPES[entity_type]
 
     def resource_id(self, entity_type, entity, scenario_id):
         key = {"patient": "patient_id", "lab_result": "lab_result_id", "claim": "claim_id"}[entity_type]

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-import fhir_shim  # noqa: F401  (TEMPORARY)
 from healthsim_state import StateManager
 from healthsim_state.fhir import export as fhir_export, spool
 from healthsim_state.fhir.references import references_in
 from healthsim_state.interop.errors import OutputExistsError
 from healthsim_state.mcp_server import ScenarioTools
 from clirun import run
+from fhir_standin import StandInMapper
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "sample-scenario.json"
@@ -103,8 +103,15 @@ def test_type_limits_the_entity_types(sm, tmp_path):
     assert [item["type"] for item in manifest["output"]] == ["Patient"]
 
 
+# The folding of children into a parent is the io layer's (spool, since-version): tested
+# with the stand-in mapper, which folds claim_line into Claim.item as a declaration does.
+
+def export_folded(sm, directory, **options):
+    return fhir_export.export_fhir(sm, "sample", directory, mapper=StandInMapper(), **options)
+
+
 def test_a_folded_child_type_brings_its_parent(sm, tmp_path):
-    manifest = sm.export_fhir("sample", tmp_path / "out", entity_types=["claim_line"])
+    manifest = export_folded(sm, tmp_path / "out", entity_types=["claim_line"])
     assert "Claim" in [item["type"] for item in manifest["output"]]
     (claim,) = read_ndjson(tmp_path / "out")["Claim"]
     assert len(claim["item"]) == 2
@@ -114,12 +121,12 @@ def test_folded_children_come_out_the_same_from_the_spool_file(sm, tmp_path, mon
     sm.add_entities("sample", {"claims": [{"claim_id": f"C{i}", "patient_id": "PAT-001", "claim_type": "professional"}
                                           for i in range(5)],
                                "claim_lines": [{"claim_id": f"C{i % 5}", "line_number": i} for i in range(1, 31)]})
-    sm.export_fhir("sample", tmp_path / "memory")
+    export_folded(sm, tmp_path / "memory")
     moved = []
     to_file = spool.ChildSpool._to_file
     monkeypatch.setattr(spool, "IN_MEMORY", 3)  # past 3 children: a temporary SQLite file
     monkeypatch.setattr(spool.ChildSpool, "_to_file", lambda self: moved.append(1) or to_file(self))
-    sm.export_fhir("sample", tmp_path / "file")
+    export_folded(sm, tmp_path / "file")
     assert moved == [1]
     assert all_files(tmp_path / "memory") == all_files(tmp_path / "file")
     claims = {c["identifier"][0]["value"]: c for c in read_ndjson(tmp_path / "file")["Claim"]}
@@ -167,7 +174,7 @@ def test_since_the_newest_version_writes_nothing(sm, tmp_path):
 
 def test_a_changed_child_renders_its_parent_again(sm, tmp_path):
     sm.add_entities("sample", {"claim_lines": [{"claim_id": "CLM-2024-000871", "line_number": 3}]})
-    manifest = sm.export_fhir("sample", tmp_path / "since", since_version=1)
+    manifest = export_folded(sm, tmp_path / "since", since_version=1)
     assert [item["type"] for item in manifest["output"]] == ["Claim"]
     assert len(read_ndjson(tmp_path / "since")["Claim"][0]["item"]) == 3
 

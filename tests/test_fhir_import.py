@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import fhir_shim  # noqa: F401  (TEMPORARY)
 from healthsim_state import StateManager
 from healthsim_state.errors import FhirInputError
 from healthsim_state.fhir.importer import index_inputs, input_files, read_resources, resolve_references

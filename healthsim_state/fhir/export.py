@@ -66,7 +66,6 @@ class Plan:
     types: list[str]
     folded: dict[str, tuple[str, tuple[str, ...]]]
     refs: ExportRefs
-    resource_types: dict[str, str] = field(default_factory=dict)
     only: dict[str, set[tuple[str, ...]]] | None = None  # entity type -> keys to render (since_version)
 
 
@@ -85,9 +84,8 @@ def make_plan(snapshot: "Snapshot", mapper: Any, entity_types: Iterable[str] | N
                                              f"that do: {', '.join(mapper.declared_types())}")
     types = [t for t in held if (t in declared or t == KEPT_TYPE) and t not in folded
              and (wanted is None or t in wanted)]
-    resource_types: dict[str, str] = {}
-    refs = ExportRefs.build(snapshot, mapper, resource_types)
-    return Plan(mapper, snapshot.info["scenario_id"], types, folded, refs, resource_types)
+    refs = ExportRefs.build(snapshot, mapper)
+    return Plan(mapper, snapshot.info["scenario_id"], types, folded, refs)
 
 
 def iter_resources(snapshot: "Snapshot", plan: Plan) -> Iterator[dict[str, Any]]:
@@ -408,8 +406,8 @@ def stream_resources(manager: "StateManager", name_or_id: str, mapper: Any, *,
 def _patient_reference(plan: Plan, patient: str) -> str:
     """``Patient/<id>`` for a patient named by a lookup value of a type whose
     primary resource is a Patient, else by its resource id."""
-    for entity_type, resource_type in plan.resource_types.items():
-        if resource_type != "Patient":
+    for entity_type in plan.mapper.declared_types():
+        if entity_type in plan.folded or plan.mapper.primary_resource_type(entity_type) != "Patient":
             continue
         for field_name in plan.mapper.lookup_fields(entity_type):
             found = plan.refs.reference(entity_type, field_name, patient)

@@ -60,37 +60,24 @@ class ExportRefs:
         return len(self._index)
 
     @classmethod
-    def build(cls, snapshot: "Snapshot", mapper: Any, resource_types: dict[str, str]) -> "ExportRefs":
+    def build(cls, snapshot: "Snapshot", mapper: Any) -> "ExportRefs":
         """The index of a scenario version: one pass over each referenced type
-        (a type whose mapping declares lookup fields), a batch at a time.
-        ``resource_types`` gives each entity type's primary resource type."""
+        (a type whose lookup fields other declarations name), a batch at a time."""
         refs = cls()
         scenario_id = snapshot.info["scenario_id"]
         held = set(snapshot.entity_types())
         for entity_type in mapper.declared_types():
             fields = mapper.lookup_fields(entity_type)
-            if not fields or entity_type not in held:
+            if not fields or entity_type not in held or entity_type in mapper.folded_types():
                 continue
+            resource_type = mapper.primary_resource_type(entity_type)
             for entity in snapshot.entities(entity_type):
-                resource_type = resource_types.get(entity_type) or primary_type(mapper, entity_type, entity,
-                                                                                 scenario_id, resource_types)
                 target = f"{resource_type}/{mapper.resource_id(entity_type, entity, scenario_id)}"
                 for field in fields:
                     value = field_value(entity, field)
                     if value is not None:
                         refs.add(entity_type, field, value, target)
         return refs
-
-
-def primary_type(mapper: Any, entity_type: str, entity: dict[str, Any], scenario_id: str,
-                 known: dict[str, str]) -> str:
-    """The resource type an entity type's first resource has, learnt once by
-    rendering one entity (the declarations are the mapper's to read)."""
-    found = known.get(entity_type)
-    if found is None:
-        resources = mapper.to_resources(entity_type, entity, scenario_id=scenario_id, refs=NoRefs())
-        found = known[entity_type] = resources[0]["resourceType"]
-    return found
 
 
 def _lookup(value: Any) -> Any:
