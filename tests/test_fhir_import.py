@@ -265,3 +265,45 @@ def test_mcp_get_fhir_pages_kept_resources(db_path):
     rest = tools.get_fhir("synthea", resource_types=["Immunization", "DiagnosticReport"], offset=1)
     assert rest["complete"] and rest["next_offset"] is None
     assert {r["resourceType"] for r in page["resources"] + rest["resources"]} == {"Immunization", "DiagnosticReport"}
+
+
+# --- nothing lost ----------------------------------------------------------------------------
+
+ALL_INPUTS = [BUNDLE, PRACTITIONERS, DATA / "bulk", DATA / "searchset.json"]
+
+
+def exported(directory: Path) -> dict[str, dict]:
+    out = {}
+    for path in directory.glob("*.ndjson"):
+        for line in path.read_text().splitlines():
+            resource = json.loads(line)
+            out[f"{resource['resourceType']}/{resource['id']}"] = resource
+    return out
+
+
+def test_a_fhir_scenario_exported_again_gives_back_every_resource_under_its_id(sm, tmp_path):
+    report = sm.import_fhir(ALL_INPUTS, "in")
+    sm.export_fhir("in", tmp_path / "out")
+    came_in, went_out = resolved(*ALL_INPUTS), exported(tmp_path / "out")
+    assert set(went_out) == set(came_in) and len(came_in) == sum(report.read.values())
+    for local, resource in came_in.items():
+        assert set(resource) <= set(went_out[local]), local  # no element of the input is lost
+    for local in ("Immunization/f2a9c7e1-4d5b-4e86-b3c2-9e7d1a4b6f08", "Practitioner/b2c3d4e5-0000-4000-8000-000000000077",
+                  "DiagnosticReport/0d3f6b9e-5a28-4c71-a4f0-8b2e5d9a3c07", "Procedure/bulk-x1"):
+        assert went_out[local] == came_in[local]  # kept as they came (references in the export's form)
+
+
+def test_race_and_ethnicity_extensions_and_extra_identifiers_come_back(sm, tmp_path):
+    sm.import_fhir([BUNDLE], "in")
+    sm.export_fhir("in", tmp_path / "out")
+    patient = exported(tmp_path / "out")[f"Patient/{PATIENT_ID}"]
+    original = resolved(BUNDLE)[f"Patient/{PATIENT_ID}"]
+    assert patient["extension"] == original["extension"]
+    assert {i.get("system") for i in original["identifier"]} <= {i.get("system") for i in patient["identifier"]}
+    assert patient["text"] == original["text"] and patient["birthDate"] == "1988-03-14"
+
+
+def test_imported_entities_say_they_were_loaded(sm):
+    sm.import_fhir([BUNDLE], "in")
+    (patient,) = sm.load_scenario("in", entity_types=["patient"])["entities"]["patient"]
+    assert patient["_provenance"]["source_type"] == "loaded"

@@ -362,6 +362,8 @@ def map_inputs(mapper: Any, registry: Any, refs: ImportRefs, inputs: list[_Input
                 error.args = (f"{item.source}: {error}",)
             raise
         for entity_type, entity in made:
+            if "_provenance" not in entity:  # else the store's defaults would say "generated" by a HealthSim product
+                entity["_provenance"] = {"source_type": "loaded", "source_system": "fhir"}
             _add(merged, entity_type, entity, key_paths)
     entities = {entity_type: list(by_key.values()) for entity_type, by_key in merged.items()}
     return entities, read, kept
