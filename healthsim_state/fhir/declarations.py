@@ -179,7 +179,8 @@ def _sliced(elements: tuple[Element, ...]) -> tuple[Element, ...]:
     discriminators: dict[tuple[Step, ...], list[tuple[tuple[Step, ...], Any]]] = {}
     for element in elements:
         prefix = _slice_prefix(element.steps)
-        if prefix is not None and element.kind == "value" and len(element.steps) > len(prefix):
+        if prefix is not None and element.kind == "value" and len(element.steps) > len(prefix) \
+                and element.steps[-1].key != "display":  # another system's wording must not hide an item
             discriminators.setdefault(prefix, []).append((element.steps[len(prefix):], element.value))
     if not discriminators:
         return elements
@@ -295,7 +296,9 @@ class _Checker:
                 self.column(mapping, column, f"{where}.{key}")
         if element.values and kind != "field":
             self.problem(f"{where}.values", "values (a value map) goes with field:; remove it")
-        if element.primitive and kind not in ("field", "value"):
+        if element.primitive == "Coding" and kind != "coding":
+            self.problem(f"{where}.as", "as: Coding goes with coding: (an element of type Coding, not CodeableConcept)")
+        elif element.primitive and element.primitive != "Coding" and kind not in ("field", "value"):
             self.problem(f"{where}.as", "as goes with field: or value:; remove it")
         if kind == "field":
             field = self.column(mapping, element.field, f"{where}.field")
@@ -332,6 +335,9 @@ class _Checker:
         if element.primitive in ("integer", "positiveInt", "unsignedInt") and family not in ("integer", "bigint"):
             self.problem(f"{element.where}.as", f"column {field.column!r} has type {field.type.name}; "
                                                 f"{element.primitive} needs an integer column, use as: decimal")
+        if element.primitive == "json" and family != "json":
+            self.problem(f"{element.where}.as", f"as: json is for json columns; {field.column!r} has type "
+                                                f"{field.type.name}, drop as: or pick a FHIR type")
         if element.primitive is None and family == "json":
             self.problem(f"{element.where}.field", f"column {field.column!r} has type json: say which FHIR type the "
                                                    "element holds with as:, or map a scalar column")

@@ -294,6 +294,8 @@ TO_FHIR: dict[str, Callable[[Any], Any]] = {
     "decimal": _as_decimal, "boolean": lambda v: v if isinstance(v, bool) else None,
     "date": _as_date, "dateTime": _date_time, "instant": lambda v: _date_time(v, instant=True),
     "base64Binary": _as_base64,
+    # Any JSON value (a json column's list) as the text of a FHIR string.
+    "json": lambda v: json.dumps(v, separators=(",", ":"), ensure_ascii=False),
 }
 
 
@@ -301,6 +303,13 @@ def _from_base64(value: Any) -> Any:
     try:
         return base64.b64decode(value, validate=True).decode("utf-8") if isinstance(value, str) else MISSING
     except (ValueError, UnicodeDecodeError):
+        return MISSING
+
+
+def _from_json(value: Any) -> Any:
+    try:
+        return json.loads(value) if isinstance(value, str) else MISSING
+    except ValueError:
         return MISSING
 
 
@@ -609,6 +618,8 @@ class FhirMapper:
                     value = backward[value]
             if primitive == "base64Binary":
                 value = _from_base64(value)
+            elif primitive == "json":
+                value = _from_json(value)
             value = _fits(field, value) if value is not MISSING else MISSING
             if value is MISSING:
                 return  # left in the resource: kept as it came
@@ -643,6 +654,12 @@ class FhirMapper:
         system_names = {url: name for name, url in reversed(c.systems)}
         forward = dict(c.values)
         backward = _backward(c.values)
+        # A path ending in coding[i] names one Coding of a concept (several systems
+        # side by side); any other path names the CodeableConcept.
+        # ``as: Coding``: the element is a Coding itself (Encounter.class).
+        bare = element.primitive == "Coding"
+        single = bare or (steps[-1].key == "coding" and steps[-1].index is not None)
+        list_steps = steps[:-1] + (d.Step("coding", None),) if single else steps + (d.Step("coding", None),)
 
         def write(entity: dict, node: dict, context: _Export) -> None:
             code = get_code(entity)
@@ -663,16 +680,17 @@ class FhirMapper:
                     coding["display"] = display
                 elif display is not None:
                     context.unfit[display_field.dotted] = display
-            _put(node, steps, {"coding": [coding]})
+            _put(node, steps, coding if single else {"coding": [coding]})
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
-            concept = _peek(resource, steps)
-            if not isinstance(concept, dict):
-                return
-            if absent and concept == _absent(absent):
+            if absent and (bare or not single) and _peek(resource, steps) == _absent(absent):
                 _drop(resource, steps)
                 return
-            codings = concept.get("coding")
+            if bare:
+                found = _peek(resource, steps)
+                codings = [found] if isinstance(found, dict) else None
+            else:
+                codings = _peek(resource, list_steps)
             if not isinstance(codings, list):
                 return
             for index, coding in enumerate(codings):
@@ -694,7 +712,13 @@ class FhirMapper:
                     _set(entity, display_field.path, coding["display"])
                     taken.append("display")
                 rest = {k: v for k, v in coding.items() if k not in taken}
-                codings[index] = rest or None
+                if bare:
+                    if rest:
+                        _put(resource, steps, rest)
+                    else:
+                        _drop(resource, steps)
+                else:
+                    codings[index] = rest or None
                 return
         return write, read
 
@@ -827,12 +851,12 @@ class FhirMapper:
 
     def _slot_reference(self, element, plan):
         steps, slot = element.steps, element.reference.slot
-        resource_type = None
 
         def write(entity: dict, node: dict, context: _Export) -> None:
-            nonlocal resource_type
-            resource_type = resource_type or plan.by_slot[slot].resource_type
-            _put(node, steps, {"reference": f"{resource_type}/{plan.slot_id(entity, slot, context.scenario_id, context.key)}"})
+            target = plan.by_slot[slot]
+            if target.whens and all(get(entity) is None for get in target.whens):
+                return  # that resource is not made for this entity
+            _put(node, steps, {"reference": f"{target.resource_type}/{plan.slot_id(entity, slot, context.scenario_id, context.key)}"})
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
             ref = _peek(resource, steps)
@@ -1108,8 +1132,9 @@ def _backward(values: tuple[tuple[str, str], ...]) -> dict[str, str]:
 def _condition(element: d.Element, mapping: Mapping) -> Callable[[dict], bool] | None:
     """The test of an element's ``with``/``without`` column, or None."""
     if element.with_field:
+        # An object (kept as given by a non-strict field) is no value an element writes.
         present = _getter(mapping.field(element.with_field).path)
-        return lambda entity: present(entity) is not None
+        return lambda entity: (value := present(entity)) is not None and not isinstance(value, dict)
     if element.without_field:
         absent = _getter(mapping.field(element.without_field).path)
         return lambda entity: absent(entity) is None
