@@ -612,14 +612,14 @@ def _export_fhir(name_or_id: str, output: str | None, bundles: bool, force: bool
     click.echo(f"exported {summary['name']!r} (version {summary['version']}) to {target}/: {what}{deleted} "
                "and manifest.json")
     if validate:
-        from .fhir.validate import validate_export
-        problems = validate_export(target, schema_file)
+        from .fhir.export import validate_export
+        checked, problems = validate_export(target, schema_file)
         for problem in problems[:20]:
             click.echo(f"invalid: {problem}", err=True)
         if problems:
-            raise CliError(f"{len(problems)} resource{'s' if len(problems) != 1 else ''} not valid FHIR R4 "
+            raise CliError(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found: not valid FHIR R4 "
                            f"(the files are written, in {target})")
-        click.echo(f"validated {count} resources against the FHIR R4 JSON Schema: all valid")
+        click.echo(f"validated {checked} resources against the FHIR R4 JSON Schema: all valid")
 
 
 # --- versions -----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from healthsim_state.interop.errors import OutputExistsError
 from healthsim_state.mcp_server import ScenarioTools
 from benchmarks.generate import scenario
 from clirun import run
+from fhir_schema import fhir_schema, fhir_validator  # noqa: F401 (fixtures)
 from fhir_standin import StandInMapper
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,8 +187,11 @@ def test_a_changed_child_renders_its_parent_again(sm, tmp_path):
 def test_one_transaction_bundle_per_patient_whose_references_resolve_inside(sm, tmp_path):
     manifest = sm.export_fhir("sample", tmp_path / "b", bundles=True)
     bundles = [json.loads((tmp_path / "b" / item["url"]).read_text()) for item in manifest["output"]]
-    patients = sm.scenario_info("sample")["entity_counts"]["patient"]
-    assert sum(1 for item in manifest["output"] if item["url"].startswith("Patient-")) == patients
+    # one Bundle per person: a member's or a trial subject's Patient links to the patient's
+    people = [r for r in sm.iter_fhir("sample", resource_types=["Patient"]) if not r.get("link")]
+    assert sorted(item["url"] for item in manifest["output"] if item["url"].startswith("Patient-")) == \
+        sorted(f"Patient-{r['id']}.json" for r in people)
+    assert len(people) == sm.scenario_info("sample")["entity_counts"]["patient"]
     for bundle in bundles:
         assert bundle["resourceType"] == "Bundle" and bundle["type"] == "transaction"
         full_urls = {entry["fullUrl"] for entry in bundle["entry"]}
@@ -306,3 +310,49 @@ def test_round_trip_of_the_sample_scenario(sm, tmp_path):
 def test_round_trip_of_a_generated_scenario_of_every_type(sm, tmp_path):
     sm.save_scenario("generated", scenario(3, seed=5))
     assert assert_round_trip(sm, "generated", tmp_path / "out") == declared_count(sm, "generated") >= 50
+
+
+# --- the R4 schema ----------------------------------------------------------------------------
+
+def test_every_exported_resource_is_valid_r4(sm, tmp_path, fhir_validator):
+    sm.save_scenario("generated", scenario(2, seed=9))
+    resources = []
+    for name in ("sample", "generated"):
+        sm.export_fhir(name, tmp_path / name)
+        resources += [r for rs in read_ndjson(tmp_path / name).values() for r in rs]
+    assert len({r["resourceType"] for r in resources}) >= 8
+    problems = [(r["resourceType"], r["id"], fhir_validator.errors(r)) for r in resources]
+    assert [p for p in problems if p[2]] == []
+
+
+def test_bundles_and_kept_resources_are_valid_r4(sm, tmp_path, fhir_validator):
+    data = Path(__file__).parent / "data" / "fhir"
+    sm.import_fhir([data / "synthea-like-bundle.json", data / "practitioners-batch.json"], "synthea")
+    manifest = sm.export_fhir("synthea", tmp_path / "b", bundles=True)
+    for item in manifest["output"]:
+        bundle = json.loads((tmp_path / "b" / item["url"]).read_text())
+        assert fhir_validator.errors({**bundle, "entry": []}) == []
+        for entry in bundle["entry"]:
+            assert fhir_validator.errors(entry["resource"]) == [], entry["fullUrl"]
+
+
+def test_cli_export_validate(sm, tmp_path, fhir_schema):
+    db = sm.label
+    sm.close()
+    result = run_cli("export", "sample", "--format", "fhir", "-o", tmp_path / "out", "--validate", "--schema",
+                     fhir_schema, "--db", db)
+    assert result.returncode == 0, result.stderr
+    assert "against the FHIR R4 JSON Schema: all valid" in result.stdout
+
+
+def test_validate_export_reports_file_line_resource_and_element(sm, tmp_path, fhir_schema):
+    sm.export_fhir("sample", tmp_path / "out")
+    path = tmp_path / "out" / "Patient.ndjson"
+    lines = path.read_text().splitlines()
+    broken = json.loads(lines[1])
+    broken["birthDate"] = "1988-13-45"
+    path.write_text("\n".join([lines[0], json.dumps(broken), *lines[2:]]) + "\n")
+    checked, problems = fhir_export.validate_export(tmp_path / "out", fhir_schema)
+    assert checked == sum(item["count"] for item in json.loads((tmp_path / "out" / "manifest.json").read_text())
+                          ["output"])
+    assert len(problems) == 1 and problems[0].startswith(f"Patient.ndjson, line 2: Patient/{broken['id']} @ birthDate")

@@ -285,11 +285,13 @@ def test_a_fhir_scenario_exported_again_gives_back_every_resource_under_its_id(s
     report = sm.import_fhir(ALL_INPUTS, "in")
     sm.export_fhir("in", tmp_path / "out")
     came_in, went_out = resolved(*ALL_INPUTS), exported(tmp_path / "out")
-    assert set(went_out) == set(came_in) and len(came_in) == sum(report.read.values())
+    assert set(came_in) <= set(went_out) and len(came_in) == sum(report.read.values())
+    made = [went_out[local] for local in set(went_out) - set(came_in)]  # what the declarations add
+    assert {(r["resourceType"], r["code"]["coding"][0]["code"]) for r in made} <= {("Observation", "85353-1")}
     for local, resource in came_in.items():
         assert set(resource) <= set(went_out[local]), local  # no element of the input is lost
     for local in ("Immunization/f2a9c7e1-4d5b-4e86-b3c2-9e7d1a4b6f08", "Practitioner/b2c3d4e5-0000-4000-8000-000000000077",
-                  "DiagnosticReport/0d3f6b9e-5a28-4c71-a4f0-8b2e5d9a3c07", "Procedure/bulk-x1"):
+                  "DiagnosticReport/0d3f6b9e-5a28-4c71-a4f0-8b2e5d9a3c07", "AllergyIntolerance/ss-a1"):
         assert went_out[local] == came_in[local]  # kept as they came (references in the export's form)
 
 

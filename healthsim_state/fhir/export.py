@@ -336,33 +336,69 @@ def full_url(local: str) -> str:
 
 
 def _write_bundles(resources: Iterator[dict[str, Any]], work: Path) -> list[dict[str, Any]]:
-    """One transaction Bundle per patient (``Patient-<id>.json``) and one of the
-    resources of no patient (``shared.json``). Resources are spooled to one
-    file per patient first, so memory holds one patient's Bundle at a time,
-    plus the resources of no patient (copied into each patient Bundle that
-    refers to them, so that every reference resolves inside it)."""
+    """One transaction Bundle per person (``Patient-<id>.json``) and one of the
+    resources of no patient (``shared.json``).
+
+    A person is a patient with the Patient resources linked to it
+    (``Patient.link``: a member's, a trial subject's): their resources go in
+    one Bundle, named after the Patient the others link to. Resources are
+    spooled to one file per Patient first, so memory holds one person's
+    Bundle at a time, plus the resources of no patient (copied into each
+    Bundle that refers to them, so that every reference resolves inside it)."""
     spool = work / ".spool"
     spool.mkdir()
     shared: dict[str, dict[str, Any]] = {}
     patients: dict[str, str] = {}  # Patient/<id> -> spool file name, in first-seen order
+    people = _People()
     for resource in resources:
         owner = patient_of(resource)
         if owner is None:
             shared[f"{resource['resourceType']}/{resource['id']}"] = resource
             continue
+        people.add(owner)
+        for link in resource.get("link") or () if resource["resourceType"] == "Patient" else ():
+            other = (link.get("other") or {}).get("reference") if isinstance(link, dict) else None
+            if isinstance(other, str) and other.startswith("Patient/"):
+                people.join(owner, other)
         name = patients.setdefault(owner, f"{len(patients)}.ndjson")
         with open(spool / name, "a", encoding="utf-8") as out:
             out.write(dumps(resource) + "\n")
-    output = []
+    groups: dict[str, list[str]] = {}
     for owner, name in patients.items():
-        with open(spool / name, encoding="utf-8") as lines:
-            members = [json.loads(line) for line in lines]
-        file = f"Patient-{owner.partition('/')[2]}.json"
+        groups.setdefault(people.root(owner), []).append(name)
+    output = []
+    for root, names in groups.items():
+        members = []
+        for name in names:
+            with open(spool / name, encoding="utf-8") as lines:
+                members += [json.loads(line) for line in lines]
+        file = f"Patient-{root.partition('/')[2]}.json"
         output.append(_write_bundle(work / file, members, shared, file))
     if shared:
         output.append(_write_bundle(work / "shared.json", list(shared.values()), {}, "shared.json"))
     shutil.rmtree(spool)
     return sorted(output, key=lambda item: item["url"])
+
+
+class _People:
+    """Patients joined into persons by ``Patient.link`` (union-find on ``Patient/<id>``):
+    the root of a person is the Patient the others link to."""
+
+    def __init__(self) -> None:
+        self._parent: dict[str, str] = {}
+
+    def add(self, patient: str) -> None:
+        self._parent.setdefault(patient, patient)
+
+    def root(self, patient: str) -> str:
+        self.add(patient)
+        while self._parent[patient] != patient:
+            self._parent[patient] = self._parent[self._parent[patient]]
+            patient = self._parent[patient]
+        return patient
+
+    def join(self, linking: str, linked: str) -> None:
+        self._parent[self.root(linking)] = self.root(linked)
 
 
 def _write_bundle(path: Path, members: list[dict[str, Any]], shared: dict[str, dict[str, Any]],
@@ -414,3 +450,39 @@ def _patient_reference(plan: Plan, patient: str) -> str:
             if found is not None:
                 return found
     return patient if patient.startswith("Patient/") else f"Patient/{patient}"
+
+
+# --- validation --------------------------------------------------------------------------
+
+SCHEMA_CACHE = Path("~/.cache/healthsim-state")
+
+
+def validate_export(directory: str | os.PathLike, schema: str | os.PathLike | None = None) -> tuple[int, list[str]]:
+    """Check every resource of an export (NDJSON files or Bundles) against the
+    R4 JSON Schema: ``schema``, else the copy in ``~/.cache/healthsim-state``
+    (fetched there first, sha256 checked). Returns the resources checked and
+    the problems, each ``<file>[, line N]: Type/id @ element: message``."""
+    from .schema import ResourceValidator, fetch_schema
+
+    path = Path(schema) if schema is not None else fetch_schema(SCHEMA_CACHE.expanduser())
+    validator = ResourceValidator(path)
+    target = Path(directory)
+    manifest = json.loads((target / MANIFEST).read_text("utf-8"))
+    checked, problems = 0, []
+    for item in manifest["output"]:
+        for where, resource in _resources_in(target / item["url"]):
+            checked += 1
+            for problem in validator.errors(resource):
+                problems.append(f"{item['url']}{where}: {resource.get('resourceType')}/{resource.get('id')} @ {problem}")
+    return checked, problems
+
+
+def _resources_in(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    if path.suffix == ".ndjson":
+        with open(path, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                yield f", line {number}", json.loads(line)
+        return
+    bundle = json.loads(path.read_text("utf-8"))  # its entries one by one: the Bundle's oneOf is 40x slower
+    for index, entry in enumerate(bundle.get("entry", ())):
+        yield f", entry[{index}]", entry["resource"]
