@@ -20,14 +20,15 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..errors import UnknownEntityTypeError
 from ..interop.errors import OutputExistsError
-from .spool import ChildSpool
 from .references import ExportRefs, NoRefs, field_value, references_in, rewrite_references
+from .spool import ChildSpool
 
 if TYPE_CHECKING:
     from ..manager import Snapshot, StateManager
@@ -42,16 +43,19 @@ PATIENT_ELEMENTS = ("subject", "patient", "beneficiary", "individual")
 
 def dumps(resource: dict[str, Any]) -> str:
     """One resource as one compact NDJSON line (keys in the mapper's order)."""
-    return json.dumps(resource, ensure_ascii=False, separators=(",", ":"), default=_number)
+    return _encode(resource)
 
 
 def _number(value: Any) -> Any:
-    from decimal import Decimal
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     if hasattr(value, "isoformat"):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+# A resource is a fresh tree of dicts and lists: no cycle to check for (a fifth of the encoding time).
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_number, check_circular=False).encode
 
 
 # --- rendering ---------------------------------------------------------------------------
