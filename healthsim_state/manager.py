@@ -840,7 +840,9 @@ class StateManager:
         ``name`` in one transaction; return the import's report."""
         from .fhir.importer import import_fhir
         from .fhir.mapper import FhirMapper
-        return import_fhir(self, paths, name, mapper=FhirMapper.from_registry(self.registry), overwrite=overwrite)
+        # a fresh mapper: its lookup cache (by resource type and id) is this input's only
+        mapper = FhirMapper({entity: codec.mapping for entity, codec in self.registry.codecs.items()})
+        return import_fhir(self, paths, name, mapper=mapper, overwrite=overwrite)
 
 class Snapshot:
     """A scenario as one transaction sees it (see :meth:`StateManager.snapshot`):

@@ -309,3 +309,16 @@ def test_imported_entities_say_they_were_loaded(sm):
     sm.import_fhir([BUNDLE], "in")
     (patient,) = sm.load_scenario("in", entity_types=["patient"])["entities"]["patient"]
     assert patient["_provenance"]["source_type"] == "loaded"
+
+
+def test_two_imports_with_the_same_ids_do_not_mix(sm, tmp_path):
+    def write(name, key):
+        lines = [{"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:healthsim:patient", "value": key}]},
+                 {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+                  "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I10"}]}}]
+        return bad(tmp_path, name, "\n".join(json.dumps(line) for line in lines) + "\n")
+
+    sm.import_fhir([write("a.ndjson", "KEY-A")], "a")
+    sm.import_fhir([write("b.ndjson", "KEY-B")], "b")
+    (diagnosis,) = sm.load_scenario("b", entity_types=["diagnosis"])["entities"]["diagnosis"]
+    assert diagnosis["patient_id"] == "KEY-B"
