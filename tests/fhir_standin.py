@@ -6,6 +6,7 @@ not depend on how rich the built-in declarations are."""
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 
 NS = uuid.UUID("00000000-0000-5000-8000-000000000001")
 
@@ -25,6 +26,10 @@ class StandInMapper:
 
     def lookup_fields(self, entity_type):
         return {"patient": ("patient_id", "mrn")}.get(entity_type, ())
+
+    def plan(self, entity_type):  # one resource per type: no secondary slots
+        return SimpleNamespace(resources=[SimpleNamespace(slot=entity_type, resource_type=self.TYPES[entity_type],
+                                                          whens=[])])
 
     def primary_resource_type(self, entity_type):
         return self.TYPES[entity_type]

@@ -12,7 +12,7 @@ import pytest
 from healthsim_state import StateManager
 from healthsim_state.fhir import export as fhir_export, spool
 from healthsim_state.fhir.mapper import FhirMapper
-from healthsim_state.fhir.references import references_in
+from healthsim_state.fhir.references import ExportRefs, references_in
 from healthsim_state.interop.errors import OutputExistsError
 from healthsim_state.mcp_server import ScenarioTools
 from benchmarks.generate import scenario
@@ -369,3 +369,19 @@ def test_fhir_benchmark_reports_every_figure(tmp_path):
                 "import_resources_per_s", "import_entities_made"):
         assert result[key] > 0, key
     assert isinstance(result["fhir_export_peak_rss_growth_mb"], float)
+
+
+def test_references_to_a_second_resource_name_the_id_it_was_imported_with(sm, tmp_path):
+    sm.save_scenario("generated", scenario(1, seed=3))
+    sm.export_fhir("generated", tmp_path / "out")
+    coverage_file = tmp_path / "out" / "Coverage.ndjson"
+    (coverage,) = [json.loads(line) for line in coverage_file.read_text().splitlines()]
+    coverage["id"] = "coverage-as-it-came"
+    coverage_file.write_text(json.dumps(coverage) + "\n")
+    sm.import_fhir([tmp_path / "out" / "Patient.ndjson", coverage_file], "members")
+    member_id = coverage["identifier"][0]["value"]
+    with sm.snapshot("members") as snap:
+        refs = ExportRefs.build(snap, FhirMapper.from_registry(sm.registry))
+    assert refs.slot_reference("member", "member_id", member_id, "coverage") == "Coverage/coverage-as-it-came"
+    assert refs.reference("member", "member_id", member_id).startswith("Patient/")
+    assert refs.slot_reference("member", "member_id", "nobody", "coverage") is None

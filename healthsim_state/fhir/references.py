@@ -43,10 +43,14 @@ class NoRefs:
 
 class ExportRefs:
     """``(entity type, field, value) -> "Type/<id>"`` for the lookup fields of
-    the types other entities refer to."""
+    the types other entities refer to; and, for a type that makes several
+    resources (a member: Patient + Coverage), the other resources too
+    (:meth:`slot_reference`), so that a reference to an imported entity's
+    Coverage names the id it came with."""
 
     def __init__(self) -> None:
         self._index: dict[tuple[str, str, Any], str] = {}
+        self._slots: dict[tuple[str, str, Any, str], str] = {}
 
     def add(self, entity_type: str, field: str, value: Any, reference: str) -> None:
         self._index.setdefault((entity_type, field, _lookup(value)), reference)
@@ -55,6 +59,12 @@ class ExportRefs:
         if value is None:
             return None
         return self._index.get((entity_type, field, _lookup(value)))
+
+    def slot_reference(self, entity_type: str, field: str, value: Any, slot: str) -> str | None:
+        """The resource ``slot`` of the entity whose ``field`` is ``value``."""
+        if value is None:
+            return None
+        return self._slots.get((entity_type, field, _lookup(value), slot))
 
     def __len__(self) -> int:
         return len(self._index)
@@ -71,13 +81,25 @@ class ExportRefs:
             if not fields or entity_type not in held or entity_type in mapper.folded_types():
                 continue
             resource_type = mapper.primary_resource_type(entity_type)
+            slots = _secondary_slots(mapper, entity_type)
             for entity in snapshot.entities(entity_type):
                 target = f"{resource_type}/{mapper.resource_id(entity_type, entity, scenario_id)}"
+                others = [(slot, f"{kind}/{plan_id(entity, slot, scenario_id)}") for slot, kind, plan_id, whens
+                          in slots if not whens or any(get(entity) is not None for get in whens)]
                 for field in fields:
                     value = field_value(entity, field)
                     if value is not None:
                         refs.add(entity_type, field, value, target)
+                        for slot, other in others:
+                            refs._slots.setdefault((entity_type, field, _lookup(value), slot), other)
         return refs
+
+
+def _secondary_slots(mapper: Any, entity_type: str) -> list[tuple[str, str, Any, list]]:
+    """(slot, resource type, id function, conditions) of an entity type's
+    resources after its first (the mapper's compiled plan says them)."""
+    plan = mapper.plan(entity_type)
+    return [(r.slot, r.resource_type, plan.slot_id, r.whens) for r in plan.resources[1:]]
 
 
 def _lookup(value: Any) -> Any:
