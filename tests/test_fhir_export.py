@@ -385,3 +385,14 @@ def test_references_to_a_second_resource_name_the_id_it_was_imported_with(sm, tm
     assert refs.slot_reference("member", "member_id", member_id, "coverage") == "Coverage/coverage-as-it-came"
     assert refs.reference("member", "member_id", member_id).startswith("Patient/")
     assert refs.slot_reference("member", "member_id", "nobody", "coverage") is None
+
+
+def test_since_version_lists_a_type_deleted_whole_and_type_limits_deleted(sm, tmp_path):
+    keys = [lab["lab_result_id"] for lab in sm.load_scenario("sample")["entities"]["lab_result"]]
+    sm.delete_entities("sample", {"lab_result": keys})
+    manifest = sm.export_fhir("sample", tmp_path / "all", since_version=1)
+    lines = (tmp_path / "all" / "deleted" / "Bundle.ndjson").read_text().splitlines()
+    urls = [entry["request"]["url"] for line in lines for entry in json.loads(line)["entry"]]
+    assert len(urls) == len(keys) and all(url.startswith("Observation/") for url in urls)
+    assert manifest["output"] == []
+    assert sm.export_fhir("sample", tmp_path / "patients", since_version=1, entity_types=["patient"])["deleted"] == []

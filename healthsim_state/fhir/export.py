@@ -70,6 +70,7 @@ class Plan:
     types: list[str]
     folded: dict[str, tuple[str, tuple[str, ...]]]
     refs: ExportRefs
+    eligible: list[str]  # the types an export of this kind renders, held in this version or not
     only: dict[str, set[tuple[str, ...]]] | None = None  # entity type -> keys to render (since_version)
 
 
@@ -86,10 +87,10 @@ def make_plan(snapshot: "Snapshot", mapper: Any, entity_types: Iterable[str] | N
             if entity_type not in declared and entity_type != KEPT_TYPE:
                 raise UnknownEntityTypeError(f"entity type {entity_type!r} declares no FHIR resource; the types "
                                              f"that do: {', '.join(mapper.declared_types())}")
-    types = [t for t in held if (t in declared or t == KEPT_TYPE) and t not in folded
-             and (wanted is None or t in wanted)]
+    eligible = [t for t in snapshot.registry.entity_types if (t in declared or t == KEPT_TYPE) and t not in folded
+                and (wanted is None or t in wanted)]
     refs = ExportRefs.build(snapshot, mapper)
-    return Plan(mapper, snapshot.info["scenario_id"], types, folded, refs)
+    return Plan(mapper, snapshot.info["scenario_id"], [t for t in held if t in eligible], folded, refs, eligible)
 
 
 def iter_resources(snapshot: "Snapshot", plan: Plan) -> Iterator[dict[str, Any]]:
@@ -176,6 +177,7 @@ def since_plan(manager: "StateManager", snapshot: "Snapshot", plan: Plan, since:
                     if kind == "changed":
                         gone.setdefault(entity_type, set()).add(key)
     plan.only = only
+    gone = {entity_type: keys for entity_type, keys in gone.items() if entity_type in plan.eligible}  # --type
     before = _resources_of(manager, info["scenario_id"], since, plan, gone)
     now = _resources_of(manager, info["scenario_id"], info["version"], plan, gone)
     return sorted(before - now)
@@ -198,7 +200,8 @@ def _resources_of(manager: "StateManager", scenario_id: str, version: int, plan:
     if not keys:
         return found
     with manager.snapshot(scenario_id, version=version) as snapshot:
-        sub = Plan(plan.mapper, scenario_id, list(keys), plan.folded, NoRefs(), only=keys)  # type: ignore[arg-type]
+        sub = Plan(plan.mapper, scenario_id, [t for t in snapshot.entity_types() if t in keys], plan.folded,
+                   NoRefs(), plan.eligible, only=keys)  # type: ignore[arg-type]
         for resource in iter_resources(snapshot, sub):
             found.add(f"{resource['resourceType']}/{resource['id']}")
     return found
