@@ -50,6 +50,10 @@ BOUND_CODES = {
                                           "cancelled", "entered-in-error", "unknown"}),
     ("Encounter", "status"): frozenset({"planned", "arrived", "triaged", "in-progress", "onleave", "finished",
                                         "cancelled", "entered-in-error", "unknown"}),
+    ("ResearchSubject", "status"): frozenset({"candidate", "eligible", "follow-up", "ineligible", "not-registered",
+                                              "off-study", "on-study", "on-study-intervention", "on-study-observation",
+                                              "pending-on-study", "potential-candidate", "screening", "withdrawn"}),
+    ("DocumentReference", "status"): frozenset({"current", "superseded", "entered-in-error"}),
 }
 
 # FHIR primitive each column type is written as, unless an element says ``as:``.

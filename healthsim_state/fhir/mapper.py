@@ -28,6 +28,7 @@ List positions: an element taken out of a list leaves ``None`` in the kept copy
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as _dt
 import json
 import re
@@ -47,6 +48,7 @@ ORIGINAL_VALUE = "https://healthsim.dev/fhir/StructureDefinition/original-value"
 # {"value": 92, "unit": "bpm"}, a gender no code fits): kept as JSON in one
 # extension, so they come back on import and no value is lost on the way.
 UNFIT = "https://healthsim.dev/fhir/StructureDefinition/unfit-values"
+JSON_TEXT = "https://healthsim.dev/fhir/StructureDefinition/json-text"  # see _identifier
 _LOOKUP_CACHE_LIMIT = 200_000
 
 
@@ -92,7 +94,7 @@ def _parent(node: Any, steps: tuple[d.Step, ...]) -> Any:
         if step.index is not None:
             if not isinstance(node, list):
                 return MISSING
-            node = _slice(node, step.match) if step.match else (
+            node = _slice(node, step.match, step.index) if step.match else (
                 node[step.index] if len(node) > step.index else MISSING)
     if not isinstance(node, dict):
         return MISSING
@@ -103,11 +105,26 @@ def _parent(node: Any, steps: tuple[d.Step, ...]) -> Any:
     return items if isinstance(items, list) and len(items) > last.index else MISSING
 
 
-def _slice(items: list, match: tuple) -> Any:
-    """The first item whose constants at ``match``'s paths are equal, or MISSING."""
+def _room_at(node: dict, steps: tuple[d.Step, ...]) -> bool:
+    """Whether every item before the last step's index is there already."""
+    holder = _parent(node, steps[:-1] + (d.Step(steps[-1].key, 0),))
+    return holder is not MISSING and len(holder) >= steps[-1].index and None not in holder[:steps[-1].index]
+
+
+def _slice(items: list, match: tuple, index: int) -> Any:
+    """The first item whose constants at ``match``'s paths are equal where
+    present (one at least: a constant may be written only ``with`` a column);
+    else the item at ``index`` if it holds none of them; else MISSING."""
     for item in items:
-        if isinstance(item, dict) and all(_peek(item, steps) == value for steps, value in match):
+        if not isinstance(item, dict):
+            continue
+        found = [_peek(item, steps) for steps, _ in match]
+        if any(v == value for v, (_, value) in zip(found, match)) and \
+                all(v is MISSING or v == value for v, (_, value) in zip(found, match)):
             return item
+    if index < len(items) and isinstance(items[index], dict) and \
+            all(_peek(items[index], steps) is MISSING for steps, _ in match):
+        return items[index]
     return MISSING
 
 
@@ -232,6 +249,10 @@ def _set(entity: dict, path: tuple[str, ...], value: Any) -> None:
 
 # --- values: column -> FHIR primitive ---------------------------------------------------------
 
+_FHIR_STRING = re.compile(r"^[ \r\n\t\S]+$")  # the R4 schema's patterns
+_FHIR_CODE = re.compile(r"^(?=[ \r\n\t\S]+$)[^\s]+(\s[^\s]+)*$")  # a code is a string too
+_FHIR_URI = re.compile(r"^\S+$")
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-\.]{1,64}$")
 _DATE = re.compile(r"^[0-9]{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01]))?)?$")
 _FULL_DATE = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")
 _NUMBER = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$")
@@ -250,12 +271,18 @@ def _date_time(value: Any, instant: bool = False) -> str | None:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=_dt.timezone.utc)
+    offset = moment.utcoffset()
+    if offset is not None and (abs(offset) > _dt.timedelta(hours=14) or offset.seconds % 60 or offset.microseconds):
+        moment = moment.astimezone(_dt.timezone.utc)  # FHIR takes offsets to -14:00 / +14:00, in minutes
     text = moment.isoformat(timespec="microseconds" if moment.microsecond else "seconds")
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
-def _as_string(value: Any) -> str | None:
-    return value if isinstance(value, str) and value.strip() else None
+def _matching(pattern: re.Pattern) -> Callable[[Any], str | None]:
+    return lambda value: value if isinstance(value, str) and pattern.match(value) else None
+
+
+_as_string = _matching(_FHIR_STRING)
 
 
 def _as_integer(value: Any) -> int | None:
@@ -280,7 +307,16 @@ def _as_decimal(value: Any) -> int | float | None:
 
 
 def _as_date(value: Any) -> str | None:
-    return value if isinstance(value, str) and _DATE.match(value) else None
+    """A FHIR date: YYYY, YYYY-MM or YYYY-MM-DD; another ISO spelling of a day
+    (``2024-W03-1``, which the store reads as a date) as YYYY-MM-DD."""
+    if not isinstance(value, str):
+        return None
+    if _DATE.match(value):
+        return value
+    try:
+        return _dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        return None
 
 
 def _as_base64(value: Any) -> str | None:
@@ -288,14 +324,15 @@ def _as_base64(value: Any) -> str | None:
 
 
 TO_FHIR: dict[str, Callable[[Any], Any]] = {
-    "string": _as_string, "code": _as_string, "uri": _as_string, "id": _as_string, "markdown": _as_string,
+    "string": _as_string, "code": _matching(_FHIR_CODE), "uri": _matching(_FHIR_URI), "id": _matching(_FHIR_ID),
+    "markdown": _as_string,
     "integer": _as_integer, "positiveInt": lambda v: v if (v := _as_integer(v)) is not None and v > 0 else None,
     "unsignedInt": lambda v: v if (v := _as_integer(v)) is not None and v >= 0 else None,
     "decimal": _as_decimal, "boolean": lambda v: v if isinstance(v, bool) else None,
     "date": _as_date, "dateTime": _date_time, "instant": lambda v: _date_time(v, instant=True),
     "base64Binary": _as_base64,
     # Any JSON value (a json column's list) as the text of a FHIR string.
-    "json": lambda v: json.dumps(v, separators=(",", ":"), ensure_ascii=False),
+    "json": lambda v: json.dumps(v, separators=(",", ":")),
 }
 
 
@@ -304,6 +341,20 @@ def _from_base64(value: Any) -> Any:
         return base64.b64decode(value, validate=True).decode("utf-8") if isinstance(value, str) else MISSING
     except (ValueError, UnicodeDecodeError):
         return MISSING
+
+
+_PRIMITIVE_OF_KEY = {"code": "code", "status": "code", "use": "code", "gender": "code", "intent": "code",
+                     "system": "uri", "url": "uri"}
+
+
+def _primitive_of_path(steps: tuple[d.Step, ...]) -> str | None:
+    """The FHIR type an element's name says (``valueCode``, ``status``), or None."""
+    key = steps[-1].key
+    if key.startswith("value") and len(key) > 5:
+        suffix = key[5].lower() + key[6:]
+        if suffix in TO_FHIR:
+            return suffix
+    return _PRIMITIVE_OF_KEY.get(key)
 
 
 def _from_json(value: Any) -> Any:
@@ -321,41 +372,71 @@ def _fits(field: Field, value: Any) -> Any:
         value = int(value)
     try:
         field.type.convert(value)
-    except (Unfit, HeldText, ValueError, TypeError):
+    except HeldText:
+        return value  # text no column holds (a NUL): the store keeps it as given
+    except (Unfit, ValueError, TypeError):
         return value if not field.strict else MISSING
     return value
 
 
-def _key_text(values: tuple) -> str:
+def _identifier(system: str, values: tuple) -> dict:
+    """An identifier holding a key (or one lookup value): a string as it is
+    when FHIR can hold it; a number, or a string FHIR cannot hold (empty,
+    unusual whitespace), as JSON text, the string marked by an extension;
+    a composite key as a JSON list."""
     if len(values) == 1:
         value = values[0]
-        return value if isinstance(value, str) else json.dumps(value)
-    return json.dumps(list(values), separators=(",", ":"), ensure_ascii=False)
+        if isinstance(value, str):
+            if _FHIR_STRING.match(value):
+                return {"system": system, "value": value}
+            return {"system": system, "value": json.dumps(value), "extension": [{"url": JSON_TEXT, "valueBoolean": True}]}
+        return {"system": system, "value": json.dumps(value)}
+    return {"system": system, "value": json.dumps(list(values), separators=(",", ":"))}
 
 
-def _key_values(text: str, key_fields: tuple[Field, ...]) -> tuple | None:
-    """The key an identifier's value holds (see :func:`_key_text`), typed as its columns."""
-    if len(key_fields) == 1:
-        raw = [text]
-        if key_fields[0].type.family != "varchar":
+def _identifier_values(identifier: dict, fields: tuple[Field, ...] | list[Field]) -> tuple | None:
+    """The values :func:`_identifier` wrote, typed as ``fields``; None when they do not fit."""
+    text = identifier.get("value")
+    if not isinstance(text, str):
+        return None
+    extensions = identifier.get("extension")
+    encoded = isinstance(extensions, list) and {"url": JSON_TEXT, "valueBoolean": True} in extensions
+    try:
+        if len(fields) != 1:
+            raw = json.loads(text)
+            if not isinstance(raw, list) or len(raw) != len(fields):
+                return None
+        elif encoded:
+            raw = [json.loads(text)]
+        elif fields[0].type.family != "varchar":
             try:
                 raw = [json.loads(text)]
             except ValueError:
                 raw = [text]
-    else:
-        try:
-            raw = json.loads(text)
-        except ValueError:
-            return None
-        if not isinstance(raw, list) or len(raw) != len(key_fields):
-            return None
+        else:
+            raw = [text]
+    except ValueError:
+        return None
     out = []
-    for field, value in zip(key_fields, raw):
+    for field, value in zip(fields, raw):
         value = _fits(field, value)
         if value is MISSING:
             return None
         out.append(value)
     return tuple(out)
+
+
+def _identifier_rest(identifier: dict) -> dict | None:
+    """What is left of an identifier once its system and value were read."""
+    rest = {k: v for k, v in identifier.items() if k not in ("system", "value")}
+    extensions = rest.get("extension")
+    if isinstance(extensions, list):
+        kept = [e for e in extensions if e != {"url": JSON_TEXT, "valueBoolean": True}]
+        if kept:
+            rest["extension"] = kept
+        else:
+            rest.pop("extension")
+    return rest or None
 
 
 def _absent(code: str) -> dict:
@@ -420,7 +501,7 @@ class _Plan:
         field_paths: dict[str, tuple[d.Step, ...]] = {}
         compact = False
         for element in decl.elements:
-            writer, reader = self.mapper._element(element, self.mapping, self, decl)
+            writer, reader = self.mapper._element(element, self.mapping, self, decl, decl.elements)
             writers.append(writer)
             readers.append((element.kind == "value", reader))
             if element.kind == "field":
@@ -491,6 +572,17 @@ class FhirMapper:
                         columns += [theirs for _, theirs in r.fields if theirs not in columns]
         return tuple(mapping.field(c).dotted for c in columns)
 
+    def references(self, entity_type: str) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+        """The other entity types ``entity_type`` (or its folded children) refers to,
+        each with its (own column, target column) pairs, in declared order."""
+        found = []
+        for decl in self._declared.get(entity_type, d.Declarations(entity_type, "", ())).resources:
+            for element in d._walk(decl.elements):
+                r = element.reference
+                if r is not None and r.target is not None and (r.target, r.fields) not in found:
+                    found.append((r.target, r.fields))
+        return tuple(found)
+
     def mapping(self, entity_type: str) -> Mapping:
         return self._mappings[entity_type]
 
@@ -552,7 +644,7 @@ class FhirMapper:
         if resource.decl.profile and not (record and record.get("profile") is False):
             made["meta"] = {"profile": [resource.decl.profile]}
         if not (record and record.get("keyed_by_id")):
-            made["identifier"] = [{"system": plan.system, "value": _key_text(context.key)}]
+            made["identifier"] = [_identifier(plan.system, context.key)]
         context.unfit = {}
         for write in resource.writers:
             write(entity, made, context)
@@ -567,21 +659,27 @@ class FhirMapper:
     # --- compiling elements -------------------------------------------------------------------
 
     def _element(self, element: d.Element, mapping: Mapping, plan: _Plan,
-                 decl: d.ResourceDeclaration) -> tuple[Writer, Reader]:
+                 decl: d.ResourceDeclaration, siblings: tuple[d.Element, ...] = ()) -> tuple[Writer, Reader]:
+        self._siblings = siblings  # for with:/without: (see _condition); compile time only
         make = getattr(self, f"_{element.kind}_element")
         return make(element, mapping, plan, decl)
 
     def _field_element(self, element, mapping, plan, decl):
         field = mapping.field(element.field)
         get, steps, path, dotted = _getter(field.path), element.steps, field.path, field.dotted
-        primitive = element.primitive or d.PRIMITIVE_OF_TYPE[field.type.family]
+        loose = not field.strict  # a non-strict field may hold what its type does not: keep that as given
+        dense = bool(steps[-1].index)  # a later item of a list of primitives (line[1], given[1])
+        strict_twin = dataclasses.replace(field, strict=True)
+        primitive = element.primitive or _primitive_of_path(element.steps) or d.PRIMITIVE_OF_TYPE[field.type.family]
         convert = TO_FHIR.get(primitive, lambda v: v)
+        if primitive == "dateTime" and field.type.family == "date":  # a day stays a day: it must read back as one
+            convert = lambda v: _as_date(v) or _date_time(v)  # noqa: E731
         forward = dict(element.values)
         backward = _backward(element.values)
         last = steps[-1]
         original_steps = steps[:-1] + (d.Step("_" + last.key, None),) if last.index is None else None
 
-        wanted = _condition(element, mapping)
+        wanted = _condition(element, mapping, self._siblings)
 
         def write(entity: dict, node: dict, context: _Export) -> None:
             value = get(entity)
@@ -602,7 +700,12 @@ class FhirMapper:
                 if converted is None:
                     context.unfit[dotted] = value
                     return
+                if loose and converted != value and _fits(strict_twin, value) is MISSING:
+                    context.unfit[dotted] = value  # written as FHIR can, kept as given
                 value = converted
+            if dense and not _room_at(node, steps):
+                context.unfit[dotted] = get(entity)  # given[1] without given[0] would read back as given[0]
+                return
             _put(node, steps, value)
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
@@ -629,7 +732,7 @@ class FhirMapper:
 
     def _value_element(self, element, mapping, plan, decl):
         steps, constant = element.steps, element.value
-        wanted = _condition(element, mapping)
+        wanted = _condition(element, mapping, self._siblings)
 
         def write(entity: dict, node: dict, context: _Export) -> None:
             if wanted is None or wanted(entity):
@@ -656,6 +759,14 @@ class FhirMapper:
         backward = _backward(c.values)
         # A path ending in coding[i] names one Coding of a concept (several systems
         # side by side); any other path names the CodeableConcept.
+        def keep_companions(entity: dict, context: _Export) -> None:
+            """No coding is written: its display and system columns go to the unfit extension."""
+            for companion in (display_field, system_field):
+                if companion is not None:
+                    value = _getter(companion.path)(entity)
+                    if value is not None:
+                        context.unfit[companion.dotted] = value
+
         # ``as: Coding``: the element is a Coding itself (Encounter.class).
         bare = element.primitive == "Coding"
         single = bare or (steps[-1].key == "coding" and steps[-1].index is not None)
@@ -663,9 +774,10 @@ class FhirMapper:
 
         def write(entity: dict, node: dict, context: _Export) -> None:
             code = get_code(entity)
-            if not isinstance(code, str) or not code.strip():
+            if not isinstance(code, str) or not code:
                 if code is not None:
                     context.unfit[code_field.dotted] = code
+                keep_companions(entity, context)
                 if absent:
                     _put(node, steps, _absent(absent))
                 return
@@ -673,10 +785,20 @@ class FhirMapper:
             system = c.system if get_system is None else systems.get(get_system(entity))
             if system:
                 coding["system"] = system
-            coding["code"] = forward.get(code, code)
+            else:  # a code of a system the map does not know: written without one, kept as given
+                context.unfit[code_field.dotted] = get_code(entity)
+                keep_companions(entity, context)
+            code = forward.get(code, code)
+            if not _FHIR_CODE.match(code):
+                context.unfit[code_field.dotted] = get_code(entity)
+                keep_companions(entity, context)
+                if absent:
+                    _put(node, steps, _absent(absent))
+                return
+            coding["code"] = code
             if get_display is not None:
                 display = get_display(entity)
-                if isinstance(display, str) and display.strip():
+                if isinstance(display, str) and _FHIR_STRING.match(display):
                     coding["display"] = display
                 elif display is not None:
                     context.unfit[display_field.dotted] = display
@@ -737,18 +859,20 @@ class FhirMapper:
             if isinstance(value, dict):  # {"value": 92, "unit": "bpm"}, as PatientSim writes some vitals
                 value = value.get("value")
             value = convert(value) if value is not None else None
-            if value is not given and given is not None and not isinstance(given, (int, float)):
+            if given is not None and (value is None or value.__class__ is not given.__class__ or value != given):
                 context.unfit[value_field.dotted] = given
+            unit = q.unit if get_unit is None else get_unit(entity)
             if value is None:
+                if get_unit is not None and unit is not None:
+                    context.unfit[unit_field.dotted] = unit
                 if absent:
                     _put(node, steps, _absent(absent))
                 return
             quantity: dict[str, Any] = {"value": value}
-            unit = q.unit if get_unit is None else get_unit(entity)
-            if get_unit is not None and unit is not None and not isinstance(unit, str):
-                context.unfit[unit_field.dotted] = unit
-            if isinstance(unit, str) and unit.strip():
+            if isinstance(unit, str) and _FHIR_CODE.match(unit):
                 quantity.update(unit=unit, system=UCUM, code=unit)
+            elif get_unit is not None and unit is not None:
+                context.unfit[unit_field.dotted] = unit
             _put(node, steps, quantity)
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
@@ -784,6 +908,7 @@ class FhirMapper:
         target_key = target_mapping.primary_key
         pairs = [(mapping.field(own), target_mapping.field(theirs)) for own, theirs in r.fields]
         getters = [(_getter(own.path), theirs) for own, theirs in pairs]
+        own_paths = {theirs.column: own.path for own, theirs in pairs}
         systems = {self._lookup_system(r.target, theirs.column, target_key): own for own, theirs in pairs}
         target_slot = r.slot
         mapper = self
@@ -795,13 +920,15 @@ class FhirMapper:
                 value = get(entity)
                 if value is None:
                     continue
+                if isinstance(value, str) and not _FHIR_STRING.match(value):
+                    # No resource holds it (FHIR strings cannot), so no target gives it back.
+                    context.unfit[".".join(own_paths[theirs.column])] = value
                 if first is None:
                     first = (theirs, value)
-                found = context.refs.reference(r.target, theirs.dotted, value)
-                if found:
-                    if target_slot is not None:
+                if not found:
+                    found = context.refs.reference(r.target, theirs.dotted, value)
+                    if found and target_slot is not None:
                         found = mapper._slot_reference_of(context, r.target, theirs, value, found, target_slot)
-                    break
             if first is None:
                 if absent:
                     _put(node, steps, _absent(absent))
@@ -810,8 +937,7 @@ class FhirMapper:
             if found:
                 made["reference"] = found
             theirs, value = first
-            made["identifier"] = {"system": mapper._lookup_system(r.target, theirs.column, target_key),
-                                  "value": value if isinstance(value, str) else json.dumps(value)}
+            made["identifier"] = _identifier(mapper._lookup_system(r.target, theirs.column, target_key), (value,))
             _put(node, steps, made)
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
@@ -837,15 +963,10 @@ class FhirMapper:
             identifier = ref.get("identifier")
             if isinstance(identifier, dict) and identifier.get("system") in systems:
                 own = systems[identifier["system"]]
-                value = identifier.get("value")
-                if own.type.family != "varchar" and isinstance(value, str):
-                    try:
-                        value = json.loads(value)
-                    except ValueError:
-                        pass
-                if value is not None and _fits(own, value) is not MISSING:
+                values = _identifier_values(identifier, (own,))
+                if values is not None:
                     if _getter(own.path)(entity) is None:
-                        _set(entity, own.path, value)
+                        _set(entity, own.path, values[0])
                     ref.pop("identifier")
         return write, read
 
@@ -970,9 +1091,8 @@ class FhirMapper:
         identifiers = resource.get("identifier")
         if isinstance(identifiers, list):
             for identifier in identifiers:
-                if isinstance(identifier, dict) and identifier.get("system") == plan.system \
-                        and isinstance(identifier.get("value"), str):
-                    return _key_values(identifier["value"], plan.key_fields)
+                if isinstance(identifier, dict) and identifier.get("system") == plan.system:
+                    return _identifier_values(identifier, plan.key_fields)
         if len(plan.key_fields) == 1 and plan.key_fields[0].type.family == "varchar" \
                 and isinstance(resource.get("id"), str):
             return (resource["id"],)
@@ -1024,14 +1144,12 @@ class FhirMapper:
         identifiers = resource.get("identifier")
         if isinstance(identifiers, list):
             for index, identifier in enumerate(identifiers):
-                if isinstance(identifier, dict) and identifier.get("system") == plan.system \
-                        and isinstance(identifier.get("value"), str):
-                    key = _key_values(identifier["value"], plan.key_fields)
+                if isinstance(identifier, dict) and identifier.get("system") == plan.system:
+                    key = _identifier_values(identifier, plan.key_fields)
                     if key is not None:
                         for field, value in zip(plan.key_fields, key):
                             _set(entity, field.path, value)
-                        rest = {k: v for k, v in identifier.items() if k not in ("system", "value")}
-                        identifiers[index] = rest or None
+                        identifiers[index] = _identifier_rest(identifier)
                         return False
         key = self._key_from(plan, {"id": resource.get("id")})
         if key is None:
@@ -1047,7 +1165,7 @@ class _ChildPlan:
                  decl: d.ResourceDeclaration):
         self.mapping = mapping
         self.link = [mapping.field(c) for c in children.link]
-        pairs = [mapper._element(e, mapping, parent, decl) for e in children.elements]
+        pairs = [mapper._element(e, mapping, parent, decl, children.elements) for e in children.elements]
         self.writers = [w for w, _ in pairs]
         self.readers = _constants_last([(e.kind == "value", r) for e, (_, r) in zip(children.elements, pairs)])
 
@@ -1080,7 +1198,7 @@ class _ChildPlan:
 
 
 def _keep_unfit(node: dict, unfit: dict[str, Any]) -> None:
-    text = json.dumps(unfit, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(unfit, sort_keys=True, separators=(",", ":"))  # ASCII: any string is a FHIR string
     node.setdefault("extension", []).append({"url": UNFIT, "valueString": text})
 
 
@@ -1129,16 +1247,38 @@ def _backward(values: tuple[tuple[str, str], ...]) -> dict[str, str]:
     return backward
 
 
-def _condition(element: d.Element, mapping: Mapping) -> Callable[[dict], bool] | None:
-    """The test of an element's ``with``/``without`` column, or None."""
+def _condition(element: d.Element, mapping: Mapping, siblings: tuple[d.Element, ...]) -> Callable[[dict], bool] | None:
+    """The test of an element's ``with``/``without`` column, or None. ``with: c``
+    holds when the element that writes ``c`` beside it writes a value (so a
+    slice's constants never stand without its value)."""
     if element.with_field:
-        # An object (kept as given by a non-strict field) is no value an element writes.
-        present = _getter(mapping.field(element.with_field).path)
-        return lambda entity: (value := present(entity)) is not None and not isinstance(value, dict)
+        value_of = _fhir_value_of(element.with_field, mapping, siblings)
+        return lambda entity: value_of(entity) is not None
     if element.without_field:
         absent = _getter(mapping.field(element.without_field).path)
         return lambda entity: absent(entity) is None
     return None
+
+
+def _fhir_value_of(column: str, mapping: Mapping, siblings: tuple[d.Element, ...]) -> Callable[[dict], Any]:
+    """What the sibling element naming ``column`` writes for an entity (None: nothing)."""
+    field = mapping.field(column)
+    get = _getter(field.path)
+    for element in siblings:
+        if element.kind == "field" and element.field == column and not element.with_field:
+            primitive = element.primitive or _primitive_of_path(element.steps) or d.PRIMITIVE_OF_TYPE[field.type.family]
+            convert = TO_FHIR.get(primitive, lambda v: v)
+            forward = dict(element.values)
+            if forward:
+                backward = _backward(element.values)
+                return lambda entity: (v if isinstance(v := get(entity), str) and (v in forward or v in backward)
+                                       else None)
+            return lambda entity: convert(v) if (v := get(entity)) is not None else None
+        if element.kind == "coding" and element.coding.code == column:
+            return lambda entity: v if isinstance(v := get(entity), str) and _FHIR_CODE.match(v) else None
+        if element.kind == "quantity" and element.quantity.value == column:
+            return lambda entity: v if isinstance(v := get(entity), (int, float)) and not isinstance(v, bool) else None
+    return lambda entity: (v := get(entity)) is not None and not isinstance(v, (dict, list)) or None
 
 
 def _constants_last(readers: list[tuple[bool, Reader]]) -> list[Reader]:
