@@ -322,3 +322,15 @@ def test_two_imports_with_the_same_ids_do_not_mix(sm, tmp_path):
     sm.import_fhir([write("b.ndjson", "KEY-B")], "b")
     (diagnosis,) = sm.load_scenario("b", entity_types=["diagnosis"])["entities"]["diagnosis"]
     assert diagnosis["patient_id"] == "KEY-B"
+
+
+@pytest.mark.parametrize("url, message", [("../outside.ndjson", "points outside"), ("Missing.ndjson", "names no file"),
+                                          ("", "without a url")])
+def test_a_manifest_url_must_name_a_file_inside_the_directory(sm, tmp_path, url, message):
+    folder = tmp_path / "bulk"
+    shutil.copytree(DATA / "bulk", folder)
+    (tmp_path / "outside.ndjson").write_text('{"resourceType":"Patient","id":"x"}\n')
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["output"].append({"type": "Patient", "url": url, "count": 1})
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    refused(sm, [folder], "manifest.json", message)

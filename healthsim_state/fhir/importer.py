@@ -150,14 +150,29 @@ def input_files(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def _directory_files(directory: Path) -> list[Path]:
+    """A Bulk Data output's files (those its manifest lists), else every
+    ``*.json`` and ``*.ndjson`` below the directory, in name order."""
     manifest = directory / MANIFEST
     if manifest.is_file():
         document = _load(manifest.read_bytes(), str(manifest))
         if isinstance(document, dict) and isinstance(document.get("output"), list):
-            return [directory / str(item.get("url", "")).rsplit("/", 1)[-1] if "://" in str(item.get("url", ""))
-                    else directory / str(item.get("url", "")) for item in document["output"] if isinstance(item, dict)]
+            return [_listed(directory, item, str(manifest)) for item in document["output"]]
     return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix in (".json", ".ndjson")
                   and p.name != MANIFEST and not any(part.startswith(".") for part in p.relative_to(directory).parts))
+
+
+def _listed(directory: Path, item: Any, source: str) -> Path:
+    """The file of a manifest's output entry: its ``url`` relative to the
+    directory (an absolute URL: its last part), never outside it."""
+    url = item.get("url") if isinstance(item, dict) else None
+    if not isinstance(url, str) or not url:
+        raise _error(f"an output entry without a url: {item!r}", source=source)
+    path = directory / (url.rsplit("/", 1)[-1] if "://" in url else url)
+    if not path.resolve().is_relative_to(directory.resolve()):
+        raise _error(f"the output url {url!r} points outside {directory}", source=source)
+    if not path.is_file():
+        raise _error(f"the output url {url!r} names no file in {directory}", source=source)
+    return path
 
 
 _decode = json.JSONDecoder().decode
