@@ -27,6 +27,9 @@ class StandInMapper:
     def lookup_fields(self, entity_type):
         return {"patient": ("patient_id", "mrn")}.get(entity_type, ())
 
+    def mapping(self, entity_type):  # no fhir: section to read references from: nothing is looked up
+        return SimpleNamespace(fhir=None)
+
     def plan(self, entity_type):  # one resource per type: no secondary slots
         return SimpleNamespace(resources=[SimpleNamespace(slot=entity_type, resource_type=self.TYPES[entity_type],
                                                           whens=[])])

@@ -71,17 +71,18 @@ class ExportRefs:
 
     @classmethod
     def build(cls, snapshot: "Snapshot", mapper: Any) -> "ExportRefs":
-        """The index of a scenario version: one pass over each referenced type
-        (a type whose lookup fields other declarations name), a batch at a time."""
+        """The index of a scenario version: one pass over each type other
+        declarations refer to, a batch at a time, keeping only the fields and
+        resources (slots) those references name (memory: those keys, not the
+        scenario's)."""
         refs = cls()
         scenario_id = snapshot.info["scenario_id"]
         held = set(snapshot.entity_types())
-        for entity_type in mapper.declared_types():
-            fields = mapper.lookup_fields(entity_type)
-            if not fields or entity_type not in held or entity_type in mapper.folded_types():
+        for entity_type, (fields, slot_names) in referenced(mapper).items():
+            if entity_type not in held:
                 continue
             resource_type = mapper.primary_resource_type(entity_type)
-            slots = _secondary_slots(mapper, entity_type)
+            slots = [slot for slot in _secondary_slots(mapper, entity_type) if slot[0] in slot_names]
             for entity in snapshot.entities(entity_type):
                 target = f"{resource_type}/{mapper.resource_id(entity_type, entity, scenario_id)}"
                 others = [(slot, f"{kind}/{plan_id(entity, slot, scenario_id)}") for slot, kind, plan_id, whens
@@ -93,6 +94,31 @@ class ExportRefs:
                         for slot, other in others:
                             refs._slots.setdefault((entity_type, field, _lookup(value), slot), other)
         return refs
+
+
+def referenced(mapper: Any) -> dict[str, tuple[tuple[str, ...], frozenset[str]]]:
+    """Per entity type other declarations refer to: the fields (canonical
+    paths) their references look it up by, and the resources (slots) they name."""
+    from .declarations import _walk, declarations_of
+
+    found: dict[str, tuple[list[str], set[str]]] = {}
+    for entity_type in mapper.declared_types():
+        declared = declarations_of(mapper.mapping(entity_type))
+        for decl in declared.resources if declared is not None else ():
+            for element in _walk(decl.elements):
+                ref = element.reference
+                if element.kind != "reference" or ref is None or ref.target is None:
+                    continue
+                fields, slots = found.setdefault(ref.target, ([], set()))
+                target = mapper.mapping(ref.target)
+                for _, theirs in ref.fields:
+                    path = target.field(theirs).dotted
+                    if path not in fields:
+                        fields.append(path)
+                if ref.slot is not None:
+                    slots.add(ref.slot)
+    return {entity_type: (tuple(fields), frozenset(slots)) for entity_type, (fields, slots) in found.items()
+            if entity_type not in mapper.folded_types()}
 
 
 def _secondary_slots(mapper: Any, entity_type: str) -> list[tuple[str, str, Any, list]]:
