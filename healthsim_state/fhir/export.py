@@ -357,19 +357,20 @@ def _write_bundles(resources: Iterator[dict[str, Any]], work: Path) -> list[dict
     shared: dict[str, dict[str, Any]] = {}
     patients: dict[str, str] = {}  # Patient/<id> -> spool file name, in first-seen order
     people = _People()
-    for resource in resources:
-        owner = patient_of(resource)
-        if owner is None:
-            shared[f"{resource['resourceType']}/{resource['id']}"] = resource
-            continue
-        people.add(owner)
-        for link in resource.get("link") or () if resource["resourceType"] == "Patient" else ():
-            other = (link.get("other") or {}).get("reference") if isinstance(link, dict) else None
-            if isinstance(other, str) and other.startswith("Patient/"):
+    files = _OpenFiles()
+    try:
+        for resource in resources:
+            owner = patient_of(resource)
+            if owner is None:
+                shared[f"{resource['resourceType']}/{resource['id']}"] = resource
+                continue
+            people.add(owner)
+            for other in _linked_patients(resource):
                 people.join(owner, other)
-        name = patients.setdefault(owner, f"{len(patients)}.ndjson")
-        with open(spool / name, "a", encoding="utf-8") as out:
-            out.write(dumps(resource) + "\n")
+            name = patients.setdefault(owner, f"{len(patients)}.ndjson")
+            files.get(spool / name).write(dumps(resource) + "\n")
+    finally:
+        files.close()
     groups: dict[str, list[str]] = {}
     for owner, name in patients.items():
         groups.setdefault(people.root(owner), []).append(name)
@@ -385,6 +386,43 @@ def _write_bundles(resources: Iterator[dict[str, Any]], work: Path) -> list[dict
         output.append(_write_bundle(work / "shared.json", list(shared.values()), {}, "shared.json"))
     shutil.rmtree(spool)
     return sorted(output, key=lambda item: item["url"])
+
+
+def _linked_patients(resource: dict[str, Any]) -> list[str]:
+    """The ``Patient/<id>`` a Patient resource's ``link`` elements name."""
+    if resource["resourceType"] != "Patient":
+        return []
+    found = []
+    for link in resource.get("link") or ():
+        other = link.get("other") if isinstance(link, dict) else None
+        reference = other.get("reference") if isinstance(other, dict) else None
+        if isinstance(reference, str) and reference.startswith("Patient/"):
+            found.append(reference)
+    return found
+
+
+class _OpenFiles:
+    """Files open for appending, the least recently used closed past ``limit``
+    (a scenario's types come one after the other: a patient's file is written
+    again once per type)."""
+
+    def __init__(self, limit: int = 256):
+        self._open: dict[Path, Any] = {}
+        self._limit = limit
+
+    def get(self, path: Path) -> Any:
+        out = self._open.pop(path, None)
+        if out is None:
+            if len(self._open) >= self._limit:
+                self._open.pop(next(iter(self._open))).close()
+            out = open(path, "a", encoding="utf-8")
+        self._open[path] = out  # most recently used last
+        return out
+
+    def close(self) -> None:
+        for out in self._open.values():
+            out.close()
+        self._open.clear()
 
 
 class _People:
