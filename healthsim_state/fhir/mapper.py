@@ -32,6 +32,7 @@ import dataclasses
 import datetime as _dt
 import json
 import re
+import threading
 from typing import Any, Callable, Iterable, Protocol
 
 from ..column_types import HeldText, Unfit
@@ -74,6 +75,8 @@ def _put(node: dict, steps: tuple[d.Step, ...], value: Any) -> None:
             node = node.setdefault(step.key, {})
             continue
         items = node.setdefault(step.key, [])
+        if len(items) < step.index:
+            _PADDING.padded = True  # a hole: the resource is compacted once made
         while len(items) <= step.index:
             items.append(None)
         if position == last:
@@ -82,6 +85,37 @@ def _put(node: dict, steps: tuple[d.Step, ...], value: Any) -> None:
         if items[step.index] is None:
             items[step.index] = {}
         node = items[step.index]
+
+
+_PADDING = threading.local()  # whether a _put left a hole in a list (per thread: exports may run in threads)
+
+
+def _putter(steps: tuple[d.Step, ...]) -> Callable[[dict, Any], None]:
+    """``_put`` for one path, generated once as straight-line code (no loop
+    over steps: most of an export's time is spent writing elements)."""
+    lines = ["def put(node, value):"]
+    last = len(steps) - 1
+    for position, step in enumerate(steps):
+        key = repr(step.key)
+        if step.index is None:
+            lines.append(f"    node[{key}] = value" if position == last else
+                         f"    node = node.setdefault({key}, {{}})")
+            continue
+        i = step.index
+        lines += [f"    items = node.setdefault({key}, [])",
+                  f"    if len(items) <= {i}:",
+                  f"        if len(items) < {i}:",
+                  "            _PADDING.padded = True",
+                  f"        items.extend([None] * ({i + 1} - len(items)))"]
+        if position == last:
+            lines.append(f"    items[{i}] = value")
+        else:
+            lines += [f"    node = items[{i}]",
+                      "    if node is None:",
+                      f"        node = items[{i}] = {{}}"]
+    namespace: dict[str, Any] = {"_PADDING": _PADDING}
+    exec(compile("\n".join(lines), f"<fhir put {'.'.join(s.key for s in steps)}>", "exec"), namespace)
+    return namespace["put"]
 
 
 def _parent(node: Any, steps: tuple[d.Step, ...]) -> Any:
@@ -255,6 +289,9 @@ _FHIR_URI = re.compile(r"^\S+$")
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-\.]{1,64}$")
 _DATE = re.compile(r"^[0-9]{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01]))?)?$")
 _FULL_DATE = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")
+_INSTANT = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+                      r"(\.[0-9]+)?(Z|[+-]((0[0-9]|1[0-3]):[0-5][0-9]|14:00))$")
+_DATE_TIME = _INSTANT
 _NUMBER = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$")
 
 
@@ -263,6 +300,8 @@ def _date_time(value: Any, instant: bool = False) -> str | None:
     time; a time without an offset is UTC, as the store reads it."""
     if not isinstance(value, str):
         return None
+    if (_INSTANT if instant else _DATE_TIME).match(value):
+        return value  # already FHIR's (most values): no parsing
     if _DATE.match(value) and not instant:
         return value
     try:
@@ -646,13 +685,14 @@ class FhirMapper:
         if not (record and record.get("keyed_by_id")):
             made["identifier"] = [_identifier(plan.system, context.key)]
         context.unfit = {}
+        _PADDING.padded = False
         for write in resource.writers:
             write(entity, made, context)
         if context.unfit:
             _keep_unfit(made, context.unfit)
         if record and isinstance(record.get("extra"), dict):
             made = _merge(made, record["extra"])
-        if resource.compact:
+        if _PADDING.padded:
             made = _compact(made)
         return made
 
@@ -665,6 +705,7 @@ class FhirMapper:
         return make(element, mapping, plan, decl)
 
     def _field_element(self, element, mapping, plan, decl):
+        put = _putter(element.steps)
         field = mapping.field(element.field)
         get, steps, path, dotted = _getter(field.path), element.steps, field.path, field.dotted
         loose = not field.strict  # a non-strict field may hold what its type does not: keep that as given
@@ -706,7 +747,7 @@ class FhirMapper:
             if dense and not _room_at(node, steps):
                 context.unfit[dotted] = get(entity)  # given[1] without given[0] would read back as given[0]
                 return
-            _put(node, steps, value)
+            put(node, value)
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
             value = _peek(resource, steps)
@@ -731,12 +772,13 @@ class FhirMapper:
         return write, read
 
     def _value_element(self, element, mapping, plan, decl):
+        put = _putter(element.steps)
         steps, constant = element.steps, element.value
         wanted = _condition(element, mapping, self._siblings)
 
         def write(entity: dict, node: dict, context: _Export) -> None:
             if wanted is None or wanted(entity):
-                _put(node, steps, constant)
+                put(node, constant)
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
             if _peek(resource, steps) == constant:
@@ -745,6 +787,7 @@ class FhirMapper:
         return write, read
 
     def _coding_element(self, element, mapping, plan, decl):
+        put = _putter(element.steps)
         c = element.coding
         steps, absent = element.steps, element.absent
         code_field = mapping.field(c.code)
@@ -779,7 +822,7 @@ class FhirMapper:
                     context.unfit[code_field.dotted] = code
                 keep_companions(entity, context)
                 if absent:
-                    _put(node, steps, _absent(absent))
+                    put(node, _absent(absent))
                 return
             coding: dict[str, Any] = {}
             system = c.system if get_system is None else systems.get(get_system(entity))
@@ -793,7 +836,7 @@ class FhirMapper:
                 context.unfit[code_field.dotted] = get_code(entity)
                 keep_companions(entity, context)
                 if absent:
-                    _put(node, steps, _absent(absent))
+                    put(node, _absent(absent))
                 return
             coding["code"] = code
             if get_display is not None:
@@ -802,7 +845,7 @@ class FhirMapper:
                     coding["display"] = display
                 elif display is not None:
                     context.unfit[display_field.dotted] = display
-            _put(node, steps, coding if single else {"coding": [coding]})
+            put(node, coding if single else {"coding": [coding]})
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
             if absent and (bare or not single) and _peek(resource, steps) == _absent(absent):
@@ -845,6 +888,7 @@ class FhirMapper:
         return write, read
 
     def _quantity_element(self, element, mapping, plan, decl):
+        put = _putter(element.steps)
         q = element.quantity
         steps, absent = element.steps, element.absent
         value_field = mapping.field(q.value)
@@ -866,14 +910,14 @@ class FhirMapper:
                 if get_unit is not None and unit is not None:
                     context.unfit[unit_field.dotted] = unit
                 if absent:
-                    _put(node, steps, _absent(absent))
+                    put(node, _absent(absent))
                 return
             quantity: dict[str, Any] = {"value": value}
             if isinstance(unit, str) and _FHIR_CODE.match(unit):
                 quantity.update(unit=unit, system=UCUM, code=unit)
             elif get_unit is not None and unit is not None:
                 context.unfit[unit_field.dotted] = unit
-            _put(node, steps, quantity)
+            put(node, quantity)
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
             quantity = _peek(resource, steps)
@@ -900,6 +944,7 @@ class FhirMapper:
         return write, read
 
     def _reference_element(self, element, mapping, plan, decl):
+        put = _putter(element.steps)
         r = element.reference
         steps, absent = element.steps, element.absent
         if r.target is None:
@@ -931,14 +976,14 @@ class FhirMapper:
                         found = mapper._slot_reference_of(context, r.target, theirs, value, found, target_slot)
             if first is None:
                 if absent:
-                    _put(node, steps, _absent(absent))
+                    put(node, _absent(absent))
                 return
             made: dict[str, Any] = {}
             if found:
                 made["reference"] = found
             theirs, value = first
             made["identifier"] = _identifier(mapper._lookup_system(r.target, theirs.column, target_key), (value,))
-            _put(node, steps, made)
+            put(node, made)
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
             ref = _peek(resource, steps)
@@ -971,13 +1016,14 @@ class FhirMapper:
         return write, read
 
     def _slot_reference(self, element, plan):
+        put = _putter(element.steps)
         steps, slot = element.steps, element.reference.slot
 
         def write(entity: dict, node: dict, context: _Export) -> None:
             target = plan.by_slot[slot]
             if target.whens and all(get(entity) is None for get in target.whens):
                 return  # that resource is not made for this entity
-            _put(node, steps, {"reference": f"{target.resource_type}/{plan.slot_id(entity, slot, context.scenario_id, context.key)}"})
+            put(node, {"reference": f"{target.resource_type}/{plan.slot_id(entity, slot, context.scenario_id, context.key)}"})
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
             ref = _peek(resource, steps)
@@ -987,6 +1033,7 @@ class FhirMapper:
         return write, read
 
     def _children_element(self, element, mapping, plan, decl):
+        put = _putter(element.steps)
         c = element.children
         child_mapping = self._mappings[c.entity_type]
         child_plan = _ChildPlan(self, child_mapping, c, plan, decl)
@@ -997,7 +1044,7 @@ class FhirMapper:
             if not kids:
                 return
             items = [child_plan.item(kid, context, slot) for kid in kids]
-            _put(node, steps, items)
+            put(node, items)
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
             items = _peek(resource, steps)
