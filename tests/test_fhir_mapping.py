@@ -267,6 +267,15 @@ def test_an_import_does_not_change_the_resource_it_reads(sample):
     assert json.dumps(FOREIGN_PATIENT) == before
 
 
+@pytest.mark.parametrize("element, value", [("birthDate", "1988-13-45"), ("birthDate", "1988-02-30"),
+                                            ("deceasedBoolean", "yes"), ("gender", 1)])
+def test_an_invalid_element_names_the_resource_its_id_and_the_element(sample, element, value):
+    mapper, _, _ = sample
+    with pytest.raises(FhirInputError) as caught:
+        mapper.from_resource({"resourceType": "Patient", "id": "p-9", element: value}, refs=NoRefs())
+    assert "Patient/p-9" in str(caught.value) and caught.value.element == element
+
+
 def test_a_resource_no_mapping_declares_is_an_input_error(sample):
     mapper, _, _ = sample
     immunization = {"resourceType": "Immunization", "id": "i1"}
@@ -335,9 +344,31 @@ def test_a_bad_fhir_section_names_file_key_and_fix(tmp_path, case, section, expe
 def test_the_schema_rejects_an_unknown_element_key_with_the_allowed_ones(tmp_path):
     (tmp_path / "widget.yaml").write_text(WIDGET + "  - resource: Device\n    elements:\n"
                                           "      - {path: status, feild: label}\n", "utf-8")
+    mappings = load_mapping_dirs([builtin_mapping_dir(), tmp_path])  # the block is checked when FHIR is used
+    with pytest.raises(FhirMappingError) as caught:
+        FhirMapper(mappings)
+    message = str(caught.value)
+    assert "widget.yaml (entity widget): fhir[0].elements[0]" in message
+    assert "unknown key 'feild' (did you mean 'field'?)" in message
+
+
+def test_a_fhir_section_the_yaml_parser_reads_with_the_file_is_checked_at_load(tmp_path):
+    # Quoted, the key is not split off: the JSON Schema checks it with the file.
+    (tmp_path / "widget.yaml").write_text(WIDGET.replace("fhir:\n", '"fhir":\n') + "  - resource: Device\n"
+                                          "    elements:\n      - {path: status, feild: label}\n", "utf-8")
     with pytest.raises(MappingError) as caught:
         load_mapping_dirs([builtin_mapping_dir(), tmp_path])
     assert "fhir[0].elements[0]" in str(caught.value)
+
+
+def test_the_fhir_block_is_split_off_and_the_rest_of_the_file_kept():
+    from healthsim_state.mapping.loader import split_fhir_section
+
+    text = "entity: a\nfhir:  # comment\n- resource: X\n  elements: []\n\n# note\n  - more\ntable: t\n"
+    head, block = split_fhir_section(text)
+    assert head == "entity: a\ntable: t\n"
+    assert block == "fhir:  # comment\n- resource: X\n  elements: []\n\n# note\n  - more\n"
+    assert split_fhir_section("entity: a\nfhir: []\n") == ("entity: a\nfhir: []\n", None)
 
 
 def test_the_builtin_declarations_are_valid_and_compile():
@@ -475,3 +506,15 @@ def test_generated_entities_round_trip_and_validate(memory_sm, fhir_validator, e
     scenario_id, loaded = _canonical(memory_sm, given_entities)
     children = {k: v for k, v in loaded.items() if k != entity_type}
     _check_round_trip(mapper, entity_type, loaded[entity_type], children, scenario_id, fhir_validator)
+
+
+def test_neither_import_nor_loading_mappings_imports_the_fhir_package(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, healthsim_state; from healthsim_state.mapping.loader import load_mappings; load_mappings(); "
+            "print(sorted(n for n in sys.modules if n.startswith('healthsim_state.fhir') or n == 'jsonschema'))")
+    env = {"PYTHONPATH": str(REPO), "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)  # fills the cache of validated files
+    again = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    assert again.stdout.strip() == "[]"

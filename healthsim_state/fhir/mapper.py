@@ -36,7 +36,7 @@ import threading
 from typing import Any, Callable, Iterable, Protocol
 
 from ..column_types import HeldText, Unfit
-from ..errors import FhirInputError
+from ..errors import FhirInputError, FhirMappingError
 from ..mapping.model import Field, Mapping
 from ..values import MISSING
 from . import declarations as d
@@ -396,6 +396,43 @@ def _primitive_of_path(steps: tuple[d.Step, ...]) -> str | None:
     return _PRIMITIVE_OF_KEY.get(key)
 
 
+def _valid_date(value: Any) -> bool:
+    if not isinstance(value, str) or not _DATE.match(value):
+        return False
+    if len(value) == 10:
+        try:
+            _dt.date.fromisoformat(value)  # "SHALL be valid dates": no 1988-02-30
+        except ValueError:
+            return False
+    return True
+
+
+def _valid_date_time(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    if _INSTANT.match(value):
+        try:
+            _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value[17:19] == "60"  # a leap second: valid FHIR, not a Python time
+        return True
+    return _valid_date(value)
+
+
+# What an input value must be for its element's FHIR type (an import checks what it reads).
+VALID: dict[str, Callable[[Any], bool]] = {
+    "date": _valid_date, "dateTime": _valid_date_time,
+    "instant": lambda v: isinstance(v, str) and bool(_INSTANT.match(v)) and _valid_date_time(v),
+    "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "positiveInt": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+    "unsignedInt": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "decimal": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "string": lambda v: isinstance(v, str), "code": lambda v: isinstance(v, str), "markdown": lambda v: isinstance(v, str),
+    "uri": lambda v: isinstance(v, str), "id": lambda v: isinstance(v, str), "base64Binary": lambda v: isinstance(v, str),
+}
+
+
 def _from_json(value: Any) -> Any:
     try:
         return json.loads(value) if isinstance(value, str) else MISSING
@@ -493,10 +530,15 @@ class _Export:
 
 
 class _Import:
-    __slots__ = ("refs", "entity", "children", "drops")
+    __slots__ = ("refs", "entity", "children", "drops", "resource")
 
-    def __init__(self, refs, entity):
+    def __init__(self, refs, entity, resource):
         self.refs, self.entity, self.children, self.drops = refs, entity, [], []
+        self.resource = resource  # the input, for messages
+
+    def invalid(self, element: d.Element, value: Any, primitive: str) -> FhirInputError:
+        return FhirInputError(f"{value!r} is not a valid FHIR {primitive}", resource_type=self.resource.get("resourceType"),
+                              resource_id=self.resource.get("id"), element=element.path)
 
     def drop_constants(self) -> None:
         for holder, last in self.drops:
@@ -567,10 +609,13 @@ class FhirMapper:
     def __init__(self, mappings: dict[str, Mapping]):
         self._mappings = dict(mappings)
         self._declared: dict[str, d.Declarations] = {}
+        problems: list = []
         for entity, mapping in self._mappings.items():
-            decls = d.declarations_of(mapping)
+            decls = d.declarations_of(mapping, problems)
             if decls is not None:
                 self._declared[entity] = decls
+        if problems:
+            raise FhirMappingError(problems)
         d.check(self._mappings, self._declared)
         self._folded = d.folded(self._declared)
         self._plans: dict[str, _Plan] = {}
@@ -712,6 +757,7 @@ class FhirMapper:
         dense = bool(steps[-1].index)  # a later item of a list of primitives (line[1], given[1])
         strict_twin = dataclasses.replace(field, strict=True)
         primitive = element.primitive or _primitive_of_path(element.steps) or d.PRIMITIVE_OF_TYPE[field.type.family]
+        valid = VALID.get(primitive)
         convert = TO_FHIR.get(primitive, lambda v: v)
         if primitive == "dateTime" and field.type.family == "date":  # a day stays a day: it must read back as one
             convert = lambda v: _as_date(v) or _date_time(v)  # noqa: E731
@@ -753,6 +799,8 @@ class FhirMapper:
             value = _peek(resource, steps)
             if value is MISSING:
                 return
+            if valid is not None and not valid(value):
+                raise context.invalid(element, value, primitive)
             if backward:
                 original = _original_value(resource, original_steps)
                 if original is not MISSING and forward.get(original) == value:
@@ -1166,7 +1214,7 @@ class FhirMapper:
                                  resource_type=resource_type, resource_id=rid, element="identifier")
         if keyed_by_id:
             record["keyed_by_id"] = True
-        context = _Import(refs, entity)
+        context = _Import(refs, entity, resource)
         profile = compiled.decl.profile
         meta = copy.get("meta")
         if profile and isinstance(meta, dict) and isinstance(meta.get("profile"), list) and profile in meta["profile"]:
