@@ -241,10 +241,14 @@ def _sliced(elements: tuple[Element, ...]) -> tuple[Element, ...]:
         found = discriminators.get(prefix) if prefix is not None else None
         if found:
             last = prefix[-1]
-            steps = prefix[:-1] + (Step(last.key, last.index, tuple(found)),) + element.steps[len(prefix):]
+            match = _MATCHES.setdefault(tuple(found), tuple(found))  # one object per match: the mapper keys on it
+            steps = prefix[:-1] + (Step(last.key, last.index, match),) + element.steps[len(prefix):]
             element = dataclasses.replace(element, steps=steps)
         out.append(element)
     return tuple(out)
+
+
+_MATCHES: dict[tuple, tuple] = {}
 
 
 def _slice_prefix(steps: tuple[Step, ...]) -> tuple[Step, ...] | None:

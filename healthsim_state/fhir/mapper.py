@@ -148,7 +148,36 @@ def _room_at(node: dict, steps: tuple[d.Step, ...]) -> bool:
 def _slice(items: list, match: tuple, index: int) -> Any:
     """The first item whose constants at ``match``'s paths are equal where
     present (one at least: a constant may be written only ``with`` a column);
-    else the item at ``index`` if it holds none of them; else MISSING."""
+    else the item at ``index`` if it holds none of them; else MISSING.
+    Remembered while one resource is read (see :func:`_reading`): every element
+    of a slice looks for the same item."""
+    memo = getattr(_SLICES, "memo", None)
+    if memo is None:
+        return _find_slice(items, match, index)
+    key = (id(items), id(match), index)
+    found = memo.get(key, _NOT_FOUND)
+    if found is _NOT_FOUND:
+        found = memo[key] = _find_slice(items, match, index)
+    return found
+
+
+_SLICES = threading.local()
+_NOT_FOUND = object()
+
+
+class _reading:
+    """While a resource is read, slices found are remembered (the lists do not
+    change until the constants are dropped, after every element was read)."""
+
+    def __enter__(self):
+        self.outer = getattr(_SLICES, "memo", None)
+        _SLICES.memo = {}
+
+    def __exit__(self, *exc):
+        _SLICES.memo = self.outer
+
+
+def _find_slice(items: list, match: tuple, index: int) -> Any:
     for item in items:
         if not isinstance(item, dict):
             continue
@@ -1196,6 +1225,10 @@ class FhirMapper:
     def from_resource(self, resource: dict, *, refs: ImportRefs) -> list[tuple[str, dict]]:
         """One resource as entities (its type's, and folded children's), each in
         canonical shape with what the declaration does not read under ``_fhir``."""
+        with _reading():
+            return self._from_resource(resource, refs)
+
+    def _from_resource(self, resource: dict, refs: ImportRefs) -> list[tuple[str, dict]]:
         resource_type, rid = resource.get("resourceType"), resource.get("id")
         candidates = self._candidates(resource)
         if not candidates:
@@ -1221,8 +1254,10 @@ class FhirMapper:
             meta["profile"] = [p if p != profile else None for p in meta["profile"]]
         elif profile:
             record["profile"] = False  # it came without our profile: it goes out without it
+        _SLICES.memo = {}  # the copy's lists: new objects (ids of the original's may be reused)
         for read in compiled.readers:
             read(copy, entity, context)
+        _SLICES.memo = None  # dropping constants changes the lists; children read their items anew
         context.drop_constants()
         _restore_unfit(copy, entity)
         copy.pop("resourceType", None)
@@ -1282,9 +1317,11 @@ class _ChildPlan:
         kid: dict[str, Any] = {}
         for field, value in zip(self.link, parent_key):
             _set(kid, field.path, value)
+        parents, context.drops = context.drops, []  # the parent's constants are dropped after all its elements
         for read in self.readers:
             read(item, kid, context)
         context.drop_constants()
+        context.drops = parents
         _restore_unfit(item, kid)
         extra = _prune(item)
         if extra is not MISSING:
