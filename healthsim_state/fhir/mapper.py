@@ -729,6 +729,15 @@ class FhirMapper:
         plan = self.plan(entity_type)
         return plan.slot_id(entity, plan.resources[0].slot, scenario_id)
 
+    def slot_reference(self, entity_type: str, entity: dict, scenario_id: str, slot: str) -> str:
+        """``"<Type>/<id>"`` of one of the entity's resources (``slot``): what an
+        ExportRefs' optional ``slot_reference(entity_type, field, value, slot)``
+        returns for the entity it finds (a claim's ``insurance.coverage`` -> the
+        member's Coverage). Without that method the mapper derives the id from
+        the scenario and the key, which misses the ids an imported entity keeps."""
+        plan = self.plan(entity_type)
+        return f"{plan.by_slot[slot].resource_type}/{plan.slot_id(entity, slot, scenario_id)}"
+
     def primary_resource_type(self, entity_type: str) -> str:
         return self.plan(entity_type).resources[0].resource_type
 
@@ -1055,12 +1064,12 @@ class FhirMapper:
                 if absent:
                     put(node, _absent(absent))
                 return
-            made: dict[str, Any] = {}
             if found:
-                made["reference"] = found
+                put(node, {"reference": found})
+                return
+            # Not in the export: a logical reference, which still says what it meant.
             theirs, value = first
-            made["identifier"] = _identifier(mapper._lookup_system(r.target, theirs.column, target_key), (value,))
-            put(node, made)
+            put(node, {"identifier": _identifier(mapper._lookup_system(r.target, theirs.column, target_key), (value,))})
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
             ref = _peek(resource, steps)
