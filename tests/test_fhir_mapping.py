@@ -535,3 +535,68 @@ def test_the_sample_exported_imported_and_exported_again_gives_the_same_resource
     assert {(r["resourceType"], r["id"]) for r in again} == {(r["resourceType"], r["id"]) for r in first}
     by_id = {r["id"]: r for r in again}
     assert [r for r in first if by_id[r["id"]] != r] == []
+
+
+# Resources as Synthea writes them (hand-written from the R4 specification and
+# Synthea's shapes): no healthsim identifiers, other code systems, references
+# to resources not in the input. Each becomes an entity and comes back whole.
+SYNTHEA_LIKE = [
+    {"resourceType": "Observation", "id": "obs-hr-1", "status": "final",
+     "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                               "code": "vital-signs", "display": "vital-signs"}]}],
+     "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}], "text": "Heart rate"},
+     "subject": {"reference": "urn:uuid:7c2a0b7e-0001"}, "encounter": {"reference": "urn:uuid:9e1d-enc"},
+     "effectiveDateTime": "2015-09-03T10:45:40-04:00", "issued": "2015-09-03T10:45:40.123-04:00",
+     "valueQuantity": {"value": 71.5, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}},
+    {"resourceType": "Observation", "id": "obs-temp-1", "status": "final",
+     "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                               "code": "vital-signs"}]}],
+     "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5", "display": "Body temperature"}]},
+     "effectiveDateTime": "2015-09-03T10:45:40-04:00",
+     "valueQuantity": {"value": 37.1, "unit": "Cel", "system": "http://unitsofmeasure.org", "code": "Cel"}},
+    {"resourceType": "Condition", "id": "cond-1",
+     "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+     "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                                        "code": "confirmed"}]},
+     "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006", "display": "Diabetes"}],
+              "text": "Diabetes"},
+     "subject": {"reference": "urn:uuid:7c2a0b7e-0001"}, "onsetDateTime": "2001-05-11T04:22:10-04:00",
+     "recordedDate": "2001-05-11T04:22:10-04:00"},
+    {"resourceType": "Encounter", "id": "enc-1", "status": "finished",
+     "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+     "type": [{"coding": [{"system": "http://snomed.info/sct", "code": "185349003"}], "text": "Check up"}],
+     "subject": {"reference": "urn:uuid:7c2a0b7e-0001", "display": "Mr. Ann Doe"},
+     "participant": [{"individual": {"reference": "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999910",
+                                     "display": "Dr. Who"}}],
+     "period": {"start": "2015-09-03T10:45:40-04:00", "end": "2015-09-03T11:00:40-04:00"},
+     "serviceProvider": {"reference": "Organization?identifier=https://github.com/synthetichealth/synthea|abc"}},
+    {"resourceType": "MedicationRequest", "id": "mr-1", "status": "stopped", "intent": "order",
+     "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                               "code": "310798", "display": "HCTZ 25 MG Oral Tablet"}]},
+     "subject": {"reference": "urn:uuid:7c2a0b7e-0001"}, "authoredOn": "2011-06-03T04:22:10-04:00",
+     "requester": {"reference": "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999910", "display": "Dr. Who"}},
+]
+
+
+@pytest.mark.parametrize("resource", SYNTHEA_LIKE, ids=[r["id"] for r in SYNTHEA_LIKE])
+def test_a_synthea_like_resource_comes_back_whole(sample, fhir_validator, resource):
+    mapper, _, _ = sample
+    assert fhir_validator.errors(resource) == []
+    entities = mapper.from_resource(resource, refs=NoRefs())
+    ((entity_type, entity),) = entities
+    assert entity[RESERVED_KEY]
+    saved = json.loads(json.dumps(entity))
+    (again,) = [r for r in mapper.to_resources(entity_type, saved, scenario_id="s", refs=NoRefs())
+                if r["id"] == resource["id"]]
+    assert again == resource
+
+
+def test_what_a_synthea_like_resource_maps_is_read(sample):
+    mapper, _, _ = sample
+    heart, temperature, condition, encounter, medication = (
+        dict(mapper.from_resource(r, refs=NoRefs()))  for r in SYNTHEA_LIKE)
+    assert heart["vital_sign"]["heart_rate"] == 71.5 and heart["vital_sign"]["observation_time"] == "2015-09-03T10:45:40-04:00"
+    assert "temperature" not in temperature["vital_sign"]  # Celsius is not the column's Fahrenheit: kept, not misread
+    assert condition["diagnosis"]["status"] == "active" and "code" not in condition["diagnosis"]  # SNOMED, not ICD-10-CM
+    assert (encounter["encounter"]["class"], encounter["encounter"]["status"]) == ("O", "finished")
+    assert medication["medication"]["rxnorm_code"] == "310798"

@@ -551,18 +551,19 @@ def _absent(code: str) -> dict:
 class _Export:
     """What one to_resources call shares with its element writers."""
 
-    __slots__ = ("refs", "scenario_id", "children", "kept", "key", "unfit")
+    __slots__ = ("refs", "scenario_id", "children", "kept", "key", "unfit", "record")
 
     def __init__(self, refs, scenario_id, children, kept, key):
         self.refs, self.scenario_id, self.children, self.kept, self.key = refs, scenario_id, children, kept, key
         self.unfit: dict[str, Any] = {}  # dotted path -> a value its element cannot hold (see UNFIT)
+        self.record: dict | None = None  # what an import kept of the resource being made
 
 
 class _Import:
-    __slots__ = ("refs", "entity", "children", "drops", "resource")
+    __slots__ = ("refs", "entity", "children", "drops", "resource", "omitted")
 
     def __init__(self, refs, entity, resource):
-        self.refs, self.entity, self.children, self.drops = refs, entity, [], []
+        self.refs, self.entity, self.children, self.drops, self.omitted = refs, entity, [], [], []
         self.resource = resource  # the input, for messages
 
     def invalid(self, element: d.Element, value: Any, primitive: str) -> FhirInputError:
@@ -591,6 +592,7 @@ class _Resource:
         self.slot, self.resource_type = decl.slot, decl.resource
         self.field_paths = field_paths  # column -> the path it is written at (lookups on import)
         self.constants = {e.path: (e.steps, e.value) for e in decl.elements if e.kind == "value"}
+        self.paths = [e.path for e in decl.elements]
 
 
 class _Plan:
@@ -752,8 +754,13 @@ class FhirMapper:
         context = _Export(refs, scenario_id, children or {}, kept, key)
         out = []
         for resource in plan.resources:
-            if resource.whens and all(get(entity) is None for get in resource.whens):
-                continue
+            if not (kept and resource.slot in kept):
+                # An entity that came from FHIR gets back what came, and the measured
+                # values edited in since; not a panel it never had.
+                if kept and not resource.whens:
+                    continue
+                if resource.whens and all(get(entity) is None for get in resource.whens):
+                    continue
             made = self._make(plan, resource, entity, context)
             out.append(made)
         return out
@@ -768,9 +775,16 @@ class FhirMapper:
         if not (record and record.get("keyed_by_id")):
             made["identifier"] = [_identifier(plan.system, context.key)]
         context.unfit = {}
+        context.record = record
         _PADDING.padded = False
-        for write in resource.writers:
-            write(entity, made, context)
+        omit = record.get("omit") if record else None
+        if omit:
+            for write, path in zip(resource.writers, resource.paths):
+                if path not in omit:
+                    write(entity, made, context)
+        else:
+            for write in resource.writers:
+                write(entity, made, context)
         if context.unfit:
             _keep_unfit(made, context.unfit)
         if record and isinstance(record.get("extra"), dict):
@@ -867,9 +881,12 @@ class FhirMapper:
                 put(node, constant)
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
-            if _peek(resource, steps) == constant:
+            found = _peek(resource, steps)
+            if found == constant:
                 # Dropped once every constant was read: constants find their slice.
                 context.drops.append((_parent(resource, steps), steps[-1]))
+            elif found is MISSING:
+                context.omitted.append(element.path)  # it came without it: it goes out without it
         return write, read
 
     def _coding_element(self, element, mapping, plan, decl):
@@ -907,7 +924,7 @@ class FhirMapper:
                 if code is not None:
                     context.unfit[code_field.dotted] = code
                 keep_companions(entity, context)
-                if absent:
+                if absent and context.record is None:  # an imported entity lacked it as it came
                     put(node, _absent(absent))
                 return
             coding: dict[str, Any] = {}
@@ -921,7 +938,7 @@ class FhirMapper:
             if not _FHIR_CODE.match(code):
                 context.unfit[code_field.dotted] = get_code(entity)
                 keep_companions(entity, context)
-                if absent:
+                if absent and context.record is None:  # an imported entity lacked it as it came
                     put(node, _absent(absent))
                 return
             coding["code"] = code
@@ -981,7 +998,7 @@ class FhirMapper:
         get_value = _getter(value_field.path)
         unit_field = mapping.field(q.unit_field) if q.unit_field else None
         get_unit = _getter(unit_field.path) if unit_field else None
-        convert = TO_FHIR[q.primitive]
+        convert = _as_decimal  # Quantity.value is a decimal whatever the column (as: integer only reads back)
 
         def write(entity: dict, node: dict, context: _Export) -> None:
             given = get_value(entity)
@@ -995,7 +1012,7 @@ class FhirMapper:
             if value is None:
                 if get_unit is not None and unit is not None:
                     context.unfit[unit_field.dotted] = unit
-                if absent:
+                if absent and context.record is None:  # an imported entity lacked it as it came
                     put(node, _absent(absent))
                 return
             quantity: dict[str, Any] = {"value": value}
@@ -1061,7 +1078,7 @@ class FhirMapper:
                     if found and target_slot is not None:
                         found = mapper._slot_reference_of(context, r.target, theirs, value, found, target_slot)
             if first is None:
-                if absent:
+                if absent and context.record is None:  # an imported entity lacked it as it came
                     put(node, _absent(absent))
                 return
             if found:
@@ -1268,6 +1285,8 @@ class FhirMapper:
             read(copy, entity, context)
         _SLICES.memo = None  # dropping constants changes the lists; children read their items anew
         context.drop_constants()
+        if context.omitted:
+            record["omit"] = sorted(set(context.omitted))
         _restore_unfit(copy, entity)
         copy.pop("resourceType", None)
         copy.pop("id", None)
