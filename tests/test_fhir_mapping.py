@@ -8,10 +8,11 @@ hand-written resources that keep every element, and stable ids and bytes.
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from healthsim_state import StateManager
 from healthsim_state.column_types import HeldText
@@ -20,6 +21,8 @@ from healthsim_state.fhir.ids import resource_id
 from healthsim_state.fhir.mapper import RESERVED_KEY, FhirMapper
 from healthsim_state.mapping.loader import builtin_mapping_dir, load_mapping_dirs
 
+import oracle
+import strategies as S
 from fhir_schema import fhir_schema, fhir_validator  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -392,12 +395,9 @@ def test_fhir_declarations_are_not_recorded_by_the_store(sample):
 
 # --- generated entities: round trip and schema, every declared type ------------------------------
 
-import oracle  # noqa: E402
-import strategies as S  # noqa: E402
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
 RAW = oracle.load_mapping_dirs([REPO / "mappings"])
+# No shrink phase: these entities are large and shrinking one took over 5 minutes; a
+# failure prints the example as drawn (each draw is labelled by its type).
 PROPERTY = settings(max_examples=10, phases=[Phase.explicit, Phase.reuse, Phase.generate], suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                              HealthCheck.too_slow, HealthCheck.data_too_large])
 

@@ -317,7 +317,6 @@ _FHIR_CODE = re.compile(r"^(?=[ \r\n\t\S]+$)[^\s]+(\s[^\s]+)*$")  # a code is a 
 _FHIR_URI = re.compile(r"^\S+$")
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-\.]{1,64}$")
 _DATE = re.compile(r"^[0-9]{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01]))?)?$")
-_FULL_DATE = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")
 _INSTANT = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
                       r"(\.[0-9]+)?(Z|[+-]((0[0-9]|1[0-3]):[0-5][0-9]|14:00))$")
 _DATE_TIME = _INSTANT
@@ -587,8 +586,8 @@ class _Resource:
     """One declared resource of an entity type, compiled."""
 
     def __init__(self, decl: d.ResourceDeclaration, writers: list[Writer], readers: list[Reader],
-                 whens: list[Callable], compact: bool, field_paths: dict[str, tuple[d.Step, ...]]):
-        self.decl, self.writers, self.readers, self.whens, self.compact = decl, writers, readers, whens, compact
+                 whens: list[Callable], field_paths: dict[str, tuple[d.Step, ...]]):
+        self.decl, self.writers, self.readers, self.whens = decl, writers, readers, whens
         self.slot, self.resource_type = decl.slot, decl.resource
         self.field_paths = field_paths  # column -> the path it is written at (lookups on import)
         self.constants = {e.path: (e.steps, e.value) for e in decl.elements if e.kind == "value"}
@@ -611,16 +610,14 @@ class _Plan:
     def _compile(self, decl: d.ResourceDeclaration) -> _Resource:
         writers, readers = [], []
         field_paths: dict[str, tuple[d.Step, ...]] = {}
-        compact = False
         for element in decl.elements:
             writer, reader = self.mapper._element(element, self.mapping, self, decl, decl.elements)
             writers.append(writer)
             readers.append((element.kind == "value", reader))
             if element.kind == "field":
                 field_paths[element.field] = element.steps
-            compact = compact or any(step.index for step in element.steps)
         whens = [_getter(self.fields[c].path) for c in decl.when]
-        return _Resource(decl, writers, _constants_last(readers), whens, compact, field_paths)
+        return _Resource(decl, writers, _constants_last(readers), whens, field_paths)
 
     def key_of(self, entity: dict) -> tuple:
         return tuple(get(entity) for get in self.key_getters)
