@@ -808,11 +808,10 @@ class FhirMapper:
 
     def _element(self, element: d.Element, mapping: Mapping, plan: _Plan,
                  decl: d.ResourceDeclaration, siblings: tuple[d.Element, ...] = ()) -> tuple[Writer, Reader]:
-        self._siblings = siblings  # for with:/without: (see _condition); compile time only
         make = getattr(self, f"_{element.kind}_element")
-        return make(element, mapping, plan, decl)
+        return make(element, mapping, plan, decl, siblings)  # siblings: for with:/without: (see _condition)
 
-    def _field_element(self, element, mapping, plan, decl):
+    def _field_element(self, element, mapping, plan, decl, siblings=()):
         put = _putter(element.steps)
         field = mapping.field(element.field)
         get, steps, path, dotted = _getter(field.path), element.steps, field.path, field.dotted
@@ -829,7 +828,7 @@ class FhirMapper:
         last = steps[-1]
         original_steps = steps[:-1] + (d.Step("_" + last.key, None),) if last.index is None else None
 
-        wanted = _condition(element, mapping, self._siblings)
+        wanted = _condition(element, mapping, siblings)
 
         def write(entity: dict, node: dict, context: _Export) -> None:
             value = get(entity)
@@ -882,10 +881,10 @@ class FhirMapper:
             _set(entity, path, value)
         return write, read
 
-    def _value_element(self, element, mapping, plan, decl):
+    def _value_element(self, element, mapping, plan, decl, siblings=()):
         put = _putter(element.steps)
         steps, constant = element.steps, element.value
-        wanted = _condition(element, mapping, self._siblings)
+        wanted = _condition(element, mapping, siblings)
 
         def write(entity: dict, node: dict, context: _Export) -> None:
             if wanted is None or wanted(entity):
@@ -900,7 +899,7 @@ class FhirMapper:
                 context.omitted.append(element.path)  # it came without it: it goes out without it
         return write, read
 
-    def _coding_element(self, element, mapping, plan, decl):
+    def _coding_element(self, element, mapping, plan, decl, siblings=()):
         put = _putter(element.steps)
         c = element.coding
         steps, absent = element.steps, element.absent
@@ -1001,7 +1000,7 @@ class FhirMapper:
                 return
         return write, read
 
-    def _quantity_element(self, element, mapping, plan, decl):
+    def _quantity_element(self, element, mapping, plan, decl, siblings=()):
         put = _putter(element.steps)
         q = element.quantity
         steps, absent = element.steps, element.absent
@@ -1057,7 +1056,7 @@ class FhirMapper:
                     quantity.pop(k, None)
         return write, read
 
-    def _reference_element(self, element, mapping, plan, decl):
+    def _reference_element(self, element, mapping, plan, decl, siblings=()):
         put = _putter(element.steps)
         r = element.reference
         steps, absent = element.steps, element.absent
@@ -1146,7 +1145,7 @@ class FhirMapper:
                 ref.pop("reference")
         return write, read
 
-    def _children_element(self, element, mapping, plan, decl):
+    def _children_element(self, element, mapping, plan, decl, siblings=()):
         put = _putter(element.steps)
         c = element.children
         child_mapping = self._mappings[c.entity_type]
