@@ -8,10 +8,11 @@ hand-written resources that keep every element, and stable ids and bytes.
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from healthsim_state import StateManager
 from healthsim_state.column_types import HeldText
@@ -20,6 +21,8 @@ from healthsim_state.fhir.ids import resource_id
 from healthsim_state.fhir.mapper import RESERVED_KEY, FhirMapper
 from healthsim_state.mapping.loader import builtin_mapping_dir, load_mapping_dirs
 
+import oracle
+import strategies as S
 from fhir_schema import fhir_schema, fhir_validator  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +36,8 @@ class ScenarioRefs:
 
     def __init__(self, mapper: FhirMapper, entities: dict[str, list[dict]], scenario_id: str):
         self.index: dict[tuple, str] = {}
+        self.entities: dict[tuple, dict] = {}
+        self.mapper, self.scenario_id = mapper, scenario_id
         for entity_type, items in entities.items():
             if entity_type not in mapper.declared_types() or entity_type in mapper.folded_types():
                 continue
@@ -43,9 +48,14 @@ class ScenarioRefs:
                     value = _get(entity, path)
                     if value is not None:
                         self.index.setdefault((entity_type, path, _hashable(value)), f"{kind}/{rid}")
+                        self.entities.setdefault((entity_type, path, _hashable(value)), entity)
 
     def reference(self, entity_type: str, field: str, value):
         return self.index.get((entity_type, field, _hashable(value)))
+
+    def slot_reference(self, entity_type: str, field: str, value, slot: str):
+        entity = self.entities.get((entity_type, field, _hashable(value)))
+        return None if entity is None else self.mapper.slot_reference(entity_type, entity, self.scenario_id, slot)
 
 
 class ResourceRefs:
@@ -196,7 +206,7 @@ def test_references_resolve_to_the_resources_of_the_scenario(sample):
     condition = next(r for r in resources if r["resourceType"] == "Condition")
     assert condition["subject"]["reference"] in ids
     assert condition["encounter"]["reference"] in ids
-    assert condition["subject"]["identifier"]["system"] == "urn:healthsim:patient"
+    assert set(condition["subject"]) == {"reference"}  # resolved: no logical identifier besides
 
 
 def test_an_unresolved_reference_keeps_the_lookup_value_as_an_identifier(sample):
@@ -267,6 +277,15 @@ def test_an_import_does_not_change_the_resource_it_reads(sample):
     assert json.dumps(FOREIGN_PATIENT) == before
 
 
+@pytest.mark.parametrize("element, value", [("birthDate", "1988-13-45"), ("birthDate", "1988-02-30"),
+                                            ("deceasedBoolean", "yes"), ("gender", 1)])
+def test_an_invalid_element_names_the_resource_its_id_and_the_element(sample, element, value):
+    mapper, _, _ = sample
+    with pytest.raises(FhirInputError) as caught:
+        mapper.from_resource({"resourceType": "Patient", "id": "p-9", element: value}, refs=NoRefs())
+    assert "Patient/p-9" in str(caught.value) and caught.value.element == element
+
+
 def test_a_resource_no_mapping_declares_is_an_input_error(sample):
     mapper, _, _ = sample
     immunization = {"resourceType": "Immunization", "id": "i1"}
@@ -335,9 +354,31 @@ def test_a_bad_fhir_section_names_file_key_and_fix(tmp_path, case, section, expe
 def test_the_schema_rejects_an_unknown_element_key_with_the_allowed_ones(tmp_path):
     (tmp_path / "widget.yaml").write_text(WIDGET + "  - resource: Device\n    elements:\n"
                                           "      - {path: status, feild: label}\n", "utf-8")
+    mappings = load_mapping_dirs([builtin_mapping_dir(), tmp_path])  # the block is checked when FHIR is used
+    with pytest.raises(FhirMappingError) as caught:
+        FhirMapper(mappings)
+    message = str(caught.value)
+    assert "widget.yaml (entity widget): fhir[0].elements[0]" in message
+    assert "unknown key 'feild' (did you mean 'field'?)" in message
+
+
+def test_a_fhir_section_the_yaml_parser_reads_with_the_file_is_checked_at_load(tmp_path):
+    # Quoted, the key is not split off: the JSON Schema checks it with the file.
+    (tmp_path / "widget.yaml").write_text(WIDGET.replace("fhir:\n", '"fhir":\n') + "  - resource: Device\n"
+                                          "    elements:\n      - {path: status, feild: label}\n", "utf-8")
     with pytest.raises(MappingError) as caught:
         load_mapping_dirs([builtin_mapping_dir(), tmp_path])
     assert "fhir[0].elements[0]" in str(caught.value)
+
+
+def test_the_fhir_block_is_split_off_and_the_rest_of_the_file_kept():
+    from healthsim_state.mapping.loader import split_fhir_section
+
+    text = "entity: a\nfhir:  # comment\n- resource: X\n  elements: []\n\n# note\n  - more\ntable: t\n"
+    head, block = split_fhir_section(text)
+    assert head == "entity: a\ntable: t\n"
+    assert block == "fhir:  # comment\n- resource: X\n  elements: []\n\n# note\n  - more\n"
+    assert split_fhir_section("entity: a\nfhir: []\n") == ("entity: a\nfhir: []\n", None)
 
 
 def test_the_builtin_declarations_are_valid_and_compile():
@@ -354,12 +395,9 @@ def test_fhir_declarations_are_not_recorded_by_the_store(sample):
 
 # --- generated entities: round trip and schema, every declared type ------------------------------
 
-import oracle  # noqa: E402
-import strategies as S  # noqa: E402
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
 RAW = oracle.load_mapping_dirs([REPO / "mappings"])
+# No shrink phase: these entities are large and shrinking one took over 5 minutes; a
+# failure prints the example as drawn (each draw is labelled by its type).
 PROPERTY = settings(max_examples=10, phases=[Phase.explicit, Phase.reuse, Phase.generate], suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                              HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -475,3 +513,90 @@ def test_generated_entities_round_trip_and_validate(memory_sm, fhir_validator, e
     scenario_id, loaded = _canonical(memory_sm, given_entities)
     children = {k: v for k, v in loaded.items() if k != entity_type}
     _check_round_trip(mapper, entity_type, loaded[entity_type], children, scenario_id, fhir_validator)
+
+
+def test_neither_import_nor_loading_mappings_imports_the_fhir_package(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, healthsim_state; from healthsim_state.mapping.loader import load_mappings; load_mappings(); "
+            "print(sorted(n for n in sys.modules if n.startswith('healthsim_state.fhir') or n == 'jsonschema'))")
+    env = {"PYTHONPATH": str(REPO), "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)  # fills the cache of validated files
+    again = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    assert again.stdout.strip() == "[]"
+
+
+def test_the_sample_exported_imported_and_exported_again_gives_the_same_resources(sample):
+    mapper, entities, scenario_id = sample
+    first = export_all(mapper, entities, scenario_id)
+    back = json.loads(json.dumps(import_all(mapper, first)))  # as the store keeps them
+    again = export_all(mapper, back, "another scenario id: imported entities keep their resources' ids")
+    assert {(r["resourceType"], r["id"]) for r in again} == {(r["resourceType"], r["id"]) for r in first}
+    by_id = {r["id"]: r for r in again}
+    assert [r for r in first if by_id[r["id"]] != r] == []
+
+
+# Resources as Synthea writes them (hand-written from the R4 specification and
+# Synthea's shapes): no healthsim identifiers, other code systems, references
+# to resources not in the input. Each becomes an entity and comes back whole.
+SYNTHEA_LIKE = [
+    {"resourceType": "Observation", "id": "obs-hr-1", "status": "final",
+     "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                               "code": "vital-signs", "display": "vital-signs"}]}],
+     "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}], "text": "Heart rate"},
+     "subject": {"reference": "urn:uuid:7c2a0b7e-0001"}, "encounter": {"reference": "urn:uuid:9e1d-enc"},
+     "effectiveDateTime": "2015-09-03T10:45:40-04:00", "issued": "2015-09-03T10:45:40.123-04:00",
+     "valueQuantity": {"value": 71.5, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}},
+    {"resourceType": "Observation", "id": "obs-temp-1", "status": "final",
+     "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                               "code": "vital-signs"}]}],
+     "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5", "display": "Body temperature"}]},
+     "effectiveDateTime": "2015-09-03T10:45:40-04:00",
+     "valueQuantity": {"value": 37.1, "unit": "Cel", "system": "http://unitsofmeasure.org", "code": "Cel"}},
+    {"resourceType": "Condition", "id": "cond-1",
+     "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+     "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                                        "code": "confirmed"}]},
+     "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006", "display": "Diabetes"}],
+              "text": "Diabetes"},
+     "subject": {"reference": "urn:uuid:7c2a0b7e-0001"}, "onsetDateTime": "2001-05-11T04:22:10-04:00",
+     "recordedDate": "2001-05-11T04:22:10-04:00"},
+    {"resourceType": "Encounter", "id": "enc-1", "status": "finished",
+     "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+     "type": [{"coding": [{"system": "http://snomed.info/sct", "code": "185349003"}], "text": "Check up"}],
+     "subject": {"reference": "urn:uuid:7c2a0b7e-0001", "display": "Mr. Ann Doe"},
+     "participant": [{"individual": {"reference": "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999910",
+                                     "display": "Dr. Who"}}],
+     "period": {"start": "2015-09-03T10:45:40-04:00", "end": "2015-09-03T11:00:40-04:00"},
+     "serviceProvider": {"reference": "Organization?identifier=https://github.com/synthetichealth/synthea|abc"}},
+    {"resourceType": "MedicationRequest", "id": "mr-1", "status": "stopped", "intent": "order",
+     "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                               "code": "310798", "display": "HCTZ 25 MG Oral Tablet"}]},
+     "subject": {"reference": "urn:uuid:7c2a0b7e-0001"}, "authoredOn": "2011-06-03T04:22:10-04:00",
+     "requester": {"reference": "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999910", "display": "Dr. Who"}},
+]
+
+
+@pytest.mark.parametrize("resource", SYNTHEA_LIKE, ids=[r["id"] for r in SYNTHEA_LIKE])
+def test_a_synthea_like_resource_comes_back_whole(sample, fhir_validator, resource):
+    mapper, _, _ = sample
+    assert fhir_validator.errors(resource) == []
+    entities = mapper.from_resource(resource, refs=NoRefs())
+    ((entity_type, entity),) = entities
+    assert entity[RESERVED_KEY]
+    saved = json.loads(json.dumps(entity))
+    (again,) = [r for r in mapper.to_resources(entity_type, saved, scenario_id="s", refs=NoRefs())
+                if r["id"] == resource["id"]]
+    assert again == resource
+
+
+def test_what_a_synthea_like_resource_maps_is_read(sample):
+    mapper, _, _ = sample
+    heart, temperature, condition, encounter, medication = (
+        dict(mapper.from_resource(r, refs=NoRefs()))  for r in SYNTHEA_LIKE)
+    assert heart["vital_sign"]["heart_rate"] == 71.5 and heart["vital_sign"]["observation_time"] == "2015-09-03T10:45:40-04:00"
+    assert "temperature" not in temperature["vital_sign"]  # Celsius is not the column's Fahrenheit: kept, not misread
+    assert condition["diagnosis"]["status"] == "active" and "code" not in condition["diagnosis"]  # SNOMED, not ICD-10-CM
+    assert (encounter["encounter"]["class"], encounter["encounter"]["status"]) == ("O", "finished")
+    assert medication["medication"]["rxnorm_code"] == "310798"

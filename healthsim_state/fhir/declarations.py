@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -156,12 +157,20 @@ def parse_path(path: str) -> tuple[Step, ...]:
     return tuple(steps)
 
 
-def declarations_of(mapping: Mapping) -> Declarations | None:
-    """The parsed ``fhir:`` section of ``mapping`` (None: it has none)."""
+def declarations_of(mapping: Mapping, problems: list[Problem] | None = None) -> Declarations | None:
+    """The parsed ``fhir:`` section of ``mapping`` (None: it has none, or it is
+    not valid: then its problems are added to ``problems``, or raised)."""
     if mapping.fhir is None:
         return None
+    found: list[Problem] = []
+    section = _section(mapping, found)
+    if found:
+        if problems is None:
+            raise FhirMappingError(found)
+        problems.extend(found)
+        return None
     resources = []
-    for index, raw in enumerate(json.loads(mapping.fhir)):
+    for index, raw in enumerate(section):
         slot = raw.get("slot", raw["resource"].lower())
         where = f"fhir[{index}] ({raw['resource']} {slot})"
         resources.append(ResourceDeclaration(
@@ -169,6 +178,44 @@ def declarations_of(mapping: Mapping) -> Declarations | None:
             when=tuple(raw.get("when", ())), match=tuple(raw.get("match", ())), own=raw.get("own", False),
             elements=_elements(raw["elements"], f"{where}.elements")))
     return Declarations(mapping.entity, mapping.source, tuple(resources))
+
+
+def _section(mapping: Mapping, problems: list[Problem]) -> Any:
+    """The section's list: JSON text the loader made from the parsed file, or
+    the file's YAML block, parsed and checked against the mapping schema now."""
+    if mapping.fhir.startswith("["):
+        return json.loads(mapping.fhir)
+    from ..mapping import loader, validation_cache
+
+    yaml, yaml_loader = loader._yaml()
+    try:
+        document = yaml.load(mapping.fhir, Loader=yaml_loader)
+    except yaml.YAMLError as error:
+        problems.append(loader._problem(mapping.source, mapping.entity, "fhir",
+                                        f"not valid YAML ({getattr(error, 'problem', error)}); fix the syntax"))
+        return None
+    key = validation_cache.digest(document)
+    if key is not None and key in validation_cache.VALIDATED:
+        return document["fhir"]
+    errors = sorted(_section_validator().iter_errors(document), key=lambda e: list(e.absolute_path))
+    problems.extend(loader._problem(mapping.source, mapping.entity, loader._key_of(e, document), loader._explain(e))
+                    for e in errors)
+    if not errors:
+        validation_cache.VALIDATED.add(key)
+    return document["fhir"] if not errors else None
+
+
+@lru_cache(maxsize=1)
+def _section_validator():
+    """The mapping schema's ``fhir`` property as a schema of its own: ``{"fhir": [...]}``."""
+    import jsonschema
+
+    from ..mapping import validation_cache
+
+    schema = json.loads(validation_cache.schema_bytes())
+    section = {"$schema": schema["$schema"], "$defs": schema["$defs"], "type": "object", "required": ["fhir"],
+               "additionalProperties": False, "properties": {"fhir": schema["properties"]["fhir"]}}
+    return jsonschema.validators.validator_for(section)(section)
 
 
 def _elements(raws: list[dict], where: str) -> tuple[Element, ...]:
@@ -194,10 +241,14 @@ def _sliced(elements: tuple[Element, ...]) -> tuple[Element, ...]:
         found = discriminators.get(prefix) if prefix is not None else None
         if found:
             last = prefix[-1]
-            steps = prefix[:-1] + (Step(last.key, last.index, tuple(found)),) + element.steps[len(prefix):]
+            match = _MATCHES.setdefault(tuple(found), tuple(found))  # one object per match: the mapper keys on it
+            steps = prefix[:-1] + (Step(last.key, last.index, match),) + element.steps[len(prefix):]
             element = dataclasses.replace(element, steps=steps)
         out.append(element)
     return tuple(out)
+
+
+_MATCHES: dict[tuple, tuple] = {}
 
 
 def _slice_prefix(steps: tuple[Step, ...]) -> tuple[Step, ...] | None:

@@ -32,10 +32,11 @@ import dataclasses
 import datetime as _dt
 import json
 import re
+import threading
 from typing import Any, Callable, Iterable, Protocol
 
 from ..column_types import HeldText, Unfit
-from ..errors import FhirInputError
+from ..errors import FhirInputError, FhirMappingError
 from ..mapping.model import Field, Mapping
 from ..values import MISSING
 from . import declarations as d
@@ -74,6 +75,10 @@ def _put(node: dict, steps: tuple[d.Step, ...], value: Any) -> None:
             node = node.setdefault(step.key, {})
             continue
         items = node.setdefault(step.key, [])
+        if len(items) < step.index:
+            holed = getattr(_PADDING, "holed", None)
+            if holed is not None:
+                holed.append(items)  # a hole: the list is compacted once the resource is made
         while len(items) <= step.index:
             items.append(None)
         if position == last:
@@ -82,6 +87,37 @@ def _put(node: dict, steps: tuple[d.Step, ...], value: Any) -> None:
         if items[step.index] is None:
             items[step.index] = {}
         node = items[step.index]
+
+
+_PADDING = threading.local()  # the lists a _put left a hole in (per thread: exports may run in threads)
+
+
+def _putter(steps: tuple[d.Step, ...]) -> Callable[[dict, Any], None]:
+    """``_put`` for one path, generated once as straight-line code (no loop
+    over steps: most of an export's time is spent writing elements)."""
+    lines = ["def put(node, value):"]
+    last = len(steps) - 1
+    for position, step in enumerate(steps):
+        key = repr(step.key)
+        if step.index is None:
+            lines.append(f"    node[{key}] = value" if position == last else
+                         f"    node = node.setdefault({key}, {{}})")
+            continue
+        i = step.index
+        lines += [f"    items = node.setdefault({key}, [])",
+                  f"    if len(items) <= {i}:",
+                  f"        if len(items) < {i}:",
+                  "            _PADDING.holed.append(items)",
+                  f"        items.extend([None] * ({i + 1} - len(items)))"]
+        if position == last:
+            lines.append(f"    items[{i}] = value")
+        else:
+            lines += [f"    node = items[{i}]",
+                      "    if node is None:",
+                      f"        node = items[{i}] = {{}}"]
+    namespace: dict[str, Any] = {"_PADDING": _PADDING}
+    exec(compile("\n".join(lines), f"<fhir put {'.'.join(s.key for s in steps)}>", "exec"), namespace)
+    return namespace["put"]
 
 
 def _parent(node: Any, steps: tuple[d.Step, ...]) -> Any:
@@ -114,7 +150,36 @@ def _room_at(node: dict, steps: tuple[d.Step, ...]) -> bool:
 def _slice(items: list, match: tuple, index: int) -> Any:
     """The first item whose constants at ``match``'s paths are equal where
     present (one at least: a constant may be written only ``with`` a column);
-    else the item at ``index`` if it holds none of them; else MISSING."""
+    else the item at ``index`` if it holds none of them; else MISSING.
+    Remembered while one resource is read (see :func:`_reading`): every element
+    of a slice looks for the same item."""
+    memo = getattr(_SLICES, "memo", None)
+    if memo is None:
+        return _find_slice(items, match, index)
+    key = (id(items), id(match), index)
+    found = memo.get(key, _NOT_FOUND)
+    if found is _NOT_FOUND:
+        found = memo[key] = _find_slice(items, match, index)
+    return found
+
+
+_SLICES = threading.local()
+_NOT_FOUND = object()
+
+
+class _reading:
+    """While a resource is read, slices found are remembered (the lists do not
+    change until the constants are dropped, after every element was read)."""
+
+    def __enter__(self):
+        self.outer = getattr(_SLICES, "memo", None)
+        _SLICES.memo = {}
+
+    def __exit__(self, *exc):
+        _SLICES.memo = self.outer
+
+
+def _find_slice(items: list, match: tuple, index: int) -> Any:
     for item in items:
         if not isinstance(item, dict):
             continue
@@ -254,7 +319,9 @@ _FHIR_CODE = re.compile(r"^(?=[ \r\n\t\S]+$)[^\s]+(\s[^\s]+)*$")  # a code is a 
 _FHIR_URI = re.compile(r"^\S+$")
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-\.]{1,64}$")
 _DATE = re.compile(r"^[0-9]{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01]))?)?$")
-_FULL_DATE = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")
+_INSTANT = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+                      r"(\.[0-9]+)?(Z|[+-]((0[0-9]|1[0-3]):[0-5][0-9]|14:00))$")
+_DATE_TIME = _INSTANT
 _NUMBER = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$")
 
 
@@ -263,6 +330,8 @@ def _date_time(value: Any, instant: bool = False) -> str | None:
     time; a time without an offset is UTC, as the store reads it."""
     if not isinstance(value, str):
         return None
+    if (_INSTANT if instant else _DATE_TIME).match(value):
+        return value  # already FHIR's (most values): no parsing
     if _DATE.match(value) and not instant:
         return value
     try:
@@ -357,6 +426,43 @@ def _primitive_of_path(steps: tuple[d.Step, ...]) -> str | None:
     return _PRIMITIVE_OF_KEY.get(key)
 
 
+def _valid_date(value: Any) -> bool:
+    if not isinstance(value, str) or not _DATE.match(value):
+        return False
+    if len(value) == 10:
+        try:
+            _dt.date.fromisoformat(value)  # "SHALL be valid dates": no 1988-02-30
+        except ValueError:
+            return False
+    return True
+
+
+def _valid_date_time(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    if _INSTANT.match(value):
+        try:
+            _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value[17:19] == "60"  # a leap second: valid FHIR, not a Python time
+        return True
+    return _valid_date(value)
+
+
+# What an input value must be for its element's FHIR type (an import checks what it reads).
+VALID: dict[str, Callable[[Any], bool]] = {
+    "date": _valid_date, "dateTime": _valid_date_time,
+    "instant": lambda v: isinstance(v, str) and bool(_INSTANT.match(v)) and _valid_date_time(v),
+    "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "positiveInt": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+    "unsignedInt": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "decimal": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "string": lambda v: isinstance(v, str), "code": lambda v: isinstance(v, str), "markdown": lambda v: isinstance(v, str),
+    "uri": lambda v: isinstance(v, str), "id": lambda v: isinstance(v, str), "base64Binary": lambda v: isinstance(v, str),
+}
+
+
 def _from_json(value: Any) -> Any:
     try:
         return json.loads(value) if isinstance(value, str) else MISSING
@@ -446,18 +552,31 @@ def _absent(code: str) -> dict:
 class _Export:
     """What one to_resources call shares with its element writers."""
 
-    __slots__ = ("refs", "scenario_id", "children", "kept", "key", "unfit")
+    __slots__ = ("refs", "scenario_id", "children", "kept", "key", "unfit", "record", "ids")
 
     def __init__(self, refs, scenario_id, children, kept, key):
         self.refs, self.scenario_id, self.children, self.kept, self.key = refs, scenario_id, children, kept, key
         self.unfit: dict[str, Any] = {}  # dotted path -> a value its element cannot hold (see UNFIT)
+        self.record: dict | None = None  # what an import kept of the resource being made
+        self.ids: dict[str, str] = {}  # slot -> id, made once a call (hasMember names them again)
+
+    def id_of(self, plan: "_Plan", entity: dict, slot: str) -> str:
+        found = self.ids.get(slot)
+        if found is None:
+            found = self.ids[slot] = plan.slot_id(entity, slot, self.scenario_id, self.key)
+        return found
 
 
 class _Import:
-    __slots__ = ("refs", "entity", "children", "drops")
+    __slots__ = ("refs", "entity", "children", "drops", "resource", "omitted")
 
-    def __init__(self, refs, entity):
-        self.refs, self.entity, self.children, self.drops = refs, entity, [], []
+    def __init__(self, refs, entity, resource):
+        self.refs, self.entity, self.children, self.drops, self.omitted = refs, entity, [], [], []
+        self.resource = resource  # the input, for messages
+
+    def invalid(self, element: d.Element, value: Any, primitive: str) -> FhirInputError:
+        return FhirInputError(f"{value!r} is not a valid FHIR {primitive}", resource_type=self.resource.get("resourceType"),
+                              resource_id=self.resource.get("id"), element=element.path)
 
     def drop_constants(self) -> None:
         for holder, last in self.drops:
@@ -476,11 +595,13 @@ class _Resource:
     """One declared resource of an entity type, compiled."""
 
     def __init__(self, decl: d.ResourceDeclaration, writers: list[Writer], readers: list[Reader],
-                 whens: list[Callable], compact: bool, field_paths: dict[str, tuple[d.Step, ...]]):
-        self.decl, self.writers, self.readers, self.whens, self.compact = decl, writers, readers, whens, compact
+                 whens: list[Callable], field_paths: dict[str, tuple[d.Step, ...]]):
+        self.decl, self.writers, self.readers, self.whens = decl, writers, readers, whens
         self.slot, self.resource_type = decl.slot, decl.resource
         self.field_paths = field_paths  # column -> the path it is written at (lookups on import)
         self.constants = {e.path: (e.steps, e.value) for e in decl.elements if e.kind == "value"}
+        self.paths = [e.path for e in decl.elements]
+        self.write_all: Writer = lambda entity, made, context: [w(entity, made, context) for w in writers]
 
 
 class _Plan:
@@ -499,16 +620,16 @@ class _Plan:
     def _compile(self, decl: d.ResourceDeclaration) -> _Resource:
         writers, readers = [], []
         field_paths: dict[str, tuple[d.Step, ...]] = {}
-        compact = False
         for element in decl.elements:
             writer, reader = self.mapper._element(element, self.mapping, self, decl, decl.elements)
             writers.append(writer)
             readers.append((element.kind == "value", reader))
             if element.kind == "field":
                 field_paths[element.field] = element.steps
-            compact = compact or any(step.index for step in element.steps)
         whens = [_getter(self.fields[c].path) for c in decl.when]
-        return _Resource(decl, writers, _constants_last(readers), whens, compact, field_paths)
+        compiled = _Resource(decl, writers, _constants_last(readers), whens, field_paths)
+        compiled.write_all = _generated_writer(decl, writers, self.mapping)
+        return compiled
 
     def key_of(self, entity: dict) -> tuple:
         return tuple(get(entity) for get in self.key_getters)
@@ -528,10 +649,13 @@ class FhirMapper:
     def __init__(self, mappings: dict[str, Mapping]):
         self._mappings = dict(mappings)
         self._declared: dict[str, d.Declarations] = {}
+        problems: list = []
         for entity, mapping in self._mappings.items():
-            decls = d.declarations_of(mapping)
+            decls = d.declarations_of(mapping, problems)
             if decls is not None:
                 self._declared[entity] = decls
+        if problems:
+            raise FhirMappingError(problems)
         d.check(self._mappings, self._declared)
         self._folded = d.folded(self._declared)
         self._plans: dict[str, _Plan] = {}
@@ -616,6 +740,15 @@ class FhirMapper:
         plan = self.plan(entity_type)
         return plan.slot_id(entity, plan.resources[0].slot, scenario_id)
 
+    def slot_reference(self, entity_type: str, entity: dict, scenario_id: str, slot: str) -> str:
+        """``"<Type>/<id>"`` of one of the entity's resources (``slot``): what an
+        ExportRefs' optional ``slot_reference(entity_type, field, value, slot)``
+        returns for the entity it finds (a claim's ``insurance.coverage`` -> the
+        member's Coverage). Without that method the mapper derives the id from
+        the scenario and the key, which misses the ids an imported entity keeps."""
+        plan = self.plan(entity_type)
+        return f"{plan.by_slot[slot].resource_type}/{plan.slot_id(entity, slot, scenario_id)}"
+
     def primary_resource_type(self, entity_type: str) -> str:
         return self.plan(entity_type).resources[0].resource_type
 
@@ -630,8 +763,13 @@ class FhirMapper:
         context = _Export(refs, scenario_id, children or {}, kept, key)
         out = []
         for resource in plan.resources:
-            if resource.whens and all(get(entity) is None for get in resource.whens):
-                continue
+            if not (kept and resource.slot in kept):
+                # An entity that came from FHIR gets back what came, and the measured
+                # values edited in since; not a panel it never had.
+                if kept and not resource.whens:
+                    continue
+                if resource.whens and all(get(entity) is None for get in resource.whens):
+                    continue
             made = self._make(plan, resource, entity, context)
             out.append(made)
         return out
@@ -640,37 +778,48 @@ class FhirMapper:
         record = context.kept.get(resource.slot) if context.kept else None
         record = record if isinstance(record, dict) else None
         made: dict[str, Any] = {"resourceType": resource.resource_type,
-                                "id": plan.slot_id(entity, resource.slot, context.scenario_id, context.key)}
+                                "id": context.id_of(plan, entity, resource.slot)}
         if resource.decl.profile and not (record and record.get("profile") is False):
             made["meta"] = {"profile": [resource.decl.profile]}
         if not (record and record.get("keyed_by_id")):
             made["identifier"] = [_identifier(plan.system, context.key)]
         context.unfit = {}
-        for write in resource.writers:
-            write(entity, made, context)
+        context.record = record
+        holed = _PADDING.holed = []
+        omit = record.get("omit") if record else None
+        if omit:
+            for write, path in zip(resource.writers, resource.paths):
+                if path not in omit:
+                    write(entity, made, context)
+        else:
+            resource.write_all(entity, made, context)
         if context.unfit:
             _keep_unfit(made, context.unfit)
         if record and isinstance(record.get("extra"), dict):
-            made = _merge(made, record["extra"])
-        if resource.compact:
-            made = _compact(made)
+            made = _merge(made, record["extra"])  # positions still as declared: kept items go back to theirs
+            if holed:
+                made = _compact(made)
+        else:
+            for items in holed:
+                items[:] = [item for item in items if item is not None]
         return made
 
     # --- compiling elements -------------------------------------------------------------------
 
     def _element(self, element: d.Element, mapping: Mapping, plan: _Plan,
                  decl: d.ResourceDeclaration, siblings: tuple[d.Element, ...] = ()) -> tuple[Writer, Reader]:
-        self._siblings = siblings  # for with:/without: (see _condition); compile time only
         make = getattr(self, f"_{element.kind}_element")
-        return make(element, mapping, plan, decl)
+        return make(element, mapping, plan, decl, siblings)  # siblings: for with:/without: (see _condition)
 
-    def _field_element(self, element, mapping, plan, decl):
+    def _field_element(self, element, mapping, plan, decl, siblings=()):
+        put = _putter(element.steps)
         field = mapping.field(element.field)
         get, steps, path, dotted = _getter(field.path), element.steps, field.path, field.dotted
         loose = not field.strict  # a non-strict field may hold what its type does not: keep that as given
         dense = bool(steps[-1].index)  # a later item of a list of primitives (line[1], given[1])
         strict_twin = dataclasses.replace(field, strict=True)
         primitive = element.primitive or _primitive_of_path(element.steps) or d.PRIMITIVE_OF_TYPE[field.type.family]
+        valid = VALID.get(primitive)
         convert = TO_FHIR.get(primitive, lambda v: v)
         if primitive == "dateTime" and field.type.family == "date":  # a day stays a day: it must read back as one
             convert = lambda v: _as_date(v) or _date_time(v)  # noqa: E731
@@ -679,7 +828,7 @@ class FhirMapper:
         last = steps[-1]
         original_steps = steps[:-1] + (d.Step("_" + last.key, None),) if last.index is None else None
 
-        wanted = _condition(element, mapping, self._siblings)
+        wanted = _condition(element, mapping, siblings)
 
         def write(entity: dict, node: dict, context: _Export) -> None:
             value = get(entity)
@@ -706,12 +855,14 @@ class FhirMapper:
             if dense and not _room_at(node, steps):
                 context.unfit[dotted] = get(entity)  # given[1] without given[0] would read back as given[0]
                 return
-            _put(node, steps, value)
+            put(node, value)
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
             value = _peek(resource, steps)
             if value is MISSING:
                 return
+            if valid is not None and not valid(value):
+                raise context.invalid(element, value, primitive)
             if backward:
                 original = _original_value(resource, original_steps)
                 if original is not MISSING and forward.get(original) == value:
@@ -730,21 +881,26 @@ class FhirMapper:
             _set(entity, path, value)
         return write, read
 
-    def _value_element(self, element, mapping, plan, decl):
+    def _value_element(self, element, mapping, plan, decl, siblings=()):
+        put = _putter(element.steps)
         steps, constant = element.steps, element.value
-        wanted = _condition(element, mapping, self._siblings)
+        wanted = _condition(element, mapping, siblings)
 
         def write(entity: dict, node: dict, context: _Export) -> None:
             if wanted is None or wanted(entity):
-                _put(node, steps, constant)
+                put(node, constant)
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
-            if _peek(resource, steps) == constant:
+            found = _peek(resource, steps)
+            if found == constant:
                 # Dropped once every constant was read: constants find their slice.
                 context.drops.append((_parent(resource, steps), steps[-1]))
+            elif found is MISSING:
+                context.omitted.append(element.path)  # it came without it: it goes out without it
         return write, read
 
-    def _coding_element(self, element, mapping, plan, decl):
+    def _coding_element(self, element, mapping, plan, decl, siblings=()):
+        put = _putter(element.steps)
         c = element.coding
         steps, absent = element.steps, element.absent
         code_field = mapping.field(c.code)
@@ -778,8 +934,8 @@ class FhirMapper:
                 if code is not None:
                     context.unfit[code_field.dotted] = code
                 keep_companions(entity, context)
-                if absent:
-                    _put(node, steps, _absent(absent))
+                if absent and context.record is None:  # an imported entity lacked it as it came
+                    put(node, _absent(absent))
                 return
             coding: dict[str, Any] = {}
             system = c.system if get_system is None else systems.get(get_system(entity))
@@ -792,8 +948,8 @@ class FhirMapper:
             if not _FHIR_CODE.match(code):
                 context.unfit[code_field.dotted] = get_code(entity)
                 keep_companions(entity, context)
-                if absent:
-                    _put(node, steps, _absent(absent))
+                if absent and context.record is None:  # an imported entity lacked it as it came
+                    put(node, _absent(absent))
                 return
             coding["code"] = code
             if get_display is not None:
@@ -802,7 +958,7 @@ class FhirMapper:
                     coding["display"] = display
                 elif display is not None:
                     context.unfit[display_field.dotted] = display
-            _put(node, steps, coding if single else {"coding": [coding]})
+            put(node, coding if single else {"coding": [coding]})
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
             if absent and (bare or not single) and _peek(resource, steps) == _absent(absent):
@@ -844,14 +1000,15 @@ class FhirMapper:
                 return
         return write, read
 
-    def _quantity_element(self, element, mapping, plan, decl):
+    def _quantity_element(self, element, mapping, plan, decl, siblings=()):
+        put = _putter(element.steps)
         q = element.quantity
         steps, absent = element.steps, element.absent
         value_field = mapping.field(q.value)
         get_value = _getter(value_field.path)
         unit_field = mapping.field(q.unit_field) if q.unit_field else None
         get_unit = _getter(unit_field.path) if unit_field else None
-        convert = TO_FHIR[q.primitive]
+        convert = _as_decimal  # Quantity.value is a decimal whatever the column (as: integer only reads back)
 
         def write(entity: dict, node: dict, context: _Export) -> None:
             given = get_value(entity)
@@ -865,15 +1022,15 @@ class FhirMapper:
             if value is None:
                 if get_unit is not None and unit is not None:
                     context.unfit[unit_field.dotted] = unit
-                if absent:
-                    _put(node, steps, _absent(absent))
+                if absent and context.record is None:  # an imported entity lacked it as it came
+                    put(node, _absent(absent))
                 return
             quantity: dict[str, Any] = {"value": value}
             if isinstance(unit, str) and _FHIR_CODE.match(unit):
                 quantity.update(unit=unit, system=UCUM, code=unit)
             elif get_unit is not None and unit is not None:
                 context.unfit[unit_field.dotted] = unit
-            _put(node, steps, quantity)
+            put(node, quantity)
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
             quantity = _peek(resource, steps)
@@ -899,7 +1056,8 @@ class FhirMapper:
                     quantity.pop(k, None)
         return write, read
 
-    def _reference_element(self, element, mapping, plan, decl):
+    def _reference_element(self, element, mapping, plan, decl, siblings=()):
+        put = _putter(element.steps)
         r = element.reference
         steps, absent = element.steps, element.absent
         if r.target is None:
@@ -930,15 +1088,15 @@ class FhirMapper:
                     if found and target_slot is not None:
                         found = mapper._slot_reference_of(context, r.target, theirs, value, found, target_slot)
             if first is None:
-                if absent:
-                    _put(node, steps, _absent(absent))
+                if absent and context.record is None:  # an imported entity lacked it as it came
+                    put(node, _absent(absent))
                 return
-            made: dict[str, Any] = {}
             if found:
-                made["reference"] = found
+                put(node, {"reference": found})
+                return
+            # Not in the export: a logical reference, which still says what it meant.
             theirs, value = first
-            made["identifier"] = _identifier(mapper._lookup_system(r.target, theirs.column, target_key), (value,))
-            _put(node, steps, made)
+            put(node, {"identifier": _identifier(mapper._lookup_system(r.target, theirs.column, target_key), (value,))})
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
             ref = _peek(resource, steps)
@@ -971,13 +1129,14 @@ class FhirMapper:
         return write, read
 
     def _slot_reference(self, element, plan):
+        put = _putter(element.steps)
         steps, slot = element.steps, element.reference.slot
 
         def write(entity: dict, node: dict, context: _Export) -> None:
             target = plan.by_slot[slot]
             if target.whens and all(get(entity) is None for get in target.whens):
                 return  # that resource is not made for this entity
-            _put(node, steps, {"reference": f"{target.resource_type}/{plan.slot_id(entity, slot, context.scenario_id, context.key)}"})
+            put(node, {"reference": f"{target.resource_type}/{context.id_of(plan, entity, slot)}"})
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
             ref = _peek(resource, steps)
@@ -986,7 +1145,8 @@ class FhirMapper:
                 ref.pop("reference")
         return write, read
 
-    def _children_element(self, element, mapping, plan, decl):
+    def _children_element(self, element, mapping, plan, decl, siblings=()):
+        put = _putter(element.steps)
         c = element.children
         child_mapping = self._mappings[c.entity_type]
         child_plan = _ChildPlan(self, child_mapping, c, plan, decl)
@@ -997,7 +1157,7 @@ class FhirMapper:
             if not kids:
                 return
             items = [child_plan.item(kid, context, slot) for kid in kids]
-            _put(node, steps, items)
+            put(node, items)
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
             items = _peek(resource, steps)
@@ -1101,6 +1261,10 @@ class FhirMapper:
     def from_resource(self, resource: dict, *, refs: ImportRefs) -> list[tuple[str, dict]]:
         """One resource as entities (its type's, and folded children's), each in
         canonical shape with what the declaration does not read under ``_fhir``."""
+        with _reading():
+            return self._from_resource(resource, refs)
+
+    def _from_resource(self, resource: dict, refs: ImportRefs) -> list[tuple[str, dict]]:
         resource_type, rid = resource.get("resourceType"), resource.get("id")
         candidates = self._candidates(resource)
         if not candidates:
@@ -1119,16 +1283,20 @@ class FhirMapper:
                                  resource_type=resource_type, resource_id=rid, element="identifier")
         if keyed_by_id:
             record["keyed_by_id"] = True
-        context = _Import(refs, entity)
+        context = _Import(refs, entity, resource)
         profile = compiled.decl.profile
         meta = copy.get("meta")
         if profile and isinstance(meta, dict) and isinstance(meta.get("profile"), list) and profile in meta["profile"]:
             meta["profile"] = [p if p != profile else None for p in meta["profile"]]
         elif profile:
             record["profile"] = False  # it came without our profile: it goes out without it
+        _SLICES.memo = {}  # the copy's lists: new objects (ids of the original's may be reused)
         for read in compiled.readers:
             read(copy, entity, context)
+        _SLICES.memo = None  # dropping constants changes the lists; children read their items anew
         context.drop_constants()
+        if context.omitted:
+            record["omit"] = sorted(set(context.omitted))
         _restore_unfit(copy, entity)
         copy.pop("resourceType", None)
         copy.pop("id", None)
@@ -1187,9 +1355,11 @@ class _ChildPlan:
         kid: dict[str, Any] = {}
         for field, value in zip(self.link, parent_key):
             _set(kid, field.path, value)
+        parents, context.drops = context.drops, []  # the parent's constants are dropped after all its elements
         for read in self.readers:
             read(item, kid, context)
         context.drop_constants()
+        context.drops = parents
         _restore_unfit(item, kid)
         extra = _prune(item)
         if extra is not MISSING:
@@ -1279,6 +1449,57 @@ def _fhir_value_of(column: str, mapping: Mapping, siblings: tuple[d.Element, ...
         if element.kind == "quantity" and element.quantity.value == column:
             return lambda entity: v if isinstance(v := get(entity), (int, float)) and not isinstance(v, bool) else None
     return lambda entity: (v := get(entity)) is not None and not isinstance(v, (dict, list)) or None
+
+
+def _generated_writer(decl: d.ResourceDeclaration, writers: list[Writer], mapping: Mapping) -> Writer:
+    """Every element's writer of one resource as one generated function: the
+    plain elements (a strict field without a value map or condition, a constant
+    without a condition) written inline, the others through their closures. The
+    same output as calling the closures in order, without a call per element."""
+    lines = ["def write_all(entity, made, context):", "    unfit = context.unfit"]
+    namespace: dict[str, Any] = {"MISSING": MISSING}
+    for i, (element, writer) in enumerate(zip(decl.elements, writers)):
+        plain_field = (element.kind == "field" and not element.values and element.with_field is None
+                       and element.without_field is None and mapping.field(element.field).strict
+                       and not element.steps[-1].index)
+        plain_constant = element.kind == "value" and element.with_field is None and element.without_field is None
+        if plain_constant:
+            namespace[f"K{i}"] = element.value
+            lines.append(_inline_put(element.steps, f"K{i}", i, namespace, "    "))
+        elif plain_field:
+            field = mapping.field(element.field)
+            primitive = element.primitive or _primitive_of_path(element.steps) or d.PRIMITIVE_OF_TYPE[field.type.family]
+            convert = TO_FHIR.get(primitive, lambda v: v)
+            if primitive == "dateTime" and field.type.family == "date":
+                convert = lambda v: _as_date(v) or _date_time(v)  # noqa: E731
+            namespace[f"C{i}"] = convert
+            lines += _inline_get(field.path, "v", "    ")
+            lines += ["    if v is not None:",
+                      f"        c = C{i}(v)",
+                      "        if c is None:",
+                      f"            unfit[{field.dotted!r}] = v",
+                      "        else:",
+                      _inline_put(element.steps, "c", i, namespace, "            ")]
+        else:
+            namespace[f"W{i}"] = writer
+            lines.append(f"    W{i}(entity, made, context)")
+    source = "\n".join(lines)
+    exec(compile(source, f"<fhir write {mapping.entity} {decl.slot}>", "exec"), namespace)
+    return namespace["write_all"]
+
+
+def _inline_get(path: tuple[str, ...], name: str, indent: str) -> list[str]:
+    lines = [f"{indent}{name} = entity.get({path[0]!r})"]
+    for key in path[1:]:
+        lines.append(f"{indent}{name} = {name}.get({key!r}) if isinstance({name}, dict) else None")
+    return lines
+
+
+def _inline_put(steps: tuple[d.Step, ...], value: str, i: int, namespace: dict, indent: str) -> str:
+    if len(steps) == 1 and steps[0].index is None:
+        return f"{indent}made[{steps[0].key!r}] = {value}"
+    namespace[f"P{i}"] = _putter(steps)
+    return f"{indent}P{i}(made, {value})"
 
 
 def _constants_last(readers: list[tuple[bool, Reader]]) -> list[Reader]:
