@@ -401,3 +401,23 @@ def test_since_version_lists_a_type_deleted_whole_and_type_limits_deleted(sm, tm
     assert len(urls) == len(keys) and all(url.startswith("Observation/") for url in urls)
     assert manifest["output"] == []
     assert sm.export_fhir("sample", tmp_path / "patients", since_version=1, entity_types=["patient"])["deleted"] == []
+
+
+def test_one_patients_resources_are_those_a_full_export_holds_for_them(sm, monkeypatch):
+    sm.save_scenario("generated", scenario(3, seed=4))
+    rendered = []
+    to_resources = FhirMapper.to_resources
+    monkeypatch.setattr(FhirMapper, "to_resources", lambda self, t, e, **kw: rendered.append(t) or to_resources(
+        self, t, e, **kw))
+    everything = list(sm.iter_fhir("generated"))
+    all_rendered, rendered[:] = len(rendered), []
+    patient = next(r for r in everything if r["resourceType"] == "Patient"
+                   and r["identifier"][0]["system"] == "urn:healthsim:patient")
+    owner = f"Patient/{patient['id']}"
+    expected = [r for r in everything if fhir_export.patient_of(r) == owner]
+    assert len(expected) > 20
+    assert list(sm.iter_fhir("generated", patient=patient["identifier"][0]["value"])) == expected
+    assert len(rendered) < all_rendered / 2  # the other patients' entities are not rendered
+    assert list(sm.iter_fhir("generated", patient=patient["id"])) == expected
+    conditions = [r for r in everything if r["resourceType"] in ("Condition", "Claim")]
+    assert list(sm.iter_fhir("generated", resource_types=["Condition", "Claim"])) == conditions

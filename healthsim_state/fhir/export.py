@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..errors import UnknownEntityTypeError
 from ..interop.errors import OutputExistsError
-from .references import ExportRefs, NoRefs, field_value, references_in, rewrite_references
+from .references import ExportRefs, NoRefs, field_value, links_to, references_in, rewrite_references
 from .spool import ChildSpool
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ class Plan:
     refs: ExportRefs
     eligible: list[str]  # the types an export of this kind renders, held in this version or not
     only: dict[str, set[tuple[str, ...]]] | None = None  # entity type -> keys to render (since_version)
+    keep: Any = None  # (entity type, entity) -> bool: render it? (None: every entity)
 
 
 def make_plan(snapshot: "Snapshot", mapper: Any, entity_types: Iterable[str] | None = None) -> Plan:
@@ -117,7 +118,7 @@ def _rendered(snapshot: "Snapshot", plan: Plan, entity_type: str, only: set | No
     key_paths = [f.dotted for f in codec.mapping.key_fields]
     for entity in snapshot.entities(entity_type):
         key = _key(entity, key_paths)
-        if only is not None and key not in only:
+        if only is not None and key not in only or plan.keep is not None and not plan.keep(entity_type, entity):
             continue
         kids = {child: spool.children(key) for child, spool in spools.items()} if spools else None
         yield from plan.mapper.to_resources(entity_type, entity, scenario_id=plan.scenario_id, refs=plan.refs,
@@ -471,17 +472,44 @@ def stream_resources(manager: "StateManager", name_or_id: str, mapper: Any, *,
                      patient: str | None = None) -> Iterator[dict[str, Any]]:
     """The scenario's resources one by one (of ``resource_types`` only, if
     given; of one patient only, if ``patient`` names one by its resource id
-    or a lookup value such as its patient_id or mrn)."""
+    or a lookup value such as its patient_id or mrn). Entity types that make
+    none of the types asked for are not read; with ``patient``, an entity
+    whose references name another patient is not rendered."""
     wanted = None if resource_types is None else set(resource_types)
     with manager.snapshot(name_or_id, version=version) as snapshot:
         plan = make_plan(snapshot, mapper)
+        if wanted is not None:
+            plan.types = [t for t in plan.types if t == KEPT_TYPE or wanted & _resource_types(mapper, t)]
         owner = None if patient is None else _patient_reference(plan, patient)
+        if owner is not None:
+            plan.keep = _of_patient(plan, owner)
         for resource in iter_resources(snapshot, plan):
             if wanted is not None and resource["resourceType"] not in wanted:
                 continue
             if owner is not None and patient_of(resource) != owner:
                 continue
             yield resource
+
+
+def _resource_types(mapper: Any, entity_type: str) -> set[str]:
+    return {resource.resource_type for resource in mapper.plan(entity_type).resources}
+
+
+def _of_patient(plan: Plan, owner: str) -> Any:
+    """A test of (entity type, entity): False when the entity's references to
+    a patient name one other than ``owner`` (it would make none of its
+    resources); True when they name it, or the type has none to tell by."""
+    links = links_to(plan.mapper, "patient")
+
+    def keep(entity_type: str, entity: dict[str, Any]) -> bool:
+        pairs = links.get(entity_type)
+        if not pairs:
+            return True
+        named = [plan.refs.reference("patient", theirs, value) for own, theirs in pairs
+                 if (value := field_value(entity, own)) is not None]
+        return not named or owner in named
+
+    return keep
 
 
 def _patient_reference(plan: Plan, patient: str) -> str:

@@ -96,29 +96,50 @@ class ExportRefs:
         return refs
 
 
-def referenced(mapper: Any) -> dict[str, tuple[tuple[str, ...], frozenset[str]]]:
-    """Per entity type other declarations refer to: the fields (canonical
-    paths) their references look it up by, and the resources (slots) they name."""
+def _references(mapper: Any) -> Iterator[tuple[str, Any]]:
+    """(entity type, reference declaration) of every reference element to another entity type."""
     from .declarations import _walk, declarations_of
 
-    found: dict[str, tuple[list[str], set[str]]] = {}
     for entity_type in mapper.declared_types():
         declared = declarations_of(mapper.mapping(entity_type))
         for decl in declared.resources if declared is not None else ():
             for element in _walk(decl.elements):
-                ref = element.reference
-                if element.kind != "reference" or ref is None or ref.target is None:
-                    continue
-                fields, slots = found.setdefault(ref.target, ([], set()))
-                target = mapper.mapping(ref.target)
-                for _, theirs in ref.fields:
-                    path = target.field(theirs).dotted
-                    if path not in fields:
-                        fields.append(path)
-                if ref.slot is not None:
-                    slots.add(ref.slot)
+                if element.kind == "reference" and element.reference is not None and element.reference.target:
+                    yield entity_type, element.reference
+
+
+def referenced(mapper: Any) -> dict[str, tuple[tuple[str, ...], frozenset[str]]]:
+    """Per entity type other declarations refer to: the fields (canonical
+    paths) their references look it up by, and the resources (slots) they name."""
+    found: dict[str, tuple[list[str], set[str]]] = {}
+    for _, ref in _references(mapper):
+        fields, slots = found.setdefault(ref.target, ([], set()))
+        target = mapper.mapping(ref.target)
+        for _, theirs in ref.fields:
+            path = target.field(theirs).dotted
+            if path not in fields:
+                fields.append(path)
+        if ref.slot is not None:
+            slots.add(ref.slot)
     return {entity_type: (tuple(fields), frozenset(slots)) for entity_type, (fields, slots) in found.items()
             if entity_type not in mapper.folded_types()}
+
+
+def links_to(mapper: Any, target: str) -> dict[str, list[tuple[str, str]]]:
+    """Per entity type, the (own path, target's path) pairs its references to
+    ``target`` are made of: ``{"lab_result": [("patient_id", "patient_id"),
+    ("patient_mrn", "mrn")], ...}``."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for entity_type, ref in _references(mapper):
+        if ref.target != target:
+            continue
+        own, theirs = mapper.mapping(entity_type), mapper.mapping(target)
+        pairs = found.setdefault(entity_type, [])
+        for mine, their in ref.fields:
+            pair = (own.field(mine).dotted, theirs.field(their).dotted)
+            if pair not in pairs:
+                pairs.append(pair)
+    return found
 
 
 def _secondary_slots(mapper: Any, entity_type: str) -> list[tuple[str, str, Any, list]]:
