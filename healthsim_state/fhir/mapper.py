@@ -322,6 +322,8 @@ _DATE = re.compile(r"^[0-9]{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01]))?)?$")
 _INSTANT = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
                       r"(\.[0-9]+)?(Z|[+-]((0[0-9]|1[0-3]):[0-5][0-9]|14:00))$")
 _DATE_TIME = _INSTANT
+_NAIVE = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+                    r"(\.[0-9]+)?$")
 _NUMBER = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$")
 
 
@@ -332,6 +334,8 @@ def _date_time(value: Any, instant: bool = False) -> str | None:
         return None
     if (_INSTANT if instant else _DATE_TIME).match(value):
         return value  # already FHIR's (most values): no parsing
+    if _NAIVE.match(value):
+        return value + "Z"  # the store reads a time without an offset as UTC
     if _DATE.match(value) and not instant:
         return value
     try:
@@ -351,7 +355,11 @@ def _matching(pattern: re.Pattern) -> Callable[[Any], str | None]:
     return lambda value: value if isinstance(value, str) and pattern.match(value) else None
 
 
-_as_string = _matching(_FHIR_STRING)
+def _as_string(value: Any) -> str | None:
+    # Printable text (the usual) is a FHIR string: no regular expression needed.
+    if isinstance(value, str) and value and (value.isprintable() or _FHIR_STRING.match(value)):
+        return value
+    return None
 
 
 def _as_integer(value: Any) -> int | None:
