@@ -1474,6 +1474,14 @@ def _generated_writer(decl: d.ResourceDeclaration, writers: list[Writer], mappin
         if plain_constant:
             namespace[f"K{i}"] = element.value
             lines.append(_inline_put(element.steps, f"K{i}", i, namespace, "    "))
+        elif element.kind == "value" and element.without_field is None:
+            # A slice's constants share one test of their column (made once a call).
+            test = f"with_{element.with_field}"
+            if test not in namespace:
+                namespace[test] = _fhir_value_of(element.with_field, mapping, decl.elements)
+                lines.append(f"    {test}_ = {test}(entity) is not None")
+            namespace[f"K{i}"] = element.value
+            lines += [f"    if {test}_:", _inline_put(element.steps, f"K{i}", i, namespace, "        ")]
         elif plain_field:
             field = mapping.field(element.field)
             primitive = element.primitive or _primitive_of_path(element.steps) or d.PRIMITIVE_OF_TYPE[field.type.family]
