@@ -122,7 +122,49 @@ def _putter(steps: tuple[d.Step, ...]) -> Callable[[dict, Any], None]:
 
 def _parent(node: Any, steps: tuple[d.Step, ...]) -> Any:
     """The container holding the last step's value (a dict, or a list for an
-    indexed last step), or MISSING."""
+    indexed last step), or MISSING. A path compiled with the declarations runs
+    its generated function (see :func:`_compile_parent`)."""
+    entry = _PARENTS.get(id(steps))
+    if entry is not None and entry[0] is steps:
+        return entry[1](node)
+    return _parent_generic(node, steps)
+
+
+_PARENTS: dict[int, tuple[tuple, Callable[[Any], Any]]] = {}  # id(steps) -> (steps, function); steps kept alive
+
+
+def _compile_parent(steps: tuple[d.Step, ...]) -> None:
+    """Generate :func:`_parent` for one path of the declarations (and the
+    relative paths of its slices): straight-line code, no loop over steps."""
+    if id(steps) in _PARENTS and _PARENTS[id(steps)][0] is steps:
+        return
+    namespace: dict[str, Any] = {"MISSING": MISSING, "_slice": _slice}
+    lines = ["def parent(node):"]
+    for position, step in enumerate(steps[:-1]):
+        lines += ["    if not isinstance(node, dict):", "        return MISSING",
+                  f"    node = node.get({step.key!r}, MISSING)"]
+        if step.index is not None:
+            lines += ["    if not isinstance(node, list):", "        return MISSING"]
+            if step.match:
+                namespace[f"M{position}"] = step.match
+                for relative, _ in step.match:
+                    _compile_parent(relative)
+                lines.append(f"    node = _slice(node, M{position}, {step.index})")
+            else:
+                lines += [f"    if len(node) <= {step.index}:", "        return MISSING",
+                          f"    node = node[{step.index}]"]
+    last = steps[-1]
+    lines += ["    if not isinstance(node, dict):", "        return MISSING"]
+    if last.index is None:
+        lines.append("    return node")
+    else:
+        lines += [f"    items = node.get({last.key!r})",
+                  f"    return items if isinstance(items, list) and len(items) > {last.index} else MISSING"]
+    exec(compile("\n".join(lines), f"<fhir parent {'.'.join(s.key for s in steps)}>", "exec"), namespace)
+    _PARENTS[id(steps)] = (steps, namespace["parent"])
+
+
+def _parent_generic(node: Any, steps: tuple[d.Step, ...]) -> Any:
     for step in steps[:-1]:
         if not isinstance(node, dict):
             return MISSING
@@ -816,6 +858,7 @@ class FhirMapper:
 
     def _element(self, element: d.Element, mapping: Mapping, plan: _Plan,
                  decl: d.ResourceDeclaration, siblings: tuple[d.Element, ...] = ()) -> tuple[Writer, Reader]:
+        _compile_parent(element.steps)
         make = getattr(self, f"_{element.kind}_element")
         return make(element, mapping, plan, decl, siblings)  # siblings: for with:/without: (see _condition)
 
@@ -835,6 +878,8 @@ class FhirMapper:
         backward = _backward(element.values)
         last = steps[-1]
         original_steps = steps[:-1] + (d.Step("_" + last.key, None),) if last.index is None else None
+        if original_steps is not None:
+            _compile_parent(original_steps)
 
         wanted = _condition(element, mapping, siblings)
 
@@ -935,6 +980,7 @@ class FhirMapper:
         bare = element.primitive == "Coding"
         single = bare or (steps[-1].key == "coding" and steps[-1].index is not None)
         list_steps = steps[:-1] + (d.Step("coding", None),) if single else steps + (d.Step("coding", None),)
+        _compile_parent(list_steps)
 
         def write(entity: dict, node: dict, context: _Export) -> None:
             code = get_code(entity)
