@@ -199,6 +199,16 @@ def test_an_export_is_the_same_bytes_every_time_and_ids_are_stable(sample):
     assert mapper.resource_id("patient", patient, "another") != mapper.resource_id("patient", patient, scenario_id)
 
 
+@pytest.mark.parametrize("key", [("P-1",), ("é",), ('a"b',), (7,), ("C-1", 2), ("",)])
+def test_ids_are_uuid5_of_scenario_type_key_and_slot(key):
+    import uuid
+
+    from healthsim_state.fhir import ids
+
+    name = f"s1\x1fpatient\x1f{json.dumps(list(key), separators=(',', ':'), ensure_ascii=False)}\x1fpatient"
+    assert resource_id("s1", "patient", key, "patient") == str(uuid.uuid5(ids.NAMESPACE, name))
+
+
 def test_references_resolve_to_the_resources_of_the_scenario(sample):
     mapper, entities, scenario_id = sample
     resources = export_all(mapper, entities, scenario_id)

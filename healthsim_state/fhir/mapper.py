@@ -122,7 +122,49 @@ def _putter(steps: tuple[d.Step, ...]) -> Callable[[dict, Any], None]:
 
 def _parent(node: Any, steps: tuple[d.Step, ...]) -> Any:
     """The container holding the last step's value (a dict, or a list for an
-    indexed last step), or MISSING."""
+    indexed last step), or MISSING. A path compiled with the declarations runs
+    its generated function (see :func:`_compile_parent`)."""
+    entry = _PARENTS.get(id(steps))
+    if entry is not None and entry[0] is steps:
+        return entry[1](node)
+    return _parent_generic(node, steps)
+
+
+_PARENTS: dict[int, tuple[tuple, Callable[[Any], Any]]] = {}  # id(steps) -> (steps, function); steps kept alive
+
+
+def _compile_parent(steps: tuple[d.Step, ...]) -> None:
+    """Generate :func:`_parent` for one path of the declarations (and the
+    relative paths of its slices): straight-line code, no loop over steps."""
+    if id(steps) in _PARENTS and _PARENTS[id(steps)][0] is steps:
+        return
+    namespace: dict[str, Any] = {"MISSING": MISSING, "_slice": _slice}
+    lines = ["def parent(node):"]
+    for position, step in enumerate(steps[:-1]):
+        lines += ["    if not isinstance(node, dict):", "        return MISSING",
+                  f"    node = node.get({step.key!r}, MISSING)"]
+        if step.index is not None:
+            lines += ["    if not isinstance(node, list):", "        return MISSING"]
+            if step.match:
+                namespace[f"M{position}"] = step.match
+                for relative, _ in step.match:
+                    _compile_parent(relative)
+                lines.append(f"    node = _slice(node, M{position}, {step.index})")
+            else:
+                lines += [f"    if len(node) <= {step.index}:", "        return MISSING",
+                          f"    node = node[{step.index}]"]
+    last = steps[-1]
+    lines += ["    if not isinstance(node, dict):", "        return MISSING"]
+    if last.index is None:
+        lines.append("    return node")
+    else:
+        lines += [f"    items = node.get({last.key!r})",
+                  f"    return items if isinstance(items, list) and len(items) > {last.index} else MISSING"]
+    exec(compile("\n".join(lines), f"<fhir parent {'.'.join(s.key for s in steps)}>", "exec"), namespace)
+    _PARENTS[id(steps)] = (steps, namespace["parent"])
+
+
+def _parent_generic(node: Any, steps: tuple[d.Step, ...]) -> Any:
     for step in steps[:-1]:
         if not isinstance(node, dict):
             return MISSING
@@ -322,6 +364,8 @@ _DATE = re.compile(r"^[0-9]{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01]))?)?$")
 _INSTANT = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
                       r"(\.[0-9]+)?(Z|[+-]((0[0-9]|1[0-3]):[0-5][0-9]|14:00))$")
 _DATE_TIME = _INSTANT
+_NAIVE = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+                    r"(\.[0-9]+)?$")
 _NUMBER = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$")
 
 
@@ -332,6 +376,8 @@ def _date_time(value: Any, instant: bool = False) -> str | None:
         return None
     if (_INSTANT if instant else _DATE_TIME).match(value):
         return value  # already FHIR's (most values): no parsing
+    if _NAIVE.match(value):
+        return value + "Z"  # the store reads a time without an offset as UTC
     if _DATE.match(value) and not instant:
         return value
     try:
@@ -351,7 +397,11 @@ def _matching(pattern: re.Pattern) -> Callable[[Any], str | None]:
     return lambda value: value if isinstance(value, str) and pattern.match(value) else None
 
 
-_as_string = _matching(_FHIR_STRING)
+def _as_string(value: Any) -> str | None:
+    # Printable text (the usual) is a FHIR string: no regular expression needed.
+    if isinstance(value, str) and value and (value.isprintable() or _FHIR_STRING.match(value)):
+        return value
+    return None
 
 
 def _as_integer(value: Any) -> int | None:
@@ -808,6 +858,7 @@ class FhirMapper:
 
     def _element(self, element: d.Element, mapping: Mapping, plan: _Plan,
                  decl: d.ResourceDeclaration, siblings: tuple[d.Element, ...] = ()) -> tuple[Writer, Reader]:
+        _compile_parent(element.steps)
         make = getattr(self, f"_{element.kind}_element")
         return make(element, mapping, plan, decl, siblings)  # siblings: for with:/without: (see _condition)
 
@@ -827,6 +878,8 @@ class FhirMapper:
         backward = _backward(element.values)
         last = steps[-1]
         original_steps = steps[:-1] + (d.Step("_" + last.key, None),) if last.index is None else None
+        if original_steps is not None:
+            _compile_parent(original_steps)
 
         wanted = _condition(element, mapping, siblings)
 
@@ -927,6 +980,7 @@ class FhirMapper:
         bare = element.primitive == "Coding"
         single = bare or (steps[-1].key == "coding" and steps[-1].index is not None)
         list_steps = steps[:-1] + (d.Step("coding", None),) if single else steps + (d.Step("coding", None),)
+        _compile_parent(list_steps)
 
         def write(entity: dict, node: dict, context: _Export) -> None:
             code = get_code(entity)
@@ -1466,6 +1520,14 @@ def _generated_writer(decl: d.ResourceDeclaration, writers: list[Writer], mappin
         if plain_constant:
             namespace[f"K{i}"] = element.value
             lines.append(_inline_put(element.steps, f"K{i}", i, namespace, "    "))
+        elif element.kind == "value" and element.without_field is None:
+            # A slice's constants share one test of their column (made once a call).
+            test = f"with_{element.with_field}"
+            if test not in namespace:
+                namespace[test] = _fhir_value_of(element.with_field, mapping, decl.elements)
+                lines.append(f"    {test}_ = {test}(entity) is not None")
+            namespace[f"K{i}"] = element.value
+            lines += [f"    if {test}_:", _inline_put(element.steps, f"K{i}", i, namespace, "        ")]
         elif plain_field:
             field = mapping.field(element.field)
             primitive = element.primitive or _primitive_of_path(element.steps) or d.PRIMITIVE_OF_TYPE[field.type.family]
