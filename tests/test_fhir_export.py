@@ -421,3 +421,14 @@ def test_one_patients_resources_are_those_a_full_export_holds_for_them(sm, monke
     assert list(sm.iter_fhir("generated", patient=patient["id"])) == expected
     conditions = [r for r in everything if r["resourceType"] in ("Condition", "Claim")]
     assert list(sm.iter_fhir("generated", resource_types=["Condition", "Claim"])) == conditions
+
+
+def test_a_parent_key_comes_from_the_childs_key_or_not_at_all():
+    from types import SimpleNamespace
+
+    def snapshot(key):
+        return SimpleNamespace(registry=SimpleNamespace(codecs={"line": SimpleNamespace(
+            mapping=SimpleNamespace(primary_key=key))}))
+
+    assert fhir_export._parent_key(snapshot(("claim_id", "line_number")), "line", ("claim_id",), ("C1", "2")) == ("C1",)
+    assert fhir_export._parent_key(snapshot(("line_id",)), "line", ("claim_id",), ("L9",)) is None  # all parents again

@@ -71,7 +71,7 @@ class Plan:
     folded: dict[str, tuple[str, tuple[str, ...]]]
     refs: ExportRefs
     eligible: list[str]  # the types an export of this kind renders, held in this version or not
-    only: dict[str, set[tuple[str, ...]]] | None = None  # entity type -> keys to render (since_version)
+    only: dict[str, set[tuple[str, ...]] | None] | None = None  # type -> keys to render (None: all), since_version
     keep: Any = None  # (entity type, entity) -> bool: render it? (None: every entity)
 
 
@@ -136,9 +136,11 @@ def _children_of(snapshot: "Snapshot", plan: Plan, parent: str) -> dict[str, Chi
     """The folded children of ``parent``'s entities, by child type, grouped
     by parent key in saved order (empty when no type folds into it)."""
     spools = {}
-    for child, (owner, fields) in plan.folded.items():
+    for child, (owner, columns) in plan.folded.items():
         if owner == parent:
-            pairs = ((_key(entity, fields), entity) for entity in snapshot.entities(child)) \
+            mapping = snapshot.registry.codecs[child].mapping
+            paths = [mapping.field(column).dotted for column in columns]
+            pairs = ((_key(entity, paths), entity) for entity in snapshot.entities(child)) \
                 if snapshot.info["entity_counts"].get(child) else ()
             spools[child] = ChildSpool().extend(pairs)
     return spools
@@ -160,8 +162,9 @@ def since_plan(manager: "StateManager", snapshot: "Snapshot", plan: Plan, since:
     changed entity no longer makes), sorted."""
     info = snapshot.info
     diff = manager.diff_scenarios(info["scenario_id"], a_version=since, b_version=info["version"])
-    only: dict[str, set[tuple[str, ...]]] = {}
-    gone: dict[str, set[tuple[str, ...]]] = {}
+    only: dict[str, set[tuple[str, ...]] | None] = {}
+    gone: dict[str, set[tuple[str, ...]] | None] = {}
+    whole: set[str] = set()  # parents of a changed child whose key does not name them: all rendered again
     for entity_type, change in diff.items():
         owner = plan.folded.get(entity_type)
         for kind in ("added", "changed", "removed"):
@@ -169,14 +172,19 @@ def since_plan(manager: "StateManager", snapshot: "Snapshot", plan: Plan, since:
                 key = _key_tuple(key if kind != "changed" else key["key"])
                 if owner is not None:  # a child changed: its parent is rendered again
                     parent_key = _parent_key(snapshot, entity_type, owner[1], key)
-                    only.setdefault(owner[0], set()).add(parent_key)
-                    gone.setdefault(owner[0], set()).add(parent_key)
+                    if parent_key is None:
+                        whole.add(owner[0])
+                    else:
+                        only.setdefault(owner[0], set()).add(parent_key)
+                        gone.setdefault(owner[0], set()).add(parent_key)
                 elif kind == "removed":
                     gone.setdefault(entity_type, set()).add(key)
                 else:
                     only.setdefault(entity_type, set()).add(key)
                     if kind == "changed":
                         gone.setdefault(entity_type, set()).add(key)
+    for entity_type in whole:
+        only[entity_type] = gone[entity_type] = None
     plan.only = only
     gone = {entity_type: keys for entity_type, keys in gone.items() if entity_type in plan.eligible}  # --type
     before = _resources_of(manager, info["scenario_id"], since, plan, gone)
@@ -188,14 +196,17 @@ def _key_tuple(key: Any) -> tuple[str, ...]:
     return tuple(_text(part) for part in key) if isinstance(key, list) else (_text(key),)
 
 
-def _parent_key(snapshot: "Snapshot", child: str, fields: tuple[str, ...], key: tuple[str, ...]) -> tuple[str, ...]:
-    codec = snapshot.registry.codecs[child]
-    positions = {f.dotted: index for index, f in enumerate(codec.mapping.key_fields)}
-    return tuple(key[positions[path]] for path in fields)
+def _parent_key(snapshot: "Snapshot", child: str, links: tuple[str, ...], key: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The parent's key from a child's key (claim_line ``(claim_id, line_number)``
+    -> ``(claim_id,)``); None when the child's key does not hold it."""
+    columns = snapshot.registry.codecs[child].mapping.primary_key
+    if not set(links) <= set(columns):
+        return None
+    return tuple(key[columns.index(column)] for column in links)
 
 
 def _resources_of(manager: "StateManager", scenario_id: str, version: int, plan: Plan,
-                  keys: dict[str, set[tuple[str, ...]]]) -> set[str]:
+                  keys: dict[str, set[tuple[str, ...]] | None]) -> set[str]:
     """``Type/id`` of the resources the entities with these keys make in ``version``."""
     found: set[str] = set()
     if not keys:
