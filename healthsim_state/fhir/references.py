@@ -162,7 +162,7 @@ class ImportRefs:
 
     def __init__(self) -> None:
         self.resources: dict[str, dict[str, Any]] = {}
-        self._aliases: dict[str, str] = {}
+        self._aliases: dict[Any, str] = {}  # fullUrl, or (type, system or None, identifier value)
 
     def add(self, resource: dict[str, Any], full_url: str | None = None) -> str:
         """Index ``resource``; return its ``Type/id``. The caller checks for
