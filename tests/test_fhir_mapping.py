@@ -424,13 +424,25 @@ class TargetRefs:
         self.resources: dict[str, dict] = {}
 
     def reference(self, entity_type: str, field: str, value):
+        made = self._made(entity_type, field, value)
+        return None if made is None else f"{made[2][0]['resourceType']}/{made[2][0]['id']}"
+
+    def slot_reference(self, entity_type: str, field: str, value, slot: str):
+        made = self._made(entity_type, field, value)
+        return None if made is None else self.mapper.slot_reference(entity_type, made[0], made[1], slot)
+
+    def _made(self, entity_type: str, field: str, value):
+        """The target of the current entity, made as resources of their own
+        (ids unique to the referring entity: two entities may name one key with
+        other lookup values, and each must get its own back)."""
         target = self._target_of(entity_type)
         if target is None or _get(target, field) != value:
             return None
-        made = self.mapper.to_resources(entity_type, target, scenario_id=self.scenario_id, refs=NoRefs())
+        scenario_id = f"{self.scenario_id}#{id(self.current)}"
+        made = self.mapper.to_resources(entity_type, target, scenario_id=scenario_id, refs=NoRefs())
         for resource in made:
             self.resources[f"{resource['resourceType']}/{resource['id']}"] = resource
-        return f"{made[0]['resourceType']}/{made[0]['id']}"
+        return target, scenario_id, made
 
     def _target_of(self, entity_type: str):
         mapping = self.mapper.mapping(entity_type)

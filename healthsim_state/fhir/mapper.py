@@ -375,11 +375,11 @@ def _date_time(value: Any, instant: bool = False) -> str | None:
     if not isinstance(value, str):
         return None
     if (_INSTANT if instant else _DATE_TIME).match(value):
-        return value  # already FHIR's (most values): no parsing
+        return value if value[8:10] <= "28" or _valid_date(value[:10]) else None  # FHIR's already: no parsing
     if _NAIVE.match(value):
-        return value + "Z"  # the store reads a time without an offset as UTC
+        return value + "Z" if value[8:10] <= "28" or _valid_date(value[:10]) else None  # no offset: UTC
     if _DATE.match(value) and not instant:
-        return value
+        return _as_date(value)
     try:
         moment = _dt.datetime.fromisoformat(value)
     except ValueError:
@@ -430,10 +430,10 @@ def _as_date(value: Any) -> str | None:
     (``2024-W03-1``, which the store reads as a date) as YYYY-MM-DD."""
     if not isinstance(value, str):
         return None
-    if _DATE.match(value):
-        return value
+    if _DATE.match(value) and len(value) < 10:
+        return value  # a year, or a year and month
     try:
-        return _dt.date.fromisoformat(value).isoformat()
+        return _dt.date.fromisoformat(value).isoformat()  # a real day only: not 2024-02-30
     except ValueError:
         return None
 
