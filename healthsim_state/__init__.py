@@ -10,6 +10,8 @@ from .errors import (
     AmbiguousScenarioError,
     DatabaseLockedError,
     EntityNotFoundError,
+    FhirInputError,
+    FhirMappingError,
     HealthSimError,
     IncompatibleDatabaseError,
     MappingDriftWarning,
@@ -64,6 +66,8 @@ __all__ = [
     "VersionNotFoundError",
     "UnknownEntityTypeError",
     "EntityNotFoundError",
+    "FhirMappingError",
+    "FhirInputError",
 ]
 
 __version__ = "0.1.0"

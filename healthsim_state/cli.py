@@ -32,7 +32,7 @@ from .interop import legacy
 from .interop.json_io import (
     STDIN, ScenarioDocument, dumps, export_document, json_target, read_document, save_document, scenario_name,
 )
-from .interop.files import write_atomic
+from .interop.files import default_target as default_file_target, write_atomic
 from .interop.parquet import export_parquet
 from .interop.query import jsonable, records, run_query
 from .manager import MISSING_OK_HINT, StateManager, plan_schema_changes
@@ -524,21 +524,46 @@ def _key_arg(key: Any) -> str:
 @click.argument("name_or_id")
 @click.option("--output", "-o", metavar="PATH", help="A file (json; - is stdout) or directory (parquet). Default: a name "
                                      "made from the scenario's, in the current directory.")
-@click.option("--format", "fmt", type=click.Choice(["json", "parquet"]), default="json", show_default=True)
-@click.option("--force", is_flag=True, help="Replace an existing file, or a previous Parquet export.")
+@click.option("--format", "fmt", type=click.Choice(["json", "parquet", "fhir", "fhir-bundle"]), default="json",
+              show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing file, or a previous Parquet or FHIR export.")
 @click.option("--history", "with_history", is_flag=True,
               help="JSON with every kept version (numbers, operations, times, metadata, entities); "
                    "`import` reads it back.")
+@click.option("--type", "entity_types", multiple=True, metavar="TYPE",
+              help="FHIR: only the resources of this entity type (repeat for more).")
+@click.option("--since-version", type=click.IntRange(min=1), metavar="N",
+              help="FHIR: only resources added or changed after version N; the removed ones in the manifest's "
+                   "`deleted`.")
+@click.option("--validate", is_flag=True, help="FHIR: check every resource written against the R4 JSON Schema.")
+@click.option("--schema", "schema_file", metavar="FILE", type=click.Path(exists=True, dir_okay=False),
+              help="FHIR: the R4 JSON Schema (fhir.schema.json) for --validate; default: the cached copy.")
 @version_option
 @db_option
-def export(name_or_id: str, output: str | None, fmt: str, force: bool, with_history: bool, version: int | None,
+def export(name_or_id: str, output: str | None, fmt: str, force: bool, with_history: bool, entity_types: tuple[str, ...],
+           since_version: int | None, validate: bool, schema_file: str | None, version: int | None,
            db: str | None) -> None:
-    """Export a scenario: versioned JSON (lossless), or a Parquet directory (typed columns).
+    """Export a scenario: versioned JSON (lossless), a Parquet directory (typed columns),
+    or FHIR R4 (--format fhir: Bulk Data NDJSON and manifest.json; --format fhir-bundle:
+    one transaction Bundle per patient, ready to POST to a FHIR server).
 
     With --history the JSON holds every kept version of the scenario (format
     healthsim-scenario-history: each entity once, with the versions that hold
     it); `import` makes the scenario again with that whole history.
     """
+    fhir_only = [flag for flag, given in (("--type", entity_types), ("--since-version", since_version),
+                                          ("--validate", validate), ("--schema", schema_file)) if given]
+    if fhir_only and not fmt.startswith("fhir"):
+        raise click.UsageError(f"{', '.join(fhir_only)} {'is' if len(fhir_only) == 1 else 'are'} for --format fhir "
+                               "or fhir-bundle")
+    if schema_file and not validate:
+        raise click.UsageError("--schema goes with --validate")
+    if fmt.startswith("fhir"):
+        if output == STDIN or with_history:
+            raise click.UsageError("--format fhir writes a directory: no -o - (stdout), no --history")
+        _export_fhir(name_or_id, output, fmt == "fhir-bundle", force, list(entity_types) or None, since_version,
+                     version, schema_file if validate else None, validate, db)
+        return
     if fmt == "parquet" and output == STDIN:
         raise click.UsageError("-o - (stdout) is for --format json; Parquet needs a directory")
     if with_history and (fmt != "json" or version is not None):
@@ -566,6 +591,35 @@ def export(name_or_id: str, output: str | None, fmt: str, force: bool, with_hist
                                     progress=lambda entity, done, total: report.advance())
     click.echo(f"exported {summary['name']!r} ({entities_text(summary['entity_count'])}) to {result.directory}/: "
                f"{len(result.files)} Parquet file{'s' if len(result.files) != 1 else ''} and manifest.json")
+
+
+def _export_fhir(name_or_id: str, output: str | None, bundles: bool, force: bool, entity_types: list[str] | None,
+                 since_version: int | None, version: int | None, schema_file: str | None, validate: bool,
+                 db: str | None) -> None:
+    with _reader(db) as manager:
+        summary = manager.scenario_info(name_or_id, version=version)
+        target = Path(output) if output else default_file_target(".", summary["name"], "-fhir")
+        with progress(1, "writing FHIR") as report:
+            manifest = manager.export_fhir(summary["scenario_id"], target, bundles=bundles,
+                                           since_version=since_version, version=version,
+                                           entity_types=entity_types, force=force)
+            report.advance()
+    count = sum(item["count"] for item in manifest["output"])
+    what = f"{count} entries in {len(manifest['output'])} transaction Bundles" if bundles else \
+        f"{count} resources in {len(manifest['output'])} NDJSON files"
+    gone = sum(item["count"] for item in manifest["deleted"])
+    deleted = f", {gone} Bundle{'s' if gone != 1 else ''} of deletions" if gone else ""
+    click.echo(f"exported {summary['name']!r} (version {summary['version']}) to {target}/: {what}{deleted} "
+               "and manifest.json")
+    if validate:
+        from .fhir.export import validate_export
+        checked, problems = validate_export(target, schema_file)
+        for problem in problems[:20]:
+            click.echo(f"invalid: {problem}", err=True)
+        if problems:
+            raise CliError(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found: not valid FHIR R4 "
+                           f"(the files are written, in {target})")
+        click.echo(f"validated {checked} resources against the FHIR R4 JSON Schema: all valid")
 
 
 # --- versions -----------------------------------------------------------------------------
@@ -780,6 +834,37 @@ def import_command(files: tuple[str, ...], name: str | None, overwrite: bool, db
         click.echo(f"{len(files)} files: {len(files) - failed} imported, {failed} failed")
     if failed:
         raise click.exceptions.Exit(1)
+
+
+@cli.command(name="import-fhir")
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.option("--name", "-n", required=True, metavar="NAME", help="The scenario's name.")
+@click.option("--overwrite", is_flag=True, help="Replace a scenario of the same name (as a new version).")
+@click.option("--json", "as_json", is_flag=True, help="Machine output: the report as a JSON object.")
+@db_option
+def import_fhir(paths: tuple[str, ...], name: str, overwrite: bool, as_json: bool, db: str | None) -> None:
+    """Import FHIR R4 as one scenario: Bundles (transaction, batch, collection,
+    searchset), NDJSON files, or directories of them (a Bulk Data export, a
+    folder of Synthea's per-patient Bundles).
+
+    Every PATH goes into the one scenario, in one transaction. Resources the
+    mappings declare become entities (Patient -> patient, Condition ->
+    diagnosis, ...); any other resource is kept whole as a fhir_resource and
+    exported again unchanged. Bad input (not JSON, not valid R4, an id given
+    twice, a reference cycle) is an error naming the file and the resource,
+    and nothing is saved.
+    """
+    with _manager(db) as manager:
+        report = manager.import_fhir(list(paths), name, overwrite=overwrite)
+        if as_json:
+            print_json(report.as_dict())
+            return
+        read = sum(report.read.values())
+        click.echo(f"imported {read} resource{'s' if read != 1 else ''} from {report.files} "
+                   f"file{'s' if report.files != 1 else ''} as {name!r} ({report.scenario_id})")
+        print_table(["resource type", "read", "kept as is"],
+                    [(kind, count, report.kept.get(kind, 0)) for kind, count in report.read.items()], right=[1, 2])
+        click.echo(f"entities made: {counts_text(manager, report.made)}")
 
 
 @cli.command()

@@ -85,6 +85,25 @@ class MappingError(ValidationError):
         super().__init__(problems, summary="invalid mapping")
 
 
+class FhirMappingError(MappingError):
+    """A mapping's ``fhir:`` section cannot be used (a field or entity type it
+    names does not exist, a value map or code system that does not fit).
+    Each problem's ``path`` is ``<file> (entity E): fhir[i] (Resource).<key>``
+    and its message says what to do."""
+
+
+class FhirInputError(HealthSimError, ValueError):
+    """A FHIR resource that cannot be read: the message names the resource
+    type, its id and the element. ``resource_type``, ``resource_id`` and
+    ``element`` carry them for callers."""
+
+    def __init__(self, message: str, *, resource_type: str | None = None, resource_id: str | None = None,
+                 element: str | None = None):
+        where = f"{resource_type or 'resource'}/{resource_id or '?'}" + (f" @ {element}" if element else "")
+        super().__init__(f"{where}: {message}")
+        self.resource_type, self.resource_id, self.element = resource_type, resource_id, element
+
+
 class ScenarioExistsError(HealthSimError, ValueError):
     """A save used the name of an existing scenario without ``overwrite=True``."""
 

@@ -619,6 +619,38 @@ class StateManager:
         arguments.check_slice(limit, offset, what="list_scenarios")
         return self._store.read(lambda scenarios: scenarios.list_scenarios(tag, search, limit, offset), missing=list)
 
+    # --- FHIR R4 (healthsim_state.fhir; thin delegations) ------------------------------
+
+    def export_fhir(self, name_or_id: str, directory: str | os.PathLike, *, bundles: bool = False,
+                    since_version: int | None = None, version: int | None = None,
+                    entity_types: Iterable[str] | None = None, force: bool = False) -> dict[str, Any]:
+        """Write the scenario as FHIR R4 Bulk Data NDJSON (or, with ``bundles``,
+        one transaction Bundle per patient) to ``directory``; return the manifest."""
+        from .fhir.export import export_fhir
+        from .fhir.mapper import FhirMapper
+        return export_fhir(self, name_or_id, directory, mapper=FhirMapper.from_registry(self.registry),
+                           bundles=bundles, since_version=since_version, version=version,
+                           entity_types=entity_types, force=force)
+
+    def iter_fhir(self, name_or_id: str, *, resource_types: Iterable[str] | None = None,
+                  version: int | None = None, patient: str | None = None) -> Iterator[dict[str, Any]]:
+        """The scenario's FHIR R4 resources one by one, streamed a batch at a time
+        (``patient``: only those of the patient with this id, patient_id or mrn)."""
+        from .fhir.export import stream_resources
+        from .fhir.mapper import FhirMapper
+        self.scenario_info(name_or_id, version=version)  # fail now, not at the first next()
+        return stream_resources(self, name_or_id, FhirMapper.from_registry(self.registry),
+                                resource_types=resource_types, version=version, patient=patient)
+
+    def import_fhir(self, paths: Iterable[str | os.PathLike], name: str, *, overwrite: bool = False) -> Any:
+        """Save FHIR R4 Bundles, NDJSON files and directories of them as scenario
+        ``name`` in one transaction; return the import's report."""
+        from .fhir.importer import import_fhir
+        from .fhir.mapper import FhirMapper
+        # a fresh mapper: its lookup cache (by resource type and id) is this input's only
+        mapper = FhirMapper({entity: codec.mapping for entity, codec in self.registry.codecs.items()})
+        return import_fhir(self, paths, name, mapper=mapper, overwrite=overwrite)
+
 
 # --- small helpers -----------------------------------------------------------------------
 

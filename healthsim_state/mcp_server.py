@@ -29,6 +29,7 @@ import argparse
 import bisect
 import functools
 import inspect
+import itertools
 import json
 import sys
 import threading
@@ -56,6 +57,9 @@ MAX_QUERY_ROWS = 10_000
 MAX_SAMPLES = 20
 PAGE = 500
 """Entities of each type a load_scenario page holds unless asked otherwise."""
+FHIR_PAGE = 100
+"""Resources a get_fhir page holds unless asked otherwise."""
+MAX_FHIR_PAGE = 1_000
 MAX_PAGE_ENTITIES = 5_000
 """Most entities one load_scenario page may hold (over every type it reads)."""
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -69,8 +73,9 @@ canonical shape (field paths, types, input aliases). Save with save_scenario; se
 scenario in batches of a few hundred entities with add_entities; pass metadata (generator, \
 seed, prompt) to record how the data was made. Read with get_scenario_summary first, then \
 load_scenario a page at a time (entity_types, limit_per_type, offset), or with query \
-(read-only SQL). Every write makes a version: scenario_history lists them, diff_scenarios \
-says what changed, restore_scenario undoes. Change a scenario's name with rename_scenario, \
+(read-only SQL); get_fhir pages the same data as FHIR R4 resources (one patient, some \
+types). Every write makes a version: scenario_history lists them, diff_scenarios says \
+what changed, restore_scenario undoes. Change a scenario's name with rename_scenario, \
 its description and tags with update_scenario, and remove single entities by key with \
 delete_entities. Scenarios are found by id or by name."""
 
@@ -160,6 +165,21 @@ class DeleteEntitiesResult(TypedDict):
     not_found: dict[str, list[Any]]
     entity_count: int
     version: int
+
+
+class FhirResult(TypedDict):
+    """A page of the scenario's FHIR R4 resources (JSON objects, in export order):
+    count is how many this page holds; next_offset is the offset of the next
+    page (null when there is none); complete is true when this page ends the list."""
+    scenario_id: str
+    name: str
+    version: int
+    resources: list
+    count: int
+    offset: int
+    limit: int
+    next_offset: int | None
+    complete: bool
 
 
 class EntityTypesResult(TypedDict):
@@ -381,6 +401,37 @@ class ScenarioTools:
             note = (f"limit_per_type was lowered from {PAGE} to {limit} so that the page holds at most "
                     f"{MAX_PAGE_ENTITIES} entities; page with offset (next_offset) for the rest")
         return {**page, "limit_fitted": fitted, "note": note}
+
+    def get_fhir(
+        self,
+        name_or_id: NameOrId,
+        resource_types: Annotated[list[str] | None, Field(
+            description="Only resources of these FHIR types (e.g. ['Patient', 'Condition']); default: all.")] = None,
+        patient: Annotated[str | None, Field(
+            description="Only this patient's resources: its patient_id, mrn or Patient resource id.")] = None,
+        limit: Annotated[int, Field(ge=1, le=MAX_FHIR_PAGE, description="At most this many resources.")] = FHIR_PAGE,
+        offset: Annotated[int, Field(
+            ge=0, description="Skip this many resources: the next_offset of the page before.")] = 0,
+        version: Version = None,
+    ) -> FhirResult:
+        """The scenario as FHIR R4 resources, a page at a time (as export --format fhir
+        writes them: stable ids, references as Type/id). Use patient to show one patient
+        as FHIR, resource_types to pick types."""
+        if isinstance(resource_types, str):
+            raise ValueError("resource_types must be a list of FHIR resource type names, not one string")
+        with self._read_manager() as manager:
+            info = manager.scenario_info(name_or_id, version=version)
+            stream = manager.iter_fhir(info["scenario_id"], resource_types=resource_types, version=version,
+                                       patient=patient)
+            try:
+                page = list(itertools.islice(stream, offset, offset + limit + 1))
+            finally:
+                stream.close()
+        more = len(page) > limit
+        resources = page[:limit]
+        return {"scenario_id": info["scenario_id"], "name": info["name"], "version": info["version"],
+                "resources": resources, "count": len(resources), "offset": offset, "limit": limit,
+                "next_offset": offset + limit if more else None, "complete": not more}
 
     def get_scenario_summary(
         self,
@@ -628,6 +679,7 @@ TOOLS: tuple[tuple[str, str, ToolAnnotations], ...] = (
      ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False)),
     ("load_scenario", "Load a scenario", READ),
     ("get_scenario_summary", "Summarize a scenario", READ),
+    ("get_fhir", "Show a scenario as FHIR R4", READ),
     ("list_scenarios", "List scenarios", READ),
     ("delete_scenario", "Delete a scenario",
      ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)),

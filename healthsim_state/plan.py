@@ -226,6 +226,8 @@ def plan(stored: dict[str, Mapping], local: dict[str, Mapping], *, evolve: bool 
     for entity, new in local.items():
         old = stored.get(entity)
         target = new if evolve or old is None else add_only(old, new)
+        if target.fhir != new.fhir:  # the store does not record FHIR declarations: the files' are in force
+            target = dataclasses.replace(target, fhir=new.fhir)
         if old is None:
             candidate = {**in_force, entity: target}
             problems = check_mapping_set(candidate)

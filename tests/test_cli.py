@@ -209,7 +209,7 @@ def test_sql_outputs(cli):
 def test_types(file_cli):
     cli = file_cli
     rows = tsv(cli("types").stdout)
-    assert len(rows) == 14 and rows[0]["entity"] == "claim"
+    assert len(rows) == 15 and rows[0]["entity"] == "claim"
     out = cli("types", "patients").stdout.splitlines()
     assert out[0].startswith("# patient (plural patients, table patients, key patient_id)")
     fields = tsv("\n".join(out[1:]))

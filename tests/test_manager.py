@@ -144,7 +144,7 @@ def test_nul_characters_agree_on_every_backend(sm):
 
 
 def test_entity_types_are_the_registered_singular_names(sm):
-    assert len(sm.entity_types) == 14 and "lab_result" in sm.entity_types
+    assert len(sm.entity_types) == 15 and "lab_result" in sm.entity_types
 
 
 def test_typed_columns_are_queryable_with_sql(sm, store):

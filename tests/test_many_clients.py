@@ -46,8 +46,9 @@ def patient_mapping(directory: Path, *, drop: str | None = None, extra: str | No
         start = next(i for i, line in enumerate(lines) if line.strip() == f"- column: {drop}")
         end = next(i for i in range(start + 1, len(lines)) if lines[i].strip().startswith("- column:"))
         text = "".join(lines[:start] + lines[end:])
-    if extra is not None:
-        text += extra
+    if extra is not None:  # at the end of the fields (before the fhir: section, if any)
+        head, fhir, tail = text.partition("\nfhir:")
+        text = head.rstrip("\n") + "\n" + extra + (fhir + tail if fhir else "")
     (directory / "patient.yaml").write_text(text)
     return directory
 
@@ -222,7 +223,7 @@ def test_read_only_never_creates_a_file(tmp_path):
         with pytest.raises(StoreNotFoundError, match=f"no database at {path}"):
             call()
     assert not path.exists()
-    assert len(reader.entity_types) == 14  # what a new store would take
+    assert len(reader.entity_types) == 15  # what a new store would take
 
 
 def test_read_only_writes_nothing_and_says_so(tmp_path):

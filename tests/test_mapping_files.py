@@ -189,10 +189,11 @@ def test_unquoted_date_default_is_kept_as_its_iso_string(tmp_path):
 # --- built-ins and user directories ----------------------------------------------
 
 BUILTIN_TYPES = {"patient", "encounter", "diagnosis", "procedure", "medication", "lab_result", "vital_sign",
-                 "clinical_note", "member", "claim", "claim_line", "prescription", "subject", "trial_visit"}
+                 "clinical_note", "member", "claim", "claim_line", "prescription", "subject", "trial_visit",
+                 "fhir_resource"}
 
 
-def test_the_fourteen_builtin_mappings_load():
+def test_the_fifteen_builtin_mappings_load():
     mappings = load_mapping_dirs([builtin_mapping_dir()])
     assert set(mappings) == BUILTIN_TYPES
     assert mappings["claim_line"].primary_key == ("claim_id", "line_number")
@@ -221,7 +222,7 @@ def test_user_file_replaces_a_builtin_type(tmp_path):
         """, "patient.yaml")
     mappings = load_mappings([tmp_path])
     assert mappings["patient"].table == "my_patients"
-    assert len(mappings) == 14
+    assert len(mappings) == 15
 
 
 def test_environment_variable_adds_directories(tmp_path, monkeypatch):

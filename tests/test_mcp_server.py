@@ -41,6 +41,7 @@ TOOLS = {  # tool: (readOnlyHint, destructiveHint, idempotentHint)
     "add_entities": (False, True, False),
     "load_scenario": (True, False, True),
     "get_scenario_summary": (True, False, True),
+    "get_fhir": (True, False, True),
     "list_scenarios": (True, False, True),
     "delete_scenario": (False, True, True),
     "scenario_history": (True, False, True),
@@ -206,7 +207,7 @@ def test_summary_list_types_and_query(server):
     assert server.ok("list_scenarios", limit=0)["scenarios"] == []
 
     types = server.ok("list_entity_types")["entity_types"]
-    assert len(types) == 14
+    assert len(types) == 15
     patient = server.ok("list_entity_types", entity_types=["patients"])["entity_types"]
     assert [t["entity"] for t in patient] == ["patient"] and patient[0]["primary_key"] == ["patient_id"]
     given = next(f for f in patient[0]["fields"] if f["path"] == "name.given")
@@ -610,7 +611,7 @@ def test_list_entity_types_needs_no_usable_store(tmp_path):
     bad = tmp_path / "bad.duckdb"
     bad.write_bytes(b"not a database at all" * 50)
     tools = ScenarioTools(bad)
-    assert len(tools.list_entity_types()["entity_types"]) == 14
+    assert len(tools.list_entity_types()["entity_types"]) == 15
     with pytest.raises(HealthSimError, match="bad.duckdb"):
         tools.list_scenarios()
 

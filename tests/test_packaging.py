@@ -36,7 +36,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_contains_mappings_and_schema(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     mappings = {n for n in names if n.startswith("healthsim_state/mappings/") and n.endswith(".yaml")}
-    assert len(mappings) == 14
+    assert len(mappings) == 15
     assert "healthsim_state/mapping/mapping.schema.json" in names
 
 
@@ -48,4 +48,4 @@ def test_installed_wheel_finds_its_mappings(wheel, tmp_path):
     result = subprocess.run([sys.executable, "-c", CHECK], cwd=tmp_path, env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["14", "p"]
+    assert result.stdout.split() == ["15", "p"]

@@ -56,7 +56,11 @@ def registry_for(mappings: dict[str, Mapping], digest: str) -> Registry:
     ``digest`` is the set's (:func:`healthsim_state.layout.digest_of`: equal
     digests, equal mappings), which the caller has already computed; the
     cache is keyed by it, so it never goes stale."""
-    found = REGISTRIES.get(digest)
+    # The digest leaves out the FHIR declarations (the store does not record
+    # them), so they join the key: the same tables with other declarations are
+    # another registry.
+    key = (digest, tuple(mappings[entity].fhir for entity in sorted(mappings)))
+    found = REGISTRIES.get(key)
     if found is None:
-        found = REGISTRIES.put(digest, Registry(mappings[entity] for entity in sorted(mappings)))
+        found = REGISTRIES.put(key, Registry(mappings[entity] for entity in sorted(mappings)))
     return found

@@ -16,8 +16,10 @@ directories of ``$HEALTHSIM_MAPPINGS`` (separated by ``os.pathsep``), then the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -36,11 +38,12 @@ RESERVED_COLUMNS = frozenset({"scenario_id", "_position", "_residual"})
 RESERVED_TABLES = frozenset({"scenarios", "scenario_tags", "scenario_versions"})
 RESERVED_TABLE_PREFIX = "_healthsim"
 
-_TOP_KEYS = ("format", "entity", "plural", "table", "description", "primary_key", "fields")
+_TOP_KEYS = ("format", "entity", "plural", "table", "description", "primary_key", "fields", "fhir")
 FORMAT = 1  # the mapping document's format version (``format:``, optional in files)
 # PostgreSQL keeps 63 bytes of a name; a type's table of every version adds VERSIONS_SUFFIX.
 MAX_IDENTIFIER = 63
 VERSIONS_SUFFIX = "__versions"
+_FHIR_KEY = re.compile(r"^fhir:(\s*(#.*)?)?$")  # a block key; "fhir: [...]" on one line is left to YAML
 _FIELD_KEYS = ("column", "path", "type", "aliases", "default", "required", "strict", "description")
 
 
@@ -156,7 +159,8 @@ def load_mapping_file(path: Path, problems: list[Problem]) -> Mapping | None:
     before = len(problems)
     yaml, loader = _yaml()
     try:
-        document = yaml.load(path.read_text("utf-8"), Loader=loader)
+        head, fhir_text = split_fhir_section(path.read_text("utf-8"))
+        document = yaml.load(head, Loader=loader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "document"
@@ -174,7 +178,29 @@ def load_mapping_file(path: Path, problems: list[Problem]) -> Mapping | None:
     if len(problems) > before:
         return None
     mapping = _build(str(path), document, problems)
+    if mapping is not None and fhir_text is not None and mapping.fhir is None:
+        mapping = dataclasses.replace(mapping, fhir=fhir_text)
     return mapping if len(problems) == before else None
+
+
+def split_fhir_section(text: str) -> tuple[str, str | None]:
+    """The file's text without its top-level ``fhir:`` block, and that block
+    (None: none written so). The block is parsed and checked only when FHIR is
+    used (``healthsim_state.fhir.declarations``): it is the larger part of a
+    built-in file, and loading mappings (every command) need not pay for it.
+    A ``fhir`` key written another way (quoted, in flow style) stays in the text
+    and is read with the rest."""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if _FHIR_KEY.match(line)), None)
+    if start is None:
+        return text, None
+    end = start + 1
+    while end < len(lines) and (not lines[end].strip() or lines[end][0] in " \t#-"):
+        end += 1
+    if end < len(lines) and lines[end].startswith(("---", "...")):
+        return text, None  # several documents: leave it to the YAML parser
+    block = "".join(lines[start:end])
+    return "".join(lines[:start] + lines[end:]), block
 
 
 def mapping_from_document(document: Any, source: str) -> Mapping:
@@ -229,6 +255,9 @@ def _build(path: str, doc: dict[str, Any], problems: list[Problem]) -> Mapping |
         fields=tuple(fields),
         description=doc.get("description"),
         source=path,
+        # Kept as JSON text, parsed by healthsim_state.fhir only when FHIR is used:
+        # loading mappings stays as fast as without it.
+        fhir=json.dumps(doc["fhir"], separators=(",", ":"), ensure_ascii=False) if "fhir" in doc else None,
     )
     _check_names(path, mapping, problems)
     _check_keys(path, mapping, doc, problems)
@@ -402,7 +431,8 @@ def _explain(error: jsonschema.ValidationError) -> str:
     kind, value = error.validator, error.instance
     where = error.absolute_path[-1] if error.absolute_path else None
     if kind == "additionalProperties":
-        allowed = _FIELD_KEYS if "column" in error.schema.get("properties", {}) else _TOP_KEYS
+        properties = error.schema.get("properties", {})
+        allowed = _FIELD_KEYS if "column" in properties else _TOP_KEYS if "entity" in properties else tuple(properties)
         unknown = sorted(set(value) - set(allowed))
         hints = []
         for key in unknown:

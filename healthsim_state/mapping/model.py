@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from typing import Any
 
 from ..column_types import ColumnType
@@ -40,6 +40,12 @@ class Mapping:
     fields: tuple[Field, ...]
     description: str | None = None
     source: str = "<memory>"  # the file it came from, for messages
+    # The ``fhir:`` section (None: none): JSON text of the list when the YAML
+    # parser read it with the file (it starts with "["), else the file's YAML
+    # block (it starts with "fhir:"), parsed and checked only when FHIR is used.
+    # How the type is shown as FHIR, not how it is stored: the store does not
+    # record it (describe() leaves it out) and a change to it needs no migration.
+    fhir: str | None = dataclass_field(default=None, compare=False)
 
     def field(self, column: str) -> Field:
         for candidate in self.fields:

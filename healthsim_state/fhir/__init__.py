@@ -1,0 +1,13 @@
+"""FHIR R4 out of and into the store, as the mappings' ``fhir:`` sections declare.
+
+Not imported by ``import healthsim_state``: the first use of FHIR imports it.
+
+- :mod:`.declarations`  the parsed ``fhir:`` section of a mapping, and the checks across files
+- :mod:`.mapper`        :class:`~.mapper.FhirMapper`: one entity -> its resources, one resource -> entities
+- :mod:`.ids`           stable resource ids (UUID v5 of scenario, entity type, key, slot)
+- :mod:`.schema`        HL7's R4 JSON Schema: fetch (sha256 checked), load, validate one resource by type
+- :mod:`.references`    the reference indexes: export (lookup value -> Type/id), import (id, fullUrl, identifier)
+- :mod:`.export`        Bulk Data NDJSON + manifest, --since-version, one transaction Bundle per patient
+- :mod:`.spool`         folded children grouped by parent key (in memory, or a temporary SQLite file)
+- :mod:`.importer`      import-fhir: read Bundles / NDJSON / directories, check, resolve, map, one save
+"""

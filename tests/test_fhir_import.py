@@ -1,0 +1,336 @@
+"""import-fhir: Bundles, NDJSON and directories into one scenario, nothing lost,
+and bad input refused with the file, the resource and the element."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from healthsim_state import StateManager
+from healthsim_state.errors import FhirInputError
+from healthsim_state.fhir.importer import index_inputs, input_files, read_resources, resolve_references
+from healthsim_state.mcp_server import ScenarioTools
+from clirun import run
+
+DATA = Path(__file__).parent / "data" / "fhir"
+BUNDLE = DATA / "synthea-like-bundle.json"
+PRACTITIONERS = DATA / "practitioners-batch.json"
+PATIENT_ID = "7c3f2a10-6d1b-4c2e-9a55-0b8e1f4d2a01"
+
+
+def run_cli(*args):
+    return run([str(arg) for arg in args])
+
+
+@pytest.fixture
+def sm(db_path):
+    with StateManager(db_path) as manager:
+        yield manager
+
+
+def resolved(*paths):
+    refs, inputs = index_inputs(read_resources(input_files(paths)))
+    resolve_references(refs, inputs)
+    return {item.local: item.resource for item in inputs}
+
+
+def kept(sm, name):
+    return {(e["resource_type"], e["resource_id"]): e
+            for e in sm.load_scenario(name, entity_types=["fhir_resource"])["entities"]["fhir_resource"]}
+
+
+# --- references ---------------------------------------------------------------------------
+
+def test_urn_uuid_references_become_type_and_id():
+    resources = resolved(BUNDLE)
+    encounter = resources["Encounter/2b9d0e44-81c7-4f3a-b6d2-5e0c7a9f1b02"]
+    assert encounter["subject"]["reference"] == f"Patient/{PATIENT_ID}"
+    report = resources["DiagnosticReport/0d3f6b9e-5a28-4c71-a4f0-8b2e5d9a3c07"]
+    assert report["result"][0]["reference"] == "Observation/9a6c4f21-3b8e-4d7a-8c15-7f2e0b6d9c04"
+
+
+def test_conditional_references_to_resources_not_in_the_input_are_kept_as_they_came():
+    encounter = resolved(BUNDLE)["Encounter/2b9d0e44-81c7-4f3a-b6d2-5e0c7a9f1b02"]
+    assert encounter["participant"][0]["individual"]["reference"] == \
+        "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999977711"
+    assert encounter["location"][0]["location"]["reference"].startswith("Location?identifier=")
+
+
+def test_conditional_references_resolve_when_the_target_is_in_the_input():
+    encounter = resolved(BUNDLE, PRACTITIONERS)["Encounter/2b9d0e44-81c7-4f3a-b6d2-5e0c7a9f1b02"]
+    assert encounter["participant"][0]["individual"]["reference"] == \
+        "Practitioner/b2c3d4e5-0000-4000-8000-000000000077"
+    assert encounter["serviceProvider"]["reference"] == "Organization/a1b2c3d4-0000-4000-8000-000000000042"
+    assert encounter["location"][0]["location"]["reference"].startswith("Location?identifier=")  # still absent
+
+
+def test_absolute_urls_resolve_by_their_type_and_id():
+    resources = resolved(DATA / "bulk", DATA / "searchset.json")
+    assert resources["Condition/bulk-c2"]["subject"]["reference"] == "Patient/bulk-p2"
+    assert resources["AllergyIntolerance/ss-a1"]["patient"]["reference"] == "Patient/ss-p1"
+
+
+def test_a_resource_without_id_takes_the_uuid_of_its_full_url(tmp_path):
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"fullUrl": "urn:uuid:11111111-2222-4333-8444-555555555555", "resource": {"resourceType": "Patient"}},
+        {"resource": {"resourceType": "Flag", "status": "active", "code": {"text": "x"},
+                      "subject": {"reference": "urn:uuid:11111111-2222-4333-8444-555555555555"}}}]}
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(bundle))
+    resources = resolved(path)
+    assert "Patient/11111111-2222-4333-8444-555555555555" in resources
+    (flag,) = [r for r in resources.values() if r["resourceType"] == "Flag"]
+    assert flag["subject"]["reference"] == "Patient/11111111-2222-4333-8444-555555555555"
+    assert resolved(path).keys() == resources.keys()  # the made-up id is the same every time
+
+
+# --- the whole import ----------------------------------------------------------------------
+
+def test_unmapped_resources_are_kept_whole_with_their_patient(sm):
+    report = sm.import_fhir([BUNDLE], "synthea")
+    assert report.read["Immunization"] == 1 and report.kept["Immunization"] == 1
+    assert report.kept["DiagnosticReport"] == 1 and "Patient" not in report.kept
+    held = kept(sm, "synthea")
+    immunization = held[("Immunization", "f2a9c7e1-4d5b-4e86-b3c2-9e7d1a4b6f08")]
+    assert immunization["patient_reference"] == f"Patient/{PATIENT_ID}"
+    original = next(e["resource"] for e in json.loads(BUNDLE.read_text())["entry"]
+                    if e["resource"]["resourceType"] == "Immunization")
+    assert immunization["resource"]["vaccineCode"] == original["vaccineCode"]
+    assert immunization["resource"]["patient"] == {"reference": f"Patient/{PATIENT_ID}"}
+
+
+def test_kept_resources_are_queryable_with_sql(db_path):
+    with StateManager(db_path) as manager:
+        manager.import_fhir([BUNDLE], "synthea")
+    result = run_cli("sql", "SELECT resource_type, json_extract_string(resource, '$.vaccineCode.coding[0].code') "
+                     "AS code FROM fhir_resources WHERE resource_type = 'Immunization'", "--json", "--db", db_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [{"resource_type": "Immunization", "code": "140"}]
+
+
+def test_all_paths_become_one_scenario_and_a_repeated_resource_is_read_once(sm, tmp_path):
+    folder = tmp_path / "synthea"
+    folder.mkdir()
+    shutil.copy(BUNDLE, folder / "Adaeze_Okafor.json")
+    shutil.copy(PRACTITIONERS, folder / "practitionerInformation.json")
+    shutil.copy(PRACTITIONERS, folder / "practitionerInformation2.json")  # the same resources again
+    report = sm.import_fhir([folder, DATA / "bulk"], "all")
+    assert report.files == 6
+    assert report.read["Practitioner"] == 1 and report.read["Patient"] == 3
+    assert sm.list_scenarios()[0]["name"] == "all" and len(sm.scenario_history("all")) == 1
+
+
+def test_a_bulk_directory_reads_the_files_its_manifest_lists(tmp_path):
+    folder = tmp_path / "bulk"
+    shutil.copytree(DATA / "bulk", folder)
+    (folder / "Stray.ndjson").write_text("not json at all\n")  # not in the manifest: not read
+    assert sorted(p.name for p in input_files([folder])) == ["Condition.ndjson", "Patient.ndjson",
+                                                             "Procedure.ndjson"]
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+def bad(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def refused(sm, paths, *fragments):
+    with pytest.raises(FhirInputError) as caught:
+        sm.import_fhir(paths, "bad")
+    for fragment in fragments:
+        assert fragment in str(caught.value), str(caught.value)
+    assert not sm.scenario_exists("bad")
+    return caught.value
+
+
+def test_invalid_json_names_file_and_line(sm, tmp_path):
+    path = bad(tmp_path, "Patient.ndjson", '{"resourceType":"Patient","id":"a"}\n{"resourceType": "Patient", "id"\n')
+    refused(sm, [path], "Patient.ndjson, line 2", "not valid JSON")
+
+
+def test_invalid_json_in_a_bundle_names_line_and_column(sm, tmp_path):
+    path = bad(tmp_path, "b.json", '{"resourceType": "Bundle",\n "type": "collection",\n "entry": [,]}')
+    refused(sm, [path], "b.json", "line 3, column")
+
+
+def test_an_invalid_birth_date_names_resource_id_and_element(sm, tmp_path):
+    path = bad(tmp_path, "p.ndjson", '{"resourceType":"Patient","id":"p-13","birthDate":"1988-13-45"}\n')
+    error = refused(sm, [path], "Patient/p-13", "birthDate", "'1988-13-45'")
+    assert (error.resource_type, error.resource_id, error.element) == ("Patient", "p-13", "birthDate")
+
+
+@pytest.mark.parametrize("element, value", [
+    ("birthDate", "1988-02-30"), ("effectiveDateTime", "2024-01-01T25:00:00Z"), ("gender", "F"),
+    ("status", " final"), ("recordedDate", "yesterday")])
+def test_invalid_dates_and_codes_are_refused(sm, tmp_path, element, value):
+    path = bad(tmp_path, "r.ndjson", json.dumps({"resourceType": "Observation", "id": "o1", element: value}) + "\n")
+    refused(sm, [path], "Observation/o1", element)
+
+
+def test_a_period_with_an_invalid_start_is_refused(sm, tmp_path):
+    path = bad(tmp_path, "e.ndjson", json.dumps({"resourceType": "Encounter", "id": "e1", "status": "finished",
+                                                 "period": {"start": "2024-1-1"}}) + "\n")
+    refused(sm, [path], "Encounter/e1", "period.start")
+
+
+def test_an_invalid_id_is_refused(sm, tmp_path):
+    path = bad(tmp_path, "p.ndjson", json.dumps({"resourceType": "Patient", "id": "has space"}) + "\n")
+    refused(sm, [path], "Patient/has space", "not a FHIR id")
+
+
+def test_two_different_resources_under_one_id_are_refused(sm, tmp_path):
+    one = bad(tmp_path, "one.ndjson", json.dumps({"resourceType": "Patient", "id": "p1", "gender": "male"}) + "\n")
+    two = bad(tmp_path, "two.ndjson", json.dumps({"resourceType": "Patient", "id": "p1", "gender": "female"}) + "\n")
+    refused(sm, [one, two], "Patient/p1", "two different resources", "one.ndjson")
+
+
+def test_a_resource_referring_to_itself_is_a_cycle(sm, tmp_path):
+    path = bad(tmp_path, "o.ndjson", json.dumps({"resourceType": "Organization", "id": "o1",
+                                                 "partOf": {"reference": "Organization/o1"}}) + "\n")
+    refused(sm, [path], "reference cycle", "Organization/o1", "partOf")
+
+
+def test_a_part_of_cycle_is_refused(sm, tmp_path):
+    lines = [{"resourceType": "Location", "id": f"l{i}", "partOf": {"reference": f"Location/l{(i + 1) % 3}"}}
+             for i in range(3)]
+    path = bad(tmp_path, "Location.ndjson", "\n".join(json.dumps(line) for line in lines) + "\n")
+    refused(sm, [path], "reference cycle through partOf", "Location/l0 -> Location/l1 -> Location/l2 -> Location/l0")
+
+
+def test_references_between_types_are_no_cycle(sm, tmp_path):
+    lines = [{"resourceType": "Organization", "id": "o1", "endpoint": [{"reference": "Endpoint/x1"}]},
+             {"resourceType": "Endpoint", "id": "x1", "status": "active", "managingOrganization":
+              {"reference": "Organization/o1"}}]
+    path = bad(tmp_path, "ok.ndjson", "\n".join(json.dumps(line) for line in lines) + "\n")
+    assert sm.import_fhir([path], "fine").kept == {"Endpoint": 1, "Organization": 1}
+
+
+def test_a_document_bundle_is_refused(sm, tmp_path):
+    path = bad(tmp_path, "doc.json", json.dumps({"resourceType": "Bundle", "type": "document", "entry": []}))
+    refused(sm, [path], "doc.json", "'document' is not read", "transaction, batch, collection, searchset")
+
+
+def test_not_a_resource_is_refused(sm, tmp_path):
+    path = bad(tmp_path, "x.ndjson", '{"id": "no type"}\n')
+    refused(sm, [path], "x.ndjson, line 1", "not a FHIR resource")
+
+
+def test_a_missing_path_is_refused(sm, tmp_path):
+    refused(sm, [tmp_path / "nowhere.json"], "nowhere.json", "no such file")
+
+
+def test_a_bad_file_after_good_ones_saves_nothing(sm, tmp_path):
+    bad_file = bad(tmp_path, "z.ndjson", '{"resourceType":"Patient","id":"z","birthDate":"1988-13-45"}\n')
+    refused(sm, [BUNDLE, DATA / "bulk", bad_file], "Patient/z")
+
+
+# --- CLI and MCP ---------------------------------------------------------------------------
+
+def test_cli_import_fhir_prints_the_report(db_path):
+    result = run_cli("import-fhir", str(BUNDLE), str(PRACTITIONERS), "--name", "synthea", "--db", str(db_path))
+    assert result.returncode == 0, result.stderr
+    assert "imported 10 resources from 2 files as 'synthea'" in result.stdout
+    assert "Immunization\t1\t1" in result.stdout
+    assert "entities made:" in result.stdout
+
+
+def test_cli_import_fhir_json_and_overwrite(db_path):
+    first = run_cli("import-fhir", str(DATA / "bulk"), "--name", "b", "--json", "--db", str(db_path))
+    report = json.loads(first.stdout)
+    assert report["resources_read"] == {"Condition": 2, "Patient": 2, "Procedure": 1} and report["files"] == 3
+    again = run_cli("import-fhir", str(DATA / "bulk"), "--name", "b", "--db", str(db_path))
+    assert again.returncode == 1 and "already exists" in again.stderr
+    assert run_cli("import-fhir", str(DATA / "bulk"), "--name", "b", "--overwrite", "--db", str(db_path)).returncode == 0
+
+
+def test_cli_import_fhir_bad_input_exits_1_with_the_place(db_path, tmp_path):
+    path = bad(tmp_path, "p.ndjson", '{"resourceType":"Patient","id":"p-13","birthDate":"1988-13-45"}\n')
+    result = run_cli("import-fhir", str(path), "--name", "x", "--db", str(db_path))
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and "Patient/p-13" in result.stderr and "birthDate" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_mcp_get_fhir_pages_kept_resources(db_path):
+    with StateManager(db_path) as manager:
+        manager.import_fhir([BUNDLE], "synthea")
+    tools = ScenarioTools(db_path)
+    page = tools.get_fhir("synthea", resource_types=["Immunization", "DiagnosticReport"], limit=1)
+    assert page["count"] == 1 and page["next_offset"] == 1 and not page["complete"]
+    rest = tools.get_fhir("synthea", resource_types=["Immunization", "DiagnosticReport"], offset=1)
+    assert rest["complete"] and rest["next_offset"] is None
+    assert {r["resourceType"] for r in page["resources"] + rest["resources"]} == {"Immunization", "DiagnosticReport"}
+
+
+# --- nothing lost ----------------------------------------------------------------------------
+
+ALL_INPUTS = [BUNDLE, PRACTITIONERS, DATA / "bulk", DATA / "searchset.json"]
+
+
+def exported(directory: Path) -> dict[str, dict]:
+    out = {}
+    for path in directory.glob("*.ndjson"):
+        for line in path.read_text().splitlines():
+            resource = json.loads(line)
+            out[f"{resource['resourceType']}/{resource['id']}"] = resource
+    return out
+
+
+def test_a_fhir_scenario_exported_again_gives_back_every_resource_under_its_id(sm, tmp_path):
+    report = sm.import_fhir(ALL_INPUTS, "in")
+    sm.export_fhir("in", tmp_path / "out")
+    came_in, went_out = resolved(*ALL_INPUTS), exported(tmp_path / "out")
+    assert set(came_in) <= set(went_out) and len(came_in) == sum(report.read.values())
+    made = [went_out[local] for local in set(went_out) - set(came_in)]  # what the declarations add
+    assert {(r["resourceType"], r["code"]["coding"][0]["code"]) for r in made} <= {("Observation", "85353-1")}
+    for local, resource in came_in.items():
+        assert set(resource) <= set(went_out[local]), local  # no element of the input is lost
+    for local in ("Immunization/f2a9c7e1-4d5b-4e86-b3c2-9e7d1a4b6f08", "Practitioner/b2c3d4e5-0000-4000-8000-000000000077",
+                  "DiagnosticReport/0d3f6b9e-5a28-4c71-a4f0-8b2e5d9a3c07", "AllergyIntolerance/ss-a1"):
+        assert went_out[local] == came_in[local]  # kept as they came (references in the export's form)
+
+
+def test_race_and_ethnicity_extensions_and_extra_identifiers_come_back(sm, tmp_path):
+    sm.import_fhir([BUNDLE], "in")
+    sm.export_fhir("in", tmp_path / "out")
+    patient = exported(tmp_path / "out")[f"Patient/{PATIENT_ID}"]
+    original = resolved(BUNDLE)[f"Patient/{PATIENT_ID}"]
+    assert patient["extension"] == original["extension"]
+    assert {i.get("system") for i in original["identifier"]} <= {i.get("system") for i in patient["identifier"]}
+    assert patient["text"] == original["text"] and patient["birthDate"] == "1988-03-14"
+
+
+def test_imported_entities_say_they_were_loaded(sm):
+    sm.import_fhir([BUNDLE], "in")
+    (patient,) = sm.load_scenario("in", entity_types=["patient"])["entities"]["patient"]
+    assert patient["_provenance"]["source_type"] == "loaded"
+
+
+def test_two_imports_with_the_same_ids_do_not_mix(sm, tmp_path):
+    def write(name, key):
+        lines = [{"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:healthsim:patient", "value": key}]},
+                 {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+                  "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I10"}]}}]
+        return bad(tmp_path, name, "\n".join(json.dumps(line) for line in lines) + "\n")
+
+    sm.import_fhir([write("a.ndjson", "KEY-A")], "a")
+    sm.import_fhir([write("b.ndjson", "KEY-B")], "b")
+    (diagnosis,) = sm.load_scenario("b", entity_types=["diagnosis"])["entities"]["diagnosis"]
+    assert diagnosis["patient_id"] == "KEY-B"
+
+
+@pytest.mark.parametrize("url, message", [("../outside.ndjson", "points outside"), ("Missing.ndjson", "names no file"),
+                                          ("", "without a url")])
+def test_a_manifest_url_must_name_a_file_inside_the_directory(sm, tmp_path, url, message):
+    folder = tmp_path / "bulk"
+    shutil.copytree(DATA / "bulk", folder)
+    (tmp_path / "outside.ndjson").write_text('{"resourceType":"Patient","id":"x"}\n')
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["output"].append({"type": "Patient", "url": url, "count": 1})
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    refused(sm, [folder], "manifest.json", message)
