@@ -45,6 +45,9 @@ def test_the_store_does_not_import_what_sits_above_it():
 STATEMENT = re.compile(r"\b(SELECT\s.*\bFROM\s|INSERT INTO\s|DELETE FROM\s|UPDATE\s+\S+\s+SET\s|DROP (TABLE|VIEW)\s"
                        r"|CREATE (TEMP |UNIQUE )?(TABLE|VIEW|INDEX)\s|ALTER TABLE\s)")
 SQL_OWNERS = ("store/", "layout.py", "evolution.py", "backends/")
+# Not the store: the FHIR export groups folded children in a private scratch
+# SQLite file of its own (stdlib sqlite3) once they outgrow memory.
+SCRATCH_SQL = ("fhir/spool.py",)
 
 
 def sql_strings(path: Path) -> list[str]:
@@ -65,5 +68,5 @@ def test_only_the_store_the_layout_evolution_and_the_backends_write_sql():
     owners = [path for path in PACKAGE.rglob("*.py") if str(path.relative_to(PACKAGE)).startswith(SQL_OWNERS)]
     assert any(sql_strings(path) for path in owners)  # the check finds what it looks for
     for path in PACKAGE.rglob("*.py"):
-        if path not in owners:
+        if path not in owners and str(path.relative_to(PACKAGE)) not in SCRATCH_SQL:
             assert sql_strings(path) == [], path.relative_to(PACKAGE)
