@@ -713,6 +713,7 @@ class FhirMapper:
         for entity, decls in self._declared.items():
             for decl in decls.resources:
                 self._by_resource.setdefault(decl.resource, []).append((entity, decl))
+        self._options: dict[str, list[tuple[_Plan, _Resource, tuple]]] = {}  # see _options_of
         self._lookups: dict[str, dict[str, Any]] = {}  # entity type -> target column -> reader
         self._lookup_cache: dict[tuple, dict] = {}
 
@@ -1281,19 +1282,41 @@ class FhirMapper:
         return tuple(dict.fromkeys(plan.entity_type for plan, _ in picked)) or None
 
     def _candidates(self, resource: dict) -> list[tuple[_Plan, _Resource]]:
-        options = self._by_resource.get(resource.get("resourceType"), ())
+        options = self._options.get(resource.get("resourceType"))
+        if options is None:
+            options = self._options_of(resource.get("resourceType"))
+        if not options:
+            return []
         systems = _identifier_systems(resource)
         found, own = [], []
-        for entity, decl in options:
+        # id(steps) -> the resource's value there: declarations share paths (a slice's
+        # steps carry its own constants, so equal path texts may be other steps).
+        seen: dict[int, Any] = {}
+        for plan, compiled, matches in options:
+            carries = plan.system in systems
+            if compiled.decl.own and not carries:
+                continue
+            for steps, constant in matches:
+                value = seen.get(id(steps), _NOT_FOUND)
+                if value is _NOT_FOUND:
+                    value = seen[id(steps)] = _peek(resource, steps)
+                if value != constant:
+                    break
+            else:
+                (own if carries else found).append((plan, compiled))
+        return own or found
+
+    def _options_of(self, resource_type: Any) -> list[tuple[_Plan, _Resource, tuple]]:
+        """The compiled declarations of a resource type, each with its match
+        constants (steps, value), made once."""
+        options = []
+        for entity, decl in self._by_resource.get(resource_type, ()) if isinstance(resource_type, str) else ():
             plan = self.plan(entity)
             compiled = plan.by_slot[decl.slot]
-            carries = plan.system in systems
-            if decl.own and not carries:
-                continue
-            if any(_peek(resource, compiled.constants[path][0]) != compiled.constants[path][1] for path in decl.match):
-                continue
-            (own if carries else found).append((plan, compiled))
-        return own or found
+            options.append((plan, compiled, tuple(compiled.constants[path] for path in decl.match)))
+        if isinstance(resource_type, str):
+            self._options[resource_type] = options
+        return options
 
     def _declaration_for(self, resource: dict, types: Iterable[str]) -> tuple[_Plan, _Resource] | None:
         for plan, compiled in self._candidates(resource):
