@@ -45,9 +45,11 @@ def patient_mapping(directory: Path, *, drop: str | None = None, extra: str | No
         lines = text.splitlines(keepends=True)
         start = next(i for i, line in enumerate(lines) if line.strip() == f"- column: {drop}")
         end = next(i for i in range(start + 1, len(lines)) if lines[i].strip().startswith("- column:"))
-        text = "".join(lines[:start] + lines[end:])
-    if extra is not None:
-        text += extra
+        # ... and the fhir: elements naming it (the section is checked with the file)
+        text = "".join(line for line in lines[:start] + lines[end:]
+                       if f"field: {drop}}}" not in line and f"with: {drop}}}" not in line)
+    if extra is not None:  # among the fields: the file ends with its fhir: section
+        text = text.replace("\nfhir:\n", "\n" + extra + "fhir:\n", 1)
     (directory / "patient.yaml").write_text(text)
     return directory
 
