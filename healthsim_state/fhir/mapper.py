@@ -246,6 +246,17 @@ def _peek(node: Any, steps: tuple[d.Step, ...]) -> Any:
     return MISSING if value is None else value
 
 
+def _everywhere(node: Any, keys: tuple[tuple[str, bool], ...]) -> list:
+    """Every value at a path, each list step taken at every position: what
+    :func:`_peek` finds there (by index or by slice) is always among them."""
+    found = [node]
+    for key, listed in keys:
+        found = [item.get(key, MISSING) for item in found if isinstance(item, dict)]
+        if listed:
+            found = [item for items in found if isinstance(items, list) for item in items]
+    return found
+
+
 def _drop(node: Any, steps: tuple[d.Step, ...]) -> None:
     holder = _parent(node, steps)
     if holder is MISSING:
@@ -1292,11 +1303,19 @@ class FhirMapper:
         # id(steps) -> the resource's value there: declarations share paths (a slice's
         # steps carry its own constants, so equal path texts may be other steps).
         seen: dict[int, Any] = {}
+        anywhere: dict[str, list] = {}  # path -> every value there, whatever the list positions
         for plan, compiled, matches in options:
             carries = plan.system in systems
             if compiled.decl.own and not carries:
                 continue
-            for steps, constant in matches:
+            for path, keys, steps, constant in matches:
+                # A quick no first: the constant is nowhere at this path (the other
+                # vital signs' codes), so the slice need not be looked for.
+                values = anywhere.get(path)
+                if values is None:
+                    values = anywhere[path] = _everywhere(resource, keys)
+                if constant not in values:
+                    break
                 value = seen.get(id(steps), _NOT_FOUND)
                 if value is _NOT_FOUND:
                     value = seen[id(steps)] = _peek(resource, steps)
@@ -1308,12 +1327,13 @@ class FhirMapper:
 
     def _options_of(self, resource_type: Any) -> list[tuple[_Plan, _Resource, tuple]]:
         """The compiled declarations of a resource type, each with its match
-        constants (steps, value), made once."""
+        constants (path, its keys for :func:`_everywhere`, steps, value), made once."""
         options = []
         for entity, decl in self._by_resource.get(resource_type, ()) if isinstance(resource_type, str) else ():
             plan = self.plan(entity)
             compiled = plan.by_slot[decl.slot]
-            options.append((plan, compiled, tuple(compiled.constants[path] for path in decl.match)))
+            options.append((plan, compiled, tuple((path, tuple((step.key, step.index is not None) for step in compiled.constants[path][0]),
+                                              *compiled.constants[path]) for path in decl.match)))
         if isinstance(resource_type, str):
             self._options[resource_type] = options
         return options
