@@ -206,6 +206,7 @@ def _slice(items: list, match: tuple, index: int) -> Any:
 
 
 _SLICES = threading.local()
+_MATCH_PEEKERS: dict[int, tuple[tuple, list]] = {}  # id(match) -> (match, its peekers)
 _NOT_FOUND = object()
 
 
@@ -222,10 +223,14 @@ class _reading:
 
 
 def _find_slice(items: list, match: tuple, index: int) -> Any:
+    peeks = _MATCH_PEEKERS.get(id(match))
+    if peeks is None or peeks[0] is not match:
+        peeks = _MATCH_PEEKERS[id(match)] = (match, [_peeker(steps) for steps, _ in match])
+    peeks = peeks[1]
     for item in items:
         if not isinstance(item, dict):
             continue
-        found = [_peek(item, steps) for steps, _ in match]
+        found = [peek(item) for peek in peeks]
         if any(v == value for v, (_, value) in zip(found, match)) and \
                 all(v is MISSING or v == value for v, (_, value) in zip(found, match)):
             return item
@@ -233,6 +238,34 @@ def _find_slice(items: list, match: tuple, index: int) -> Any:
             all(_peek(items[index], steps) is MISSING for steps, _ in match):
         return items[index]
     return MISSING
+
+
+def _peeker(steps: tuple[d.Step, ...]) -> Callable[[Any], Any]:
+    """:func:`_peek` for one path, bound once to its generated parent function
+    (a reader calls it for every resource: no lookup of the path each time)."""
+    entry = _PEEKERS.get(id(steps))
+    if entry is not None and entry[0] is steps:
+        return entry[1]
+    _compile_parent(steps)
+    parent = _PARENTS[id(steps)][1]
+    last = steps[-1]
+    key, index = last.key, last.index
+    if index is None:
+        def peek(node: Any) -> Any:
+            holder = parent(node)
+            return MISSING if holder is MISSING else holder.get(key, MISSING)
+    else:
+        def peek(node: Any) -> Any:
+            holder = parent(node)
+            if holder is MISSING:
+                return MISSING
+            value = holder[index]
+            return MISSING if value is None else value
+    _PEEKERS[id(steps)] = (steps, peek)
+    return peek
+
+
+_PEEKERS: dict[int, tuple[tuple, Callable[[Any], Any]]] = {}  # id(steps) -> (steps, peek); steps kept alive
 
 
 def _peek(node: Any, steps: tuple[d.Step, ...]) -> Any:
@@ -876,6 +909,7 @@ class FhirMapper:
 
     def _field_element(self, element, mapping, plan, decl, siblings=()):
         put = _putter(element.steps)
+        peek = _peeker(element.steps)
         field = mapping.field(element.field)
         get, steps, path, dotted = _getter(field.path), element.steps, field.path, field.dotted
         loose = not field.strict  # a non-strict field may hold what its type does not: keep that as given
@@ -923,7 +957,7 @@ class FhirMapper:
             put(node, value)
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
-            value = _peek(resource, steps)
+            value = peek(resource)
             if value is MISSING:
                 return
             if valid is not None and not valid(value):
@@ -955,17 +989,30 @@ class FhirMapper:
             if wanted is None or wanted(entity):
                 put(node, constant)
 
+        _compile_parent(steps)
+        parent = _PARENTS[id(steps)][1]
+        last = steps[-1]
+        key, index = last.key, last.index
+
         def read(resource: dict, entity: dict, context: _Import) -> None:
-            found = _peek(resource, steps)
+            holder = parent(resource)  # what peek(resource) looks in: found once for the drop too
+            if holder is MISSING:
+                found = MISSING
+            elif index is None:
+                found = holder.get(key, MISSING)
+            else:
+                found = holder[index]
+                found = MISSING if found is None else found
             if found == constant:
                 # Dropped once every constant was read: constants find their slice.
-                context.drops.append((_parent(resource, steps), steps[-1]))
+                context.drops.append((holder, last))
             elif found is MISSING:
                 context.omitted.append(element.path)  # it came without it: it goes out without it
         return write, read
 
     def _coding_element(self, element, mapping, plan, decl, siblings=()):
         put = _putter(element.steps)
+        peek = _peeker(element.steps)
         c = element.coding
         steps, absent = element.steps, element.absent
         code_field = mapping.field(c.code)
@@ -992,7 +1039,7 @@ class FhirMapper:
         bare = element.primitive == "Coding"
         single = bare or (steps[-1].key == "coding" and steps[-1].index is not None)
         list_steps = steps[:-1] + (d.Step("coding", None),) if single else steps + (d.Step("coding", None),)
-        _compile_parent(list_steps)
+        peek_list = _peeker(list_steps)
 
         def write(entity: dict, node: dict, context: _Export) -> None:
             code = get_code(entity)
@@ -1027,14 +1074,14 @@ class FhirMapper:
             put(node, coding if single else {"coding": [coding]})
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
-            if absent and (bare or not single) and _peek(resource, steps) == _absent(absent):
+            if absent and (bare or not single) and peek(resource) == _absent(absent):
                 _drop(resource, steps)
                 return
             if bare:
-                found = _peek(resource, steps)
+                found = peek(resource)
                 codings = [found] if isinstance(found, dict) else None
             else:
-                codings = _peek(resource, list_steps)
+                codings = peek_list(resource)
             if not isinstance(codings, list):
                 return
             for index, coding in enumerate(codings):
@@ -1068,6 +1115,7 @@ class FhirMapper:
 
     def _quantity_element(self, element, mapping, plan, decl, siblings=()):
         put = _putter(element.steps)
+        peek = _peeker(element.steps)
         q = element.quantity
         steps, absent = element.steps, element.absent
         value_field = mapping.field(q.value)
@@ -1099,7 +1147,7 @@ class FhirMapper:
             put(node, quantity)
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
-            quantity = _peek(resource, steps)
+            quantity = peek(resource)
             if not isinstance(quantity, dict):
                 return
             if absent and quantity == _absent(absent):
@@ -1124,6 +1172,7 @@ class FhirMapper:
 
     def _reference_element(self, element, mapping, plan, decl, siblings=()):
         put = _putter(element.steps)
+        peek = _peeker(element.steps)
         r = element.reference
         steps, absent = element.steps, element.absent
         if r.target is None:
@@ -1165,7 +1214,7 @@ class FhirMapper:
             put(node, {"identifier": _identifier(mapper._lookup_system(r.target, theirs.column, target_key), (value,))})
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
-            ref = _peek(resource, steps)
+            ref = peek(resource)
             if not isinstance(ref, dict):
                 return
             if absent and ref == _absent(absent):
@@ -1196,6 +1245,7 @@ class FhirMapper:
 
     def _slot_reference(self, element, plan):
         put = _putter(element.steps)
+        peek = _peeker(element.steps)
         steps, slot = element.steps, element.reference.slot
 
         def write(entity: dict, node: dict, context: _Export) -> None:
@@ -1205,7 +1255,7 @@ class FhirMapper:
             put(node, {"reference": f"{target.resource_type}/{context.id_of(plan, entity, slot)}"})
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
-            ref = _peek(resource, steps)
+            ref = peek(resource)
             wanted = plan.by_slot[slot].resource_type + "/"
             if isinstance(ref, dict) and isinstance(ref.get("reference"), str) and ref["reference"].startswith(wanted):
                 ref.pop("reference")
@@ -1213,6 +1263,7 @@ class FhirMapper:
 
     def _children_element(self, element, mapping, plan, decl, siblings=()):
         put = _putter(element.steps)
+        peek = _peeker(element.steps)
         c = element.children
         child_mapping = self._mappings[c.entity_type]
         child_plan = _ChildPlan(self, child_mapping, c, plan, decl)
@@ -1226,7 +1277,7 @@ class FhirMapper:
             put(node, items)
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
-            items = _peek(resource, steps)
+            items = peek(resource)
             if not isinstance(items, list):
                 return
             key = plan.key_of(entity)
