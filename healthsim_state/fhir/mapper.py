@@ -302,18 +302,29 @@ def _drop(node: Any, steps: tuple[d.Step, ...]) -> None:
 
 
 def _prune(node: Any) -> Any:
-    """``node`` without empty objects, and without lists that hold only placeholders."""
+    """``node`` without empty objects, and without lists that hold only placeholders.
+    (Leaves are not passed to a call of their own: most of a resource is leaves.)"""
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
-            value = _prune(value)
-            if value is not MISSING:
-                out[key] = value
+            if isinstance(value, (dict, list)):
+                value = _prune(value)
+                if value is MISSING:
+                    continue
+            out[key] = value
         return out if out else MISSING
     if isinstance(node, list):
-        items = [None if item is None else _prune(item) for item in node]
-        items = [None if item is MISSING else item for item in items]
-        return items if any(item is not None for item in items) else MISSING
+        items = []
+        kept = False
+        for item in node:
+            if isinstance(item, (dict, list)):
+                item = _prune(item)
+                if item is MISSING:
+                    item = None
+            if item is not None:
+                kept = True
+            items.append(item)
+        return items if kept else MISSING
     return node
 
 
@@ -360,10 +371,11 @@ def _fill(kept: Any) -> Any:
 
 
 def _copy(value: Any) -> Any:
+    """A deep copy of JSON data (leaves are shared: they are immutable)."""
     if isinstance(value, dict):
-        return {key: _copy(item) for key, item in value.items()}
+        return {key: _copy(item) if isinstance(item, (dict, list)) else item for key, item in value.items()}
     if isinstance(value, list):
-        return [_copy(item) for item in value]
+        return [_copy(item) if isinstance(item, (dict, list)) else item for item in value]
     return value
 
 
