@@ -223,19 +223,26 @@ class _reading:
 
 
 def _find_slice(items: list, match: tuple, index: int) -> Any:
-    peeks = _MATCH_PEEKERS.get(id(match))
-    if peeks is None or peeks[0] is not match:
-        peeks = _MATCH_PEEKERS[id(match)] = (match, [_peeker(steps) for steps, _ in match])
-    peeks = peeks[1]
+    pairs = _MATCH_PEEKERS.get(id(match))
+    if pairs is None or pairs[0] is not match:
+        pairs = _MATCH_PEEKERS[id(match)] = (match, tuple((_peeker(steps), value) for steps, value in match))
+    pairs = pairs[1]
     for item in items:
         if not isinstance(item, dict):
             continue
-        found = [peek(item) for peek in peeks]
-        if any(v == value for v, (_, value) in zip(found, match)) and \
-                all(v is MISSING or v == value for v, (_, value) in zip(found, match)):
-            return item
+        equal = False  # one constant equal at least, and none that differs
+        for peek, value in pairs:
+            found = peek(item)
+            if found is MISSING:
+                continue
+            if found != value:
+                break
+            equal = True
+        else:
+            if equal:
+                return item
     if index < len(items) and isinstance(items[index], dict) and \
-            all(_peek(items[index], steps) is MISSING for steps, _ in match):
+            all(peek(items[index]) is MISSING for peek, _ in pairs):
         return items[index]
     return MISSING
 
