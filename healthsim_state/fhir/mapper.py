@@ -206,6 +206,7 @@ def _slice(items: list, match: tuple, index: int) -> Any:
 
 
 _SLICES = threading.local()
+_HASHABLE = (str, int, float, bool)  # JSON leaves an index of constants can hold
 _MATCH_PEEKERS: dict[int, tuple[tuple, list]] = {}  # id(match) -> (match, its peekers)
 _NOT_FOUND = object()
 
@@ -776,7 +777,7 @@ class FhirMapper:
         for entity, decls in self._declared.items():
             for decl in decls.resources:
                 self._by_resource.setdefault(decl.resource, []).append((entity, decl))
-        self._options: dict[str, list[tuple[_Plan, _Resource, tuple]]] = {}  # see _options_of
+        self._options: dict[str, tuple[list, tuple, frozenset]] = {}  # see _options_of
         self._lookups: dict[str, dict[str, Any]] = {}  # entity type -> target column -> reader
         self._lookup_cache: dict[tuple, dict] = {}
 
@@ -1363,50 +1364,62 @@ class FhirMapper:
         return tuple(dict.fromkeys(plan.entity_type for plan, _ in picked)) or None
 
     def _candidates(self, resource: dict) -> list[tuple[_Plan, _Resource]]:
-        options = self._options.get(resource.get("resourceType"))
-        if options is None:
-            options = self._options_of(resource.get("resourceType"))
+        resource_type = resource.get("resourceType")
+        compiled_options = self._options.get(resource_type)
+        if compiled_options is None:
+            compiled_options = self._options_of(resource_type)
+        options, index, always = compiled_options
         if not options:
             return []
+        # A quick no first: a declaration whose last match constant is nowhere at
+        # its path (ignoring list positions) is passed over (the other vital signs'
+        # LOINC codes) without looking for its slice.
+        chosen = always
+        if index:
+            chosen = set(always)
+            for keys, by_constant in index:
+                for value in _everywhere(resource, keys):
+                    if isinstance(value, _HASHABLE):
+                        chosen.update(by_constant.get(value, ()))
         systems = _identifier_systems(resource)
         found, own = [], []
-        # id(steps) -> the resource's value there: declarations share paths (a slice's
-        # steps carry its own constants, so equal path texts may be other steps).
-        seen: dict[int, Any] = {}
-        anywhere: dict[str, list] = {}  # path -> every value there, whatever the list positions
-        for plan, compiled, matches in options:
+        for position, (plan, compiled, matches) in enumerate(options):
+            if position not in chosen:
+                continue
             carries = plan.system in systems
             if compiled.decl.own and not carries:
                 continue
-            for path, keys, steps, constant in matches:
-                # A quick no first: the constant is nowhere at this path (the other
-                # vital signs' codes), so the slice need not be looked for.
-                values = anywhere.get(path)
-                if values is None:
-                    values = anywhere[path] = _everywhere(resource, keys)
-                if constant not in values:
-                    break
-                value = seen.get(id(steps), _NOT_FOUND)
-                if value is _NOT_FOUND:
-                    value = seen[id(steps)] = _peek(resource, steps)
-                if value != constant:
+            for steps, constant in matches:
+                if _peek(resource, steps) != constant:
                     break
             else:
                 (own if carries else found).append((plan, compiled))
         return own or found
 
-    def _options_of(self, resource_type: Any) -> list[tuple[_Plan, _Resource, tuple]]:
+    def _options_of(self, resource_type: Any) -> tuple[list, tuple, frozenset]:
         """The compiled declarations of a resource type, each with its match
-        constants (path, its keys for :func:`_everywhere`, steps, value), made once."""
+        constants (steps, value); an index of their last match constants (the
+        keys of each path for :func:`_everywhere`, constant -> positions); the
+        positions of the declarations not in the index. Made once a type."""
         options = []
+        by_path: dict[str, tuple[tuple, dict]] = {}
+        always = set()
         for entity, decl in self._by_resource.get(resource_type, ()) if isinstance(resource_type, str) else ():
             plan = self.plan(entity)
             compiled = plan.by_slot[decl.slot]
-            options.append((plan, compiled, tuple((path, tuple((step.key, step.index is not None) for step in compiled.constants[path][0]),
-                                              *compiled.constants[path]) for path in decl.match)))
+            position = len(options)
+            options.append((plan, compiled, tuple(compiled.constants[path] for path in decl.match)))
+            last = decl.match[-1] if decl.match else None
+            constant = compiled.constants[last][1] if last is not None else None
+            if last is None or not isinstance(constant, _HASHABLE):
+                always.add(position)
+                continue
+            keys = tuple((step.key, step.index is not None) for step in compiled.constants[last][0])
+            by_path.setdefault(last, (keys, {}))[1].setdefault(constant, set()).add(position)
+        found = (options, tuple(by_path.values()), frozenset(always))
         if isinstance(resource_type, str):
-            self._options[resource_type] = options
-        return options
+            self._options[resource_type] = found
+        return found
 
     def _declaration_for(self, resource: dict, types: Iterable[str]) -> tuple[_Plan, _Resource] | None:
         for plan, compiled in self._candidates(resource):
