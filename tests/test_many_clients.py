@@ -48,8 +48,9 @@ def patient_mapping(directory: Path, *, drop: str | None = None, extra: str | No
         # ... and the fhir: elements naming it (the section is checked with the file)
         text = "".join(line for line in lines[:start] + lines[end:]
                        if f"field: {drop}}}" not in line and f"with: {drop}}}" not in line)
-    if extra is not None:  # among the fields: the file ends with its fhir: section
-        text = text.replace("\nfhir:\n", "\n" + extra + "fhir:\n", 1)
+    if extra is not None:  # at the end of the fields (before the fhir: section, if any)
+        head, fhir, tail = text.partition("\nfhir:")
+        text = head.rstrip("\n") + "\n" + extra + (fhir + tail if fhir else "")
     (directory / "patient.yaml").write_text(text)
     return directory
 
