@@ -8,6 +8,9 @@ hand-written resources that keep every element, and stable ids and bytes.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ from healthsim_state.fhir.ids import resource_id
 from healthsim_state.fhir.mapper import RESERVED_KEY, FhirMapper
 from healthsim_state.mapping.loader import builtin_mapping_dir, load_mapping_dirs
 
+import clirun
 import oracle
 import strategies as S
 from fhir_schema import fhir_schema, fhir_validator  # noqa: F401 (fixtures)
@@ -352,9 +356,8 @@ MUST_FAIL = [
 @pytest.mark.parametrize("case, section, expected", MUST_FAIL, ids=[c[0] for c in MUST_FAIL])
 def test_a_bad_fhir_section_names_file_key_and_fix(tmp_path, case, section, expected):
     (tmp_path / "widget.yaml").write_text(WIDGET + section, "utf-8")
-    mappings = load_mapping_dirs([builtin_mapping_dir(), tmp_path])
     with pytest.raises(FhirMappingError) as caught:
-        FhirMapper(mappings)
+        load_mapping_dirs([builtin_mapping_dir(), tmp_path])  # checked with the files, not when FHIR is used
     message = str(caught.value)
     assert "widget.yaml (entity widget)" in message
     for part in expected:
@@ -364,9 +367,8 @@ def test_a_bad_fhir_section_names_file_key_and_fix(tmp_path, case, section, expe
 def test_the_schema_rejects_an_unknown_element_key_with_the_allowed_ones(tmp_path):
     (tmp_path / "widget.yaml").write_text(WIDGET + "  - resource: Device\n    elements:\n"
                                           "      - {path: status, feild: label}\n", "utf-8")
-    mappings = load_mapping_dirs([builtin_mapping_dir(), tmp_path])  # the block is checked when FHIR is used
     with pytest.raises(FhirMappingError) as caught:
-        FhirMapper(mappings)
+        load_mapping_dirs([builtin_mapping_dir(), tmp_path])
     message = str(caught.value)
     assert "widget.yaml (entity widget): fhir[0].elements[0]" in message
     assert "unknown key 'feild' (did you mean 'field'?)" in message
@@ -379,6 +381,61 @@ def test_a_fhir_section_the_yaml_parser_reads_with_the_file_is_checked_at_load(t
     with pytest.raises(MappingError) as caught:
         load_mapping_dirs([builtin_mapping_dir(), tmp_path])
     assert "fhir[0].elements[0]" in str(caught.value)
+
+
+def test_the_cli_says_a_bad_fhir_section_when_the_mappings_load(tmp_path):
+    # Any command, not only a FHIR one: the section is checked with the files.
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "widget.yaml").write_text(WIDGET + MUST_FAIL[0][1], "utf-8")
+    result = clirun.run(["list", "--db", tmp_path / "s.duckdb"],
+                        env=clirun.env_for(tmp_path, HEALTHSIM_MAPPINGS=str(tmp_path / "maps")))
+    assert result.returncode != 0
+    assert "widget.yaml (entity widget): fhir[0] (Device device).elements[0].field" in result.stderr
+    assert "'lable' is not a column of entity widget" in result.stderr and "label" in result.stderr
+    assert not (tmp_path / "s.duckdb").exists()
+
+
+GOOD_WIDGET = WIDGET + "  - resource: Device\n    elements: [{path: \"note[0].text\", field: label}]\n"
+# Loads one mapping set (the built-ins and argv[1]); says whether the fhir: sections were parsed, and the error.
+LOAD = """\
+import json, sys
+from healthsim_state import MappingError
+from healthsim_state.mapping.loader import builtin_mapping_dir, load_mapping_dirs
+try:
+    load_mapping_dirs([builtin_mapping_dir(), sys.argv[1]])
+    error = None
+except MappingError as caught:
+    error = str(caught)
+print(json.dumps({"parsed": "healthsim_state.fhir.declarations" in sys.modules, "error": error}))
+"""
+
+
+def load_in_fresh_process(directory: Path) -> dict:
+    result = subprocess.run([sys.executable, "-c", LOAD, str(directory)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_set_of_sections_that_passed_is_not_parsed_again_until_a_file_changes(tmp_path):
+    (tmp_path / "widget.yaml").write_text(GOOD_WIDGET, "utf-8")
+    assert load_in_fresh_process(tmp_path) == {"parsed": True, "error": None}
+    assert load_in_fresh_process(tmp_path) == {"parsed": False, "error": None}  # the set's digest was remembered
+    # The section is unchanged, the column it names is gone: the digest covers the columns too.
+    (tmp_path / "widget.yaml").write_text(GOOD_WIDGET.replace("  - {column: label, path: label, type: varchar}\n", ""),
+                                          "utf-8")
+    again = load_in_fresh_process(tmp_path)
+    assert again["parsed"] and "fhir[0] (Device device).elements[0].field: 'label' is not a column" in again["error"]
+
+
+def test_a_user_file_replacing_a_builtin_type_breaks_the_builtin_sections_only_for_fhir(tmp_path):
+    (tmp_path / "patient.yaml").write_text("entity: patient\ntable: my_patients\nprimary_key: pid\n"
+                                           "fields:\n  - {column: pid, path: pid, type: varchar}\n", "utf-8")
+    mappings = load_mapping_dirs([builtin_mapping_dir(), tmp_path])  # every other command still works
+    with pytest.raises(FhirMappingError) as caught:
+        FhirMapper(mappings)
+    assert "lab_result.yaml (entity lab_result)" in str(caught.value)
+    assert "entity type 'patient' has no fhir: section" in str(caught.value)
 
 
 def test_the_fhir_block_is_split_off_and_the_rest_of_the_file_kept():

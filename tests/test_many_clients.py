@@ -45,7 +45,9 @@ def patient_mapping(directory: Path, *, drop: str | None = None, extra: str | No
         lines = text.splitlines(keepends=True)
         start = next(i for i, line in enumerate(lines) if line.strip() == f"- column: {drop}")
         end = next(i for i in range(start + 1, len(lines)) if lines[i].strip().startswith("- column:"))
-        text = "".join(lines[:start] + lines[end:])
+        # ... and the fhir: elements naming it (the section is checked with the file)
+        text = "".join(line for line in lines[:start] + lines[end:]
+                       if f"field: {drop}}}" not in line and f"with: {drop}}}" not in line)
     if extra is not None:  # at the end of the fields (before the fhir: section, if any)
         head, fhir, tail = text.partition("\nfhir:")
         text = head.rstrip("\n") + "\n" + extra + (fhir + tail if fhir else "")

@@ -206,7 +206,7 @@ def test_clients_adding_a_field_at_once_apply_it_once(pg_url, tmp_path):
     maps = tmp_path / "maps"
     maps.mkdir()
     patient = (REPO / "mappings" / "patient.yaml").read_text()
-    (maps / "patient.yaml").write_text(patient.rstrip() + "\n  - {column: shoe_size, path: shoe_size, type: integer}\n")
+    (maps / "patient.yaml").write_text(patient.replace("\nfhir:\n", "\n  - {column: shoe_size, path: shoe_size, type: integer}\nfhir:\n", 1))
     clients = [python(ADD_FIELD, pg_url, maps) for _ in range(4)]
     outcomes = []
     for client in clients:
@@ -227,7 +227,7 @@ def test_a_layout_change_waits_for_open_reads_and_a_long_wait_names_them(pg_url,
     maps = tmp_path / "maps"
     maps.mkdir()
     patient = (REPO / "mappings" / "patient.yaml").read_text()
-    (maps / "patient.yaml").write_text(patient.rstrip() + "\n  - {column: shoe_size, path: shoe_size, type: integer}\n")
+    (maps / "patient.yaml").write_text(patient.replace("\nfhir:\n", "\n  - {column: shoe_size, path: shoe_size, type: integer}\nfhir:\n", 1))
     reader = StateManager(pg_url)
     with reader.snapshot("s") as snap:  # an open read holds the layout (shared)
         rows = snap.entities("patient", batch_size=1)

@@ -206,6 +206,8 @@ def _slice(items: list, match: tuple, index: int) -> Any:
 
 
 _SLICES = threading.local()
+_HASHABLE = (str, int, float, bool)  # JSON leaves an index of constants can hold
+_MATCH_PEEKERS: dict[int, tuple[tuple, list]] = {}  # id(match) -> (match, its peekers)
 _NOT_FOUND = object()
 
 
@@ -222,17 +224,56 @@ class _reading:
 
 
 def _find_slice(items: list, match: tuple, index: int) -> Any:
+    pairs = _MATCH_PEEKERS.get(id(match))
+    if pairs is None or pairs[0] is not match:
+        pairs = _MATCH_PEEKERS[id(match)] = (match, tuple((_peeker(steps), value) for steps, value in match))
+    pairs = pairs[1]
     for item in items:
         if not isinstance(item, dict):
             continue
-        found = [_peek(item, steps) for steps, _ in match]
-        if any(v == value for v, (_, value) in zip(found, match)) and \
-                all(v is MISSING or v == value for v, (_, value) in zip(found, match)):
-            return item
+        equal = False  # one constant equal at least, and none that differs
+        for peek, value in pairs:
+            found = peek(item)
+            if found is MISSING:
+                continue
+            if found != value:
+                break
+            equal = True
+        else:
+            if equal:
+                return item
     if index < len(items) and isinstance(items[index], dict) and \
-            all(_peek(items[index], steps) is MISSING for steps, _ in match):
+            all(peek(items[index]) is MISSING for peek, _ in pairs):
         return items[index]
     return MISSING
+
+
+def _peeker(steps: tuple[d.Step, ...]) -> Callable[[Any], Any]:
+    """:func:`_peek` for one path, bound once to its generated parent function
+    (a reader calls it for every resource: no lookup of the path each time)."""
+    entry = _PEEKERS.get(id(steps))
+    if entry is not None and entry[0] is steps:
+        return entry[1]
+    _compile_parent(steps)
+    parent = _PARENTS[id(steps)][1]
+    last = steps[-1]
+    key, index = last.key, last.index
+    if index is None:
+        def peek(node: Any) -> Any:
+            holder = parent(node)
+            return MISSING if holder is MISSING else holder.get(key, MISSING)
+    else:
+        def peek(node: Any) -> Any:
+            holder = parent(node)
+            if holder is MISSING:
+                return MISSING
+            value = holder[index]
+            return MISSING if value is None else value
+    _PEEKERS[id(steps)] = (steps, peek)
+    return peek
+
+
+_PEEKERS: dict[int, tuple[tuple, Callable[[Any], Any]]] = {}  # id(steps) -> (steps, peek); steps kept alive
 
 
 def _peek(node: Any, steps: tuple[d.Step, ...]) -> Any:
@@ -244,6 +285,17 @@ def _peek(node: Any, steps: tuple[d.Step, ...]) -> Any:
         return holder.get(last.key, MISSING)
     value = holder[last.index]
     return MISSING if value is None else value
+
+
+def _everywhere(node: Any, keys: tuple[tuple[str, bool], ...]) -> list:
+    """Every value at a path, each list step taken at every position: what
+    :func:`_peek` finds there (by index or by slice) is always among them."""
+    found = [node]
+    for key, listed in keys:
+        found = [item.get(key, MISSING) for item in found if isinstance(item, dict)]
+        if listed:
+            found = [item for items in found if isinstance(items, list) for item in items]
+    return found
 
 
 def _drop(node: Any, steps: tuple[d.Step, ...]) -> None:
@@ -258,18 +310,29 @@ def _drop(node: Any, steps: tuple[d.Step, ...]) -> None:
 
 
 def _prune(node: Any) -> Any:
-    """``node`` without empty objects, and without lists that hold only placeholders."""
+    """``node`` without empty objects, and without lists that hold only placeholders.
+    (Leaves are not passed to a call of their own: most of a resource is leaves.)"""
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
-            value = _prune(value)
-            if value is not MISSING:
-                out[key] = value
+            if isinstance(value, (dict, list)):
+                value = _prune(value)
+                if value is MISSING:
+                    continue
+            out[key] = value
         return out if out else MISSING
     if isinstance(node, list):
-        items = [None if item is None else _prune(item) for item in node]
-        items = [None if item is MISSING else item for item in items]
-        return items if any(item is not None for item in items) else MISSING
+        items = []
+        kept = False
+        for item in node:
+            if isinstance(item, (dict, list)):
+                item = _prune(item)
+                if item is MISSING:
+                    item = None
+            if item is not None:
+                kept = True
+            items.append(item)
+        return items if kept else MISSING
     return node
 
 
@@ -316,10 +379,11 @@ def _fill(kept: Any) -> Any:
 
 
 def _copy(value: Any) -> Any:
+    """A deep copy of JSON data (leaves are shared: they are immutable)."""
     if isinstance(value, dict):
-        return {key: _copy(item) for key, item in value.items()}
+        return {key: _copy(item) if isinstance(item, (dict, list)) else item for key, item in value.items()}
     if isinstance(value, list):
-        return [_copy(item) for item in value]
+        return [_copy(item) if isinstance(item, (dict, list)) else item for item in value]
     return value
 
 
@@ -713,6 +777,7 @@ class FhirMapper:
         for entity, decls in self._declared.items():
             for decl in decls.resources:
                 self._by_resource.setdefault(decl.resource, []).append((entity, decl))
+        self._options: dict[str, tuple[list, tuple, frozenset]] = {}  # see _options_of
         self._lookups: dict[str, dict[str, Any]] = {}  # entity type -> target column -> reader
         self._lookup_cache: dict[tuple, dict] = {}
 
@@ -864,6 +929,7 @@ class FhirMapper:
 
     def _field_element(self, element, mapping, plan, decl, siblings=()):
         put = _putter(element.steps)
+        peek = _peeker(element.steps)
         field = mapping.field(element.field)
         get, steps, path, dotted = _getter(field.path), element.steps, field.path, field.dotted
         loose = not field.strict  # a non-strict field may hold what its type does not: keep that as given
@@ -911,7 +977,7 @@ class FhirMapper:
             put(node, value)
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
-            value = _peek(resource, steps)
+            value = peek(resource)
             if value is MISSING:
                 return
             if valid is not None and not valid(value):
@@ -943,17 +1009,30 @@ class FhirMapper:
             if wanted is None or wanted(entity):
                 put(node, constant)
 
+        _compile_parent(steps)
+        parent = _PARENTS[id(steps)][1]
+        last = steps[-1]
+        key, index = last.key, last.index
+
         def read(resource: dict, entity: dict, context: _Import) -> None:
-            found = _peek(resource, steps)
+            holder = parent(resource)  # what peek(resource) looks in: found once for the drop too
+            if holder is MISSING:
+                found = MISSING
+            elif index is None:
+                found = holder.get(key, MISSING)
+            else:
+                found = holder[index]
+                found = MISSING if found is None else found
             if found == constant:
                 # Dropped once every constant was read: constants find their slice.
-                context.drops.append((_parent(resource, steps), steps[-1]))
+                context.drops.append((holder, last))
             elif found is MISSING:
                 context.omitted.append(element.path)  # it came without it: it goes out without it
         return write, read
 
     def _coding_element(self, element, mapping, plan, decl, siblings=()):
         put = _putter(element.steps)
+        peek = _peeker(element.steps)
         c = element.coding
         steps, absent = element.steps, element.absent
         code_field = mapping.field(c.code)
@@ -980,7 +1059,7 @@ class FhirMapper:
         bare = element.primitive == "Coding"
         single = bare or (steps[-1].key == "coding" and steps[-1].index is not None)
         list_steps = steps[:-1] + (d.Step("coding", None),) if single else steps + (d.Step("coding", None),)
-        _compile_parent(list_steps)
+        peek_list = _peeker(list_steps)
 
         def write(entity: dict, node: dict, context: _Export) -> None:
             code = get_code(entity)
@@ -1015,14 +1094,14 @@ class FhirMapper:
             put(node, coding if single else {"coding": [coding]})
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
-            if absent and (bare or not single) and _peek(resource, steps) == _absent(absent):
+            if absent and (bare or not single) and peek(resource) == _absent(absent):
                 _drop(resource, steps)
                 return
             if bare:
-                found = _peek(resource, steps)
+                found = peek(resource)
                 codings = [found] if isinstance(found, dict) else None
             else:
-                codings = _peek(resource, list_steps)
+                codings = peek_list(resource)
             if not isinstance(codings, list):
                 return
             for index, coding in enumerate(codings):
@@ -1056,6 +1135,7 @@ class FhirMapper:
 
     def _quantity_element(self, element, mapping, plan, decl, siblings=()):
         put = _putter(element.steps)
+        peek = _peeker(element.steps)
         q = element.quantity
         steps, absent = element.steps, element.absent
         value_field = mapping.field(q.value)
@@ -1087,7 +1167,7 @@ class FhirMapper:
             put(node, quantity)
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
-            quantity = _peek(resource, steps)
+            quantity = peek(resource)
             if not isinstance(quantity, dict):
                 return
             if absent and quantity == _absent(absent):
@@ -1112,6 +1192,7 @@ class FhirMapper:
 
     def _reference_element(self, element, mapping, plan, decl, siblings=()):
         put = _putter(element.steps)
+        peek = _peeker(element.steps)
         r = element.reference
         steps, absent = element.steps, element.absent
         if r.target is None:
@@ -1153,7 +1234,7 @@ class FhirMapper:
             put(node, {"identifier": _identifier(mapper._lookup_system(r.target, theirs.column, target_key), (value,))})
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
-            ref = _peek(resource, steps)
+            ref = peek(resource)
             if not isinstance(ref, dict):
                 return
             if absent and ref == _absent(absent):
@@ -1184,6 +1265,7 @@ class FhirMapper:
 
     def _slot_reference(self, element, plan):
         put = _putter(element.steps)
+        peek = _peeker(element.steps)
         steps, slot = element.steps, element.reference.slot
 
         def write(entity: dict, node: dict, context: _Export) -> None:
@@ -1193,7 +1275,7 @@ class FhirMapper:
             put(node, {"reference": f"{target.resource_type}/{context.id_of(plan, entity, slot)}"})
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
-            ref = _peek(resource, steps)
+            ref = peek(resource)
             wanted = plan.by_slot[slot].resource_type + "/"
             if isinstance(ref, dict) and isinstance(ref.get("reference"), str) and ref["reference"].startswith(wanted):
                 ref.pop("reference")
@@ -1201,6 +1283,7 @@ class FhirMapper:
 
     def _children_element(self, element, mapping, plan, decl, siblings=()):
         put = _putter(element.steps)
+        peek = _peeker(element.steps)
         c = element.children
         child_mapping = self._mappings[c.entity_type]
         child_plan = _ChildPlan(self, child_mapping, c, plan, decl)
@@ -1214,7 +1297,7 @@ class FhirMapper:
             put(node, items)
 
         def read(resource: dict, entity: dict, context: _Import) -> None:
-            items = _peek(resource, steps)
+            items = peek(resource)
             if not isinstance(items, list):
                 return
             key = plan.key_of(entity)
@@ -1281,19 +1364,62 @@ class FhirMapper:
         return tuple(dict.fromkeys(plan.entity_type for plan, _ in picked)) or None
 
     def _candidates(self, resource: dict) -> list[tuple[_Plan, _Resource]]:
-        options = self._by_resource.get(resource.get("resourceType"), ())
+        resource_type = resource.get("resourceType")
+        compiled_options = self._options.get(resource_type)
+        if compiled_options is None:
+            compiled_options = self._options_of(resource_type)
+        options, index, always = compiled_options
+        if not options:
+            return []
+        # A quick no first: a declaration whose last match constant is nowhere at
+        # its path (ignoring list positions) is passed over (the other vital signs'
+        # LOINC codes) without looking for its slice.
+        chosen = always
+        if index:
+            chosen = set(always)
+            for keys, by_constant in index:
+                for value in _everywhere(resource, keys):
+                    if isinstance(value, _HASHABLE):
+                        chosen.update(by_constant.get(value, ()))
         systems = _identifier_systems(resource)
         found, own = [], []
-        for entity, decl in options:
+        for position, (plan, compiled, matches) in enumerate(options):
+            if position not in chosen:
+                continue
+            carries = plan.system in systems
+            if compiled.decl.own and not carries:
+                continue
+            for steps, constant in matches:
+                if _peek(resource, steps) != constant:
+                    break
+            else:
+                (own if carries else found).append((plan, compiled))
+        return own or found
+
+    def _options_of(self, resource_type: Any) -> tuple[list, tuple, frozenset]:
+        """The compiled declarations of a resource type, each with its match
+        constants (steps, value); an index of their last match constants (the
+        keys of each path for :func:`_everywhere`, constant -> positions); the
+        positions of the declarations not in the index. Made once a type."""
+        options = []
+        by_path: dict[str, tuple[tuple, dict]] = {}
+        always = set()
+        for entity, decl in self._by_resource.get(resource_type, ()) if isinstance(resource_type, str) else ():
             plan = self.plan(entity)
             compiled = plan.by_slot[decl.slot]
-            carries = plan.system in systems
-            if decl.own and not carries:
+            position = len(options)
+            options.append((plan, compiled, tuple(compiled.constants[path] for path in decl.match)))
+            last = decl.match[-1] if decl.match else None
+            constant = compiled.constants[last][1] if last is not None else None
+            if last is None or not isinstance(constant, _HASHABLE):
+                always.add(position)
                 continue
-            if any(_peek(resource, compiled.constants[path][0]) != compiled.constants[path][1] for path in decl.match):
-                continue
-            (own if carries else found).append((plan, compiled))
-        return own or found
+            keys = tuple((step.key, step.index is not None) for step in compiled.constants[last][0])
+            by_path.setdefault(last, (keys, {}))[1].setdefault(constant, set()).add(position)
+        found = (options, tuple(by_path.values()), frozenset(always))
+        if isinstance(resource_type, str):
+            self._options[resource_type] = found
+        return found
 
     def _declaration_for(self, resource: dict, types: Iterable[str]) -> tuple[_Plan, _Resource] | None:
         for plan, compiled in self._candidates(resource):

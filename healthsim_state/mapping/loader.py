@@ -131,7 +131,43 @@ def load_mapping_dirs(dirs: Iterable[Path]) -> dict[str, Mapping]:
     _check_across(chosen, problems)
     if problems:
         raise MappingError(problems)
+    _check_fhir_sections(chosen)
     return dict(sorted(chosen.items()))
+
+
+def _check_fhir_sections(mappings: dict[str, Mapping]) -> None:
+    """Check the ``fhir:`` sections with the files: the JSON Schema, then the
+    checks across files (a column or entity type named exists, ...); raise
+    :class:`~healthsim_state.errors.FhirMappingError` naming file, key and fix.
+
+    A built-in section is checked here only while every type it names is the
+    built-in one: a user's file that replaces ``patient`` (another key, no
+    ``fhir:``) leaves the others' references to it unusable, which is said
+    when FHIR is used (``FhirMapper``), not by every command. A set that
+    passed is remembered by its digest (:func:`.validation_cache.set_digest`):
+    an unchanged set is neither parsed nor checked again (a warm start pays
+    for one hash)."""
+    if all(mapping.fhir is None for mapping in mappings.values()):
+        return
+    key = validation_cache.set_digest(mappings)
+    if key in validation_cache.VALIDATED:
+        return
+    from ..errors import FhirMappingError
+    from ..fhir import declarations  # only on a miss: loading mappings never imports the FHIR package otherwise
+
+    problems: list[Problem] = []
+    declared = {}
+    for entity, mapping in mappings.items():
+        found = declarations.declarations_of(mapping, problems)
+        if found is not None:
+            declared[entity] = found
+    if problems:
+        raise FhirMappingError(problems)
+    builtin = builtin_mapping_dir()
+    replaced = any(Path(m.source).parent != builtin for m in mappings.values())
+    users = [e for e, decls in declared.items() if Path(decls.source).parent != builtin]
+    declarations.check(mappings, declared, only=users if replaced else None)  # raises with every problem
+    validation_cache.VALIDATED.add(key)
 
 
 def _load_directory(directory: Path, problems: list[Problem]) -> dict[str, Mapping]:
@@ -185,9 +221,10 @@ def load_mapping_file(path: Path, problems: list[Problem]) -> Mapping | None:
 
 def split_fhir_section(text: str) -> tuple[str, str | None]:
     """The file's text without its top-level ``fhir:`` block, and that block
-    (None: none written so). The block is parsed and checked only when FHIR is
-    used (``healthsim_state.fhir.declarations``): it is the larger part of a
-    built-in file, and loading mappings (every command) need not pay for it.
+    (None: none written so). The block is parsed and checked once the whole set
+    is loaded (:func:`_check_fhir_sections`), and not at all when the set passed
+    before: it is the larger part of a built-in file, and loading mappings
+    (every command) need not parse it each time.
     A ``fhir`` key written another way (quoted, in flow style) stays in the text
     and is read with the rest."""
     lines = text.splitlines(keepends=True)

@@ -6,7 +6,8 @@ The cache is a file of digests, one a line, in ``$XDG_CACHE_HOME/healthsim-state
 (else ``~/.cache/healthsim-state``). A digest covers the package version, the
 schema file's bytes and the document's canonical JSON, so any change to any of
 them is a miss and the document is validated again. Only a document that passed
-is ever added. A line that is not a whole digest (a torn write, a corrupt or
+is ever added (or the digest of a set of mappings whose ``fhir:`` sections
+passed: :func:`set_digest`). A line that is not a whole digest (a torn write, a corrupt or
 foreign file) is ignored; a line is added by one ``O_APPEND`` write, and the file
 is only ever rewritten whole through a temporary file and a rename. A cache that
 cannot be read or written only means validating again. So a cache can make a
@@ -54,6 +55,24 @@ def digest(document: Any) -> str | None:
     hasher.update(_schema_digest())
     hasher.update(b"\0" + text.encode("utf-8"))
     return hasher.hexdigest()
+
+
+def set_digest(mappings: dict) -> str:
+    """The key of a set of mappings whose ``fhir:`` sections passed the schema
+    and the checks across files (``loader._check_fhir_sections``): what those depend
+    on, each mapping's entity, key, columns (type, strictness) and section
+    text, under the package version and the schema. Not a document's digest:
+    it starts with another tag, so the two never meet."""
+    hasher = hashlib.sha256(f"healthsim-state fhir set {_version()}\0".encode())
+    hasher.update(_schema_digest())
+    for entity, mapping in mappings.items():
+        columns = "\0".join(f"{f.column}\1{f.type.name}\1{f.strict:d}" for f in mapping.fields)
+        hasher.update(f"\0\2{entity}\0{mapping.primary_key}\0{columns}\0{mapping.fhir}".encode("utf-8", "surrogatepass"))
+    return hasher.hexdigest()
+
+
+def _version() -> str:
+    return getattr(sys.modules.get("healthsim_state"), "__version__", "")
 
 
 _schema_digest_value: bytes | None = None
