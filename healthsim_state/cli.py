@@ -676,17 +676,17 @@ def diff(a: str, b: str | None, a_version: int | None, b_version: int | None, en
     """
     with _reader(db) as manager:
         left, right = _diff_sides(manager, a, b, a_version, b_version)
-        found = manager.diff_scenarios(left["scenario_id"], right["scenario_id"], a_version=left["version"],
-                                       b_version=right["version"], entity_types=list(entity_types) or None)
+        differences = manager.diff_scenarios(left["scenario_id"], right["scenario_id"], a_version=left["version"],
+                                             b_version=right["version"], entity_types=list(entity_types) or None)
     if as_json:
-        print_json(found)
+        print_json(differences)
         return
-    if not found:
+    if not differences:
         click.echo(f"no differences between {_side(left)} and {_side(right)}")
         return
     click.echo(f"--- {_side(left)}\n+++ {_side(right)}")
     styled = _tty(sys.stdout)
-    for entity, change in found.items():
+    for entity, change in differences.items():
         click.echo(f"{entity}: {len(change['added'])} added, {len(change['removed'])} removed, "
                    f"{len(change['changed'])} changed")
         for sign, colour, keys in (("+", "green", change["added"]), ("-", "red", change["removed"])):

@@ -493,9 +493,9 @@ class ScenarioTools:
         differences, the keys added and removed, and for each changed entity its key and the
         canonical paths that differ (name.given, address.postalCode, ...)."""
         with self._read_manager() as manager:
-            found = manager.diff_scenarios(a, b, a_version=a_version, b_version=b_version,
-                                           entity_types=entity_types)
-        return {"differences": jsonable(found), "identical": not found}
+            differences = manager.diff_scenarios(a, b, a_version=a_version, b_version=b_version,
+                                                 entity_types=entity_types)
+        return {"differences": jsonable(differences), "identical": not differences}
 
     def restore_scenario(
         self,

@@ -35,7 +35,7 @@ from healthsim_state.interop import (
     parse_document,
     run_query,
 )
-from healthsim_state.interop.json_io import dumps, parse_json as parse_file
+from healthsim_state.interop.json_io import dumps, load_json_bytes as parse_file
 
 DATA = Path(__file__).parent / "data" / "interop"
 

@@ -28,7 +28,7 @@ from healthsim_state.interop import (
     run_query,
 )
 from healthsim_state.interop.files import default_target, safe_filename, write_atomic
-from healthsim_state.interop.json_io import dumps, parse_json
+from healthsim_state.interop.json_io import dumps, load_json_bytes
 from healthsim_state.interop.legacy import content_tag, legacy_directories, summarize
 from healthsim_state.interop.query import jsonable
 
@@ -141,13 +141,13 @@ def test_bad_documents_name_the_file_and_the_problem(tmp_path, text, message):
 
 def test_syntax_errors_carry_line_and_column():
     with pytest.raises(DocumentError) as caught:
-        parse_json(b'{\n\n   "a": tru }', "f.json")
+        load_json_bytes(b'{\n\n   "a": tru }', "f.json")
     assert (caught.value.line, caught.value.column, caught.value.source) == (3, 9, "f.json")
 
 
 def test_not_utf8_is_named(tmp_path):
     with pytest.raises(DocumentError, match=r"not UTF-8 text \(byte 14\)"):
-        parse_json(b'{"patients": "\xff"}', "latin.json")
+        load_json_bytes(b'{"patients": "\xff"}', "latin.json")
 
 
 def test_bad_entities_name_every_problem_and_change_nothing(sm, tmp_path):

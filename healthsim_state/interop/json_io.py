@@ -145,7 +145,7 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _decoder = json.JSONDecoder(parse_float=exact_number, object_pairs_hook=_unique_object)
 
 
-def parse_json(data: bytes, source: str) -> Any:
+def load_json_bytes(data: bytes, source: str) -> Any:
     """Parse JSON text; a syntax error names ``source``, the line and the
     column, and so does a key given twice in one object. A number with a
     fraction or an exponent that no float holds exactly is a ``Decimal``."""
@@ -230,7 +230,7 @@ def _line_column(text: str, offset: int) -> tuple[int, int]:
 def read_document(path: str | os.PathLike) -> ScenarioDocument:
     """Read and recognise one scenario file (``-``: standard input)."""
     source = "<stdin>" if str(path) == STDIN else str(path)
-    return parse_document(parse_json(read_bytes(path), source), source)
+    return parse_document(load_json_bytes(read_bytes(path), source), source)
 
 
 def parse_document(doc: Any, source: str = "<document>") -> ScenarioDocument:

@@ -33,7 +33,7 @@ from ..engine.registry import Registry
 from ..errors import HealthSimError, StoreNotFoundError, ValidationError
 from ..manager import StateManager
 from .errors import DocumentError
-from .json_io import ScenarioDocument, parse_document, parse_json, scenario_name
+from .json_io import ScenarioDocument, load_json_bytes, parse_document, scenario_name
 
 LEGACY_DIRS = ("scenarios", "workspaces")
 MIGRATED_TAG = "migrated"
@@ -128,7 +128,7 @@ def _migrate_one(path: Path, registry: Registry, existing: dict[str, list[str]],
     result = MigrationResult(path, dry_run=manager is None)
     try:
         data = path.read_bytes()  # hashed and parsed from the same bytes
-        document = parse_document(parse_json(data, str(path)), str(path))
+        document = parse_document(load_json_bytes(data, str(path)), str(path))
         name = result.name = scenario_name(document, path)
         result.counts = _counts(registry, document)
         tag = content_tag(data)
