@@ -402,22 +402,30 @@ class TypeRows:
         """The live rows' query: each column in its read form; with
         ``typed``, as it is; with ``after``, as it is where the dialect turns
         it into its read form in Python (:meth:`_in_read_form`)."""
-        mapping, dialect = self.mapping, self.session.dialect
-        if typed:
-            reads = ", ".join(quote(f.column) for f in mapping.fields)
-        else:
-            reads = ", ".join(_read_as(dialect, f.type, f.column, after) for f in mapping.fields)
-        where, params = self._live(version)
-        return f"SELECT _position, {reads}, _residual FROM {quote(self.table)} WHERE {where}", params
+        dialect = self.session.dialect
+        key = ("store.live_rows", dialect.name, typed, after, version is None)
+        sql = self.codec.cache.get(key)  # the same text for every scenario: made once a type
+        if sql is None:
+            if typed:
+                reads = ", ".join(quote(f.column) for f in self.mapping.fields)
+            else:
+                reads = ", ".join(_read_as(dialect, f.type, f.column, after) for f in self.mapping.fields)
+            sql = self.codec.cache[key] = (f"SELECT _position, {reads}, _residual FROM {quote(self.table)} "
+                                           f"WHERE {self._live(version)[0]}")
+        return sql, self._live(version)[1]
 
     def _in_read_form(self, rows: list[tuple]) -> list[tuple]:
         """Rows read with ``_live_rows_sql(after=True)``, each column in its
         read form: the dialect's conversions made on the non-null values of
         the columns it read as they are, a column at a time."""
         dialect = self.session.dialect
-        after = [(index, convert) for index, convert in
-                 enumerate((dialect.to_read_form(f.type) for f in self.mapping.fields), start=1)
-                 if convert is not None]
+        key = ("store.read_after", dialect.name)
+        after = self.codec.cache.get(key)
+        if after is None:
+            after = self.codec.cache[key] = [
+                (index, convert) for index, convert in
+                enumerate((dialect.to_read_form(f.type) for f in self.mapping.fields), start=1)
+                if convert is not None]
         if not after or not rows:
             return rows
         columns = list(zip(*rows))
