@@ -91,6 +91,17 @@ class Scenarios:
                 f"rename scenario {other[0]} to use its name")
         return _scenario_dict(rows[0]) if rows else None
 
+    def find_name(self, name: str) -> tuple[dict[str, Any] | None, bool]:
+        """The scenario named ``name`` (None: none is), and whether ``name``
+        is a scenario's id (which a name may not be): one query, where a save
+        of a new scenario asked two."""
+        if not is_text(name) or "\x00" in name:
+            return None, False
+        rows = self.session.fetchall(f"SELECT {', '.join(_SCENARIO_COLUMNS)} FROM scenarios "
+                                     "WHERE name = ? OR scenario_id = ?", [name, name])
+        named = next((row for row in rows if row[1] == name), None)
+        return None if named is None else _scenario_dict(named), any(row[0] == name for row in rows)
+
     def get(self, name_or_id: str) -> dict[str, Any]:
         """As :meth:`find_scenario`, but an unknown one raises :class:`ScenarioNotFoundError`."""
         scenario = self.find_scenario(name_or_id)
@@ -183,8 +194,10 @@ class Scenarios:
 
     # --- tags ------------------------------------------------------------------------------
 
-    def replace_tags(self, scenario_id: str, tags: list[str]) -> None:
-        self.session.execute("DELETE FROM scenario_tags WHERE scenario_id = ?", [scenario_id])
+    def replace_tags(self, scenario_id: str, tags: list[str], *, new: bool = False) -> None:
+        """The scenario's tags become ``tags`` (a ``new`` scenario has none to delete)."""
+        if not new:
+            self.session.execute("DELETE FROM scenario_tags WHERE scenario_id = ?", [scenario_id])
         if tags:
             self.session.append("scenario_tags", ("scenario_id", "position", "tag"),
                                 [(scenario_id, i, tag) for i, tag in enumerate(tags)])
