@@ -177,9 +177,9 @@ class Scenarios:
         # parameter per scenario: 2.5 against 4.4 ms for 300 on DuckDB).
         sql = (f"SELECT s.*, (SELECT array_agg(t.tag ORDER BY t.position) FROM scenario_tags t "
                f"WHERE t.scenario_id = s.scenario_id) AS tags FROM ({sql}) s{order}")
-        items = []
+        items, parsed = [], {}
         for row in self.session.fetchall(sql, params):
-            item = _scenario_dict(row[:-1])
+            item = _scenario_dict(row[:-1], parsed)
             item["tags"] = list(row[-1] or ())
             items.append(item)
         return items
@@ -286,11 +286,21 @@ def _utc(value: _dt.datetime) -> _dt.datetime:
     return value.replace(tzinfo=_dt.timezone.utc)
 
 
-def _scenario_dict(row: tuple) -> dict[str, Any]:
+def _scenario_dict(row: tuple, parsed: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+    """A scenario's row as a dict. ``parsed``: the counts texts met so far
+    (a list parses each distinct text once, and copies it)."""
     item = dict(zip(_SCENARIO_COLUMNS, row))
-    item["created_at"] = _utc(item["created_at"])
-    item["updated_at"] = _utc(item["updated_at"])
-    item["entity_counts"] = _counts(item["entity_counts"])
+    utc = _dt.timezone.utc
+    item["created_at"] = item["created_at"].replace(tzinfo=utc)
+    item["updated_at"] = item["updated_at"].replace(tzinfo=utc)
+    text = item["entity_counts"]
+    if parsed is None or not isinstance(text, str):
+        item["entity_counts"] = _counts(text)
+    else:
+        counts = parsed.get(text)
+        if counts is None:
+            counts = parsed[text] = _counts(text)
+        item["entity_counts"] = dict(counts)
     return item
 
 
