@@ -4,7 +4,7 @@ before a transaction begins."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, NoReturn
 
 from .column_types import TYPES, HeldText, Unfit
 from .engine.batch import key_function
@@ -55,9 +55,14 @@ def check_not_an_id(scenarios: Scenarios, name: str, summary: str = "scenario no
                     own_id: str | None = None) -> None:
     """A name may not be a scenario's id: lookups could not tell them apart."""
     if scenarios.id_in_use(name):
-        whose = "this scenario's own id" if name == own_id else "the id of another scenario"
-        raise ValidationError([Problem(f"{name!r} is {whose}; a name may not be a scenario's id",
-                                       path="name", value=name)], summary=summary)
+        refuse_id_as_name(name, summary, own_id)
+
+
+def refuse_id_as_name(name: str, summary: str = "scenario not saved", own_id: str | None = None) -> NoReturn:
+    """Raise what :func:`check_not_an_id` raises for a name found to be an id."""
+    whose = "this scenario's own id" if name == own_id else "the id of another scenario"
+    raise ValidationError([Problem(f"{name!r} is {whose}; a name may not be a scenario's id",
+                                   path="name", value=name)], summary=summary)
 
 
 def check_tags(tags: Any, *, path: str = "tags", summary: str = "scenario not saved") -> list[str]:

@@ -170,13 +170,13 @@ class StateManager:
         created = arguments.check_created_at(created_at)
 
         def save(scenarios: Scenarios) -> str:
-            existing = scenarios.find_scenario(name, by_id=False)
+            existing, name_is_an_id = scenarios.find_name(name)
             if existing is not None and not overwrite:
                 raise ScenarioExistsError(
                     f"scenario {name!r} already exists (id {existing['scenario_id']}); "
                     "pass overwrite=True to replace it")
-            if existing is None:
-                arguments.check_not_an_id(scenarios, name)
+            if existing is None and name_is_an_id:
+                arguments.refuse_id_as_name(name)
             batch = ScenarioBatch(scenarios.registry, entities, progress=progress)
             now = utc_now()
             if existing is None:
@@ -194,7 +194,7 @@ class StateManager:
                 if _unchanged(scenarios, existing, changes, description, tag_list):
                     return scenario_id  # the same entities, in the same order, description and tags
                 scenarios.update_scenario(scenario_id, version, batch.counts, now, description=description)
-            scenarios.replace_tags(scenario_id, tag_list)
+            scenarios.replace_tags(scenario_id, tag_list, new=existing is None)
             scenarios.record_version(scenario_id, version, "save" if existing is None else "overwrite", now,
                                      description, tag_list, batch.counts, meta, changes)
             return scenario_id

@@ -313,6 +313,32 @@ def test_keep_open_lets_the_file_go_once_idle(db_path):
         assert sm.load_scenario("a")["entity_count"] == 1
 
 
+def test_one_thread_lets_kept_files_go_however_their_idle_times_order(tmp_path):
+    import threading
+    import time
+
+    from healthsim_state.backends.duckdb_backend import WARM
+
+    def sweepers() -> int:
+        return sum(1 for t in threading.enumerate() if t.name == "healthsim-keep-open")
+
+    long_kept, short_kept = tmp_path / "long.duckdb", tmp_path / "short.duckdb"
+    with StateManager(long_kept, keep_open=600) as sm:
+        for index in range(4):  # a burst: each operation keeps the file anew
+            sm.save_scenario(f"s{index}", {"patient": [{"patient_id": "p"}]})
+    assert sweepers() == 1
+    with StateManager(short_kept, keep_open=0.2) as sm:  # sooner than the sweeper waits for
+        sm.save_scenario("a", {"patient": [{"patient_id": "p"}]})
+    assert sweepers() == 1
+    deadline = time.monotonic() + 60  # a generous bound on a busy machine: this asserts no timing
+    while not _other_process_can_open(short_kept):
+        assert time.monotonic() < deadline, "the file kept for 0.2 s was never let go"
+        time.sleep(0.2)
+    assert not _other_process_can_open(long_kept)  # still kept
+    WARM.release(long_kept)
+    assert _other_process_can_open(long_kept)
+
+
 def test_keep_open_must_be_a_number_of_seconds():
     for bad in (-1, "1", True, float("nan"), 10_000):
         with pytest.raises(ValueError, match="keep_open"):

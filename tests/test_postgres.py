@@ -76,15 +76,15 @@ RACER = """
     from healthsim_state import StateManager, ScenarioExistsError
     from healthsim_state.store import Scenarios
     url = sys.argv[1]
-    original, waited = Scenarios.find_scenario, []
-    def find_then_wait(self, name, by_id=True):
-        found = original(self, name, by_id=by_id)
+    original, waited = Scenarios.find_name, []
+    def find_then_wait(self, name):
+        found = original(self, name)
         if not waited:  # the first attempt: this snapshot sees no scenario; wait until the other has one too
             waited.append(True)
             print("looked", flush=True)
             assert sys.stdin.readline().strip() == "go"
         return found
-    Scenarios.find_scenario = find_then_wait
+    Scenarios.find_name = find_then_wait
     with StateManager(url) as sm:
         try:
             sid = sm.save_scenario("one name", {"patient": [{"patient_id": sys.argv[2]}]})

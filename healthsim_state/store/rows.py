@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from itertools import groupby, islice
 from typing import Any, Iterable, Iterator, Sequence
 
-from ..backends.base import Constant, Session, quote
+from ..backends.base import Constant, Dialect, Session, quote
+from ..column_types import ColumnType
 from ..engine.batch import Chunk, rebuild_columns, rebuild_rows
 from ..engine.columns import ColumnBatch
 from ..engine.compile import Codec
@@ -82,12 +83,13 @@ class TypeRows:
         """Rows ``(position, col_0, ..., residual)`` in saved order, of the
         current version or of ``version``; with ``limit``/``offset``, only
         that slice (sorted and cut in SQL)."""
-        sql, params = self._live_rows_sql(version)
+        sql, params = self._live_rows_sql(version, after=True)
         if limit is None and not offset:
-            rows = self.session.fetchall(sql, params)
+            rows = self._in_read_form(self.session.fetchall(sql, params))
             rows.sort(key=_first)  # nearly always stored in order already: one C pass checks it
             return rows
-        return self.session.fetchall(sql + " ORDER BY _position" + _limit_offset(params, limit, offset), params)
+        return self._in_read_form(
+            self.session.fetchall(sql + " ORDER BY _position" + _limit_offset(params, limit, offset), params))
 
     def fetch_columns(self, *, version: int | None = None) -> list[list]:
         """The same rows as :meth:`fetch` as columns ``(positions, col_0,
@@ -396,15 +398,40 @@ class TypeRows:
             f"SELECT s._position, c._position, {differs} FROM {quote(staged.name)} s JOIN {quote(self.table)} c "
             f"ON {keys} WHERE c.scenario_id = ? AND c._until IS NULL", [self.scenario_id])
 
-    def _live_rows_sql(self, version: int | None, typed: bool = False) -> tuple[str, list[Any]]:
-        mapping, dialect = self.mapping, self.session.dialect
-        if typed:
-            reads = ", ".join(quote(f.column) for f in mapping.fields)
-        else:
-            reads = ", ".join(f"{dialect.read_expression(f.type, f.column)} AS {quote(f.column)}"
-                              for f in mapping.fields)
-        where, params = self._live(version)
-        return f"SELECT _position, {reads}, _residual FROM {quote(self.table)} WHERE {where}", params
+    def _live_rows_sql(self, version: int | None, typed: bool = False, after: bool = False) -> tuple[str, list[Any]]:
+        """The live rows' query: each column in its read form; with
+        ``typed``, as it is; with ``after``, as it is where the dialect turns
+        it into its read form in Python (:meth:`_in_read_form`)."""
+        dialect = self.session.dialect
+        key = ("store.live_rows", dialect.name, typed, after, version is None)
+        sql = self.codec.cache.get(key)  # the same text for every scenario: made once a type
+        if sql is None:
+            if typed:
+                reads = ", ".join(quote(f.column) for f in self.mapping.fields)
+            else:
+                reads = ", ".join(_read_as(dialect, f.type, f.column, after) for f in self.mapping.fields)
+            sql = self.codec.cache[key] = (f"SELECT _position, {reads}, _residual FROM {quote(self.table)} "
+                                           f"WHERE {self._live(version)[0]}")
+        return sql, self._live(version)[1]
+
+    def _in_read_form(self, rows: list[tuple]) -> list[tuple]:
+        """Rows read with ``_live_rows_sql(after=True)``, each column in its
+        read form: the dialect's conversions made on the non-null values of
+        the columns it read as they are, a column at a time."""
+        dialect = self.session.dialect
+        key = ("store.read_after", dialect.name)
+        after = self.codec.cache.get(key)
+        if after is None:
+            after = self.codec.cache[key] = [
+                (index, convert) for index, convert in
+                enumerate((dialect.to_read_form(f.type) for f in self.mapping.fields), start=1)
+                if convert is not None]
+        if not after or not rows:
+            return rows
+        columns = list(zip(*rows))
+        for index, convert in after:
+            columns[index] = [None if value is None else convert(value) for value in columns[index]]
+        return list(zip(*columns))
 
     def _live_data_sql(self, version: int | None) -> tuple[str, list[Any]]:
         names = ", ".join(quote(c) for c in data_columns(self.mapping))
@@ -497,6 +524,16 @@ def _in_position_order(columns: list[list]) -> list[list]:
         return columns
     order = sorted(range(len(positions)), key=positions.__getitem__)
     return [[column[i] for i in order] for column in columns]
+
+
+def _read_as(dialect: Dialect, ctype: ColumnType, column: str, after: bool) -> str:
+    """A column as a read selects it, named as it is: in its read form, or
+    as it is where ``after`` lets the dialect make that form in Python.
+    (Every selected expression costs DuckDB planning time: no alias where
+    none is needed.)"""
+    name = quote(column)
+    expression = name if after and dialect.to_read_form(ctype) is not None else dialect.read_expression(ctype, column)
+    return name if expression == name else f"{expression} AS {name}"
 
 
 def _limit_offset(params: list[Any], limit: int | None, offset: int) -> str:
