@@ -374,32 +374,40 @@ class TypeRows:
         """Added, changed and removed by key, from the rows that differ
         (``compared``: the rows that go and the rows that come; every other
         row is the same on both sides); whether any row goes or comes at all.
-        A key that goes and comes at one position changed (its row differs);
-        one that moved to another position is compared by content (rare: a
-        new order of the same entities)."""
+        A key that goes and comes at one position changed (its row differs):
+        counted as it is read, so an overwrite that keeps each entity in its
+        place joins nothing more. The other keys are matched by key; one that
+        moved to another position is compared by content (rare: a new order
+        of the same entities)."""
         count = len(self.mapping.primary_key)
+        table = quote(compared)
+        in_place = ("COALESCE(old_position IS NOT NULL AND new_position IS NOT NULL AND "
+                    + " AND ".join(f"{quote(f'_old_{i}')} = {quote(f'_new_{i}')}" for i in range(count))
+                    + ", false)")
         keys = " AND ".join(f"o.{quote(f'_old_{i}')} = n.{quote(f'_new_{i}')}" for i in range(count))
         old = ", ".join(quote(f"_old_{i}") for i in range(count))
         new = ", ".join(quote(f"_new_{i}") for i in range(count))
-        pairs = (f"FROM (SELECT old_position, {old} FROM {quote(compared)} WHERE old_position IS NOT NULL) o "
-                 f"FULL OUTER JOIN (SELECT new_position, {new} FROM {quote(compared)} "
-                 f"WHERE new_position IS NOT NULL) n ON {keys}")
+        pairs = (f"FROM (SELECT old_position, {old} FROM {table} WHERE old_position IS NOT NULL "
+                 f"AND NOT {in_place}) o "
+                 f"FULL OUTER JOIN (SELECT new_position, {new} FROM {table} WHERE new_position IS NOT NULL "
+                 f"AND NOT {in_place}) n ON {keys}")
         both = "o.old_position IS NOT NULL AND n.new_position IS NOT NULL"
-        total, added, removed, in_place, moved = self.session.fetchone(
-            f"SELECT count(*), count(*) FILTER (WHERE o.old_position IS NULL), "
-            f"count(*) FILTER (WHERE n.new_position IS NULL), "
-            f"count(*) FILTER (WHERE {both} AND o.old_position = n.new_position), "
-            f"count(*) FILTER (WHERE {both} AND o.old_position <> n.new_position) {pairs}")
-        changed = in_place + (self._moved_and_changed(staging, pairs, both) if moved else 0)
-        return Changes(added=added, removed=removed, changed=changed, rewritten=total > 0)
+        total, changed = self.session.fetchone(f"SELECT count(*), count(*) FILTER (WHERE {in_place}) FROM {table}")
+        if total == changed:
+            return Changes(changed=changed, rewritten=total > 0)
+        added, removed, moved = self.session.fetchone(
+            f"SELECT count(*) FILTER (WHERE o.old_position IS NULL), count(*) FILTER (WHERE n.new_position IS NULL), "
+            f"count(*) FILTER (WHERE {both}) {pairs}")
+        if moved:
+            changed += self._moved_and_changed(staging, pairs, both)
+        return Changes(added=added, removed=removed, changed=changed, rewritten=True)
 
     def _moved_and_changed(self, staging: str, pairs: str, both: str) -> int:
         """How many keys that moved to another position also changed content."""
         content = [c for c in data_columns(self.mapping) if c != "_position"]
         differs = " OR ".join(f"{self._compare(c, 'c')} IS DISTINCT FROM {self._compare(c, 's')}" for c in content)
         return self.session.scalar(
-            f"SELECT count(*) FROM (SELECT o.old_position, n.new_position {pairs} "
-            f"WHERE {both} AND o.old_position <> n.new_position) m "
+            f"SELECT count(*) FROM (SELECT o.old_position, n.new_position {pairs} WHERE {both}) m "
             f"JOIN {quote(self.table)} c ON c.scenario_id = ? AND c._until IS NULL AND c._position = m.old_position "
             f"JOIN {staging} s ON s._position = m.new_position WHERE {differs}", [self.scenario_id])
 
