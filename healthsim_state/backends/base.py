@@ -57,6 +57,9 @@ class Dialect:
     ``table_exists`` is a query of one parameter, a table name, giving 1 if
     the current schema has that table, else 0 (every operation asks it once,
     through :meth:`Session.table_exists`, which a backend may answer another way).
+    ``lock_rows`` ends a write's look-up of a scenario (`` FOR UPDATE`` where
+    writers run side by side), so every write locks its scenario's row before
+    it touches any of the scenario's rows: one lock, taken first, in one order.
     """
 
     name: str
@@ -64,6 +67,7 @@ class Dialect:
     read: dict[str, str]
     compare: dict[str, str] = field(default_factory=dict)
     indexed: bool = False
+    lock_rows: str = ""
     table_exists: str = ("SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() "
                          "AND table_catalog = current_database() AND table_name = ?")
 
