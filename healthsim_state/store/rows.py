@@ -403,13 +403,21 @@ class TypeRows:
         return Changes(added=added, removed=removed, changed=changed, rewritten=True)
 
     def _moved_and_changed(self, staging: str, pairs: str, both: str) -> int:
-        """How many keys that moved to another position also changed content."""
+        """How many keys that moved to another position also changed content.
+        The moved pairs are a table of their own, analyzed, so the joins with
+        the stored and staged rows are planned for their real number."""
+        session = self.session
         content = [c for c in data_columns(self.mapping) if c != "_position"]
         differs = " OR ".join(f"{self._compare(c, 'c')} IS DISTINCT FROM {self._compare(c, 's')}" for c in content)
-        return self.session.scalar(
-            f"SELECT count(*) FROM (SELECT o.old_position, n.new_position {pairs} WHERE {both}) m "
-            f"JOIN {quote(self.table)} c ON c.scenario_id = ? AND c._until IS NULL AND c._position = m.old_position "
+        moved = session.create_temp_as("_healthsim_moved", f"SELECT o.old_position, n.new_position {pairs} "
+                                                           f"WHERE {both}")
+        session.analyze(moved, ("old_position", "new_position"))
+        count = session.scalar(
+            f"SELECT count(*) FROM {quote(moved)} m JOIN {quote(self.table)} c ON c.scenario_id = ? "
+            f"AND c._until IS NULL AND c._position = m.old_position "
             f"JOIN {staging} s ON s._position = m.new_position WHERE {differs}", [self.scenario_id])
+        session.execute(f"DROP TABLE {quote(moved)}")
+        return count
 
     def _match_keys(self, staged: "Staged") -> list[tuple[int, int, bool]]:
         """``(staged position, stored position, content differs)`` for each
