@@ -65,6 +65,21 @@ def test_every_write_is_a_version_with_what_it_changed(sm):
     assert len(sm.scenario_history("s")) == 4
 
 
+def test_an_overwrite_that_moves_entities_counts_a_change_only_where_content_changed(sm):
+    """Keys matched across positions: a moved entity with its content is no
+    change, a moved one with other content is; the new order is a version."""
+    sm.save_scenario("s", {"patient": [patient("a"), patient("b"), patient("c"), patient("d")]})
+    sm.save_scenario("s", {"patient": [patient("c"), patient("a", gender="F"), patient("b"), patient("d"),
+                                       patient("e")]}, overwrite=True)
+    sm.save_scenario("s", {"patient": [patient("a", gender="F"), patient("c"), patient("b"), patient("d"),
+                                       patient("e")]}, overwrite=True)
+    assert [v["changes"] for v in sm.scenario_history("s")][:2] == [
+        {}, {"patient": {"added": 1, "changed": 1, "removed": 0}}]
+    assert [p["patient_id"] for p in sm.load_scenario("s")["entities"]["patient"]] == ["a", "c", "b", "d", "e"]
+    assert [p["patient_id"] for p in sm.load_scenario("s", version=2)["entities"]["patient"]] == \
+        ["c", "a", "b", "d", "e"]
+
+
 def test_each_version_loads_exactly_as_it_was(sm):
     sm.save_scenario("s", {"patient": [patient("a", x=1)]}, description="first", tags=["one"])
     sm.save_scenario("s", {"patient": [patient("a", x=2), patient("b")]}, description="second", tags=["two"],

@@ -531,8 +531,10 @@ def test_a_big_write_into_a_new_or_much_grown_table_refreshes_its_statistics(pg_
 
 
 def test_an_overwrite_plans_with_statistics_of_its_temporary_tables(pg_url, monkeypatch):
-    """Autovacuum never analyzes temporary tables: the overwrite's staged and
-    compared rows are analyzed as soon as they are filled."""
+    """Autovacuum never analyzes temporary tables: the overwrite's compared
+    rows (what its retiring and inserting join on) are analyzed as soon as
+    they are filled; the staged rows meet the stored ones in a full join
+    only, which no statistics can turn into a nested loop."""
     from healthsim_state.backends.postgres_backend import PostgresSession
 
     statements = []
@@ -547,8 +549,7 @@ def test_an_overwrite_plans_with_statistics_of_its_temporary_tables(pg_url, monk
         monkeypatch.setattr(PostgresSession, "execute", spy)
         sm.save_scenario("s", {"patient": [{"patient_id": "b"}]}, overwrite=True)
     analyzed = [sql for sql in statements if sql.startswith("ANALYZE")]
-    assert analyzed == ['ANALYZE "_healthsim_stage" ("_position", "patient_id")',
-                        'ANALYZE "_healthsim_compare" ("old_position", "new_position", "same")']
+    assert analyzed == ['ANALYZE "_healthsim_compare" ("old_position", "new_position")']
 
 
 def test_the_backend_label_never_shows_the_password():
@@ -615,6 +616,74 @@ def test_a_client_killed_mid_write_leaves_nothing_of_it(pg_url):
         with StateManager(pg_url) as sm:
             sm.delete_scenario("victim")
     assert kills >= 1, "no kill landed before the operation ended"
+
+
+HOLDER = """
+    import sys
+    from healthsim_state import StateManager
+    from healthsim_state.store import Scenarios
+    original = Scenarios.find_scenario
+    def find_then_hold(self, name, by_id=True):
+        found = original(self, name, by_id=by_id)
+        if self.session.writable:  # the scenario's row is locked now
+            print("locked", flush=True)
+            if sys.argv[2] == "sleep":
+                self.session.execute("SELECT pg_sleep(60)")  # a long statement, as a big write's joins are
+            else:
+                assert sys.stdin.readline().strip() == "go"
+        return found
+    Scenarios.find_scenario = find_then_hold
+    with StateManager(sys.argv[1]) as sm:
+        sm.save_scenario("s", {"patient": [{"patient_id": "held"}]}, overwrite=True)
+    print("done", flush=True)
+"""
+
+
+def test_a_write_locks_its_scenario_first_and_a_second_writer_queues_there(pg_url):
+    """Lock order: the second overwrite waits on the scenario's row before it
+    does any work, then runs (again, its snapshot being older) and wins."""
+    with StateManager(pg_url) as sm:
+        sm.save_scenario("s", {"patient": [{"patient_id": "first"}]})
+    holder = python(HOLDER, pg_url, "hold", stdin=subprocess.PIPE)
+    assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
+    second = python("""
+        import sys
+        from healthsim_state import StateManager
+        with StateManager(sys.argv[1]) as sm:
+            sm.save_scenario("s", {"patient": [{"patient_id": "second"}]}, overwrite=True)
+    """, pg_url)
+    waiting = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+               "AND query LIKE '%FROM scenarios WHERE%FOR UPDATE'")
+    wait_until(lambda: Store("postgres", pg_url).sql(waiting) == [(1,)], "the second writer to wait on the "
+               "scenario's row", timeout=30)
+    holder.stdin.write("go\n")
+    holder.stdin.flush()
+    for process in (holder, second):
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+    with StateManager(pg_url) as sm:
+        assert sm.load_scenario("s")["entities"]["patient"][0]["patient_id"] == "second"
+        assert [v["version"] for v in sm.scenario_history("s")] == [3, 2, 1]
+
+
+def test_a_client_killed_mid_statement_stops_holding_its_scenario_within_seconds(pg_url):
+    """The server process of a killed client finishes its statement before it
+    reads the closed socket: without checking for its client while a
+    statement runs, it held the scenario's row for the whole statement (here
+    60 s), and the next writer timed out waiting."""
+    import signal
+
+    with StateManager(pg_url) as sm:
+        sm.save_scenario("s", {"patient": [{"patient_id": "first"}]})
+    holder = python(HOLDER, pg_url, "sleep")
+    assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
+    time.sleep(0.3)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    started = time.monotonic()
+    with StateManager(pg_url, lock_timeout=20) as sm:
+        sm.delete_scenario("s")
+    assert time.monotonic() - started < 10
 
 
 def test_compact_is_for_files(pg_url):

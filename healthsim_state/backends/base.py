@@ -63,6 +63,9 @@ class Dialect:
     a formatting expression dearer than it turns its own values into Python
     objects (DuckDB: about a third of a small load's queries was that).
     It must give exactly what ``read`` gives.
+    ``lock_rows`` ends a write's look-up of a scenario (`` FOR UPDATE`` where
+    writers run side by side), so every write locks its scenario's row before
+    it touches any of the scenario's rows: one lock, taken first, in one order.
     """
 
     name: str
@@ -71,6 +74,7 @@ class Dialect:
     compare: dict[str, str] = field(default_factory=dict)
     read_after: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
     indexed: bool = False
+    lock_rows: str = ""
     table_exists: str = ("SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() "
                          "AND table_catalog = current_database() AND table_name = ?")
 

@@ -14,8 +14,16 @@ own tables another transaction has just committed, such as the same new
 scenario name) raises :class:`TransactionConflictError`, and
 :meth:`Backend.run` runs it again from the start, with jittered backoff, for
 up to ``HEALTHSIM_RETRY_TIMEOUT`` seconds: a second save of one new name then
-finds the first and raises ``ScenarioExistsError``. The transaction's life
-and the translation of the driver's errors are the base class's template;
+finds the first and raises ``ScenarioExistsError``. Every write locks its
+scenario's row first (``SELECT ... FOR UPDATE``, see :class:`Dialect`):
+writers of one scenario queue there before doing any work, and take no
+other row of it in another order (the deadlocks of ``delete_entities``); the
+one that waited finds the row changed after its snapshot, fails at once
+(a serialization failure, before any work) and runs again. Each session's
+server process checks that its client is still there every
+:data:`CONNECTION_CHECK_MS` while a statement runs, so a client killed
+mid-write stops holding that lock within about that time, not when its
+statement ends. The transaction's life and the translation of the driver's errors are the base class's template;
 this module supplies the hooks.
 
 The layout lock. The tables' layout (the store's creation, additions from a
@@ -85,6 +93,7 @@ DIALECT = Dialect(
     },
     compare={"json": "{}::text"},  # json has no equality operator; its text compares exactly
     indexed=True,
+    lock_rows=" FOR UPDATE",
 )
 
 NUMERIC_OID = 1700
@@ -93,6 +102,11 @@ CONNECT_TIMEOUT = 10  # seconds, unless the URL or PGCONNECT_TIMEOUT says otherw
 POOL_SIZE = 4  # idle connections kept between operations
 FETCH_CHUNK = 2000  # rows a fetch receives at a time
 ANALYZE_ROWS = 1000  # rows a write must add to a table before it refreshes the table's statistics ...
+# How often (ms) a session's server process checks, while it runs a statement,
+# that its client is still there (PostgreSQL 14 and later, on Linux): a
+# client killed mid-statement otherwise holds its locks, its scenario's row
+# among them, until the statement ends, which for a big write is seconds.
+CONNECTION_CHECK_MS = 1000
 ANALYZE_SHARE = 1.0  # ... and this share of the rows the statistics counted (1: it at least doubled)
 _LAYOUT_LOCK_CLASS = 0x48534D53  # 'HSMS': the high 32 bits of the advisory lock key
 _DDL = re.compile(r"\s*(CREATE|ALTER|DROP)\b", re.IGNORECASE)
@@ -187,6 +201,7 @@ class PostgresBackend(Backend):
                                  "UTF8 database (CREATE DATABASE ... ENCODING 'UTF8')")
             millis = max(1, round(self.lock_timeout * 1000))  # 0 would mean "wait for ever" to PostgreSQL
             con.execute(f"SET lock_timeout = {millis}")
+            _check_client_connection(con)
             schema = con.execute("SELECT current_schema()").fetchone()[0]
         except BaseException:
             con.close()
@@ -469,6 +484,19 @@ def _refresh_statistics(con: "psycopg.Connection", grown: Mapping[str, tuple[int
             if con.info.transaction_status != TransactionStatus.IDLE:
                 _rollback(con)
             return
+
+
+def _check_client_connection(con: "psycopg.Connection") -> None:
+    """Have the server check the client while a statement runs (see
+    :data:`CONNECTION_CHECK_MS`), where it can: a server older than 14 has no
+    such setting, and one on a platform that cannot tell a closed socket
+    refuses it; both then notice a lost client at the statement's end."""
+    if con.info.server_version < 140000:
+        return
+    try:
+        con.execute(f"SET client_connection_check_interval = {CONNECTION_CHECK_MS}")
+    except (pg_errors.InvalidParameterValue, pg_errors.UndefinedObject):
+        pass
 
 
 def _unlock(held: _Connection, exclusive: bool) -> None:

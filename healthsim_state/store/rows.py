@@ -243,31 +243,36 @@ class TypeRows:
         """Make the staged rows the current rows as of ``version``: rows equal
         to a staged one (same position, same content) stay as they are; the
         others are retired (their ``_until`` set); staged rows not already
-        current are inserted. Returns the changes by key."""
+        current are inserted. Returns the changes by key.
+
+        One join on the position reads both sides once and keeps only the
+        rows that differ (with their keys), so what follows (counting by
+        key, retiring, inserting) costs what changed, not what is stored:
+        an overwrite of 1% touches 1% of the rows."""
         mapping, session = self.mapping, self.session
         staging = quote(staged.name)
         columns = data_columns(mapping)
         names = ", ".join(quote(c) for c in columns)
-        session.analyze(staged.name, ("_position", *mapping.primary_key))  # else plans guess its size
         same = " AND ".join(f"{self._compare(c, 'c')} IS NOT DISTINCT FROM {self._compare(c, 's')}"
                             for c in columns if c != "_position")
-        # One join on the position tells what stays (same position, same content),
-        # what goes and what comes.
+        keys = [f"c.{quote(k)} AS {quote(f'_old_{i}')}, s.{quote(k)} AS {quote(f'_new_{i}')}"
+                for i, k in enumerate(mapping.primary_key)]
+        # A full join is planned as a hash or merge join only (never a nested
+        # loop), so it needs no statistics of the staged rows.
         compared = session.create_temp_as(
             "_healthsim_compare",
-            f"SELECT c._position AS old_position, s._position AS new_position, ({same}) AS same "
+            f"SELECT c._position AS old_position, s._position AS new_position, {', '.join(keys)} "
             f"FROM (SELECT * FROM {quote(self.table)} WHERE scenario_id = ? AND _until IS NULL) c "
-            f"FULL OUTER JOIN {staging} s ON c._position = s._position", [self.scenario_id])
-        session.analyze(compared, ("old_position", "new_position", "same"))
-        gone = (f"SELECT old_position FROM {quote(compared)} WHERE old_position IS NOT NULL "
-                "AND (new_position IS NULL OR NOT same)")
-        fresh = (f"SELECT new_position FROM {quote(compared)} WHERE new_position IS NOT NULL "
-                 "AND (old_position IS NULL OR NOT same)")
-        changes = self._count_changes(staging, gone, fresh)
+            f"FULL OUTER JOIN {staging} s ON c._position = s._position "
+            f"WHERE c._position IS NULL OR s._position IS NULL OR NOT ({same})", [self.scenario_id])
+        session.analyze(compared, ("old_position", "new_position"))
+        changes = self._count_changes(staging, compared)
         if changes.rewritten:
-            self._retire(version, gone)
+            self._retire(version, f"SELECT old_position FROM {quote(compared)} WHERE old_position IS NOT NULL")
             session.execute(f"INSERT INTO {quote(self.table)} (scenario_id, {names}, _since) SELECT ?, {names}, ? "
-                            f"FROM {staging} WHERE _position IN ({fresh})", [self.scenario_id, version])
+                            f"FROM {staging} WHERE _position IN "
+                            f"(SELECT new_position FROM {quote(compared)} WHERE new_position IS NOT NULL)",
+                            [self.scenario_id, version])
             session.grew(self.table, changes.added + changes.changed, self._planned_columns())
         session.execute(f"DROP TABLE {quote(compared)}")
         return changes
@@ -367,24 +372,54 @@ class TypeRows:
             return quote(column) if alias is None else f"{alias}.{quote(column)}"
         return self.session.dialect.compare_expression(self.mapping.field(column).type, column, alias)
 
-    def _count_changes(self, staging: str, gone: str, fresh: str) -> Changes:
-        """Added, changed and removed by key, from the rows that go and the
-        rows that come (every other row is the same on both sides); whether
-        any row goes or comes at all."""
-        mapping = self.mapping
-        keys = " AND ".join(f"o.{quote(k)} = n.{quote(k)}" for k in mapping.primary_key)
-        content = [c for c in data_columns(mapping) if c != "_position"]
-        differs = " OR ".join(f"{self._compare(c, 'o')} IS DISTINCT FROM {self._compare(c, 'n')}" for c in content)
-        first = quote(mapping.primary_key[0])
-        row = self.session.fetchone(
-            f"SELECT count(*), count(*) FILTER (WHERE o.{first} IS NULL), "
-            f"count(*) FILTER (WHERE n.{first} IS NULL), "
-            f"count(*) FILTER (WHERE o.{first} IS NOT NULL AND n.{first} IS NOT NULL AND ({differs})) "
-            f"FROM (SELECT * FROM {quote(self.table)} WHERE scenario_id = ? AND _until IS NULL "
-            f"AND _position IN ({gone})) o "
-            f"FULL OUTER JOIN (SELECT * FROM {staging} WHERE _position IN ({fresh})) n "
-            f"ON {keys}", [self.scenario_id])
-        return Changes(added=row[1], removed=row[2], changed=row[3], rewritten=row[0] > 0)
+    def _count_changes(self, staging: str, compared: str) -> Changes:
+        """Added, changed and removed by key, from the rows that differ
+        (``compared``: the rows that go and the rows that come; every other
+        row is the same on both sides); whether any row goes or comes at all.
+        A key that goes and comes at one position changed (its row differs):
+        counted as it is read, so an overwrite that keeps each entity in its
+        place joins nothing more. The other keys are matched by key; one that
+        moved to another position is compared by content (rare: a new order
+        of the same entities)."""
+        count = len(self.mapping.primary_key)
+        table = quote(compared)
+        in_place = ("COALESCE(old_position IS NOT NULL AND new_position IS NOT NULL AND "
+                    + " AND ".join(f"{quote(f'_old_{i}')} = {quote(f'_new_{i}')}" for i in range(count))
+                    + ", false)")
+        keys = " AND ".join(f"o.{quote(f'_old_{i}')} = n.{quote(f'_new_{i}')}" for i in range(count))
+        old = ", ".join(quote(f"_old_{i}") for i in range(count))
+        new = ", ".join(quote(f"_new_{i}") for i in range(count))
+        pairs = (f"FROM (SELECT old_position, {old} FROM {table} WHERE old_position IS NOT NULL "
+                 f"AND NOT {in_place}) o "
+                 f"FULL OUTER JOIN (SELECT new_position, {new} FROM {table} WHERE new_position IS NOT NULL "
+                 f"AND NOT {in_place}) n ON {keys}")
+        both = "o.old_position IS NOT NULL AND n.new_position IS NOT NULL"
+        total, changed = self.session.fetchone(f"SELECT count(*), count(*) FILTER (WHERE {in_place}) FROM {table}")
+        if total == changed:
+            return Changes(changed=changed, rewritten=total > 0)
+        added, removed, moved = self.session.fetchone(
+            f"SELECT count(*) FILTER (WHERE o.old_position IS NULL), count(*) FILTER (WHERE n.new_position IS NULL), "
+            f"count(*) FILTER (WHERE {both}) {pairs}")
+        if moved:
+            changed += self._moved_and_changed(staging, pairs, both)
+        return Changes(added=added, removed=removed, changed=changed, rewritten=True)
+
+    def _moved_and_changed(self, staging: str, pairs: str, both: str) -> int:
+        """How many keys that moved to another position also changed content.
+        The moved pairs are a table of their own, analyzed, so the joins with
+        the stored and staged rows are planned for their real number."""
+        session = self.session
+        content = [c for c in data_columns(self.mapping) if c != "_position"]
+        differs = " OR ".join(f"{self._compare(c, 'c')} IS DISTINCT FROM {self._compare(c, 's')}" for c in content)
+        moved = session.create_temp_as("_healthsim_moved", f"SELECT o.old_position, n.new_position {pairs} "
+                                                           f"WHERE {both}")
+        session.analyze(moved, ("old_position", "new_position"))
+        count = session.scalar(
+            f"SELECT count(*) FROM {quote(moved)} m JOIN {quote(self.table)} c ON c.scenario_id = ? "
+            f"AND c._until IS NULL AND c._position = m.old_position "
+            f"JOIN {staging} s ON s._position = m.new_position WHERE {differs}", [self.scenario_id])
+        session.execute(f"DROP TABLE {quote(moved)}")
+        return count
 
     def _match_keys(self, staged: "Staged") -> list[tuple[int, int, bool]]:
         """``(staged position, stored position, content differs)`` for each

@@ -72,17 +72,20 @@ class Scenarios:
         """The scenario whose id or name is ``name_or_id``. Ids and names never
         shadow each other (a save refuses a name that is another scenario's
         id); should both match different scenarios, that is an error naming
-        both. A string no scenario can be named finds none."""
+        both. A string no scenario can be named finds none. In a write, the
+        row found stays locked until the write ends (see :class:`Dialect`):
+        a second writer of the scenario waits here, before doing any work."""
         if not isinstance(name_or_id, str):
             not_found(name_or_id)
         if not is_text(name_or_id) or "\x00" in name_or_id:
             return None
         columns = ", ".join(_SCENARIO_COLUMNS)
+        lock = self.session.dialect.lock_rows if self.session.writable else ""
         if by_id:
-            rows = self.session.fetchall(f"SELECT {columns} FROM scenarios WHERE scenario_id = ? OR name = ?",
+            rows = self.session.fetchall(f"SELECT {columns} FROM scenarios WHERE scenario_id = ? OR name = ?{lock}",
                                          [name_or_id, name_or_id])
         else:
-            rows = self.session.fetchall(f"SELECT {columns} FROM scenarios WHERE name = ?", [name_or_id])
+            rows = self.session.fetchall(f"SELECT {columns} FROM scenarios WHERE name = ?{lock}", [name_or_id])
         if len(rows) > 1:
             by_id_row = next(r for r in rows if r[0] == name_or_id)
             other = next(r for r in rows if r[0] != name_or_id)
