@@ -622,9 +622,9 @@ HOLDER = """
     import sys
     from healthsim_state import StateManager
     from healthsim_state.store import Scenarios
-    original = Scenarios.find_scenario
-    def find_then_hold(self, name, by_id=True):
-        found = original(self, name, by_id=by_id)
+    original = Scenarios.find_name  # a save's look-up of its scenario
+    def find_then_hold(self, name):
+        found = original(self, name)
         if self.session.writable:  # the scenario's row is locked now
             print("locked", flush=True)
             if sys.argv[2] == "sleep":
@@ -632,7 +632,7 @@ HOLDER = """
             else:
                 assert sys.stdin.readline().strip() == "go"
         return found
-    Scenarios.find_scenario = find_then_hold
+    Scenarios.find_name = find_then_hold
     with StateManager(sys.argv[1]) as sm:
         sm.save_scenario("s", {"patient": [{"patient_id": "held"}]}, overwrite=True)
     print("done", flush=True)

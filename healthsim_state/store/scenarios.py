@@ -97,11 +97,13 @@ class Scenarios:
     def find_name(self, name: str) -> tuple[dict[str, Any] | None, bool]:
         """The scenario named ``name`` (None: none is), and whether ``name``
         is a scenario's id (which a name may not be): one query, where a save
-        of a new scenario asked two."""
+        of a new scenario asked two. In a write, the rows found stay locked
+        as :meth:`find_scenario`'s do (an overwrite locks its scenario first)."""
         if not is_text(name) or "\x00" in name:
             return None, False
+        lock = self.session.dialect.lock_rows if self.session.writable else ""
         rows = self.session.fetchall(f"SELECT {', '.join(_SCENARIO_COLUMNS)} FROM scenarios "
-                                     "WHERE name = ? OR scenario_id = ?", [name, name])
+                                     f"WHERE name = ? OR scenario_id = ?{lock}", [name, name])
         named = next((row for row in rows if row[1] == name), None)
         return None if named is None else _scenario_dict(named), any(row[0] == name for row in rows)
 
