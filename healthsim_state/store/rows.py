@@ -89,7 +89,7 @@ class TypeRows:
             rows.sort(key=_first)  # nearly always stored in order already: one C pass checks it
             return rows
         return self._in_read_form(
-            self.session.fetchall(sql + " ORDER BY _position" + _limit_offset(params, limit, offset), params))
+            self.session.fetchall(sql + " ORDER BY _position" + limit_offset(params, limit, offset), params))
 
     def fetch_columns(self, *, version: int | None = None) -> list[list]:
         """The same rows as :meth:`fetch` as columns ``(positions, col_0,
@@ -571,7 +571,7 @@ def _read_as(dialect: Dialect, ctype: ColumnType, column: str, after: bool) -> s
     return name if expression == name else f"{expression} AS {name}"
 
 
-def _limit_offset(params: list[Any], limit: int | None, offset: int) -> str:
+def limit_offset(params: list[Any], limit: int | None, offset: int) -> str:
     """``LIMIT ? OFFSET ?`` as asked (appending the values to ``params``)."""
     clause = ""
     if limit is not None:
