@@ -64,7 +64,7 @@ class StateManager:
 
     A DuckDB file is open only while an operation runs (so an idle manager
     never keeps another process out), which costs each operation the
-    opening of the file (about 15 ms) and, after a write, a checkpoint.
+    opening of the file and, after a write, a checkpoint.
     ``keep_open=S`` keeps the file open for S seconds after this process's
     last operation on it, for every manager of the file (a burst of small
     operations then skips both); another process waits for the file in that

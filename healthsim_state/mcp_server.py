@@ -10,7 +10,7 @@ Each tool is a thin layer over :class:`StateManager` (and the read-only SQL of
 writing tools a read-write one. A call keeps a DuckDB file open for
 ``keep_open`` seconds after it returns (``--keep-open``, default
 :data:`DEFAULT_KEEP_OPEN`): an assistant calls tools in bursts, and a call in
-a burst then skips DuckDB's start (about 15 ms) and the checkpoint of a
+a burst then skips DuckDB's start and the checkpoint of a
 close; once the server is idle that long, the file is closed and other
 processes have it (meanwhile they wait, as for a running call). ``0`` closes
 the file before each call returns. Calls run one at a time: inside one

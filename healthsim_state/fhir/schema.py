@@ -115,7 +115,7 @@ class ResourceValidator:
     def _validator(self, resource_type: str):
         found = self._by_type.get(resource_type)
         if found is None:
-            import jsonschema  # only when validating: ~90 ms to import
+            import jsonschema  # only when validating: slow to import
 
             if resource_type not in self.definitions or resource_type not in self.resource_types():
                 raise FhirInputError("not an R4 resource type", resource_type=resource_type)

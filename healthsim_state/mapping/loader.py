@@ -49,7 +49,7 @@ _FIELD_KEYS = ("column", "path", "type", "aliases", "default", "required", "stri
 
 @lru_cache(maxsize=1)
 def _schema_validator() -> jsonschema.protocols.Validator:
-    import jsonschema  # ~90 ms to import: only when a document is not in the cache
+    import jsonschema  # slow to import: only when a document is not in the cache
 
     schema = json.loads(validation_cache.schema_bytes())
     cls = jsonschema.validators.validator_for(schema)
@@ -72,7 +72,7 @@ def _schema_problems(source: str | Path, entity: str | None, document: Any) -> l
 @lru_cache(maxsize=1)
 def _yaml() -> tuple[Any, Any]:
     """PyYAML's module and its fastest safe loader: libyaml's when PyYAML was
-    built with it (parsing the 14 built-in files in pure Python took ~100 ms)."""
+    built with it (pure-Python parsing is many times slower)."""
     import yaml
 
     return yaml, getattr(yaml, "CSafeLoader", yaml.SafeLoader)
