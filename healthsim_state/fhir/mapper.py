@@ -1444,9 +1444,22 @@ class FhirMapper:
         with _reading():
             return self._from_resource(resource, refs)
 
-    def _from_resource(self, resource: dict, refs: ImportRefs) -> list[tuple[str, dict]]:
-        resource_type, rid = resource.get("resourceType"), resource.get("id")
+    def map_resource(self, resource: dict, *, refs: ImportRefs) -> list[tuple[str, dict]] | None:
+        """:meth:`from_resource`, or None when no declaration reads the resource:
+        the importer's one call that both chooses the declaration and maps (the
+        choice made once a resource, not once for :meth:`entity_types_of` and
+        again here)."""
         candidates = self._candidates(resource)
+        if not candidates:
+            return None
+        with _reading():
+            return self._from_resource(resource, refs, candidates)
+
+    def _from_resource(self, resource: dict, refs: ImportRefs,
+                       candidates: list[tuple[_Plan, _Resource]] | None = None) -> list[tuple[str, dict]]:
+        resource_type, rid = resource.get("resourceType"), resource.get("id")
+        if candidates is None:
+            candidates = self._candidates(resource)
         if not candidates:
             raise FhirInputError("no mapping declares this resource (see entity_types_of)",
                                  resource_type=resource_type, resource_id=rid)
