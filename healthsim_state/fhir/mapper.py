@@ -311,21 +311,26 @@ def _drop(node: Any, steps: tuple[d.Step, ...]) -> None:
 
 def _prune(node: Any) -> Any:
     """``node`` without empty objects, and without lists that hold only placeholders.
-    (Leaves are not passed to a call of their own: most of a resource is leaves.)"""
-    if isinstance(node, dict):
+    (Leaves are not passed to a call of their own: most of a resource is leaves;
+    JSON data holds plain dicts and lists, so their classes are compared, not
+    ``isinstance``d: this runs over every node of every imported resource.)"""
+    cls = node.__class__
+    if cls is dict:
         out = {}
         for key, value in node.items():
-            if isinstance(value, (dict, list)):
+            kind = value.__class__
+            if kind is dict or kind is list:
                 value = _prune(value)
                 if value is MISSING:
                     continue
             out[key] = value
         return out if out else MISSING
-    if isinstance(node, list):
+    if cls is list:
         items = []
         kept = False
         for item in node:
-            if isinstance(item, (dict, list)):
+            kind = item.__class__
+            if kind is dict or kind is list:
                 item = _prune(item)
                 if item is MISSING:
                     item = None
@@ -333,6 +338,8 @@ def _prune(node: Any) -> Any:
                 kept = True
             items.append(item)
         return items if kept else MISSING
+    if isinstance(node, (dict, list)):  # a subclass (not from JSON): as plain data
+        return _prune(dict(node) if isinstance(node, dict) else list(node))
     return node
 
 
@@ -379,11 +386,19 @@ def _fill(kept: Any) -> Any:
 
 
 def _copy(value: Any) -> Any:
-    """A deep copy of JSON data (leaves are shared: they are immutable)."""
-    if isinstance(value, dict):
-        return {key: _copy(item) if isinstance(item, (dict, list)) else item for key, item in value.items()}
-    if isinstance(value, list):
-        return [_copy(item) if isinstance(item, (dict, list)) else item for item in value]
+    """A deep copy of JSON data (leaves are shared: they are immutable).
+    Classes compared, not ``isinstance``d (see :func:`_prune`)."""
+    cls = value.__class__
+    if cls is dict:
+        out = {}
+        for key, item in value.items():
+            kind = item.__class__
+            out[key] = _copy(item) if kind is dict or kind is list else item
+        return out
+    if cls is list:
+        return [_copy(item) if item.__class__ is dict or item.__class__ is list else item for item in value]
+    if isinstance(value, (dict, list)):  # a subclass (not from JSON): copied as plain data
+        return _copy(dict(value) if isinstance(value, dict) else list(value))
     return value
 
 
@@ -929,7 +944,6 @@ class FhirMapper:
 
     def _field_element(self, element, mapping, plan, decl, siblings=()):
         put = _putter(element.steps)
-        peek = _peeker(element.steps)
         field = mapping.field(element.field)
         get, steps, path, dotted = _getter(field.path), element.steps, field.path, field.dotted
         loose = not field.strict  # a non-strict field may hold what its type does not: keep that as given
@@ -976,8 +990,20 @@ class FhirMapper:
                 return
             put(node, value)
 
+        _compile_parent(steps)
+        parent = _PARENTS[id(steps)][1]
+        key, index = last.key, last.index
+
         def read(resource: dict, entity: dict, context: _Import) -> None:
-            value = peek(resource)
+            holder = parent(resource)  # what peek(resource) looks in: found once for the drop too
+            if holder is MISSING:
+                return
+            if index is None:
+                value = holder.get(key, MISSING)
+            else:
+                value = holder[index]
+                if value is None:
+                    return
             if value is MISSING:
                 return
             if valid is not None and not valid(value):
@@ -996,7 +1022,10 @@ class FhirMapper:
             value = _fits(field, value) if value is not MISSING else MISSING
             if value is MISSING:
                 return  # left in the resource: kept as it came
-            _drop(resource, steps)
+            if index is None:  # _drop(resource, steps), its holder known
+                holder.pop(key, None)
+            else:
+                holder[index] = None  # a placeholder: later items keep their positions
             _set(entity, path, value)
         return write, read
 
