@@ -18,9 +18,10 @@ per-patient Bundles). The steps, each over every input resource:
    resource referring to itself, or a cycle of references through one element
    between resources of one type (``Location.partOf``), is an error;
 3. map: a resource a declaration maps becomes entities
-   (``mapper.from_resource``; entities with equal keys, the several
-   Observations of one vital_sign, merge into one); any other is kept whole
-   as a ``fhir_resource`` entity (resource type, id, patient, the resource).
+   (``mapper.map_resource``, which also says when none does; entities with
+   equal keys, the several Observations of one vital_sign, merge into one);
+   any other is kept whole as a ``fhir_resource`` entity (resource type, id,
+   patient, the resource).
 
 Nothing is saved unless every resource passed: a :class:`FhirInputError`
 names the file, the resource and the element.
