@@ -18,9 +18,10 @@ per-patient Bundles). The steps, each over every input resource:
    resource referring to itself, or a cycle of references through one element
    between resources of one type (``Location.partOf``), is an error;
 3. map: a resource a declaration maps becomes entities
-   (``mapper.from_resource``; entities with equal keys, the several
-   Observations of one vital_sign, merge into one); any other is kept whole
-   as a ``fhir_resource`` entity (resource type, id, patient, the resource).
+   (``mapper.map_resource``, which also says when none does; entities with
+   equal keys, the several Observations of one vital_sign, merge into one);
+   any other is kept whole as a ``fhir_resource`` entity (resource type, id,
+   patient, the resource).
 
 Nothing is saved unless every resource passed: a :class:`FhirInputError`
 names the file, the resource and the element.
@@ -365,17 +366,17 @@ def map_inputs(mapper: Any, registry: Any, refs: ImportRefs, inputs: list[_Input
     for item in inputs:
         resource = item.resource
         read[resource["resourceType"]] += 1
-        if mapper.entity_types_of(resource) is None:
-            kept[resource["resourceType"]] += 1
-            _add(merged, KEPT_TYPE, kept_entity(resource), key_paths)
-            continue
         try:
-            made = mapper.from_resource(resource, refs=refs)
+            made = mapper.map_resource(resource, refs=refs)
         except FhirInputError as error:
             if getattr(error, "source", None) is None:  # the mapper's: say which file too
                 error.source = item.source  # type: ignore[attr-defined]
                 error.args = (f"{item.source}: {error}",)
             raise
+        if made is None:  # no declaration reads it: kept as it came
+            kept[resource["resourceType"]] += 1
+            _add(merged, KEPT_TYPE, kept_entity(resource), key_paths)
+            continue
         for entity_type, entity in made:
             if "_provenance" not in entity:  # else the store's defaults would say "generated" by a HealthSim product
                 entity["_provenance"] = {"source_type": "loaded", "source_system": "fhir"}

@@ -311,21 +311,26 @@ def _drop(node: Any, steps: tuple[d.Step, ...]) -> None:
 
 def _prune(node: Any) -> Any:
     """``node`` without empty objects, and without lists that hold only placeholders.
-    (Leaves are not passed to a call of their own: most of a resource is leaves.)"""
-    if isinstance(node, dict):
+    (Leaves are not passed to a call of their own: most of a resource is leaves;
+    JSON data holds plain dicts and lists, so their classes are compared, not
+    ``isinstance``d: this runs over every node of every imported resource.)"""
+    cls = node.__class__
+    if cls is dict:
         out = {}
         for key, value in node.items():
-            if isinstance(value, (dict, list)):
+            kind = value.__class__
+            if kind is dict or kind is list:
                 value = _prune(value)
                 if value is MISSING:
                     continue
             out[key] = value
         return out if out else MISSING
-    if isinstance(node, list):
+    if cls is list:
         items = []
         kept = False
         for item in node:
-            if isinstance(item, (dict, list)):
+            kind = item.__class__
+            if kind is dict or kind is list:
                 item = _prune(item)
                 if item is MISSING:
                     item = None
@@ -333,6 +338,8 @@ def _prune(node: Any) -> Any:
                 kept = True
             items.append(item)
         return items if kept else MISSING
+    if isinstance(node, (dict, list)):  # a subclass (not from JSON): as plain data
+        return _prune(dict(node) if isinstance(node, dict) else list(node))
     return node
 
 
@@ -379,11 +386,19 @@ def _fill(kept: Any) -> Any:
 
 
 def _copy(value: Any) -> Any:
-    """A deep copy of JSON data (leaves are shared: they are immutable)."""
-    if isinstance(value, dict):
-        return {key: _copy(item) if isinstance(item, (dict, list)) else item for key, item in value.items()}
-    if isinstance(value, list):
-        return [_copy(item) if isinstance(item, (dict, list)) else item for item in value]
+    """A deep copy of JSON data (leaves are shared: they are immutable).
+    Classes compared, not ``isinstance``d (see :func:`_prune`)."""
+    cls = value.__class__
+    if cls is dict:
+        out = {}
+        for key, item in value.items():
+            kind = item.__class__
+            out[key] = _copy(item) if kind is dict or kind is list else item
+        return out
+    if cls is list:
+        return [_copy(item) if item.__class__ is dict or item.__class__ is list else item for item in value]
+    if isinstance(value, (dict, list)):  # a subclass (not from JSON): copied as plain data
+        return _copy(dict(value) if isinstance(value, dict) else list(value))
     return value
 
 
@@ -577,6 +592,21 @@ VALID: dict[str, Callable[[Any], bool]] = {
 }
 
 
+_FAST_TESTS: dict[str | None, Callable[[Any], bool] | None] = {}  # ColumnType.fast_test -> its function
+
+
+def _fast_test(source: str | None) -> Callable[[Any], bool] | None:
+    """A column type's ``fast_test`` expression (over ``v``; written in
+    :mod:`healthsim_state.column_types`, never taken from a mapping) as a function."""
+    found = None
+    if source is not None:
+        namespace: dict[str, Any] = {}
+        exec(compile(f"def test(v):\n    return {source}", "<fhir fast test>", "exec"), namespace)
+        found = namespace["test"]
+    _FAST_TESTS[source] = found
+    return found
+
+
 def _from_json(value: Any) -> Any:
     try:
         return json.loads(value) if isinstance(value, str) else MISSING
@@ -587,7 +617,13 @@ def _from_json(value: Any) -> Any:
 def _fits(field: Field, value: Any) -> Any:
     """``value`` as the field should hold it, or MISSING when it does not fit
     (a non-strict field takes anything)."""
-    family = field.type.family
+    column_type = field.type
+    test = _FAST_TESTS.get(column_type.fast_test, _NOT_FOUND)
+    if test is _NOT_FOUND:
+        test = _fast_test(column_type.fast_test)
+    if test is not None and test(value):  # the common case: its own column value, no convert call
+        return value
+    family = column_type.family
     if family in ("integer", "bigint") and isinstance(value, float) and value.is_integer():
         value = int(value)
     try:
@@ -929,7 +965,6 @@ class FhirMapper:
 
     def _field_element(self, element, mapping, plan, decl, siblings=()):
         put = _putter(element.steps)
-        peek = _peeker(element.steps)
         field = mapping.field(element.field)
         get, steps, path, dotted = _getter(field.path), element.steps, field.path, field.dotted
         loose = not field.strict  # a non-strict field may hold what its type does not: keep that as given
@@ -976,8 +1011,20 @@ class FhirMapper:
                 return
             put(node, value)
 
+        _compile_parent(steps)
+        parent = _PARENTS[id(steps)][1]
+        key, index = last.key, last.index
+
         def read(resource: dict, entity: dict, context: _Import) -> None:
-            value = peek(resource)
+            holder = parent(resource)  # what peek(resource) looks in: found once for the drop too
+            if holder is MISSING:
+                return
+            if index is None:
+                value = holder.get(key, MISSING)
+            else:
+                value = holder[index]
+                if value is None:
+                    return
             if value is MISSING:
                 return
             if valid is not None and not valid(value):
@@ -996,7 +1043,10 @@ class FhirMapper:
             value = _fits(field, value) if value is not MISSING else MISSING
             if value is MISSING:
                 return  # left in the resource: kept as it came
-            _drop(resource, steps)
+            if index is None:  # _drop(resource, steps), its holder known
+                holder.pop(key, None)
+            else:
+                holder[index] = None  # a placeholder: later items keep their positions
             _set(entity, path, value)
         return write, read
 
@@ -1444,9 +1494,22 @@ class FhirMapper:
         with _reading():
             return self._from_resource(resource, refs)
 
-    def _from_resource(self, resource: dict, refs: ImportRefs) -> list[tuple[str, dict]]:
-        resource_type, rid = resource.get("resourceType"), resource.get("id")
+    def map_resource(self, resource: dict, *, refs: ImportRefs) -> list[tuple[str, dict]] | None:
+        """:meth:`from_resource`, or None when no declaration reads the resource:
+        the importer's one call that both chooses the declaration and maps (the
+        choice made once a resource, not once for :meth:`entity_types_of` and
+        again here)."""
         candidates = self._candidates(resource)
+        if not candidates:
+            return None
+        with _reading():
+            return self._from_resource(resource, refs, candidates)
+
+    def _from_resource(self, resource: dict, refs: ImportRefs,
+                       candidates: list[tuple[_Plan, _Resource]] | None = None) -> list[tuple[str, dict]]:
+        resource_type, rid = resource.get("resourceType"), resource.get("id")
+        if candidates is None:
+            candidates = self._candidates(resource)
         if not candidates:
             raise FhirInputError("no mapping declares this resource (see entity_types_of)",
                                  resource_type=resource_type, resource_id=rid)
