@@ -419,7 +419,7 @@ try:
     error = None
 except MappingError as caught:
     error = str(caught)
-print(json.dumps({"parsed": "healthsim_state.fhir.declarations" in sys.modules, "error": error}))
+print(json.dumps({"parsed": "healthsim_state.mapping.fhir_section" in sys.modules, "error": error}))
 """
 
 

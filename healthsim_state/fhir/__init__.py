@@ -2,7 +2,7 @@
 
 Not imported by ``import healthsim_state``: the first use of FHIR imports it.
 
-- :mod:`.declarations`  the parsed ``fhir:`` section of a mapping, and the checks across files
+- (the parsed ``fhir:`` section of a mapping and its checks across files: :mod:`healthsim_state.mapping.fhir_section`)
 - :mod:`.mapper`        :class:`~.mapper.FhirMapper`: one entity -> its resources, one resource -> entities
 - :mod:`.ids`           stable resource ids (UUID v5 of scenario, entity type, key, slot)
 - :mod:`.schema`        HL7's R4 JSON Schema: fetch (sha256 checked), load, validate one resource by type

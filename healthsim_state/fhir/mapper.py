@@ -1,6 +1,7 @@
 """The FHIR mapper: entities to R4 resources and back, as the ``fhir:`` sections say.
 
-A generic interpreter of :mod:`.declarations`: nothing here knows a patient
+A generic interpreter of the declarations
+(:mod:`healthsim_state.mapping.fhir_section`): nothing here knows a patient
 from a claim. Each entity type's declarations are compiled once, when first
 used, into a plan of small closures (one per element, each knowing its path,
 its field and its conversion), so a call runs no interpretation, only the
@@ -39,7 +40,7 @@ from ..column_types import HeldText, Unfit
 from ..errors import FhirInputError, FhirMappingError
 from ..mapping.model import Field, Mapping
 from ..values import MISSING
-from . import declarations as d
+from ..mapping import fhir_section as d
 from .ids import resource_id as _resource_id
 
 RESERVED_KEY = d.RESERVED_KEY
@@ -1316,7 +1317,7 @@ class FhirMapper:
     def _slot_reference(self, element, plan):
         put = _putter(element.steps)
         peek = _peeker(element.steps)
-        steps, slot = element.steps, element.reference.slot
+        slot = element.reference.slot
 
         def write(entity: dict, node: dict, context: _Export) -> None:
             target = plan.by_slot[slot]
@@ -1337,7 +1338,7 @@ class FhirMapper:
         c = element.children
         child_mapping = self._mappings[c.entity_type]
         child_plan = _ChildPlan(self, child_mapping, c, plan, decl)
-        steps, child_type, slot = element.steps, c.entity_type, decl.slot
+        child_type, slot = c.entity_type, decl.slot
 
         def write(entity: dict, node: dict, context: _Export) -> None:
             kids = context.children.get(child_type)

@@ -98,7 +98,7 @@ class ExportRefs:
 
 def _references(mapper: Any) -> Iterator[tuple[str, Any]]:
     """(entity type, reference declaration) of every reference element to another entity type."""
-    from .declarations import _walk, declarations_of
+    from ..mapping.fhir_section import _walk, declarations_of
 
     for entity_type in mapper.declared_types():
         declared = declarations_of(mapper.mapping(entity_type))

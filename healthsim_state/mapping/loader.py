@@ -153,7 +153,7 @@ def _check_fhir_sections(mappings: dict[str, Mapping]) -> None:
     if key in validation_cache.VALIDATED:
         return
     from ..errors import FhirMappingError
-    from ..fhir import declarations  # only on a miss: loading mappings never imports the FHIR package otherwise
+    from . import fhir_section as declarations  # only on a miss: parsing the sections is not free
 
     problems: list[Problem] = []
     declared = {}

@@ -9,8 +9,10 @@ of every section is collected and raised together as
 key (``fhir[2] (Observation heart_rate).elements[4].quantity.value``) and the fix.
 
 The loader keeps the section as JSON text (``Mapping.fhir``), so loading
-mappings never imports this package; :func:`declarations_of` parses it when
-FHIR is first used.
+mappings parses it only when its file is not in the validation cache (or when
+FHIR is first used): :func:`declarations_of`. It lives with the mapping files
+it reads, not in :mod:`healthsim_state.fhir`, so the loader's checks never
+reach up into the FHIR package.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..errors import FhirMappingError, Problem
-from ..mapping.model import Mapping
+from .model import Mapping
 
 ENTITY_SYSTEM = "urn:healthsim:"  # + entity type: the identifier that holds an entity's key
 RESERVED_KEY = "_fhir"  # the entity key that keeps what an import could not map (see mapper)
@@ -185,7 +187,7 @@ def _section(mapping: Mapping, problems: list[Problem]) -> Any:
     the file's YAML block, parsed and checked against the mapping schema now."""
     if mapping.fhir.startswith("["):
         return json.loads(mapping.fhir)
-    from ..mapping import loader, validation_cache
+    from . import loader, validation_cache
 
     yaml, yaml_loader = loader._yaml()
     try:
@@ -210,7 +212,7 @@ def _section_validator():
     """The mapping schema's ``fhir`` property as a schema of its own: ``{"fhir": [...]}``."""
     import jsonschema
 
-    from ..mapping import validation_cache
+    from . import validation_cache
 
     schema = json.loads(validation_cache.schema_bytes())
     section = {"$schema": schema["$schema"], "$defs": schema["$defs"], "type": "object", "required": ["fhir"],
