@@ -308,24 +308,23 @@ def test_a_resource_no_mapping_declares_is_an_input_error(sample):
         mapper.from_resource(immunization, refs=NoRefs())
 
 
+LAB_OBSERVATION = {"resourceType": "Observation", "id": "o1", "status": "final",
+                   "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                             "code": "laboratory"}]}],
+                   "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}}
+SURVEY_OBSERVATION = dict(LAB_OBSERVATION, category=[{"coding": [{"code": "survey"}]}])
+
+
 def test_a_laboratory_observation_is_a_lab_result_and_others_are_not(sample):
     mapper, _, _ = sample
-    lab = {"resourceType": "Observation", "id": "o1", "status": "final",
-           "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                     "code": "laboratory"}]}],
-           "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}}
-    survey = dict(lab, category=[{"coding": [{"code": "survey"}]}])
+    lab, survey = LAB_OBSERVATION, SURVEY_OBSERVATION
     assert mapper.entity_types_of(lab) == ("lab_result",)
     assert mapper.entity_types_of(survey) is None
 
 
 def test_map_resource_maps_as_from_resource_does_and_says_none_for_an_undeclared_one(sample):
     mapper, _, _ = sample
-    lab = {"resourceType": "Observation", "id": "o1", "status": "final",
-           "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                     "code": "laboratory"}]}],
-           "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}}
-    survey = dict(lab, category=[{"coding": [{"code": "survey"}]}])
+    lab, survey = LAB_OBSERVATION, SURVEY_OBSERVATION
     assert mapper.map_resource(survey, refs=NoRefs()) is None
     made = mapper.map_resource(lab, refs=NoRefs())
     assert made == mapper.from_resource(lab, refs=NoRefs())
