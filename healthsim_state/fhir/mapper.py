@@ -405,6 +405,16 @@ def _copy(value: Any) -> Any:
 
 # --- paths in entities ----------------------------------------------------------------------
 
+
+def _field_reader(mapping, column: str | None):
+    """The field a declaration names by ``column`` and the getter of its
+    value from an entity; ``(None, None)`` when the declaration names none."""
+    if not column:
+        return None, None
+    field = mapping.field(column)
+    return field, _getter(field.path)
+
+
 def _getter(path: tuple[str, ...]) -> Callable[[dict], Any]:
     if len(path) == 1:
         key = path[0]
@@ -1086,12 +1096,9 @@ class FhirMapper:
         peek = _peeker(element.steps)
         c = element.coding
         steps, absent = element.steps, element.absent
-        code_field = mapping.field(c.code)
-        get_code = _getter(code_field.path)
-        display_field = mapping.field(c.display) if c.display else None
-        get_display = _getter(display_field.path) if display_field else None
-        system_field = mapping.field(c.system_field) if c.system_field else None
-        get_system = _getter(system_field.path) if system_field else None
+        code_field, get_code = _field_reader(mapping, c.code)
+        display_field, get_display = _field_reader(mapping, c.display)
+        system_field, get_system = _field_reader(mapping, c.system_field)
         systems = dict(c.systems)
         system_names = {url: name for name, url in reversed(c.systems)}
         forward = dict(c.values)
@@ -1189,10 +1196,8 @@ class FhirMapper:
         peek = _peeker(element.steps)
         q = element.quantity
         steps, absent = element.steps, element.absent
-        value_field = mapping.field(q.value)
-        get_value = _getter(value_field.path)
-        unit_field = mapping.field(q.unit_field) if q.unit_field else None
-        get_unit = _getter(unit_field.path) if unit_field else None
+        value_field, get_value = _field_reader(mapping, q.value)
+        unit_field, get_unit = _field_reader(mapping, q.unit_field)
         convert = _as_decimal  # Quantity.value is a decimal whatever the column (as: integer only reads back)
 
         def write(entity: dict, node: dict, context: _Export) -> None:
