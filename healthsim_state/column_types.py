@@ -213,11 +213,16 @@ def _date(value: Any) -> tuple[Any, Any]:
     raise Unfit("expected a full ISO date (YYYY-MM-DD) or a datetime.date")
 
 
-def _plain_date(value: _dt.date) -> _dt.date:
+def _checked_real(value: _dt.date) -> None:
+    """A date(-time) subclass that holds no date (pandas.NaT) does not fit."""
     try:
         check_real_date(value)
     except TypeError as problem:
         raise Unfit(str(problem)) from None
+
+
+def _plain_date(value: _dt.date) -> _dt.date:
+    _checked_real(value)
     return _dt.date(value.year, value.month, value.day)
 
 
@@ -254,10 +259,7 @@ def _timestamp(value: Any) -> tuple[Any, Any]:
 
 
 def _plain_datetime(value: _dt.datetime) -> _dt.datetime:
-    try:
-        check_real_date(value)
-    except TypeError as problem:
-        raise Unfit(str(problem)) from None
+    _checked_real(value)
     return _dt.datetime(value.year, value.month, value.day, value.hour, value.minute, value.second,
                         value.microsecond, value.tzinfo, fold=value.fold)
 
