@@ -36,7 +36,7 @@ from .interop.files import default_target as default_file_target, write_atomic
 from .interop.parquet import export_parquet
 from .interop.query import jsonable, records, run_query
 from .manager import MISSING_OK_HINT, StateManager, plan_schema_changes
-from .values import dump_exact, parse_exact
+from .values import JSON_ENCODE_ERRORS, dump_exact, json_bytes, parse_exact
 
 _URLS = "healthsim_state.urls"  # the context's meta key: the URLs this command uses
 DB_HELP = ("The store: a DuckDB file, or a postgresql:// URL (default: $HEALTHSIM_DB, else "
@@ -67,6 +67,7 @@ def describe_error(error: BaseException) -> str:
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
+        _escape_what_cannot_print()
         try:
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
@@ -78,6 +79,14 @@ class _Group(click.Group):
             if ctx.params.get("debug"):
                 raise
             raise CliError(_scrubbed(describe_error(error))) from None
+
+
+def _escape_what_cannot_print() -> None:
+    """A lone surrogate a store keeps (in an unmapped field) prints as its
+    JSON escape instead of failing the command (see :func:`.values.json_bytes`)."""
+    for stream in (sys.stdout, sys.stderr):
+        if callable(getattr(stream, "reconfigure", None)):
+            stream.reconfigure(errors=JSON_ENCODE_ERRORS)
 
 
 def _scrubbed(message: str) -> str:
@@ -234,9 +243,13 @@ def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else ""
 
 
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """``1 entity``, ``2 entities``: the count and the noun that agrees with it."""
+    return f"{count} {singular if count == 1 else plural or singular + 's'}"
+
+
 def entities_text(count: int) -> str:
-    """``1 entity``, ``2 entities``."""
-    return f"{count} entit{'y' if count == 1 else 'ies'}"
+    return counted(count, "entity", "entities")
 
 
 def counts_text(manager_or_registry: Any, counts: dict[str, int]) -> str:
@@ -319,7 +332,7 @@ def load(name_or_id: str, output: str | None, force: bool, version: int | None, 
     if output is None or output == STDIN:
         click.echo(text, nl=False)
     else:
-        write_atomic(output, text.encode("utf-8"), force=force)
+        write_atomic(output, json_bytes(text), force=force)
         click.echo(f"wrote {output}", err=True)
 
 
@@ -581,7 +594,7 @@ def export(name_or_id: str, output: str | None, fmt: str, force: bool, with_hist
             if output == STDIN:
                 click.echo(text, nl=False)
                 return
-            target = write_atomic(json_target(document["name"], output), text.encode("utf-8"), force=force)
+            target = write_atomic(json_target(document["name"], output), json_bytes(text), force=force)
             click.echo(f"exported {document['name']!r} ({entities_text(count)}{kept}) to {target}")
             return
         summary = manager.scenario_info(name_or_id, version=version)
@@ -590,7 +603,7 @@ def export(name_or_id: str, output: str | None, fmt: str, force: bool, with_hist
             result = export_parquet(manager, summary["scenario_id"], output, force=force, version=version,
                                     progress=lambda entity, done, total: report.advance())
     click.echo(f"exported {summary['name']!r} ({entities_text(summary['entity_count'])}) to {result.directory}/: "
-               f"{len(result.files)} Parquet file{'s' if len(result.files) != 1 else ''} and manifest.json")
+               f"{counted(len(result.files), 'Parquet file')} and manifest.json")
 
 
 def _export_fhir(name_or_id: str, output: str | None, bundles: bool, force: bool, entity_types: list[str] | None,
@@ -605,10 +618,11 @@ def _export_fhir(name_or_id: str, output: str | None, bundles: bool, force: bool
                                            entity_types=entity_types, force=force)
             report.advance()
     count = sum(item["count"] for item in manifest["output"])
-    what = f"{count} entries in {len(manifest['output'])} transaction Bundles" if bundles else \
-        f"{count} resources in {len(manifest['output'])} NDJSON files"
+    files = len(manifest["output"])
+    what = f"{counted(count, 'entry', 'entries')} in {counted(files, 'transaction Bundle')}" if bundles else \
+        f"{counted(count, 'resource')} in {counted(files, 'NDJSON file')}"
     gone = sum(item["count"] for item in manifest["deleted"])
-    deleted = f", {gone} Bundle{'s' if gone != 1 else ''} of deletions" if gone else ""
+    deleted = f", {counted(gone, 'Bundle')} of deletions" if gone else ""
     click.echo(f"exported {summary['name']!r} (version {summary['version']}) to {target}/: {what}{deleted} "
                "and manifest.json")
     if validate:
@@ -617,9 +631,9 @@ def _export_fhir(name_or_id: str, output: str | None, bundles: bool, force: bool
         for problem in problems[:20]:
             click.echo(f"invalid: {problem}", err=True)
         if problems:
-            raise CliError(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found: not valid FHIR R4 "
+            raise CliError(f"{counted(len(problems), 'problem')} found: not valid FHIR R4 "
                            f"(the files are written, in {target})")
-        click.echo(f"validated {checked} resources against the FHIR R4 JSON Schema: all valid")
+        click.echo(f"validated {counted(checked, 'resource')} against the FHIR R4 JSON Schema: all valid")
 
 
 # --- versions -----------------------------------------------------------------------------
@@ -758,8 +772,7 @@ def prune(names: tuple[str, ...], keep: int, every: bool, db: str | None) -> Non
     with _manager(db) as manager:
         targets = [s["scenario_id"] for s in manager.list_scenarios(limit=None)] if every else list(names)
         dropped = sum(manager.prune_history(target, keep) for target in targets)
-    click.echo(f"dropped {dropped} version{'s' if dropped != 1 else ''} from {len(targets)} "
-               f"scenario{'s' if len(targets) != 1 else ''}")
+    click.echo(f"dropped {counted(dropped, 'version')} from {counted(len(targets), 'scenario')}")
 
 
 @cli.command()
@@ -860,8 +873,8 @@ def import_fhir(paths: tuple[str, ...], name: str, overwrite: bool, as_json: boo
             print_json(report.as_dict())
             return
         read = sum(report.read.values())
-        click.echo(f"imported {read} resource{'s' if read != 1 else ''} from {report.files} "
-                   f"file{'s' if report.files != 1 else ''} as {name!r} ({report.scenario_id})")
+        click.echo(f"imported {counted(read, 'resource')} from "
+                   f"{counted(report.files, 'file')} as {name!r} ({report.scenario_id})")
         print_table(["resource type", "read", "kept as is"],
                     [(kind, count, report.kept.get(kind, 0)) for kind, count in report.read.items()], right=[1, 2])
         click.echo(f"entities made: {counts_text(manager, report.made)}")
@@ -902,7 +915,7 @@ def migrate(directories: tuple[Path, ...], dry_run: bool, overwrite: bool, as_js
         click.echo("no legacy scenario files in " + ", ".join(str(d) for d in searched))
     else:
         verb = "would be migrated" if dry_run else "migrated"
-        click.echo(f"{len(files)} file{'s' if len(files) != 1 else ''}: {summary['migrated']} {verb}, "
+        click.echo(f"{counted(len(files), 'file')}: {summary['migrated']} {verb}, "
                    f"{summary['skipped']} skipped, {summary['failed']} failed"
                    + ("; dry run, nothing was changed" if dry_run else ""))
     if summary["failed"]:

@@ -288,6 +288,19 @@ def _encoder(ensure_ascii: bool) -> Any:
     return encode
 
 
+# How JSON text we write is encoded as UTF-8: a lone surrogate (which a
+# residual keeps, and UTF-8 cannot hold) becomes its JSON escape ``\udc80``.
+# JSON text holds such a character only inside a string, where that escape
+# is exactly what a JSON reader turns back into it; every other character
+# encodes, so nothing else changes.
+JSON_ENCODE_ERRORS = "backslashreplace"
+
+
+def json_bytes(text: str) -> bytes:
+    """JSON text as UTF-8 bytes (see :data:`JSON_ENCODE_ERRORS`)."""
+    return text.encode("utf-8", JSON_ENCODE_ERRORS)
+
+
 # Compact, ASCII-safe (a lone surrogate survives as an escape), no NaN.
 _dump_residual_fast = _encoder(ensure_ascii=True)
 

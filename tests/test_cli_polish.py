@@ -159,3 +159,25 @@ def test_version_help_says_whose_version(cli):
     for command in ("load", "show", "export"):
         text = " ".join(cli(command, "--help").stdout.split())
         assert "--version N Version N of the scenario (see `history`; not the program's version" in text, command
+
+
+def test_a_fhir_export_of_one_resource_says_one_resource_in_one_file(cli):
+    cli("save", "one.json", "-n", "s")
+    out = cli("export", "s", "--format", "fhir", "-o", "out").stdout
+    assert out == "exported 's' (version 1) to out/: 1 resource in 1 NDJSON file and manifest.json\n"
+
+
+# --- a lone surrogate the store keeps can be written out -------------------------------------------
+
+LONE = '{"patients": [{"patient_id": "p", "note": "a\\udc80b"}]}'  # JSON's escape of a lone surrogate
+
+
+def test_a_kept_lone_surrogate_is_written_as_its_json_escape_and_read_back(cli):
+    (cli.cwd / "lone.json").write_text(LONE)
+    cli("save", "lone.json", "-n", "s")
+    assert '"note": "a\\udc80b"' in cli("load", "s").stdout  # stdout, not a UnicodeEncodeError
+    cli("export", "s", "-o", "s.json")
+    assert '"a\\udc80b"' in (cli.cwd / "s.json").read_text("utf-8")  # valid UTF-8 text
+    cli("import", "s.json", "-n", "again")
+    assert json.loads(cli("load", "again").stdout)["entities"]["patients"][0]["note"] == "a\udc80b"
+    assert cli("diff", "s", "again").stdout.startswith("no differences")

@@ -29,8 +29,8 @@ ODD = {"patient": [{"patient_id": "odd", "name": {"given": "Zoë"}, "birthDate":
 
 def fill(target: str, *, lone: bool = True) -> None:
     """A scenario through every kind of write, and one whose oldest versions
-    were pruned. ``lone``: an entity holds a lone surrogate (which a store
-    keeps but no JSON export can write, with or without history)."""
+    were pruned. ``lone``: an entity holds a lone surrogate in an unmapped
+    field (which a store keeps, and a JSON export writes as its escape)."""
     with StateManager(target) as sm:
         sm.save_scenario("cohort", scenario(3, seed=5), description="three", tags=["b", "a"],
                          metadata={"generator": "bench", "seed": 5, "ratio": 0.1, "big": 2**70})
@@ -146,7 +146,7 @@ def test_a_type_the_target_lacks_in_an_old_version_refuses_the_copy(file_store, 
 # --- the history document -------------------------------------------------------------------------
 
 def test_export_history_then_import_gives_the_same_history(store, second_store, tmp_path):
-    fill(store.target, lone=False)
+    fill(store.target)
     with StateManager(store.target) as sm:
         for name in ("cohort", "pruned"):
             export_json(sm, name, tmp_path / f"{name}.json", history=True)
@@ -280,7 +280,7 @@ def test_the_copy_command_with_history(file_store, server_store, tmp_path):
 
 
 def test_the_export_and_import_commands_with_history(file_store, tmp_path):
-    fill(file_store.target, lone=False)
+    fill(file_store.target)
     out = tmp_path / "cohort.json"
     done = run("export", "cohort", "--history", "-o", str(out), "--db", file_store.target, home=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterable
 from ..errors import Problem, ScenarioNotFoundError, StoreNotFoundError, ValidationError
 from ..history import HeldEntity, ScenarioHistory
 from ..manager import StateManager
-from ..values import dump_exact, exact_number, render_object
+from ..values import dump_exact, exact_number, json_bytes, render_object
 from .errors import DocumentError
 from .files import default_target, write_atomic
 
@@ -562,7 +562,7 @@ def export_json(manager: StateManager, name_or_id: str, path: str | os.PathLike 
     made safe>.json`` in that directory."""
     document = export_document(manager, name_or_id, version=version, history=history)
     target = json_target(document["name"], path, directory)
-    return write_atomic(target, dumps(document).encode("utf-8"), force=force)
+    return write_atomic(target, json_bytes(dumps(document)), force=force)
 
 
 def json_target(name: str, path: str | os.PathLike | None, directory: str | os.PathLike = ".") -> Path:
