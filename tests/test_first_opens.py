@@ -129,3 +129,23 @@ def test_a_new_file_of_another_kind_is_an_error_at_once(tmp_path):
     with pytest.raises(StoreError, match="it is an SQLite database"):
         StateManager(path).list_scenarios()
     assert time.monotonic() - started < duckdb_backend.YOUNG
+
+
+def test_a_scratch_file_a_killed_maker_left_is_removed_by_the_next_maker(tmp_path):
+    """A process killed between making its scratch file and linking it left
+    ``.<name>.<pid>-<thread>.new``: the next process that makes the store
+    removes it (its process is gone), and keeps a live process's."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead_pid = int(finished.stdout)  # that process has exited
+    target = tmp_path / "new.duckdb"
+    dead = tmp_path / f".new.duckdb.{dead_pid}-1.new"
+    dead_wal = tmp_path / f".new.duckdb.{dead_pid}-1.new.wal"
+    live = tmp_path / f".new.duckdb.{os.getpid()}-1.new"
+    for leftover in (dead, dead_wal, live):
+        leftover.write_bytes(b"\0" * 16)
+    with StateManager(str(target)) as sm:
+        sm.save_scenario("s", {"patient": [{"patient_id": "p"}]})
+    assert not dead.exists() and not dead_wal.exists()
+    assert live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".new")) == [live.name]

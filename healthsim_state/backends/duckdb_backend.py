@@ -32,6 +32,7 @@ from __future__ import annotations
 import array
 import atexit
 import datetime as _dt
+import glob
 import importlib.util
 import os
 import re
@@ -603,6 +604,7 @@ def _make_whole(path: Path) -> bool:
     system has no hard links or the scratch file cannot be made: DuckDB
     then makes the file itself, as before, and says what is wrong if it
     cannot."""
+    _remove_dead_scratch(path)
     scratch = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.new")
     try:
         duckdb.connect(str(scratch), config=CONFIG).close()
@@ -615,6 +617,34 @@ def _make_whole(path: Path) -> bool:
                 leftover.unlink()
             except OSError:
                 pass
+    return True
+
+
+def _remove_dead_scratch(path: Path) -> None:
+    """Remove the scratch files of :func:`_make_whole` that a process killed
+    between making and linking one left beside ``path``: those whose process
+    no longer runs (a live one's may be in use)."""
+    try:
+        leftovers = list(path.parent.glob(f".{glob.escape(path.name)}.*-*.new"))
+    except OSError:
+        return
+    for leftover in leftovers:
+        pid = leftover.name[len(path.name) + 2:].partition("-")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            for name in (leftover, _wal(leftover)):
+                try:
+                    name.unlink()
+                except OSError:
+                    pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it runs, as another user
+        return True
     return True
 
 
