@@ -300,6 +300,40 @@ def test_keep_open_holds_the_file_between_operations_until_let_go(db_path):
     assert _other_process_can_open(db_path)
 
 
+def test_a_kept_read_write_instance_serves_readers_so_a_mixed_burst_opens_the_file_once(db_path, monkeypatch):
+    """An MCP server's read-only and read-write managers of one file, in a
+    burst that mixes their calls: reads use the writer's kept instance
+    instead of letting it go and opening the file again in the other mode."""
+    from healthsim_state import ReadOnlyError
+    from healthsim_state.backends import duckdb_backend
+    from healthsim_state.backends.duckdb_backend import WARM
+
+    opened = []
+    real_open = duckdb_backend._open_waiting
+
+    def counting_open(path, timeout, *, read_only, **options):
+        opened.append(read_only)
+        return real_open(path, timeout, read_only=read_only, **options)
+
+    monkeypatch.setattr(duckdb_backend, "_open_waiting", counting_open)
+    try:
+        writer = StateManager(db_path, keep_open=600)
+        reader = StateManager(db_path, read_only=True, keep_open=600)
+        for index in range(3):
+            writer.save_scenario(f"s{index}", {"patient": [{"patient_id": "p"}]})
+            assert [s["name"] for s in reader.list_scenarios()][0] == f"s{index}"
+            assert reader.load_scenario(f"s{index}")["entity_count"] == 1
+        # every session joined the writer's instance: none opened the file read-only, which would
+        # have let the kept read-write instance go (and the next write open the file again)
+        assert opened == [False] * 9
+        with pytest.raises(ReadOnlyError):  # the read-only manager still refuses to write
+            reader.save_scenario("x", {"patient": [{"patient_id": "p"}]})
+        assert "x" not in {s["name"] for s in writer.list_scenarios()}
+    finally:
+        WARM.release(db_path)
+    assert _other_process_can_open(db_path)
+
+
 def test_keep_open_lets_the_file_go_once_idle(db_path):
     import time
 

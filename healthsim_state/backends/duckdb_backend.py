@@ -125,17 +125,18 @@ class DuckDBBackend(Backend):
         with self._writer_turn(writable):
             new = not self.exists()
             # a kept instance of the file is in use now: it holds the file, no need to queue
-            kept = not self.memory and WARM.hold(self.path, self.read_only)
+            kept = None if self.memory else WARM.hold(self.path, self.read_only)
+            read_only = self.read_only if kept is None else kept  # a kept read-write instance serves a reader too
             with self._queued(shared=self.read_only, create=not (new or self.read_only),
-                              queue=not (self.memory or kept)) as deadline:
-                con, made = self._connect(writable, deadline)
+                              queue=not (self.memory or kept is not None)) as deadline:
+                con, made = self._connect(writable, deadline, read_only)
                 committed = False
                 try:
                     yield DuckDBSession(con, writable=writable, label=self.label, backend=self)
                     committed = True
                 finally:
                     if self.keep_open and (committed or not made):
-                        WARM.keep(self.path, self.read_only, self.keep_open)  # before the close: the instance lives on
+                        WARM.keep(self.path, read_only, self.keep_open)  # before the close: the instance lives on
                     elif not self.memory:
                         WARM.release(self.path)
                     removing = made and not committed and _empty(con)
@@ -229,8 +230,10 @@ class DuckDBBackend(Backend):
                 finally:
                     _close_quietly(con)
 
-    def _connect(self, write: bool, deadline: float) -> tuple[duckdb.DuckDBPyConnection, bool]:
-        """A connection, and whether this call made the file."""
+    def _connect(self, write: bool, deadline: float, read_only: bool) -> tuple[duckdb.DuckDBPyConnection, bool]:
+        """A connection, and whether this call made the file. ``read_only``
+        is the backend's mode, or the mode of the instance a session holds
+        (:meth:`_Warm.hold`)."""
         if self.memory:
             with self._memory_lock:
                 if self._memory_con is None:
@@ -244,8 +247,7 @@ class DuckDBBackend(Backend):
             except OSError as error:
                 raise StoreError(f"cannot create the directory for the database {self.path}: "
                                  f"{error.strerror or error}") from None
-        return _open_waiting(self.path, self.lock_timeout, read_only=self.read_only, config=None,
-                             deadline=deadline)
+        return _open_waiting(self.path, self.lock_timeout, read_only=read_only, config=None, deadline=deadline)
 
 
 class DuckDBSession(Session):
@@ -428,8 +430,11 @@ class _Warm:
     (None while a session uses it); one daemon thread lets each go once its
     file has been idle for the time asked. (A timer thread per operation
     cost a burst's every operation a thread start.) One process can
-    open a file with one set of settings, so a session in the other mode
-    (read-only or not) lets the kept one go first."""
+    open a file with one set of settings: a reading session uses a kept
+    read-write instance as it is (its backend asks nothing of it that a
+    read-only one would refuse: it only reads), and a writing session lets a
+    kept read-only one go first. So a burst that mixes a server's reads and
+    writes opens the file once more at most, not at every change of mode."""
 
     def __init__(self) -> None:
         self._lock = threading.Condition(threading.Lock())
@@ -438,20 +443,21 @@ class _Warm:
         self._wake = 0.0  # when the sweeper wakes next
         atexit.register(self.release_all)
 
-    def hold(self, path: Path, read_only: bool) -> bool:
-        """A session of ``path`` starts: its instance may not go now.
-        Whether one is kept (so the process holds the file already)."""
+    def hold(self, path: Path, read_only: bool) -> bool | None:
+        """A session of ``path`` starts: its instance may not go now. The
+        kept instance's mode (read-only or not) when one serves the session
+        (the process holds the file already), else None."""
         with self._lock:
             found = self._kept.get(path)
             if found is None:
-                return False
+                return None
             mode, con, _ = found
-            if mode != read_only:
+            if mode and not read_only:  # a writer cannot use a read-only instance
                 del self._kept[path]
                 _close_quietly(con)
-                return False
+                return None
             self._kept[path] = (mode, con, None)
-            return True
+            return mode
 
     def keep(self, path: Path, read_only: bool, seconds: float) -> None:
         """A session of ``path`` ends: keep its instance ``seconds`` more."""
