@@ -26,6 +26,12 @@ ORIGINAL_VALUE = "https://healthsim.dev/fhir/StructureDefinition/original-value"
 # extension, so they come back on import and no value is lost on the way.
 UNFIT = "https://healthsim.dev/fhir/StructureDefinition/unfit-values"
 JSON_TEXT = "https://healthsim.dev/fhir/StructureDefinition/json-text"  # see _identifier
+# The lookup columns an entity named a reference's target by (patient_id,
+# patient_mrn, or both), when they are not what an import fills without a sign:
+# every column the target holds, in a resource with our entity identifier (ours:
+# the usual entity names its patient both ways); else (a foreign resource, as
+# Synthea's) the first the declaration lists.
+REFERENCE_FIELDS = "https://healthsim.dev/fhir/StructureDefinition/reference-fields"
 
 _FHIR_STRING = re.compile(r"^[ \r\n\t\S]+$")  # the R4 schema's patterns
 _FHIR_CODE = re.compile(r"^(?=[ \r\n\t\S]+$)[^\s]+(\s[^\s]+)*$")  # a code is a string too

@@ -19,7 +19,7 @@ from ..mapping import fhir_section as d
 from ..values import MISSING
 from .paths import (_HASHABLE, _PARENTS, _SLICES, _coding_shape, _copy, _drop, _everywhere, _field_and_getter,
                     _getter, _original_steps, _peek, _peeker, _prune, _put, _reading, _set)
-from .primitives import (ORIGINAL_VALUE, UCUM, UNFIT, VALID, _absent, _backward, _fits, _from_base64, _from_json,
+from .primitives import (ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, VALID, _absent, _backward, _fits, _from_base64, _from_json,
                          _identifier_rest, _identifier_values, _lookup_system, _primitive_of)
 
 RESERVED_KEY = d.RESERVED_KEY
@@ -34,11 +34,12 @@ class ImportRefs(Protocol):
 
 
 class _Import:
-    __slots__ = ("refs", "entity", "children", "drops", "resource", "omitted")
+    __slots__ = ("refs", "entity", "children", "drops", "resource", "omitted", "ours")
 
-    def __init__(self, refs, entity, resource):
+    def __init__(self, refs, entity, resource, ours=False):
         self.refs, self.entity, self.children, self.drops, self.omitted = refs, entity, [], [], []
         self.resource = resource  # the input, for messages
+        self.ours = ours  # keyed by our entity identifier: made by our export (see REFERENCE_FIELDS)
 
     def invalid(self, element: d.Element, value: Any, primitive: str) -> FhirInputError:
         return FhirInputError(f"{value!r} is not a valid FHIR {primitive}", resource_type=self.resource.get("resourceType"),
@@ -241,13 +242,20 @@ def _reference_reader(element, mapping, plan, decl, siblings=()):
         if target is not None:
             values = lookup(r.target, target)
             if values is not None:
+                named = _reference_fields(ref)
                 for own, theirs in pairs:
+                    if named is None and taken and not context.ours:
+                        break  # a foreign resource without a sign: the first column only
+                    if named is not None and own.column not in named:
+                        continue
                     value = values.get(theirs.column)
                     if value is not None and _fits(own, value) is not MISSING:
                         _set(entity, own.path, value)
                         taken = True
                 if taken:
                     ref.pop("reference")
+                    if named is not None:
+                        _drop_reference_fields(ref)
         identifier = ref.get("identifier")
         if isinstance(identifier, dict) and identifier.get("system") in systems:
             own = systems[identifier["system"]]
@@ -257,6 +265,26 @@ def _reference_reader(element, mapping, plan, decl, siblings=()):
                     _set(entity, own.path, values[0])
                 ref.pop("identifier")
     return read
+
+
+def _reference_fields(ref: dict) -> tuple[str, ...] | None:
+    """The own columns a reference's REFERENCE_FIELDS extension lists, or None."""
+    extensions = ref.get("extension")
+    if not isinstance(extensions, list):
+        return None
+    for extension in extensions:
+        if isinstance(extension, dict) and extension.get("url") == REFERENCE_FIELDS \
+                and isinstance(extension.get("valueString"), str):
+            return tuple(extension["valueString"].split())
+    return None
+
+
+def _drop_reference_fields(ref: dict) -> None:
+    kept = [e for e in ref["extension"] if not (isinstance(e, dict) and e.get("url") == REFERENCE_FIELDS)]
+    if kept:
+        ref["extension"] = kept
+    else:
+        ref.pop("extension")
 
 
 def _slot_reference_reader(element, plan):
@@ -503,7 +531,7 @@ class ResourceReader:
                                  resource_type=resource_type, resource_id=rid, element="identifier")
         if keyed_by_id:
             record["keyed_by_id"] = True
-        context = _Import(refs, entity, resource)
+        context = _Import(refs, entity, resource, ours=not keyed_by_id)
         profile = compiled.decl.profile
         meta = copy.get("meta")
         if profile and isinstance(meta, dict) and isinstance(meta.get("profile"), list) and profile in meta["profile"]:

@@ -21,7 +21,8 @@ from ..values import MISSING
 from .ids import resource_id as _resource_id
 from .paths import (_PADDING, _coding_shape, _compact, _field_and_getter, _getter, _merge, _original_steps, _put,
                     _putter, _room_at)
-from .primitives import (_FHIR_CODE, _FHIR_STRING, ORIGINAL_VALUE, TO_FHIR, UCUM, UNFIT, _absent, _as_decimal,
+from .primitives import (_FHIR_CODE, _FHIR_STRING, ORIGINAL_VALUE, REFERENCE_FIELDS, TO_FHIR, UCUM, UNFIT, _absent,
+                         _as_decimal,
                          _backward, _converter, _fits, _identifier, _lookup_system, _primitive_of)
 
 RESERVED_KEY = d.RESERVED_KEY
@@ -259,15 +260,20 @@ def _reference_writer(element, mapping, plan, decl, siblings=()):
     pairs = [(mapping.field(own), target_mapping.field(theirs)) for own, theirs in r.fields]
     getters = [(_getter(own.path), theirs) for own, theirs in pairs]
     own_paths = {theirs.column: own.path for own, theirs in pairs}
+    own_columns = {theirs.column: own.column for own, theirs in pairs}
+    every_column = [own.column for own, _ in pairs]
+    first_column = every_column[:1]
     target_slot = r.slot
 
     def write(entity: dict, node: dict, context: _Export) -> None:
         first = None
         found = None
+        named = []  # the own columns holding a value, in declared order
         for get, theirs in getters:
             value = get(entity)
             if value is None:
                 continue
+            named.append(own_columns[theirs.column])
             if isinstance(value, str) and not _FHIR_STRING.match(value):
                 # No resource holds it (FHIR strings cannot), so no target gives it back.
                 context.unfit[".".join(own_paths[theirs.column])] = value
@@ -282,12 +288,21 @@ def _reference_writer(element, mapping, plan, decl, siblings=()):
                 put(node, _absent(absent))
             return
         if found:
-            put(node, {"reference": found})
+            ours = context.record is None or not context.record.get("keyed_by_id")  # as _make's identifier
+            put(node, _resolved(found, named, every_column if ours else first_column))
             return
         # Not in the export: a logical reference, which still says what it meant.
         theirs, value = first
         put(node, {"identifier": _identifier(_lookup_system(r.target, theirs.column, target_key), (value,))})
     return write
+
+
+def _resolved(found: str, named: list[str], unsigned: list[str]) -> dict:
+    """A resolved reference; with the columns it was named by when they are not
+    ``unsigned``, what an import fills without a sign (see REFERENCE_FIELDS)."""
+    if named == unsigned:
+        return {"reference": found}
+    return {"reference": found, "extension": [{"url": REFERENCE_FIELDS, "valueString": " ".join(named)}]}
 
 
 def _slot_reference_writer(element, plan):
