@@ -6,7 +6,7 @@ from a claim. This module is the front: what is declared, and the calls of
 both directions. The work is done below it:
 
 - :mod:`.plan`: an entity type's declarations compiled once, when first used,
-  into a plan of small closures, a writer and a reader a element;
+  into a plan of small closures, a writer and a reader an element;
 - :mod:`.writers`: ``to_resources(entity)``: each declared resource whose
   ``when`` columns hold a value, with ``resourceType``, a stable ``id``
   (:mod:`.ids`), ``meta.profile``, the entity's key in ``identifier[0]``

@@ -1,5 +1,5 @@
 """An entity type's ``fhir:`` declarations compiled into a plan: per declared
-resource, one writer and one reader a element (:mod:`.writers`,
+resource, one writer and one reader an element (:mod:`.writers`,
 :mod:`.readers`), compiled once when the type is first used, so a call runs
 no interpretation, only the closures (the pattern of
 :mod:`healthsim_state.engine.compile`).
