@@ -285,14 +285,40 @@ def test_a_fhir_scenario_exported_again_gives_back_every_resource_under_its_id(s
     report = sm.import_fhir(ALL_INPUTS, "in")
     sm.export_fhir("in", tmp_path / "out")
     came_in, went_out = resolved(*ALL_INPUTS), exported(tmp_path / "out")
-    assert set(came_in) <= set(went_out) and len(came_in) == sum(report.read.values())
-    made = [went_out[local] for local in set(went_out) - set(came_in)]  # what the declarations add
-    assert {(r["resourceType"], r["code"]["coding"][0]["code"]) for r in made} <= {("Observation", "85353-1")}
+    assert set(went_out) == set(came_in) and len(came_in) == sum(report.read.values())  # no panel added
     for local, resource in came_in.items():
         assert set(resource) <= set(went_out[local]), local  # no element of the input is lost
     for local in ("Immunization/f2a9c7e1-4d5b-4e86-b3c2-9e7d1a4b6f08", "Practitioner/b2c3d4e5-0000-4000-8000-000000000077",
                   "DiagnosticReport/0d3f6b9e-5a28-4c71-a4f0-8b2e5d9a3c07", "AllergyIntolerance/ss-a1"):
         assert went_out[local] == came_in[local]  # kept as they came (references in the export's form)
+
+
+def in_bundles(directory: Path) -> set[str]:
+    return {f"{entry['resource']['resourceType']}/{entry['resource']['id']}"
+            for path in directory.glob("*.json") if path.name != "manifest.json"
+            for entry in json.loads(path.read_text()).get("entry", [])}
+
+
+VITALS_PANEL = "85353-1"
+
+
+def test_imported_vital_signs_go_out_again_without_a_panel_and_ours_with_theirs(sm, tmp_path):
+    sm.import_fhir([BUNDLE], "in")
+    imported = sm.load_scenario("in")["entities"]
+    assert len(imported["vital_sign"]) >= 2  # the Bundle's heart rate and blood pressure Observations
+    own = {"vital_sign_id": "VS-OURS", "patient_id": PATIENT_ID, "observation_time": "2024-03-01T08:00:00Z",
+           "heart_rate": 64, "blood_pressure": {"systolic": 120, "diastolic": 80}}
+    sm.save_scenario("mixed", {**imported, "vital_sign": imported["vital_sign"] + [own]})
+    sm.export_fhir("mixed", tmp_path / "out")
+    sm.export_fhir("mixed", tmp_path / "bundles", bundles=True)
+    went_out = exported(tmp_path / "out")
+    panels = [r for r in went_out.values() if r["resourceType"] == "Observation"
+              and r["code"]["coding"][0]["code"] == VITALS_PANEL]
+    assert set(went_out) - set(resolved(BUNDLE)) == {f"Observation/{r['id']}" for r in panels} | {
+        member["reference"] for panel in panels for member in panel["hasMember"]}  # only ours are new
+    (panel,) = panels
+    assert panel["identifier"][0]["value"] == "VS-OURS" and len(panel["hasMember"]) == 2
+    assert in_bundles(tmp_path / "bundles") == set(went_out)
 
 
 def test_race_and_ethnicity_extensions_and_extra_identifiers_come_back(sm, tmp_path):

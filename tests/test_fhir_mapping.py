@@ -232,6 +232,43 @@ def test_an_unresolved_reference_keeps_the_lookup_value_as_an_identifier(sample)
     assert (entity_type, back["patient_mrn"], back["lab_result_id"]) == ("lab_result", "MRN-X", "L1")
 
 
+ONE_PATIENT = {"patient": [{"patient_id": "P1", "mrn": "MRN-1", "gender": "F"}]}
+LAB_NAMING = [{"lab_result_id": "L-mrn", "patient_mrn": "MRN-1", "loinc_code": "2345-7"},
+              {"lab_result_id": "L-id", "patient_id": "P1", "loinc_code": "2345-7"},
+              {"lab_result_id": "L-both", "patient_id": "P1", "patient_mrn": "MRN-1", "loinc_code": "2345-7"}]
+
+
+@pytest.mark.parametrize("lab", LAB_NAMING, ids=[lab["lab_result_id"] for lab in LAB_NAMING])
+def test_a_reference_gives_back_only_the_lookup_columns_the_entity_named_its_target_by(sample, lab):
+    mapper, _, _ = sample
+    resources = export_all(mapper, {**ONE_PATIENT, "lab_result": [lab]}, "s")
+    (observation,) = [r for r in resources if r["resourceType"] == "Observation"]
+    assert observation["subject"]["reference"].startswith("Patient/")  # resolved, whichever column named it
+    (back,) = import_all(mapper, json.loads(json.dumps(resources)))["lab_result"]
+    assert {k: v for k, v in back.items() if k != RESERVED_KEY} == lab
+
+
+def test_only_an_unusual_naming_of_the_target_is_marked_in_the_reference(sample, fhir_validator):
+    mapper, _, _ = sample
+    resources = export_all(mapper, {**ONE_PATIENT, "lab_result": LAB_NAMING}, "s")
+    assert {r["id"]: fhir_validator.errors(r) for r in resources} == {r["id"]: [] for r in resources}
+    subjects = {r["identifier"][0]["value"]: r["subject"] for r in resources if r["resourceType"] == "Observation"}
+    assert "extension" not in subjects["L-both"]  # our entities name their patient both ways: the usual, unmarked
+    assert [e["valueString"] for e in subjects["L-id"]["extension"]] == ["patient_id"]
+    assert [e["valueString"] for e in subjects["L-mrn"]["extension"]] == ["patient_mrn"]
+
+
+def test_a_foreign_reference_fills_the_first_lookup_column_only(sample):
+    mapper, _, _ = sample
+    (patient,) = mapper.to_resources("patient", ONE_PATIENT["patient"][0], scenario_id="s", refs=NoRefs())
+    lab = dict(LAB_OBSERVATION, subject={"reference": f"Patient/{patient['id']}"})  # no identifier of ours
+    ((_, back),) = mapper.from_resource(lab, refs=ResourceRefs([patient, lab]))
+    assert back["patient_id"] == "P1" and "patient_mrn" not in back
+    (again,) = mapper.to_resources("lab_result", json.loads(json.dumps(back)), scenario_id="s",
+                                   refs=ScenarioRefs(mapper, ONE_PATIENT, "s"))
+    assert again == lab  # no mark added on the way out: it reads back the same
+
+
 def test_value_maps_run_both_ways_and_keep_the_original_spelling(sample):
     mapper, _, scenario_id = sample
     for given, code in [("M", "male"), ("F", "female"), ("female", "female"), ("U", "unknown")]:

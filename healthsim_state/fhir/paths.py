@@ -1,0 +1,428 @@
+"""Paths in FHIR resources and in entities: the declarations' element paths
+(``category[0].coding[0].code``) read, written and dropped.
+
+Each path is compiled once into straight-line code (:func:`_putter`,
+:func:`_compile_parent`, :func:`_peeker`): most of an export's and an import's
+time is spent here. Also the JSON tree helpers both directions share: the
+copy an import takes apart, the pruning of what it leaves, the merge of what
+it kept back into an export's resource.
+
+List positions: an element taken out of a list leaves ``None`` in the kept copy
+(a placeholder), so an export puts the regenerated item back at its place.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from ..mapping import fhir_section as d
+from ..values import MISSING
+
+
+# --- paths in resources ---------------------------------------------------------------------
+
+def _put(node: dict, steps: tuple[d.Step, ...], value: Any) -> None:
+    """Write ``value`` at ``steps`` below ``node``, making objects and lists on the way
+    (a list too short for an index is padded with None: see :func:`_compact`)."""
+    last = len(steps) - 1
+    for position, step in enumerate(steps):
+        if step.index is None:
+            if position == last:
+                node[step.key] = value
+                return
+            node = node.setdefault(step.key, {})
+            continue
+        items = node.setdefault(step.key, [])
+        if len(items) < step.index:
+            holed = getattr(_PADDING, "holed", None)
+            if holed is not None:
+                holed.append(items)  # a hole: the list is compacted once the resource is made
+        while len(items) <= step.index:
+            items.append(None)
+        if position == last:
+            items[step.index] = value
+            return
+        if items[step.index] is None:
+            items[step.index] = {}
+        node = items[step.index]
+
+
+_PADDING = threading.local()  # the lists a _put left a hole in (per thread: exports may run in threads)
+
+
+def _putter(steps: tuple[d.Step, ...]) -> Callable[[dict, Any], None]:
+    """``_put`` for one path, generated once as straight-line code (no loop
+    over steps: most of an export's time is spent writing elements)."""
+    lines = ["def put(node, value):"]
+    last = len(steps) - 1
+    for position, step in enumerate(steps):
+        key = repr(step.key)
+        if step.index is None:
+            lines.append(f"    node[{key}] = value" if position == last else
+                         f"    node = node.setdefault({key}, {{}})")
+            continue
+        i = step.index
+        lines += [f"    items = node.setdefault({key}, [])",
+                  f"    if len(items) <= {i}:",
+                  f"        if len(items) < {i}:",
+                  "            _PADDING.holed.append(items)",
+                  f"        items.extend([None] * ({i + 1} - len(items)))"]
+        if position == last:
+            lines.append(f"    items[{i}] = value")
+        else:
+            lines += [f"    node = items[{i}]",
+                      "    if node is None:",
+                      f"        node = items[{i}] = {{}}"]
+    namespace: dict[str, Any] = {"_PADDING": _PADDING}
+    exec(compile("\n".join(lines), f"<fhir put {'.'.join(s.key for s in steps)}>", "exec"), namespace)
+    return namespace["put"]
+
+
+def _parent(node: Any, steps: tuple[d.Step, ...]) -> Any:
+    """The container holding the last step's value (a dict, or a list for an
+    indexed last step), or MISSING. A path compiled with the declarations runs
+    its generated function (see :func:`_compile_parent`)."""
+    entry = _PARENTS.get(id(steps))
+    if entry is not None and entry[0] is steps:
+        return entry[1](node)
+    return _parent_generic(node, steps)
+
+
+_PARENTS: dict[int, tuple[tuple, Callable[[Any], Any]]] = {}  # id(steps) -> (steps, function); steps kept alive
+
+
+def _compile_parent(steps: tuple[d.Step, ...]) -> None:
+    """Generate :func:`_parent` for one path of the declarations (and the
+    relative paths of its slices): straight-line code, no loop over steps."""
+    if id(steps) in _PARENTS and _PARENTS[id(steps)][0] is steps:
+        return
+    namespace: dict[str, Any] = {"MISSING": MISSING, "_slice": _slice}
+    lines = ["def parent(node):"]
+    for position, step in enumerate(steps[:-1]):
+        lines += ["    if not isinstance(node, dict):", "        return MISSING",
+                  f"    node = node.get({step.key!r}, MISSING)"]
+        if step.index is not None:
+            lines += ["    if not isinstance(node, list):", "        return MISSING"]
+            if step.match:
+                namespace[f"M{position}"] = step.match
+                for relative, _ in step.match:
+                    _compile_parent(relative)
+                lines.append(f"    node = _slice(node, M{position}, {step.index})")
+            else:
+                lines += [f"    if len(node) <= {step.index}:", "        return MISSING",
+                          f"    node = node[{step.index}]"]
+    last = steps[-1]
+    lines += ["    if not isinstance(node, dict):", "        return MISSING"]
+    if last.index is None:
+        lines.append("    return node")
+    else:
+        lines += [f"    items = node.get({last.key!r})",
+                  f"    return items if isinstance(items, list) and len(items) > {last.index} else MISSING"]
+    exec(compile("\n".join(lines), f"<fhir parent {'.'.join(s.key for s in steps)}>", "exec"), namespace)
+    _PARENTS[id(steps)] = (steps, namespace["parent"])
+
+
+def _parent_generic(node: Any, steps: tuple[d.Step, ...]) -> Any:
+    for step in steps[:-1]:
+        if not isinstance(node, dict):
+            return MISSING
+        node = node.get(step.key, MISSING)
+        if step.index is not None:
+            if not isinstance(node, list):
+                return MISSING
+            node = _slice(node, step.match, step.index) if step.match else (
+                node[step.index] if len(node) > step.index else MISSING)
+    if not isinstance(node, dict):
+        return MISSING
+    last = steps[-1]
+    if last.index is None:
+        return node
+    items = node.get(last.key)
+    return items if isinstance(items, list) and len(items) > last.index else MISSING
+
+
+def _room_at(node: dict, steps: tuple[d.Step, ...]) -> bool:
+    """Whether every item before the last step's index is there already."""
+    holder = _parent(node, steps[:-1] + (d.Step(steps[-1].key, 0),))
+    return holder is not MISSING and len(holder) >= steps[-1].index and None not in holder[:steps[-1].index]
+
+
+def _slice(items: list, match: tuple, index: int) -> Any:
+    """The first item whose constants at ``match``'s paths are equal where
+    present (one at least: a constant may be written only ``with`` a column);
+    else the item at ``index`` if it holds none of them; else MISSING.
+    Remembered while one resource is read (see :func:`_reading`): every element
+    of a slice looks for the same item."""
+    memo = getattr(_SLICES, "memo", None)
+    if memo is None:
+        return _find_slice(items, match, index)
+    key = (id(items), id(match), index)
+    found = memo.get(key, _NOT_FOUND)
+    if found is _NOT_FOUND:
+        found = memo[key] = _find_slice(items, match, index)
+    return found
+
+
+_SLICES = threading.local()
+_HASHABLE = (str, int, float, bool)  # JSON leaves an index of constants can hold
+_MATCH_PEEKERS: dict[int, tuple[tuple, list]] = {}  # id(match) -> (match, its peekers)
+_NOT_FOUND = object()
+
+
+class _reading:
+    """While a resource is read, slices found are remembered (the lists do not
+    change until the constants are dropped, after every element was read)."""
+
+    def __enter__(self):
+        self.outer = getattr(_SLICES, "memo", None)
+        _SLICES.memo = {}
+
+    def __exit__(self, *exc):
+        _SLICES.memo = self.outer
+
+
+def _find_slice(items: list, match: tuple, index: int) -> Any:
+    pairs = _MATCH_PEEKERS.get(id(match))
+    if pairs is None or pairs[0] is not match:
+        pairs = _MATCH_PEEKERS[id(match)] = (match, tuple((_peeker(steps), value) for steps, value in match))
+    pairs = pairs[1]
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        equal = False  # one constant equal at least, and none that differs
+        for peek, value in pairs:
+            found = peek(item)
+            if found is MISSING:
+                continue
+            if found != value:
+                break
+            equal = True
+        else:
+            if equal:
+                return item
+    if index < len(items) and isinstance(items[index], dict) and \
+            all(peek(items[index]) is MISSING for peek, _ in pairs):
+        return items[index]
+    return MISSING
+
+
+def _peeker(steps: tuple[d.Step, ...]) -> Callable[[Any], Any]:
+    """:func:`_peek` for one path, bound once to its generated parent function
+    (a reader calls it for every resource: no lookup of the path each time)."""
+    entry = _PEEKERS.get(id(steps))
+    if entry is not None and entry[0] is steps:
+        return entry[1]
+    _compile_parent(steps)
+    parent = _PARENTS[id(steps)][1]
+    last = steps[-1]
+    key, index = last.key, last.index
+    if index is None:
+        def peek(node: Any) -> Any:
+            holder = parent(node)
+            return MISSING if holder is MISSING else holder.get(key, MISSING)
+    else:
+        def peek(node: Any) -> Any:
+            holder = parent(node)
+            if holder is MISSING:
+                return MISSING
+            value = holder[index]
+            return MISSING if value is None else value
+    _PEEKERS[id(steps)] = (steps, peek)
+    return peek
+
+
+_PEEKERS: dict[int, tuple[tuple, Callable[[Any], Any]]] = {}  # id(steps) -> (steps, peek); steps kept alive
+
+
+def _peek(node: Any, steps: tuple[d.Step, ...]) -> Any:
+    holder = _parent(node, steps)
+    if holder is MISSING:
+        return MISSING
+    last = steps[-1]
+    if last.index is None:
+        return holder.get(last.key, MISSING)
+    value = holder[last.index]
+    return MISSING if value is None else value
+
+
+def _everywhere(node: Any, keys: tuple[tuple[str, bool], ...]) -> list:
+    """Every value at a path, each list step taken at every position: what
+    :func:`_peek` finds there (by index or by slice) is always among them."""
+    found = [node]
+    for key, listed in keys:
+        found = [item.get(key, MISSING) for item in found if isinstance(item, dict)]
+        if listed:
+            found = [item for items in found if isinstance(items, list) for item in items]
+    return found
+
+
+def _drop(node: Any, steps: tuple[d.Step, ...]) -> None:
+    holder = _parent(node, steps)
+    if holder is MISSING:
+        return
+    last = steps[-1]
+    if last.index is None:
+        holder.pop(last.key, None)
+    else:
+        holder[last.index] = None  # a placeholder: later items keep their positions
+
+
+def _prune(node: Any) -> Any:
+    """``node`` without empty objects, and without lists that hold only placeholders.
+    (Leaves are not passed to a call of their own: most of a resource is leaves;
+    JSON data holds plain dicts and lists, so their classes are compared, not
+    ``isinstance``d: this runs over every node of every imported resource.)"""
+    cls = node.__class__
+    if cls is dict:
+        out = {}
+        for key, value in node.items():
+            kind = value.__class__
+            if kind is dict or kind is list:
+                value = _prune(value)
+                if value is MISSING:
+                    continue
+            out[key] = value
+        return out if out else MISSING
+    if cls is list:
+        items = []
+        kept = False
+        for item in node:
+            kind = item.__class__
+            if kind is dict or kind is list:
+                item = _prune(item)
+                if item is MISSING:
+                    item = None
+            if item is not None:
+                kept = True
+            items.append(item)
+        return items if kept else MISSING
+    if isinstance(node, (dict, list)):  # a subclass (not from JSON): as plain data
+        return _prune(dict(node) if isinstance(node, dict) else list(node))
+    return node
+
+
+def _compact(node: Any) -> Any:
+    """Drop list holes an export left (an item after an absent one moves up)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, (dict, list)):
+                node[key] = _compact(value)
+        return node
+    if isinstance(node, list):
+        return [_compact(item) for item in node if item is not None]
+    return node
+
+
+def _merge(made: Any, kept: Any) -> Any:
+    """An export's resource with the elements an import kept put back. Kept
+    values win at a leaf (the declaration did not read them, so they are the
+    original's); a kept list's placeholders take the made items in order."""
+    if isinstance(made, dict) and isinstance(kept, dict):
+        out = dict(made)
+        for key, value in kept.items():
+            out[key] = _merge(made[key], value) if key in made else _fill(value)
+        return out
+    if isinstance(made, list) and isinstance(kept, list):
+        if any(item is None for item in kept):
+            fresh = iter(item for item in made if item is not None)
+            out = [next(fresh, None) if item is None else item for item in kept]
+            out.extend(fresh)
+            return [item for item in out if item is not None]
+        out = [_merge(made[i], kept[i]) if i < len(made) and made[i] is not None else kept[i]
+               for i in range(len(kept))]
+        return out + [item for item in made[len(kept):] if item is not None]
+    return kept
+
+
+def _fill(kept: Any) -> Any:
+    """A kept value with nothing made for it: placeholders whose item is gone drop out."""
+    if isinstance(kept, list):
+        return [_fill(item) for item in kept if item is not None]
+    if isinstance(kept, dict):
+        return {key: _fill(value) for key, value in kept.items()}
+    return kept
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of JSON data (leaves are shared: they are immutable).
+    Classes compared, not ``isinstance``d (see :func:`_prune`)."""
+    cls = value.__class__
+    if cls is dict:
+        out = {}
+        for key, item in value.items():
+            kind = item.__class__
+            out[key] = _copy(item) if kind is dict or kind is list else item
+        return out
+    if cls is list:
+        return [_copy(item) if item.__class__ is dict or item.__class__ is list else item for item in value]
+    if isinstance(value, (dict, list)):  # a subclass (not from JSON): copied as plain data
+        return _copy(dict(value) if isinstance(value, dict) else list(value))
+    return value
+
+
+# --- paths in entities ----------------------------------------------------------------------
+
+
+def _field_and_getter(mapping, column: str | None):
+    """The field a declaration names by ``column`` and the getter of its
+    value from an entity; ``(None, None)`` when the declaration names none."""
+    if not column:
+        return None, None
+    field = mapping.field(column)
+    return field, _getter(field.path)
+
+
+def _getter(path: tuple[str, ...]) -> Callable[[dict], Any]:
+    if len(path) == 1:
+        key = path[0]
+        return lambda entity: entity.get(key)
+    if len(path) == 2:
+        first, second = path
+
+        def get2(entity: dict) -> Any:
+            inner = entity.get(first)
+            return inner.get(second) if isinstance(inner, dict) else None
+        return get2
+
+    def get(entity: dict) -> Any:
+        node: Any = entity
+        for key in path:
+            if not isinstance(node, dict):
+                return None
+            node = node.get(key)
+        return node
+    return get
+
+
+def _set(entity: dict, path: tuple[str, ...], value: Any) -> None:
+    node = entity
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+
+
+
+
+def _original_steps(steps: tuple[d.Step, ...]) -> tuple[d.Step, ...] | None:
+    """Where a mapped value's original spelling goes (see ORIGINAL_VALUE): the
+    ``_<key>`` beside a primitive, FHIR's place for its extensions; None for
+    an item of a list."""
+    last = steps[-1]
+    if last.index is not None:
+        return None
+    original = steps[:-1] + (d.Step("_" + last.key, None),)
+    _compile_parent(original)
+    return original
+
+
+def _coding_shape(element: d.Element) -> tuple[bool, bool, tuple[d.Step, ...]]:
+    """Whether a coding element is a bare Coding (``as: Coding``: Encounter.class),
+    whether it names one Coding (bare, or a path ending in ``coding[i]``: several
+    systems side by side) rather than the CodeableConcept, and the path of its
+    list of codings."""
+    steps = element.steps
+    bare = element.primitive == "Coding"
+    single = bare or (steps[-1].key == "coding" and steps[-1].index is not None)
+    list_steps = steps[:-1] + (d.Step("coding", None),) if single else steps + (d.Step("coding", None),)
+    return bare, single, list_steps

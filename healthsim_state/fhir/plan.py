@@ -1,0 +1,124 @@
+"""An entity type's ``fhir:`` declarations compiled into a plan: per declared
+resource, one writer and one reader an element (:mod:`.writers`,
+:mod:`.readers`), compiled once when the type is first used, so a call runs
+no interpretation, only the closures (the pattern of
+:mod:`healthsim_state.engine.compile`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..mapping import fhir_section as d
+from ..mapping.model import Mapping
+from ..values import MISSING
+from .ids import resource_id as _resource_id
+from .paths import _compile_parent, _getter, _merge, _prune, _set
+from .readers import ELEMENT_READERS, Reader, _children_reader, _constants_last, _Import, _restore_unfit
+from .writers import ELEMENT_WRITERS, Writer, _children_writer, _Export, _generated_writer, _keep_unfit
+
+RESERVED_KEY = d.RESERVED_KEY
+
+
+def _element(element: d.Element, mapping: Mapping, plan: "_Plan",
+             decl: d.ResourceDeclaration, siblings: tuple[d.Element, ...] = ()) -> tuple[Writer, Reader]:
+    """The writer and the reader of one declared element (siblings: for
+    with:/without:, see :func:`.writers._condition`)."""
+    _compile_parent(element.steps)
+    if element.kind == "children":
+        child_plan = _ChildPlan(plan.mapper.mapping(element.children.entity_type), element.children, plan, decl)
+        return _children_writer(element, child_plan, decl), _children_reader(element, child_plan, plan, decl)
+    return (ELEMENT_WRITERS[element.kind](element, mapping, plan, decl, siblings),
+            ELEMENT_READERS[element.kind](element, mapping, plan, decl, siblings))
+
+
+class _Resource:
+    """One declared resource of an entity type, compiled."""
+
+    def __init__(self, decl: d.ResourceDeclaration, writers: list[Writer], readers: list[Reader],
+                 whens: list[Callable], field_paths: dict[str, tuple[d.Step, ...]]):
+        self.decl, self.writers, self.readers, self.whens = decl, writers, readers, whens
+        self.slot, self.resource_type = decl.slot, decl.resource
+        self.field_paths = field_paths  # column -> the path it is written at (lookups on import)
+        self.constants = {e.path: (e.steps, e.value) for e in decl.elements if e.kind == "value"}
+        self.paths = [e.path for e in decl.elements]
+        self.write_all: Writer = lambda entity, made, context: [w(entity, made, context) for w in writers]
+
+
+class _Plan:
+    """An entity type's compiled declarations."""
+
+    def __init__(self, mapper, mapping: Mapping, decls: d.Declarations):
+        self.mapping, self.mapper = mapping, mapper
+        self.entity_type = mapping.entity
+        self.system = d.ENTITY_SYSTEM + mapping.entity
+        self.key_fields = mapping.key_fields
+        self.key_getters = [_getter(f.path) for f in self.key_fields]
+        self.fields = {f.column: f for f in mapping.fields}
+        self.resources = [self._compile(decl) for decl in decls.resources]
+        self.by_slot = {r.slot: r for r in self.resources}
+
+    def _compile(self, decl: d.ResourceDeclaration) -> _Resource:
+        writers, readers = [], []
+        field_paths: dict[str, tuple[d.Step, ...]] = {}
+        for element in decl.elements:
+            writer, reader = _element(element, self.mapping, self, decl, decl.elements)
+            writers.append(writer)
+            readers.append((element.kind == "value", reader))
+            if element.kind == "field":
+                field_paths[element.field] = element.steps
+        whens = [_getter(self.fields[c].path) for c in decl.when]
+        compiled = _Resource(decl, writers, _constants_last(readers), whens, field_paths)
+        compiled.write_all = _generated_writer(decl, writers, self.mapping)
+        return compiled
+
+    def key_of(self, entity: dict) -> tuple:
+        return tuple(get(entity) for get in self.key_getters)
+
+    def slot_id(self, entity: dict, slot: str, scenario_id: str, key: tuple | None = None) -> str:
+        kept = entity.get(RESERVED_KEY)
+        if isinstance(kept, dict):
+            record = kept.get(slot)
+            if isinstance(record, dict) and isinstance(record.get("id"), str):
+                return record["id"]
+        return _resource_id(scenario_id, self.entity_type, key if key is not None else self.key_of(entity), slot)
+
+
+class _ChildPlan:
+    """The elements of a folded child type (claim_line in Claim.item), compiled."""
+
+    def __init__(self, mapping: Mapping, children: d.Children, parent: _Plan, decl: d.ResourceDeclaration):
+        self.mapping = mapping
+        self.link = [mapping.field(c) for c in children.link]
+        pairs = [_element(e, mapping, parent, decl, children.elements) for e in children.elements]
+        self.writers = [w for w, _ in pairs]
+        self.readers = _constants_last([(e.kind == "value", r) for e, (_, r) in zip(children.elements, pairs)])
+
+    def item(self, kid: dict, context: _Export, slot: str) -> dict:
+        item: dict[str, Any] = {}
+        parents, context.unfit = context.unfit, {}
+        for write in self.writers:
+            write(kid, item, context)
+        if context.unfit:
+            _keep_unfit(item, context.unfit)
+        context.unfit = parents
+        kept = kid.get(RESERVED_KEY)
+        record = kept.get(slot) if isinstance(kept, dict) else None
+        if isinstance(record, dict) and isinstance(record.get("extra"), dict):
+            item = _merge(item, record["extra"])
+        return item
+
+    def entity(self, item: dict, parent_key: tuple, context: _Import, slot: str) -> dict:
+        kid: dict[str, Any] = {}
+        for field, value in zip(self.link, parent_key):
+            _set(kid, field.path, value)
+        parents, context.drops = context.drops, []  # the parent's constants are dropped after all its elements
+        for read in self.readers:
+            read(item, kid, context)
+        context.drop_constants()
+        context.drops = parents
+        _restore_unfit(item, kid)
+        extra = _prune(item)
+        if extra is not MISSING:
+            kid[RESERVED_KEY] = {slot: {"extra": extra}}
+        return kid

@@ -1,0 +1,574 @@
+"""The import direction: R4 resources read back into entities.
+
+One reader a declared element, made with its writer (:mod:`.plan`), called
+for every resource: ``read(resource, entity, context)`` takes the element's
+value out of a copy of the resource and sets the entity's column; what no
+reader takes is kept under ``_fhir`` (:data:`RESERVED_KEY`) and merged back
+by an export. :class:`ResourceReader` chooses the declaration that reads a
+resource (by resource type, ``match`` constants, ``own`` identifiers) and
+looks up the values a reference's target holds.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Iterable, Protocol
+
+from ..errors import FhirInputError
+from ..mapping import fhir_section as d
+from ..values import MISSING
+from .paths import (_HASHABLE, _PARENTS, _SLICES, _coding_shape, _copy, _drop, _everywhere, _field_and_getter,
+                    _getter, _original_steps, _peek, _peeker, _prune, _put, _reading, _set)
+from .primitives import (ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, VALID, _absent, _backward, _fits, _from_base64, _from_json,
+                         _identifier_rest, _identifier_values, _lookup_system, _primitive_of)
+
+RESERVED_KEY = d.RESERVED_KEY
+_LOOKUP_CACHE_LIMIT = 200_000
+
+
+
+class ImportRefs(Protocol):
+    """Where an import finds the resource a reference names (:class:`.references.ImportRefs`)."""
+
+    def target(self, reference: str) -> dict | None: ...
+
+
+class _Import:
+    __slots__ = ("refs", "entity", "children", "drops", "resource", "omitted", "ours")
+
+    def __init__(self, refs, entity, resource, ours=False):
+        self.refs, self.entity, self.children, self.drops, self.omitted = refs, entity, [], [], []
+        self.resource = resource  # the input, for messages
+        self.ours = ours  # keyed by our entity identifier: made by our export (see REFERENCE_FIELDS)
+
+    def invalid(self, element: d.Element, value: Any, primitive: str) -> FhirInputError:
+        return FhirInputError(f"{value!r} is not a valid FHIR {primitive}", resource_type=self.resource.get("resourceType"),
+                              resource_id=self.resource.get("id"), element=element.path)
+
+    def drop_constants(self) -> None:
+        for holder, last in self.drops:
+            if last.index is None:
+                holder.pop(last.key, None)
+            else:
+                holder[last.index] = None
+        self.drops.clear()
+
+
+
+
+Reader = Callable[[dict, dict, _Import], None]
+
+
+# --- element readers ---------------------------------------------------------------------------
+
+def _field_reader(element, mapping, plan, decl, siblings=()):
+    field = mapping.field(element.field)
+    steps, path = element.steps, field.path
+    primitive = _primitive_of(element, field)
+    valid = VALID.get(primitive)
+    forward = dict(element.values)
+    backward = _backward(element.values)
+    original_steps = _original_steps(steps)
+    parent = _PARENTS[id(steps)][1]
+    last = steps[-1]
+    key, index = last.key, last.index
+
+    def read(resource: dict, entity: dict, context: _Import) -> None:
+        holder = parent(resource)  # what peek(resource) looks in: found once for the drop too
+        if holder is MISSING:
+            return
+        if index is None:
+            value = holder.get(key, MISSING)
+        else:
+            value = holder[index]
+            if value is None:
+                return
+        if value is MISSING:
+            return
+        if valid is not None and not valid(value):
+            raise context.invalid(element, value, primitive)
+        if backward:
+            original = _original_value(resource, original_steps)
+            if original is not MISSING and forward.get(original) == value:
+                _drop(resource, original_steps)
+                value = original
+            elif value in backward:
+                value = backward[value]
+        if primitive == "base64Binary":
+            value = _from_base64(value)
+        elif primitive == "json":
+            value = _from_json(value)
+        value = _fits(field, value) if value is not MISSING else MISSING
+        if value is MISSING:
+            return  # left in the resource: kept as it came
+        if index is None:  # _drop(resource, steps), its holder known
+            holder.pop(key, None)
+        else:
+            holder[index] = None  # a placeholder: later items keep their positions
+        _set(entity, path, value)
+    return read
+
+
+def _value_reader(element, mapping, plan, decl, siblings=()):
+    steps, constant = element.steps, element.value
+    parent = _PARENTS[id(steps)][1]
+    last = steps[-1]
+    key, index = last.key, last.index
+
+    def read(resource: dict, entity: dict, context: _Import) -> None:
+        holder = parent(resource)  # what peek(resource) looks in: found once for the drop too
+        if holder is MISSING:
+            found = MISSING
+        elif index is None:
+            found = holder.get(key, MISSING)
+        else:
+            found = holder[index]
+            found = MISSING if found is None else found
+        if found == constant:
+            # Dropped once every constant was read: constants find their slice.
+            context.drops.append((holder, last))
+        elif found is MISSING:
+            context.omitted.append(element.path)  # it came without it: it goes out without it
+    return read
+
+
+def _coding_reader(element, mapping, plan, decl, siblings=()):
+    peek = _peeker(element.steps)
+    c = element.coding
+    steps, absent = element.steps, element.absent
+    code_field, _ = _field_and_getter(mapping, c.code)
+    display_field, _ = _field_and_getter(mapping, c.display)
+    system_field, get_system = _field_and_getter(mapping, c.system_field)
+    system_names = {url: name for name, url in reversed(c.systems)}
+    backward = _backward(c.values)
+    bare, single, list_steps = _coding_shape(element)
+    peek_list = _peeker(list_steps)
+
+    def read(resource: dict, entity: dict, context: _Import) -> None:
+        if absent and (bare or not single) and peek(resource) == _absent(absent):
+            _drop(resource, steps)
+            return
+        if bare:
+            found = peek(resource)
+            codings = [found] if isinstance(found, dict) else None
+        else:
+            codings = peek_list(resource)
+        if not isinstance(codings, list):
+            return
+        for index, coding in enumerate(codings):
+            if not isinstance(coding, dict) or not isinstance(coding.get("code"), str):
+                continue
+            system = coding.get("system")
+            if get_system is None and system != c.system:
+                continue
+            if get_system is not None and system not in system_names:
+                continue
+            code = backward.get(coding["code"], coding["code"])
+            if _fits(code_field, code) is MISSING:
+                continue
+            _set(entity, code_field.path, code)
+            taken = ["system", "code"]
+            if system_field is not None:
+                _set(entity, system_field.path, system_names[system])
+            if display_field is not None and isinstance(coding.get("display"), str):
+                _set(entity, display_field.path, coding["display"])
+                taken.append("display")
+            rest = {k: v for k, v in coding.items() if k not in taken}
+            if bare:
+                if rest:
+                    _put(resource, steps, rest)
+                else:
+                    _drop(resource, steps)
+            else:
+                codings[index] = rest or None
+            return
+    return read
+
+
+def _quantity_reader(element, mapping, plan, decl, siblings=()):
+    peek = _peeker(element.steps)
+    q = element.quantity
+    steps, absent = element.steps, element.absent
+    value_field, _ = _field_and_getter(mapping, q.value)
+    unit_field, get_unit = _field_and_getter(mapping, q.unit_field)
+
+    def read(resource: dict, entity: dict, context: _Import) -> None:
+        quantity = peek(resource)
+        if not isinstance(quantity, dict):
+            return
+        if absent and quantity == _absent(absent):
+            _drop(resource, steps)
+            return
+        value = quantity.get("value")
+        if value is None or _fits(value_field, value) is MISSING:
+            return
+        unit = quantity.get("unit", quantity.get("code"))
+        if get_unit is None and q.unit is not None and unit is not None and unit != q.unit:
+            return  # another unit than the column's: kept as it came, not misread
+        value = _fits(value_field, value)
+        _set(entity, value_field.path, value)
+        quantity.pop("value")
+        if unit_field is not None and isinstance(unit, str):
+            _set(entity, unit_field.path, unit)
+        if unit is not None and quantity.get("code", unit) == unit and quantity.get("system", UCUM) == UCUM \
+                and quantity.get("unit", unit) == unit:
+            for k in ("unit", "system", "code"):
+                quantity.pop(k, None)
+    return read
+
+
+def _reference_reader(element, mapping, plan, decl, siblings=()):
+    r = element.reference
+    if r.target is None:
+        return _slot_reference_reader(element, plan)
+    peek = _peeker(element.steps)
+    steps, absent = element.steps, element.absent
+    target_mapping = plan.mapper.mapping(r.target)
+    target_key = target_mapping.primary_key
+    pairs = [(mapping.field(own), target_mapping.field(theirs)) for own, theirs in r.fields]
+    systems = {_lookup_system(r.target, theirs.column, target_key): own for own, theirs in pairs}
+    lookup = plan.mapper.reading._lookup
+
+    def read(resource: dict, entity: dict, context: _Import) -> None:
+        ref = peek(resource)
+        if not isinstance(ref, dict):
+            return
+        if absent and ref == _absent(absent):
+            _drop(resource, steps)
+            return
+        text = ref.get("reference")
+        target = context.refs.target(text) if isinstance(text, str) else None
+        taken = False
+        if target is not None:
+            values = lookup(r.target, target)
+            if values is not None:
+                named = _reference_fields(ref)
+                for own, theirs in pairs:
+                    if named is None and taken and not context.ours:
+                        break  # a foreign resource without a sign: the first column only
+                    if named is not None and own.column not in named:
+                        continue
+                    value = values.get(theirs.column)
+                    if value is not None and _fits(own, value) is not MISSING:
+                        _set(entity, own.path, value)
+                        taken = True
+                if taken:
+                    ref.pop("reference")
+                    if named is not None:
+                        _drop_reference_fields(ref)
+        identifier = ref.get("identifier")
+        if isinstance(identifier, dict) and identifier.get("system") in systems:
+            own = systems[identifier["system"]]
+            values = _identifier_values(identifier, (own,))
+            if values is not None:
+                if _getter(own.path)(entity) is None:
+                    _set(entity, own.path, values[0])
+                ref.pop("identifier")
+    return read
+
+
+def _reference_fields(ref: dict) -> tuple[str, ...] | None:
+    """The own columns a reference's REFERENCE_FIELDS extension lists, or None."""
+    extensions = ref.get("extension")
+    if not isinstance(extensions, list):
+        return None
+    for extension in extensions:
+        if isinstance(extension, dict) and extension.get("url") == REFERENCE_FIELDS \
+                and isinstance(extension.get("valueString"), str):
+            return tuple(extension["valueString"].split())
+    return None
+
+
+def _drop_reference_fields(ref: dict) -> None:
+    kept = [e for e in ref["extension"] if not (isinstance(e, dict) and e.get("url") == REFERENCE_FIELDS)]
+    if kept:
+        ref["extension"] = kept
+    else:
+        ref.pop("extension")
+
+
+def _slot_reference_reader(element, plan):
+    peek = _peeker(element.steps)
+    slot = element.reference.slot
+
+    def read(resource: dict, entity: dict, context: _Import) -> None:
+        ref = peek(resource)
+        wanted = plan.by_slot[slot].resource_type + "/"
+        if isinstance(ref, dict) and isinstance(ref.get("reference"), str) and ref["reference"].startswith(wanted):
+            ref.pop("reference")
+    return read
+
+
+def _children_reader(element, child_plan, plan, decl):
+    """Folded children: each item of the list an entity of the child type,
+    linked to the parent by its key."""
+    peek = _peeker(element.steps)
+    child_type, slot = element.children.entity_type, decl.slot
+
+    def read(resource: dict, entity: dict, context: _Import) -> None:
+        items = peek(resource)
+        if not isinstance(items, list):
+            return
+        key = plan.key_of(entity)
+        if any(v is None for v in key):
+            return
+        for index, item in enumerate(items):
+            if isinstance(item, dict):
+                context.children.append((child_type, child_plan.entity(item, key, context, slot)))
+                items[index] = None
+    return read
+
+
+ELEMENT_READERS = {"field": _field_reader, "value": _value_reader, "coding": _coding_reader,
+                   "quantity": _quantity_reader, "reference": _reference_reader}
+
+
+# --- what the elements leave ---------------------------------------------------------------------
+
+
+def _restore_unfit(node: dict, entity: dict) -> None:
+    """Put back the values :func:`_keep_unfit` kept (they win over what the
+    elements read: the element held a stand-in, the extension the original)."""
+    extensions = node.get("extension")
+    if not isinstance(extensions, list):
+        return
+    for index, extension in enumerate(extensions):
+        if isinstance(extension, dict) and extension.get("url") == UNFIT and isinstance(extension.get("valueString"), str):
+            try:
+                values = json.loads(extension["valueString"])
+            except ValueError:
+                return
+            if not isinstance(values, dict):
+                return
+            for dotted, value in values.items():
+                _set(entity, tuple(dotted.split(".")), value)
+            extensions[index] = None
+            return
+
+
+def _constants_last(readers: list[tuple[bool, Reader]]) -> list[Reader]:
+    """Readers with the constants' last: a slice is found by its constants, so
+    they are taken out only once every field of the slice was read."""
+    return [reader for _, reader in sorted(readers, key=lambda pair: pair[0])]
+
+
+def _identifier_systems(resource: dict) -> set:
+    identifiers = resource.get("identifier")
+    if not isinstance(identifiers, list):
+        return set()
+    return {i.get("system") for i in identifiers if isinstance(i, dict)}
+
+
+def _original_value(resource: dict, steps) -> Any:
+    if steps is None:
+        return MISSING
+    holder = _peek(resource, steps)
+    if not isinstance(holder, dict):
+        return MISSING
+    for extension in holder.get("extension", ()):
+        if isinstance(extension, dict) and extension.get("url") == ORIGINAL_VALUE:
+            return extension.get("valueString", MISSING)
+    return MISSING
+
+
+# --- choosing the declaration, reading a resource ------------------------------------------------
+
+class ResourceReader:
+    """Resources into entities, for a :class:`~.mapper.FhirMapper`: which
+    declaration reads a resource (made once a resource type), the lookup
+    values of a reference's target (cached), and the reading itself. (Plans
+    and compiled resources are :mod:`.plan`'s ``_Plan`` and ``_Resource``,
+    passed in: this module is below that one.)"""
+
+    def __init__(self, plan_of: Callable[[str], Any], declared: dict[str, d.Declarations]):
+        self.plan = plan_of  # entity type -> its compiled plan (FhirMapper.plan: compiled once)
+        self._by_resource: dict[str, list[tuple[str, d.ResourceDeclaration]]] = {}
+        for entity, decls in declared.items():
+            for decl in decls.resources:
+                self._by_resource.setdefault(decl.resource, []).append((entity, decl))
+        self._options: dict[str, tuple[list, tuple, frozenset]] = {}  # see _options_of
+        self._lookup_cache: dict[tuple, dict] = {}
+
+    def _lookup(self, entity_type: str, resource: dict) -> dict | None:
+        """The values of ``entity_type``'s lookup columns that a resource (a
+        reference's target) holds, cached by resource type and id."""
+        cache_key = (entity_type, resource.get("resourceType"), resource.get("id"))
+        found = self._lookup_cache.get(cache_key)
+        if found is not None:
+            return found
+        picked = self._declaration_for(resource, (entity_type,))
+        if picked is None:
+            return None
+        plan, compiled = picked
+        values: dict[str, Any] = {}
+        key = self._key_from(plan, resource)
+        if key is not None:
+            values.update(zip(plan.mapping.primary_key, key))
+        for column, steps in compiled.field_paths.items():
+            value = _peek(resource, steps)
+            if value is not MISSING and column not in values:
+                values[column] = value
+        if len(self._lookup_cache) >= _LOOKUP_CACHE_LIMIT:
+            self._lookup_cache.clear()
+        self._lookup_cache[cache_key] = values
+        return values
+
+    def entity_types_of(self, resource: dict) -> tuple[str, ...] | None:
+        """The entity type(s) a resource becomes (None: no declaration reads it)."""
+        picked = self._candidates(resource)
+        return tuple(dict.fromkeys(plan.entity_type for plan, _ in picked)) or None
+
+    def _candidates(self, resource: dict) -> list[tuple[Any, Any]]:
+        resource_type = resource.get("resourceType")
+        compiled_options = self._options.get(resource_type)
+        if compiled_options is None:
+            compiled_options = self._options_of(resource_type)
+        options, index, always = compiled_options
+        if not options:
+            return []
+        # A quick no first: a declaration whose last match constant is nowhere at
+        # its path (ignoring list positions) is passed over (the other vital signs'
+        # LOINC codes) without looking for its slice.
+        chosen = always
+        if index:
+            chosen = set(always)
+            for keys, by_constant in index:
+                for value in _everywhere(resource, keys):
+                    if isinstance(value, _HASHABLE):
+                        chosen.update(by_constant.get(value, ()))
+        systems = _identifier_systems(resource)
+        found, own = [], []
+        for position, (plan, compiled, matches) in enumerate(options):
+            if position not in chosen:
+                continue
+            carries = plan.system in systems
+            if compiled.decl.own and not carries:
+                continue
+            for steps, constant in matches:
+                if _peek(resource, steps) != constant:
+                    break
+            else:
+                (own if carries else found).append((plan, compiled))
+        return own or found
+
+    def _options_of(self, resource_type: Any) -> tuple[list, tuple, frozenset]:
+        """The compiled declarations of a resource type, each with its match
+        constants (steps, value); an index of their last match constants (the
+        keys of each path for :func:`_everywhere`, constant -> positions); the
+        positions of the declarations not in the index. Made once a type."""
+        options = []
+        by_path: dict[str, tuple[tuple, dict]] = {}
+        always = set()
+        for entity, decl in self._by_resource.get(resource_type, ()) if isinstance(resource_type, str) else ():
+            plan = self.plan(entity)
+            compiled = plan.by_slot[decl.slot]
+            position = len(options)
+            options.append((plan, compiled, tuple(compiled.constants[path] for path in decl.match)))
+            last = decl.match[-1] if decl.match else None
+            constant = compiled.constants[last][1] if last is not None else None
+            if last is None or not isinstance(constant, _HASHABLE):
+                always.add(position)
+                continue
+            keys = tuple((step.key, step.index is not None) for step in compiled.constants[last][0])
+            by_path.setdefault(last, (keys, {}))[1].setdefault(constant, set()).add(position)
+        found = (options, tuple(by_path.values()), frozenset(always))
+        if isinstance(resource_type, str):
+            self._options[resource_type] = found
+        return found
+
+    def _declaration_for(self, resource: dict, types: Iterable[str]) -> tuple[Any, Any] | None:
+        for plan, compiled in self._candidates(resource):
+            if plan.entity_type in types:
+                return plan, compiled
+        return None
+
+    def _key_from(self, plan, resource: dict) -> tuple | None:
+        identifiers = resource.get("identifier")
+        if isinstance(identifiers, list):
+            for identifier in identifiers:
+                if isinstance(identifier, dict) and identifier.get("system") == plan.system:
+                    return _identifier_values(identifier, plan.key_fields)
+        if len(plan.key_fields) == 1 and plan.key_fields[0].type.family == "varchar" \
+                and isinstance(resource.get("id"), str):
+            return (resource["id"],)
+        return None
+
+    def from_resource(self, resource: dict, *, refs: ImportRefs) -> list[tuple[str, dict]]:
+        """One resource as entities (its type's, and folded children's), each in
+        canonical shape with what the declaration does not read under ``_fhir``."""
+        with _reading():
+            return self._from_resource(resource, refs)
+
+    def map_resource(self, resource: dict, *, refs: ImportRefs) -> list[tuple[str, dict]] | None:
+        """:meth:`from_resource`, or None when no declaration reads the resource:
+        the importer's one call that both chooses the declaration and maps (the
+        choice made once a resource, not once for :meth:`entity_types_of` and
+        again here)."""
+        candidates = self._candidates(resource)
+        if not candidates:
+            return None
+        with _reading():
+            return self._from_resource(resource, refs, candidates)
+
+    def _from_resource(self, resource: dict, refs: ImportRefs,
+                       candidates: list[tuple[Any, Any]] | None = None) -> list[tuple[str, dict]]:
+        resource_type, rid = resource.get("resourceType"), resource.get("id")
+        if candidates is None:
+            candidates = self._candidates(resource)
+        if not candidates:
+            raise FhirInputError("no mapping declares this resource (see entity_types_of)",
+                                 resource_type=resource_type, resource_id=rid)
+        plan, compiled = candidates[0]
+        copy = _copy(resource)
+        entity: dict[str, Any] = {}
+        record: dict[str, Any] = {}
+        if isinstance(rid, str):
+            record["id"] = rid
+        keyed_by_id = self._take_key(plan, copy, entity)
+        if keyed_by_id is None:
+            raise FhirInputError(f"no key: the resource has no identifier of system {plan.system} and its id "
+                                 f"cannot be {plan.entity_type}'s key ({', '.join(plan.mapping.primary_key)})",
+                                 resource_type=resource_type, resource_id=rid, element="identifier")
+        if keyed_by_id:
+            record["keyed_by_id"] = True
+        context = _Import(refs, entity, resource, ours=not keyed_by_id)
+        profile = compiled.decl.profile
+        meta = copy.get("meta")
+        if profile and isinstance(meta, dict) and isinstance(meta.get("profile"), list) and profile in meta["profile"]:
+            meta["profile"] = [p if p != profile else None for p in meta["profile"]]
+        elif profile:
+            record["profile"] = False  # it came without our profile: it goes out without it
+        _SLICES.memo = {}  # the copy's lists: new objects (ids of the original's may be reused)
+        for read in compiled.readers:
+            read(copy, entity, context)
+        _SLICES.memo = None  # dropping constants changes the lists; children read their items anew
+        context.drop_constants()
+        if context.omitted:
+            record["omit"] = sorted(set(context.omitted))
+        _restore_unfit(copy, entity)
+        copy.pop("resourceType", None)
+        copy.pop("id", None)
+        extra = _prune(copy)
+        if extra is not MISSING:
+            record["extra"] = extra
+        entity[RESERVED_KEY] = {compiled.slot: record}
+        return [(plan.entity_type, entity), *context.children]
+
+    def _take_key(self, plan, resource: dict, entity: dict) -> bool | None:
+        """Set the entity's key from its identifier (False) or the resource id
+        (True); None when neither gives one."""
+        identifiers = resource.get("identifier")
+        if isinstance(identifiers, list):
+            for index, identifier in enumerate(identifiers):
+                if isinstance(identifier, dict) and identifier.get("system") == plan.system:
+                    key = _identifier_values(identifier, plan.key_fields)
+                    if key is not None:
+                        for field, value in zip(plan.key_fields, key):
+                            _set(entity, field.path, value)
+                        identifiers[index] = _identifier_rest(identifier)
+                        return False
+        key = self._key_from(plan, {"id": resource.get("id")})
+        if key is None:
+            return None
+        _set(entity, plan.key_fields[0].path, key[0])
+        return True

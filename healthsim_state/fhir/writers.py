@@ -1,0 +1,447 @@
+"""The export direction: an entity's elements written into R4 resources.
+
+One writer a declared element, made once when an entity type's plan is
+compiled (:mod:`.plan`), called for every entity: ``write(entity, made,
+context)`` puts the element's value at its path in the resource being made.
+A value its element cannot hold goes to the resource's unfit extension
+(:data:`.primitives.UNFIT`), so an import gives it back. :func:`to_resources`
+makes an entity's resources; :func:`_generated_writer` writes the plain
+elements of one resource inline, in one generated function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Callable, Protocol
+
+from ..mapping import fhir_section as d
+from ..mapping.model import Field, Mapping
+from ..values import MISSING
+from .ids import resource_id as _resource_id
+from .paths import (_PADDING, _coding_shape, _compact, _field_and_getter, _getter, _merge, _original_steps, _put,
+                    _putter, _room_at)
+from .primitives import (_FHIR_CODE, _FHIR_STRING, ORIGINAL_VALUE, REFERENCE_FIELDS, TO_FHIR, UCUM, UNFIT, _absent,
+                         _as_decimal,
+                         _backward, _converter, _fits, _identifier, _lookup_system, _primitive_of)
+
+RESERVED_KEY = d.RESERVED_KEY
+
+
+class ExportRefs(Protocol):
+    """Where an export finds a reference's target (:class:`.references.ExportRefs`)."""
+
+    def reference(self, entity_type: str, field: str, value: Any) -> str | None: ...
+
+
+class _Export:
+    """What one to_resources call shares with its element writers."""
+
+    __slots__ = ("refs", "scenario_id", "children", "kept", "key", "unfit", "record", "ids")
+
+    def __init__(self, refs, scenario_id, children, kept, key):
+        self.refs, self.scenario_id, self.children, self.kept, self.key = refs, scenario_id, children, kept, key
+        self.unfit: dict[str, Any] = {}  # dotted path -> a value its element cannot hold (see UNFIT)
+        self.record: dict | None = None  # what an import kept of the resource being made
+        self.ids: dict[str, str] = {}  # slot -> id, made once a call (hasMember names them again)
+
+    def id_of(self, plan, entity: dict, slot: str) -> str:
+        found = self.ids.get(slot)
+        if found is None:
+            found = self.ids[slot] = plan.slot_id(entity, slot, self.scenario_id, self.key)
+        return found
+
+
+Writer = Callable[[dict, dict, _Export], None]
+
+
+# --- an entity's resources --------------------------------------------------------------------
+
+def to_resources(plan, entity: dict, scenario_id: str, refs: ExportRefs,
+                 children: dict[str, list[dict]] | None = None) -> list[dict]:
+    key = plan.key_of(entity)
+    kept = entity.get(RESERVED_KEY)
+    kept = kept if isinstance(kept, dict) else None
+    context = _Export(refs, scenario_id, children or {}, kept, key)
+    out = []
+    for resource in plan.resources:
+        if not (kept and resource.slot in kept):
+            # An entity that came from FHIR gets back what came, and the measured
+            # values edited in since; not a panel it never had.
+            if kept and not resource.whens:
+                continue
+            if resource.whens and all(get(entity) is None for get in resource.whens):
+                continue
+        made = _make(plan, resource, entity, context)
+        out.append(made)
+    return out
+
+
+def _make(plan, resource, entity: dict, context: _Export) -> dict:
+    record = context.kept.get(resource.slot) if context.kept else None
+    record = record if isinstance(record, dict) else None
+    made: dict[str, Any] = {"resourceType": resource.resource_type,
+                            "id": context.id_of(plan, entity, resource.slot)}
+    if resource.decl.profile and not (record and record.get("profile") is False):
+        made["meta"] = {"profile": [resource.decl.profile]}
+    if not (record and record.get("keyed_by_id")):
+        made["identifier"] = [_identifier(plan.system, context.key)]
+    context.unfit = {}
+    context.record = record
+    holed = _PADDING.holed = []
+    omit = record.get("omit") if record else None
+    if omit:
+        for write, path in zip(resource.writers, resource.paths):
+            if path not in omit:
+                write(entity, made, context)
+    else:
+        resource.write_all(entity, made, context)
+    if context.unfit:
+        _keep_unfit(made, context.unfit)
+    if record and isinstance(record.get("extra"), dict):
+        made = _merge(made, record["extra"])  # positions still as declared: kept items go back to theirs
+        if holed:
+            made = _compact(made)
+    else:
+        for items in holed:
+            items[:] = [item for item in items if item is not None]
+    return made
+
+
+# --- element writers ----------------------------------------------------------------------------
+
+def _field_writer(element, mapping, plan, decl, siblings=()):
+    put = _putter(element.steps)
+    field = mapping.field(element.field)
+    get, steps, dotted = _getter(field.path), element.steps, field.dotted
+    loose = not field.strict  # a non-strict field may hold what its type does not: keep that as given
+    dense = bool(steps[-1].index)  # a later item of a list of primitives (line[1], given[1])
+    strict_twin = dataclasses.replace(field, strict=True)
+    convert = _converter(_primitive_of(element, field), field)
+    forward = dict(element.values)
+    backward = _backward(element.values)
+    original_steps = _original_steps(steps)
+    wanted = _condition(element, mapping, siblings)
+
+    def write(entity: dict, node: dict, context: _Export) -> None:
+        value = get(entity)
+        if value is None or (wanted is not None and not wanted(entity)):
+            return
+        if forward:
+            mapped = forward.get(value) if isinstance(value, str) else None
+            if mapped is None:
+                if not isinstance(value, str) or value not in backward:
+                    context.unfit[dotted] = value
+                    return
+                mapped = value
+            if backward[mapped] != value and original_steps is not None:
+                _put(node, original_steps, {"extension": [{"url": ORIGINAL_VALUE, "valueString": value}]})
+            value = mapped
+        else:
+            converted = convert(value)
+            if converted is None:
+                context.unfit[dotted] = value
+                return
+            if loose and converted != value and _fits(strict_twin, value) is MISSING:
+                context.unfit[dotted] = value  # written as FHIR can, kept as given
+            value = converted
+        if dense and not _room_at(node, steps):
+            context.unfit[dotted] = get(entity)  # given[1] without given[0] would read back as given[0]
+            return
+        put(node, value)
+    return write
+
+
+def _value_writer(element, mapping, plan, decl, siblings=()):
+    put = _putter(element.steps)
+    constant = element.value
+    wanted = _condition(element, mapping, siblings)
+
+    def write(entity: dict, node: dict, context: _Export) -> None:
+        if wanted is None or wanted(entity):
+            put(node, constant)
+    return write
+
+
+
+def _coding_writer(element, mapping, plan, decl, siblings=()):
+    put = _putter(element.steps)
+    c = element.coding
+    absent = element.absent
+    code_field, get_code = _field_and_getter(mapping, c.code)
+    display_field, get_display = _field_and_getter(mapping, c.display)
+    system_field, get_system = _field_and_getter(mapping, c.system_field)
+    systems = dict(c.systems)
+    forward = dict(c.values)
+    _, single, _ = _coding_shape(element)
+
+    def keep_companions(entity: dict, context: _Export) -> None:
+        """No coding is written: its display and system columns go to the unfit extension."""
+        for companion in (display_field, system_field):
+            if companion is not None:
+                value = _getter(companion.path)(entity)
+                if value is not None:
+                    context.unfit[companion.dotted] = value
+
+    def write(entity: dict, node: dict, context: _Export) -> None:
+        code = get_code(entity)
+        if not isinstance(code, str) or not code:
+            if code is not None:
+                context.unfit[code_field.dotted] = code
+            keep_companions(entity, context)
+            if absent and context.record is None:  # an imported entity lacked it as it came
+                put(node, _absent(absent))
+            return
+        coding: dict[str, Any] = {}
+        system = c.system if get_system is None else systems.get(get_system(entity))
+        if system:
+            coding["system"] = system
+        else:  # a code of a system the map does not know: written without one, kept as given
+            context.unfit[code_field.dotted] = get_code(entity)
+            keep_companions(entity, context)
+        code = forward.get(code, code)
+        if not _FHIR_CODE.match(code):
+            context.unfit[code_field.dotted] = get_code(entity)
+            keep_companions(entity, context)
+            if absent and context.record is None:  # an imported entity lacked it as it came
+                put(node, _absent(absent))
+            return
+        coding["code"] = code
+        if get_display is not None:
+            display = get_display(entity)
+            if isinstance(display, str) and _FHIR_STRING.match(display):
+                coding["display"] = display
+            elif display is not None:
+                context.unfit[display_field.dotted] = display
+        put(node, coding if single else {"coding": [coding]})
+    return write
+
+
+def _quantity_writer(element, mapping, plan, decl, siblings=()):
+    put = _putter(element.steps)
+    q = element.quantity
+    absent = element.absent
+    value_field, get_value = _field_and_getter(mapping, q.value)
+    unit_field, get_unit = _field_and_getter(mapping, q.unit_field)
+    convert = _as_decimal  # Quantity.value is a decimal whatever the column (as: integer only reads back)
+
+    def write(entity: dict, node: dict, context: _Export) -> None:
+        given = get_value(entity)
+        value = given
+        if isinstance(value, dict):  # {"value": 92, "unit": "bpm"}, as PatientSim writes some vitals
+            value = value.get("value")
+        value = convert(value) if value is not None else None
+        if given is not None and (value is None or value.__class__ is not given.__class__ or value != given):
+            context.unfit[value_field.dotted] = given
+        unit = q.unit if get_unit is None else get_unit(entity)
+        if value is None:
+            if get_unit is not None and unit is not None:
+                context.unfit[unit_field.dotted] = unit
+            if absent and context.record is None:  # an imported entity lacked it as it came
+                put(node, _absent(absent))
+            return
+        quantity: dict[str, Any] = {"value": value}
+        if isinstance(unit, str) and _FHIR_CODE.match(unit):
+            quantity.update(unit=unit, system=UCUM, code=unit)
+        elif get_unit is not None and unit is not None:
+            context.unfit[unit_field.dotted] = unit
+        put(node, quantity)
+    return write
+
+def _reference_writer(element, mapping, plan, decl, siblings=()):
+    r = element.reference
+    if r.target is None:
+        return _slot_reference_writer(element, plan)
+    put = _putter(element.steps)
+    absent = element.absent
+    mapper = plan.mapper
+    target_mapping = mapper.mapping(r.target)
+    target_key = target_mapping.primary_key
+    pairs = [(mapping.field(own), target_mapping.field(theirs)) for own, theirs in r.fields]
+    getters = [(_getter(own.path), theirs) for own, theirs in pairs]
+    own_paths = {theirs.column: own.path for own, theirs in pairs}
+    own_columns = {theirs.column: own.column for own, theirs in pairs}
+    every_column = [own.column for own, _ in pairs]
+    first_column = every_column[:1]
+    target_slot = r.slot
+
+    def write(entity: dict, node: dict, context: _Export) -> None:
+        first = None
+        found = None
+        named = []  # the own columns holding a value, in declared order
+        for get, theirs in getters:
+            value = get(entity)
+            if value is None:
+                continue
+            named.append(own_columns[theirs.column])
+            if isinstance(value, str) and not _FHIR_STRING.match(value):
+                # No resource holds it (FHIR strings cannot), so no target gives it back.
+                context.unfit[".".join(own_paths[theirs.column])] = value
+            if first is None:
+                first = (theirs, value)
+            if not found:
+                found = context.refs.reference(r.target, theirs.dotted, value)
+                if found and target_slot is not None:
+                    found = _slot_reference_of(mapper, context, r.target, theirs, value, found, target_slot)
+        if first is None:
+            if absent and context.record is None:  # an imported entity lacked it as it came
+                put(node, _absent(absent))
+            return
+        if found:
+            ours = context.record is None or not context.record.get("keyed_by_id")  # as _make's identifier
+            put(node, _resolved(found, named, every_column if ours else first_column))
+            return
+        # Not in the export: a logical reference, which still says what it meant.
+        theirs, value = first
+        put(node, {"identifier": _identifier(_lookup_system(r.target, theirs.column, target_key), (value,))})
+    return write
+
+
+def _resolved(found: str, named: list[str], unsigned: list[str]) -> dict:
+    """A resolved reference; with the columns it was named by when they are not
+    ``unsigned``, what an import fills without a sign (see REFERENCE_FIELDS)."""
+    if named == unsigned:
+        return {"reference": found}
+    return {"reference": found, "extension": [{"url": REFERENCE_FIELDS, "valueString": " ".join(named)}]}
+
+
+def _slot_reference_writer(element, plan):
+    put = _putter(element.steps)
+    slot = element.reference.slot
+
+    def write(entity: dict, node: dict, context: _Export) -> None:
+        target = plan.by_slot[slot]
+        if target.whens and all(get(entity) is None for get in target.whens):
+            return  # that resource is not made for this entity
+        put(node, {"reference": f"{target.resource_type}/{context.id_of(plan, entity, slot)}"})
+    return write
+
+
+def _children_writer(element, child_plan, decl):
+    """Folded children (claim_line in Claim.item): one item each, in the
+    order the export gives them (``context.children``)."""
+    put = _putter(element.steps)
+    child_type, slot = element.children.entity_type, decl.slot
+
+    def write(entity: dict, node: dict, context: _Export) -> None:
+        kids = context.children.get(child_type)
+        if not kids:
+            return
+        items = [child_plan.item(kid, context, slot) for kid in kids]
+        put(node, items)
+    return write
+
+
+def _slot_reference_of(mapper, context: _Export, entity_type: str, theirs: Field, value: Any, primary: str,
+                       slot: str) -> str | None:
+    """A reference to another resource (``slot``) of the entity ``primary`` points at."""
+    exact = getattr(context.refs, "slot_reference", None)
+    if exact is not None:
+        return exact(entity_type, theirs.dotted, value, slot)
+    target = mapper.plan(entity_type)
+    if target.by_slot[slot] is target.resources[0]:
+        return primary
+    if tuple(target.mapping.primary_key) != (theirs.column,):
+        return None
+    return f"{target.by_slot[slot].resource_type}/{_resource_id(context.scenario_id, entity_type, (value,), slot)}"
+
+
+ELEMENT_WRITERS = {"field": _field_writer, "value": _value_writer, "coding": _coding_writer,
+                   "quantity": _quantity_writer, "reference": _reference_writer}
+
+
+# --- conditions, the unfit extension, the generated writer -----------------------------------
+
+
+def _keep_unfit(node: dict, unfit: dict[str, Any]) -> None:
+    text = json.dumps(unfit, sort_keys=True, separators=(",", ":"))  # ASCII: any string is a FHIR string
+    node.setdefault("extension", []).append({"url": UNFIT, "valueString": text})
+
+
+def _condition(element: d.Element, mapping: Mapping, siblings: tuple[d.Element, ...]) -> Callable[[dict], bool] | None:
+    """The test of an element's ``with``/``without`` column, or None. ``with: c``
+    holds when the element that writes ``c`` beside it writes a value (so a
+    slice's constants never stand without its value)."""
+    if element.with_field:
+        value_of = _fhir_value_of(element.with_field, mapping, siblings)
+        return lambda entity: value_of(entity) is not None
+    if element.without_field:
+        absent = _getter(mapping.field(element.without_field).path)
+        return lambda entity: absent(entity) is None
+    return None
+
+
+def _fhir_value_of(column: str, mapping: Mapping, siblings: tuple[d.Element, ...]) -> Callable[[dict], Any]:
+    """What the sibling element naming ``column`` writes for an entity (None: nothing)."""
+    field = mapping.field(column)
+    get = _getter(field.path)
+    for element in siblings:
+        if element.kind == "field" and element.field == column and not element.with_field:
+            convert = TO_FHIR.get(_primitive_of(element, field), lambda v: v)
+            forward = dict(element.values)
+            if forward:
+                backward = _backward(element.values)
+                return lambda entity: (v if isinstance(v := get(entity), str) and (v in forward or v in backward)
+                                       else None)
+            return lambda entity: convert(v) if (v := get(entity)) is not None else None
+        if element.kind == "coding" and element.coding.code == column:
+            return lambda entity: v if isinstance(v := get(entity), str) and _FHIR_CODE.match(v) else None
+        if element.kind == "quantity" and element.quantity.value == column:
+            return lambda entity: v if isinstance(v := get(entity), (int, float)) and not isinstance(v, bool) else None
+    return lambda entity: (v := get(entity)) is not None and not isinstance(v, (dict, list)) or None
+
+
+def _generated_writer(decl: d.ResourceDeclaration, writers: list[Writer], mapping: Mapping) -> Writer:
+    """Every element's writer of one resource as one generated function: the
+    plain elements (a strict field without a value map or condition, a constant
+    without a condition) written inline, the others through their closures. The
+    same output as calling the closures in order, without a call per element."""
+    lines = ["def write_all(entity, made, context):", "    unfit = context.unfit"]
+    namespace: dict[str, Any] = {"MISSING": MISSING}
+    for i, (element, writer) in enumerate(zip(decl.elements, writers)):
+        plain_field = (element.kind == "field" and not element.values and element.with_field is None
+                       and element.without_field is None and mapping.field(element.field).strict
+                       and not element.steps[-1].index)
+        plain_constant = element.kind == "value" and element.with_field is None and element.without_field is None
+        if plain_constant:
+            namespace[f"K{i}"] = element.value
+            lines.append(_inline_put(element.steps, f"K{i}", i, namespace, "    "))
+        elif element.kind == "value" and element.without_field is None:
+            # A slice's constants share one test of their column (made once a call).
+            test = f"with_{element.with_field}"
+            if test not in namespace:
+                namespace[test] = _fhir_value_of(element.with_field, mapping, decl.elements)
+                lines.append(f"    {test}_ = {test}(entity) is not None")
+            namespace[f"K{i}"] = element.value
+            lines += [f"    if {test}_:", _inline_put(element.steps, f"K{i}", i, namespace, "        ")]
+        elif plain_field:
+            field = mapping.field(element.field)
+            namespace[f"C{i}"] = _converter(_primitive_of(element, field), field)
+            lines += _inline_get(field.path, "v", "    ")
+            lines += ["    if v is not None:",
+                      f"        c = C{i}(v)",
+                      "        if c is None:",
+                      f"            unfit[{field.dotted!r}] = v",
+                      "        else:",
+                      _inline_put(element.steps, "c", i, namespace, "            ")]
+        else:
+            namespace[f"W{i}"] = writer
+            lines.append(f"    W{i}(entity, made, context)")
+    source = "\n".join(lines)
+    exec(compile(source, f"<fhir write {mapping.entity} {decl.slot}>", "exec"), namespace)
+    return namespace["write_all"]
+
+
+def _inline_get(path: tuple[str, ...], name: str, indent: str) -> list[str]:
+    lines = [f"{indent}{name} = entity.get({path[0]!r})"]
+    for key in path[1:]:
+        lines.append(f"{indent}{name} = {name}.get({key!r}) if isinstance({name}, dict) else None")
+    return lines
+
+
+def _inline_put(steps: tuple[d.Step, ...], value: str, i: int, namespace: dict, indent: str) -> str:
+    if len(steps) == 1 and steps[0].index is None:
+        return f"{indent}made[{steps[0].key!r}] = {value}"
+    namespace[f"P{i}"] = _putter(steps)
+    return f"{indent}P{i}(made, {value})"
+
