@@ -360,3 +360,27 @@ def test_a_manifest_url_must_name_a_file_inside_the_directory(sm, tmp_path, url,
     manifest["output"].append({"type": "Patient", "url": url, "count": 1})
     (folder / "manifest.json").write_text(json.dumps(manifest))
     refused(sm, [folder], "manifest.json", message)
+
+
+CLAIMS = DATA / "synthea-claims-bundle.json"  # by hand, in the shapes of Synthea's claims and vitals
+
+
+def test_synthea_shaped_claims_and_vitals_come_back_equal_apart_from_reference_form(sm, tmp_path):
+    sm.import_fhir([CLAIMS], "in")
+    sm.export_fhir("in", tmp_path / "out")
+    came_in, went_out = resolved(CLAIMS), exported(tmp_path / "out")
+    assert set(came_in) == set(went_out)
+    for local, resource in came_in.items():
+        assert went_out[local] == resource, local
+
+
+def test_a_constant_written_only_with_a_value_stays_when_the_value_did_not_come(sm, tmp_path):
+    # Claim.diagnosis[0].sequence is declared only with principal_diagnosis (a code);
+    # a claim whose diagnosis is a reference keeps its sequence (R4 requires it).
+    sm.import_fhir([CLAIMS], "in")
+    (claim,) = [c for c in sm.load_scenario("in", entity_types=["claim"])["entities"]["claim"]
+                if c["claim_id"] == "5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a04"]
+    assert claim.get("principal_diagnosis") is None
+    sm.export_fhir("in", tmp_path / "out")
+    diagnosis = exported(tmp_path / "out")["Claim/5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a04"]["diagnosis"]
+    assert diagnosis == [{"sequence": 1, "diagnosisReference": {"reference": "Condition/5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a03"}}]

@@ -19,8 +19,8 @@ from ..mapping import fhir_section as d
 from ..values import MISSING
 from .paths import (_HASHABLE, _PARENTS, _SLICES, _coding_shape, _copy, _drop, _everywhere, _field_and_getter,
                     _getter, _original_steps, _peek, _peeker, _prune, _put, _reading, _set)
-from .primitives import (ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, VALID, _absent, _backward, _fits, _from_base64, _from_json,
-                         _identifier_rest, _identifier_values, _lookup_system, _primitive_of)
+from .primitives import (ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, VALID, _absent, _backward, _condition, _fits,
+                         _from_base64, _from_json, _identifier_rest, _identifier_values, _lookup_system, _primitive_of)
 
 RESERVED_KEY = d.RESERVED_KEY
 _LOOKUP_CACHE_LIMIT = 200_000
@@ -111,6 +111,7 @@ def _field_reader(element, mapping, plan, decl, siblings=()):
 
 def _value_reader(element, mapping, plan, decl, siblings=()):
     steps, constant = element.steps, element.value
+    wanted = _condition(element, mapping, siblings)
     parent = _PARENTS[id(steps)][1]
     last = steps[-1]
     key, index = last.key, last.index
@@ -124,8 +125,10 @@ def _value_reader(element, mapping, plan, decl, siblings=()):
         else:
             found = holder[index]
             found = MISSING if found is None else found
-        if found == constant:
+        if found == constant and (wanted is None or wanted(entity)):
             # Dropped once every constant was read: constants find their slice.
+            # One written only ``with`` a value stays when that value was not
+            # read (Synthea's Claim.diagnosis: a sequence beside a reference).
             context.drops.append((holder, last))
         elif found is MISSING:
             context.omitted.append(element.path)  # it came without it: it goes out without it
