@@ -384,3 +384,35 @@ def test_a_constant_written_only_with_a_value_stays_when_the_value_did_not_come(
     sm.export_fhir("in", tmp_path / "out")
     diagnosis = exported(tmp_path / "out")["Claim/5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a04"]["diagnosis"]
     assert diagnosis == [{"sequence": 1, "diagnosisReference": {"reference": "Condition/5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a03"}}]
+
+
+VITALS = DATA / "vitals-out-of-order.ndjson"  # by hand: components in other orders than the declarations'
+
+
+def test_slices_found_away_from_their_declared_place_go_back_there_with_their_own_elements(sm, tmp_path):
+    sm.import_fhir([VITALS], "in")
+    sm.export_fhir("in", tmp_path / "out")
+    came_in, went_out = resolved(VITALS), exported(tmp_path / "out")
+    for local in ("Observation/vit-bp1", "Observation/vit-bp2", "Observation/vit-bp3"):
+        assert went_out[local]["component"] == came_in[local]["component"], local
+    assert went_out["Observation/vit-lab1"] == came_in["Observation/vit-lab1"]  # its profile twice, as it came
+
+
+def test_out_of_order_blood_pressures_are_read_into_the_right_fields(sm):
+    sm.import_fhir([VITALS], "in")
+    vitals = {v["vital_sign_id"]: v["blood_pressure"] for v in sm.load_scenario("in", entity_types=["vital_sign"])
+              ["entities"]["vital_sign"]}
+    assert vitals["vit-bp1"] == {"systolic": 131, "diastolic": 81}
+    assert vitals["vit-bp3"] == {"systolic": 133, "diastolic": 83}
+
+
+def test_an_edited_value_goes_out_in_its_own_slice_at_the_place_it_came(sm, tmp_path):
+    sm.import_fhir([VITALS], "in")
+    (vital,) = [v for v in sm.load_scenario("in", entity_types=["vital_sign"])["entities"]["vital_sign"]
+                if v["vital_sign_id"] == "vit-bp1"]
+    vital["blood_pressure"]["systolic"] = 140
+    sm.add_entities("in", {"vital_sign": [vital]})
+    sm.export_fhir("in", tmp_path / "out")
+    components = exported(tmp_path / "out")["Observation/vit-bp1"]["component"]
+    assert [(c["code"]["coding"][0]["code"], c["code"]["coding"][0]["display"], c["valueQuantity"]["value"])
+            for c in components] == [("8462-4", "Diastolic BP (own words)", 81), ("8480-6", "Systolic BP (own words)", 140)]

@@ -18,7 +18,7 @@ from ..errors import FhirInputError
 from ..mapping import fhir_section as d
 from ..values import MISSING
 from .paths import (_HASHABLE, _PARENTS, _SLICES, _coding_shape, _copy, _drop, _everywhere, _field_and_getter,
-                    _getter, _original_steps, _peek, _peeker, _prune, _put, _reading, _set)
+                    _getter, _original_steps, _peek, _peeker, _prune, _put, _reading, _set, _slice_order)
 from .primitives import (ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, VALID, _absent, _backward, _condition, _fits,
                          _from_base64, _from_json, _identifier_rest, _identifier_values, _lookup_system, _primitive_of)
 
@@ -538,13 +538,18 @@ class ResourceReader:
         profile = compiled.decl.profile
         meta = copy.get("meta")
         if profile and isinstance(meta, dict) and isinstance(meta.get("profile"), list) and profile in meta["profile"]:
-            meta["profile"] = [p if p != profile else None for p in meta["profile"]]
+            first = meta["profile"].index(profile)  # only it: a copy listed again stays (Synthea repeats some)
+            meta["profile"] = [None if i == first else p for i, p in enumerate(meta["profile"])]
         elif profile:
             record["profile"] = False  # it came without our profile: it goes out without it
         _SLICES.memo = {}  # the copy's lists: new objects (ids of the original's may be reused)
+        _SLICES.moved = []
         for read in compiled.readers:
             read(copy, entity, context)
+        moved, _SLICES.moved = _SLICES.moved, None
         _SLICES.memo = None  # dropping constants changes the lists; children read their items anew
+        if moved:
+            record["order"] = _slice_order(copy, moved)
         context.drop_constants()
         if context.omitted:
             record["omit"] = sorted(set(context.omitted))

@@ -20,8 +20,8 @@ from ..mapping.model import Field, Mapping
 from ..values import MISSING
 from .ids import resource_id as _resource_id
 from .paths import (_PADDING, _coding_shape, _compact, _field_and_getter, _getter, _merge, _original_steps, _put,
-                    _putter, _room_at)
-from .primitives import (_FHIR_CODE, _FHIR_STRING, ORIGINAL_VALUE, REFERENCE_FIELDS, TO_FHIR, UCUM, UNFIT, _absent,
+                    _put_slices_back, _putter, _room_at)
+from .primitives import (_FHIR_CODE, _FHIR_STRING, ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, _absent,
                          _as_decimal, _backward, _condition, _converter, _fhir_value_of, _fits, _identifier,
                          _lookup_system, _primitive_of)
 
@@ -98,10 +98,15 @@ def _make(plan, resource, entity: dict, context: _Export) -> dict:
         resource.write_all(entity, made, context)
     if context.unfit:
         _keep_unfit(made, context.unfit)
+    moved = bool(record and record.get("order"))
+    if moved:  # holes where an unknown item came: filled by the kept one, else dropped
+        _put_slices_back(made, record["order"])
     if record and isinstance(record.get("extra"), dict):
-        made = _merge(made, record["extra"])  # positions still as declared: kept items go back to theirs
-        if holed:
+        made = _merge(made, record["extra"])  # slices at the places they came: kept items go back to theirs
+        if holed or moved:
             made = _compact(made)
+    elif moved:
+        made = _compact(made)
     else:
         for items in holed:
             items[:] = [item for item in items if item is not None]
