@@ -416,3 +416,17 @@ def test_an_edited_value_goes_out_in_its_own_slice_at_the_place_it_came(sm, tmp_
     components = exported(tmp_path / "out")["Observation/vit-bp1"]["component"]
     assert [(c["code"]["coding"][0]["code"], c["code"]["coding"][0]["display"], c["valueQuantity"]["value"])
             for c in components] == [("8462-4", "Diastolic BP (own words)", 81), ("8480-6", "Systolic BP (own words)", 140)]
+
+
+def test_a_field_two_elements_write_goes_out_only_where_it_came(sm, tmp_path):
+    # test_name is code.coding[0].display and code.text: a lab that came without text goes out without it
+    lab = {"resourceType": "Observation", "id": "lab-no-text", "status": "final",
+           "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                     "code": "laboratory"}]}],
+           "code": {"coding": [{"system": "http://loinc.org", "code": "5778-6", "display": "Color of Urine"}]},
+           "effectiveDateTime": "2020-01-01", "valueString": "yellow"}
+    sm.import_fhir([bad(tmp_path, "lab.ndjson", json.dumps(lab) + "\n")], "in")
+    (entity,) = sm.load_scenario("in", entity_types=["lab_result"])["entities"]["lab_result"]
+    assert entity["test_name"] == "Color of Urine" and entity["value"] == "yellow"
+    sm.export_fhir("in", tmp_path / "out")
+    assert exported(tmp_path / "out")["Observation/lab-no-text"] == lab

@@ -491,3 +491,17 @@ def _coding_shape(element: d.Element) -> tuple[bool, bool, tuple[d.Step, ...]]:
     single = bare or (steps[-1].key == "coding" and steps[-1].index is not None)
     list_steps = steps[:-1] + (d.Step("coding", None),) if single else steps + (d.Step("coding", None),)
     return bare, single, list_steps
+
+
+def _columns_of(element: d.Element) -> list[str]:
+    """The entity columns an element reads and writes."""
+    if element.kind == "field":
+        return [element.field]
+    if element.kind == "coding":
+        c = element.coding
+        return [x for x in (c.code, c.display, c.system_field) if x]
+    if element.kind == "quantity":
+        return [x for x in (element.quantity.value, element.quantity.unit_field) if x]
+    if element.kind == "reference":
+        return [own for own, _ in element.reference.fields]
+    return []

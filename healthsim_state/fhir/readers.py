@@ -18,7 +18,7 @@ from ..errors import FhirInputError
 from ..mapping import fhir_section as d
 from ..values import MISSING
 from .paths import (_HASHABLE, _PARENTS, _SLICES, _coding_shape, _copy, _drop, _everywhere, _field_and_getter,
-                    _getter, _original_steps, _peek, _peeker, _prune, _put, _reading, _set, _slice_order)
+                    _columns_of, _getter, _original_steps, _peek, _peeker, _prune, _put, _reading, _set, _slice_order)
 from .primitives import (ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, VALID, _absent, _backward, _condition, _fits,
                          _from_base64, _from_json, _identifier_rest, _identifier_values, _lookup_system, _primitive_of)
 
@@ -72,18 +72,17 @@ def _field_reader(element, mapping, plan, decl, siblings=()):
     parent = _PARENTS[id(steps)][1]
     last = steps[-1]
     key, index = last.key, last.index
+    get = _getter(path)
+    # Another element writes the same field (a lab's test_name: code.coding[0].display
+    # and code.text): a resource that came with only the other goes out so.
+    twinned = any(other is not element and element.field in _columns_of(other) for other in siblings)
 
     def read(resource: dict, entity: dict, context: _Import) -> None:
         holder = parent(resource)  # what peek(resource) looks in: found once for the drop too
-        if holder is MISSING:
-            return
-        if index is None:
-            value = holder.get(key, MISSING)
-        else:
-            value = holder[index]
-            if value is None:
-                return
-        if value is MISSING:
+        value = MISSING if holder is MISSING else holder.get(key, MISSING) if index is None else holder[index]
+        if value is MISSING or value is None:
+            if twinned and get(entity) is not None:  # the twin, read before, found it
+                context.omitted.append(element.path)
             return
         if valid is not None and not valid(value):
             raise context.invalid(element, value, primitive)
