@@ -430,3 +430,17 @@ def test_a_field_two_elements_write_goes_out_only_where_it_came(sm, tmp_path):
     assert entity["test_name"] == "Color of Urine" and entity["value"] == "yellow"
     sm.export_fhir("in", tmp_path / "out")
     assert exported(tmp_path / "out")["Observation/lab-no-text"] == lab
+
+
+def test_a_provenance_of_one_patient_goes_in_that_patients_bundle(sm, tmp_path):
+    # Synthea's Provenance names its patient only among its targets
+    sm.import_fhir([CLAIMS], "in")
+    sm.export_fhir("in", tmp_path / "out", bundles=True)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.json")) == \
+        ["Patient-5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a01.json", "manifest.json"]
+    bundle = json.loads((tmp_path / "out" / "Patient-5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a01.json").read_text())
+    names = {entry["fullUrl"] for entry in bundle["entry"]}
+    (provenance,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Provenance"]
+    assert provenance["target"] and all(t["reference"] in names for t in provenance["target"])
+    (held,) = kept(sm, "in")[("Provenance", "5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a09")]["patient_reference"],
+    assert held == "Patient/5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a01"
