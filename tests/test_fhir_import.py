@@ -360,3 +360,87 @@ def test_a_manifest_url_must_name_a_file_inside_the_directory(sm, tmp_path, url,
     manifest["output"].append({"type": "Patient", "url": url, "count": 1})
     (folder / "manifest.json").write_text(json.dumps(manifest))
     refused(sm, [folder], "manifest.json", message)
+
+
+CLAIMS = DATA / "synthea-claims-bundle.json"  # by hand, in the shapes of Synthea's claims and vitals
+
+
+def test_synthea_shaped_claims_and_vitals_come_back_equal_apart_from_reference_form(sm, tmp_path):
+    sm.import_fhir([CLAIMS], "in")
+    sm.export_fhir("in", tmp_path / "out")
+    came_in, went_out = resolved(CLAIMS), exported(tmp_path / "out")
+    assert set(came_in) == set(went_out)
+    for local, resource in came_in.items():
+        assert went_out[local] == resource, local
+
+
+def test_a_constant_written_only_with_a_value_stays_when_the_value_did_not_come(sm, tmp_path):
+    # Claim.diagnosis[0].sequence is declared only with principal_diagnosis (a code);
+    # a claim whose diagnosis is a reference keeps its sequence (R4 requires it).
+    sm.import_fhir([CLAIMS], "in")
+    (claim,) = [c for c in sm.load_scenario("in", entity_types=["claim"])["entities"]["claim"]
+                if c["claim_id"] == "5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a04"]
+    assert claim.get("principal_diagnosis") is None
+    sm.export_fhir("in", tmp_path / "out")
+    diagnosis = exported(tmp_path / "out")["Claim/5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a04"]["diagnosis"]
+    assert diagnosis == [{"sequence": 1, "diagnosisReference": {"reference": "Condition/5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a03"}}]
+
+
+VITALS = DATA / "vitals-out-of-order.ndjson"  # by hand: components in other orders than the declarations'
+
+
+def test_slices_found_away_from_their_declared_place_go_back_there_with_their_own_elements(sm, tmp_path):
+    sm.import_fhir([VITALS], "in")
+    sm.export_fhir("in", tmp_path / "out")
+    came_in, went_out = resolved(VITALS), exported(tmp_path / "out")
+    for local in ("Observation/vit-bp1", "Observation/vit-bp2", "Observation/vit-bp3"):
+        assert went_out[local]["component"] == came_in[local]["component"], local
+    assert went_out["Observation/vit-lab1"] == came_in["Observation/vit-lab1"]  # its profile twice, as it came
+
+
+def test_out_of_order_blood_pressures_are_read_into_the_right_fields(sm):
+    sm.import_fhir([VITALS], "in")
+    vitals = {v["vital_sign_id"]: v["blood_pressure"] for v in sm.load_scenario("in", entity_types=["vital_sign"])
+              ["entities"]["vital_sign"]}
+    assert vitals["vit-bp1"] == {"systolic": 131, "diastolic": 81}
+    assert vitals["vit-bp3"] == {"systolic": 133, "diastolic": 83}
+
+
+def test_an_edited_value_goes_out_in_its_own_slice_at_the_place_it_came(sm, tmp_path):
+    sm.import_fhir([VITALS], "in")
+    (vital,) = [v for v in sm.load_scenario("in", entity_types=["vital_sign"])["entities"]["vital_sign"]
+                if v["vital_sign_id"] == "vit-bp1"]
+    vital["blood_pressure"]["systolic"] = 140
+    sm.add_entities("in", {"vital_sign": [vital]})
+    sm.export_fhir("in", tmp_path / "out")
+    components = exported(tmp_path / "out")["Observation/vit-bp1"]["component"]
+    assert [(c["code"]["coding"][0]["code"], c["code"]["coding"][0]["display"], c["valueQuantity"]["value"])
+            for c in components] == [("8462-4", "Diastolic BP (own words)", 81), ("8480-6", "Systolic BP (own words)", 140)]
+
+
+def test_a_field_two_elements_write_goes_out_only_where_it_came(sm, tmp_path):
+    # test_name is code.coding[0].display and code.text: a lab that came without text goes out without it
+    lab = {"resourceType": "Observation", "id": "lab-no-text", "status": "final",
+           "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                     "code": "laboratory"}]}],
+           "code": {"coding": [{"system": "http://loinc.org", "code": "5778-6", "display": "Color of Urine"}]},
+           "effectiveDateTime": "2020-01-01", "valueString": "yellow"}
+    sm.import_fhir([bad(tmp_path, "lab.ndjson", json.dumps(lab) + "\n")], "in")
+    (entity,) = sm.load_scenario("in", entity_types=["lab_result"])["entities"]["lab_result"]
+    assert entity["test_name"] == "Color of Urine" and entity["value"] == "yellow"
+    sm.export_fhir("in", tmp_path / "out")
+    assert exported(tmp_path / "out")["Observation/lab-no-text"] == lab
+
+
+def test_a_provenance_of_one_patient_goes_in_that_patients_bundle(sm, tmp_path):
+    # Synthea's Provenance names its patient only among its targets
+    sm.import_fhir([CLAIMS], "in")
+    sm.export_fhir("in", tmp_path / "out", bundles=True)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.json")) == \
+        ["Patient-5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a01.json", "manifest.json"]
+    bundle = json.loads((tmp_path / "out" / "Patient-5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a01.json").read_text())
+    names = {entry["fullUrl"] for entry in bundle["entry"]}
+    (provenance,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Provenance"]
+    assert provenance["target"] and all(t["reference"] in names for t in provenance["target"])
+    (held,) = kept(sm, "in")[("Provenance", "5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a09")]["patient_reference"],
+    assert held == "Patient/5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a01"

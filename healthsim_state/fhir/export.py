@@ -341,6 +341,19 @@ def patient_of(resource: dict[str, Any]) -> str | None:
         value = resource.get(element)
         if isinstance(value, dict) and str(value.get("reference", "")).startswith("Patient/"):
             return value["reference"]
+    return provenance_patient(resource)
+
+
+def provenance_patient(resource: dict[str, Any]) -> str | None:
+    """The first ``Patient/<id>`` a Provenance targets: Synthea writes one per
+    patient, targeting every resource of that patient's Bundle (in
+    ``shared.json`` its references would name no entry)."""
+    if resource.get("resourceType") != "Provenance" or not isinstance(resource.get("target"), list):
+        return None
+    for target in resource["target"]:
+        reference = target.get("reference") if isinstance(target, dict) else None
+        if isinstance(reference, str) and reference.startswith("Patient/"):
+            return reference
     return None
 
 

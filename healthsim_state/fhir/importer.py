@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..engine.batch import no_cyclic_gc
 from ..errors import FhirInputError
-from .export import KEPT_TYPE, MANIFEST, PATIENT_ELEMENTS
+from .export import KEPT_TYPE, MANIFEST, PATIENT_ELEMENTS, provenance_patient
 from .references import ImportRefs, references_in
 
 if TYPE_CHECKING:
@@ -351,6 +351,8 @@ def kept_entity(resource: dict[str, Any]) -> dict[str, Any]:
         value = resource.get(element)
         if patient is None and isinstance(value, dict) and isinstance(value.get("reference"), str):
             patient = value["reference"]
+    if patient is None:
+        patient = provenance_patient(resource)
     return {"resource_type": resource["resourceType"], "resource_id": resource["id"], "patient_reference": patient,
             "resource": resource, "_provenance": {"source_type": "loaded", "source_system": "fhir"}}
 

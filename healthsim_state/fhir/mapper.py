@@ -31,6 +31,7 @@ from ..errors import FhirMappingError
 from ..mapping import fhir_section as d
 from ..mapping.model import Mapping
 from . import writers
+from .paths import _columns_of
 from .plan import _Plan
 from .readers import ImportRefs, ResourceReader
 from .writers import ExportRefs
@@ -163,17 +164,3 @@ class FhirMapper:
         """:meth:`from_resource`, or None when no declaration reads the resource
         (the importer's one call that both chooses the declaration and maps)."""
         return self.reading.map_resource(resource, refs=refs)
-
-
-def _columns_of(element: d.Element) -> list[str]:
-    if element.kind == "field":
-        return [element.field]
-    if element.kind == "coding":
-        c = element.coding
-        return [x for x in (c.code, c.display, c.system_field) if x]
-    if element.kind == "quantity":
-        return [x for x in (element.quantity.value, element.quantity.unit_field) if x]
-    if element.kind == "reference":
-        return [own for own, _ in element.reference.fields]
-    return []
-

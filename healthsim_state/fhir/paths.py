@@ -161,6 +161,9 @@ def _slice(items: list, match: tuple, index: int) -> Any:
     found = memo.get(key, _NOT_FOUND)
     if found is _NOT_FOUND:
         found = memo[key] = _find_slice(items, match, index)
+        moved = getattr(_SLICES, "moved", None)
+        if moved is not None and found is not MISSING and not (index < len(items) and items[index] is found):
+            moved.append((items, index, next(i for i, item in enumerate(items) if item is found)))
     return found
 
 
@@ -205,6 +208,54 @@ def _find_slice(items: list, match: tuple, index: int) -> Any:
             all(peek(items[index]) is MISSING for peek, _ in pairs):
         return items[index]
     return MISSING
+
+
+def _slice_order(root: Any, moved: list) -> list:
+    """``[[path, declared index, position], ...]`` of the slices an import found
+    away from their declared index (Synthea writes a blood pressure's diastolic
+    component before the systolic): the export puts its made slices back there,
+    so the elements kept beside them stay with their own slice."""
+    wanted = {id(items) for items, _, _ in moved}
+    paths: dict[int, tuple] = {}
+
+    def walk(node: Any, path: tuple) -> None:
+        if isinstance(node, list) and id(node) in wanted:
+            paths[id(node)] = path
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            if isinstance(value, (dict, list)):
+                walk(value, path + (key,))
+
+    walk(root, ())
+    found = {(paths[id(items)], declared): position for items, declared, position in moved if id(items) in paths}
+    return [[list(path), declared, position] for (path, declared), position in sorted(found.items(), key=repr)]
+
+
+def _put_slices_back(made: dict, order: Any) -> None:
+    """Move made slices to the positions :func:`_slice_order` noted (outer lists first)."""
+    moves: dict[tuple, dict[int, int]] = {}
+    for path, declared, position in order if isinstance(order, list) else ():
+        moves.setdefault(tuple(path), {})[declared] = position
+    for path in sorted(moves, key=len):
+        items = made
+        for step in path:
+            ok = isinstance(items, dict) if isinstance(step, str) else isinstance(items, list) and step < len(items)
+            items = items[step] if ok else None
+        if not isinstance(items, list):
+            continue
+        places = {d: p for d, p in moves[path].items() if d < len(items) and items[d] is not None}
+        out: list = [None] * max([len(items), *(p + 1 for p in places.values())])
+        for declared, position in places.items():
+            out[position] = items[declared]
+        rest = []  # the others stay where they are, unless a moved slice took the place
+        for i, item in enumerate(items):
+            if i in places or item is None:
+                continue
+            if out[i] is None:
+                out[i] = item
+            else:
+                rest.append(item)
+        items[:] = out + rest
 
 
 def _peeker(steps: tuple[d.Step, ...]) -> Callable[[Any], Any]:
@@ -324,15 +375,29 @@ def _merge(made: Any, kept: Any) -> Any:
             out[key] = _merge(made[key], value) if key in made else _fill(value)
         return out
     if isinstance(made, list) and isinstance(kept, list):
-        if any(item is None for item in kept):
+        if any(item is None for item in kept) and not _facing(made, kept):
             fresh = iter(item for item in made if item is not None)
             out = [next(fresh, None) if item is None else item for item in kept]
             out.extend(fresh)
             return [item for item in out if item is not None]
-        out = [_merge(made[i], kept[i]) if i < len(made) and made[i] is not None else kept[i]
-               for i in range(len(kept))]
-        return out + [item for item in made[len(kept):] if item is not None]
+        out = [_merge_at(made[i] if i < len(made) else None, kept[i]) for i in range(len(kept))]
+        return [item for item in out if item is not None] + [item for item in made[len(kept):] if item is not None]
     return kept
+
+
+def _merge_at(made: Any, kept: Any) -> Any:
+    """One position of a list merged by position: a placeholder takes the made
+    item, a position with nothing made keeps the kept item."""
+    if kept is None:
+        return made
+    return kept if made is None else _merge(made, kept)
+
+
+def _facing(made: list, kept: list) -> bool:
+    """Whether every placeholder of a kept list has a made item at its position
+    (slices at the places they came: a partly kept slice merges with its own
+    made item, not with the next placeholder's)."""
+    return len(made) >= len(kept) and all(made[i] is not None for i, item in enumerate(kept) if item is None)
 
 
 def _fill(kept: Any) -> Any:
@@ -426,3 +491,17 @@ def _coding_shape(element: d.Element) -> tuple[bool, bool, tuple[d.Step, ...]]:
     single = bare or (steps[-1].key == "coding" and steps[-1].index is not None)
     list_steps = steps[:-1] + (d.Step("coding", None),) if single else steps + (d.Step("coding", None),)
     return bare, single, list_steps
+
+
+def _columns_of(element: d.Element) -> list[str]:
+    """The entity columns an element reads and writes."""
+    if element.kind == "field":
+        return [element.field]
+    if element.kind == "coding":
+        c = element.coding
+        return [x for x in (c.code, c.display, c.system_field) if x]
+    if element.kind == "quantity":
+        return [x for x in (element.quantity.value, element.quantity.unit_field) if x]
+    if element.kind == "reference":
+        return [own for own, _ in element.reference.fields]
+    return []

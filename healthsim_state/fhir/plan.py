@@ -23,7 +23,7 @@ RESERVED_KEY = d.RESERVED_KEY
 def _element(element: d.Element, mapping: Mapping, plan: "_Plan",
              decl: d.ResourceDeclaration, siblings: tuple[d.Element, ...] = ()) -> tuple[Writer, Reader]:
     """The writer and the reader of one declared element (siblings: for
-    with:/without:, see :func:`.writers._condition`)."""
+    with:/without:, see :func:`.primitives._condition`)."""
     _compile_parent(element.steps)
     if element.kind == "children":
         child_plan = _ChildPlan(plan.mapper.mapping(element.children.entity_type), element.children, plan, decl)

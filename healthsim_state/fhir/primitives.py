@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 from ..column_types import HeldText, Unfit
 from ..mapping import fhir_section as d
-from ..mapping.model import Field
+from ..mapping.model import Field, Mapping
 from ..values import MISSING
-from .paths import _NOT_FOUND
+from .paths import _NOT_FOUND, _getter
 
 UCUM = "http://unitsofmeasure.org"
 ORIGINAL_VALUE = "https://healthsim.dev/fhir/StructureDefinition/original-value"
@@ -329,3 +329,36 @@ def _converter(primitive: str, field: Field) -> Callable[[Any], Any]:
     if primitive == "dateTime" and field.type.family == "date":  # a day stays a day: it must read back as one
         return lambda v: _as_date(v) or _date_time(v)
     return TO_FHIR.get(primitive, lambda v: v)
+
+
+def _condition(element: d.Element, mapping: Mapping, siblings: tuple[d.Element, ...]) -> Callable[[dict], bool] | None:
+    """The test of an element's ``with``/``without`` column, or None. ``with: c``
+    holds when the element that writes ``c`` beside it writes a value (so a
+    slice's constants never stand without its value)."""
+    if element.with_field:
+        value_of = _fhir_value_of(element.with_field, mapping, siblings)
+        return lambda entity: value_of(entity) is not None
+    if element.without_field:
+        absent = _getter(mapping.field(element.without_field).path)
+        return lambda entity: absent(entity) is None
+    return None
+
+
+def _fhir_value_of(column: str, mapping: Mapping, siblings: tuple[d.Element, ...]) -> Callable[[dict], Any]:
+    """What the sibling element naming ``column`` writes for an entity (None: nothing)."""
+    field = mapping.field(column)
+    get = _getter(field.path)
+    for element in siblings:
+        if element.kind == "field" and element.field == column and not element.with_field:
+            convert = TO_FHIR.get(_primitive_of(element, field), lambda v: v)
+            forward = dict(element.values)
+            if forward:
+                backward = _backward(element.values)
+                return lambda entity: (v if isinstance(v := get(entity), str) and (v in forward or v in backward)
+                                       else None)
+            return lambda entity: convert(v) if (v := get(entity)) is not None else None
+        if element.kind == "coding" and element.coding.code == column:
+            return lambda entity: v if isinstance(v := get(entity), str) and _FHIR_CODE.match(v) else None
+        if element.kind == "quantity" and element.quantity.value == column:
+            return lambda entity: v if isinstance(v := get(entity), (int, float)) and not isinstance(v, bool) else None
+    return lambda entity: (v := get(entity)) is not None and not isinstance(v, (dict, list)) or None

@@ -18,9 +18,9 @@ from ..errors import FhirInputError
 from ..mapping import fhir_section as d
 from ..values import MISSING
 from .paths import (_HASHABLE, _PARENTS, _SLICES, _coding_shape, _copy, _drop, _everywhere, _field_and_getter,
-                    _getter, _original_steps, _peek, _peeker, _prune, _put, _reading, _set)
-from .primitives import (ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, VALID, _absent, _backward, _fits, _from_base64, _from_json,
-                         _identifier_rest, _identifier_values, _lookup_system, _primitive_of)
+                    _columns_of, _getter, _original_steps, _peek, _peeker, _prune, _put, _reading, _set, _slice_order)
+from .primitives import (ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, VALID, _absent, _backward, _condition, _fits,
+                         _from_base64, _from_json, _identifier_rest, _identifier_values, _lookup_system, _primitive_of)
 
 RESERVED_KEY = d.RESERVED_KEY
 _LOOKUP_CACHE_LIMIT = 200_000
@@ -72,18 +72,17 @@ def _field_reader(element, mapping, plan, decl, siblings=()):
     parent = _PARENTS[id(steps)][1]
     last = steps[-1]
     key, index = last.key, last.index
+    get = _getter(path)
+    # Another element writes the same field (a lab's test_name: code.coding[0].display
+    # and code.text): a resource that came with only the other goes out so.
+    twinned = any(other is not element and element.field in _columns_of(other) for other in siblings)
 
     def read(resource: dict, entity: dict, context: _Import) -> None:
         holder = parent(resource)  # what peek(resource) looks in: found once for the drop too
-        if holder is MISSING:
-            return
-        if index is None:
-            value = holder.get(key, MISSING)
-        else:
-            value = holder[index]
-            if value is None:
-                return
-        if value is MISSING:
+        value = MISSING if holder is MISSING else holder.get(key, MISSING) if index is None else holder[index]
+        if value is MISSING or value is None:
+            if twinned and get(entity) is not None:  # the twin, read before, found it
+                context.omitted.append(element.path)
             return
         if valid is not None and not valid(value):
             raise context.invalid(element, value, primitive)
@@ -111,6 +110,7 @@ def _field_reader(element, mapping, plan, decl, siblings=()):
 
 def _value_reader(element, mapping, plan, decl, siblings=()):
     steps, constant = element.steps, element.value
+    wanted = _condition(element, mapping, siblings)
     parent = _PARENTS[id(steps)][1]
     last = steps[-1]
     key, index = last.key, last.index
@@ -124,8 +124,10 @@ def _value_reader(element, mapping, plan, decl, siblings=()):
         else:
             found = holder[index]
             found = MISSING if found is None else found
-        if found == constant:
+        if found == constant and (wanted is None or wanted(entity)):
             # Dropped once every constant was read: constants find their slice.
+            # One written only ``with`` a value stays when that value was not
+            # read (Synthea's Claim.diagnosis: a sequence beside a reference).
             context.drops.append((holder, last))
         elif found is MISSING:
             context.omitted.append(element.path)  # it came without it: it goes out without it
@@ -535,13 +537,18 @@ class ResourceReader:
         profile = compiled.decl.profile
         meta = copy.get("meta")
         if profile and isinstance(meta, dict) and isinstance(meta.get("profile"), list) and profile in meta["profile"]:
-            meta["profile"] = [p if p != profile else None for p in meta["profile"]]
+            first = meta["profile"].index(profile)  # only it: a copy listed again stays (Synthea repeats some)
+            meta["profile"] = [None if i == first else p for i, p in enumerate(meta["profile"])]
         elif profile:
             record["profile"] = False  # it came without our profile: it goes out without it
         _SLICES.memo = {}  # the copy's lists: new objects (ids of the original's may be reused)
+        _SLICES.moved = []
         for read in compiled.readers:
             read(copy, entity, context)
+        moved, _SLICES.moved = _SLICES.moved, None
         _SLICES.memo = None  # dropping constants changes the lists; children read their items anew
+        if moved:
+            record["order"] = _slice_order(copy, moved)
         context.drop_constants()
         if context.omitted:
             record["omit"] = sorted(set(context.omitted))

@@ -20,10 +20,10 @@ from ..mapping.model import Field, Mapping
 from ..values import MISSING
 from .ids import resource_id as _resource_id
 from .paths import (_PADDING, _coding_shape, _compact, _field_and_getter, _getter, _merge, _original_steps, _put,
-                    _putter, _room_at)
-from .primitives import (_FHIR_CODE, _FHIR_STRING, ORIGINAL_VALUE, REFERENCE_FIELDS, TO_FHIR, UCUM, UNFIT, _absent,
-                         _as_decimal,
-                         _backward, _converter, _fits, _identifier, _lookup_system, _primitive_of)
+                    _put_slices_back, _putter, _room_at)
+from .primitives import (_FHIR_CODE, _FHIR_STRING, ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, _absent,
+                         _as_decimal, _backward, _condition, _converter, _fhir_value_of, _fits, _identifier,
+                         _lookup_system, _primitive_of)
 
 RESERVED_KEY = d.RESERVED_KEY
 
@@ -98,10 +98,15 @@ def _make(plan, resource, entity: dict, context: _Export) -> dict:
         resource.write_all(entity, made, context)
     if context.unfit:
         _keep_unfit(made, context.unfit)
+    moved = bool(record and record.get("order"))
+    if moved:  # holes where an unknown item came: filled by the kept one, else dropped
+        _put_slices_back(made, record["order"])
     if record and isinstance(record.get("extra"), dict):
-        made = _merge(made, record["extra"])  # positions still as declared: kept items go back to theirs
-        if holed:
+        made = _merge(made, record["extra"])  # slices at the places they came: kept items go back to theirs
+        if holed or moved:
             made = _compact(made)
+    elif moved:
+        made = _compact(made)
     else:
         for items in holed:
             items[:] = [item for item in items if item is not None]
@@ -356,39 +361,6 @@ ELEMENT_WRITERS = {"field": _field_writer, "value": _value_writer, "coding": _co
 def _keep_unfit(node: dict, unfit: dict[str, Any]) -> None:
     text = json.dumps(unfit, sort_keys=True, separators=(",", ":"))  # ASCII: any string is a FHIR string
     node.setdefault("extension", []).append({"url": UNFIT, "valueString": text})
-
-
-def _condition(element: d.Element, mapping: Mapping, siblings: tuple[d.Element, ...]) -> Callable[[dict], bool] | None:
-    """The test of an element's ``with``/``without`` column, or None. ``with: c``
-    holds when the element that writes ``c`` beside it writes a value (so a
-    slice's constants never stand without its value)."""
-    if element.with_field:
-        value_of = _fhir_value_of(element.with_field, mapping, siblings)
-        return lambda entity: value_of(entity) is not None
-    if element.without_field:
-        absent = _getter(mapping.field(element.without_field).path)
-        return lambda entity: absent(entity) is None
-    return None
-
-
-def _fhir_value_of(column: str, mapping: Mapping, siblings: tuple[d.Element, ...]) -> Callable[[dict], Any]:
-    """What the sibling element naming ``column`` writes for an entity (None: nothing)."""
-    field = mapping.field(column)
-    get = _getter(field.path)
-    for element in siblings:
-        if element.kind == "field" and element.field == column and not element.with_field:
-            convert = TO_FHIR.get(_primitive_of(element, field), lambda v: v)
-            forward = dict(element.values)
-            if forward:
-                backward = _backward(element.values)
-                return lambda entity: (v if isinstance(v := get(entity), str) and (v in forward or v in backward)
-                                       else None)
-            return lambda entity: convert(v) if (v := get(entity)) is not None else None
-        if element.kind == "coding" and element.coding.code == column:
-            return lambda entity: v if isinstance(v := get(entity), str) and _FHIR_CODE.match(v) else None
-        if element.kind == "quantity" and element.quantity.value == column:
-            return lambda entity: v if isinstance(v := get(entity), (int, float)) and not isinstance(v, bool) else None
-    return lambda entity: (v := get(entity)) is not None and not isinstance(v, (dict, list)) or None
 
 
 def _generated_writer(decl: d.ResourceDeclaration, writers: list[Writer], mapping: Mapping) -> Writer:
