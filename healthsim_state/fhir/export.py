@@ -116,8 +116,9 @@ def _rendered(snapshot: "Snapshot", plan: Plan, entity_type: str, only: set | No
               spools: dict[str, ChildSpool]) -> Iterator[dict[str, Any]]:
     codec = snapshot.registry.codecs[entity_type]
     key_paths = [f.dotted for f in codec.mapping.key_fields]
+    keyed = only is not None or bool(spools)  # the key is needed to choose or to find children: else not made
     for entity in snapshot.entities(entity_type):
-        key = _key(entity, key_paths)
+        key = _key(entity, key_paths) if keyed else None
         if only is not None and key not in only or plan.keep is not None and not plan.keep(entity_type, entity):
             continue
         kids = {child: spool.children(key) for child, spool in spools.items()} if spools else None
