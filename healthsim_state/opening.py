@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
-from . import evolution
 from .backends import Backend, Session, WriteNeeded, open_backend
 from .caches import LOCAL_MAPPINGS, SYNCED
 from .engine.registry import Registry, registry_for
 from .errors import IncompatibleDatabaseError, MappingDriftWarning, StoreNotFoundError, warn_caller
-from .evolution import SchemaReport
 from .layout import (
     SCHEMA_VERSION,
     StoreState,
@@ -40,6 +38,9 @@ from .mapping.loader import fingerprint, load_mapping_dirs, mapping_search_path
 from .mapping.model import Mapping
 from .plan import Plan, plan
 from .store import Scenarios
+
+if TYPE_CHECKING:  # evolution is imported by a change to the store, not by every opening
+    from .evolution import SchemaReport
 
 T = TypeVar("T")
 
@@ -166,6 +167,8 @@ class OpenStore:
         schema_plan = plan(recorded_mappings(state, self.label), self.local, evolve=self.evolve)
         key = (state.digest, state.generation)
         if schema_plan.steps and session.writable:
+            from . import evolution
+
             session.lock_layout()
             self.report = evolution.apply(session, schema_plan, state, label=self.label)
             schema_plan = schema_plan.once_applied()
@@ -244,6 +247,8 @@ class OpenStore:
     def planned_changes(self) -> SchemaReport:
         """What ``evolve`` would change in the store to follow this client's
         files, compiled into the operations it would run; nothing is written."""
+        from . import evolution
+
         local = self.local
 
         def compile_changes(session: Session) -> SchemaReport:
