@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from healthsim_state import MappingError, StateManager
-from healthsim_state.mapping import validation_cache
-from healthsim_state.mapping.loader import load_mapping_dirs
+from healthsim_state.mapping import parsed_cache, validation_cache
+from healthsim_state.mapping.loader import builtin_mapping_dir, load_mapping_dirs
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("duckdb", "jsonschema", "psycopg", "pandas", "mcp", "yaml", "numpy", "pyarrow")
@@ -110,6 +110,7 @@ def test_a_second_list_imports_neither_jsonschema_nor_the_extras(tmp_path):
     heavy_imported_by("list", "--db", tmp_path / "small.duckdb")  # validates, and fills the cache
     again = heavy_imported_by("list", "--db", tmp_path / "small.duckdb")
     assert "jsonschema" not in again  # the files and the store's copies were all found in the cache
+    assert "yaml" not in again  # the files' parsed set was found in the cache
     assert not {"psycopg", "pandas", "mcp"} & {name.split(".")[0] for name in again}
 
 
@@ -242,3 +243,144 @@ def test_the_startup_benchmark_reports_every_figure(tmp_path):
     assert figures["help_vs_click_rich"] == pytest.approx(figures["help_s"] / figures["click_rich_s"], rel=0.01)
     assert set(figures["targets_met"]) == {"help_vs_click_rich", "import_s", "list_s"}
     assert list(tmp_path.iterdir()) == [], "the store and caches went with the temporary directory"
+
+
+# --- the parsed-mapping cache -------------------------------------------------------------------
+
+# Loads the mapping directories given; prints whether PyYAML was imported (the
+# files were parsed), the error if any, and what each mapping holds.
+PARSE = """\
+import json, sys
+from healthsim_state import MappingError
+from healthsim_state.mapping.loader import load_mapping_dirs
+try:
+    found = load_mapping_dirs(sys.argv[1:])
+    error = None
+except MappingError as caught:
+    found, error = {}, str(caught)
+held = {entity: [m.describe(), m.fhir, m.source, [f.type.name for f in m.fields]] for entity, m in found.items()}
+print(json.dumps({"parsed": "yaml" in sys.modules, "error": error, "mappings": held}))
+"""
+
+
+def parse_in_fresh_process(*directories: Path, env: dict[str, str] | None = None) -> dict:
+    return json.loads(python(PARSE, *directories, env=env))
+
+
+def entry(*directories: Path) -> Path:
+    return parsed_cache.entry_path([Path(d) for d in directories])
+
+
+def test_a_loaded_set_is_parsed_once_then_taken_from_the_cache_as_it_was():
+    builtin = builtin_mapping_dir()
+    first = parse_in_fresh_process(builtin)
+    assert first["parsed"] and first["error"] is None and entry(builtin).is_file()
+    again = parse_in_fresh_process(builtin)
+    assert not again["parsed"]
+    assert again["mappings"] == first["mappings"] and list(again["mappings"]) == list(first["mappings"])
+
+
+def test_every_builtin_mapping_reads_back_from_an_entry_as_loaded():
+    """The entry's writer and reader are each other's inverse on the built-in
+    set: every attribute, the fields' types (the same objects for the fixed
+    types), defaults with their Python types, the order."""
+    builtin = [builtin_mapping_dir()]
+    loaded = load_mapping_dirs(builtin)
+    back = parsed_cache.load(builtin, parsed_cache.key_of(builtin))
+    assert back is not None and list(back) == list(loaded)
+    for entity, mapping in loaded.items():
+        copy = back[entity]
+        assert (copy.describe(), copy.fhir, copy.source) == (mapping.describe(), mapping.fhir, mapping.source)
+        for field, copied in zip(mapping.fields, copy.fields, strict=True):
+            assert copied.type.name == field.type.name
+            assert copied.type is field.type or field.type.family == "decimal"
+            assert type(copied.default) is type(field.default) and copied.default == field.default
+            assert (copied.path, copied.aliases) == (field.path, field.aliases)
+
+
+def test_a_changed_file_is_read_again(tmp_path):
+    path = write(tmp_path / "maps", GOOD)
+    assert parse_in_fresh_process(tmp_path / "maps")["parsed"]
+    path.write_text(path.read_text().replace("path: info.label", "path: info.title"), "utf-8")
+    result = parse_in_fresh_process(tmp_path / "maps")
+    assert result["parsed"]
+    assert result["mappings"]["widget"][0]["fields"][1]["path"] == "info.title"
+    assert not parse_in_fresh_process(tmp_path / "maps")["parsed"]  # the new content is kept in its turn
+
+
+def test_a_file_added_to_the_directory_is_read(tmp_path):
+    write(tmp_path / "maps", GOOD)
+    parse_in_fresh_process(tmp_path / "maps")
+    (tmp_path / "maps" / "gadget.yml").write_text(GOOD.replace("widget", "gadget"), "utf-8")
+    result = parse_in_fresh_process(tmp_path / "maps")
+    assert result["parsed"] and sorted(result["mappings"]) == ["gadget", "widget"]
+
+
+def test_an_invalid_file_is_still_rejected_with_a_warm_cache(tmp_path):
+    write(tmp_path / "maps", GOOD)
+    parse_in_fresh_process(tmp_path / "maps")
+    kept = entry(tmp_path / "maps").read_bytes()
+    write(tmp_path / "maps", BAD)
+    warm = parse_in_fresh_process(tmp_path / "maps")
+    cold = parse_in_fresh_process(tmp_path / "maps", env={"XDG_CACHE_HOME": str(tmp_path / "empty")})
+    assert "unknown key 'colour'" in warm["error"] and warm["error"] == cold["error"]
+    assert entry(tmp_path / "maps").read_bytes() == kept, "a set that failed is never stored"
+    assert parse_in_fresh_process(tmp_path / "maps")["error"] == cold["error"]
+
+
+@pytest.mark.parametrize("damage", ["binary", "torn", "foreign", "another key", "bad mapping"])
+def test_a_damaged_entry_is_ignored_and_replaced(tmp_path, damage):
+    write(tmp_path / "maps", GOOD)
+    expected = parse_in_fresh_process(tmp_path / "maps")["mappings"]
+    path = entry(tmp_path / "maps")
+    whole = json.loads(path.read_text())
+    damaged = {
+        "binary": b"\x00\xff garbage \xfe",
+        "torn": path.read_bytes()[: len(path.read_bytes()) // 2],
+        "foreign": json.dumps({"format": 1, "valid": []}).encode(),
+        "another key": json.dumps({**whole, "key": "0" * 64}).encode(),
+        "bad mapping": json.dumps({**whole, "mappings": [["widget", "widgets"]]}).encode(),
+    }[damage]
+    path.write_bytes(damaged)
+    result = parse_in_fresh_process(tmp_path / "maps")
+    assert result["parsed"] and result["mappings"] == expected
+    assert json.loads(path.read_text()) == whole, "the entry is written anew"
+
+
+def test_an_entry_of_another_version_schema_or_reader_code_is_a_miss(tmp_path, monkeypatch):
+    import healthsim_state
+
+    write(tmp_path / "maps", GOOD)
+    dirs = [tmp_path / "maps"]
+    load_mapping_dirs(dirs)
+    key = parsed_cache.key_of(dirs)
+    assert parsed_cache.load(dirs, key) is not None
+    monkeypatch.setattr(healthsim_state, "__version__", "99.0")
+    assert parsed_cache.key_of(dirs) != key and parsed_cache.load(dirs, parsed_cache.key_of(dirs)) is None
+    monkeypatch.undo()
+    monkeypatch.setattr(validation_cache, "_schema_digest_value", b"another schema")
+    assert parsed_cache.key_of(dirs) != key
+    monkeypatch.undo()
+    reader = tmp_path / "reader.py"
+    reader.write_text("x = 1\n")
+    monkeypatch.setattr(parsed_cache, "READERS", (*parsed_cache.READERS, str(reader)))
+    before = parsed_cache.key_of(dirs)
+    reader.write_text("x = 2\n")
+    assert parsed_cache.key_of(dirs) != before
+
+
+def test_a_search_path_that_cannot_be_read_is_not_cached(tmp_path):
+    assert parsed_cache.key_of([tmp_path / "missing"]) is None
+    with pytest.raises(MappingError, match="does not exist"):
+        load_mapping_dirs([tmp_path / "missing"])
+    assert not entry(tmp_path / "missing").exists()
+
+
+def test_entries_past_the_limit_go_oldest_first(tmp_path, monkeypatch):
+    monkeypatch.setattr(parsed_cache, "MAX_FILES", 2)
+    for index in range(3):
+        write(tmp_path / f"maps{index}", GOOD)
+        load_mapping_dirs([tmp_path / f"maps{index}"])
+        os.utime(entry(tmp_path / f"maps{index}"), ns=(index * 10**9, index * 10**9))
+    assert not entry(tmp_path / "maps0").exists()
+    assert entry(tmp_path / "maps1").exists() and entry(tmp_path / "maps2").exists()
