@@ -162,7 +162,12 @@ class OpenStore:
     def _follow_files(self, session: Session, state: StoreState) -> tuple[Plan, Registry]:
         """Plan what this client's files change against the store's mappings;
         in a writable session apply the steps the plan holds. Returns the
-        plan left and the mappings in force, cached by the store's state."""
+        plan left and the mappings in force, cached by the store's state.
+        A store that records this client's own set (equal digests, equal
+        mappings) needs no plan: its documents are not read."""
+        if state.digest is not None and state.digest == self.local_digest:
+            return self._keep((state.digest, state.generation), Plan(self.local, [], {}, self.evolve),
+                              self.local_registry)
         read_documents(session, state)
         schema_plan = plan(recorded_mappings(state, self.label), self.local, evolve=self.evolve)
         key = (state.digest, state.generation)
@@ -177,6 +182,10 @@ class OpenStore:
         else:
             in_force = schema_plan.in_force if not schema_plan.steps else recorded_mappings(state, self.label)
             registry = registry_for(in_force, digest_of(in_force))
+        return self._keep(key, schema_plan, registry)
+
+    def _keep(self, key: tuple[str | None, int], schema_plan: Plan, registry: Registry) -> tuple[Plan, Registry]:
+        """Remember the plan and the mappings in force for the store's state ``key``."""
         cached = (schema_plan, registry)
         self._plans = {key: cached}
         if not schema_plan.steps:  # nothing left to apply: any manager of these files may reuse it

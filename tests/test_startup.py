@@ -384,3 +384,27 @@ def test_entries_past_the_limit_go_oldest_first(tmp_path, monkeypatch):
         os.utime(entry(tmp_path / f"maps{index}"), ns=(index * 10**9, index * 10**9))
     assert not entry(tmp_path / "maps0").exists()
     assert entry(tmp_path / "maps1").exists() and entry(tmp_path / "maps2").exists()
+
+
+# --- opening a store that records these very files --------------------------------------------
+
+def test_a_store_recording_the_files_own_set_is_read_without_its_mapping_documents(tmp_path, monkeypatch):
+    from healthsim_state import opening
+    from healthsim_state.caches import BoundedCache
+
+    store = tmp_path / "small.duckdb"
+    with StateManager(store) as sm:
+        sm.save_scenario("small", {"patients": [{"id": "p1"}]})
+    reads = []
+    real = opening.read_documents
+    monkeypatch.setattr(opening, "read_documents", lambda *args: reads.append(args) or real(*args))
+    monkeypatch.setattr(opening, "SYNCED", BoundedCache(4))  # as a new process: nothing seen yet
+    with StateManager(store, read_only=True) as sm:
+        assert [item["name"] for item in sm.list_scenarios()] == ["small"]
+        assert sm.mapping_changes() == {}
+    assert reads == []  # equal digests, equal mappings: nothing to plan
+    write(tmp_path / "maps", GOOD)  # another set (a type added): the store's documents are read and planned
+    with StateManager(store, read_only=True, mapping_dirs=[tmp_path / "maps"]) as sm:
+        assert [item["name"] for item in sm.list_scenarios()] == ["small"]
+        assert sm.mapping_changes()["widget"]["additions"] == ["type added: table widgets"]
+    assert len(reads) == 1
