@@ -408,3 +408,35 @@ def test_a_store_recording_the_files_own_set_is_read_without_its_mapping_documen
         assert [item["name"] for item in sm.list_scenarios()] == ["small"]
         assert sm.mapping_changes()["widget"]["additions"] == ["type added: table widgets"]
     assert len(reads) == 1
+
+
+# --- the end of the program -------------------------------------------------------------------
+
+# The program as the console script runs it; at exit, says whether the objects were frozen.
+PROGRAM = """\
+import atexit, gc, sys
+atexit.register(lambda: sys.stderr.write(f"frozen={gc.get_freeze_count() > 0}\\n"))
+from healthsim_state.cli import main
+sys.argv[0] = "healthsim-state"
+main()
+"""
+
+
+def test_the_program_skips_the_last_collections_and_still_says_everything(tmp_path):
+    with StateManager(tmp_path / "small.duckdb") as sm:
+        sm.save_scenario("small", {"patients": [{"id": "p1"}]}, tags=["t"])
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    listed = subprocess.run([sys.executable, "-c", PROGRAM, "list", "--db", str(tmp_path / "small.duckdb")],
+                            capture_output=True, text=True, env=environment, timeout=120)
+    assert listed.returncode == 0 and listed.stderr == "frozen=True\n"
+    assert listed.stdout.splitlines()[1].startswith("small\t1\tt\t")
+    failed = subprocess.run([sys.executable, "-c", PROGRAM, "show", "nothing", "--db", str(tmp_path / "small.duckdb")],
+                            capture_output=True, text=True, env=environment, timeout=120)
+    assert failed.returncode == 1 and failed.stdout == ""
+    assert failed.stderr == "error: no scenario has the id or name 'nothing'\nfrozen=True\n"
+
+
+def test_main_called_with_arguments_leaves_the_collector_alone():
+    code = ("import gc\nfrom healthsim_state.cli import main\ntry:\n    main(['--version'])\n"
+            "except SystemExit:\n    pass\nprint(gc.get_freeze_count())")
+    assert python(code).splitlines()[-1] == "0"
