@@ -238,9 +238,11 @@ def test_the_startup_benchmark_reports_every_figure(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
     figures = json.loads(out.stdout)
-    names = ["python_s", "import_s", "click_rich_s", "help_s", "duckdb_s", "list_s", "list_cold_cache_s"]
+    names = ["python_s", "import_s", "click_rich_s", "help_s", "duckdb_s", "duckdb_open_s", "list_s",
+             "list_cold_cache_s"]
     assert all(figures[name] > 0 and figures["cpu"][name] > 0 for name in names)
     assert figures["help_vs_click_rich"] == pytest.approx(figures["help_s"] / figures["click_rich_s"], rel=0.01)
+    assert figures["list_vs_duckdb_open"] == pytest.approx(figures["list_s"] / figures["duckdb_open_s"], rel=0.01)
     assert set(figures["targets_met"]) == {"help_vs_click_rich", "import_s", "list_s"}
     assert list(tmp_path.iterdir()) == [], "the store and caches went with the temporary directory"
 
