@@ -288,7 +288,7 @@ def test_every_builtin_mapping_reads_back_from_an_entry_as_loaded():
     types), defaults with their Python types, the order."""
     builtin = [builtin_mapping_dir()]
     loaded = load_mapping_dirs(builtin)
-    back = parsed_cache.load(builtin, parsed_cache.key_of(builtin))
+    back = parsed_cache.load(builtin, parsed_cache.key_of(builtin, builtin[0]))
     assert back is not None and list(back) == list(loaded)
     for entity, mapping in loaded.items():
         copy = back[entity]
@@ -349,30 +349,35 @@ def test_a_damaged_entry_is_ignored_and_replaced(tmp_path, damage):
     assert json.loads(path.read_text()) == whole, "the entry is written anew"
 
 
-def test_an_entry_of_another_version_schema_or_reader_code_is_a_miss(tmp_path, monkeypatch):
+def test_an_entry_of_another_version_schema_reader_code_or_package_place_is_a_miss(tmp_path, monkeypatch):
     import healthsim_state
 
     write(tmp_path / "maps", GOOD)
     dirs = [tmp_path / "maps"]
+
+    def key() -> str | None:
+        return parsed_cache.key_of(dirs, builtin_mapping_dir())
+
     load_mapping_dirs(dirs)
-    key = parsed_cache.key_of(dirs)
-    assert parsed_cache.load(dirs, key) is not None
+    first = key()
+    assert parsed_cache.load(dirs, first) is not None
     monkeypatch.setattr(healthsim_state, "__version__", "99.0")
-    assert parsed_cache.key_of(dirs) != key and parsed_cache.load(dirs, parsed_cache.key_of(dirs)) is None
+    assert key() != first and parsed_cache.load(dirs, key()) is None
     monkeypatch.undo()
     monkeypatch.setattr(validation_cache, "_schema_digest_value", b"another schema")
-    assert parsed_cache.key_of(dirs) != key
+    assert key() != first
     monkeypatch.undo()
+    assert parsed_cache.key_of(dirs, tmp_path / "elsewhere") != first
     reader = tmp_path / "reader.py"
     reader.write_text("x = 1\n")
     monkeypatch.setattr(parsed_cache, "READERS", (*parsed_cache.READERS, str(reader)))
-    before = parsed_cache.key_of(dirs)
+    before = key()
     reader.write_text("x = 2\n")
-    assert parsed_cache.key_of(dirs) != before
+    assert key() != before
 
 
 def test_a_search_path_that_cannot_be_read_is_not_cached(tmp_path):
-    assert parsed_cache.key_of([tmp_path / "missing"]) is None
+    assert parsed_cache.key_of([tmp_path / "missing"], builtin_mapping_dir()) is None
     with pytest.raises(MappingError, match="does not exist"):
         load_mapping_dirs([tmp_path / "missing"])
     assert not entry(tmp_path / "missing").exists()

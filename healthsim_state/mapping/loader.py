@@ -128,7 +128,7 @@ def load_mapping_dirs(dirs: Iterable[Path]) -> dict[str, Mapping]:
     A set that loaded before from the same bytes is taken from
     :mod:`.parsed_cache` (a set that failed is never kept there)."""
     dirs = [Path(directory) for directory in dirs]
-    key = parsed_cache.key_of(dirs)
+    key = parsed_cache.key_of(dirs, builtin_mapping_dir())
     cached = parsed_cache.load(dirs, key)
     if cached is not None:
         return cached
@@ -142,7 +142,7 @@ def load_mapping_dirs(dirs: Iterable[Path]) -> dict[str, Mapping]:
         raise MappingError(problems)
     _check_fhir_sections(chosen)
     loaded = dict(sorted(chosen.items()))
-    if key is not None and parsed_cache.key_of(dirs) == key:  # no file changed while it was read
+    if key is not None and parsed_cache.key_of(dirs, builtin_mapping_dir()) == key:  # no file changed while read
         parsed_cache.store(dirs, key, loaded)
     return loaded
 

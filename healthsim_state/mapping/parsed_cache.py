@@ -46,11 +46,14 @@ class _NotStorable(Exception):
     """A loaded set holds something an entry cannot write exactly: it is not stored."""
 
 
-def key_of(dirs: Iterable[Path]) -> str | None:
+def key_of(dirs: Iterable[Path], builtin: Path) -> str | None:
     """The key of what ``dirs`` hold now, or None when a directory or a file
-    cannot be read (the loader then reports it, and nothing is cached)."""
+    cannot be read (the loader then reports it, and nothing is cached).
+    ``builtin`` is the built-in directory, which the checks across files
+    treat apart even when ``dirs`` leave it out."""
     hasher = hashlib.sha256(f"healthsim-state mapping set {FORMAT} {validation_cache._version()}\0".encode())
     hasher.update(validation_cache._schema_digest())
+    hasher.update(b"\0\4" + str(builtin).encode("utf-8", "surrogatepass"))
     try:
         here = Path(__file__).parent
         for name in READERS:
