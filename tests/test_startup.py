@@ -330,23 +330,29 @@ def test_an_invalid_file_is_still_rejected_with_a_warm_cache(tmp_path):
     assert parse_in_fresh_process(tmp_path / "maps")["error"] == cold["error"]
 
 
-@pytest.mark.parametrize("damage", ["binary", "torn", "foreign", "another key", "bad mapping"])
+@pytest.mark.parametrize("damage", ["binary", "torn", "foreign", "other format", "another key", "a byte changed",
+                                    "no body"])
 def test_a_damaged_entry_is_ignored_and_replaced(tmp_path, damage):
     write(tmp_path / "maps", GOOD)
     expected = parse_in_fresh_process(tmp_path / "maps")["mappings"]
     path = entry(tmp_path / "maps")
-    whole = json.loads(path.read_text())
+    whole = path.read_bytes()
+    header, _, body = whole.partition(b"\n")
+    head = json.loads(header)
     damaged = {
         "binary": b"\x00\xff garbage \xfe",
-        "torn": path.read_bytes()[: len(path.read_bytes()) // 2],
+        "torn": whole[: len(whole) // 2],
         "foreign": json.dumps({"format": 1, "valid": []}).encode(),
-        "another key": json.dumps({**whole, "key": "0" * 64}).encode(),
-        "bad mapping": json.dumps({**whole, "mappings": [["widget", "widgets"]]}).encode(),
+        "other format": json.dumps({**head, "format": 2}).encode() + b"\n" + body,
+        "another key": json.dumps({**head, "key": "0" * 64}).encode() + b"\n" + body,
+        "a byte changed": header + b"\n" + body.replace(b"info", b"infx", 1),
+        "no body": header + b"\n",
     }[damage]
+    assert damaged != whole
     path.write_bytes(damaged)
     result = parse_in_fresh_process(tmp_path / "maps")
     assert result["parsed"] and result["mappings"] == expected
-    assert json.loads(path.read_text()) == whole, "the entry is written anew"
+    assert path.read_bytes() == whole, "the entry is written anew"
 
 
 def test_an_entry_of_another_version_schema_reader_code_or_package_place_is_a_miss(tmp_path, monkeypatch):

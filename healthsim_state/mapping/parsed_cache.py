@@ -75,18 +75,21 @@ def mapping_files(directory: Path) -> list[Path]:
 def entry_path(dirs: Iterable[Path]) -> Path:
     """The entry of a search path: one file for each list of directories."""
     name = hashlib.sha256("\0".join(str(d) for d in dirs).encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return validation_cache.cache_path().parent / DIRECTORY / f"{name}.json"
+    return validation_cache.cache_path().parent / DIRECTORY / f"{name}.entry"
 
 
 def load(dirs: list[Path], key: str | None) -> dict[str, Mapping] | None:
-    """The set stored for ``dirs`` under ``key``, or None (a miss)."""
+    """The set stored for ``dirs`` under ``key``, or None (a miss). An entry
+    is a header line (format, key, the SHA-256 of the rest) and the mappings
+    as JSON: a byte changed anywhere is a miss."""
     if key is None:
         return None
     try:
-        entry = json.loads(entry_path(dirs).read_bytes())
-        if entry["format"] != FORMAT or entry["key"] != key:
+        header, _, body = entry_path(dirs).read_bytes().partition(b"\n")
+        head = json.loads(header)
+        if head["format"] != FORMAT or head["key"] != key or head["sha256"] != hashlib.sha256(body).hexdigest():
             return None
-        return {mapping.entity: mapping for mapping in map(_mapping_from, entry["mappings"])}
+        return {mapping.entity: mapping for mapping in map(_mapping_from, json.loads(body))}
     except Exception:  # noqa: BLE001 - whatever a damaged or foreign file holds is a miss
         return None
 
@@ -98,12 +101,13 @@ def store(dirs: list[Path], key: str | None, mappings: dict[str, Mapping]) -> No
         return
     try:
         written = [_written(mapping) for mapping in mappings.values()]
-        text = json.dumps({"format": FORMAT, "key": key, "mappings": written}, allow_nan=False)
-        if [_written(_mapping_from(item)) for item in json.loads(text)["mappings"]] != written:
+        body = json.dumps(written, allow_nan=False).encode("utf-8")
+        if [_written(_mapping_from(item)) for item in json.loads(body)] != written:
             return  # read back, it would not be the same set
     except (_NotStorable, TypeError, ValueError):
         return
-    _write_atomic(entry_path(dirs), text)
+    header = json.dumps({"format": FORMAT, "key": key, "sha256": hashlib.sha256(body).hexdigest()})
+    _write_atomic(entry_path(dirs), header.encode("ascii") + b"\n" + body)
 
 
 # --- one mapping, written and read --------------------------------------------------------
@@ -166,8 +170,8 @@ def _texts(value: Any) -> list[str]:
 
 # --- the file ------------------------------------------------------------------------------
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` (readers see the old file or the new one,
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` (readers see the old file or the new one,
     never a part), then drop the oldest entries past :data:`MAX_FILES`.
     A cache that cannot be written only means loading the files next time."""
     import tempfile  # only when storing
@@ -176,8 +180,8 @@ def _write_atomic(path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                out.write(text)
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
             os.replace(temporary, path)
         except BaseException:
             os.unlink(temporary)
@@ -188,7 +192,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _prune(directory: Path) -> None:
-    entries = sorted(directory.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    entries = sorted(directory.glob("*.entry"), key=lambda p: p.stat().st_mtime_ns)
     for old in entries[:-MAX_FILES]:
         old.unlink(missing_ok=True)
 
