@@ -8,7 +8,8 @@ files (so a code change is a miss even under the same version), each
 directory's path and each mapping file's name and bytes. Only a set that loaded
 without a problem is stored, so a file that fails is read, and fails, on every
 run. A hit returns the set only when its key is the one the files on disk give
-now; a missing, unreadable, torn, corrupt or foreign file, or one written by
+now, and its mappings only when their SHA-256 (in the entry's first line) is
+theirs; a missing, unreadable, torn, corrupt or foreign file, or one written by
 another version, is a miss, and a miss only means loading the files again.
 
 The entries live next to :mod:`.validation_cache`'s digests, one file a
