@@ -114,6 +114,26 @@ def test_a_second_list_imports_neither_jsonschema_nor_the_extras(tmp_path):
     assert not {"psycopg", "pandas", "mcp"} & {name.split(".")[0] for name in again}
 
 
+def test_a_list_imports_no_interchange_module_schema_change_code_or_arrow(tmp_path):
+    with StateManager(tmp_path / "small.duckdb") as sm:
+        sm.save_scenario("small", {"patients": [{"id": "p1"}]})
+    listing = CLI.replace('if name.split(".")[0] in %r' % (HEAVY,),
+                          "if name.startswith(('healthsim_state.interop', 'healthsim_state.evolution', "
+                          "'healthsim_state.backends.arrow_columns', 'nanoarrow', 'yaml'))")
+    assert listing != CLI
+    python(listing, "list", "--db", tmp_path / "small.duckdb")  # fills the caches
+    assert json.loads(python(listing, "list", "--db", tmp_path / "small.duckdb").splitlines()[-1]) == []
+    exporting = python(listing, "load", "small", "--db", tmp_path / "small.duckdb").splitlines()[-1]
+    assert "healthsim_state.interop.json_io" in json.loads(exporting)  # the check sees what a command imports
+
+
+def test_the_cli_means_stdin_as_the_documents_do():
+    from healthsim_state import cli
+    from healthsim_state.interop.json_io import STDIN
+
+    assert cli.STDIN == STDIN
+
+
 def test_listing_compiles_no_generated_function_and_a_save_only_its_types(tmp_path):
     store = tmp_path / "small.duckdb"
     with StateManager(store) as sm:
