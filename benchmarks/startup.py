@@ -14,7 +14,9 @@ Python, run with the healthsim_state this benchmark sits next to:
   scenario, the mapping-validation cache warm (as every run after the first
   finds it); target <= 0.2 s. ``list_cold_cache_s`` is the same with an empty
   cache each run, and ``duckdb_s`` is ``python -c "import duckdb"``, a floor
-  ``list`` cannot go below.
+  ``list`` cannot go below. ``duckdb_open_s`` is the floor of any read of the
+  store: import DuckDB, open the file read-only, run ``SELECT 1``;
+  ``list_vs_duckdb_open`` is ``list_s`` over it (what healthsim-state adds).
 
 ``cpu`` holds the same figures as CPU time (user + system) of the processes,
 which a busy machine moves less than wall time; ``load_average`` is the
@@ -43,6 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CLI = "import sys; from healthsim_state.cli import main; sys.exit(main())"  # what the console script runs
 TARGETS = {"help_vs_click_rich": 3.0, "import_s": 0.060, "list_s": 0.2}
+OPEN = "import sys, duckdb; duckdb.connect(sys.argv[1], read_only=True).execute('SELECT 1').fetchall()"
 
 
 def _medians(commands: dict[str, tuple], env: dict[str, str], repeat: int) -> tuple[dict, dict]:
@@ -98,6 +101,7 @@ def measure_startup(workdir: Path, repeat: int) -> dict:
         "click_rich_s": (python + ["-c", "import click, rich"], None),
         "help_s": (python + ["-c", CLI, "--help"], None),
         "duckdb_s": (python + ["-c", "import duckdb"], None),
+        "duckdb_open_s": (python + ["-c", OPEN, str(store)], None),
         "list_s": (listing, None),
     }
     result, cpu = _medians(commands, env, repeat)
@@ -108,6 +112,8 @@ def measure_startup(workdir: Path, repeat: int) -> dict:
     cpu.update(cold_cpu)
     result["help_vs_click_rich"] = result["help_s"] / result["click_rich_s"]
     cpu["help_vs_click_rich"] = cpu["help_s"] / cpu["click_rich_s"]
+    result["list_vs_duckdb_open"] = result["list_s"] / result["duckdb_open_s"]
+    cpu["list_vs_duckdb_open"] = cpu["list_s"] / cpu["duckdb_open_s"]
     result["targets_met"] = {name: result[name] <= limit for name, limit in TARGETS.items()}
     result["cpu"] = _rounded(cpu)
     result["load_average"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

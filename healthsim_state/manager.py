@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from . import arguments, diffs
 from . import history as history_module
@@ -22,13 +22,15 @@ from .engine.batch import KEPT_RESULT, ScenarioBatch, key_function, no_cyclic_gc
 from .engine.compile import Codec
 from .engine.registry import Registry
 from .errors import EntityNotFoundError, ScenarioExistsError, ScenarioNotFoundError
-from .evolution import SchemaReport
 from .history import ScenarioHistory
 from .layout import utc_now
 from .opening import OpenStore
 from .snapshot import Snapshot
 from .store import Changes, Scenarios, new_scenario_id, not_found
 from .store.rows import add_all_by_key, overwrite_all
+
+if TYPE_CHECKING:
+    from .evolution import SchemaReport
 
 __all__ = ["StateManager", "Snapshot", "UNCHANGED", "MISSING_OK_HINT", "plan_schema_changes", "save_scenario",
            "load_scenario", "list_scenarios", "delete_scenario"]

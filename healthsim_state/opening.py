@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
-from . import evolution
 from .backends import Backend, Session, WriteNeeded, open_backend
 from .caches import LOCAL_MAPPINGS, SYNCED
 from .engine.registry import Registry, registry_for
 from .errors import IncompatibleDatabaseError, MappingDriftWarning, StoreNotFoundError, warn_caller
-from .evolution import SchemaReport
 from .layout import (
     SCHEMA_VERSION,
     StoreState,
@@ -40,6 +38,9 @@ from .mapping.loader import fingerprint, load_mapping_dirs, mapping_search_path
 from .mapping.model import Mapping
 from .plan import Plan, plan
 from .store import Scenarios
+
+if TYPE_CHECKING:  # evolution is imported by a change to the store, not by every opening
+    from .evolution import SchemaReport
 
 T = TypeVar("T")
 
@@ -161,11 +162,18 @@ class OpenStore:
     def _follow_files(self, session: Session, state: StoreState) -> tuple[Plan, Registry]:
         """Plan what this client's files change against the store's mappings;
         in a writable session apply the steps the plan holds. Returns the
-        plan left and the mappings in force, cached by the store's state."""
+        plan left and the mappings in force, cached by the store's state.
+        A store that records this client's own set (equal digests, equal
+        mappings) needs no plan: its documents are not read."""
+        if state.digest is not None and state.digest == self.local_digest:
+            return self._keep((state.digest, state.generation), Plan(self.local, [], {}, self.evolve),
+                              self.local_registry)
         read_documents(session, state)
         schema_plan = plan(recorded_mappings(state, self.label), self.local, evolve=self.evolve)
         key = (state.digest, state.generation)
         if schema_plan.steps and session.writable:
+            from . import evolution
+
             session.lock_layout()
             self.report = evolution.apply(session, schema_plan, state, label=self.label)
             schema_plan = schema_plan.once_applied()
@@ -174,6 +182,10 @@ class OpenStore:
         else:
             in_force = schema_plan.in_force if not schema_plan.steps else recorded_mappings(state, self.label)
             registry = registry_for(in_force, digest_of(in_force))
+        return self._keep(key, schema_plan, registry)
+
+    def _keep(self, key: tuple[str | None, int], schema_plan: Plan, registry: Registry) -> tuple[Plan, Registry]:
+        """Remember the plan and the mappings in force for the store's state ``key``."""
         cached = (schema_plan, registry)
         self._plans = {key: cached}
         if not schema_plan.steps:  # nothing left to apply: any manager of these files may reuse it
@@ -244,6 +256,8 @@ class OpenStore:
     def planned_changes(self) -> SchemaReport:
         """What ``evolve`` would change in the store to follow this client's
         files, compiled into the operations it would run; nothing is written."""
+        from . import evolution
+
         local = self.local
 
         def compile_changes(session: Session) -> SchemaReport:

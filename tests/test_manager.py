@@ -91,6 +91,15 @@ def test_scenario_tags(sm):
     assert sm.load_scenario("tagged")["tags"] == ["Diabetes", "test"]
 
 
+def test_a_list_gives_each_scenario_its_own_tags_in_order(sm):
+    sm.save_scenario("first", {}, tags=["z", "a", "m"])
+    sm.save_scenario("bare", {})
+    sm.save_scenario("last", {}, tags=["b", "a"])
+    listed = {item["name"]: item["tags"] for item in sm.list_scenarios()}
+    assert listed == {"first": ["z", "a", "m"], "bare": [], "last": ["b", "a"]}
+    assert [item["tags"] for item in sm.list_scenarios(limit=1, offset=1)] == [[]]
+
+
 # --- the shape of what comes back -------------------------------------------------------
 
 def test_load_returns_utc_aware_datetimes_and_all_types(sm):

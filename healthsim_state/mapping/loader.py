@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from ..column_types import TYPE_NAMES, column_type
 from ..errors import MappingError, Problem
 from ..values import MISSING, NotJSON, to_json
-from . import validation_cache
+from . import parsed_cache, validation_cache
 from .model import UUID4, Field, Mapping
 
 if TYPE_CHECKING:
@@ -123,16 +123,28 @@ def fingerprint(dirs: Iterable[Path]) -> tuple:
 
 
 def load_mapping_dirs(dirs: Iterable[Path]) -> dict[str, Mapping]:
+    """The mappings of ``dirs`` (a later file with the same ``entity`` wins),
+    every file checked; raises :class:`MappingError` naming every problem.
+    A set that loaded before from the same bytes is taken from
+    :mod:`.parsed_cache` (a set that failed is never kept there)."""
+    dirs = [Path(directory) for directory in dirs]
+    key = parsed_cache.key_of(dirs, builtin_mapping_dir())
+    cached = parsed_cache.load(dirs, key)
+    if cached is not None:
+        return cached
     problems: list[Problem] = []
     chosen: dict[str, Mapping] = {}
     for directory in dirs:
-        found = _load_directory(Path(directory), problems)
+        found = _load_directory(directory, problems)
         chosen.update(found)
     _check_across(chosen, problems)
     if problems:
         raise MappingError(problems)
     _check_fhir_sections(chosen)
-    return dict(sorted(chosen.items()))
+    loaded = dict(sorted(chosen.items()))
+    if key is not None and parsed_cache.key_of(dirs, builtin_mapping_dir()) == key:  # no file changed while read
+        parsed_cache.store(dirs, key, loaded)
+    return loaded
 
 
 def _check_fhir_sections(mappings: dict[str, Mapping]) -> None:
@@ -176,8 +188,7 @@ def _load_directory(directory: Path, problems: list[Problem]) -> dict[str, Mappi
                                 "fix the path, or remove it from the list"))
         return {}
     found: dict[str, Mapping] = {}
-    files = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-    for path in files:
+    for path in parsed_cache.mapping_files(directory):
         mapping = load_mapping_file(path, problems)
         if mapping is None:
             continue
