@@ -442,5 +442,5 @@ def test_a_provenance_of_one_patient_goes_in_that_patients_bundle(sm, tmp_path):
     names = {entry["fullUrl"] for entry in bundle["entry"]}
     (provenance,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Provenance"]
     assert provenance["target"] and all(t["reference"] in names for t in provenance["target"])
-    (held,) = kept(sm, "in")[("Provenance", "5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a09")]["patient_reference"],
-    assert held == "Patient/5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a01"
+    row = kept(sm, "in")[("Provenance", "5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a09")]
+    assert row["patient_reference"] == "Patient/5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a01"

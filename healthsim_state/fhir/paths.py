@@ -161,9 +161,10 @@ def _slice(items: list, match: tuple, index: int) -> Any:
     found = memo.get(key, _NOT_FOUND)
     if found is _NOT_FOUND:
         found = memo[key] = _find_slice(items, match, index)
-        moved = getattr(_SLICES, "moved", None)
-        if moved is not None and found is not MISSING and not (index < len(items) and items[index] is found):
-            moved.append((items, index, next(i for i, item in enumerate(items) if item is found)))
+        if found is not MISSING and not (index < len(items) and items[index] is found):
+            moved = getattr(_SLICES, "moved", None)
+            if moved is not None:  # an import: the export must put it back there (see _slice_order)
+                moved.append((items, index, next(i for i, item in enumerate(items) if item is found)))
     return found
 
 
@@ -210,16 +211,27 @@ def _find_slice(items: list, match: tuple, index: int) -> Any:
     return MISSING
 
 
-def _slice_order(root: Any, moved: list) -> list:
+def _slice_order(root: Any, moved: list, memo: dict) -> list:
     """``[[path, declared index, position], ...]`` of the slices an import found
     away from their declared index (Synthea writes a blood pressure's diastolic
     component before the systolic): the export puts its made slices back there,
-    so the elements kept beside them stay with their own slice."""
-    wanted = {id(items) for items, _, _ in moved}
+    so the elements kept beside them stay with their own slice. Lists the export
+    puts back as they were without help are left out. Called once the constants
+    were dropped (a slice taken whole is empty then); ``memo`` is the read's
+    (see :func:`_slice`): the other slices of those lists, found in place."""
+    lists: dict[int, tuple[list, dict[int, int]]] = {}
+    for items, declared, position in moved:
+        lists.setdefault(id(items), (items, {}))[1][declared] = position
+    for (list_id, _, declared), item in memo.items():
+        if list_id in lists and item is not MISSING:
+            lists[list_id][1].setdefault(declared, declared)
+    needed = {key: places for key, (items, places) in lists.items() if not _compacts_back(items, places)}
+    if not needed:
+        return []
     paths: dict[int, tuple] = {}
 
     def walk(node: Any, path: tuple) -> None:
-        if isinstance(node, list) and id(node) in wanted:
+        if isinstance(node, list) and id(node) in needed:
             paths[id(node)] = path
         items = node.items() if isinstance(node, dict) else enumerate(node)
         for key, value in items:
@@ -227,8 +239,15 @@ def _slice_order(root: Any, moved: list) -> list:
                 walk(value, path + (key,))
 
     walk(root, ())
-    found = {(paths[id(items)], declared): position for items, declared, position in moved if id(items) in paths}
-    return [[list(path), declared, position] for (path, declared), position in sorted(found.items(), key=repr)]
+    return sorted([list(paths[key]), declared, position] for key, places in needed.items() if key in paths
+                  for declared, position in places.items() if declared != position)
+
+
+def _compacts_back(items: list, places: dict[int, int]) -> bool:
+    """Whether an export gives these slices their places without help: the list
+    held only them, in their declared order (absent ones close up), each taken whole."""
+    ranks = [position for _, position in sorted(places.items())]
+    return ranks == list(range(len(items))) and all(item is None or _prune(item) is MISSING for item in items)
 
 
 def _put_slices_back(made: dict, order: Any) -> None:

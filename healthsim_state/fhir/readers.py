@@ -546,10 +546,11 @@ class ResourceReader:
         for read in compiled.readers:
             read(copy, entity, context)
         moved, _SLICES.moved = _SLICES.moved, None
-        _SLICES.memo = None  # dropping constants changes the lists; children read their items anew
-        if moved:
-            record["order"] = _slice_order(copy, moved)
+        memo, _SLICES.memo = _SLICES.memo, None  # dropping constants changes the lists; children read their items anew
         context.drop_constants()
+        order = _slice_order(copy, moved, memo) if moved else None
+        if order:
+            record["order"] = order
         if context.omitted:
             record["omit"] = sorted(set(context.omitted))
         _restore_unfit(copy, entity)
