@@ -183,7 +183,7 @@ class StateManager:
             now = utc_now()
             if existing is None:
                 scenario_id, version = new_scenario_id(), 1
-                scenarios.insert_scenario(scenario_id, name, description, batch.counts, now, created_at=created)
+                scenarios.insert(scenario_id, name, description, batch.counts, now, created_at=created)
                 with no_cyclic_gc():  # the columns handed to the store are many objects, none cyclic
                     for codec, chunk in batch.chunks():
                         scenarios.rows(codec, scenario_id).append(version, chunk)
@@ -195,7 +195,7 @@ class StateManager:
                                             batch.chunks(), existing["entity_counts"])
                 if _unchanged(scenarios, existing, changes, description, tag_list):
                     return scenario_id  # the same entities, in the same order, description and tags
-                scenarios.update_scenario(scenario_id, version, batch.counts, now, description=description)
+                scenarios.update(scenario_id, version, batch.counts, now, description=description)
             scenarios.replace_tags(scenario_id, tag_list, new=existing is None)
             scenarios.record_version(scenario_id, version, "save" if existing is None else "overwrite", now,
                                      description, tag_list, batch.counts, meta, changes)
@@ -227,7 +227,7 @@ class StateManager:
             with no_cyclic_gc():
                 held = history_module.by_entity(scenarios.registry, history)  # checked, counted, by singular type name
             newest = held.versions[-1]
-            existing = scenarios.find_scenario(name, by_id=False)
+            existing = scenarios.find(name, by_id=False)
             if existing is not None and not overwrite:
                 raise ScenarioExistsError(f"scenario {name!r} already exists (id {existing['scenario_id']}); "
                                           "pass overwrite=True to replace it and its history")
@@ -236,11 +236,11 @@ class StateManager:
                 scenario_id = new_scenario_id()
             else:
                 scenario_id = existing["scenario_id"]
-                scenarios.delete_scenario(scenario_id)
+                scenarios.delete(scenario_id)
             counts = newest["entity_counts"]
             at = updated or newest["at"].replace(tzinfo=None)
-            scenarios.insert_scenario(scenario_id, name, history.description, counts, at, created_at=created)
-            scenarios.update_scenario(scenario_id, newest["version"], counts, at)
+            scenarios.insert(scenario_id, name, history.description, counts, at, created_at=created)
+            scenarios.update(scenario_id, newest["version"], counts, at)
             scenarios.replace_tags(scenario_id, tags)
             scenarios.insert_versions(scenario_id, held.versions)
             history_module.write_rows(scenarios, scenario_id, held)
@@ -267,7 +267,7 @@ class StateManager:
         meta = arguments.check_metadata(metadata)
 
         def add(scenarios: Scenarios) -> dict[str, Any]:
-            scenario = scenarios.find_scenario(name_or_id)
+            scenario = scenarios.find(name_or_id)
             if scenario is None and not create:
                 raise ScenarioNotFoundError(
                     f"no scenario has the id or name {name_or_id!r}; pass create=True to make it")
@@ -276,7 +276,7 @@ class StateManager:
                 arguments.check_arguments(name_or_id, None)
                 arguments.check_not_an_id(scenarios, name_or_id)
                 scenario_id, version, counts, tags, description = new_scenario_id(), 1, {}, [], None
-                scenarios.insert_scenario(scenario_id, name_or_id, None, {}, now)
+                scenarios.insert(scenario_id, name_or_id, None, {}, now)
             else:
                 scenario_id, version = scenario["scenario_id"], scenario["version"] + 1
                 counts, description = dict(scenario["entity_counts"]), scenario["description"]
@@ -286,7 +286,7 @@ class StateManager:
             if scenario is not None and not any(changes.values()):
                 version -= 1  # every entity is stored already, as given: nothing written
             else:
-                scenarios.update_scenario(scenario_id, version, counts, now)
+                scenarios.update(scenario_id, version, counts, now)
                 scenarios.record_version(scenario_id, version, "add", now, description, tags, counts, meta, changes)
             return {"scenario_id": scenario_id, "name": scenario["name"] if scenario else name_or_id, "added": added,
                     "replaced": replaced, "entity_count": sum(counts.values()), "version": version}
@@ -306,14 +306,14 @@ class StateManager:
         def rename(scenarios: Scenarios) -> dict[str, Any]:
             scenario = scenarios.get(name_or_id)
             if scenario["name"] != new_name:
-                other = scenarios.find_scenario(new_name, by_id=False)
+                other = scenarios.find(new_name, by_id=False)
                 if other is not None:
                     raise ScenarioExistsError(f"scenario {new_name!r} already exists (id {other['scenario_id']}); "
                                               f"scenario {scenario['name']!r} was not renamed")
                 arguments.check_not_an_id(scenarios, new_name, summary="scenario not renamed",
                                           own_id=scenario["scenario_id"])
-                scenarios.rename_scenario(scenario["scenario_id"], new_name)
-            return scenarios.summary(scenarios.find_scenario(scenario["scenario_id"]))
+                scenarios.rename(scenario["scenario_id"], new_name)
+            return scenarios.summary(scenarios.find(scenario["scenario_id"]))
 
         return self._store.write(rename)
 
@@ -347,10 +347,10 @@ class StateManager:
             if text == scenario["description"] and final == current:
                 return scenarios.summary(scenario)
             version, now, counts = scenario["version"] + 1, utc_now(), scenario["entity_counts"]
-            scenarios.update_scenario(scenario_id, version, counts, now, description=text)
+            scenarios.update(scenario_id, version, counts, now, description=text)
             scenarios.replace_tags(scenario_id, final)
             scenarios.record_version(scenario_id, version, "update", now, text, final, counts, None, {})
-            return scenarios.summary(scenarios.find_scenario(scenario_id))
+            return scenarios.summary(scenarios.find(scenario_id))
 
         return self._store.write(update)
 
@@ -388,7 +388,7 @@ class StateManager:
                     scenarios.rows(codec, scenario_id).retire(positions, version)
                     counts[entity] -= len(positions)
                 counts = {entity: count for entity, count in counts.items() if count}
-                scenarios.update_scenario(scenario_id, version, counts, now)
+                scenarios.update(scenario_id, version, counts, now)
                 changes = {entity: Changes(removed=len(positions)) for entity, (_, positions) in retire.items()}
                 scenarios.record_version(scenario_id, version, "delete_entities", now, scenario["description"],
                                          scenarios.tags_of(scenario_id), counts, meta, changes)
@@ -401,10 +401,10 @@ class StateManager:
     def delete_scenario(self, name_or_id: str) -> bool:
         """Remove a scenario with every version, tag and entity row. False if unknown."""
         def delete(scenarios: Scenarios) -> bool:
-            scenario = scenarios.find_scenario(name_or_id)
+            scenario = scenarios.find(name_or_id)
             if scenario is None:
                 return False
-            scenarios.delete_scenario(scenario["scenario_id"])
+            scenarios.delete(scenario["scenario_id"])
             return True
 
         if not self._backend.exists():
@@ -432,11 +432,11 @@ class StateManager:
             if _unchanged(scenarios, scenario, changes, target["description"], target["tags"]):
                 return scenarios.summary(scenario)  # that version is the content already
             counts = target["entity_counts"]
-            scenarios.update_scenario(scenario_id, new_version, counts, now, description=target["description"])
+            scenarios.update(scenario_id, new_version, counts, now, description=target["description"])
             scenarios.replace_tags(scenario_id, target["tags"])
             scenarios.record_version(scenario_id, new_version, "restore", now, target["description"],
                                      target["tags"], counts, {"restored_version": version}, changes)
-            return scenarios.summary(scenarios.find_scenario(scenario_id))
+            return scenarios.summary(scenarios.find(scenario_id))
 
         return self._store.write(restore)
 
@@ -605,7 +605,7 @@ class StateManager:
         return ScenarioBatch(self.registry, entities).validate()
 
     def scenario_exists(self, name_or_id: str) -> bool:
-        return self._store.read(lambda scenarios: scenarios.find_scenario(name_or_id) is not None,
+        return self._store.read(lambda scenarios: scenarios.find(name_or_id) is not None,
                                 missing=lambda: False)
 
     def list_scenarios(self, tag: str | None = None, search: str | None = None,
@@ -619,7 +619,7 @@ class StateManager:
         """
         arguments.check_filters(tag, search)
         arguments.check_slice(limit, offset, what="list_scenarios")
-        return self._store.read(lambda scenarios: scenarios.list_scenarios(tag, search, limit, offset), missing=list)
+        return self._store.read(lambda scenarios: scenarios.listing(tag, search, limit, offset), missing=list)
 
     # --- FHIR R4 (healthsim_state.fhir; thin delegations) ------------------------------
 

@@ -121,7 +121,7 @@ def test_a_race_on_one_name_in_threads_is_run_again_and_refused(pg_url, monkeypa
     waits on the first's uncommitted row, the first commits, the second
     raises ScenarioExistsError (not a database error)."""
     StateManager(pg_url).create()
-    original = Scenarios.insert_scenario
+    original = Scenarios.insert
     inserted, release = threading.Event(), threading.Event()
 
     def insert_then_hold(self, *args, **kwargs):
@@ -130,7 +130,7 @@ def test_a_race_on_one_name_in_threads_is_run_again_and_refused(pg_url, monkeypa
             inserted.set()
             assert release.wait(30)
 
-    monkeypatch.setattr(Scenarios, "insert_scenario", insert_then_hold)
+    monkeypatch.setattr(Scenarios, "insert", insert_then_hold)
     results: dict[str, object] = {}
 
     def save(who: str) -> None:

@@ -68,7 +68,7 @@ class Scenarios:
 
     # --- scenarios ---------------------------------------------------------------------
 
-    def find_scenario(self, name_or_id: str, *, by_id: bool = True) -> dict[str, Any] | None:
+    def find(self, name_or_id: str, *, by_id: bool = True) -> dict[str, Any] | None:
         """The scenario whose id or name is ``name_or_id``. Ids and names never
         shadow each other (a save refuses a name that is another scenario's
         id); should both match different scenarios, that is an error naming
@@ -98,7 +98,7 @@ class Scenarios:
         """The scenario named ``name`` (None: none is), and whether ``name``
         is a scenario's id (which a name may not be): one query, where a save
         of a new scenario asked two. In a write, the rows found stay locked
-        as :meth:`find_scenario`'s do (an overwrite locks its scenario first)."""
+        as :meth:`find`'s do (an overwrite locks its scenario first)."""
         if not is_text(name) or "\x00" in name:
             return None, False
         lock = self.session.dialect.lock_rows if self.session.writable else ""
@@ -108,8 +108,8 @@ class Scenarios:
         return None if named is None else _scenario_dict(named), any(row[0] == name for row in rows)
 
     def get(self, name_or_id: str) -> dict[str, Any]:
-        """As :meth:`find_scenario`, but an unknown one raises :class:`ScenarioNotFoundError`."""
-        scenario = self.find_scenario(name_or_id)
+        """As :meth:`find`, but an unknown one raises :class:`ScenarioNotFoundError`."""
+        scenario = self.find(name_or_id)
         if scenario is None:
             not_found(name_or_id)
         return scenario
@@ -117,7 +117,7 @@ class Scenarios:
     def id_in_use(self, name: str) -> bool:
         return self.session.scalar("SELECT count(*) FROM scenarios WHERE scenario_id = ?", [name]) > 0
 
-    def insert_scenario(self, scenario_id: str, name: str, description: str | None, counts: dict[str, int],
+    def insert(self, scenario_id: str, name: str, description: str | None, counts: dict[str, int],
                         now: _dt.datetime, created_at: _dt.datetime | None = None) -> None:
         """A new scenario's row, version 1, updated ``now`` (and created then,
         unless ``created_at`` says otherwise)."""
@@ -126,10 +126,10 @@ class Scenarios:
                              [scenario_id, name, description, created_at or now, now, sum(counts.values()),
                               json.dumps(counts)])
 
-    def rename_scenario(self, scenario_id: str, name: str) -> None:
+    def rename(self, scenario_id: str, name: str) -> None:
         self.session.execute("UPDATE scenarios SET name = ? WHERE scenario_id = ?", [name, scenario_id])
 
-    def update_scenario(self, scenario_id: str, version: int, counts: dict[str, int], now: _dt.datetime,
+    def update(self, scenario_id: str, version: int, counts: dict[str, int], now: _dt.datetime,
                         **fields: Any) -> None:
         """New counts, version and ``updated_at``; plus any of ``name`` and
         ``description`` given."""
@@ -141,7 +141,7 @@ class Scenarios:
                 values.append(fields[column])
         self.session.execute(f"UPDATE scenarios SET {', '.join(sets)} WHERE scenario_id = ?", values + [scenario_id])
 
-    def delete_scenario(self, scenario_id: str) -> None:
+    def delete(self, scenario_id: str) -> None:
         """The scenario, its tags, every version and every row, in every table
         of the set in force."""
         for codec in self.registry.codecs.values():
@@ -149,7 +149,7 @@ class Scenarios:
         for table in ("scenario_versions", "scenario_tags", "scenarios"):
             self.session.execute(f"DELETE FROM {table} WHERE scenario_id = ?", [scenario_id])
 
-    def list_scenarios(self, tag: str | None, search: str | None, limit: int | None,
+    def listing(self, tag: str | None, search: str | None, limit: int | None,
                        offset: int = 0) -> list[dict[str, Any]]:
         """Newest ``updated_at`` first. ``tag`` matches one tag and ``search`` a
         substring of name or description, both case-insensitively (``strpos``,
