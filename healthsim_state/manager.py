@@ -27,7 +27,6 @@ from .layout import utc_now
 from .opening import OpenStore
 from .snapshot import Snapshot
 from .store import Changes, Scenarios, new_scenario_id, not_found
-from .store.rows import add_all_by_key, overwrite_all
 
 if TYPE_CHECKING:
     from .evolution import SchemaReport
@@ -191,8 +190,7 @@ class StateManager:
             else:
                 scenario_id, version = existing["scenario_id"], existing["version"] + 1
                 with no_cyclic_gc():
-                    changes = overwrite_all(scenarios.session, scenarios.registry, scenario_id, version,
-                                            batch.chunks(), existing["entity_counts"])
+                    changes = scenarios.overwrite_all(scenario_id, version, batch.chunks(), existing["entity_counts"])
                 if _unchanged(scenarios, existing, changes, description, tag_list):
                     return scenario_id  # the same entities, in the same order, description and tags
                 scenarios.update(scenario_id, version, batch.counts, now, description=description)
@@ -282,7 +280,7 @@ class StateManager:
                 counts, description = dict(scenario["entity_counts"]), scenario["description"]
                 tags = scenarios.tags_of(scenario_id)
             batch = ScenarioBatch(scenarios.registry, entities, progress=progress)
-            added, replaced, changes = add_all_by_key(scenarios.session, scenario_id, version, batch.chunks(), counts)
+            added, replaced, changes = scenarios.add_all_by_key(scenario_id, version, batch.chunks(), counts)
             if scenario is not None and not any(changes.values()):
                 version -= 1  # every entity is stored already, as given: nothing written
             else:

@@ -25,7 +25,6 @@ from ..column_types import ColumnType
 from ..engine.batch import Chunk, rebuild_columns, rebuild_rows
 from ..engine.columns import ColumnBatch
 from ..engine.compile import Codec
-from ..engine.registry import Registry
 from ..errors import Problem, StoreError, ValidationError
 from ..layout import data_columns, versions_table, write_columns
 from ..values import is_text
@@ -518,35 +517,6 @@ def by_type(chunks: Iterable[tuple[Codec, Chunk]]) -> Iterator[tuple[Codec, Iter
     ``(codec, its chunks)``, still streamed."""
     for codec, pairs in groupby(chunks, key=_first):
         yield codec, map(operator.itemgetter(1), pairs)
-
-
-def overwrite_all(session: Session, registry: Registry, scenario_id: str, version: int,
-                  chunks: Iterable[tuple[Codec, Chunk]], before: dict[str, int]) -> dict[str, Changes]:
-    """Overwrite: every type's chunks become its current rows (unchanged rows
-    stay where they are); a type the chunks lack loses its rows."""
-    changes: dict[str, Changes] = {}
-    for codec, chunks_of_type in by_type(chunks):
-        changes[codec.mapping.entity] = TypeRows(session, codec, scenario_id).overwrite(chunks_of_type, version)
-    for entity in before:
-        if entity not in changes and before[entity]:
-            changes[entity] = TypeRows(session, registry.codecs[entity], scenario_id).clear(version)
-    return changes
-
-
-def add_all_by_key(session: Session, scenario_id: str, version: int, chunks: Iterable[tuple[Codec, Chunk]],
-                   counts: dict[str, int]) -> tuple[dict[str, int], dict[str, int], dict[str, Changes]]:
-    """Add by key, type by type (see :meth:`TypeRows.add_by_key`): the count
-    added and replaced per type, and the changes. Updates ``counts``."""
-    added: dict[str, int] = {}
-    replaced: dict[str, int] = {}
-    changes: dict[str, Changes] = {}
-    for codec, chunks_of_type in by_type(chunks):
-        entity = codec.mapping.entity
-        change, matched = TypeRows(session, codec, scenario_id).add_by_key(chunks_of_type, version)
-        changes[entity] = change
-        counts[entity] = counts.get(entity, 0) + change.added  # each changed row replaces one
-        added[entity], replaced[entity] = change.added, matched
-    return added, replaced, changes
 
 
 # --- helpers ------------------------------------------------------------------------------------

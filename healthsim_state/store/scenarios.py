@@ -12,9 +12,10 @@ import datetime as _dt
 import json
 import secrets
 import time
-from typing import Any, NoReturn, Sequence
+from typing import Any, Iterable, NoReturn, Sequence
 
 from ..backends.base import Session
+from ..engine.batch import Chunk
 from ..engine.compile import Codec
 from ..engine.registry import Registry
 from ..errors import (
@@ -26,7 +27,7 @@ from ..errors import (
 )
 from ..layout import set_meta
 from ..values import dump_exact, is_text, parse_exact
-from .rows import Changes, TypeRows, limit_offset
+from .rows import Changes, TypeRows, by_type, limit_offset
 
 _SCENARIO_COLUMNS = ("scenario_id", "name", "description", "created_at", "updated_at", "entity_count",
                      "entity_counts", "version")
@@ -67,6 +68,33 @@ class Scenarios:
         return TypeRows(self.session, codec, scenario_id)
 
     # --- scenarios ---------------------------------------------------------------------
+
+    def overwrite_all(self, scenario_id: str, version: int, chunks: Iterable[tuple[Codec, Chunk]],
+                      before: dict[str, int]) -> dict[str, Changes]:
+        """Overwrite: every type's chunks become its current rows (unchanged rows
+        stay where they are); a type the chunks lack loses its rows."""
+        changes: dict[str, Changes] = {}
+        for codec, chunks_of_type in by_type(chunks):
+            changes[codec.mapping.entity] = self.rows(codec, scenario_id).overwrite(chunks_of_type, version)
+        for entity in before:
+            if entity not in changes and before[entity]:
+                changes[entity] = self.rows(self.registry.codecs[entity], scenario_id).clear(version)
+        return changes
+
+    def add_all_by_key(self, scenario_id: str, version: int, chunks: Iterable[tuple[Codec, Chunk]],
+                       counts: dict[str, int]) -> tuple[dict[str, int], dict[str, int], dict[str, Changes]]:
+        """Add by key, type by type (see :meth:`TypeRows.add_by_key`): the count
+        added and replaced per type, and the changes. Updates ``counts``."""
+        added: dict[str, int] = {}
+        replaced: dict[str, int] = {}
+        changes: dict[str, Changes] = {}
+        for codec, chunks_of_type in by_type(chunks):
+            entity = codec.mapping.entity
+            change, matched = self.rows(codec, scenario_id).add_by_key(chunks_of_type, version)
+            changes[entity] = change
+            counts[entity] = counts.get(entity, 0) + change.added  # each changed row replaces one
+            added[entity], replaced[entity] = change.added, matched
+        return added, replaced, changes
 
     def find(self, name_or_id: str, *, by_id: bool = True) -> dict[str, Any] | None:
         """The scenario whose id or name is ``name_or_id``. Ids and names never
