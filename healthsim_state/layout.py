@@ -85,13 +85,15 @@ def write_columns(mapping: Mapping) -> tuple[str, ...]:
 
 def entity_ddl(dialect: Dialect, mapping: Mapping, *, table: str | None = None) -> str:
     """``CREATE TABLE`` for a type's rows of every version, under ``table``
-    (default: the mapping's versions table)."""
+    (default: the mapping's versions table), with the engine's storage
+    options for it (PostgreSQL: pages with room to retire rows in place)."""
     keys = set(mapping.primary_key)
     columns = ["scenario_id VARCHAR NOT NULL", "_position INTEGER NOT NULL"]
     for f in mapping.fields:
         columns.append(f"{quote(f.column)} {dialect.column_type(f.type)}" + (" NOT NULL" if f.column in keys else ""))
     columns += ["_residual VARCHAR", "_since INTEGER NOT NULL", "_until INTEGER"]
-    return f"CREATE TABLE {quote(table or versions_table(mapping.table))} ({', '.join(columns)})"
+    return (f"CREATE TABLE {quote(table or versions_table(mapping.table))} ({', '.join(columns)})"
+            + dialect.versions_storage)
 
 
 def view_ddl(mapping: Mapping) -> list[str]:

@@ -34,7 +34,7 @@ from healthsim_state import (
     StoreError,
     StoreNotFoundError,
 )
-from healthsim_state.backends.postgres_backend import DIALECT, PostgresBackend, translate
+from healthsim_state.backends.postgres_backend import DIALECT, VERSIONS_FILLFACTOR, PostgresBackend, translate
 from healthsim_state.backends.urls import redact
 from healthsim_state.store import Scenarios, TypeRows
 from stores import Store
@@ -503,6 +503,24 @@ def test_the_tables_are_plain_typed_tables_with_an_index_on_the_scenario(pg_url)
     assert columns["scenario_id"] == "character varying" and columns["total_charge"] == "numeric"
     indexes = store.sql("SELECT indexdef FROM pg_indexes WHERE tablename = 'claims__versions'")
     assert len(indexes) == 1 and all("(scenario_id, _position)" in d for (d,) in indexes)
+
+
+def test_a_full_page_keeps_room_to_retire_rows_in_place(pg_url):
+    """Retiring a row writes a new version of it (its ``_until``): the
+    versions tables fill their pages only to VERSIONS_FILLFACTOR, so some rows
+    of a page a save filled are retired on that page (a HOT update: no new
+    index entry). With pages filled whole, every one would move to another."""
+    page = "(ctid::text::point)[0]"
+    store = Store("postgres", pg_url)
+    with StateManager(pg_url) as sm:
+        sm.save_scenario("s", {"patient": [{"patient_id": f"p{i}", "mrn": f"M{i}"} for i in range(1000)]})
+        assert store.sql(f"SELECT count(DISTINCT {page}) > 2 FROM patients__versions") == [(True,)]
+        sm.save_scenario("s", {"patient": [{"patient_id": f"p{i}", "mrn": f"N{i}"} for i in range(1000)]},
+                         overwrite=True)
+    assert store.sql("SELECT reloptions FROM pg_class WHERE relname = 'patients__versions'") == \
+        [([f"fillfactor={VERSIONS_FILLFACTOR}"],)]
+    retired_in_place, = store.sql(f"SELECT count(*) FROM patients__versions WHERE _until = 2 AND {page} = 0")[0]
+    assert retired_in_place > 0
 
 
 # --- plans on fresh and growing tables -----------------------------------------------------------

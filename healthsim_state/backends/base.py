@@ -66,6 +66,8 @@ class Dialect:
     ``lock_rows`` ends a write's look-up of a scenario (`` FOR UPDATE`` where
     writers run side by side), so every write locks its scenario's row before
     it touches any of the scenario's rows: one lock, taken first, in one order.
+    ``versions_storage`` ends the ``CREATE TABLE`` of a versions table: the
+    engine's storage options for it (see :func:`healthsim_state.layout.entity_ddl`).
     """
 
     name: str
@@ -75,6 +77,7 @@ class Dialect:
     read_after: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
     indexed: bool = False
     lock_rows: str = ""
+    versions_storage: str = ""
     table_exists: str = ("SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() "
                          "AND table_catalog = current_database() AND table_name = ?")
 

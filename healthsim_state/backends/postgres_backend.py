@@ -79,6 +79,19 @@ except ModuleNotFoundError as _missing:  # pragma: no cover - exercised in a sub
     raise MissingExtraError("a postgresql:// URL needs the PostgreSQL driver, an optional extra: "
                             "pip install 'healthsim-state[postgres]'") from None
 
+# A write retires a row by setting its ``_until``: an UPDATE, which writes a
+# new version of the row. No index holds ``_until``, so where the row's page
+# has room for that version the update is HOT: no new index entry, and a
+# small WAL record. Pages filled only to this percentage keep that room (for
+# about a fifth of a full page's rows at once; for all the rows an overwrite
+# of a few percent changes), at that much more space a version. Fewer index
+# entries a version also spread out the leaf splits that otherwise all come in
+# one overwrite (the sixth of a 20,000-entity scenario: 1.4-1.8x the others);
+# lower fillfactors only move them later (70: to the eighth). New tables
+# only: an existing one keeps filling its pages whole (``ALTER TABLE ... SET
+# (fillfactor = ...)`` gives its new pages the room too).
+VERSIONS_FILLFACTOR = 85
+
 DIALECT = Dialect(
     name="postgres",
     types={"varchar": "VARCHAR", "integer": "INTEGER", "bigint": "BIGINT", "double": "DOUBLE PRECISION",
@@ -94,6 +107,7 @@ DIALECT = Dialect(
     compare={"json": "{}::text"},  # json has no equality operator; its text compares exactly
     indexed=True,
     lock_rows=" FOR UPDATE",
+    versions_storage=f" WITH (fillfactor = {VERSIONS_FILLFACTOR})",
 )
 
 NUMERIC_OID = 1700
