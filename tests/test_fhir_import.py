@@ -459,7 +459,7 @@ def by_id(sm, name, entity_type, column):
 
 
 def moment(value):
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return datetime.fromisoformat(str(value))
 
 
 def test_values_in_other_element_forms_are_read_into_their_columns(sm):

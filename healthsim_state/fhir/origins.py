@@ -54,11 +54,13 @@ def _origin(problem: Problem, entities: dict[str, list[dict]], mapper: Any) -> t
         if found is None:
             return None
         resource_type, resource_id, decl = found
-        return resource_type, resource_id, _element_path(decl.elements, mapper.mapping(problem.entity_type), problem.path)
+        element = _element_path(decl.elements, mapper.mapping(problem.entity_type), problem.path)
+        return resource_type, resource_id, element
     parent_type, link = folded
     mapping = mapper.mapping(problem.entity_type)
-    key = tuple(_get(entity, mapping.field(c).path) for c in link)
-    before = sum(1 for other in items[:problem.position] if tuple(_get(other, mapping.field(c).path) for c in link) == key)
+    link_paths = [mapping.field(c).path for c in link]
+    key = tuple(_get(entity, path) for path in link_paths)
+    before = sum(1 for other in items[:problem.position] if tuple(_get(other, path) for path in link_paths) == key)
     parent_mapping = mapper.mapping(parent_type)
     for parent in entities.get(parent_type, ()):
         if tuple(_get(parent, f.path) for f in parent_mapping.key_fields) == key:
