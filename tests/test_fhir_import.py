@@ -4,6 +4,7 @@ and bad input refused with the file, the resource and the element."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 import shutil
 from pathlib import Path
 
@@ -444,3 +445,84 @@ def test_a_provenance_of_one_patient_goes_in_that_patients_bundle(sm, tmp_path):
     assert provenance["target"] and all(t["reference"] in names for t in provenance["target"])
     row = kept(sm, "in")[("Provenance", "5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a09")]
     assert row["patient_reference"] == "Patient/5e1a7c20-3b4d-4f6e-8a90-c1d2e3f40a01"
+
+
+# --- values in other element forms (also:) --------------------------------------------------
+
+FORMS = DATA / "choice-forms.ndjson"  # by hand, from R4's effective[x], performed[x] and authoredOn
+
+
+def by_id(sm, name, entity_type, column):
+    """The column's value of each entity, by the id of the resource it came from."""
+    entities = sm.load_scenario(name, entity_types=[entity_type])["entities"][entity_type]
+    return {next(iter(e["_fhir"].values()))["id"][-2:]: e.get(column) for e in entities}
+
+
+def moment(value):
+    return datetime.fromisoformat(str(value))
+
+
+def test_values_in_other_element_forms_are_read_into_their_columns(sm):
+    sm.import_fhir([FORMS], "forms")
+    vitals = by_id(sm, "forms", "vital_sign", "observation_time")
+    assert moment(vitals["02"]) == moment("2019-11-05T08:30:00.250+01:00")  # effectiveInstant
+    assert moment(vitals["03"]) == moment("2019-11-05T08:35:00+01:00")  # effectivePeriod.start
+    assert moment(vitals["04"]) == moment("2019-11-05T08:31:00+01:00")  # effectiveDateTime, as declared
+    assert moment(by_id(sm, "forms", "lab_result", "collected_time")["05"]) == moment("2019-11-05T07:00:00-05:00")
+    assert moment(by_id(sm, "forms", "procedure", "performed_time")["06"]) == moment("2018-02-14T10:00:00-05:00")
+    starts = by_id(sm, "forms", "medication", "start_time")
+    assert moment(starts["07"]) == moment("2017-03-01T09:00:00-05:00")  # authoredOn
+    assert moment(starts["08"]) == moment("2017-03-01T00:00:00-05:00")  # the declared boundsPeriod.start wins
+    records = {e["_fhir"]["medicationrequest"]["id"][-2:]: e["_fhir"]["medicationrequest"]
+               for e in sm.load_scenario("forms", entity_types=["medication"])["entities"]["medication"]}
+    assert records["07"]["forms"] == {"dosageInstruction[0].timing.repeat.boundsPeriod.start": "authoredOn"}
+    assert "forms" not in records["08"] and records["08"]["extra"]["authoredOn"] == "2017-02-27T16:00:00-05:00"
+
+
+def test_values_in_other_forms_go_out_in_the_form_they_came_and_come_back_equal(sm, tmp_path):
+    sm.import_fhir([FORMS], "forms")
+    sm.export_fhir("forms", tmp_path / "out")
+    came_in, went_out = resolved(FORMS), exported(tmp_path / "out")
+    assert set(went_out) == set(came_in)
+    for local, resource in came_in.items():
+        assert went_out[local] == resource, local  # effectiveInstant stays an instant, a Period keeps its end
+    sm.import_fhir([tmp_path / "out"], "again")
+    for entity_type, column in (("vital_sign", "observation_time"), ("lab_result", "collected_time"),
+                                ("procedure", "performed_time"), ("medication", "start_time")):
+        first = by_id(sm, "forms", entity_type, column)
+        assert by_id(sm, "again", entity_type, column) == first and None not in first.values(), entity_type
+    sm.export_fhir("again", tmp_path / "out2")
+    assert exported(tmp_path / "out2") == went_out
+
+
+def test_our_own_entities_go_out_in_the_declared_form(sm, tmp_path):
+    sm.save_scenario("ours", {"vital_signs": [{"vital_sign_id": "v1", "heart_rate": 70,
+                                               "observation_time": "2020-01-02T03:04:05Z"}],
+                              "procedures": [{"procedure_id": "p1", "code": "99213", "code_system": "CPT",
+                                              "performed_time": "2020-01-02T03:04:05Z"}],
+                              "medications": [{"medication_id": "m1", "name": "x", "start_time": "2020-01-02T03:04:05Z"}]})
+    sm.export_fhir("ours", tmp_path / "out")
+    out = list(exported(tmp_path / "out").values())
+    times = {(r["resourceType"], k) for r in out for k in r if k.startswith(("effective", "performed", "authored"))}
+    assert times == {("Observation", "effectiveDateTime"), ("Procedure", "performedDateTime")}
+    (request,) = [r for r in out if r["resourceType"] == "MedicationRequest"]
+    assert moment(request["dosageInstruction"][0]["timing"]["repeat"]["boundsPeriod"]["start"]) == \
+        moment("2020-01-02T03:04:05Z")
+
+
+def test_an_invalid_value_in_another_form_names_that_form(sm, tmp_path):
+    lines = FORMS.read_text().splitlines()
+    broken = bad(tmp_path, "broken.ndjson", "\n".join(line.replace('"2019-11-05T08:30:00.250+01:00"', '"2019-11-05"')
+                                                      for line in lines))
+    refused(sm, [broken], "broken.ndjson, line 2", "Observation/c401d7a2-1f00-4e7b-9a3e-000000000002 @ effectiveInstant",
+            "'2019-11-05' is not a valid FHIR instant")
+
+
+def test_a_claim_item_without_sequence_is_named_by_its_resource_and_file(sm, tmp_path):
+    bundle = json.loads(CLAIMS.read_text())
+    claim = next(e["resource"] for e in bundle["entry"]
+                 if e["resource"]["resourceType"] == "Claim" and len(e["resource"].get("item", ())) > 1)
+    del claim["item"][1]["sequence"]
+    broken = bad(tmp_path, "claims.json", json.dumps(bundle))
+    refused(sm, [broken], "claims.json entry[", f"Claim/{claim['id']} @ item[1].sequence: required field is missing",
+            "claim_line[")

@@ -399,6 +399,17 @@ MUST_FAIL = [
      ["match[0]", "'status' is not the path of a constant"]),
     ("date-of-timestamp", "  - resource: Device\n    elements: [{path: manufactureDate, field: made, as: date}]\n",
      ["elements[0].as", "use as: dateTime"]),
+    ("also-on-a-constant", "  - resource: Device\n    elements: [{path: status, value: active, also: [statusCode]}]\n",
+     ["elements[0].also", "also (other forms of the value) goes with field:"]),
+    ("also-with-a-value-map", "  - resource: Device\n    elements: [{path: status, field: label, values: {A: active},"
+     " also: [note]}]\n", ["elements[0].also", "also does not go with values"]),
+    ("also-naming-an-element", "  - resource: Device\n    elements:\n      - {path: manufactureDate, field: made,"
+     " also: [expirationDate]}\n      - {path: expirationDate, field: made}\n",
+     ["elements[0].also[0]", "'expirationDate' is the path of an element of this resource", "fhir[0] (Device device).elements[1]"]),
+    ("also-instant-of-text", "  - resource: Device\n    elements: [{path: lotNumber, field: label, also: [lotInstant]}]\n",
+     ["elements[0].also[0]", "'lotInstant' holds a FHIR instant", "type varchar"]),
+    ("also-not-a-list", "  - resource: Device\n    elements: [{path: manufactureDate, field: made, also: lotInstant}]\n",
+     ["fhir[0].elements[0].also", "expected a list"]),
 ]
 
 

@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..engine.batch import no_cyclic_gc
-from ..errors import FhirInputError
+from ..errors import FhirInputError, ValidationError
 from .export import KEPT_TYPE, MANIFEST, PATIENT_ELEMENTS, provenance_patient
+from .origins import input_error
 from .references import ImportRefs, references_in
 
 if TYPE_CHECKING:
@@ -440,9 +441,15 @@ def import_fhir(manager: "StateManager", paths: Iterable[str | Path], name: str,
         entities, read, kept = map_inputs(mapper, manager.registry, refs, inputs)
         resources = len(inputs)
         del refs, inputs
-    scenario_id = manager.save_scenario(
-        name, entities, description=f"imported from FHIR ({resources} resources)", overwrite=overwrite,
-        metadata={"import": "fhir", "paths": paths, "files": len(files), "resources": resources})
+    try:
+        scenario_id = manager.save_scenario(
+            name, entities, description=f"imported from FHIR ({resources} resources)", overwrite=overwrite,
+            metadata={"import": "fhir", "paths": paths, "files": len(files), "resources": resources})
+    except ValidationError as error:  # an entity the store refused: name the resource it came from
+        named = input_error(error, entities, mapper, lambda: read_resources(files))
+        if named is None:
+            raise
+        raise named from error
     order = {entity: index for index, entity in enumerate(manager.registry.entity_types)}
     made = {entity: len(items) for entity, items in sorted(entities.items(), key=lambda pair: order.get(pair[0], 0))}
     return ImportReport(scenario_id, name, len(files), dict(sorted(read.items())), made, dict(sorted(kept.items())))

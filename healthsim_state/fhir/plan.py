@@ -12,6 +12,7 @@ from typing import Any, Callable
 from ..mapping import fhir_section as d
 from ..mapping.model import Mapping
 from ..values import MISSING
+from .forms import forms_reader, forms_writer
 from .ids import resource_id as _resource_id
 from .paths import _compile_parent, _getter, _merge, _prune, _set
 from .readers import ELEMENT_READERS, Reader, _children_reader, _constants_last, _Import, _restore_unfit
@@ -28,8 +29,12 @@ def _element(element: d.Element, mapping: Mapping, plan: "_Plan",
     if element.kind == "children":
         child_plan = _ChildPlan(plan.mapper.mapping(element.children.entity_type), element.children, plan, decl)
         return _children_writer(element, child_plan, decl), _children_reader(element, child_plan, plan, decl)
-    return (ELEMENT_WRITERS[element.kind](element, mapping, plan, decl, siblings),
-            ELEMENT_READERS[element.kind](element, mapping, plan, decl, siblings))
+    writer = ELEMENT_WRITERS[element.kind](element, mapping, plan, decl, siblings)
+    reader = ELEMENT_READERS[element.kind](element, mapping, plan, decl, siblings)
+    if element.also:  # other forms of the value (effectiveInstant): :mod:`.forms` chooses
+        return (forms_writer(element, mapping, plan, decl, siblings, writer),
+                forms_reader(element, mapping, plan, decl, reader))
+    return writer, reader
 
 
 class _Resource:

@@ -34,12 +34,13 @@ class ImportRefs(Protocol):
 
 
 class _Import:
-    __slots__ = ("refs", "entity", "children", "drops", "resource", "omitted", "ours")
+    __slots__ = ("refs", "entity", "children", "drops", "resource", "omitted", "ours", "forms")
 
     def __init__(self, refs, entity, resource, ours=False):
         self.refs, self.entity, self.children, self.drops, self.omitted = refs, entity, [], [], []
         self.resource = resource  # the input, for messages
         self.ours = ours  # keyed by our entity identifier: made by our export (see REFERENCE_FIELDS)
+        self.forms: dict[str, str] = {}  # declared path -> the other form a value came in (see .forms)
 
     def invalid(self, element: d.Element, value: Any, primitive: str) -> FhirInputError:
         return FhirInputError(f"{value!r} is not a valid FHIR {primitive}", resource_type=self.resource.get("resourceType"),
@@ -553,6 +554,8 @@ class ResourceReader:
             record["order"] = order
         if context.omitted:
             record["omit"] = sorted(set(context.omitted))
+        if context.forms:
+            record["forms"] = context.forms  # written back in those forms (see .forms)
         _restore_unfit(copy, entity)
         copy.pop("resourceType", None)
         copy.pop("id", None)

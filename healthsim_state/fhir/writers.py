@@ -371,7 +371,7 @@ def _generated_writer(decl: d.ResourceDeclaration, writers: list[Writer], mappin
     lines = ["def write_all(entity, made, context):", "    unfit = context.unfit"]
     namespace: dict[str, Any] = {"MISSING": MISSING}
     for i, (element, writer) in enumerate(zip(decl.elements, writers)):
-        plain_field = (element.kind == "field" and not element.values and element.with_field is None
+        plain_field = (element.kind == "field" and not element.values and not element.also and element.with_field is None
                        and element.without_field is None and mapping.field(element.field).strict
                        and not element.steps[-1].index)
         plain_constant = element.kind == "value" and element.with_field is None and element.without_field is None

@@ -64,6 +64,21 @@ PRIMITIVE_OF_TYPE = {"varchar": "string", "integer": "integer", "bigint": "integ
                      "decimal": "decimal", "boolean": "boolean", "date": "date", "timestamp": "dateTime",
                      "json": None}
 
+# The FHIR type an ``also:`` form's name says (``effectiveInstant``); a form
+# whose name says none (``effectivePeriod.start``, ``authoredOn``) holds the
+# declared element's type.
+FORM_SUFFIXES = (("Instant", "instant"), ("DateTime", "dateTime"))
+
+
+def form_primitive(steps: tuple[Step, ...]) -> str | None:
+    """The FHIR type an alternative form's last name ends in, or None."""
+    key = steps[-1].key
+    for suffix, primitive in FORM_SUFFIXES:
+        if key.endswith(suffix) and len(key) > len(suffix):
+            return primitive
+    return None
+
+
 _CODE = re.compile(r"^[^\s]+( [^\s]+)*$")
 _STEP = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[([0-9]+)\])?$")
 
@@ -121,6 +136,9 @@ class Element:
     absent: str | None = None      # data-absent-reason code written when there is no value
     with_field: str | None = None     # written only when this column has a value
     without_field: str | None = None  # written only when this column has none
+    # field: other forms the value may come in (FHIR choice types: effective[x]),
+    # (path, steps) each, read on import when the declared form is absent.
+    also: tuple[tuple[str, tuple[Step, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -266,7 +284,10 @@ def _element(raw: dict, where: str) -> Element:
                   primitive=raw.get("as"), absent=raw.get("absent"))
     if kind == "field":
         return Element(**common, field=raw["field"], values=tuple(raw.get("values", {}).items()),
-                       with_field=raw.get("with"), without_field=raw.get("without"))
+                       with_field=raw.get("with"), without_field=raw.get("without"),
+                       also=tuple((path, parse_path(path)) for path in raw.get("also", ())))
+    if "also" in raw:
+        common["also"] = tuple((path, parse_path(path)) for path in raw["also"])  # the checker says it is misplaced
     if kind == "value":
         return Element(**common, value=raw["value"], with_field=raw.get("with"), without_field=raw.get("without"))
     if kind == "coding":
@@ -342,7 +363,17 @@ class _Checker:
                                                       f"({ENTITY_SYSTEM}{self.decls.entity_type}); use identifier[1] and on")
             if top and element.steps[0].key in ("resourceType", "id", "meta"):
                 self.problem(f"{element.where}.path", f"{element.steps[0].key} is written by the mapper; remove this element")
+            if element.also and not top:
+                self.problem(f"{element.where}.also", "also is read in a resource's own elements, not in children:; "
+                                                      "remove it")
             self.element(decl, element, mapping, slots)
+        paths = set(seen)
+        for element in elements:
+            for i, (path, _) in enumerate(element.also):
+                if path in paths:
+                    self.problem(f"{element.where}.also[{i}]", f"{path!r} is the path of an element of this resource "
+                                                               f"({seen.get(path, 'an also: form')}); name another form")
+                paths.add(path)
 
     def element(self, decl, element: Element, mapping: Mapping, slots) -> None:
         where, kind = element.where, element.kind
@@ -361,10 +392,15 @@ class _Checker:
             self.problem(f"{where}.as", "as: Coding goes with coding: (an element of type Coding, not CodeableConcept)")
         elif element.primitive and element.primitive != "Coding" and kind not in ("field", "value"):
             self.problem(f"{where}.as", "as goes with field: or value:; remove it")
+        if element.also and kind != "field":
+            self.problem(f"{where}.also", "also (other forms of the value) goes with field:; remove it")
+        if element.also and element.values:
+            self.problem(f"{where}.also", "also does not go with values (a value map); remove one of them")
         if kind == "field":
             field = self.column(mapping, element.field, f"{where}.field")
             if field is not None:
                 self.primitive(element, field)
+                self.forms(element, field)
             self.value_map(decl, element, element.values, f"{where}.values")
         elif kind == "coding":
             self.coding(element.coding, mapping, where)
@@ -402,6 +438,22 @@ class _Checker:
         if element.primitive is None and family == "json":
             self.problem(f"{element.where}.field", f"column {field.column!r} has type json: say which FHIR type the "
                                                    "element holds with as:, or map a scalar column")
+
+    def forms(self, element: Element, field) -> None:
+        """An ``also:`` form whose name says a FHIR type must suit the column."""
+        family = field.type.family
+        for i, (path, steps) in enumerate(element.also):
+            primitive = form_primitive(steps)
+            if primitive is None:
+                continue
+            if family not in ("date", "timestamp"):
+                self.problem(f"{element.where}.also[{i}]", f"{path!r} holds a FHIR {primitive}, and column "
+                                                           f"{field.column!r} has type {field.type.name}; name a form "
+                                                           "of the column's type")
+            elif primitive == "instant" and family == "date":
+                self.problem(f"{element.where}.also[{i}]", f"{path!r} holds a FHIR instant (a time to the second), "
+                                                           f"which date column {field.column!r} cannot give back; "
+                                                           "remove it")
 
     def value_map(self, decl, element: Element, values, key: str) -> None:
         bound = BOUND_CODES.get((decl.resource, element.path))
