@@ -369,7 +369,7 @@ def map_inputs(mapper: Any, registry: Any, refs: ImportRefs, inputs: list[_Input
         resource = item.resource
         read[resource["resourceType"]] += 1
         try:
-            made = mapper.map_resource(resource, refs=refs)
+            made = mapper.map_resource(resource, refs=refs, in_place=True)  # read once: no copy needed
         except FhirInputError as error:
             if getattr(error, "source", None) is None:  # the mapper's: say which file too
                 error.source = item.source  # type: ignore[attr-defined]

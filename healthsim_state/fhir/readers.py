@@ -390,6 +390,13 @@ class ResourceReader:
                 self._by_resource.setdefault(decl.resource, []).append((entity, decl))
         self._options: dict[str, tuple[list, tuple, frozenset]] = {}  # see _options_of
         self._lookup_cache: dict[tuple, dict] = {}
+        targets = {element.reference.target for decls in declared.values() for decl in decls.resources
+                   for element in d._walk(decl.elements) if element.reference is not None}
+        # The resource types a reference's lookup may read (one of their
+        # declarations maps a type references name): only these are read from a
+        # copy when mapped in place (see map_resource).
+        self._looked_up = frozenset(resource_type for resource_type, options in self._by_resource.items()
+                                    if any(entity in targets for entity, _ in options))
 
     def _lookup(self, entity_type: str, resource: dict) -> dict | None:
         """The values of ``entity_type``'s lookup columns that a resource (a
@@ -501,19 +508,24 @@ class ResourceReader:
         with _reading():
             return self._from_resource(resource, refs)
 
-    def map_resource(self, resource: dict, *, refs: ImportRefs) -> list[tuple[str, dict]] | None:
+    def map_resource(self, resource: dict, *, refs: ImportRefs, in_place: bool = False
+                     ) -> list[tuple[str, dict]] | None:
         """:meth:`from_resource`, or None when no declaration reads the resource:
         the importer's one call that both chooses the declaration and maps (the
         choice made once a resource, not once for :meth:`entity_types_of` and
-        again here)."""
+        again here). With ``in_place`` the elements read are taken out of the
+        resource itself, not of a copy (a deep copy is a fifth of the mapping's
+        time), unless a reference's lookup may read it later (a Patient, an
+        Encounter: see ``_looked_up``); the caller gives up the resource."""
         candidates = self._candidates(resource)
         if not candidates:
             return None
         with _reading():
-            return self._from_resource(resource, refs, candidates)
+            return self._from_resource(resource, refs, candidates,
+                                       from_copy=not in_place or resource["resourceType"] in self._looked_up)
 
-    def _from_resource(self, resource: dict, refs: ImportRefs,
-                       candidates: list[tuple[Any, Any]] | None = None) -> list[tuple[str, dict]]:
+    def _from_resource(self, resource: dict, refs: ImportRefs, candidates: list[tuple[Any, Any]] | None = None,
+                       from_copy: bool = True) -> list[tuple[str, dict]]:
         resource_type, rid = resource.get("resourceType"), resource.get("id")
         if candidates is None:
             candidates = self._candidates(resource)
@@ -521,7 +533,7 @@ class ResourceReader:
             raise FhirInputError("no mapping declares this resource (see entity_types_of)",
                                  resource_type=resource_type, resource_id=rid)
         plan, compiled = candidates[0]
-        copy = _copy(resource)
+        copy = _copy(resource) if from_copy else resource
         entity: dict[str, Any] = {}
         record: dict[str, Any] = {}
         if isinstance(rid, str):
@@ -541,7 +553,7 @@ class ResourceReader:
             meta["profile"] = [None if i == first else p for i, p in enumerate(meta["profile"])]
         elif profile:
             record["profile"] = False  # it came without our profile: it goes out without it
-        _SLICES.memo = {}  # the copy's lists: new objects (ids of the original's may be reused)
+        _SLICES.memo = {}  # the copy's lists: new objects (ids of another resource's may be reused)
         _SLICES.moved = []
         for read in compiled.readers:
             read(copy, entity, context)
