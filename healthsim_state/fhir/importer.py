@@ -379,6 +379,9 @@ def map_inputs(mapper: Any, registry: Any, refs: ImportRefs, inputs: list[_Input
             kept[resource["resourceType"]] += 1
             _add(merged, KEPT_TYPE, kept_entity(resource), key_paths)
             continue
+        if mapper.read_in_place(item.local.partition("/")[0]):  # what is left of it: garbage now
+            refs.release(item.local)
+            item.resource = None
         for entity_type, entity in made:
             if "_provenance" not in entity:  # else the store's defaults would say "generated" by a HealthSim product
                 entity["_provenance"] = {"source_type": "loaded", "source_system": "fhir"}

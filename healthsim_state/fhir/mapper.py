@@ -166,3 +166,8 @@ class FhirMapper:
         (the importer's one call that both chooses the declaration and maps;
         ``in_place``: it may take the elements out of ``resource`` itself)."""
         return self.reading.map_resource(resource, refs=refs, in_place=in_place)
+
+    def read_in_place(self, resource_type: str) -> bool:
+        """Whether :meth:`map_resource` with ``in_place`` reads a resource of
+        this type from itself, not from a copy (no reference's lookup reads one)."""
+        return self.reading.read_in_place(resource_type)

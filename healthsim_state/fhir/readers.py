@@ -502,6 +502,11 @@ class ResourceReader:
             return (resource["id"],)
         return None
 
+    def read_in_place(self, resource_type: str) -> bool:
+        """Whether :meth:`map_resource` with ``in_place`` takes the elements
+        out of a resource of this type itself (no reference's lookup reads one)."""
+        return resource_type not in self._looked_up
+
     def from_resource(self, resource: dict, *, refs: ImportRefs) -> list[tuple[str, dict]]:
         """One resource as entities (its type's, and folded children's), each in
         canonical shape with what the declaration does not read under ``_fhir``."""
@@ -522,7 +527,7 @@ class ResourceReader:
             return None
         with _reading():
             return self._from_resource(resource, refs, candidates,
-                                       from_copy=not in_place or resource["resourceType"] in self._looked_up)
+                                       from_copy=not (in_place and self.read_in_place(resource["resourceType"])))
 
     def _from_resource(self, resource: dict, refs: ImportRefs, candidates: list[tuple[Any, Any]] | None = None,
                        from_copy: bool = True) -> list[tuple[str, dict]]:

@@ -187,6 +187,13 @@ class ImportRefs:
     def holds(self, local: str) -> dict[str, Any] | None:
         return self.resources.get(local)
 
+    def release(self, local: str) -> None:
+        """Let the resource ``local`` go (it was read in place, and no
+        reference's lookup reads one of its type): only its type and id stay,
+        so references to it still resolve."""
+        kind, _, rid = local.partition("/")
+        self.resources[local] = {"resourceType": kind, "id": rid}
+
     def canonical(self, reference: str) -> str | None:
         """``Type/id`` of the input resource ``reference`` names, or None."""
         if reference in self.resources:
