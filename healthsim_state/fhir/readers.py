@@ -18,7 +18,8 @@ from ..errors import FhirInputError
 from ..mapping import fhir_section as d
 from ..values import MISSING
 from .paths import (_HASHABLE, _PARENTS, _SLICES, _coding_shape, _copy, _drop, _everywhere, _field_and_getter,
-                    _columns_of, _getter, _original_steps, _peek, _peeker, _prune, _put, _reading, _set, _slice_order)
+                    _columns_of, _getter, _original_steps, _peek, _peeker, _prune_owned, _put, _reading, _set,
+                    _slice_order)
 from .primitives import (ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, VALID, _absent, _backward, _condition, _fits,
                          _from_base64, _from_json, _identifier_rest, _identifier_values, _lookup_system, _primitive_of)
 
@@ -573,7 +574,7 @@ class ResourceReader:
         _restore_unfit(copy, entity)
         copy.pop("resourceType", None)
         copy.pop("id", None)
-        extra = _prune(copy)
+        extra = _prune_owned(copy)
         if extra is not MISSING:
             record["extra"] = extra
         entity[RESERVED_KEY] = {compiled.slot: record}
