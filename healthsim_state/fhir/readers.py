@@ -448,14 +448,13 @@ class ResourceReader:
                         chosen.update(by_constant.get(value, ()))
         systems = _identifier_systems(resource)
         found, own = [], []
-        for position, (plan, compiled, matches) in enumerate(options):
-            if position not in chosen:
-                continue
+        for position in sorted(chosen) if len(chosen) < len(options) else range(len(options)):
+            plan, compiled, matches = options[position]
             carries = plan.system in systems
             if compiled.decl.own and not carries:
                 continue
-            for steps, constant in matches:
-                if _peek(resource, steps) != constant:
+            for peek, constant in matches:
+                if peek(resource) != constant:
                     break
             else:
                 (own if carries else found).append((plan, compiled))
@@ -463,9 +462,10 @@ class ResourceReader:
 
     def _options_of(self, resource_type: Any) -> tuple[list, tuple, frozenset]:
         """The compiled declarations of a resource type, each with its match
-        constants (steps, value); an index of their last match constants (the
-        keys of each path for :func:`_everywhere`, constant -> positions); the
-        positions of the declarations not in the index. Made once a type."""
+        constants (a peeker of the path, value); an index of their last match
+        constants (the keys of each path for :func:`_everywhere`, constant ->
+        positions); the positions of the declarations not in the index. Made
+        once a type."""
         options = []
         by_path: dict[str, tuple[tuple, dict]] = {}
         always = set()
@@ -473,7 +473,8 @@ class ResourceReader:
             plan = self.plan(entity)
             compiled = plan.by_slot[decl.slot]
             position = len(options)
-            options.append((plan, compiled, tuple(compiled.constants[path] for path in decl.match)))
+            options.append((plan, compiled, tuple((_peeker(compiled.constants[path][0]), compiled.constants[path][1])
+                                                  for path in decl.match)))
             last = decl.match[-1] if decl.match else None
             constant = compiled.constants[last][1] if last is not None else None
             if last is None or not isinstance(constant, _HASHABLE):
