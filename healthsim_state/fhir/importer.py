@@ -254,17 +254,39 @@ def check_resource(resource: dict[str, Any], full_url: str | None, source: str) 
         raise _error(f"{rid!r} is not a FHIR id (1 to 64 letters, digits, '-' and '.')", source=source,
                              resource_type=kind, resource_id=str(rid), element="id")
     for name, value in resource.items():
-        check = CHECKS.get(name)
-        if check is None and name.endswith("DateTime"):
-            check = (_valid_datetime, "a dateTime")
-        if check is not None and not check[0](value):
-            raise _error(f"{value!r} is not {check[1]}", source=source, resource_type=kind,
-                                 resource_id=rid, element=name)
-        if name in PERIODS and isinstance(value, dict):
+        check = _CHECK_OF.get(name, _UNSEEN)
+        if check is _UNSEEN:
+            check = _check_of(name)
+        if check is None:
+            continue
+        if check is _PERIOD:
+            if not isinstance(value, dict):
+                continue
             for end in ("start", "end"):
                 if end in value and not _valid_datetime(value[end]):
                     raise _error(f"{value[end]!r} is not a dateTime", source=source, resource_type=kind,
                                          resource_id=rid, element=f"{name}.{end}")
+        elif not check[0](value):
+            raise _error(f"{value!r} is not {check[1]}", source=source, resource_type=kind,
+                         resource_id=rid, element=name)
+
+
+_CHECK_OF: dict[str, Any] = {}  # a top-level name -> its check, _PERIOD or None: found once a name
+_UNSEEN, _PERIOD = object(), object()
+
+
+def _check_of(name: str) -> Any:
+    """The check of a top-level element (:data:`CHECKS`, any ``*DateTime``),
+    ``_PERIOD`` for one of :data:`PERIODS`, or None; remembered (up to a
+    bound: the names of an input need not be FHIR's)."""
+    check: Any = CHECKS.get(name)
+    if check is None and name.endswith("DateTime"):
+        check = (_valid_datetime, "a dateTime")
+    if name in PERIODS:
+        check = _PERIOD
+    if len(_CHECK_OF) < 10_000:
+        _CHECK_OF[name] = check
+    return check
 
 
 def index_inputs(items: Iterable[tuple[dict[str, Any], str | None, str]]) -> tuple[ImportRefs, list[_Input]]:
