@@ -391,8 +391,15 @@ class ResourceReader:
                 self._by_resource.setdefault(decl.resource, []).append((entity, decl))
         self._options: dict[str, tuple[list, tuple, frozenset]] = {}  # see _options_of
         self._lookup_cache: dict[tuple, dict] = {}
-        targets = {element.reference.target for decls in declared.values() for decl in decls.resources
-                   for element in d._walk(decl.elements) if element.reference is not None}
+        self._taken: dict[str, set[str]] = {}  # a type references name -> the columns they take from it
+        for decls in declared.values():
+            for decl in decls.resources:
+                for element in d._walk(decl.elements):
+                    r = element.reference
+                    if r is not None and r.target is not None:
+                        self._taken.setdefault(r.target, set()).update(theirs for _, theirs in r.fields)
+        self._lookup_columns: dict[str, frozenset[str]] = {}  # the same, as the target's column names
+        targets = set(self._taken)
         # The resource types a reference's lookup may read (one of their
         # declarations maps a type references name): only these are read from a
         # copy when mapped in place (see map_resource).
@@ -400,8 +407,9 @@ class ResourceReader:
                                     if any(entity in targets for entity, _ in options))
 
     def _lookup(self, entity_type: str, resource: dict) -> dict | None:
-        """The values of ``entity_type``'s lookup columns that a resource (a
-        reference's target) holds, cached by resource type and id."""
+        """The values of ``entity_type``'s lookup columns (its key, and the
+        columns references take from it) that a resource (a reference's
+        target) holds, cached by resource type and id."""
         cache_key = (entity_type, resource.get("resourceType"), resource.get("id"))
         found = self._lookup_cache.get(cache_key)
         if found is not None:
@@ -414,10 +422,15 @@ class ResourceReader:
         key = self._key_from(plan, resource)
         if key is not None:
             values.update(zip(plan.mapping.primary_key, key))
+        wanted = self._lookup_columns.get(entity_type)
+        if wanted is None:  # only what a reference takes: a Synthea Patient holds twenty columns, sliced deep
+            wanted = self._lookup_columns[entity_type] = frozenset(
+                plan.mapping.field(column).column for column in self._taken.get(entity_type, ()))
         for column, steps in compiled.field_paths.items():
-            value = _peek(resource, steps)
-            if value is not MISSING and column not in values:
-                values[column] = value
+            if column in wanted and column not in values:
+                value = _peek(resource, steps)
+                if value is not MISSING:
+                    values[column] = value
         if len(self._lookup_cache) >= _LOOKUP_CACHE_LIMIT:
             self._lookup_cache.clear()
         self._lookup_cache[cache_key] = values
