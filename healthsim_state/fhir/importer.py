@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from ..engine.batch import no_cyclic_gc
 from ..errors import FhirInputError
 from .export import KEPT_TYPE, MANIFEST, PATIENT_ELEMENTS, provenance_patient
-from .references import ImportRefs, references_in
+from .references import ImportRefs, references_sharing
 
 if TYPE_CHECKING:
     from ..manager import StateManager
@@ -316,9 +316,10 @@ def resolve_references(refs: ImportRefs, inputs: list[_Input]) -> None:
     resource referring to itself or a cycle through one element of one type."""
     edges: dict[str, dict[str, list[str]]] = {}
     sources = {item.local: item for item in inputs}
+    strings: dict[str, str] = {}  # equal strings of the input made one object, on the same walk (see references_sharing)
     for item in inputs:
         kind = item.resource["resourceType"]
-        for where, holder in references_in(item.resource):
+        for where, holder in references_sharing(item.resource, strings):
             target = refs.canonical(holder["reference"])
             if target is None:
                 continue
