@@ -529,24 +529,25 @@ def plain_json(values: list, depth: int) -> bool:
     level in a few C-level passes. False means only: not shown here (the
     caller then uses ``to_json``). ``depth`` is how deep the values sit."""
     while values:
-        types = set(map(type, values))
+        kinds = list(map(type, values))
+        types = set(kinds)
         if types <= _PLAIN:
             return True
         if not types <= _JSON or depth > MAX_DEPTH // 2:
             return False
         inner: list = []
         if float in types:
-            floats = values if types == {float} else [v for v in values if v.__class__ is float]
+            floats = values if types == {float} else compress(values, map(is_, kinds, repeat(float)))
             if not math.isfinite(sum(floats)):
                 return False
-        if dict in types:
-            dicts = values if types == {dict} else [v for v in values if v.__class__ is dict]
+        if dict in types:  # (a level of mixed values: picked out by their kinds, in C, not in a loop)
+            dicts = values if types == {dict} else list(compress(values, map(is_, kinds, repeat(dict))))
             if not set(map(type, chain.from_iterable(dicts))) <= {str}:
                 return False
             inner.extend(chain.from_iterable(map(dict.values, dicts)))
         if list in types:
             inner.extend(chain.from_iterable(values if types == {list} else
-                                             [v for v in values if v.__class__ is list]))
+                                             compress(values, map(is_, kinds, repeat(list)))))
         values, depth = inner, depth + 1
     return True
 

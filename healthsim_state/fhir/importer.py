@@ -42,7 +42,7 @@ from ..engine.batch import no_cyclic_gc
 from ..errors import FhirInputError, ValidationError
 from .export import KEPT_TYPE, MANIFEST, PATIENT_ELEMENTS, provenance_patient
 from .origins import input_error
-from .references import ImportRefs, references_in
+from .references import ImportRefs, references_sharing
 
 if TYPE_CHECKING:
     from ..manager import StateManager
@@ -255,17 +255,39 @@ def check_resource(resource: dict[str, Any], full_url: str | None, source: str) 
         raise _error(f"{rid!r} is not a FHIR id (1 to 64 letters, digits, '-' and '.')", source=source,
                              resource_type=kind, resource_id=str(rid), element="id")
     for name, value in resource.items():
-        check = CHECKS.get(name)
-        if check is None and name.endswith("DateTime"):
-            check = (_valid_datetime, "a dateTime")
-        if check is not None and not check[0](value):
-            raise _error(f"{value!r} is not {check[1]}", source=source, resource_type=kind,
-                                 resource_id=rid, element=name)
-        if name in PERIODS and isinstance(value, dict):
+        check = _CHECK_OF.get(name, _UNSEEN)
+        if check is _UNSEEN:
+            check = _check_of(name)
+        if check is None:
+            continue
+        if check is _PERIOD:
+            if not isinstance(value, dict):
+                continue
             for end in ("start", "end"):
                 if end in value and not _valid_datetime(value[end]):
                     raise _error(f"{value[end]!r} is not a dateTime", source=source, resource_type=kind,
                                          resource_id=rid, element=f"{name}.{end}")
+        elif not check[0](value):
+            raise _error(f"{value!r} is not {check[1]}", source=source, resource_type=kind,
+                         resource_id=rid, element=name)
+
+
+_CHECK_OF: dict[str, Any] = {}  # a top-level name -> its check, _PERIOD or None: found once a name
+_UNSEEN, _PERIOD = object(), object()
+
+
+def _check_of(name: str) -> Any:
+    """The check of a top-level element (:data:`CHECKS`, any ``*DateTime``),
+    ``_PERIOD`` for one of :data:`PERIODS`, or None; remembered (up to a
+    bound: the names of an input need not be FHIR's)."""
+    check: Any = CHECKS.get(name)
+    if check is None and name.endswith("DateTime"):
+        check = (_valid_datetime, "a dateTime")
+    if name in PERIODS:
+        check = _PERIOD
+    if len(_CHECK_OF) < 10_000:
+        _CHECK_OF[name] = check
+    return check
 
 
 def index_inputs(items: Iterable[tuple[dict[str, Any], str | None, str]]) -> tuple[ImportRefs, list[_Input]]:
@@ -295,9 +317,10 @@ def resolve_references(refs: ImportRefs, inputs: list[_Input]) -> None:
     resource referring to itself or a cycle through one element of one type."""
     edges: dict[str, dict[str, list[str]]] = {}
     sources = {item.local: item for item in inputs}
+    strings: dict[str, str] = {}  # equal strings of the input made one object, on the same walk (see references_sharing)
     for item in inputs:
         kind = item.resource["resourceType"]
-        for where, holder in references_in(item.resource):
+        for where, holder in references_sharing(item.resource, strings):
             target = refs.canonical(holder["reference"])
             if target is None:
                 continue
@@ -370,7 +393,7 @@ def map_inputs(mapper: Any, registry: Any, refs: ImportRefs, inputs: list[_Input
         resource = item.resource
         read[resource["resourceType"]] += 1
         try:
-            made = mapper.map_resource(resource, refs=refs)
+            made = mapper.map_resource(resource, refs=refs, in_place=True)  # read once: no copy needed
         except FhirInputError as error:
             if getattr(error, "source", None) is None:  # the mapper's: say which file too
                 error.source = item.source  # type: ignore[attr-defined]
@@ -380,6 +403,9 @@ def map_inputs(mapper: Any, registry: Any, refs: ImportRefs, inputs: list[_Input
             kept[resource["resourceType"]] += 1
             _add(merged, KEPT_TYPE, kept_entity(resource), key_paths)
             continue
+        if mapper.read_in_place(item.local.partition("/")[0]):  # what is left of it: garbage now
+            refs.release(item.local)
+            item.resource = None
         for entity_type, entity in made:
             if "_provenance" not in entity:  # else the store's defaults would say "generated" by a HealthSim product
                 entity["_provenance"] = {"source_type": "loaded", "source_system": "fhir"}

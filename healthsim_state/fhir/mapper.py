@@ -160,7 +160,14 @@ class FhirMapper:
         canonical shape with what the declaration does not read under ``_fhir``."""
         return self.reading.from_resource(resource, refs=refs)
 
-    def map_resource(self, resource: dict, *, refs: ImportRefs) -> list[tuple[str, dict]] | None:
+    def map_resource(self, resource: dict, *, refs: ImportRefs, in_place: bool = False
+                     ) -> list[tuple[str, dict]] | None:
         """:meth:`from_resource`, or None when no declaration reads the resource
-        (the importer's one call that both chooses the declaration and maps)."""
-        return self.reading.map_resource(resource, refs=refs)
+        (the importer's one call that both chooses the declaration and maps;
+        ``in_place``: it may take the elements out of ``resource`` itself)."""
+        return self.reading.map_resource(resource, refs=refs, in_place=in_place)
+
+    def read_in_place(self, resource_type: str) -> bool:
+        """Whether :meth:`map_resource` with ``in_place`` reads a resource of
+        this type from itself, not from a copy (no reference's lookup reads one)."""
+        return self.reading.read_in_place(resource_type)

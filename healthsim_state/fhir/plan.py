@@ -14,7 +14,7 @@ from ..mapping.model import Mapping
 from ..values import MISSING
 from .forms import forms_reader, forms_writer
 from .ids import resource_id as _resource_id
-from .paths import _compile_parent, _getter, _merge, _prune, _set
+from .paths import _compile_parent, _getter, _merge, _prune_owned, _set
 from .readers import ELEMENT_READERS, Reader, _children_reader, _constants_last, _Import, _restore_unfit
 from .writers import ELEMENT_WRITERS, Writer, _children_writer, _Export, _generated_writer, _keep_unfit
 
@@ -123,7 +123,7 @@ class _ChildPlan:
         context.drop_constants()
         context.drops = parents
         _restore_unfit(item, kid)
-        extra = _prune(item)
+        extra = _prune_owned(item)  # the item is the reading's: its parent's list lets it go
         if extra is not MISSING:
             kid[RESERVED_KEY] = {slot: {"extra": extra}}
         return kid

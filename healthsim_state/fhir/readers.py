@@ -18,7 +18,8 @@ from ..errors import FhirInputError
 from ..mapping import fhir_section as d
 from ..values import MISSING
 from .paths import (_HASHABLE, _PARENTS, _SLICES, _coding_shape, _copy, _drop, _everywhere, _field_and_getter,
-                    _columns_of, _getter, _original_steps, _peek, _peeker, _prune, _put, _reading, _set, _slice_order)
+                    _columns_of, _getter, _original_steps, _peek, _peeker, _prune_owned, _put, _reading, _set,
+                    _slice_order)
 from .primitives import (ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, VALID, _absent, _backward, _condition, _fits,
                          _from_base64, _from_json, _identifier_rest, _identifier_values, _lookup_system, _primitive_of)
 
@@ -391,10 +392,25 @@ class ResourceReader:
                 self._by_resource.setdefault(decl.resource, []).append((entity, decl))
         self._options: dict[str, tuple[list, tuple, frozenset]] = {}  # see _options_of
         self._lookup_cache: dict[tuple, dict] = {}
+        self._taken: dict[str, set[str]] = {}  # a type references name -> the columns they take from it
+        for decls in declared.values():
+            for decl in decls.resources:
+                for element in d._walk(decl.elements):
+                    r = element.reference
+                    if r is not None and r.target is not None:
+                        self._taken.setdefault(r.target, set()).update(theirs for _, theirs in r.fields)
+        self._lookup_columns: dict[str, frozenset[str]] = {}  # the same, as the target's column names
+        targets = set(self._taken)
+        # The resource types a reference's lookup may read (one of their
+        # declarations maps a type references name): only these are read from a
+        # copy when mapped in place (see map_resource).
+        self._looked_up = frozenset(resource_type for resource_type, options in self._by_resource.items()
+                                    if any(entity in targets for entity, _ in options))
 
     def _lookup(self, entity_type: str, resource: dict) -> dict | None:
-        """The values of ``entity_type``'s lookup columns that a resource (a
-        reference's target) holds, cached by resource type and id."""
+        """The values of ``entity_type``'s lookup columns (its key, and the
+        columns references take from it) that a resource (a reference's
+        target) holds, cached by resource type and id."""
         cache_key = (entity_type, resource.get("resourceType"), resource.get("id"))
         found = self._lookup_cache.get(cache_key)
         if found is not None:
@@ -407,10 +423,15 @@ class ResourceReader:
         key = self._key_from(plan, resource)
         if key is not None:
             values.update(zip(plan.mapping.primary_key, key))
+        wanted = self._lookup_columns.get(entity_type)
+        if wanted is None:  # only what a reference takes: a Synthea Patient holds twenty columns, sliced deep
+            wanted = self._lookup_columns[entity_type] = frozenset(
+                plan.mapping.field(column).column for column in self._taken.get(entity_type, ()))
         for column, steps in compiled.field_paths.items():
-            value = _peek(resource, steps)
-            if value is not MISSING and column not in values:
-                values[column] = value
+            if column in wanted and column not in values:
+                value = _peek(resource, steps)
+                if value is not MISSING:
+                    values[column] = value
         if len(self._lookup_cache) >= _LOOKUP_CACHE_LIMIT:
             self._lookup_cache.clear()
         self._lookup_cache[cache_key] = values
@@ -441,14 +462,13 @@ class ResourceReader:
                         chosen.update(by_constant.get(value, ()))
         systems = _identifier_systems(resource)
         found, own = [], []
-        for position, (plan, compiled, matches) in enumerate(options):
-            if position not in chosen:
-                continue
+        for position in sorted(chosen) if len(chosen) < len(options) else range(len(options)):
+            plan, compiled, matches = options[position]
             carries = plan.system in systems
             if compiled.decl.own and not carries:
                 continue
-            for steps, constant in matches:
-                if _peek(resource, steps) != constant:
+            for peek, constant in matches:
+                if peek(resource) != constant:
                     break
             else:
                 (own if carries else found).append((plan, compiled))
@@ -456,9 +476,10 @@ class ResourceReader:
 
     def _options_of(self, resource_type: Any) -> tuple[list, tuple, frozenset]:
         """The compiled declarations of a resource type, each with its match
-        constants (steps, value); an index of their last match constants (the
-        keys of each path for :func:`_everywhere`, constant -> positions); the
-        positions of the declarations not in the index. Made once a type."""
+        constants (a peeker of the path, value); an index of their last match
+        constants (the keys of each path for :func:`_everywhere`, constant ->
+        positions); the positions of the declarations not in the index. Made
+        once a type."""
         options = []
         by_path: dict[str, tuple[tuple, dict]] = {}
         always = set()
@@ -466,7 +487,8 @@ class ResourceReader:
             plan = self.plan(entity)
             compiled = plan.by_slot[decl.slot]
             position = len(options)
-            options.append((plan, compiled, tuple(compiled.constants[path] for path in decl.match)))
+            options.append((plan, compiled, tuple((_peeker(compiled.constants[path][0]), compiled.constants[path][1])
+                                                  for path in decl.match)))
             last = decl.match[-1] if decl.match else None
             constant = compiled.constants[last][1] if last is not None else None
             if last is None or not isinstance(constant, _HASHABLE):
@@ -496,25 +518,35 @@ class ResourceReader:
             return (resource["id"],)
         return None
 
+    def read_in_place(self, resource_type: str) -> bool:
+        """Whether :meth:`map_resource` with ``in_place`` takes the elements
+        out of a resource of this type itself (no reference's lookup reads one)."""
+        return resource_type not in self._looked_up
+
     def from_resource(self, resource: dict, *, refs: ImportRefs) -> list[tuple[str, dict]]:
         """One resource as entities (its type's, and folded children's), each in
         canonical shape with what the declaration does not read under ``_fhir``."""
         with _reading():
             return self._from_resource(resource, refs)
 
-    def map_resource(self, resource: dict, *, refs: ImportRefs) -> list[tuple[str, dict]] | None:
+    def map_resource(self, resource: dict, *, refs: ImportRefs, in_place: bool = False
+                     ) -> list[tuple[str, dict]] | None:
         """:meth:`from_resource`, or None when no declaration reads the resource:
         the importer's one call that both chooses the declaration and maps (the
         choice made once a resource, not once for :meth:`entity_types_of` and
-        again here)."""
+        again here). With ``in_place`` the elements read are taken out of the
+        resource itself, not of a copy (a deep copy is a fifth of the mapping's
+        time), unless a reference's lookup may read it later (a Patient, an
+        Encounter: see ``_looked_up``); the caller gives up the resource."""
         candidates = self._candidates(resource)
         if not candidates:
             return None
         with _reading():
-            return self._from_resource(resource, refs, candidates)
+            return self._from_resource(resource, refs, candidates,
+                                       from_copy=not (in_place and self.read_in_place(resource["resourceType"])))
 
-    def _from_resource(self, resource: dict, refs: ImportRefs,
-                       candidates: list[tuple[Any, Any]] | None = None) -> list[tuple[str, dict]]:
+    def _from_resource(self, resource: dict, refs: ImportRefs, candidates: list[tuple[Any, Any]] | None = None,
+                       from_copy: bool = True) -> list[tuple[str, dict]]:
         resource_type, rid = resource.get("resourceType"), resource.get("id")
         if candidates is None:
             candidates = self._candidates(resource)
@@ -522,7 +554,7 @@ class ResourceReader:
             raise FhirInputError("no mapping declares this resource (see entity_types_of)",
                                  resource_type=resource_type, resource_id=rid)
         plan, compiled = candidates[0]
-        copy = _copy(resource)
+        copy = _copy(resource) if from_copy else resource
         entity: dict[str, Any] = {}
         record: dict[str, Any] = {}
         if isinstance(rid, str):
@@ -542,7 +574,7 @@ class ResourceReader:
             meta["profile"] = [None if i == first else p for i, p in enumerate(meta["profile"])]
         elif profile:
             record["profile"] = False  # it came without our profile: it goes out without it
-        _SLICES.memo = {}  # the copy's lists: new objects (ids of the original's may be reused)
+        _SLICES.memo = {}  # the copy's lists: new objects (ids of another resource's may be reused)
         _SLICES.moved = []
         for read in compiled.readers:
             read(copy, entity, context)
@@ -559,7 +591,7 @@ class ResourceReader:
         _restore_unfit(copy, entity)
         copy.pop("resourceType", None)
         copy.pop("id", None)
-        extra = _prune(copy)
+        extra = _prune_owned(copy)
         if extra is not MISSING:
             record["extra"] = extra
         entity[RESERVED_KEY] = {compiled.slot: record}
