@@ -319,26 +319,28 @@ class Scenarios:
         set_meta(self.session, "history_limit", None if keep is None else str(keep))
 
 
+_UTC = _dt.timezone.utc
+
+
 def _utc(value: _dt.datetime) -> _dt.datetime:
-    return value.replace(tzinfo=_dt.timezone.utc)
+    return value.replace(tzinfo=_UTC)
 
 
 def _scenario_dict(row: tuple, parsed: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
-    """A scenario's row as a dict. ``parsed``: the counts texts met so far
-    (a list parses each distinct text once, and copies it)."""
-    item = dict(zip(_SCENARIO_COLUMNS, row))
-    utc = _dt.timezone.utc
-    item["created_at"] = item["created_at"].replace(tzinfo=utc)
-    item["updated_at"] = item["updated_at"].replace(tzinfo=utc)
-    text = item["entity_counts"]
+    """A scenario's row (:data:`_SCENARIO_COLUMNS`, in order) as a dict.
+    ``parsed``: the counts texts met so far (a list parses each distinct text
+    once, and copies it). Written out key by key: a list makes one a row."""
+    scenario_id, name, description, created_at, updated_at, entity_count, text, version = row
     if parsed is None or not isinstance(text, str):
-        item["entity_counts"] = _counts(text)
+        counts = _counts(text)
     else:
         counts = parsed.get(text)
         if counts is None:
             counts = parsed[text] = _counts(text)
-        item["entity_counts"] = dict(counts)
-    return item
+        counts = counts.copy()
+    return {"scenario_id": scenario_id, "name": name, "description": description,
+            "created_at": created_at.replace(tzinfo=_UTC), "updated_at": updated_at.replace(tzinfo=_UTC),
+            "entity_count": entity_count, "entity_counts": counts, "version": version}
 
 
 def _counts(text: str | dict) -> dict[str, int]:
