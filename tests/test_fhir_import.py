@@ -641,3 +641,15 @@ def test_our_own_date_time_in_a_non_strict_date_column_comes_back_as_given(sm, t
     assert entity["diagnosed_date"] == "2021-06-30T08:00:00+02:00"
     sm.export_fhir("again", tmp_path / "out2")
     assert exported(tmp_path / "out2") == exported(tmp_path / "out")
+
+
+def test_a_research_subjects_period_start_with_a_time_is_read_not_refused(sm, tmp_path):
+    # R4's Period.start is a dateTime: randomization_date (a date) takes its day
+    subject = {"resourceType": "ResearchSubject", "id": "rs-timed", "status": "on-study",
+               "period": {"start": "2020-11-30T23:15:00-08:00"}, "study": {"reference": "ResearchStudy/study-1"},
+               "individual": {"reference": "Patient/not-in-the-input"}}
+    sm.import_fhir([bad(tmp_path, "subject.ndjson", json.dumps(subject) + "\n")], "trial")
+    assert dates(sm, "trial", "subject", "randomization_date") == {"rs-timed": ("2020-11-30",)}
+    sm.export_fhir("trial", tmp_path / "out")
+    again = exported(tmp_path / "out")["ResearchSubject/rs-timed"]
+    assert again["period"] == subject["period"] and again["study"] == subject["study"]  # (individual: the slot's own)
