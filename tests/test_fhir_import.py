@@ -653,3 +653,15 @@ def test_a_research_subjects_period_start_with_a_time_is_read_not_refused(sm, tm
     sm.export_fhir("trial", tmp_path / "out")
     again = exported(tmp_path / "out")["ResearchSubject/rs-timed"]
     assert again["period"] == subject["period"] and again["study"] == subject["study"]  # (individual: the slot's own)
+
+
+def test_a_diagnosis_imported_before_days_were_taken_still_goes_out_as_it_came(sm, tmp_path):
+    # Such an entity holds the date-time as given (column NULL) and no kept times: no unfit extension
+    sm.import_fhir([bad(tmp_path, "timed.ndjson", json.dumps(TIMED_CONDITION) + "\n")], "timed")
+    (entity,) = sm.load_scenario("timed", entity_types=["diagnosis"])["entities"]["diagnosis"]
+    record = entity["_fhir"]["condition"]
+    del record["times"]
+    sm.add_entities("timed", {"diagnoses": [dict(entity, diagnosed_date=TIMED_CONDITION["onsetDateTime"],
+                                                 resolved_date=TIMED_CONDITION["abatementDateTime"])]})
+    sm.export_fhir("timed", tmp_path / "out")
+    assert exported(tmp_path / "out")["Condition/cond-timed"] == TIMED_CONDITION

@@ -355,6 +355,18 @@ def _written_time(record: dict | None, path: str, value: Any) -> str | None:
     return None
 
 
+def _day_taken(record: dict | None, path: str) -> bool:
+    """Whether an import takes only the day of a date-time that a date column
+    holds as given (its non-strict column NULL), so the export also keeps the
+    text in the unfit extension: for an entity of ours (no record), and for one
+    whose import took a day at ``path`` already. An entity imported before
+    dates were taken (its text as given, no ``times``) goes out as it came."""
+    if record is None:
+        return True
+    times = record.get(TIMES_KEY)
+    return isinstance(times, dict) and path in times
+
+
 def _converter(primitive: str, field: Field) -> Callable[[Any], Any]:
     """The conversion of a field's value to its element's FHIR type."""
     if primitive == "dateTime" and field.type.family == "date":  # a day stays a day: it must read back as one

@@ -20,9 +20,9 @@ from ..values import MISSING
 from .paths import (_HASHABLE, _PARENTS, _SLICES, _coding_shape, _copy, _drop, _everywhere, _field_and_getter,
                     _columns_of, _getter, _original_steps, _peek, _peeker, _prune_owned, _put, _reading, _set,
                     _slice_order)
-from .primitives import (ORIGINAL_VALUE, REFERENCE_FIELDS, TIMES_KEY, UCUM, UNFIT, VALID, _absent, _backward, _condition,
-                         _day_of, _fits, _from_base64, _from_json, _identifier_rest, _identifier_values, _keeps_time,
-                         _lookup_system, _primitive_of)
+from .primitives import (ORIGINAL_VALUE, REFERENCE_FIELDS, TIMES_KEY, UCUM, UNFIT, VALID, _absent, _backward,
+                         _condition, _day_of, _fits, _from_base64, _from_json, _identifier_rest, _identifier_values,
+                         _keeps_time, _lookup_system, _primitive_of)
 
 RESERVED_KEY = d.RESERVED_KEY
 _LOOKUP_CACHE_LIMIT = 200_000

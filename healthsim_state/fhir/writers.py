@@ -22,8 +22,8 @@ from .ids import resource_id as _resource_id
 from .paths import (_PADDING, _coding_shape, _compact, _field_and_getter, _getter, _merge, _original_steps, _put,
                     _put_slices_back, _putter, _room_at)
 from .primitives import (_FHIR_CODE, _FHIR_STRING, ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, _absent,
-                         _as_decimal, _backward, _condition, _converter, _day_of, _fhir_value_of, _fits, _identifier,
-                         _keeps_time, _lookup_system, _primitive_of, _written_time)
+                         _as_decimal, _backward, _condition, _converter, _day_of, _day_taken, _fhir_value_of, _fits,
+                         _identifier, _keeps_time, _lookup_system, _primitive_of, _written_time)
 
 RESERVED_KEY = d.RESERVED_KEY
 
@@ -151,7 +151,8 @@ def _field_writer(element, mapping, plan, decl, siblings=()):
             if converted is None:
                 context.unfit[dotted] = value
                 return
-            if loose and written is None and (converted != value or keeps_time and _day_of(converted) is not None) \
+            if loose and written is None and (converted != value or keeps_time and _day_of(converted) is not None
+                                              and _day_taken(context.record, path)) \
                     and _fits(strict_twin, value) is MISSING:
                 context.unfit[dotted] = value  # written as FHIR can, kept as given (a time: an import takes its day)
             value = converted
