@@ -766,3 +766,26 @@ def test_a_folded_childs_date_time_in_a_date_column_is_kept_by_the_child(tmp_pat
     (changed_claim,) = mapper.to_resources("claim", parent, scenario_id="s", refs=NoRefs(), children={"claim_line": lines})
     assert [item["servicedPeriod"]["start"] for item in changed_claim["item"]] == \
         ["2014-08-15T23:30:00-04:00", "2014-08-17"]
+
+
+def test_a_date_time_in_another_form_into_a_date_column_goes_back_in_that_form(tmp_path, sample):
+    # A user's diagnosis.yaml reading the onset also from onsetPeriod.start (a dateTime)
+    diagnosis_yaml = (builtin_mapping_dir() / "diagnosis.yaml").read_text("utf-8")
+    changed = diagnosis_yaml.replace("{path: onsetDateTime, field: diagnosed_date, as: dateTime}",
+                                     "{path: onsetDateTime, field: diagnosed_date, as: dateTime, also: [onsetPeriod.start]}")
+    assert changed != diagnosis_yaml
+    (tmp_path / "diagnosis.yaml").write_text(changed, "utf-8")
+    mapper = FhirMapper(load_mapping_dirs([builtin_mapping_dir(), tmp_path]))
+    condition = {"resourceType": "Condition", "id": "cond-period", "code": {"text": "Fever"},
+                 "onsetPeriod": {"start": "2020-02-29T23:00:00-03:00", "end": "2020-03-02T10:00:00-03:00"}}
+    ((_, entity),) = mapper.from_resource(condition, refs=NoRefs())
+    entity = json.loads(json.dumps(entity))
+    record = entity["_fhir"]["condition"]
+    assert entity["diagnosed_date"] == "2020-02-29"
+    assert record["forms"] == {"onsetDateTime": "onsetPeriod.start"}
+    assert record["times"] == {"onsetPeriod.start": "2020-02-29T23:00:00-03:00"}
+    (again,) = mapper.to_resources("diagnosis", entity, scenario_id="s", refs=NoRefs())
+    assert again == condition
+    entity["diagnosed_date"] = "2020-02-28"
+    (changed_condition,) = mapper.to_resources("diagnosis", entity, scenario_id="s", refs=NoRefs())
+    assert changed_condition["onsetPeriod"] == {"start": "2020-02-28", "end": "2020-03-02T10:00:00-03:00"}
