@@ -763,7 +763,8 @@ def test_a_folded_childs_date_time_in_a_date_column_is_kept_by_the_child(tmp_pat
     (again,) = mapper.to_resources("claim", parent, scenario_id="s", refs=NoRefs(), children={"claim_line": lines})
     assert again["item"] == claim["item"]
     lines[1]["service_date"] = "2014-08-17"  # changed: its date goes out, the other line's time as it came
-    (changed_claim,) = mapper.to_resources("claim", parent, scenario_id="s", refs=NoRefs(), children={"claim_line": lines})
+    (changed_claim,) = mapper.to_resources("claim", parent, scenario_id="s", refs=NoRefs(),
+                                           children={"claim_line": lines})
     assert [item["servicedPeriod"]["start"] for item in changed_claim["item"]] == \
         ["2014-08-15T23:30:00-04:00", "2014-08-17"]
 
@@ -771,8 +772,8 @@ def test_a_folded_childs_date_time_in_a_date_column_is_kept_by_the_child(tmp_pat
 def test_a_date_time_in_another_form_into_a_date_column_goes_back_in_that_form(tmp_path, sample):
     # A user's diagnosis.yaml reading the onset also from onsetPeriod.start (a dateTime)
     diagnosis_yaml = (builtin_mapping_dir() / "diagnosis.yaml").read_text("utf-8")
-    changed = diagnosis_yaml.replace("{path: onsetDateTime, field: diagnosed_date, as: dateTime}",
-                                     "{path: onsetDateTime, field: diagnosed_date, as: dateTime, also: [onsetPeriod.start]}")
+    declared = "{path: onsetDateTime, field: diagnosed_date, as: dateTime"
+    changed = diagnosis_yaml.replace(declared + "}", declared + ", also: [onsetPeriod.start]}")
     assert changed != diagnosis_yaml
     (tmp_path / "diagnosis.yaml").write_text(changed, "utf-8")
     mapper = FhirMapper(load_mapping_dirs([builtin_mapping_dir(), tmp_path]))
