@@ -4,7 +4,7 @@ and bad input refused with the file, the resource and the element."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import date, datetime
 import shutil
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import pytest
 from healthsim_state import StateManager
 from healthsim_state.errors import FhirInputError
 from healthsim_state.fhir.importer import index_inputs, input_files, read_resources, resolve_references
+from healthsim_state.fhir.primitives import UNFIT
 from healthsim_state.mcp_server import ScenarioTools
 from clirun import run
 
@@ -526,3 +527,140 @@ def test_a_claim_item_without_sequence_is_named_by_its_resource_and_file(sm, tmp
     broken = bad(tmp_path, "claims.json", json.dumps(bundle))
     refused(sm, [broken], "claims.json entry[", f"Claim/{claim['id']} @ item[1].sequence: required field is missing",
             "claim_line[")
+
+
+# --- a dateTime with a time read into a date column ------------------------------------------
+
+# By hand, from R4's Condition (onset[x], abatement[x]: dateTime) and Claim (created,
+# billablePeriod): times late and early in the day, so the day in UTC is another one.
+TIMED_CONDITION = {"resourceType": "Condition", "id": "cond-timed",
+                   "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                                  "code": "resolved"}]},
+                   "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44465007",
+                                        "display": "Sprain of ankle"}], "text": "Sprain of ankle"},
+                   "onsetDateTime": "2019-03-04T22:20:00-05:00", "abatementDateTime": "2019-03-20T00:30:15.5+01:00"}
+DATED_CONDITION = {"resourceType": "Condition", "id": "cond-dated", "code": {"text": "Asthma"},
+                   "onsetDateTime": "2012-05-24", "abatementDateTime": "2013-02"}
+TIMED_CLAIM = {"resourceType": "Claim", "id": "claim-timed", "status": "active",
+               "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "professional"}]},
+               "use": "claim", "created": "2014-08-16T23:59:59-07:00",
+               "billablePeriod": {"start": "2014-08-15T01:00:00+09:00", "end": "2014-08-16T12:00:00Z"},
+               "provider": {"reference": "Organization?identifier=http://hl7.org/fhir/sid/us-npi|1234567893"},
+               "priority": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/processpriority",
+                                        "code": "normal"}]}}
+TIMED = [TIMED_CONDITION, DATED_CONDITION, TIMED_CLAIM]
+
+
+def dates(sm, name, entity_type, *columns):
+    entities = sm.load_scenario(name, entity_types=[entity_type])["entities"][entity_type]
+    return {next(iter(e["_fhir"].values()))["id"]: tuple(e.get(c) for c in columns) for e in entities}
+
+
+def test_a_date_time_fills_a_date_column_with_its_day_as_written(store, tmp_path):
+    with StateManager(store.target) as sm:
+        sm.import_fhir([bad(tmp_path, "timed.ndjson", "".join(json.dumps(r) + "\n" for r in TIMED))], "timed")
+        assert dates(sm, "timed", "diagnosis", "diagnosed_date", "resolved_date") == {
+            "cond-timed": ("2019-03-04", "2019-03-20"),  # the offset's own day, not UTC's (03-05, 03-19)
+            "cond-dated": ("2012-05-24", "2013-02")}  # a date stays as it was (a month: kept as given)
+        assert dates(sm, "timed", "claim", "service_date", "admission_date", "discharge_date") == {
+            "claim-timed": ("2014-08-16", "2014-08-15", "2014-08-16")}
+        record = sm.load_scenario("timed", entity_types=["diagnosis"])["entities"]["diagnosis"]
+    # the typed columns hold the days (a month, kept as given, leaves its column NULL)
+    assert sorted(store.sql("SELECT diagnosed_date, resolved_date FROM diagnoses"), key=str) == [
+        (date(2012, 5, 24), None), (date(2019, 3, 4), date(2019, 3, 20))]
+    assert store.sql("SELECT service_date, admission_date, discharge_date FROM claims") == [
+        (date(2014, 8, 16), date(2014, 8, 15), date(2014, 8, 16))]
+    kept = {e["_fhir"]["condition"]["id"]: e["_fhir"]["condition"].get("times") for e in record}
+    assert kept == {"cond-timed": {"onsetDateTime": "2019-03-04T22:20:00-05:00",
+                                   "abatementDateTime": "2019-03-20T00:30:15.5+01:00"},
+                    "cond-dated": None}
+
+
+@pytest.mark.parametrize("bundles", [False, True], ids=["ndjson", "bundles"])
+def test_a_date_time_read_into_a_date_column_goes_out_as_written_and_comes_back_equal(sm, tmp_path, bundles):
+    source = bad(tmp_path, "timed.ndjson", "".join(json.dumps(r) + "\n" for r in TIMED))
+    sm.import_fhir([source], "timed")
+    sm.export_fhir("timed", tmp_path / "out", bundles=bundles)
+    went_out = {f"{r['resourceType']}/{r['id']}": r for r in all_exported(tmp_path / "out")}
+    assert went_out == {f"{r['resourceType']}/{r['id']}": r for r in TIMED}
+    sm.import_fhir([tmp_path / "out"], "again")
+    for entity_type, columns in (("diagnosis", ("diagnosed_date", "resolved_date", "_fhir")),
+                                 ("claim", ("service_date", "admission_date", "discharge_date", "_fhir"))):
+        assert dates(sm, "again", entity_type, *columns) == dates(sm, "timed", entity_type, *columns)
+
+
+def all_exported(directory: Path) -> list[dict]:
+    """The resources of an export, NDJSON or Bundles."""
+    out = list(exported(directory).values())
+    for path in directory.glob("*.json"):
+        document = json.loads(path.read_text())
+        if document.get("resourceType") == "Bundle":
+            out += [entry["resource"] for entry in document["entry"]]
+    return out
+
+
+def test_a_date_column_changed_after_the_import_goes_out_as_its_date(sm, tmp_path):
+    sm.import_fhir([bad(tmp_path, "timed.ndjson", json.dumps(TIMED_CONDITION) + "\n")], "timed")
+    (entity,) = sm.load_scenario("timed", entity_types=["diagnosis"])["entities"]["diagnosis"]
+    sm.add_entities("timed", {"diagnoses": [dict(entity, diagnosed_date="2019-03-05")]})  # replaced by its key
+    sm.export_fhir("timed", tmp_path / "out")
+    condition = exported(tmp_path / "out")["Condition/cond-timed"]
+    assert condition["onsetDateTime"] == "2019-03-05"  # the column's date; the kept time is dropped
+    assert condition["abatementDateTime"] == TIMED_CONDITION["abatementDateTime"]  # unchanged: as written
+    sm.import_fhir([tmp_path / "out"], "again")
+    assert dates(sm, "again", "diagnosis", "diagnosed_date", "resolved_date") == {
+        "cond-timed": ("2019-03-05", "2019-03-20")}
+
+
+def test_our_own_date_columns_go_out_as_dates(sm, tmp_path):
+    sm.save_scenario("ours", {"diagnoses": [{"diagnosis_id": "d1", "code": "E11.9", "diagnosed_date": "2021-06-30",
+                                             "resolved_date": "2022-01-02"}],
+                              "claims": [{"claim_id": "c1", "service_date": "2021-07-01",
+                                          "admission_date": "2021-06-30", "discharge_date": "2021-07-02"}]})
+    sm.export_fhir("ours", tmp_path / "out")
+    out = exported(tmp_path / "out")
+    condition = next(r for r in out.values() if r["resourceType"] == "Condition")
+    claim = next(r for r in out.values() if r["resourceType"] == "Claim")
+    assert (condition["onsetDateTime"], condition["abatementDateTime"]) == ("2021-06-30", "2022-01-02")
+    assert (claim["created"], claim["billablePeriod"]) == ("2021-07-01", {"start": "2021-06-30", "end": "2021-07-02"})
+    assert "extension" not in condition or all(e["url"] != UNFIT for e in condition["extension"])
+
+
+def test_our_own_date_time_in_a_non_strict_date_column_comes_back_as_given(sm, tmp_path):
+    # The store kept it as given (the column is NULL): an import would take its day, so the
+    # export also keeps it in the unfit extension, and entity -> FHIR -> entity gives it back.
+    sm.save_scenario("ours", {"diagnoses": [{"diagnosis_id": "d1", "code": "J45.909", "patient_id": "p1",
+                                             "diagnosed_date": "2021-06-30T08:00:00+02:00"}]})
+    sm.export_fhir("ours", tmp_path / "out")
+    (condition,) = [r for r in exported(tmp_path / "out").values() if r["resourceType"] == "Condition"]
+    assert condition["onsetDateTime"] == "2021-06-30T08:00:00+02:00"
+    assert [e["url"] for e in condition["extension"]].count(UNFIT) == 1
+    sm.import_fhir([tmp_path / "out"], "again")
+    (entity,) = sm.load_scenario("again", entity_types=["diagnosis"])["entities"]["diagnosis"]
+    assert entity["diagnosed_date"] == "2021-06-30T08:00:00+02:00"
+    sm.export_fhir("again", tmp_path / "out2")
+    assert exported(tmp_path / "out2") == exported(tmp_path / "out")
+
+
+def test_a_research_subjects_period_start_with_a_time_is_read_not_refused(sm, tmp_path):
+    # R4's Period.start is a dateTime: randomization_date (a date) takes its day
+    subject = {"resourceType": "ResearchSubject", "id": "rs-timed", "status": "on-study",
+               "period": {"start": "2020-11-30T23:15:00-08:00"}, "study": {"reference": "ResearchStudy/study-1"},
+               "individual": {"reference": "Patient/not-in-the-input"}}
+    sm.import_fhir([bad(tmp_path, "subject.ndjson", json.dumps(subject) + "\n")], "trial")
+    assert dates(sm, "trial", "subject", "randomization_date") == {"rs-timed": ("2020-11-30",)}
+    sm.export_fhir("trial", tmp_path / "out")
+    again = exported(tmp_path / "out")["ResearchSubject/rs-timed"]
+    assert again["period"] == subject["period"] and again["study"] == subject["study"]  # (individual: the slot's own)
+
+
+def test_a_diagnosis_imported_before_days_were_taken_still_goes_out_as_it_came(sm, tmp_path):
+    # Such an entity holds the date-time as given (column NULL) and no kept times: no unfit extension
+    sm.import_fhir([bad(tmp_path, "timed.ndjson", json.dumps(TIMED_CONDITION) + "\n")], "timed")
+    (entity,) = sm.load_scenario("timed", entity_types=["diagnosis"])["entities"]["diagnosis"]
+    record = entity["_fhir"]["condition"]
+    del record["times"]
+    sm.add_entities("timed", {"diagnoses": [dict(entity, diagnosed_date=TIMED_CONDITION["onsetDateTime"],
+                                                 resolved_date=TIMED_CONDITION["abatementDateTime"])]})
+    sm.export_fhir("timed", tmp_path / "out")
+    assert exported(tmp_path / "out")["Condition/cond-timed"] == TIMED_CONDITION

@@ -739,3 +739,54 @@ def test_what_a_synthea_like_resource_maps_is_read(sample):
     assert condition["diagnosis"]["status"] == "active" and "code" not in condition["diagnosis"]  # SNOMED, not ICD-10-CM
     assert (encounter["encounter"]["class"], encounter["encounter"]["status"]) == ("O", "finished")
     assert medication["medication"]["rxnorm_code"] == "310798"
+
+
+def test_a_folded_childs_date_time_in_a_date_column_is_kept_by_the_child(tmp_path, sample):
+    # A user's claim.yaml reading a line's date from Claim.item.servicedPeriod.start (a dateTime)
+    claim_yaml = (builtin_mapping_dir() / "claim.yaml").read_text("utf-8")
+    changed = claim_yaml.replace("- {path: servicedDate, field: service_date}",
+                                 "- {path: servicedPeriod.start, field: service_date, as: dateTime}")
+    assert changed != claim_yaml
+    (tmp_path / "claim.yaml").write_text(changed, "utf-8")
+    mapper = FhirMapper(load_mapping_dirs([builtin_mapping_dir(), tmp_path]))
+    claim = {"resourceType": "Claim", "id": "claim-lines", "status": "active", "use": "claim", "created": "2014-08-16",
+             "item": [{"sequence": 1, "servicedPeriod": {"start": "2014-08-15T23:30:00-04:00",
+                                                         "end": "2014-08-16T01:00:00-04:00"}},
+                      {"sequence": 2, "servicedPeriod": {"start": "2014-08-16T00:15:00+02:00"}}]}
+    made = mapper.from_resource(claim, refs=NoRefs())
+    lines = [json.loads(json.dumps(e)) for t, e in made if t == "claim_line"]  # as the store keeps them
+    (parent,) = [json.loads(json.dumps(e)) for t, e in made if t == "claim"]
+    assert [line["service_date"] for line in lines] == ["2014-08-15", "2014-08-16"]
+    assert [line["_fhir"]["claim"]["times"] for line in lines] == [
+        {"servicedPeriod.start": "2014-08-15T23:30:00-04:00"}, {"servicedPeriod.start": "2014-08-16T00:15:00+02:00"}]
+    assert "times" not in parent["_fhir"]["claim"]  # each line keeps its own
+    (again,) = mapper.to_resources("claim", parent, scenario_id="s", refs=NoRefs(), children={"claim_line": lines})
+    assert again["item"] == claim["item"]
+    lines[1]["service_date"] = "2014-08-17"  # changed: its date goes out, the other line's time as it came
+    (changed_claim,) = mapper.to_resources("claim", parent, scenario_id="s", refs=NoRefs(),
+                                           children={"claim_line": lines})
+    assert [item["servicedPeriod"]["start"] for item in changed_claim["item"]] == \
+        ["2014-08-15T23:30:00-04:00", "2014-08-17"]
+
+
+def test_a_date_time_in_another_form_into_a_date_column_goes_back_in_that_form(tmp_path, sample):
+    # A user's diagnosis.yaml reading the onset also from onsetPeriod.start (a dateTime)
+    diagnosis_yaml = (builtin_mapping_dir() / "diagnosis.yaml").read_text("utf-8")
+    declared = "{path: onsetDateTime, field: diagnosed_date, as: dateTime"
+    changed = diagnosis_yaml.replace(declared + "}", declared + ", also: [onsetPeriod.start]}")
+    assert changed != diagnosis_yaml
+    (tmp_path / "diagnosis.yaml").write_text(changed, "utf-8")
+    mapper = FhirMapper(load_mapping_dirs([builtin_mapping_dir(), tmp_path]))
+    condition = {"resourceType": "Condition", "id": "cond-period", "code": {"text": "Fever"},
+                 "onsetPeriod": {"start": "2020-02-29T23:00:00-03:00", "end": "2020-03-02T10:00:00-03:00"}}
+    ((_, entity),) = mapper.from_resource(condition, refs=NoRefs())
+    entity = json.loads(json.dumps(entity))
+    record = entity["_fhir"]["condition"]
+    assert entity["diagnosed_date"] == "2020-02-29"
+    assert record["forms"] == {"onsetDateTime": "onsetPeriod.start"}
+    assert record["times"] == {"onsetPeriod.start": "2020-02-29T23:00:00-03:00"}
+    (again,) = mapper.to_resources("diagnosis", entity, scenario_id="s", refs=NoRefs())
+    assert again == condition
+    entity["diagnosed_date"] = "2020-02-28"
+    (changed_condition,) = mapper.to_resources("diagnosis", entity, scenario_id="s", refs=NoRefs())
+    assert changed_condition["onsetPeriod"] == {"start": "2020-02-28", "end": "2020-03-02T10:00:00-03:00"}

@@ -24,7 +24,7 @@ from ..errors import FhirInputError
 from ..mapping import fhir_section as d
 from ..values import MISSING
 from .paths import _PARENTS, _compile_parent, _getter, _peeker, _set
-from .primitives import VALID, _fits, _primitive_of
+from .primitives import VALID, _fits, _keeps_time, _primitive_of
 from .readers import Reader
 from .writers import Writer, _field_writer
 
@@ -62,14 +62,15 @@ def forms_reader(element: d.Element, mapping, plan, decl, declared: Reader) -> R
     for form, steps in element.also:
         formed = _form_element(element, form, steps)
         primitive = _primitive_of(formed, field)
-        alternatives.append((form, steps, _peeker(steps), VALID.get(primitive), primitive))
+        alternatives.append((form, steps, _peeker(steps), VALID.get(primitive), primitive,
+                             _keeps_time(primitive, field)))
     declared_path = element.path
 
     def read(resource: dict, entity: dict, context) -> None:
         declared(resource, entity, context)
         if get(entity) is not None or peek_declared(resource) not in (MISSING, None):
             return  # read as declared (or there, and kept as it came)
-        for form, steps, peek, valid, primitive in alternatives:
+        for form, steps, peek, valid, primitive, keeps_time in alternatives:
             value = peek(resource)
             if value is MISSING or value is None:
                 continue
@@ -77,7 +78,8 @@ def forms_reader(element: d.Element, mapping, plan, decl, declared: Reader) -> R
                 raise FhirInputError(f"{value!r} is not a valid FHIR {primitive}",
                                      resource_type=context.resource.get("resourceType"),
                                      resource_id=context.resource.get("id"), element=form)
-            value = _fits(field, value)
+            day = context.day_for(form, value, field) if keeps_time else value  # a time: its day, kept
+            value = _fits(field, day)
             if value is MISSING:
                 continue  # left in the resource: kept as it came
             _take(resource, steps)

@@ -15,6 +15,7 @@ from ..values import MISSING
 from .forms import forms_reader, forms_writer
 from .ids import resource_id as _resource_id
 from .paths import _compile_parent, _getter, _merge, _prune_owned, _set
+from .primitives import TIMES_KEY
 from .readers import ELEMENT_READERS, Reader, _children_reader, _constants_last, _Import, _restore_unfit
 from .writers import ELEMENT_WRITERS, Writer, _children_writer, _Export, _generated_writer, _keep_unfit
 
@@ -101,14 +102,17 @@ class _ChildPlan:
 
     def item(self, kid: dict, context: _Export, slot: str) -> dict:
         item: dict[str, Any] = {}
+        kept = kid.get(RESERVED_KEY)
+        record = kept.get(slot) if isinstance(kept, dict) else None
         parents, context.unfit = context.unfit, {}
+        parent_record = context.record
+        if isinstance(record, dict) and TIMES_KEY in record and parent_record is not None:
+            context.record = {**parent_record, TIMES_KEY: record[TIMES_KEY]}  # the item's kept date-times
         for write in self.writers:
             write(kid, item, context)
         if context.unfit:
             _keep_unfit(item, context.unfit)
-        context.unfit = parents
-        kept = kid.get(RESERVED_KEY)
-        record = kept.get(slot) if isinstance(kept, dict) else None
+        context.unfit, context.record = parents, parent_record
         if isinstance(record, dict) and isinstance(record.get("extra"), dict):
             item = _merge(item, record["extra"])
         return item
@@ -118,12 +122,17 @@ class _ChildPlan:
         for field, value in zip(self.link, parent_key):
             _set(kid, field.path, value)
         parents, context.drops = context.drops, []  # the parent's constants are dropped after all its elements
+        parent_times, context.times = context.times, {}
         for read in self.readers:
             read(item, kid, context)
         context.drop_constants()
         context.drops = parents
+        times, context.times = context.times, parent_times
         _restore_unfit(item, kid)
         extra = _prune_owned(item)  # the item is the reading's: its parent's list lets it go
-        if extra is not MISSING:
-            kid[RESERVED_KEY] = {slot: {"extra": extra}}
+        record = {"extra": extra} if extra is not MISSING else {}
+        if times:
+            record[TIMES_KEY] = times
+        if record:
+            kid[RESERVED_KEY] = {slot: record}
         return kid

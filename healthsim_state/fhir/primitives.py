@@ -324,6 +324,49 @@ def _primitive_of(element: d.Element, field: Field) -> str:
     return element.primitive or _primitive_of_path(element.steps) or d.PRIMITIVE_OF_TYPE[field.type.family]
 
 
+TIMES_KEY = "times"  # in a resource's _fhir record: element path -> a date-time read into a date column
+
+
+def _keeps_time(primitive: str, field: Field) -> bool:
+    """Whether an element of this FHIR type may bring a time to this column:
+    a dateTime (or instant) element over a date column (``Condition.onsetDateTime``
+    into ``diagnosed_date``). The column takes the day; the text as written is
+    kept in the entity's ``_fhir`` record (:data:`TIMES_KEY`) and written back."""
+    return primitive in ("dateTime", "instant") and field.type.family == "date"
+
+
+def _day_of(value: Any) -> str | None:
+    """The calendar date of a FHIR dateTime with a time, as written: in the
+    value's own offset, not UTC (``2019-03-04T22:20:00-05:00`` -> ``2019-03-04``);
+    None for a value without a time (a date, a year and month)."""
+    if isinstance(value, str) and len(value) > 10 and value[10] == "T":
+        return value[:10]
+    return None
+
+
+def _written_time(record: dict | None, path: str, value: Any) -> str | None:
+    """The date-time an import kept for the element at ``path`` when the
+    column still holds its day (else None: the column was changed since, and
+    its date goes out)."""
+    times = record.get(TIMES_KEY) if record else None
+    text = times.get(path) if isinstance(times, dict) else None
+    if isinstance(text, str) and text[:10] == str(value):
+        return text
+    return None
+
+
+def _day_taken(record: dict | None, path: str) -> bool:
+    """Whether an import takes only the day of a date-time that a date column
+    holds as given (its non-strict column NULL), so the export also keeps the
+    text in the unfit extension: for an entity of ours (no record), and for one
+    whose import took a day at ``path`` already. An entity imported before
+    dates were taken (its text as given, no ``times``) goes out as it came."""
+    if record is None:
+        return True
+    times = record.get(TIMES_KEY)
+    return isinstance(times, dict) and path in times
+
+
 def _converter(primitive: str, field: Field) -> Callable[[Any], Any]:
     """The conversion of a field's value to its element's FHIR type."""
     if primitive == "dateTime" and field.type.family == "date":  # a day stays a day: it must read back as one

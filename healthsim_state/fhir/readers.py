@@ -20,8 +20,9 @@ from ..values import MISSING
 from .paths import (_HASHABLE, _PARENTS, _SLICES, _coding_shape, _copy, _drop, _everywhere, _field_and_getter,
                     _columns_of, _getter, _original_steps, _peek, _peeker, _prune_owned, _put, _reading, _set,
                     _slice_order)
-from .primitives import (ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, VALID, _absent, _backward, _condition, _fits,
-                         _from_base64, _from_json, _identifier_rest, _identifier_values, _lookup_system, _primitive_of)
+from .primitives import (ORIGINAL_VALUE, REFERENCE_FIELDS, TIMES_KEY, UCUM, UNFIT, VALID, _absent, _backward,
+                         _condition, _day_of, _fits, _from_base64, _from_json, _identifier_rest, _identifier_values,
+                         _keeps_time, _lookup_system, _primitive_of)
 
 RESERVED_KEY = d.RESERVED_KEY
 _LOOKUP_CACHE_LIMIT = 200_000
@@ -35,13 +36,23 @@ class ImportRefs(Protocol):
 
 
 class _Import:
-    __slots__ = ("refs", "entity", "children", "drops", "resource", "omitted", "ours", "forms")
+    __slots__ = ("refs", "entity", "children", "drops", "resource", "omitted", "ours", "forms", "times")
 
     def __init__(self, refs, entity, resource, ours=False):
         self.refs, self.entity, self.children, self.drops, self.omitted = refs, entity, [], [], []
         self.resource = resource  # the input, for messages
         self.ours = ours  # keyed by our entity identifier: made by our export (see REFERENCE_FIELDS)
         self.forms: dict[str, str] = {}  # declared path -> the other form a value came in (see .forms)
+        self.times: dict[str, str] = {}  # path -> a date-time whose day a date column took (see TIMES_KEY)
+
+    def day_for(self, path: str, value: Any, field) -> Any:
+        """A date-time with a time, read into a date column: its day (as
+        written), the text kept under ``path``; else the value as it is."""
+        day = _day_of(value)
+        if day is None or _fits(field, day) is MISSING:
+            return value
+        self.times[path] = value
+        return day
 
     def invalid(self, element: d.Element, value: Any, primitive: str) -> FhirInputError:
         return FhirInputError(f"{value!r} is not a valid FHIR {primitive}", resource_type=self.resource.get("resourceType"),
@@ -75,6 +86,7 @@ def _field_reader(element, mapping, plan, decl, siblings=()):
     last = steps[-1]
     key, index = last.key, last.index
     get = _getter(path)
+    keeps_time = _keeps_time(primitive, field)
     # Another element writes the same field (a lab's test_name: code.coding[0].display
     # and code.text): a resource that came with only the other goes out so.
     twinned = any(other is not element and element.field in _columns_of(other) for other in siblings)
@@ -99,6 +111,8 @@ def _field_reader(element, mapping, plan, decl, siblings=()):
             value = _from_base64(value)
         elif primitive == "json":
             value = _from_json(value)
+        elif keeps_time:
+            value = context.day_for(element.path, value, field)
         value = _fits(field, value) if value is not MISSING else MISSING
         if value is MISSING:
             return  # left in the resource: kept as it came
@@ -588,6 +602,8 @@ class ResourceReader:
             record["omit"] = sorted(set(context.omitted))
         if context.forms:
             record["forms"] = context.forms  # written back in those forms (see .forms)
+        if context.times:
+            record[TIMES_KEY] = context.times  # written back as they came while the column keeps their day
         _restore_unfit(copy, entity)
         copy.pop("resourceType", None)
         copy.pop("id", None)

@@ -22,8 +22,8 @@ from .ids import resource_id as _resource_id
 from .paths import (_PADDING, _coding_shape, _compact, _field_and_getter, _getter, _merge, _original_steps, _put,
                     _put_slices_back, _putter, _room_at)
 from .primitives import (_FHIR_CODE, _FHIR_STRING, ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, _absent,
-                         _as_decimal, _backward, _condition, _converter, _fhir_value_of, _fits, _identifier,
-                         _lookup_system, _primitive_of)
+                         _as_decimal, _backward, _condition, _converter, _day_of, _day_taken, _fhir_value_of, _fits,
+                         _identifier, _keeps_time, _lookup_system, _primitive_of, _written_time)
 
 RESERVED_KEY = d.RESERVED_KEY
 
@@ -122,7 +122,10 @@ def _field_writer(element, mapping, plan, decl, siblings=()):
     loose = not field.strict  # a non-strict field may hold what its type does not: keep that as given
     dense = bool(steps[-1].index)  # a later item of a list of primitives (line[1], given[1])
     strict_twin = dataclasses.replace(field, strict=True)
-    convert = _converter(_primitive_of(element, field), field)
+    primitive = _primitive_of(element, field)
+    convert = _converter(primitive, field)
+    keeps_time = _keeps_time(primitive, field)  # an imported date-time goes back as written (see TIMES_KEY)
+    path = element.path
     forward = dict(element.values)
     backward = _backward(element.values)
     original_steps = _original_steps(steps)
@@ -143,12 +146,15 @@ def _field_writer(element, mapping, plan, decl, siblings=()):
                 _put(node, original_steps, {"extension": [{"url": ORIGINAL_VALUE, "valueString": value}]})
             value = mapped
         else:
-            converted = convert(value)
+            written = _written_time(context.record, path, value) if keeps_time else None
+            converted = convert(value) if written is None else written
             if converted is None:
                 context.unfit[dotted] = value
                 return
-            if loose and converted != value and _fits(strict_twin, value) is MISSING:
-                context.unfit[dotted] = value  # written as FHIR can, kept as given
+            if loose and written is None and (converted != value or keeps_time and _day_of(converted) is not None
+                                              and _day_taken(context.record, path)) \
+                    and _fits(strict_twin, value) is MISSING:
+                context.unfit[dotted] = value  # written as FHIR can, kept as given (a time: an import takes its day)
             value = converted
         if dense and not _room_at(node, steps):
             context.unfit[dotted] = get(entity)  # given[1] without given[0] would read back as given[0]
@@ -371,9 +377,10 @@ def _generated_writer(decl: d.ResourceDeclaration, writers: list[Writer], mappin
     lines = ["def write_all(entity, made, context):", "    unfit = context.unfit"]
     namespace: dict[str, Any] = {"MISSING": MISSING}
     for i, (element, writer) in enumerate(zip(decl.elements, writers)):
-        plain_field = (element.kind == "field" and not element.values and not element.also and element.with_field is None
-                       and element.without_field is None and mapping.field(element.field).strict
-                       and not element.steps[-1].index)
+        field = mapping.field(element.field) if element.kind == "field" else None
+        plain_field = (field is not None and not element.values and not element.also and element.with_field is None
+                       and element.without_field is None and field.strict and not element.steps[-1].index
+                       and not _keeps_time(_primitive_of(element, field), field))  # a kept time: see TIMES_KEY
         plain_constant = element.kind == "value" and element.with_field is None and element.without_field is None
         if plain_constant:
             namespace[f"K{i}"] = element.value
@@ -387,7 +394,6 @@ def _generated_writer(decl: d.ResourceDeclaration, writers: list[Writer], mappin
             namespace[f"K{i}"] = element.value
             lines += [f"    if {test}_:", _inline_put(element.steps, f"K{i}", i, namespace, "        ")]
         elif plain_field:
-            field = mapping.field(element.field)
             namespace[f"C{i}"] = _converter(_primitive_of(element, field), field)
             lines += _inline_get(field.path, "v", "    ")
             lines += ["    if v is not None:",
