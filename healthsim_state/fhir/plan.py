@@ -74,7 +74,7 @@ class _Plan:
                 field_paths[element.field] = element.steps
         whens = [_getter(self.fields[c].path) for c in decl.when]
         compiled = _Resource(decl, writers, _constants_last(readers), whens, field_paths)
-        compiled.write_all = _generated_writer(decl, writers, self.mapping)
+        compiled.write_all = _generated_writer(decl.elements, writers, self.mapping, decl.slot)
         return compiled
 
     def key_of(self, entity: dict) -> tuple:
@@ -97,13 +97,13 @@ class _ChildPlan:
         self.link = [mapping.field(c) for c in children.link]
         pairs = [_element(e, mapping, parent, decl, children.elements) for e in children.elements]
         self.writers = [w for w, _ in pairs]
+        self.write_all = _generated_writer(children.elements, self.writers, mapping, f"{decl.slot} item")
         self.readers = _constants_last([(e.kind == "value", r) for e, (_, r) in zip(children.elements, pairs)])
 
     def item(self, kid: dict, context: _Export, slot: str) -> dict:
         item: dict[str, Any] = {}
         parents, context.unfit = context.unfit, {}
-        for write in self.writers:
-            write(kid, item, context)
+        self.write_all(kid, item, context)
         if context.unfit:
             _keep_unfit(item, context.unfit)
         context.unfit = parents

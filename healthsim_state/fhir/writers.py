@@ -363,14 +363,15 @@ def _keep_unfit(node: dict, unfit: dict[str, Any]) -> None:
     node.setdefault("extension", []).append({"url": UNFIT, "valueString": text})
 
 
-def _generated_writer(decl: d.ResourceDeclaration, writers: list[Writer], mapping: Mapping) -> Writer:
-    """Every element's writer of one resource as one generated function: the
+def _generated_writer(elements: tuple[d.Element, ...], writers: list[Writer], mapping: Mapping, name: str) -> Writer:
+    """Every element's writer of one resource (or of a folded child's item:
+    ``elements`` are the siblings a ``with:`` names) as one generated function: the
     plain elements (a strict field without a value map or condition, a constant
     without a condition) written inline, the others through their closures. The
     same output as calling the closures in order, without a call per element."""
     lines = ["def write_all(entity, made, context):", "    unfit = context.unfit"]
     namespace: dict[str, Any] = {"MISSING": MISSING}
-    for i, (element, writer) in enumerate(zip(decl.elements, writers)):
+    for i, (element, writer) in enumerate(zip(elements, writers)):
         plain_field = (element.kind == "field" and not element.values and not element.also and element.with_field is None
                        and element.without_field is None and mapping.field(element.field).strict
                        and not element.steps[-1].index)
@@ -382,7 +383,7 @@ def _generated_writer(decl: d.ResourceDeclaration, writers: list[Writer], mappin
             # A slice's constants share one test of their column (made once a call).
             test = f"with_{element.with_field}"
             if test not in namespace:
-                namespace[test] = _fhir_value_of(element.with_field, mapping, decl.elements)
+                namespace[test] = _fhir_value_of(element.with_field, mapping, elements)
                 lines.append(f"    {test}_ = {test}(entity) is not None")
             namespace[f"K{i}"] = element.value
             lines += [f"    if {test}_:", _inline_put(element.steps, f"K{i}", i, namespace, "        ")]
@@ -400,7 +401,7 @@ def _generated_writer(decl: d.ResourceDeclaration, writers: list[Writer], mappin
             namespace[f"W{i}"] = writer
             lines.append(f"    W{i}(entity, made, context)")
     source = "\n".join(lines)
-    exec(compile(source, f"<fhir write {mapping.entity} {decl.slot}>", "exec"), namespace)
+    exec(compile(source, f"<fhir write {mapping.entity} {name}>", "exec"), namespace)
     return namespace["write_all"]
 
 
