@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any, Callable, Protocol
 
 from ..mapping import fhir_section as d
@@ -371,7 +372,13 @@ def _generated_writer(elements: tuple[d.Element, ...], writers: list[Writer], ma
     same output as calling the closures in order, without a call per element."""
     lines = ["def write_all(entity, made, context):", "    unfit = context.unfit"]
     namespace: dict[str, Any] = {"MISSING": MISSING}
+    trees = _constant_trees(elements)
     for i, (element, writer) in enumerate(zip(elements, writers)):
+        if i in trees:
+            if trees[i] is not None:
+                key, literal = trees[i]
+                lines.append(f"    made[{key!r}] = {literal}")
+            continue
         plain_field = (element.kind == "field" and not element.values and not element.also and element.with_field is None
                        and element.without_field is None and mapping.field(element.field).strict
                        and not element.steps[-1].index)
@@ -403,6 +410,64 @@ def _generated_writer(elements: tuple[d.Element, ...], writers: list[Writer], ma
     source = "\n".join(lines)
     exec(compile(source, f"<fhir write {mapping.entity} {name}>", "exec"), namespace)
     return namespace["write_all"]
+
+
+_PREWRITTEN = frozenset({"resourceType", "id", "meta", "identifier"})  # _make writes these before the elements
+
+
+def _constant_trees(elements: tuple[d.Element, ...]) -> dict[int, tuple[str, str] | None]:
+    """The top-level elements only unconditional constants write (an
+    Observation's ``category``, ``code``), each as one literal: a fresh tree
+    an evaluation, built at once rather than by a put a constant. Returns
+    element index -> (key, literal) at the first constant of each such key,
+    None at its others; a key anything else may write (a field, an ``also:``
+    form, an original spelling ``_key``), a tree with a hole, or a value
+    without a literal are left to the element writers."""
+    groups: dict[str, list[int]] = {}
+    others: set[str] = set()
+    for i, element in enumerate(elements):
+        top = element.steps[0].key
+        if element.kind == "value" and element.with_field is None and element.without_field is None:
+            groups.setdefault(top, []).append(i)
+        else:
+            others.update({top, "_" + top}, (steps[0].key for _, steps in element.also))
+    found: dict[int, tuple[str, str] | None] = {}
+    for top, indexes in groups.items():
+        if top in others or top in _PREWRITTEN or top.startswith("_") or (
+                len(indexes) == 1 and len(elements[indexes[0]].steps) == 1):
+            continue
+        literal = _tree_literal(top, [elements[i] for i in indexes])
+        if literal is not None:
+            found.update(dict.fromkeys(indexes[1:]))
+            found[indexes[0]] = (top, literal)
+    return found
+
+
+def _tree_literal(top: str, constants: list[d.Element]) -> str | None:
+    """Python source making the tree the constants put at ``top`` (None: no literal says it)."""
+    saved = getattr(_PADDING, "holed", None)
+    _PADDING.holed = []
+    try:
+        node: dict[str, Any] = {}
+        for element in constants:
+            _put(node, element.steps, element.value)
+        holed = _PADDING.holed
+    finally:
+        _PADDING.holed = saved
+    return None if holed else _literal(node[top])
+
+
+def _literal(value: Any) -> str | None:
+    """Source evaluating to a fresh copy of ``value`` (JSON-like constants only)."""
+    if value is None or value.__class__ in (str, int, bool) or (value.__class__ is float and math.isfinite(value)):
+        return None if value is None else repr(value)  # None: a hole, or no value
+    if value.__class__ is dict and all(key.__class__ is str for key in value):
+        parts = [(repr(key), _literal(item)) for key, item in value.items()]
+        return None if any(text is None for _, text in parts) else "{" + ", ".join(f"{k}: {v}" for k, v in parts) + "}"
+    if value.__class__ is list:
+        parts = [_literal(item) for item in value]
+        return None if any(text is None for text in parts) else "[" + ", ".join(parts) + "]"
+    return None
 
 
 def _inline_get(path: tuple[str, ...], name: str, indent: str) -> list[str]:
