@@ -31,9 +31,10 @@ def resource_id(scenario_id: str, entity_type: str, key_values: Sequence[Any], s
 
 def _uuid5(name: str) -> str:
     """``str(uuid.uuid5(NAMESPACE, name))``, without building a UUID object (RFC 4122:
-    SHA-1 of namespace and name, version 5, variant 10)."""
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode("utf-8")).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    text = digest.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    SHA-1 of namespace and name, version 5, variant 10), set in the hex text
+    rather than in the bytes (a fifth faster: this runs for every resource)."""
+    text = hashlib.sha1(_NAMESPACE_BYTES + name.encode("utf-8")).hexdigest()
+    return f"{text[:8]}-{text[8:12]}-5{text[13:16]}-{_VARIANT[text[16]]}{text[17:20]}-{text[20:32]}"
+
+
+_VARIANT = {digit: format((int(digit, 16) & 0x3) | 0x8, "x") for digit in "0123456789abcdef"}  # 10xx

@@ -264,31 +264,35 @@ def _reference_writer(element, mapping, plan, decl, siblings=()):
     target_mapping = mapper.mapping(r.target)
     target_key = target_mapping.primary_key
     pairs = [(mapping.field(own), target_mapping.field(theirs)) for own, theirs in r.fields]
-    getters = [(_getter(own.path), theirs) for own, theirs in pairs]
     own_paths = {theirs.column: own.path for own, theirs in pairs}
     own_columns = {theirs.column: own.column for own, theirs in pairs}
+    # Everything a call needs of a pair, made once: (getter, target field, its dotted path,
+    # the own column named, the own dotted path an unfit value is kept under).
+    lookups = [(_getter(own.path), theirs, theirs.dotted, own_columns[theirs.column],
+                ".".join(own_paths[theirs.column])) for own, theirs in pairs]
     every_column = [own.column for own, _ in pairs]
     first_column = every_column[:1]
-    target_slot = r.slot
+    target, target_slot = r.target, r.slot
+    fhir_string = _FHIR_STRING.match
 
     def write(entity: dict, node: dict, context: _Export) -> None:
         first = None
         found = None
         named = []  # the own columns holding a value, in declared order
-        for get, theirs in getters:
+        for get, theirs, dotted, column, own_path in lookups:
             value = get(entity)
             if value is None:
                 continue
-            named.append(own_columns[theirs.column])
-            if isinstance(value, str) and not _FHIR_STRING.match(value):
+            named.append(column)
+            if isinstance(value, str) and not fhir_string(value):
                 # No resource holds it (FHIR strings cannot), so no target gives it back.
-                context.unfit[".".join(own_paths[theirs.column])] = value
+                context.unfit[own_path] = value
             if first is None:
                 first = (theirs, value)
             if not found:
-                found = context.refs.reference(r.target, theirs.dotted, value)
+                found = context.refs.reference(target, dotted, value)
                 if found and target_slot is not None:
-                    found = _slot_reference_of(mapper, context, r.target, theirs, value, found, target_slot)
+                    found = _slot_reference_of(mapper, context, target, theirs, value, found, target_slot)
         if first is None:
             if absent and context.record is None:  # an imported entity lacked it as it came
                 put(node, _absent(absent))
