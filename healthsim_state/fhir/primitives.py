@@ -241,7 +241,7 @@ def _identifier(system: str, values: tuple) -> dict:
     if len(values) == 1:
         value = values[0]
         if isinstance(value, str):
-            if _FHIR_STRING.match(value):
+            if value and value.isprintable() or _FHIR_STRING.match(value):  # printable: no expression needed
                 return {"system": system, "value": value}
             return {"system": system, "value": json.dumps(value), "extension": [{"url": JSON_TEXT, "valueBoolean": True}]}
         return {"system": system, "value": json.dumps(value)}

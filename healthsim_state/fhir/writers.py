@@ -273,7 +273,7 @@ def _reference_writer(element, mapping, plan, decl, siblings=()):
     every_column = [own.column for own, _ in pairs]
     first_column = every_column[:1]
     target, target_slot = r.target, r.slot
-    fhir_string = _FHIR_STRING.match
+    fhir_string = _FHIR_STRING.match  # after the printable test (the usual), as _as_string
 
     def write(entity: dict, node: dict, context: _Export) -> None:
         first = None
@@ -284,7 +284,7 @@ def _reference_writer(element, mapping, plan, decl, siblings=()):
             if value is None:
                 continue
             named.append(column)
-            if isinstance(value, str) and not fhir_string(value):
+            if isinstance(value, str) and not (value and value.isprintable() or fhir_string(value)):
                 # No resource holds it (FHIR strings cannot), so no target gives it back.
                 context.unfit[own_path] = value
             if first is None:
