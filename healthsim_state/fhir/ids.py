@@ -22,11 +22,21 @@ _PLAIN = re.compile(r'^[^"\\\x00-\x1f\x7f-\U0010ffff]*$')  # JSON writes these s
 
 
 def resource_id(scenario_id: str, entity_type: str, key_values: Sequence[Any], slot: str) -> str:
+    return slot_id(id_prefix(scenario_id, entity_type, key_values), slot)
+
+
+def id_prefix(scenario_id: str, entity_type: str, key_values: Sequence[Any]) -> str:
+    """What the ids of one entity's resources share: made once an entity, not once a slot."""
     if len(key_values) == 1 and isinstance(key_values[0], str) and _plain(key_values[0]):
         key = f'["{key_values[0]}"]'  # what json.dumps gives, without its cost (the usual key)
     else:
         key = json.dumps(list(key_values), separators=(",", ":"), ensure_ascii=False, default=str)
-    return _uuid5(f"{scenario_id}\x1f{entity_type}\x1f{key}\x1f{slot}")
+    return f"{scenario_id}\x1f{entity_type}\x1f{key}\x1f"
+
+
+def slot_id(prefix: str, slot: str) -> str:
+    """The id of the resource ``slot`` of the entity :func:`id_prefix` made ``prefix`` of."""
+    return _uuid5(prefix + slot)
 
 
 def _plain(text: str) -> bool:

@@ -19,7 +19,9 @@ from typing import Any, Callable, Protocol
 from ..mapping import fhir_section as d
 from ..mapping.model import Field, Mapping
 from ..values import MISSING
+from .ids import id_prefix as _id_prefix
 from .ids import resource_id as _resource_id
+from .ids import slot_id as _slot_id
 from .paths import (_PADDING, _coding_shape, _compact, _field_and_getter, _getter, _merge, _original_steps, _put,
                     _put_slices_back, _putter, _room_at)
 from .primitives import (_FHIR_CODE, _FHIR_STRING, ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, _absent,
@@ -38,18 +40,25 @@ class ExportRefs(Protocol):
 class _Export:
     """What one to_resources call shares with its element writers."""
 
-    __slots__ = ("refs", "scenario_id", "children", "kept", "key", "unfit", "record", "ids")
+    __slots__ = ("refs", "scenario_id", "children", "kept", "key", "unfit", "record", "ids", "prefix")
 
     def __init__(self, refs, scenario_id, children, kept, key):
         self.refs, self.scenario_id, self.children, self.kept, self.key = refs, scenario_id, children, kept, key
         self.unfit: dict[str, Any] = {}  # dotted path -> a value its element cannot hold (see UNFIT)
         self.record: dict | None = None  # what an import kept of the resource being made
         self.ids: dict[str, str] = {}  # slot -> id, made once a call (hasMember names them again)
+        self.prefix: str | None = None  # what the entity's ids share (ids.id_prefix), made at its first
 
     def id_of(self, plan, entity: dict, slot: str) -> str:
         found = self.ids.get(slot)
         if found is None:
-            found = self.ids[slot] = plan.slot_id(entity, slot, self.scenario_id, self.key)
+            if entity.get(RESERVED_KEY):  # an imported entity keeps the ids it came with
+                found = plan.slot_id(entity, slot, self.scenario_id, self.key)
+            else:  # what plan.slot_id makes of an entity that kept none
+                if self.prefix is None:
+                    self.prefix = _id_prefix(self.scenario_id, plan.entity_type, self.key)
+                found = _slot_id(self.prefix, slot)
+            self.ids[slot] = found
         return found
 
 
