@@ -215,7 +215,7 @@ def _coding_writer(element, mapping, plan, decl, siblings=()):
             context.unfit[code_field.dotted] = get_code(entity)
             keep_companions(entity, context)
         code = forward.get(code, code)
-        if not _FHIR_CODE.match(code):
+        if not _is_code(code):
             context.unfit[code_field.dotted] = get_code(entity)
             keep_companions(entity, context)
             if absent and context.record is None:  # an imported entity lacked it as it came
@@ -224,7 +224,7 @@ def _coding_writer(element, mapping, plan, decl, siblings=()):
         coding["code"] = code
         if get_display is not None:
             display = get_display(entity)
-            if isinstance(display, str) and _FHIR_STRING.match(display):
+            if isinstance(display, str) and (display and display.isprintable() or _FHIR_STRING.match(display)):
                 coding["display"] = display
             elif display is not None:
                 context.unfit[display_field.dotted] = display
@@ -256,7 +256,7 @@ def _quantity_writer(element, mapping, plan, decl, siblings=()):
                 put(node, _absent(absent))
             return
         quantity: dict[str, Any] = {"value": value}
-        if isinstance(unit, str) and _FHIR_CODE.match(unit):
+        if isinstance(unit, str) and _is_code(unit):
             quantity.update(unit=unit, system=UCUM, code=unit)
         elif get_unit is not None and unit is not None:
             context.unfit[unit_field.dotted] = unit
@@ -363,6 +363,12 @@ def _slot_reference_of(mapper, context: _Export, entity_type: str, theirs: Field
     if tuple(target.mapping.primary_key) != (theirs.column,):
         return None
     return f"{target.by_slot[slot].resource_type}/{_resource_id(context.scenario_id, entity_type, (value,), slot)}"
+
+
+def _is_code(text: str) -> bool:
+    """``_FHIR_CODE`` matches: printable text without a space (the usual code) is one
+    token of no whitespace, told by tests before the expression."""
+    return bool(text and text.isprintable() and " " not in text or _FHIR_CODE.match(text))
 
 
 ELEMENT_WRITERS = {"field": _field_writer, "value": _value_writer, "coding": _coding_writer,
