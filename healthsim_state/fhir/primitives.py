@@ -119,6 +119,9 @@ def _as_base64(value: Any) -> str | None:
     return base64.b64encode(value.encode("utf-8")).decode("ascii") if isinstance(value, str) else None
 
 
+# json.dumps(v, separators=(",", ":")) made once: dumps makes an encoder a call when given separators.
+_JSON_TEXT = json.JSONEncoder(separators=(",", ":")).encode
+
 TO_FHIR: dict[str, Callable[[Any], Any]] = {
     "string": _as_string, "code": _matching(_FHIR_CODE), "uri": _matching(_FHIR_URI), "id": _matching(_FHIR_ID),
     "markdown": _as_string,
@@ -128,7 +131,7 @@ TO_FHIR: dict[str, Callable[[Any], Any]] = {
     "date": _as_date, "dateTime": _date_time, "instant": lambda v: _date_time(v, instant=True),
     "base64Binary": _as_base64,
     # Any JSON value (a json column's list) as the text of a FHIR string.
-    "json": lambda v: json.dumps(v, separators=(",", ":")),
+    "json": _JSON_TEXT,
 }
 
 
