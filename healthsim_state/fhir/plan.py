@@ -48,6 +48,16 @@ class _Resource:
         self.constants = {e.path: (e.steps, e.value) for e in decl.elements if e.kind == "value"}
         self.paths = [e.path for e in decl.elements]
         self.write_all: Writer = lambda entity, made, context: [w(entity, made, context) for w in writers]
+        self.unwanted = _none_of(whens)
+
+
+def _none_of(whens: list[Callable]) -> Callable[[dict], bool]:
+    """Whether none of a resource's ``when:`` columns holds a value (it is not made):
+    one test for the usual single column, without a generator a call."""
+    if len(whens) == 1:
+        only = whens[0]
+        return lambda entity: only(entity) is None
+    return lambda entity: all(get(entity) is None for get in whens)
 
 
 class _Plan:

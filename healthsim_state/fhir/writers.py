@@ -80,7 +80,7 @@ def to_resources(plan, entity: dict, scenario_id: str, refs: ExportRefs,
             # values edited in since; not a panel it never had.
             if kept and not resource.whens:
                 continue
-            if resource.whens and all(get(entity) is None for get in resource.whens):
+            if resource.whens and resource.unwanted(entity):
                 continue
         made = _make(plan, resource, entity, context)
         out.append(made)
@@ -330,7 +330,7 @@ def _slot_reference_writer(element, plan):
 
     def write(entity: dict, node: dict, context: _Export) -> None:
         target = plan.by_slot[slot]
-        if target.whens and all(get(entity) is None for get in target.whens):
+        if target.whens and target.unwanted(entity):
             return  # that resource is not made for this entity
         put(node, {"reference": f"{target.resource_type}/{context.id_of(plan, entity, slot)}"})
     return write
