@@ -398,7 +398,7 @@ def _generated_writer(elements: tuple[d.Element, ...], writers: list[Writer], ma
                 key, literal = trees[i]
                 lines.append(f"    made[{key!r}] = {literal}")
             continue
-        plain_field = (element.kind == "field" and not element.values and not element.also and element.with_field is None
+        plain_field = (element.kind == "field" and not element.values and element.with_field is None
                        and element.without_field is None and mapping.field(element.field).strict
                        and not element.steps[-1].index)
         plain_constant = element.kind == "value" and element.with_field is None and element.without_field is None
@@ -413,16 +413,13 @@ def _generated_writer(elements: tuple[d.Element, ...], writers: list[Writer], ma
                 lines.append(f"    {test}_ = {test}(entity) is not None")
             namespace[f"K{i}"] = element.value
             lines += [f"    if {test}_:", _inline_put(element.steps, f"K{i}", i, namespace, "        ")]
+        elif plain_field and element.also:
+            # Other forms (.forms): one only where the entity's record names it; else as declared.
+            namespace[f"W{i}"] = writer
+            lines += ["    if not context.record:", *_inline_field(element, mapping, i, namespace, "        "),
+                      "    else:", f"        W{i}(entity, made, context)"]
         elif plain_field:
-            field = mapping.field(element.field)
-            namespace[f"C{i}"] = _converter(_primitive_of(element, field), field)
-            lines += _inline_get(field.path, "v", "    ")
-            lines += ["    if v is not None:",
-                      f"        c = C{i}(v)",
-                      "        if c is None:",
-                      f"            unfit[{field.dotted!r}] = v",
-                      "        else:",
-                      _inline_put(element.steps, "c", i, namespace, "            ")]
+            lines += _inline_field(element, mapping, i, namespace, "    ")
         else:
             namespace[f"W{i}"] = writer
             lines.append(f"    W{i}(entity, made, context)")
@@ -487,6 +484,19 @@ def _literal(value: Any) -> str | None:
         parts = [_literal(item) for item in value]
         return None if any(text is None for text in parts) else "[" + ", ".join(parts) + "]"
     return None
+
+
+def _inline_field(element: d.Element, mapping: Mapping, i: int, namespace: dict, indent: str) -> list[str]:
+    """A plain field's writer inline: its value converted, else kept in the unfit extension."""
+    field = mapping.field(element.field)
+    namespace[f"C{i}"] = _converter(_primitive_of(element, field), field)
+    return [*_inline_get(field.path, "v", indent),
+            f"{indent}if v is not None:",
+            f"{indent}    c = C{i}(v)",
+            f"{indent}    if c is None:",
+            f"{indent}        unfit[{field.dotted!r}] = v",
+            f"{indent}    else:",
+            _inline_put(element.steps, "c", i, namespace, indent + "        ")]
 
 
 def _inline_get(path: tuple[str, ...], name: str, indent: str) -> list[str]:
