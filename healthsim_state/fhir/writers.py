@@ -23,7 +23,7 @@ from .ids import id_prefix as _id_prefix
 from .ids import resource_id as _resource_id
 from .ids import slot_id as _slot_id
 from .paths import (_PADDING, _coding_shape, _compact, _field_and_getter, _getter, _merge, _original_steps, _put,
-                    _put_slices_back, _putter, _room_at)
+                    _put_lines, _put_slices_back, _putter, _room_at)
 from .primitives import (_FHIR_CODE, _FHIR_STRING, ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, _absent,
                          _as_decimal, _backward, _condition, _converter, _fhir_value_of, _fits, _identifier,
                          _lookup_system, _primitive_of)
@@ -507,8 +507,9 @@ def _inline_get(path: tuple[str, ...], name: str, indent: str) -> list[str]:
 
 
 def _inline_put(steps: tuple[d.Step, ...], value: str, i: int, namespace: dict, indent: str) -> str:
+    """``_put(made, steps, value)`` inline (the putter's straight-line code, without its call)."""
     if len(steps) == 1 and steps[0].index is None:
         return f"{indent}made[{steps[0].key!r}] = {value}"
-    namespace[f"P{i}"] = _putter(steps)
-    return f"{indent}P{i}(made, {value})"
+    namespace["_PADDING"] = _PADDING
+    return "\n".join([f"{indent}n = made", *_put_lines(steps, "n", value, indent)])
 
