@@ -351,17 +351,40 @@ def _fhir_value_of(column: str, mapping: Mapping, siblings: tuple[d.Element, ...
     """What the sibling element naming ``column`` writes for an entity (None: nothing)."""
     field = mapping.field(column)
     get = _getter(field.path)
+    element = _deciding_sibling(column, siblings)
+    if element is None:
+        return lambda entity: (v := get(entity)) is not None and not isinstance(v, (dict, list)) or None
+    if element.kind == "field":
+        convert = TO_FHIR.get(_primitive_of(element, field), lambda v: v)
+        forward = dict(element.values)
+        if forward:
+            backward = _backward(element.values)
+            return lambda entity: (v if isinstance(v := get(entity), str) and (v in forward or v in backward)
+                                   else None)
+        return lambda entity: convert(v) if (v := get(entity)) is not None else None
+    if element.kind == "coding":
+        return lambda entity: v if isinstance(v := get(entity), str) and _FHIR_CODE.match(v) else None
+    return lambda entity: v if isinstance(v := get(entity), (int, float)) and not isinstance(v, bool) else None
+
+
+def _deciding_sibling(column: str, siblings: tuple[d.Element, ...]) -> d.Element | None:
+    """The sibling whose writing of ``column`` a with:/without: test follows: the
+    first field (not itself conditional), coding or quantity of it (None: none)."""
     for element in siblings:
         if element.kind == "field" and element.field == column and not element.with_field:
-            convert = TO_FHIR.get(_primitive_of(element, field), lambda v: v)
-            forward = dict(element.values)
-            if forward:
-                backward = _backward(element.values)
-                return lambda entity: (v if isinstance(v := get(entity), str) and (v in forward or v in backward)
-                                       else None)
-            return lambda entity: convert(v) if (v := get(entity)) is not None else None
+            return element
         if element.kind == "coding" and element.coding.code == column:
-            return lambda entity: v if isinstance(v := get(entity), str) and _FHIR_CODE.match(v) else None
+            return element
         if element.kind == "quantity" and element.quantity.value == column:
-            return lambda entity: v if isinstance(v := get(entity), (int, float)) and not isinstance(v, bool) else None
-    return lambda entity: (v := get(entity)) is not None and not isinstance(v, (dict, list)) or None
+            return element
+    return None
+
+
+def _converted_test(column: str, mapping: Mapping, siblings: tuple[d.Element, ...]) -> Callable[[Any], Any] | None:
+    """The converter :func:`_fhir_value_of` applies to ``column``'s value when it
+    is just that (a field without a value map, of a known primitive): a generated
+    writer tests ``v is not None and convert(v) is not None`` inline. None otherwise."""
+    element = _deciding_sibling(column, siblings)
+    if element is None or element.kind != "field" or element.values:
+        return None
+    return TO_FHIR.get(_primitive_of(element, mapping.field(column)))

@@ -25,8 +25,8 @@ from .ids import slot_id as _slot_id
 from .paths import (_PADDING, _coding_shape, _compact, _field_and_getter, _getter, _merge, _original_steps, _put,
                     _put_lines, _put_slices_back, _putter, _room_at)
 from .primitives import (_FHIR_CODE, _FHIR_STRING, ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, _absent,
-                         _as_decimal, _backward, _condition, _converter, _fhir_value_of, _fits, _identifier,
-                         _lookup_system, _primitive_of)
+                         _as_decimal, _backward, _condition, _converted_test, _converter, _fhir_value_of, _fits,
+                         _identifier, _lookup_system, _primitive_of)
 
 RESERVED_KEY = d.RESERVED_KEY
 
@@ -409,8 +409,14 @@ def _generated_writer(elements: tuple[d.Element, ...], writers: list[Writer], ma
             # A slice's constants share one test of their column (made once a call).
             test = f"with_{element.with_field}"
             if test not in namespace:
-                namespace[test] = _fhir_value_of(element.with_field, mapping, elements)
-                lines.append(f"    {test}_ = {test}(entity) is not None")
+                convert = _converted_test(element.with_field, mapping, elements)
+                if convert is None:
+                    namespace[test] = _fhir_value_of(element.with_field, mapping, elements)
+                    lines.append(f"    {test}_ = {test}(entity) is not None")
+                else:  # _fhir_value_of's test inline: the value, converted
+                    namespace[test] = convert
+                    lines += _inline_get(mapping.field(element.with_field).path, "v", "    ")
+                    lines.append(f"    {test}_ = v is not None and {test}(v) is not None")
             namespace[f"K{i}"] = element.value
             lines += [f"    if {test}_:", _inline_put(element.steps, f"K{i}", i, namespace, "        ")]
         elif plain_field and element.also:
