@@ -25,6 +25,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
+from ..engine.batch import no_cyclic_gc
 from ..errors import UnknownEntityTypeError
 from ..interop.errors import OutputExistsError
 from .references import ExportRefs, NoRefs, field_value, links_to, references_in, rewrite_references
@@ -235,7 +236,8 @@ def export_fhir(manager: "StateManager", name_or_id: str, directory: str | os.Pa
             plan = make_plan(snapshot, mapper, entity_types)
             deleted = since_plan(manager, snapshot, plan, since_version) if since_version is not None else []
             resources = iter_resources(snapshot, plan)
-            output = _write_bundles(resources, work) if bundles else _write_ndjson(resources, work)
+            with no_cyclic_gc():  # a resource is a fresh tree, freed as written: no cycle to collect
+                output = _write_bundles(resources, work) if bundles else _write_ndjson(resources, work)
             manifest = _manifest(snapshot.info, output, _write_deleted(deleted, work), bundles=bundles,
                                  since=since_version, entity_types=entity_types)
         (work / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", "utf-8")

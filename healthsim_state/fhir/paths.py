@@ -54,29 +54,35 @@ _PADDING = threading.local()  # the lists a _put left a hole in (per thread: exp
 def _putter(steps: tuple[d.Step, ...]) -> Callable[[dict, Any], None]:
     """``_put`` for one path, generated once as straight-line code (no loop
     over steps: most of an export's time is spent writing elements)."""
-    lines = ["def put(node, value):"]
+    lines = ["def put(node, value):", *_put_lines(steps, "node", "value", "    ")]
+    namespace: dict[str, Any] = {"_PADDING": _PADDING}
+    exec(compile("\n".join(lines), f"<fhir put {'.'.join(s.key for s in steps)}>", "exec"), namespace)
+    return namespace["put"]
+
+
+def _put_lines(steps: tuple[d.Step, ...], node: str, value: str, indent: str) -> list[str]:
+    """The source of ``_put(node, steps, value)`` for one path (``node`` is
+    rebound on the way down; needs ``_PADDING`` and ``items`` free)."""
+    lines = []
     last = len(steps) - 1
     for position, step in enumerate(steps):
         key = repr(step.key)
         if step.index is None:
-            lines.append(f"    node[{key}] = value" if position == last else
-                         f"    node = node.setdefault({key}, {{}})")
+            lines.append(f"{node}[{key}] = {value}" if position == last else f"{node} = {node}.setdefault({key}, {{}})")
             continue
         i = step.index
-        lines += [f"    items = node.setdefault({key}, [])",
-                  f"    if len(items) <= {i}:",
-                  f"        if len(items) < {i}:",
-                  "            _PADDING.holed.append(items)",
-                  f"        items.extend([None] * ({i + 1} - len(items)))"]
+        lines += [f"items = {node}.setdefault({key}, [])",
+                  f"if len(items) <= {i}:",
+                  f"    if len(items) < {i}:",
+                  "        _PADDING.holed.append(items)",
+                  f"    items.extend([None] * ({i + 1} - len(items)))"]
         if position == last:
-            lines.append(f"    items[{i}] = value")
+            lines.append(f"items[{i}] = {value}")
         else:
-            lines += [f"    node = items[{i}]",
-                      "    if node is None:",
-                      f"        node = items[{i}] = {{}}"]
-    namespace: dict[str, Any] = {"_PADDING": _PADDING}
-    exec(compile("\n".join(lines), f"<fhir put {'.'.join(s.key for s in steps)}>", "exec"), namespace)
-    return namespace["put"]
+            lines += [f"{node} = items[{i}]",
+                      f"if {node} is None:",
+                      f"    {node} = items[{i}] = {{}}"]
+    return [indent + line for line in lines]
 
 
 def _parent(node: Any, steps: tuple[d.Step, ...]) -> Any:

@@ -49,6 +49,16 @@ class _Resource:
         self.constants = {e.path: (e.steps, e.value) for e in decl.elements if e.kind == "value"}
         self.paths = [e.path for e in decl.elements]
         self.write_all: Writer = lambda entity, made, context: [w(entity, made, context) for w in writers]
+        self.unwanted = _none_of(whens)
+
+
+def _none_of(whens: list[Callable]) -> Callable[[dict], bool]:
+    """Whether none of a resource's ``when:`` columns holds a value (it is not made):
+    one test for the usual single column, without a generator a call."""
+    if len(whens) == 1:
+        only = whens[0]
+        return lambda entity: only(entity) is None
+    return lambda entity: all(get(entity) is None for get in whens)
 
 
 class _Plan:
@@ -75,7 +85,7 @@ class _Plan:
                 field_paths[element.field] = element.steps
         whens = [_getter(self.fields[c].path) for c in decl.when]
         compiled = _Resource(decl, writers, _constants_last(readers), whens, field_paths)
-        compiled.write_all = _generated_writer(decl, writers, self.mapping)
+        compiled.write_all = _generated_writer(decl.elements, writers, self.mapping, decl.slot)
         return compiled
 
     def key_of(self, entity: dict) -> tuple:
@@ -98,6 +108,7 @@ class _ChildPlan:
         self.link = [mapping.field(c) for c in children.link]
         pairs = [_element(e, mapping, parent, decl, children.elements) for e in children.elements]
         self.writers = [w for w, _ in pairs]
+        self.write_all = _generated_writer(children.elements, self.writers, mapping, f"{decl.slot} item")
         self.readers = _constants_last([(e.kind == "value", r) for e, (_, r) in zip(children.elements, pairs)])
 
     def item(self, kid: dict, context: _Export, slot: str) -> dict:
@@ -108,8 +119,7 @@ class _ChildPlan:
         parent_record = context.record
         if isinstance(record, dict) and TIMES_KEY in record and parent_record is not None:
             context.record = {**parent_record, TIMES_KEY: record[TIMES_KEY]}  # the item's kept date-times
-        for write in self.writers:
-            write(kid, item, context)
+        self.write_all(kid, item, context)
         if context.unfit:
             _keep_unfit(item, context.unfit)
         context.unfit, context.record = parents, parent_record

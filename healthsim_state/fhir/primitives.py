@@ -119,6 +119,9 @@ def _as_base64(value: Any) -> str | None:
     return base64.b64encode(value.encode("utf-8")).decode("ascii") if isinstance(value, str) else None
 
 
+# json.dumps(v, separators=(",", ":")) made once: dumps makes an encoder a call when given separators.
+_JSON_TEXT = json.JSONEncoder(separators=(",", ":")).encode
+
 TO_FHIR: dict[str, Callable[[Any], Any]] = {
     "string": _as_string, "code": _matching(_FHIR_CODE), "uri": _matching(_FHIR_URI), "id": _matching(_FHIR_ID),
     "markdown": _as_string,
@@ -128,7 +131,7 @@ TO_FHIR: dict[str, Callable[[Any], Any]] = {
     "date": _as_date, "dateTime": _date_time, "instant": lambda v: _date_time(v, instant=True),
     "base64Binary": _as_base64,
     # Any JSON value (a json column's list) as the text of a FHIR string.
-    "json": lambda v: json.dumps(v, separators=(",", ":")),
+    "json": _JSON_TEXT,
 }
 
 
@@ -241,7 +244,7 @@ def _identifier(system: str, values: tuple) -> dict:
     if len(values) == 1:
         value = values[0]
         if isinstance(value, str):
-            if _FHIR_STRING.match(value):
+            if value and value.isprintable() or _FHIR_STRING.match(value):  # printable: no expression needed
                 return {"system": system, "value": value}
             return {"system": system, "value": json.dumps(value), "extension": [{"url": JSON_TEXT, "valueBoolean": True}]}
         return {"system": system, "value": json.dumps(value)}
@@ -391,17 +394,40 @@ def _fhir_value_of(column: str, mapping: Mapping, siblings: tuple[d.Element, ...
     """What the sibling element naming ``column`` writes for an entity (None: nothing)."""
     field = mapping.field(column)
     get = _getter(field.path)
+    element = _deciding_sibling(column, siblings)
+    if element is None:
+        return lambda entity: (v := get(entity)) is not None and not isinstance(v, (dict, list)) or None
+    if element.kind == "field":
+        convert = TO_FHIR.get(_primitive_of(element, field), lambda v: v)
+        forward = dict(element.values)
+        if forward:
+            backward = _backward(element.values)
+            return lambda entity: (v if isinstance(v := get(entity), str) and (v in forward or v in backward)
+                                   else None)
+        return lambda entity: convert(v) if (v := get(entity)) is not None else None
+    if element.kind == "coding":
+        return lambda entity: v if isinstance(v := get(entity), str) and _FHIR_CODE.match(v) else None
+    return lambda entity: v if isinstance(v := get(entity), (int, float)) and not isinstance(v, bool) else None
+
+
+def _deciding_sibling(column: str, siblings: tuple[d.Element, ...]) -> d.Element | None:
+    """The sibling whose writing of ``column`` a with:/without: test follows: the
+    first field (not itself conditional), coding or quantity of it (None: none)."""
     for element in siblings:
         if element.kind == "field" and element.field == column and not element.with_field:
-            convert = TO_FHIR.get(_primitive_of(element, field), lambda v: v)
-            forward = dict(element.values)
-            if forward:
-                backward = _backward(element.values)
-                return lambda entity: (v if isinstance(v := get(entity), str) and (v in forward or v in backward)
-                                       else None)
-            return lambda entity: convert(v) if (v := get(entity)) is not None else None
+            return element
         if element.kind == "coding" and element.coding.code == column:
-            return lambda entity: v if isinstance(v := get(entity), str) and _FHIR_CODE.match(v) else None
+            return element
         if element.kind == "quantity" and element.quantity.value == column:
-            return lambda entity: v if isinstance(v := get(entity), (int, float)) and not isinstance(v, bool) else None
-    return lambda entity: (v := get(entity)) is not None and not isinstance(v, (dict, list)) or None
+            return element
+    return None
+
+
+def _converted_test(column: str, mapping: Mapping, siblings: tuple[d.Element, ...]) -> Callable[[Any], Any] | None:
+    """The converter :func:`_fhir_value_of` applies to ``column``'s value when it
+    is just that (a field without a value map, of a known primitive): a generated
+    writer tests ``v is not None and convert(v) is not None`` inline. None otherwise."""
+    element = _deciding_sibling(column, siblings)
+    if element is None or element.kind != "field" or element.values:
+        return None
+    return TO_FHIR.get(_primitive_of(element, mapping.field(column)))

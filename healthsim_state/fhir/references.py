@@ -58,7 +58,7 @@ class ExportRefs:
     def reference(self, entity_type: str, field: str, value: Any) -> str | None:
         if value is None:
             return None
-        return self._index.get((entity_type, field, _lookup(value)))
+        return self._index.get((entity_type, field, value if isinstance(value, str) else str(value)))  # _lookup
 
     def slot_reference(self, entity_type: str, field: str, value: Any, slot: str) -> str | None:
         """The resource ``slot`` of the entity whose ``field`` is ``value``."""

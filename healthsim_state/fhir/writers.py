@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any, Callable, Protocol
 
 from ..mapping import fhir_section as d
 from ..mapping.model import Field, Mapping
 from ..values import MISSING
+from .ids import id_prefix as _id_prefix
 from .ids import resource_id as _resource_id
+from .ids import slot_id as _slot_id
 from .paths import (_PADDING, _coding_shape, _compact, _field_and_getter, _getter, _merge, _original_steps, _put,
-                    _put_slices_back, _putter, _room_at)
+                    _put_lines, _put_slices_back, _putter, _room_at)
 from .primitives import (_FHIR_CODE, _FHIR_STRING, ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, _absent,
-                         _as_decimal, _backward, _condition, _converter, _day_of, _day_taken, _fhir_value_of, _fits,
-                         _identifier, _keeps_time, _lookup_system, _primitive_of, _written_time)
+                         _as_decimal, _backward, _condition, _converted_test, _converter, _day_of, _day_taken,
+                         _fhir_value_of, _fits, _identifier, _keeps_time, _lookup_system, _primitive_of,
+                         _written_time)
 
 RESERVED_KEY = d.RESERVED_KEY
 
@@ -37,18 +41,25 @@ class ExportRefs(Protocol):
 class _Export:
     """What one to_resources call shares with its element writers."""
 
-    __slots__ = ("refs", "scenario_id", "children", "kept", "key", "unfit", "record", "ids")
+    __slots__ = ("refs", "scenario_id", "children", "kept", "key", "unfit", "record", "ids", "prefix")
 
     def __init__(self, refs, scenario_id, children, kept, key):
         self.refs, self.scenario_id, self.children, self.kept, self.key = refs, scenario_id, children, kept, key
         self.unfit: dict[str, Any] = {}  # dotted path -> a value its element cannot hold (see UNFIT)
         self.record: dict | None = None  # what an import kept of the resource being made
         self.ids: dict[str, str] = {}  # slot -> id, made once a call (hasMember names them again)
+        self.prefix: str | None = None  # what the entity's ids share (ids.id_prefix), made at its first
 
     def id_of(self, plan, entity: dict, slot: str) -> str:
         found = self.ids.get(slot)
         if found is None:
-            found = self.ids[slot] = plan.slot_id(entity, slot, self.scenario_id, self.key)
+            if entity.get(RESERVED_KEY):  # an imported entity keeps the ids it came with
+                found = plan.slot_id(entity, slot, self.scenario_id, self.key)
+            else:  # what plan.slot_id makes of an entity that kept none
+                if self.prefix is None:
+                    self.prefix = _id_prefix(self.scenario_id, plan.entity_type, self.key)
+                found = _slot_id(self.prefix, slot)
+            self.ids[slot] = found
         return found
 
 
@@ -70,7 +81,7 @@ def to_resources(plan, entity: dict, scenario_id: str, refs: ExportRefs,
             # values edited in since; not a panel it never had.
             if kept and not resource.whens:
                 continue
-            if resource.whens and all(get(entity) is None for get in resource.whens):
+            if resource.whens and resource.unwanted(entity):
                 continue
         made = _make(plan, resource, entity, context)
         out.append(made)
@@ -211,7 +222,7 @@ def _coding_writer(element, mapping, plan, decl, siblings=()):
             context.unfit[code_field.dotted] = get_code(entity)
             keep_companions(entity, context)
         code = forward.get(code, code)
-        if not _FHIR_CODE.match(code):
+        if not _is_code(code):
             context.unfit[code_field.dotted] = get_code(entity)
             keep_companions(entity, context)
             if absent and context.record is None:  # an imported entity lacked it as it came
@@ -220,7 +231,7 @@ def _coding_writer(element, mapping, plan, decl, siblings=()):
         coding["code"] = code
         if get_display is not None:
             display = get_display(entity)
-            if isinstance(display, str) and _FHIR_STRING.match(display):
+            if isinstance(display, str) and (display and display.isprintable() or _FHIR_STRING.match(display)):
                 coding["display"] = display
             elif display is not None:
                 context.unfit[display_field.dotted] = display
@@ -252,7 +263,7 @@ def _quantity_writer(element, mapping, plan, decl, siblings=()):
                 put(node, _absent(absent))
             return
         quantity: dict[str, Any] = {"value": value}
-        if isinstance(unit, str) and _FHIR_CODE.match(unit):
+        if isinstance(unit, str) and _is_code(unit):
             quantity.update(unit=unit, system=UCUM, code=unit)
         elif get_unit is not None and unit is not None:
             context.unfit[unit_field.dotted] = unit
@@ -269,31 +280,35 @@ def _reference_writer(element, mapping, plan, decl, siblings=()):
     target_mapping = mapper.mapping(r.target)
     target_key = target_mapping.primary_key
     pairs = [(mapping.field(own), target_mapping.field(theirs)) for own, theirs in r.fields]
-    getters = [(_getter(own.path), theirs) for own, theirs in pairs]
     own_paths = {theirs.column: own.path for own, theirs in pairs}
     own_columns = {theirs.column: own.column for own, theirs in pairs}
+    # Everything a call needs of a pair, made once: (getter, target field, its dotted path,
+    # the own column named, the own dotted path an unfit value is kept under).
+    lookups = [(_getter(own.path), theirs, theirs.dotted, own_columns[theirs.column],
+                ".".join(own_paths[theirs.column])) for own, theirs in pairs]
     every_column = [own.column for own, _ in pairs]
     first_column = every_column[:1]
-    target_slot = r.slot
+    target, target_slot = r.target, r.slot
+    fhir_string = _FHIR_STRING.match  # after the printable test (the usual), as _as_string
 
     def write(entity: dict, node: dict, context: _Export) -> None:
         first = None
         found = None
         named = []  # the own columns holding a value, in declared order
-        for get, theirs in getters:
+        for get, theirs, dotted, column, own_path in lookups:
             value = get(entity)
             if value is None:
                 continue
-            named.append(own_columns[theirs.column])
-            if isinstance(value, str) and not _FHIR_STRING.match(value):
+            named.append(column)
+            if isinstance(value, str) and not (value and value.isprintable() or fhir_string(value)):
                 # No resource holds it (FHIR strings cannot), so no target gives it back.
-                context.unfit[".".join(own_paths[theirs.column])] = value
+                context.unfit[own_path] = value
             if first is None:
                 first = (theirs, value)
             if not found:
-                found = context.refs.reference(r.target, theirs.dotted, value)
+                found = context.refs.reference(target, dotted, value)
                 if found and target_slot is not None:
-                    found = _slot_reference_of(mapper, context, r.target, theirs, value, found, target_slot)
+                    found = _slot_reference_of(mapper, context, target, theirs, value, found, target_slot)
         if first is None:
             if absent and context.record is None:  # an imported entity lacked it as it came
                 put(node, _absent(absent))
@@ -322,7 +337,7 @@ def _slot_reference_writer(element, plan):
 
     def write(entity: dict, node: dict, context: _Export) -> None:
         target = plan.by_slot[slot]
-        if target.whens and all(get(entity) is None for get in target.whens):
+        if target.whens and target.unwanted(entity):
             return  # that resource is not made for this entity
         put(node, {"reference": f"{target.resource_type}/{context.id_of(plan, entity, slot)}"})
     return write
@@ -357,6 +372,12 @@ def _slot_reference_of(mapper, context: _Export, entity_type: str, theirs: Field
     return f"{target.by_slot[slot].resource_type}/{_resource_id(context.scenario_id, entity_type, (value,), slot)}"
 
 
+def _is_code(text: str) -> bool:
+    """``_FHIR_CODE`` matches: printable text without a space (the usual code) is one
+    token of no whitespace, told by tests before the expression."""
+    return bool(text and text.isprintable() and " " not in text or _FHIR_CODE.match(text))
+
+
 ELEMENT_WRITERS = {"field": _field_writer, "value": _value_writer, "coding": _coding_writer,
                    "quantity": _quantity_writer, "reference": _reference_writer}
 
@@ -369,16 +390,23 @@ def _keep_unfit(node: dict, unfit: dict[str, Any]) -> None:
     node.setdefault("extension", []).append({"url": UNFIT, "valueString": text})
 
 
-def _generated_writer(decl: d.ResourceDeclaration, writers: list[Writer], mapping: Mapping) -> Writer:
-    """Every element's writer of one resource as one generated function: the
+def _generated_writer(elements: tuple[d.Element, ...], writers: list[Writer], mapping: Mapping, name: str) -> Writer:
+    """Every element's writer of one resource (or of a folded child's item:
+    ``elements`` are the siblings a ``with:`` names) as one generated function: the
     plain elements (a strict field without a value map or condition, a constant
     without a condition) written inline, the others through their closures. The
     same output as calling the closures in order, without a call per element."""
     lines = ["def write_all(entity, made, context):", "    unfit = context.unfit"]
     namespace: dict[str, Any] = {"MISSING": MISSING}
-    for i, (element, writer) in enumerate(zip(decl.elements, writers)):
+    trees = _constant_trees(elements)
+    for i, (element, writer) in enumerate(zip(elements, writers)):
+        if i in trees:
+            if trees[i] is not None:
+                key, literal = trees[i]
+                lines.append(f"    made[{key!r}] = {literal}")
+            continue
         field = mapping.field(element.field) if element.kind == "field" else None
-        plain_field = (field is not None and not element.values and not element.also and element.with_field is None
+        plain_field = (field is not None and not element.values and element.with_field is None
                        and element.without_field is None and field.strict and not element.steps[-1].index
                        and not _keeps_time(_primitive_of(element, field), field))  # a kept time: see TIMES_KEY
         plain_constant = element.kind == "value" and element.with_field is None and element.without_field is None
@@ -389,25 +417,100 @@ def _generated_writer(decl: d.ResourceDeclaration, writers: list[Writer], mappin
             # A slice's constants share one test of their column (made once a call).
             test = f"with_{element.with_field}"
             if test not in namespace:
-                namespace[test] = _fhir_value_of(element.with_field, mapping, decl.elements)
-                lines.append(f"    {test}_ = {test}(entity) is not None")
+                convert = _converted_test(element.with_field, mapping, elements)
+                if convert is None:
+                    namespace[test] = _fhir_value_of(element.with_field, mapping, elements)
+                    lines.append(f"    {test}_ = {test}(entity) is not None")
+                else:  # _fhir_value_of's test inline: the value, converted
+                    namespace[test] = convert
+                    lines += _inline_get(mapping.field(element.with_field).path, "v", "    ")
+                    lines.append(f"    {test}_ = v is not None and {test}(v) is not None")
             namespace[f"K{i}"] = element.value
             lines += [f"    if {test}_:", _inline_put(element.steps, f"K{i}", i, namespace, "        ")]
+        elif plain_field and element.also:
+            # Other forms (.forms): one only where the entity's record names it; else as declared.
+            namespace[f"W{i}"] = writer
+            lines += ["    if not context.record:", *_inline_field(element, mapping, i, namespace, "        "),
+                      "    else:", f"        W{i}(entity, made, context)"]
         elif plain_field:
-            namespace[f"C{i}"] = _converter(_primitive_of(element, field), field)
-            lines += _inline_get(field.path, "v", "    ")
-            lines += ["    if v is not None:",
-                      f"        c = C{i}(v)",
-                      "        if c is None:",
-                      f"            unfit[{field.dotted!r}] = v",
-                      "        else:",
-                      _inline_put(element.steps, "c", i, namespace, "            ")]
+            lines += _inline_field(element, mapping, i, namespace, "    ")
         else:
             namespace[f"W{i}"] = writer
             lines.append(f"    W{i}(entity, made, context)")
     source = "\n".join(lines)
-    exec(compile(source, f"<fhir write {mapping.entity} {decl.slot}>", "exec"), namespace)
+    exec(compile(source, f"<fhir write {mapping.entity} {name}>", "exec"), namespace)
     return namespace["write_all"]
+
+
+_PREWRITTEN = frozenset({"resourceType", "id", "meta", "identifier"})  # _make writes these before the elements
+
+
+def _constant_trees(elements: tuple[d.Element, ...]) -> dict[int, tuple[str, str] | None]:
+    """The top-level elements only unconditional constants write (an
+    Observation's ``category``, ``code``), each as one literal: a fresh tree
+    an evaluation, built at once rather than by a put a constant. Returns
+    element index -> (key, literal) at the first constant of each such key,
+    None at its others; a key anything else may write (a field, an ``also:``
+    form, an original spelling ``_key``), a tree with a hole, or a value
+    without a literal are left to the element writers."""
+    groups: dict[str, list[int]] = {}
+    others: set[str] = set()
+    for i, element in enumerate(elements):
+        top = element.steps[0].key
+        if element.kind == "value" and element.with_field is None and element.without_field is None:
+            groups.setdefault(top, []).append(i)
+        else:
+            others.update({top, "_" + top}, (steps[0].key for _, steps in element.also))
+    found: dict[int, tuple[str, str] | None] = {}
+    for top, indexes in groups.items():
+        if top in others or top in _PREWRITTEN or top.startswith("_") or (
+                len(indexes) == 1 and len(elements[indexes[0]].steps) == 1):
+            continue
+        literal = _tree_literal(top, [elements[i] for i in indexes])
+        if literal is not None:
+            found.update(dict.fromkeys(indexes[1:]))
+            found[indexes[0]] = (top, literal)
+    return found
+
+
+def _tree_literal(top: str, constants: list[d.Element]) -> str | None:
+    """Python source making the tree the constants put at ``top`` (None: no literal says it)."""
+    saved = getattr(_PADDING, "holed", None)
+    _PADDING.holed = []
+    try:
+        node: dict[str, Any] = {}
+        for element in constants:
+            _put(node, element.steps, element.value)
+        holed = _PADDING.holed
+    finally:
+        _PADDING.holed = saved
+    return None if holed else _literal(node[top])
+
+
+def _literal(value: Any) -> str | None:
+    """Source evaluating to a fresh copy of ``value`` (JSON-like constants only)."""
+    if value is None or value.__class__ in (str, int, bool) or (value.__class__ is float and math.isfinite(value)):
+        return None if value is None else repr(value)  # None: a hole, or no value
+    if value.__class__ is dict and all(key.__class__ is str for key in value):
+        parts = [(repr(key), _literal(item)) for key, item in value.items()]
+        return None if any(text is None for _, text in parts) else "{" + ", ".join(f"{k}: {v}" for k, v in parts) + "}"
+    if value.__class__ is list:
+        parts = [_literal(item) for item in value]
+        return None if any(text is None for text in parts) else "[" + ", ".join(parts) + "]"
+    return None
+
+
+def _inline_field(element: d.Element, mapping: Mapping, i: int, namespace: dict, indent: str) -> list[str]:
+    """A plain field's writer inline: its value converted, else kept in the unfit extension."""
+    field = mapping.field(element.field)
+    namespace[f"C{i}"] = _converter(_primitive_of(element, field), field)
+    return [*_inline_get(field.path, "v", indent),
+            f"{indent}if v is not None:",
+            f"{indent}    c = C{i}(v)",
+            f"{indent}    if c is None:",
+            f"{indent}        unfit[{field.dotted!r}] = v",
+            f"{indent}    else:",
+            _inline_put(element.steps, "c", i, namespace, indent + "        ")]
 
 
 def _inline_get(path: tuple[str, ...], name: str, indent: str) -> list[str]:
@@ -418,8 +521,9 @@ def _inline_get(path: tuple[str, ...], name: str, indent: str) -> list[str]:
 
 
 def _inline_put(steps: tuple[d.Step, ...], value: str, i: int, namespace: dict, indent: str) -> str:
+    """``_put(made, steps, value)`` inline (the putter's straight-line code, without its call)."""
     if len(steps) == 1 and steps[0].index is None:
         return f"{indent}made[{steps[0].key!r}] = {value}"
-    namespace[f"P{i}"] = _putter(steps)
-    return f"{indent}P{i}(made, {value})"
+    namespace["_PADDING"] = _PADDING
+    return "\n".join([f"{indent}n = made", *_put_lines(steps, "n", value, indent)])
 
