@@ -5,6 +5,7 @@ at once are fresh for every resource."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -123,3 +124,13 @@ def test_an_id_is_the_uuid5_of_its_prefix_and_slot():
     prefix = ids.id_prefix("s1", "vital_sign", ("VS-1",))
     expected = str(uuid.uuid5(ids.NAMESPACE, "s1\x1fvital_sign\x1f[\"VS-1\"]\x1fheart_rate"))
     assert ids.slot_id(prefix, "heart_rate") == ids.resource_id("s1", "vital_sign", ("VS-1",), "heart_rate") == expected
+
+
+@pytest.mark.parametrize("key", ["VS-1", "A1\n", "tab\there", 'quote"d', "back\\slash", "é", "\x7f"])
+def test_an_id_names_its_key_as_canonical_json_whatever_the_key_holds(key):
+    """The shortcut for the usual key writes what json.dumps writes; a key
+    ending in a newline once took it (the pattern's ``$`` matches before a
+    final newline) and named the key with a raw newline."""
+    canonical = json.dumps([key], separators=(",", ":"), ensure_ascii=False)
+    expected = str(uuid.uuid5(ids.NAMESPACE, f"s1\x1fpatient\x1f{canonical}\x1fpatient"))
+    assert ids.resource_id("s1", "patient", (key,), "patient") == expected

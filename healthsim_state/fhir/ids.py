@@ -18,7 +18,7 @@ NAMESPACE = uuid.UUID("5b0c6f3e-2a51-5d8e-9f4c-6e1d2a7b8c90")  # fixed forever: 
 _NAMESPACE_BYTES = NAMESPACE.bytes
 
 
-_PLAIN = re.compile(r'^[^"\\\x00-\x1f\x7f-\U0010ffff]*$')  # JSON writes these strings as they are
+_PLAIN = re.compile(r'[^"\\\x00-\x1f\x7f-\U0010ffff]*')  # JSON writes these strings as they are (whole: fullmatch)
 
 
 def resource_id(scenario_id: str, entity_type: str, key_values: Sequence[Any], slot: str) -> str:
@@ -42,7 +42,7 @@ def slot_id(prefix: str, slot: str) -> str:
 def _plain(text: str) -> bool:
     """``_PLAIN`` matches; printable ASCII but a quote or a backslash (the usual key)
     is told by tests first, faster than the expression."""
-    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text or bool(_PLAIN.match(text))
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text or bool(_PLAIN.fullmatch(text))
 
 
 def _uuid5(name: str) -> str:
