@@ -664,3 +664,22 @@ def test_a_diagnosis_imported_before_days_were_taken_still_goes_out_as_it_came(s
                                                  resolved_date=TIMED_CONDITION["abatementDateTime"])]})
     sm.export_fhir("timed", tmp_path / "out")
     assert exported(tmp_path / "out")["Condition/cond-timed"] == TIMED_CONDITION
+
+
+def test_a_data_absent_marker_goes_out_again_where_it_came_and_nowhere_else(sm, tmp_path):
+    """Our diagnosis without a code or a patient goes out with data-absent
+    markers (R4 requires Condition.code's binding and subject); imported and
+    exported again it keeps them (they were dropped once the import record
+    existed). A Condition that came without a code still goes out without one."""
+    sm.save_scenario("ours", {"diagnoses": [{"diagnosis_id": "d1", "description": "no code, no patient"}]})
+    sm.export_fhir("ours", tmp_path / "out")
+    first = exported(tmp_path / "out")
+    (condition,) = [r for r in first.values() if r["resourceType"] == "Condition"]
+    assert "data-absent-reason" in json.dumps(condition["code"]) and "data-absent-reason" in json.dumps(condition["subject"])
+    sm.import_fhir([tmp_path / "out"], "again")
+    sm.export_fhir("again", tmp_path / "out2")
+    assert exported(tmp_path / "out2") == first
+    bare = {"resourceType": "Condition", "id": "c-bare", "subject": {"reference": "Patient/elsewhere"}}
+    sm.import_fhir([bad(tmp_path, "bare.ndjson", json.dumps(bare) + "\n")], "bare")
+    sm.export_fhir("bare", tmp_path / "out3")
+    assert "code" not in exported(tmp_path / "out3")["Condition/c-bare"]

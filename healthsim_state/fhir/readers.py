@@ -20,7 +20,7 @@ from ..values import MISSING
 from .paths import (_HASHABLE, _PARENTS, _SLICES, _coding_shape, _copy, _drop, _everywhere, _field_and_getter,
                     _columns_of, _getter, _original_steps, _peek, _peeker, _prune_owned, _put, _reading, _set,
                     _slice_order)
-from .primitives import (ORIGINAL_VALUE, REFERENCE_FIELDS, TIMES_KEY, UCUM, UNFIT, VALID, _absent, _backward,
+from .primitives import (ABSENT_KEY, ORIGINAL_VALUE, REFERENCE_FIELDS, TIMES_KEY, UCUM, UNFIT, VALID, _absent, _backward,
                          _condition, _day_of, _fits, _from_base64, _from_json, _identifier_rest, _identifier_values,
                          _keeps_time, _lookup_system, _primitive_of)
 
@@ -36,7 +36,7 @@ class ImportRefs(Protocol):
 
 
 class _Import:
-    __slots__ = ("refs", "entity", "children", "drops", "resource", "omitted", "ours", "forms", "times")
+    __slots__ = ("refs", "entity", "children", "drops", "resource", "omitted", "ours", "forms", "times", "absent")
 
     def __init__(self, refs, entity, resource, ours=False):
         self.refs, self.entity, self.children, self.drops, self.omitted = refs, entity, [], [], []
@@ -44,6 +44,7 @@ class _Import:
         self.ours = ours  # keyed by our entity identifier: made by our export (see REFERENCE_FIELDS)
         self.forms: dict[str, str] = {}  # declared path -> the other form a value came in (see .forms)
         self.times: dict[str, str] = {}  # path -> a date-time whose day a date column took (see TIMES_KEY)
+        self.absent: list[str] = []  # paths that came as a data-absent marker (see ABSENT_KEY)
 
     def day_for(self, path: str, value: Any, field) -> Any:
         """A date-time with a time, read into a date column: its day (as
@@ -165,6 +166,7 @@ def _coding_reader(element, mapping, plan, decl, siblings=()):
     def read(resource: dict, entity: dict, context: _Import) -> None:
         if absent and (bare or not single) and peek(resource) == _absent(absent):
             _drop(resource, steps)
+            context.absent.append(element.path)
             return
         if bare:
             found = peek(resource)
@@ -216,6 +218,7 @@ def _quantity_reader(element, mapping, plan, decl, siblings=()):
             return
         if absent and quantity == _absent(absent):
             _drop(resource, steps)
+            context.absent.append(element.path)
             return
         value = quantity.get("value")
         if value is None or _fits(value_field, value) is MISSING:
@@ -253,6 +256,7 @@ def _reference_reader(element, mapping, plan, decl, siblings=()):
             return
         if absent and ref == _absent(absent):
             _drop(resource, steps)
+            context.absent.append(element.path)
             return
         text = ref.get("reference")
         target = context.refs.target(text) if isinstance(text, str) else None
@@ -602,6 +606,8 @@ class ResourceReader:
             record["omit"] = sorted(set(context.omitted))
         if context.forms:
             record["forms"] = context.forms  # written back in those forms (see .forms)
+        if context.absent:
+            record[ABSENT_KEY] = context.absent  # a marker goes out again where it came (see _writes_absent)
         if context.times:
             record[TIMES_KEY] = context.times  # written back as they came while the column keeps their day
         _restore_unfit(copy, entity)

@@ -24,7 +24,7 @@ from .ids import resource_id as _resource_id
 from .ids import slot_id as _slot_id
 from .paths import (_PADDING, _coding_shape, _compact, _field_and_getter, _getter, _merge, _original_steps, _put,
                     _put_lines, _put_slices_back, _putter, _room_at)
-from .primitives import (_FHIR_CODE, _FHIR_STRING, ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, _absent,
+from .primitives import (_FHIR_CODE, _writes_absent, _FHIR_STRING, ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, _absent,
                          _as_decimal, _backward, _condition, _converted_test, _converter, _day_of, _day_taken,
                          _fhir_value_of, _fits, _identifier, _keeps_time, _lookup_system, _primitive_of,
                          _written_time)
@@ -211,7 +211,7 @@ def _coding_writer(element, mapping, plan, decl, siblings=()):
             if code is not None:
                 context.unfit[code_field.dotted] = code
             keep_companions(entity, context)
-            if absent and context.record is None:  # an imported entity lacked it as it came
+            if absent and _writes_absent(element, context):
                 put(node, _absent(absent))
             return
         coding: dict[str, Any] = {}
@@ -225,7 +225,7 @@ def _coding_writer(element, mapping, plan, decl, siblings=()):
         if not _is_code(code):
             context.unfit[code_field.dotted] = get_code(entity)
             keep_companions(entity, context)
-            if absent and context.record is None:  # an imported entity lacked it as it came
+            if absent and _writes_absent(element, context):
                 put(node, _absent(absent))
             return
         coding["code"] = code
@@ -259,7 +259,7 @@ def _quantity_writer(element, mapping, plan, decl, siblings=()):
         if value is None:
             if get_unit is not None and unit is not None:
                 context.unfit[unit_field.dotted] = unit
-            if absent and context.record is None:  # an imported entity lacked it as it came
+            if absent and _writes_absent(element, context):
                 put(node, _absent(absent))
             return
         quantity: dict[str, Any] = {"value": value}
@@ -310,7 +310,7 @@ def _reference_writer(element, mapping, plan, decl, siblings=()):
                 if found and target_slot is not None:
                     found = _slot_reference_of(mapper, context, target, theirs, value, found, target_slot)
         if first is None:
-            if absent and context.record is None:  # an imported entity lacked it as it came
+            if absent and _writes_absent(element, context):
                 put(node, _absent(absent))
             return
         if found:
