@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import FhirInputError, Problem, ValidationError
 from ..mapping import fhir_section as d
+from .paths import _getter
 
 RESERVED_KEY = d.RESERVED_KEY
 
@@ -58,12 +59,12 @@ def _origin(problem: Problem, entities: dict[str, list[dict]], mapper: Any) -> t
         return resource_type, resource_id, element
     parent_type, link = folded
     mapping = mapper.mapping(problem.entity_type)
-    link_paths = [mapping.field(c).path for c in link]
-    key = tuple(_get(entity, path) for path in link_paths)
-    before = sum(1 for other in items[:problem.position] if tuple(_get(other, path) for path in link_paths) == key)
-    parent_mapping = mapper.mapping(parent_type)
+    links = [_getter(mapping.field(c).path) for c in link]
+    key = tuple(get(entity) for get in links)
+    before = sum(1 for other in items[:problem.position] if tuple(get(other) for get in links) == key)
+    parent_keys = [_getter(f.path) for f in mapper.mapping(parent_type).key_fields]
     for parent in entities.get(parent_type, ()):
-        if tuple(_get(parent, f.path) for f in parent_mapping.key_fields) == key:
+        if tuple(get(parent) for get in parent_keys) == key:
             found = _record(mapper, parent_type, parent)
             if found is None:
                 return None
@@ -106,13 +107,4 @@ def _source(read: Callable[[], Iterator[tuple[dict, Any, str]]], resource_type: 
     except (FhirInputError, OSError):  # the input changed since: no file named
         return None
     return None
-
-
-def _get(entity: dict, path: tuple[str, ...]) -> Any:
-    value: Any = entity
-    for part in path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
 
