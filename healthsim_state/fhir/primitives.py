@@ -331,13 +331,6 @@ TIMES_KEY = "times"  # in a resource's _fhir record: element path -> a date-time
 ABSENT_KEY = "absent"  # in a resource's _fhir record: element paths that came as a data-absent marker
 
 
-def _writes_absent(element: d.Element, context: Any) -> bool:
-    """Whether a missing value goes out as the element's data-absent marker:
-    always for an entity of ours (no import record); for an imported one only
-    where its resource came with the marker (else it came without the element)."""
-    record = context.record
-    return record is None or element.path in record.get(ABSENT_KEY, ())
-
 
 def _keeps_time(primitive: str, field: Field) -> bool:
     """Whether an element of this FHIR type may bring a time to this column:

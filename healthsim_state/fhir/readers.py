@@ -55,6 +55,12 @@ class _Import:
         self.times[path] = value
         return day
 
+    def came_absent(self, resource: dict, element: d.Element) -> None:
+        """The element came as its data-absent marker: taken out, and its path
+        recorded so the export writes the marker again (see ABSENT_KEY)."""
+        _drop(resource, element.steps)
+        self.absent.append(element.path)
+
     def invalid(self, element: d.Element, value: Any, primitive: str) -> FhirInputError:
         return FhirInputError(f"{value!r} is not a valid FHIR {primitive}", resource_type=self.resource.get("resourceType"),
                               resource_id=self.resource.get("id"), element=element.path)
@@ -165,8 +171,7 @@ def _coding_reader(element, mapping, plan, decl, siblings=()):
 
     def read(resource: dict, entity: dict, context: _Import) -> None:
         if absent and (bare or not single) and peek(resource) == _absent(absent):
-            _drop(resource, steps)
-            context.absent.append(element.path)
+            context.came_absent(resource, element)
             return
         if bare:
             found = peek(resource)
@@ -208,7 +213,7 @@ def _coding_reader(element, mapping, plan, decl, siblings=()):
 def _quantity_reader(element, mapping, plan, decl, siblings=()):
     peek = _peeker(element.steps)
     q = element.quantity
-    steps, absent = element.steps, element.absent
+    absent = element.absent
     value_field, _ = _field_and_getter(mapping, q.value)
     unit_field, get_unit = _field_and_getter(mapping, q.unit_field)
 
@@ -217,8 +222,7 @@ def _quantity_reader(element, mapping, plan, decl, siblings=()):
         if not isinstance(quantity, dict):
             return
         if absent and quantity == _absent(absent):
-            _drop(resource, steps)
-            context.absent.append(element.path)
+            context.came_absent(resource, element)
             return
         value = quantity.get("value")
         if value is None or _fits(value_field, value) is MISSING:
@@ -243,7 +247,7 @@ def _reference_reader(element, mapping, plan, decl, siblings=()):
     if r.target is None:
         return _slot_reference_reader(element, plan)
     peek = _peeker(element.steps)
-    steps, absent = element.steps, element.absent
+    absent = element.absent
     target_mapping = plan.mapper.mapping(r.target)
     target_key = target_mapping.primary_key
     pairs = [(mapping.field(own), target_mapping.field(theirs)) for own, theirs in r.fields]
@@ -255,8 +259,7 @@ def _reference_reader(element, mapping, plan, decl, siblings=()):
         if not isinstance(ref, dict):
             return
         if absent and ref == _absent(absent):
-            _drop(resource, steps)
-            context.absent.append(element.path)
+            context.came_absent(resource, element)
             return
         text = ref.get("reference")
         target = context.refs.target(text) if isinstance(text, str) else None

@@ -24,7 +24,7 @@ from .ids import resource_id as _resource_id
 from .ids import slot_id as _slot_id
 from .paths import (_PADDING, _coding_shape, _compact, _field_and_getter, _getter, _merge, _original_steps, _put,
                     _put_lines, _put_slices_back, _putter, _room_at)
-from .primitives import (_FHIR_CODE, _writes_absent, _FHIR_STRING, ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, _absent,
+from .primitives import (ABSENT_KEY, _FHIR_CODE, _FHIR_STRING, ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, _absent,
                          _as_decimal, _backward, _condition, _converted_test, _converter, _day_of, _day_taken,
                          _fhir_value_of, _fits, _identifier, _keeps_time, _lookup_system, _primitive_of,
                          _written_time)
@@ -185,6 +185,13 @@ def _value_writer(element, mapping, plan, decl, siblings=()):
     return write
 
 
+def _writes_absent(element: d.Element, context: _Export) -> bool:
+    """Whether a missing value goes out as the element's data-absent marker:
+    always for an entity of ours (no import record); for an imported one only
+    where its resource came with the marker (else it came without the element)."""
+    record = context.record
+    return record is None or element.path in record.get(ABSENT_KEY, ())
+
 
 def _coding_writer(element, mapping, plan, decl, siblings=()):
     put = _putter(element.steps)
@@ -269,6 +276,7 @@ def _quantity_writer(element, mapping, plan, decl, siblings=()):
             context.unfit[unit_field.dotted] = unit
         put(node, quantity)
     return write
+
 
 def _reference_writer(element, mapping, plan, decl, siblings=()):
     r = element.reference
