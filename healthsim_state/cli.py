@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 # The interchange modules (JSON documents, Parquet, SQL, migration) are
 # imported by the commands that use them: `list` and `--help` do not pay for them.
-STDIN = "-"  # a file argument that means stdin or stdout
 
 _URLS = "healthsim_state.urls"  # the context's meta key: the URLs this command uses
 DB_HELP = ("The store: a DuckDB file, or a postgresql:// URL (default: $HEALTHSIM_DB, else "
@@ -340,7 +339,7 @@ def _save(manager: StateManager, document: ScenarioDocument, name: str, **option
 def load(name_or_id: str, output: str | None, force: bool, version: int | None, db: str | None) -> None:
     """Print the scenario NAME_OR_ID as export JSON (or write it with -o)."""
     from .interop.files import write_atomic
-    from .interop.json_io import dumps, export_document
+    from .interop.json_io import STDIN, dumps, export_document
 
     with _reader(db) as manager:
         text = dumps(export_document(manager, name_or_id, version=version))
@@ -580,7 +579,7 @@ def export(name_or_id: str, output: str | None, fmt: str, force: bool, with_hist
     it); `import` makes the scenario again with that whole history.
     """
     from .interop.files import write_atomic
-    from .interop.json_io import dumps, export_document, json_target
+    from .interop.json_io import STDIN, dumps, export_document, json_target
     from .interop.parquet import export_parquet
 
     fhir_only = [flag for flag, given in (("--type", entity_types), ("--since-version", since_version),

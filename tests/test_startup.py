@@ -127,13 +127,6 @@ def test_a_list_imports_no_interchange_module_schema_change_code_or_arrow(tmp_pa
     assert "healthsim_state.interop.json_io" in json.loads(exporting)  # the check sees what a command imports
 
 
-def test_the_cli_means_stdin_as_the_documents_do():
-    from healthsim_state import cli
-    from healthsim_state.interop.json_io import STDIN
-
-    assert cli.STDIN == STDIN
-
-
 def test_listing_compiles_no_generated_function_and_a_save_only_its_types(tmp_path):
     store = tmp_path / "small.duckdb"
     with StateManager(store) as sm:

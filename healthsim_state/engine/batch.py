@@ -80,7 +80,7 @@ class ScenarioBatch:
         for codec, items in self._lists:
             flatten = codec.flatten
             keys = KeyTracker(codec, problems)
-            maker = KeyMaker(codec) if generated_fields(codec) else None
+            maker = KeyMaker(codec.mapping) if generated_fields(codec.mapping) else None
             for start in range(0, len(items), self._chunk):
                 part = items[start:start + self._chunk]
                 with no_cyclic_gc():

@@ -27,13 +27,10 @@ from __future__ import annotations
 import hashlib
 import uuid
 from itertools import compress
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..mapping.model import UUID4
 from ..column_types import from_form, to_form
-
-if TYPE_CHECKING:
-    from .compile import Codec
+from ..mapping.model import UUID4, Mapping
 
 NAMESPACE = uuid.UUID("5b0d2f4e-8c1a-5d3e-9f6b-6865616c7468")  # fixed for good: keys depend on it
 _NAMESPACE_BYTES = NAMESPACE.bytes
@@ -51,9 +48,9 @@ class _Generated:
 GENERATED: Any = _Generated()
 
 
-def generated_fields(codec: Codec) -> list[int]:
+def generated_fields(mapping: Mapping) -> list[int]:
     """The indexes of the fields whose missing value is a generated key."""
-    return [i for i, f in enumerate(codec.mapping.fields) if f.default == UUID4]
+    return [i for i, f in enumerate(mapping.fields) if f.default == UUID4]
 
 
 def content_key(entity: str, column: str, occurrence: int, digest: str) -> str:
@@ -75,11 +72,10 @@ class KeyMaker:
     """Makes one type's generated keys for one call, chunk by chunk (the
     occurrence counts run across the chunks)."""
 
-    def __init__(self, codec: Codec):
-        mapping = codec.mapping
+    def __init__(self, mapping: Mapping):
         self.entity = mapping.entity
         self.fields = mapping.fields
-        self.generated = generated_fields(codec)
+        self.generated = generated_fields(mapping)
         self.columns = [f.column for f in mapping.fields]
         self.prefixes = {i: _NAMESPACE_BYTES + f"{self.entity}/{self.columns[i]}/".encode() for i in self.generated}
         self.names: dict[tuple[bool, ...], str] = {}

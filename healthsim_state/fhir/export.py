@@ -32,7 +32,8 @@ from .references import ExportRefs, NoRefs, field_value, links_to, references_in
 from .spool import ChildSpool
 
 if TYPE_CHECKING:
-    from ..manager import Snapshot, StateManager
+    from ..snapshot import Snapshot
+    from .ports import ScenarioReader
 
 KEPT_TYPE = "fhir_resource"  # the built-in type of resources kept as they came (see importer)
 MANIFEST = "manifest.json"
@@ -158,7 +159,7 @@ def _text(value: Any) -> str:
 
 # --- since_version -----------------------------------------------------------------------
 
-def since_plan(manager: "StateManager", snapshot: "Snapshot", plan: Plan, since: int) -> list[str]:
+def since_plan(manager: "ScenarioReader", snapshot: "Snapshot", plan: Plan, since: int) -> list[str]:
     """Restrict ``plan`` to what changed after version ``since``; return the
     ``Type/id`` of every resource gone since (of entities removed, and those a
     changed entity no longer makes), sorted."""
@@ -207,7 +208,7 @@ def _parent_key(snapshot: "Snapshot", child: str, links: tuple[str, ...], key: t
     return tuple(key[columns.index(column)] for column in links)
 
 
-def _resources_of(manager: "StateManager", scenario_id: str, version: int, plan: Plan,
+def _resources_of(manager: "ScenarioReader", scenario_id: str, version: int, plan: Plan,
                   keys: dict[str, set[tuple[str, ...]] | None]) -> set[str]:
     """``Type/id`` of the resources the entities with these keys make in ``version``."""
     found: set[str] = set()
@@ -223,7 +224,7 @@ def _resources_of(manager: "StateManager", scenario_id: str, version: int, plan:
 
 # --- writing -----------------------------------------------------------------------------
 
-def export_fhir(manager: "StateManager", name_or_id: str, directory: str | os.PathLike, *, mapper: Any,
+def export_fhir(manager: "ScenarioReader", name_or_id: str, directory: str | os.PathLike, *, mapper: Any,
                 bundles: bool = False, since_version: int | None = None, version: int | None = None,
                 entity_types: Iterable[str] | None = None, force: bool = False) -> dict[str, Any]:
     """Write the scenario to ``directory`` (made; an existing one only with
@@ -494,7 +495,7 @@ def _write_bundle(path: Path, members: list[dict[str, Any]], shared: dict[str, d
 
 
 
-def stream_resources(manager: "StateManager", name_or_id: str, mapper: Any, *,
+def stream_resources(manager: "ScenarioReader", name_or_id: str, mapper: Any, *,
                      resource_types: Iterable[str] | None = None, version: int | None = None,
                      patient: str | None = None) -> Iterator[dict[str, Any]]:
     """The scenario's resources one by one (of ``resource_types`` only, if

@@ -45,7 +45,7 @@ from .origins import input_error
 from .references import ImportRefs, references_sharing
 
 if TYPE_CHECKING:
-    from ..manager import StateManager
+    from .ports import ScenarioWriter
 
 BUNDLE_TYPES = ("transaction", "batch", "collection", "searchset")
 ID_NAMESPACE = uuid.UUID("7a4b8c1d-2e3f-5a6b-9c0d-6865616c7468")  # ids of resources that came with none
@@ -453,7 +453,7 @@ def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
 
 # --- the whole import ----------------------------------------------------------------------
 
-def import_fhir(manager: "StateManager", paths: Iterable[str | Path], name: str, *, mapper: Any,
+def import_fhir(manager: "ScenarioWriter", paths: Iterable[str | Path], name: str, *, mapper: Any,
                 overwrite: bool = False) -> ImportReport:
     """Read, check, resolve and map every resource of ``paths``; save them as
     scenario ``name`` in one save (one transaction). See the module docstring."""

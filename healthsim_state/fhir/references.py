@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import unquote
 
 if TYPE_CHECKING:
-    from ..manager import Snapshot
+    from ..snapshot import Snapshot
 
 _AMBIGUOUS = ""  # an alias two resources share: it resolves to neither
 

@@ -205,20 +205,22 @@ def _section(mapping: Mapping, problems: list[Problem]) -> Any:
     the file's YAML block, parsed and checked against the mapping schema now."""
     if mapping.fhir.startswith("["):
         return json.loads(mapping.fhir)
-    from . import loader, validation_cache
+    from . import validation_cache
+    from .problems import explain, key_of, problem
+    from .yaml_files import yaml_parser
 
-    yaml, yaml_loader = loader._yaml()
+    yaml, yaml_loader = yaml_parser()
     try:
         document = yaml.load(mapping.fhir, Loader=yaml_loader)
     except yaml.YAMLError as error:
-        problems.append(loader._problem(mapping.source, mapping.entity, "fhir",
+        problems.append(problem(mapping.source, mapping.entity, "fhir",
                                         f"not valid YAML ({getattr(error, 'problem', error)}); fix the syntax"))
         return None
     key = validation_cache.digest(document)
     if key is not None and key in validation_cache.VALIDATED:
         return document["fhir"]
     errors = sorted(_section_validator().iter_errors(document), key=lambda e: list(e.absolute_path))
-    problems.extend(loader._problem(mapping.source, mapping.entity, loader._key_of(e, document), loader._explain(e))
+    problems.extend(problem(mapping.source, mapping.entity, key_of(e, document), explain(e))
                     for e in errors)
     if not errors:
         validation_cache.VALIDATED.add(key)

@@ -29,6 +29,8 @@ from ..errors import MappingError, Problem
 from ..values import MISSING, NotJSON, to_json
 from . import parsed_cache, validation_cache
 from .model import UUID4, Field, Mapping
+from .problems import explain, key_of, problem
+from .yaml_files import yaml_parser
 
 if TYPE_CHECKING:
     import jsonschema
@@ -38,13 +40,11 @@ RESERVED_COLUMNS = frozenset({"scenario_id", "_position", "_residual"})
 RESERVED_TABLES = frozenset({"scenarios", "scenario_tags", "scenario_versions"})
 RESERVED_TABLE_PREFIX = "_healthsim"
 
-_TOP_KEYS = ("format", "entity", "plural", "table", "description", "primary_key", "fields", "fhir")
 FORMAT = 1  # the mapping document's format version (``format:``, optional in files)
 # PostgreSQL keeps 63 bytes of a name; a type's table of every version adds VERSIONS_SUFFIX.
 MAX_IDENTIFIER = 63
 VERSIONS_SUFFIX = "__versions"
 _FHIR_KEY = re.compile(r"^fhir:(\s*(#.*)?)?$")  # a block key; "fhir: [...]" on one line is left to YAML
-_FIELD_KEYS = ("column", "path", "type", "aliases", "default", "required", "strict", "description")
 
 
 @lru_cache(maxsize=1)
@@ -66,16 +66,7 @@ def _schema_problems(source: str | Path, entity: str | None, document: Any) -> l
     errors = sorted(_schema_validator().iter_errors(document), key=lambda e: list(e.absolute_path))
     if not errors:
         validation_cache.VALIDATED.add(key)
-    return [_problem(source, entity, _key_of(error, document), _explain(error)) for error in errors]
-
-
-@lru_cache(maxsize=1)
-def _yaml() -> tuple[Any, Any]:
-    """PyYAML's module and its fastest safe loader: libyaml's when PyYAML was
-    built with it (pure-Python parsing is many times slower)."""
-    import yaml
-
-    return yaml, getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return [problem(source, entity, key_of(error, document), explain(error)) for error in errors]
 
 
 def builtin_mapping_dir() -> Path:
@@ -193,7 +184,7 @@ def _load_directory(directory: Path, problems: list[Problem]) -> dict[str, Mappi
         if mapping is None:
             continue
         if mapping.entity in found:
-            problems.append(_problem(path, mapping.entity, "entity",
+            problems.append(problem(path, mapping.entity, "entity",
                                      f"entity {mapping.entity!r} is also defined in {found[mapping.entity].source}; "
                                      "keep one file per entity type in a directory"))
             continue
@@ -204,20 +195,20 @@ def _load_directory(directory: Path, problems: list[Problem]) -> dict[str, Mappi
 def load_mapping_file(path: Path, problems: list[Problem]) -> Mapping | None:
     """Parse and check one file; append its problems and return None if any."""
     before = len(problems)
-    yaml, loader = _yaml()
+    yaml, loader = yaml_parser()
     try:
         head, fhir_text = split_fhir_section(path.read_text("utf-8"))
         document = yaml.load(head, Loader=loader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "document"
-        problems.append(_problem(path, None, where, f"not valid YAML ({getattr(error, 'problem', error)}); fix the syntax"))
+        problems.append(problem(path, None, where, f"not valid YAML ({getattr(error, 'problem', error)}); fix the syntax"))
         return None
     except (OSError, UnicodeDecodeError) as error:
-        problems.append(_problem(path, None, "file", f"cannot be read ({error})"))
+        problems.append(problem(path, None, "file", f"cannot be read ({error})"))
         return None
     if not isinstance(document, dict):
-        problems.append(_problem(path, None, "document",
+        problems.append(problem(path, None, "document",
                                  "a mapping file must be a YAML mapping with keys entity, table, primary_key, fields"))
         return None
     entity = document.get("entity") if isinstance(document.get("entity"), str) else None
@@ -257,12 +248,12 @@ def mapping_from_document(document: Any, source: str) -> Mapping:
     file is; raises :class:`MappingError`. The one reader of the format."""
     problems: list[Problem] = []
     if not isinstance(document, dict):
-        raise MappingError([_problem(source, None, "document", "a mapping must be an object with keys entity, "
+        raise MappingError([problem(source, None, "document", "a mapping must be an object with keys entity, "
                                                                "table, primary_key, fields")])
     entity = document.get("entity") if isinstance(document.get("entity"), str) else None
     version = document.get("format", FORMAT)
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT:
-        raise MappingError([_problem(source, entity, "format", f"mapping format {version} was written by a newer "
+        raise MappingError([problem(source, entity, "format", f"mapping format {version} was written by a newer "
                                      f"healthsim-state (this one reads format {FORMAT}); upgrade healthsim-state")])
     problems.extend(_schema_problems(source, entity, document))
     mapping = None if problems else _build(source, document, problems)
@@ -279,7 +270,7 @@ def _build(path: str, doc: dict[str, Any], problems: list[Problem]) -> Mapping |
         try:
             ctype = column_type(raw["type"])
         except ValueError as reason:
-            problems.append(_problem(path, entity, f"{key}.type", f"{reason}; use one of {TYPE_NAMES}"))
+            problems.append(problem(path, entity, f"{key}.type", f"{reason}; use one of {TYPE_NAMES}"))
             continue
         default = _check_default(path, entity, key, raw, ctype, problems)
         fields.append(Field(
@@ -324,19 +315,19 @@ def _check_default(path, entity, key, raw, ctype, problems) -> Any:
     default = raw["default"]
     if default == UUID4:
         if ctype.name != "varchar":
-            problems.append(_problem(path, entity, f"{key}.default",
+            problems.append(problem(path, entity, f"{key}.default",
                                      f"default uuid4 makes a string, but the field's type is {ctype.name}; "
                                      "use type varchar or another default"))
         return UUID4
     if default is None:
-        problems.append(_problem(path, entity, f"{key}.default",
+        problems.append(problem(path, entity, f"{key}.default",
                                  "default null does nothing; remove the default key"))
         return MISSING
     try:
         ctype.convert(default)
         return to_json(default)
     except (ValueError, NotJSON) as reason:
-        problems.append(_problem(path, entity, f"{key}.default",
+        problems.append(problem(path, entity, f"{key}.default",
                                  f"default {default!r} does not fit type {ctype.name} ({reason}); "
                                  "change the default or the type"))
         return MISSING
@@ -346,28 +337,28 @@ def _check_names(path: str, mapping: Mapping, problems: list[Problem]) -> None:
     entity = mapping.entity
     if (mapping.table in RESERVED_TABLES or mapping.table.startswith(RESERVED_TABLE_PREFIX)
             or mapping.table.endswith(VERSIONS_SUFFIX)):
-        problems.append(_problem(path, entity, "table",
+        problems.append(problem(path, entity, "table",
                                  f"table name {mapping.table!r} is reserved by the store (scenarios, scenario_tags, "
                                  f"scenario_versions, names starting with {RESERVED_TABLE_PREFIX} or ending in "
                                  f"{VERSIONS_SUFFIX}); choose another"))
     longest = MAX_IDENTIFIER - len(VERSIONS_SUFFIX)
     if len(mapping.table.encode()) > longest:
-        problems.append(_problem(path, entity, "table",
+        problems.append(problem(path, entity, "table",
                                  f"table name {mapping.table!r} is longer than {longest} characters (PostgreSQL "
                                  f"keeps {MAX_IDENTIFIER}, and the store adds {VERSIONS_SUFFIX!r}); shorten it"))
     seen: dict[str, int] = {}
     for index, field in enumerate(mapping.fields):
         key = f"fields[{index}] ({field.column}).column"
         if field.column in RESERVED_COLUMNS:
-            problems.append(_problem(path, entity, key,
+            problems.append(problem(path, entity, key,
                                      f"column name {field.column!r} is reserved by the store "
                                      f"({', '.join(sorted(RESERVED_COLUMNS))}); choose another"))
         if len(field.column.encode()) > MAX_IDENTIFIER:
-            problems.append(_problem(path, entity, key,
+            problems.append(problem(path, entity, key,
                                      f"column name {field.column!r} is longer than {MAX_IDENTIFIER} characters "
                                      "(PostgreSQL's limit); shorten it"))
         if field.column in seen:
-            problems.append(_problem(path, entity, key,
+            problems.append(problem(path, entity, key,
                                      f"column {field.column!r} is already used by fields[{seen[field.column]}]; "
                                      "give each field its own column"))
         seen.setdefault(field.column, index)
@@ -378,20 +369,20 @@ def _check_keys(path: str, mapping: Mapping, doc: dict[str, Any], problems: list
     for column in mapping.primary_key:
         field = columns.get(column)
         if field is None:
-            problems.append(_problem(path, mapping.entity, "primary_key",
+            problems.append(problem(path, mapping.entity, "primary_key",
                                      f"key column {column!r} is not a field; add a field with column {column!r} "
                                      f"or use one of: {', '.join(columns)}"))
             continue
         if not field.strict:
-            problems.append(_problem(path, mapping.entity, "primary_key",
+            problems.append(problem(path, mapping.entity, "primary_key",
                                      f"key column {column!r} is declared strict: false; a key is always strict, "
                                      "remove strict: false"))
         if field.type.name == "json":
-            problems.append(_problem(path, mapping.entity, "primary_key",
+            problems.append(problem(path, mapping.entity, "primary_key",
                                      f"key column {column!r} has type json; a key must be a scalar type"))
     for index, raw in enumerate(doc["fields"]):
         if raw.get("required") and "default" in raw:
-            problems.append(_problem(path, mapping.entity, f"fields[{index}] ({raw['column']}).required",
+            problems.append(problem(path, mapping.entity, f"fields[{index}] ({raw['column']}).required",
                                      "a field with a default is never missing; drop required or the default"))
 
 
@@ -407,14 +398,14 @@ def _check_paths(path: str, mapping: Mapping, problems: list[Problem]) -> None:
             where = f"fields[{index}] ({field.column}).{kind}"
             dotted = ".".join(keys)
             if keys in owners:
-                problems.append(_problem(path, mapping.entity, where,
+                problems.append(problem(path, mapping.entity, where,
                                          f"{dotted!r} is already the {owners[keys]}; each path and alias may "
                                          "appear once in a mapping"))
                 continue
             prefixes = [keys[:depth] for depth in range(1, len(keys))]
             overlapping = {other for other in prefixes if other in owners} | set(below.get(keys, ()))
             for other in sorted(overlapping, key=list(owners).index) if overlapping else ():
-                problems.append(_problem(path, mapping.entity, where,
+                problems.append(problem(path, mapping.entity, where,
                                          f"{dotted!r} overlaps the {owners[other]} ({'.'.join(other)!r}): one lies "
                                          "inside the other; rename one of them"))
             owners[keys] = f"{'path' if kind == 'path' else 'alias'} of column {field.column}"
@@ -436,84 +427,12 @@ def _check_across(mappings: dict[str, Mapping], problems: list[Problem]) -> None
     for mapping in mappings.values():
         other = tables.setdefault(mapping.table, mapping)
         if other is not mapping:
-            problems.append(_problem(mapping.source, mapping.entity, "table",
+            problems.append(problem(mapping.source, mapping.entity, "table",
                                      f"table {mapping.table!r} is also used by entity {other.entity!r} "
                                      f"({other.source}); choose another table name"))
         for name in {mapping.entity, mapping.plural}:
             other = input_keys.setdefault(name, mapping)
             if other is not mapping:
-                problems.append(_problem(mapping.source, mapping.entity, "plural",
+                problems.append(problem(mapping.source, mapping.entity, "plural",
                                          f"{name!r} already names entity {other.entity!r} ({other.source}); "
                                          "choose another entity or plural"))
-
-
-# --- messages ---------------------------------------------------------------
-
-def _problem(path: str | Path, entity: str | None, key: str, message: str) -> Problem:
-    label = f"{path}" + (f" (entity {entity})" if entity else "")
-    return Problem(message=message, path=f"{label}: {key}")
-
-
-def _key_of(error: jsonschema.ValidationError, doc: dict[str, Any]) -> str:
-    parts: list[str] = []
-    node: Any = doc
-    for part in error.absolute_path:
-        if isinstance(part, int):
-            label = f"[{part}]"
-            item = node[part] if isinstance(node, list) and part < len(node) else None
-            if isinstance(item, dict) and isinstance(item.get("column"), str):
-                label += f" ({item['column']})"
-            parts.append(label)
-        else:
-            parts.append(("." if parts else "") + str(part))
-        try:
-            node = node[part]
-        except (KeyError, IndexError, TypeError):
-            node = None
-    return "".join(parts) or "document"
-
-
-def _explain(error: jsonschema.ValidationError) -> str:
-    import difflib  # only when there is an error to explain
-
-    kind, value = error.validator, error.instance
-    where = error.absolute_path[-1] if error.absolute_path else None
-    if kind == "additionalProperties":
-        properties = error.schema.get("properties", {})
-        allowed = _FIELD_KEYS if "column" in properties else _TOP_KEYS if "entity" in properties else tuple(properties)
-        unknown = sorted(set(value) - set(allowed))
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        return f"unknown key {', '.join(hints)}; allowed keys are {', '.join(allowed)}"
-    if kind == "required":
-        return f"{error.message.split(' is ')[0]} is missing; add it"
-    if kind == "pattern":
-        if where == "type" or "varchar" in error.validator_value:
-            return f"unknown type {value!r}; use one of {TYPE_NAMES}"
-        if "[^.]" in error.validator_value:
-            return f"{value!r} is not a valid path: keys joined by single dots, none empty"
-        return (f"{value!r} is not a valid name: use lowercase letters, digits and underscores, "
-                "not starting with a digit")
-    if kind == "type":
-        expected = error.validator_value
-        return f"expected {_a(expected)}, got {value!r}" + (
-            "; quote it in YAML" if expected == "string" and not isinstance(value, (list, dict)) else "")
-    if kind == "oneOf" and where == "primary_key":
-        return f"primary_key must be a column name or a non-empty list of column names, got {value!r}"
-    if kind == "minItems":
-        return f"{where} must not be empty"
-    if kind == "uniqueItems":
-        return f"{where} lists the same item twice; remove the repeat"
-    if kind == "not":
-        return f"default must be a single value (a string, number or bool), got {value!r}"
-    return error.message
-
-
-def _a(expected: Any) -> str:
-    names = {"string": "a string", "boolean": "true or false", "array": "a list",
-             "object": "a mapping", "integer": "an integer"}
-    if isinstance(expected, list):
-        return " or ".join(names.get(e, e) for e in expected)
-    return names.get(expected, expected)

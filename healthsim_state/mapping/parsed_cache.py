@@ -35,7 +35,7 @@ FORMAT = 1  # the entry's format; a file of another format is a miss
 DIRECTORY = "mapping-sets"
 MAX_FILES = 16  # one a search path in use: a few for a user, more for a test run
 # The modules whose code decides what a set of files loads to (relative to this package).
-READERS = ("loader.py", "model.py", "fhir_section.py", "validation_cache.py", "parsed_cache.py",
+READERS = ("loader.py", "model.py", "fhir_section.py", "yaml_files.py", "validation_cache.py", "parsed_cache.py",
            "../column_types.py", "../values.py")
 # What an entry writes of each object: a new attribute in the model is a miss until written here.
 _MAPPING_ATTRIBUTES = ("entity", "plural", "table", "primary_key", "fields", "description", "source", "fhir")
