@@ -82,21 +82,11 @@ Reader = Callable[[dict, dict, _Import], None]
 # --- element readers ---------------------------------------------------------------------------
 
 def _field_reader(element, mapping, plan, decl, siblings=()):
-    field = mapping.field(element.field)
-    steps, path = element.steps, field.path
-    primitive = _primitive_of(element, field)
-    valid = VALID.get(primitive)
-    forward = dict(element.values)
-    backward = _backward(element.values)
-    original_steps = _original_steps(steps)
-    parent = _PARENTS[id(steps)][1]
-    last = steps[-1]
+    parts = _field_parts(element, mapping, siblings)
+    parent = _PARENTS[id(element.steps)][1]
+    last = element.steps[-1]
     key, index = last.key, last.index
-    get = _getter(path)
-    keeps_time = _keeps_time(primitive, field)
-    # Another element writes the same field (a lab's test_name: code.coding[0].display
-    # and code.text): a resource that came with only the other goes out so.
-    twinned = any(other is not element and element.field in _columns_of(other) for other in siblings)
+    take, twinned, get = parts.take, parts.twinned, parts.get
 
     def read(resource: dict, entity: dict, context: _Import) -> None:
         holder = parent(resource)  # what peek(resource) looks in: found once for the drop too
@@ -105,6 +95,39 @@ def _field_reader(element, mapping, plan, decl, siblings=()):
             if twinned and get(entity) is not None:  # the twin, read before, found it
                 context.omitted.append(element.path)
             return
+        take(resource, entity, context, holder, value)
+    return read
+
+
+class _FieldParts:
+    """What a field element's reader does once its value is found: shared by
+    :func:`_field_reader` and the generated readers (:mod:`.generated`)."""
+
+    __slots__ = ("take", "twinned", "get", "field", "valid", "primitive", "plain")
+
+
+def _field_parts(element, mapping, siblings=()) -> _FieldParts:
+    field = mapping.field(element.field)
+    steps, path = element.steps, field.path
+    primitive = _primitive_of(element, field)
+    valid = VALID.get(primitive)
+    forward = dict(element.values)
+    backward = _backward(element.values)
+    original_steps = _original_steps(steps)
+    last = steps[-1]
+    key, index = last.key, last.index
+    keeps_time = _keeps_time(primitive, field)
+    parts = _FieldParts()
+    parts.field, parts.valid, parts.primitive = field, valid, primitive
+    # Nothing but the check, the fit and the move: what a generated reader writes inline.
+    parts.plain = not backward and primitive not in ("base64Binary", "json") and not keeps_time
+    parts.get = _getter(path)
+    # Another element writes the same field (a lab's test_name: code.coding[0].display
+    # and code.text): a resource that came with only the other goes out so.
+    parts.twinned = any(other is not element and element.field in _columns_of(other) for other in siblings)
+
+    def take(resource: dict, entity: dict, context: _Import, holder: Any, value: Any) -> None:
+        """The value found (not None) in ``holder``: checked, mapped, moved to the entity."""
         if valid is not None and not valid(value):
             raise context.invalid(element, value, primitive)
         if backward:
@@ -128,7 +151,8 @@ def _field_reader(element, mapping, plan, decl, siblings=()):
         else:
             holder[index] = None  # a placeholder: later items keep their positions
         _set(entity, path, value)
-    return read
+    parts.take = take
+    return parts
 
 
 def _value_reader(element, mapping, plan, decl, siblings=()):
@@ -597,8 +621,7 @@ class ResourceReader:
             record["profile"] = False  # it came without our profile: it goes out without it
         _SLICES.memo = {}  # the copy's lists: new objects (ids of another resource's may be reused)
         _SLICES.moved = []
-        for read in compiled.readers:
-            read(copy, entity, context)
+        compiled.read_all(copy, entity, context)  # the readers, generated as one function (see .generated)
         moved, _SLICES.moved = _SLICES.moved, None
         memo, _SLICES.memo = _SLICES.memo, None  # dropping constants changes the lists; children read their items anew
         context.drop_constants()

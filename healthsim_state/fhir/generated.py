@@ -1,0 +1,197 @@
+"""Generated readers: the readers of one declared resource as one function.
+
+The import's readers (:mod:`.readers`) are one closure an element, each
+walking its path from the resource's root: a vital sign's seven constants walk
+``category[0].coding[0]`` seven times (two slice look-ups each), a claim
+line's twenty elements find their ``extension`` slices anew. This module
+writes, once a declared resource is compiled (:mod:`.plan`), the source of
+one function that runs the same readers in the same order on one resource:
+
+- the ``field`` and ``value`` readers are written inline (what
+  :func:`.readers._field_reader` and :func:`.readers._value_reader` do, the
+  field's uncommon work -- value maps, base64, JSON, kept date-times -- left to
+  its :func:`.readers._field_parts` ``take``);
+- each node on the way (``category[0]``, its ``coding[0]``) is found once and
+  held in a local while nothing may have moved it: a field reader's move
+  forgets the nodes below the element it took out, any other reader (coding,
+  quantity, reference, children, ``also:`` forms: called as they are) forgets
+  them all. Slices are found by :func:`.paths._slice`, as the readers find
+  them (its memo and its notes of moved slices are the same).
+
+So the general readers and the generated function make the same entities,
+leftovers and ``_fhir`` records (tests/test_fhir_generated_readers.py checks
+it on every built-in mapping); the errors are the readers' own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..mapping import fhir_section as d
+from ..values import MISSING
+from .paths import _set, _slice
+from .primitives import _condition, _fits
+from .readers import Reader, _field_parts
+
+_Key = tuple  # a path prefix's identity: (key, index, id(match)) a step
+
+
+def _key(steps: tuple[d.Step, ...]) -> _Key:
+    return tuple((step.key, step.index, id(step.match)) for step in steps)
+
+
+class _Source:
+    """The function's source, with the names its lines use and the nodes
+    held in locals (prefix identity -> local name) at the current line."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.names: dict[str, Any] = {"MISSING": MISSING, "_slice": _slice, "_fits": _fits, "_set": _set}
+        self.held: dict[_Key, str] = {}
+        self.count = 0
+
+    def name(self, prefix: str, value: Any) -> str:
+        self.count += 1
+        name = f"{prefix}{self.count}"
+        self.names[name] = value
+        return name
+
+    def local(self) -> str:
+        self.count += 1
+        return f"n{self.count}"
+
+    def emit(self, *lines: str, indent: str = "    ") -> None:
+        self.lines.extend(indent + line for line in lines)
+
+    def node(self, steps: tuple[d.Step, ...]) -> str:
+        """The local holding the node ``steps`` lead to from the root (MISSING
+        when the resource has none there): written here unless held."""
+        if not steps:
+            return "R"
+        key = _key(steps)
+        held = self.held.get(key)
+        if held is not None:
+            return held
+        above = self.node(steps[:-1])
+        step, var = steps[-1], self.local()
+        self.emit(f"{var} = {above}.get({step.key!r}, MISSING) if isinstance({above}, dict) else MISSING")
+        if step.index is not None:
+            i = step.index
+            if step.match:
+                match = self.name("M", step.match)
+                self.emit(f"{var} = _slice({var}, {match}, {i}) if isinstance({var}, list) else MISSING")
+            else:
+                self.emit(f"{var} = {var}[{i}] if isinstance({var}, list) and len({var}) > {i} else MISSING")
+        self.held[key] = var
+        return var
+
+    def holder(self, steps: tuple[d.Step, ...]) -> str:
+        """A local holding what the last step looks in (see :func:`.paths._compile_parent`)."""
+        above, last, var = self.node(steps[:-1]), steps[-1], self.local()
+        if last.index is None:
+            self.emit(f"{var} = {above} if isinstance({above}, dict) else MISSING")
+        else:
+            self.emit(f"{var} = {above}.get({last.key!r}) if isinstance({above}, dict) else None",
+                      f"{var} = {var} if isinstance({var}, list) and len({var}) > {last.index} else MISSING")
+        return var
+
+    def moved(self, steps: tuple[d.Step, ...]) -> None:
+        """The element at ``steps`` may have been taken out: forget the nodes below it."""
+        key = _key(steps)
+        self.held = {k: v for k, v in self.held.items() if k[:len(key)] != key}
+
+
+def generated_reader(pairs: list[tuple[d.Element, Reader]], mapping, siblings: tuple[d.Element, ...],
+                     name: str) -> Reader:
+    """One function running ``pairs``' readers (in that order) on a resource."""
+    source = _Source()
+    for element, reader in pairs:
+        if element.kind == "field" and not element.also:
+            _field(source, element, mapping, siblings)
+        elif element.kind == "value":
+            _value(source, element, mapping, siblings)
+        else:
+            call = source.name("read", reader)
+            source.emit(f"{call}(R, E, context)")
+            source.held.clear()
+    lines = ["def read_all(R, E, context):", *(source.lines or ["    pass"])]
+    exec(compile("\n".join(lines), f"<fhir read {name}>", "exec"), source.names)
+    read_all = source.names["read_all"]
+    read_all.source = "\n".join(lines)  # type: ignore[attr-defined]
+    return read_all
+
+
+def _found(source: _Source, steps: tuple[d.Step, ...], holder: str, value: str, *, none_missing: bool) -> None:
+    last = steps[-1]
+    if last.index is None:
+        source.emit(f"{value} = MISSING if {holder} is MISSING else {holder}.get({last.key!r}, MISSING)")
+    elif none_missing:
+        source.emit(f"{value} = MISSING if {holder} is MISSING or {holder}[{last.index}] is None "
+                    f"else {holder}[{last.index}]")
+    else:
+        source.emit(f"{value} = MISSING if {holder} is MISSING else {holder}[{last.index}]")
+
+
+def _field(source: _Source, element: d.Element, mapping, siblings: tuple[d.Element, ...]) -> None:
+    """:func:`.readers._field_reader`, inline."""
+    parts = _field_parts(element, mapping, siblings)
+    steps = element.steps
+    holder = source.holder(steps)
+    value = source.local()
+    _found(source, steps, holder, value, none_missing=False)
+    source.emit(f"if {value} is MISSING or {value} is None:")
+    if parts.twinned:
+        get, path = source.name("get", parts.get), source.name("path", element.path)
+        source.emit(f"if {get}(E) is not None:", f"    context.omitted.append({path})", indent="        ")
+    else:
+        source.emit("pass", indent="        ")
+    source.emit("else:")
+    if not parts.plain:
+        take = source.name("take", parts.take)
+        source.emit(f"{take}(R, E, context, {holder}, {value})", indent="        ")
+    else:
+        body = []
+        if parts.valid is not None:
+            valid, el, primitive = (source.name("valid", parts.valid), source.name("element", element),
+                                    source.name("primitive", parts.primitive))
+            body += [f"if not {valid}({value}):", f"    raise context.invalid({el}, {value}, {primitive})"]
+        field = source.name("field", parts.field)
+        last, path = steps[-1], parts.field.path
+        body += [f"{value} = _fits({field}, {value})", f"if {value} is not MISSING:"]
+        body.append(f"    {holder}.pop({last.key!r}, None)" if last.index is None else f"    {holder}[{last.index}] = None")
+        if len(path) == 1:
+            body.append(f"    E[{path[0]!r}] = {value}")
+        else:
+            body.append(f"    _set(E, {source.name('path', path)}, {value})")
+        source.emit(*body, indent="        ")
+    source.moved(steps)
+
+
+def _value(source: _Source, element: d.Element, mapping, siblings: tuple[d.Element, ...]) -> None:
+    """:func:`.readers._value_reader`, inline (it takes nothing out: the held nodes stay)."""
+    steps = element.steps
+    holder = source.holder(steps)
+    found = source.local()
+    _found(source, steps, holder, found, none_missing=True)
+    constant, last, path = (source.name("C", element.value), source.name("last", steps[-1]),
+                            source.name("path", element.path))
+    wanted = _condition(element, mapping, siblings)
+    test = f"{found} == {constant}"
+    if wanted is not None:
+        test += f" and {source.name('wanted', wanted)}(E)"
+    source.emit(f"if {test}:", f"    context.drops.append(({holder}, {last}))",
+                f"elif {found} is MISSING:", f"    context.omitted.append({path})")
+
+
+def readers_in_order(elements: tuple[d.Element, ...], readers: list[Reader]) -> list[tuple[d.Element, Reader]]:
+    """Elements with their readers, the constants' last (see :func:`.readers._constants_last`)."""
+    pairs = list(zip(elements, readers))
+    return sorted(pairs, key=lambda pair: pair[0].kind == "value")
+
+
+def general_reader(readers: list[Reader]) -> Callable[[dict, dict, Any], None]:
+    """The readers one after the other: what a generated reader does, by the general closures."""
+    def read_all(resource: dict, entity: dict, context: Any) -> None:
+        for read in readers:
+            read(resource, entity, context)
+    return read_all
