@@ -28,83 +28,16 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..mapping import fhir_section as d
-from ..values import MISSING
-from .paths import _set, _slice
+from .paths import _PathSource as _Source
+from .paths import _set
 from .primitives import _condition, _fits
 from .readers import Reader, _field_parts
-
-_Key = tuple  # a path prefix's identity: (key, index, id(match)) a step
-
-
-def _key(steps: tuple[d.Step, ...]) -> _Key:
-    return tuple((step.key, step.index, id(step.match)) for step in steps)
-
-
-class _Source:
-    """The function's source, with the names its lines use and the nodes
-    held in locals (prefix identity -> local name) at the current line."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.names: dict[str, Any] = {"MISSING": MISSING, "_slice": _slice, "_fits": _fits, "_set": _set}
-        self.held: dict[_Key, str] = {}
-        self.count = 0
-
-    def name(self, prefix: str, value: Any) -> str:
-        self.count += 1
-        name = f"{prefix}{self.count}"
-        self.names[name] = value
-        return name
-
-    def local(self) -> str:
-        self.count += 1
-        return f"n{self.count}"
-
-    def emit(self, *lines: str, indent: str = "    ") -> None:
-        self.lines.extend(indent + line for line in lines)
-
-    def node(self, steps: tuple[d.Step, ...]) -> str:
-        """The local holding the node ``steps`` lead to from the root (MISSING
-        when the resource has none there): written here unless held."""
-        if not steps:
-            return "R"
-        key = _key(steps)
-        held = self.held.get(key)
-        if held is not None:
-            return held
-        above = self.node(steps[:-1])
-        step, var = steps[-1], self.local()
-        self.emit(f"{var} = {above}.get({step.key!r}, MISSING) if isinstance({above}, dict) else MISSING")
-        if step.index is not None:
-            i = step.index
-            if step.match:
-                match = self.name("M", step.match)
-                self.emit(f"{var} = _slice({var}, {match}, {i}) if isinstance({var}, list) else MISSING")
-            else:
-                self.emit(f"{var} = {var}[{i}] if isinstance({var}, list) and len({var}) > {i} else MISSING")
-        self.held[key] = var
-        return var
-
-    def holder(self, steps: tuple[d.Step, ...]) -> str:
-        """A local holding what the last step looks in (see :func:`.paths._compile_parent`)."""
-        above, last, var = self.node(steps[:-1]), steps[-1], self.local()
-        if last.index is None:
-            self.emit(f"{var} = {above} if isinstance({above}, dict) else MISSING")
-        else:
-            self.emit(f"{var} = {above}.get({last.key!r}) if isinstance({above}, dict) else None",
-                      f"{var} = {var} if isinstance({var}, list) and len({var}) > {last.index} else MISSING")
-        return var
-
-    def moved(self, steps: tuple[d.Step, ...]) -> None:
-        """The element at ``steps`` may have been taken out: forget the nodes below it."""
-        key = _key(steps)
-        self.held = {k: v for k, v in self.held.items() if k[:len(key)] != key}
 
 
 def generated_reader(pairs: list[tuple[d.Element, Reader]], mapping, siblings: tuple[d.Element, ...],
                      name: str) -> Reader:
     """One function running ``pairs``' readers (in that order) on a resource."""
-    source = _Source()
+    source = _Source(names={"_fits": _fits, "_set": _set})
     for element, reader in pairs:
         if element.kind == "field" and not element.also:
             _field(source, element, mapping, siblings)
@@ -121,24 +54,13 @@ def generated_reader(pairs: list[tuple[d.Element, Reader]], mapping, siblings: t
     return read_all
 
 
-def _found(source: _Source, steps: tuple[d.Step, ...], holder: str, value: str, *, none_missing: bool) -> None:
-    last = steps[-1]
-    if last.index is None:
-        source.emit(f"{value} = MISSING if {holder} is MISSING else {holder}.get({last.key!r}, MISSING)")
-    elif none_missing:
-        source.emit(f"{value} = MISSING if {holder} is MISSING or {holder}[{last.index}] is None "
-                    f"else {holder}[{last.index}]")
-    else:
-        source.emit(f"{value} = MISSING if {holder} is MISSING else {holder}[{last.index}]")
-
-
 def _field(source: _Source, element: d.Element, mapping, siblings: tuple[d.Element, ...]) -> None:
     """:func:`.readers._field_reader`, inline."""
     parts = _field_parts(element, mapping, siblings)
     steps = element.steps
     holder = source.holder(steps)
     value = source.local()
-    _found(source, steps, holder, value, none_missing=False)
+    source.found(steps, holder, value, none_missing=False)
     source.emit(f"if {value} is MISSING or {value} is None:")
     if parts.twinned:
         get, path = source.name("get", parts.get), source.name("path", element.path)
@@ -172,7 +94,7 @@ def _value(source: _Source, element: d.Element, mapping, siblings: tuple[d.Eleme
     steps = element.steps
     holder = source.holder(steps)
     found = source.local()
-    _found(source, steps, holder, found, none_missing=True)
+    source.found(steps, holder, found, none_missing=True)
     constant, last, path = (source.name("C", element.value), source.name("last", steps[-1]),
                             source.name("path", element.path))
     wanted = _condition(element, mapping, siblings)

@@ -129,6 +129,92 @@ def _compile_parent(steps: tuple[d.Step, ...]) -> None:
     _PARENTS[id(steps)] = (steps, namespace["parent"])
 
 
+_Key = tuple  # a path prefix's identity: (key, index, id(match)) a step
+
+
+def _key(steps: tuple[d.Step, ...]) -> _Key:
+    return tuple((step.key, step.index, id(step.match)) for step in steps)
+
+
+class _PathSource:
+    """A generated function's source (the readers of :mod:`.generated`, a
+    slice's finder): its lines, the names they use, and the nodes held in
+    locals (path prefix -> local name) at the current line, found from the
+    local ``root`` by :meth:`node` as :func:`_compile_parent` walks."""
+
+    def __init__(self, root: str = "R", names: dict[str, Any] | None = None) -> None:
+        self.lines: list[str] = []
+        self.names: dict[str, Any] = {"MISSING": MISSING, "_slice": _slice, **(names or {})}
+        self.held: dict[_Key, str] = {}
+        self.count = 0
+        self.root = root
+        self.indent = "    "  # where emit writes unless told
+
+    def name(self, prefix: str, value: Any) -> str:
+        self.count += 1
+        name = f"{prefix}{self.count}"
+        self.names[name] = value
+        return name
+
+    def local(self) -> str:
+        self.count += 1
+        return f"n{self.count}"
+
+    def emit(self, *lines: str, indent: str | None = None) -> None:
+        indent = self.indent if indent is None else indent
+        self.lines.extend(indent + line for line in lines)
+
+    def node(self, steps: tuple[d.Step, ...]) -> str:
+        """The local holding the node ``steps`` lead to from the root (MISSING
+        when the resource has none there): written here unless held."""
+        if not steps:
+            return self.root
+        key = _key(steps)
+        held = self.held.get(key)
+        if held is not None:
+            return held
+        above = self.node(steps[:-1])
+        step, var = steps[-1], self.local()
+        self.emit(f"{var} = {above}.get({step.key!r}, MISSING) if isinstance({above}, dict) else MISSING")
+        if step.index is not None:
+            i = step.index
+            if step.match:
+                match = self.name("M", step.match)
+                self.emit(f"{var} = _slice({var}, {match}, {i}) if isinstance({var}, list) else MISSING")
+            else:
+                self.emit(f"{var} = {var}[{i}] if isinstance({var}, list) and len({var}) > {i} else MISSING")
+        self.held[key] = var
+        return var
+
+    def holder(self, steps: tuple[d.Step, ...]) -> str:
+        """A local holding what the last step looks in (see :func:`.paths._compile_parent`)."""
+        above, last, var = self.node(steps[:-1]), steps[-1], self.local()
+        if last.index is None:
+            self.emit(f"{var} = {above} if isinstance({above}, dict) else MISSING")
+        else:
+            self.emit(f"{var} = {above}.get({last.key!r}) if isinstance({above}, dict) else None",
+                      f"{var} = {var} if isinstance({var}, list) and len({var}) > {last.index} else MISSING")
+        return var
+
+    def found(self, steps: tuple[d.Step, ...], holder: str, value: str, *, none_missing: bool) -> None:
+        """``value = `` what the last step finds in ``holder`` (a list's None
+        as MISSING with ``none_missing``, as :func:`_peek` has it)."""
+        last = steps[-1]
+        if last.index is None:
+            self.emit(f"{value} = MISSING if {holder} is MISSING else {holder}.get({last.key!r}, MISSING)")
+        elif none_missing:
+            self.emit(f"{value} = MISSING if {holder} is MISSING or {holder}[{last.index}] is None "
+                      f"else {holder}[{last.index}]")
+        else:
+            self.emit(f"{value} = MISSING if {holder} is MISSING else {holder}[{last.index}]")
+
+    def moved(self, steps: tuple[d.Step, ...]) -> None:
+        """The element at ``steps`` may have been taken out: forget the nodes below it."""
+        key = _key(steps)
+        self.held = {k: v for k, v in self.held.items() if k[:len(key)] != key}
+
+
+
 def _parent_generic(node: Any, steps: tuple[d.Step, ...]) -> Any:
     for step in steps[:-1]:
         if not isinstance(node, dict):
@@ -193,28 +279,42 @@ class _reading:
 
 
 def _find_slice(items: list, match: tuple, index: int) -> Any:
-    pairs = _MATCH_PEEKERS.get(id(match))
-    if pairs is None or pairs[0] is not match:
-        pairs = _MATCH_PEEKERS[id(match)] = (match, tuple((_peeker(steps), value) for steps, value in match))
-    pairs = pairs[1]
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        equal = False  # one constant equal at least, and none that differs
-        for peek, value in pairs:
-            found = peek(item)
-            if found is MISSING:
-                continue
-            if found != value:
-                break
-            equal = True
-        else:
-            if equal:
-                return item
-    if index < len(items) and isinstance(items[index], dict) and \
-            all(peek(items[index]) is MISSING for peek, _ in pairs):
-        return items[index]
-    return MISSING
+    entry = _FINDERS.get(id(match))
+    if entry is None or entry[0] is not match:
+        entry = _FINDERS[id(match)] = (match, _slice_finder(match))
+    return entry[1](items, index)
+
+
+_FINDERS: dict[int, tuple[tuple, Callable[[list, int], Any]]] = {}  # id(match) -> (match, its finder)
+
+
+def _slice_finder(match: tuple) -> Callable[[list, int], Any]:
+    """The search :func:`_slice` makes for one slice, generated once as
+    straight-line code (the constants' paths walked once an item, their
+    common nodes shared): the first dict item whose constants are equal
+    where present (one at least), else the dict at ``index`` holding none."""
+    source = _PathSource("item")
+    source.emit("for item in items:", "    if not isinstance(item, dict):", "        continue", "    equal = False")
+    source.indent = "        "
+    for steps, value in match:
+        found = source.local()
+        source.found(steps, source.holder(steps), found, none_missing=True)
+        source.emit(f"if {found} is not MISSING:", f"    if {found} != {source.name('V', value)}:", "        continue",
+                    "    equal = True")
+    source.emit("if equal:", "    return item")
+    source.indent, source.held = "    ", {}
+    source.emit("if index < len(items):", "    item = items[index]", "    if isinstance(item, dict):")
+    source.indent = "            "
+    for steps, _ in match:
+        found = source.local()
+        source.found(steps, source.holder(steps), found, none_missing=True)
+        source.emit(f"if {found} is not MISSING:", "    return MISSING")
+    source.emit("return item")
+    source.indent = "    "
+    source.emit("return MISSING")
+    lines = ["def find(items, index):", *source.lines]
+    exec(compile("\n".join(lines), "<fhir slice>", "exec"), source.names)
+    return source.names["find"]
 
 
 def _slice_order(root: Any, moved: list, memo: dict) -> list:
