@@ -29,8 +29,8 @@ from typing import Any, Callable
 
 from ..mapping import fhir_section as d
 from .paths import _PathSource as _Source
-from .paths import _set
-from .primitives import _condition, _fits
+from .paths import _getter, _set
+from .primitives import _condition, _converted_test, _fits
 from .readers import Reader, _field_parts
 
 
@@ -79,7 +79,12 @@ def _field(source: _Source, element: d.Element, mapping, siblings: tuple[d.Eleme
             body += [f"if not {valid}({value}):", f"    raise context.invalid({el}, {value}, {primitive})"]
         field = source.name("field", parts.field)
         last, path = steps[-1], parts.field.path
-        body += [f"{value} = _fits({field}, {value})", f"if {value} is not MISSING:"]
+        fast = parts.field.type.fast_test  # _fits's own first test, over v (column_types): no call when it holds
+        if fast:
+            body += [f"v = {value}", f"if not ({fast}):", f"    {value} = _fits({field}, {value})"]
+        else:
+            body.append(f"{value} = _fits({field}, {value})")
+        body.append(f"if {value} is not MISSING:")
         body.append(f"    {holder}.pop({last.key!r}, None)" if last.index is None else f"    {holder}[{last.index}] = None")
         if len(path) == 1:
             body.append(f"    E[{path[0]!r}] = {value}")
@@ -97,12 +102,35 @@ def _value(source: _Source, element: d.Element, mapping, siblings: tuple[d.Eleme
     source.found(steps, holder, found, none_missing=True)
     constant, last, path = (source.name("C", element.value), source.name("last", steps[-1]),
                             source.name("path", element.path))
-    wanted = _condition(element, mapping, siblings)
     test = f"{found} == {constant}"
-    if wanted is not None:
-        test += f" and {source.name('wanted', wanted)}(E)"
+    wanted = _wanted(source, element, mapping, siblings)
+    if wanted:
+        test += f" and {wanted}"
     source.emit(f"if {test}:", f"    context.drops.append(({holder}, {last}))",
                 f"elif {found} is MISSING:", f"    context.omitted.append({path})")
+
+
+def _wanted(source: _Source, element: d.Element, mapping, siblings: tuple[d.Element, ...]) -> str:
+    """The expression of a constant's ``with:``/``without:`` test over ``E``
+    (:func:`.primitives._condition`), inline where it is a column's value
+    converted as its sibling writes it; "" without a test."""
+    wanted = _condition(element, mapping, siblings)
+    if wanted is None:
+        return ""
+    if element.without_field:
+        return f"{_column(source, mapping.field(element.without_field).path)} is None"
+    convert = _converted_test(element.with_field, mapping, siblings)
+    if convert is None:
+        return f"{source.name('wanted', wanted)}(E)"
+    value = _column(source, mapping.field(element.with_field).path)
+    return f"((v := {value}) is not None and {source.name('convert', convert)}(v) is not None)"
+
+
+def _column(source: _Source, path: tuple[str, ...]) -> str:
+    """The expression of a column's value in ``E`` (:func:`.paths._getter`)."""
+    if len(path) == 1:
+        return f"E.get({path[0]!r})"
+    return f"{source.name('get', _getter(path))}(E)"
 
 
 def readers_in_order(elements: tuple[d.Element, ...], readers: list[Reader]) -> list[tuple[d.Element, Reader]]:
