@@ -43,6 +43,8 @@ def generated_reader(pairs: list[tuple[d.Element, Reader]], mapping, siblings: t
             _field(source, element, mapping, siblings)
         elif element.kind == "value":
             _value(source, element, mapping, siblings)
+        elif getattr(reader, "inline", False) and not element.also:
+            _peek_and_take(source, element, reader)
         else:
             call = source.name("read", reader)
             source.emit(f"{call}(R, E, context)")
@@ -71,6 +73,8 @@ def _field(source: _Source, element: d.Element, mapping, siblings: tuple[d.Eleme
     if not parts.plain:
         take = source.name("take", parts.take)
         source.emit(f"{take}(R, E, context, {holder}, {value})", indent="        ")
+        if parts.original_steps is not None:
+            source.moved(parts.original_steps)  # a value map's original spelling, taken out beside it
     else:
         body = []
         if parts.valid is not None:
@@ -92,6 +96,19 @@ def _field(source: _Source, element: d.Element, mapping, siblings: tuple[d.Eleme
             body.append(f"    _set(E, {source.name('path', path)}, {value})")
         source.emit(*body, indent="        ")
     source.moved(steps)
+
+
+def _peek_and_take(source: _Source, element: d.Element, reader: Reader) -> None:
+    """A coding, quantity or reference reader: its peek inline, then its ``take``
+    (which changes nothing above the element: held nodes above it stay)."""
+    steps = reader.peeks  # type: ignore[attr-defined]
+    found = source.local()
+    source.found(steps, source.holder(steps), found, none_missing=True)
+    source.emit(f"{source.name('take', reader.take)}(R, E, context, {found})")  # type: ignore[attr-defined]
+    if element.kind == "coding":  # a coding of the list (any), or the bare Coding, replaced
+        source.moved(steps[:-1], below=True)
+    else:  # taken out of the reference or quantity, or the marker in its place
+        source.moved(element.steps)
 
 
 def _value(source: _Source, element: d.Element, mapping, siblings: tuple[d.Element, ...]) -> None:

@@ -208,10 +208,11 @@ class _PathSource:
         else:
             self.emit(f"{value} = MISSING if {holder} is MISSING else {holder}[{last.index}]")
 
-    def moved(self, steps: tuple[d.Step, ...]) -> None:
-        """The element at ``steps`` may have been taken out: forget the nodes below it."""
+    def moved(self, steps: tuple[d.Step, ...], below: bool = False) -> None:
+        """The element at ``steps`` may have been taken out (``below``: any
+        element below it): forget the nodes held there and beneath."""
         key = _key(steps)
-        self.held = {k: v for k, v in self.held.items() if k[:len(key)] != key}
+        self.held = {k: v for k, v in self.held.items() if k[:len(key)] != key or (below and len(k) == len(key))}
 
 
 

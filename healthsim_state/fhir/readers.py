@@ -103,7 +103,7 @@ class _FieldParts:
     """What a field element's reader does once its value is found: shared by
     :func:`_field_reader` and the generated readers (:mod:`.generated`)."""
 
-    __slots__ = ("take", "twinned", "get", "field", "valid", "primitive", "plain")
+    __slots__ = ("take", "twinned", "get", "field", "valid", "primitive", "plain", "original_steps")
 
 
 def _field_parts(element, mapping, siblings=()) -> _FieldParts:
@@ -119,6 +119,7 @@ def _field_parts(element, mapping, siblings=()) -> _FieldParts:
     keeps_time = _keeps_time(primitive, field)
     parts = _FieldParts()
     parts.field, parts.valid, parts.primitive = field, valid, primitive
+    parts.original_steps = original_steps if backward else None  # where a value map's original spelling is
     # Nothing but the check, the fit and the move: what a generated reader writes inline.
     parts.plain = not backward and primitive not in ("base64Binary", "json") and not keeps_time
     parts.get = _getter(path)
@@ -193,15 +194,20 @@ def _coding_reader(element, mapping, plan, decl, siblings=()):
     bare, single, list_steps = _coding_shape(element)
     peek_list = _peeker(list_steps)
 
+    absent_first = bool(absent) and (bare or not single)  # a marker looked for before the codings
+
     def read(resource: dict, entity: dict, context: _Import) -> None:
-        if absent and (bare or not single) and peek(resource) == _absent(absent):
+        if absent_first and peek(resource) == _absent(absent):
             context.came_absent(resource, element)
             return
+        take(resource, entity, context, peek(resource) if bare else peek_list(resource))
+
+    def take(resource: dict, entity: dict, context: _Import, found: Any) -> None:
+        """What is at the path read (the bare Coding, or the list of codings): the code taken."""
         if bare:
-            found = peek(resource)
             codings = [found] if isinstance(found, dict) else None
         else:
-            codings = peek_list(resource)
+            codings = found
         if not isinstance(codings, list):
             return
         for index, coding in enumerate(codings):
@@ -231,6 +237,14 @@ def _coding_reader(element, mapping, plan, decl, siblings=()):
             else:
                 codings[index] = rest or None
             return
+    return _with_take(read, take, steps if bare else list_steps, inline=not absent_first)
+
+
+def _with_take(read: Reader, take: Callable, steps: tuple[d.Step, ...], inline: bool = True) -> Reader:
+    """A reader that peeks at ``steps`` and passes what it found to ``take``:
+    marked so, for the generated readers (:mod:`.generated`) to peek inline
+    (unless ``inline`` is false: the reader looks elsewhere first)."""
+    read.take, read.peeks, read.inline = take, steps, inline  # type: ignore[attr-defined]
     return read
 
 
@@ -242,7 +256,9 @@ def _quantity_reader(element, mapping, plan, decl, siblings=()):
     unit_field, get_unit = _field_and_getter(mapping, q.unit_field)
 
     def read(resource: dict, entity: dict, context: _Import) -> None:
-        quantity = peek(resource)
+        take(resource, entity, context, peek(resource))
+
+    def take(resource: dict, entity: dict, context: _Import, quantity: Any) -> None:
         if not isinstance(quantity, dict):
             return
         if absent and quantity == _absent(absent):
@@ -263,7 +279,7 @@ def _quantity_reader(element, mapping, plan, decl, siblings=()):
                 and quantity.get("unit", unit) == unit:
             for k in ("unit", "system", "code"):
                 quantity.pop(k, None)
-    return read
+    return _with_take(read, take, element.steps)
 
 
 def _reference_reader(element, mapping, plan, decl, siblings=()):
@@ -279,7 +295,9 @@ def _reference_reader(element, mapping, plan, decl, siblings=()):
     lookup = plan.mapper.reading._lookup
 
     def read(resource: dict, entity: dict, context: _Import) -> None:
-        ref = peek(resource)
+        take(resource, entity, context, peek(resource))
+
+    def take(resource: dict, entity: dict, context: _Import, ref: Any) -> None:
         if not isinstance(ref, dict):
             return
         if absent and ref == _absent(absent):
@@ -313,7 +331,7 @@ def _reference_reader(element, mapping, plan, decl, siblings=()):
                 if _getter(own.path)(entity) is None:
                     _set(entity, own.path, values[0])
                 ref.pop("identifier")
-    return read
+    return _with_take(read, take, element.steps)
 
 
 def _reference_fields(ref: dict) -> tuple[str, ...] | None:
