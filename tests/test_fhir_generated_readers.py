@@ -20,7 +20,10 @@ from healthsim_state import StateManager
 from healthsim_state.fhir.generated import general_reader
 from healthsim_state.fhir.importer import index_inputs, input_files, read_resources, resolve_references
 from healthsim_state.fhir.mapper import FhirMapper
-from healthsim_state.fhir.paths import _copy
+from healthsim_state.fhir.paths import (_constants_test, _copy, _everywhere, _everywhere_function, _find_slice,
+                                        _find_slice_peeking, _peek)
+from healthsim_state.mapping import fhir_section as d
+from healthsim_state.values import MISSING
 
 import strategies as S
 from test_fhir_mapping import (DECLARED, FOREIGN_PATIENT, PROPERTY, RAW, SAMPLE, SYNTHEA_LIKE, ResourceRefs,
@@ -101,6 +104,57 @@ def test_a_generated_reader_is_one_function_with_the_elements_inline(mapper):
     assert source.startswith("def read_all(R, E, context):")
     assert source.count("_slice(") == 2  # category[0] and code.coding[0]: each found once, not once an element
     assert "context.drops.append" in source
+
+
+def every_resource(mapper: FhirMapper) -> list[dict]:
+    """The resources of the test files, the sample's and the Synthea-shaped ones, as they come."""
+    refs, inputs = index_inputs(read_resources(input_files([DATA / name for name in FILES])))
+    resolve_references(refs, inputs)
+    with StateManager(":memory:") as sm:
+        scenario_id = sm.save_scenario("sample", json.loads(SAMPLE.read_text("utf-8")))
+        made = export_all(mapper, sm.load_scenario("sample")["entities"], scenario_id)
+    return [item.resource for item in inputs] + made + SYNTHEA_LIKE
+
+
+def _lists(node):
+    if isinstance(node, list):
+        yield node
+    for value in node.values() if isinstance(node, dict) else node if isinstance(node, list) else ():
+        yield from _lists(value)
+
+
+def test_the_generated_path_functions_find_what_the_general_ones_find(mapper):
+    """A slice's finder, the candidates' index walk and match test, generated,
+    against the general code, on every list and resource of the test data."""
+    resources = every_resource(mapper)
+    matches, declarations = set(), []
+    for entity_type in mapper.declared_types():
+        plan = mapper.plan(entity_type)
+        for compiled in plan.resources:
+            declarations.append([compiled.constants[path] for path in compiled.decl.match])
+            for element in d._walk(compiled.decl.elements):
+                matches.update(step.match for step in element.steps if step.match)
+    lists = [items for resource in resources for items in _lists(resource)]
+    compared = 0
+    for match in matches:
+        for items in lists:
+            for index in range(3):
+                assert _find_slice(items, match, index) is _find_slice_peeking(items, match, index)
+                compared += _find_slice_peeking(items, match, index) is not MISSING
+    assert compared > 0 and len(matches) > 5
+    held = 0
+    for pairs in declarations:
+        if not pairs:
+            continue
+        test = _constants_test(tuple(pairs))
+        keys = tuple((step.key, step.index is not None) for step in pairs[-1][0])
+        everywhere = _everywhere_function(keys)
+        for resource in resources:
+            holds = all(_peek(resource, steps) == value for steps, value in pairs)
+            assert test(resource) is holds
+            held += holds
+            assert everywhere(resource) == _everywhere(resource, keys)
+    assert held > 0
 
 
 # Odd shapes: an element of an exported resource replaced by a value of another kind.

@@ -263,7 +263,6 @@ def _slice(items: list, match: tuple, index: int) -> Any:
 
 _SLICES = threading.local()
 _HASHABLE = (str, int, float, bool)  # JSON leaves an index of constants can hold
-_MATCH_PEEKERS: dict[int, tuple[tuple, list]] = {}  # id(match) -> (match, its peekers)
 _NOT_FOUND = object()
 
 
@@ -287,6 +286,30 @@ def _find_slice(items: list, match: tuple, index: int) -> Any:
 
 
 _FINDERS: dict[int, tuple[tuple, Callable[[list, int], Any]]] = {}  # id(match) -> (match, its finder)
+
+
+def _find_slice_peeking(items: list, match: tuple, index: int) -> Any:
+    """What :func:`_slice_finder`'s function finds, by a peek a constant an item:
+    the readable form (the tests hold the generated one to it)."""
+    pairs = tuple((_peeker(steps), value) for steps, value in match)
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        equal = False  # one constant equal at least, and none that differs
+        for peek, value in pairs:
+            found = peek(item)
+            if found is MISSING:
+                continue
+            if found != value:
+                break
+            equal = True
+        else:
+            if equal:
+                return item
+    if index < len(items) and isinstance(items[index], dict) and \
+            all(peek(items[index]) is MISSING for peek, _ in pairs):
+        return items[index]
+    return MISSING
 
 
 def _slice_finder(match: tuple) -> Callable[[list, int], Any]:
@@ -432,6 +455,40 @@ def _everywhere(node: Any, keys: tuple[tuple[str, bool], ...]) -> list:
         if listed:
             found = [item for items in found if isinstance(items, list) for item in items]
     return found
+
+
+def _everywhere_function(keys: tuple[tuple[str, bool], ...]) -> Callable[[Any], list]:
+    """:func:`_everywhere` for one path, generated once as nested loops (no
+    list made a step)."""
+    lines, indent, node = ["def everywhere(node):", "    found = []"], "    ", "node"
+    for depth, (key, listed) in enumerate(keys):
+        value = f"v{depth}"
+        lines += [f"{indent}if isinstance({node}, dict):", f"{indent}    {value} = {node}.get({key!r}, MISSING)"]
+        indent += "    "
+        if listed:
+            lines += [f"{indent}if isinstance({value}, list):", f"{indent}    for i{depth} in {value}:"]
+            indent += "        "
+            value = f"i{depth}"
+        node = value
+    lines += [f"{indent}found.append({node})", "    return found"]
+    namespace: dict[str, Any] = {"MISSING": MISSING}
+    exec(compile("\n".join(lines), f"<fhir everywhere {'.'.join(k for k, _ in keys)}>", "exec"), namespace)
+    return namespace["everywhere"]
+
+
+def _constants_test(pairs: tuple[tuple[tuple[d.Step, ...], Any], ...]) -> Callable[[Any], bool]:
+    """Whether a resource holds every constant of ``pairs`` (path, value) at
+    its path, as :func:`_peek` finds it (slices by :func:`_slice`): one
+    function, the paths' common nodes walked once, the first difference ends it."""
+    source = _PathSource("R")
+    for steps, value in pairs:
+        found = source.local()
+        source.found(steps, source.holder(steps), found, none_missing=True)
+        source.emit(f"if {found} != {source.name('V', value)}:", "    return False")
+    source.emit("return True")
+    lines = ["def holds(R):", *source.lines]
+    exec(compile("\n".join(lines), "<fhir constants>", "exec"), source.names)
+    return source.names["holds"]
 
 
 def _drop(node: Any, steps: tuple[d.Step, ...]) -> None:

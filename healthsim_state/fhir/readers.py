@@ -17,9 +17,9 @@ from typing import Any, Callable, Iterable, Protocol
 from ..errors import FhirInputError
 from ..mapping import fhir_section as d
 from ..values import MISSING
-from .paths import (_HASHABLE, _PARENTS, _SLICES, _coding_shape, _copy, _drop, _everywhere, _field_and_getter,
-                    _columns_of, _getter, _original_steps, _peek, _peeker, _prune_owned, _put, _reading, _set,
-                    _slice_order)
+from .paths import (_HASHABLE, _PARENTS, _SLICES, _coding_shape, _columns_of, _constants_test, _copy, _drop,
+                    _everywhere_function, _field_and_getter, _getter, _original_steps, _peek, _peeker, _prune_owned,
+                    _put, _reading, _set, _slice_order)
 from .primitives import (ABSENT_KEY, ORIGINAL_VALUE, REFERENCE_FIELDS, TIMES_KEY, UCUM, UNFIT, VALID, _absent, _backward,
                          _condition, _day_of, _fits, _from_base64, _from_json, _identifier_rest, _identifier_values,
                          _keeps_time, _lookup_system, _primitive_of)
@@ -519,8 +519,8 @@ class ResourceReader:
         chosen = always
         if index:
             chosen = set(always)
-            for keys, by_constant in index:
-                for value in _everywhere(resource, keys):
+            for everywhere, by_constant in index:
+                for value in everywhere(resource):
                     if isinstance(value, _HASHABLE):
                         chosen.update(by_constant.get(value, ()))
         systems = _identifier_systems(resource)
@@ -530,17 +530,14 @@ class ResourceReader:
             carries = plan.system in systems
             if compiled.decl.own and not carries:
                 continue
-            for peek, constant in matches:
-                if peek(resource) != constant:
-                    break
-            else:
+            if matches(resource):
                 (own if carries else found).append((plan, compiled))
         return own or found
 
     def _options_of(self, resource_type: Any) -> tuple[list, tuple, frozenset]:
         """The compiled declarations of a resource type, each with its match
         constants (a peeker of the path, value); an index of their last match
-        constants (the keys of each path for :func:`_everywhere`, constant ->
+        constants (:func:`_everywhere` of each path, generated, constant ->
         positions); the positions of the declarations not in the index. Made
         once a type."""
         options = []
@@ -550,15 +547,14 @@ class ResourceReader:
             plan = self.plan(entity)
             compiled = plan.by_slot[decl.slot]
             position = len(options)
-            options.append((plan, compiled, tuple((_peeker(compiled.constants[path][0]), compiled.constants[path][1])
-                                                  for path in decl.match)))
+            options.append((plan, compiled, _constants_test(tuple(compiled.constants[path] for path in decl.match))))
             last = decl.match[-1] if decl.match else None
             constant = compiled.constants[last][1] if last is not None else None
             if last is None or not isinstance(constant, _HASHABLE):
                 always.add(position)
                 continue
             keys = tuple((step.key, step.index is not None) for step in compiled.constants[last][0])
-            by_path.setdefault(last, (keys, {}))[1].setdefault(constant, set()).add(position)
+            by_path.setdefault(last, (_everywhere_function(keys), {}))[1].setdefault(constant, set()).add(position)
         found = (options, tuple(by_path.values()), frozenset(always))
         if isinstance(resource_type, str):
             self._options[resource_type] = found
