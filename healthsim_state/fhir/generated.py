@@ -11,12 +11,15 @@ one function that runs the same readers in the same order on one resource:
   :func:`.readers._field_reader` and :func:`.readers._value_reader` do, the
   field's uncommon work -- value maps, base64, JSON, kept date-times -- left to
   its :func:`.readers._field_parts` ``take``);
+- a coding, quantity or reference reader's peek is written inline, and what
+  it finds passed to the reader's ``take`` (see ``_with_take`` in
+  :mod:`.readers`); children and ``also:`` forms readers are called as they are;
 - each node on the way (``category[0]``, its ``coding[0]``) is found once and
-  held in a local while nothing may have moved it: a field reader's move
-  forgets the nodes below the element it took out, any other reader (coding,
-  quantity, reference, children, ``also:`` forms: called as they are) forgets
-  them all. Slices are found by :func:`.paths._slice`, as the readers find
-  them (its memo and its notes of moved slices are the same).
+  held in a local while nothing may have moved it: a reader that takes an
+  element out forgets the nodes at and below it (a coding reader: below its
+  parent), a reader called as it is forgets them all. Slices are found by
+  :func:`.paths._slice`, as the readers find them (its memo and its notes of
+  moved slices are the same).
 
 So the general readers and the generated function make the same entities,
 leftovers and ``_fhir`` records (tests/test_fhir_generated_readers.py checks
