@@ -157,6 +157,12 @@ def test_the_generated_path_functions_find_what_the_general_ones_find(mapper):
     assert held > 0
 
 
+def test_an_import_mapper_shares_the_compiled_plans_and_not_the_lookup_cache(mapper):
+    other = mapper.fresh()
+    assert other.plan("vital_sign") is mapper.plan("vital_sign")  # generated once a registry
+    assert other.reading is not mapper.reading and other.reading._lookup_cache is not mapper.reading._lookup_cache
+
+
 # Odd shapes: an element of an exported resource replaced by a value of another kind.
 ODD = st.sampled_from([None, "", "text", 0, 1.5, True, [], {}, [None], [{}], {"extension": []}])
 

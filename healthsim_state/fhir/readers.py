@@ -36,9 +36,11 @@ class ImportRefs(Protocol):
 
 
 class _Import:
-    __slots__ = ("refs", "entity", "children", "drops", "resource", "omitted", "ours", "forms", "times", "absent")
+    __slots__ = ("refs", "entity", "children", "drops", "resource", "omitted", "ours", "forms", "times", "absent",
+                 "lookup")
 
-    def __init__(self, refs, entity, resource, ours=False):
+    def __init__(self, refs, entity, resource, ours=False, lookup=None):
+        self.lookup = lookup  # the reading's lookup of a reference's target (ResourceReader._lookup)
         self.refs, self.entity, self.children, self.drops, self.omitted = refs, entity, [], [], []
         self.resource = resource  # the input, for messages
         self.ours = ours  # keyed by our entity identifier: made by our export (see REFERENCE_FIELDS)
@@ -292,7 +294,6 @@ def _reference_reader(element, mapping, plan, decl, siblings=()):
     target_key = target_mapping.primary_key
     pairs = [(mapping.field(own), target_mapping.field(theirs)) for own, theirs in r.fields]
     systems = {_lookup_system(r.target, theirs.column, target_key): own for own, theirs in pairs}
-    lookup = plan.mapper.reading._lookup
 
     def read(resource: dict, entity: dict, context: _Import) -> None:
         take(resource, entity, context, peek(resource))
@@ -307,7 +308,7 @@ def _reference_reader(element, mapping, plan, decl, siblings=()):
         target = context.refs.target(text) if isinstance(text, str) else None
         taken = False
         if target is not None:
-            values = lookup(r.target, target)
+            values = context.lookup(r.target, target)  # the reading's own cache: plans are shared
             if values is not None:
                 named = _reference_fields(ref)
                 for own, theirs in pairs:
@@ -625,7 +626,7 @@ class ResourceReader:
                                  resource_type=resource_type, resource_id=rid, element="identifier")
         if keyed_by_id:
             record["keyed_by_id"] = True
-        context = _Import(refs, entity, resource, ours=not keyed_by_id)
+        context = _Import(refs, entity, resource, ours=not keyed_by_id, lookup=self._lookup)
         profile = compiled.decl.profile
         meta = copy.get("meta")
         if profile and isinstance(meta, dict) and isinstance(meta.get("profile"), list) and profile in meta["profile"]:
