@@ -44,6 +44,8 @@ def generated_reader(pairs: list[tuple[d.Element, Reader]], mapping, siblings: t
     for element, reader in pairs:
         if element.kind == "field" and not element.also:
             _field(source, element, mapping, siblings)
+        elif element.kind == "field" and hasattr(reader, "other_forms"):
+            _field_with_forms(source, element, mapping, siblings, reader)
         elif element.kind == "value":
             _value(source, element, mapping, siblings)
         elif getattr(reader, "inline", False) and not element.also:
@@ -99,6 +101,21 @@ def _field(source: _Source, element: d.Element, mapping, siblings: tuple[d.Eleme
             body.append(f"    _set(E, {source.name('path', path)}, {value})")
         source.emit(*body, indent="        ")
     source.moved(steps)
+
+
+def _field_with_forms(source: _Source, element: d.Element, mapping, siblings: tuple[d.Element, ...],
+                      reader: Reader) -> None:
+    """:func:`.forms.forms_reader`: the declared form inline, the other forms
+    by the reader's ``other_forms`` when the declared was not read."""
+    _field(source, element, mapping, siblings)
+    steps = element.steps
+    found = source.local()
+    source.found(steps, source.holder(steps), found, none_missing=True)
+    read = _column(source, mapping.field(element.field).path)
+    source.emit(f"if not ({read} is not None or {found} not in (MISSING, None)):",
+                f"    {source.name('other_forms', reader.other_forms)}(R, E, context)")  # type: ignore[attr-defined]
+    for _, other in element.also:
+        source.moved(other)
 
 
 def _peek_and_take(source: _Source, element: d.Element, reader: Reader) -> None:

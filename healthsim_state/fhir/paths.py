@@ -188,10 +188,15 @@ class _PathSource:
 
     def holder(self, steps: tuple[d.Step, ...]) -> str:
         """A local holding what the last step looks in (see :func:`.paths._compile_parent`)."""
-        above, last, var = self.node(steps[:-1]), steps[-1], self.local()
-        if last.index is None:
-            self.emit(f"{var} = {above} if isinstance({above}, dict) else MISSING")
+        above, last = self.node(steps[:-1]), steps[-1]
+        if last.index is None:  # the node itself when a dict: held as a node below it (forgotten with it)
+            key = _key(steps[:-1]) + (("", None, 0),)
+            var = self.held.get(key)
+            if var is None:
+                var = self.held[key] = self.local()
+                self.emit(f"{var} = {above} if isinstance({above}, dict) else MISSING")
         else:
+            var = self.local()
             self.emit(f"{var} = {above}.get({last.key!r}) if isinstance({above}, dict) else None",
                       f"{var} = {var} if isinstance({var}, list) and len({var}) > {last.index} else MISSING")
         return var
