@@ -552,7 +552,8 @@ def _prune_owned(node: Any) -> Any:
         gone = None
         for key, value in node.items():
             kind = value.__class__
-            if (kind is dict or kind is list) and _prune_owned(value) is MISSING:
+            # an empty one is MISSING without a call (most are: what the readers emptied)
+            if (kind is dict or kind is list) and (not value or _prune_owned(value) is MISSING):
                 if gone is None:
                     gone = [key]
                 else:
@@ -566,7 +567,7 @@ def _prune_owned(node: Any) -> Any:
         for index, item in enumerate(node):
             kind = item.__class__
             if kind is dict or kind is list:
-                if _prune_owned(item) is MISSING:
+                if not item or _prune_owned(item) is MISSING:
                     node[index] = None
                 else:
                     kept = True
