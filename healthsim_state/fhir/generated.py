@@ -94,7 +94,8 @@ def _field(source: _Source, element: d.Element, mapping, siblings: tuple[d.Eleme
         else:
             body.append(f"{value} = _fits({field}, {value})")
         body.append(f"if {value} is not MISSING:")
-        body.append(f"    {holder}.pop({last.key!r}, None)" if last.index is None else f"    {holder}[{last.index}] = None")
+        take_out = f"{holder}.pop({last.key!r}, None)" if last.index is None else f"{holder}[{last.index}] = None"
+        body.append("    " + take_out)
         if len(path) == 1:
             body.append(f"    E[{path[0]!r}] = {value}")
         else:
@@ -171,7 +172,8 @@ def _column(source: _Source, path: tuple[str, ...]) -> str:
 
 
 def readers_in_order(elements: tuple[d.Element, ...], readers: list[Reader]) -> list[tuple[d.Element, Reader]]:
-    """Elements with their readers, the constants' last (see :func:`.readers._constants_last`)."""
+    """Elements with their readers, the constants' last: a slice is found by its
+    constants, so they are taken out only once every field of the slice was read."""
     pairs = list(zip(elements, readers))
     return sorted(pairs, key=lambda pair: pair[0].kind == "value")
 

@@ -2,7 +2,9 @@
 resource, one writer and one reader an element (:mod:`.writers`,
 :mod:`.readers`), compiled once when the type is first used, so a call runs
 no interpretation, only the closures (the pattern of
-:mod:`healthsim_state.engine.compile`).
+:mod:`healthsim_state.engine.compile`); the writers and the readers of a
+resource are then generated as one function each (``write_all``, and
+``read_all``: :mod:`.generated`).
 """
 
 from __future__ import annotations

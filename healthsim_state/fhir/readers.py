@@ -414,12 +414,6 @@ def _restore_unfit(node: dict, entity: dict) -> None:
             return
 
 
-def _constants_last(readers: list[tuple[bool, Reader]]) -> list[Reader]:
-    """Readers with the constants' last: a slice is found by its constants, so
-    they are taken out only once every field of the slice was read."""
-    return [reader for _, reader in sorted(readers, key=lambda pair: pair[0])]
-
-
 def _identifier_systems(resource: dict) -> set:
     identifiers = resource.get("identifier")
     if not isinstance(identifiers, list):
