@@ -31,8 +31,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..mapping import fhir_section as d
-from .paths import _PathSource as _Source
 from .paths import _getter, _set
+from .paths import _PathSource as _Source
 from .primitives import _condition, _converted_test, _fits
 from .readers import Reader, _field_parts
 
