@@ -23,6 +23,7 @@ from healthsim_state.fhir.mapper import FhirMapper
 from healthsim_state.fhir.paths import (_constants_test, _copy, _everywhere, _everywhere_function, _find_slice,
                                         _find_slice_peeking, _peek)
 from healthsim_state.mapping import fhir_section as d
+from healthsim_state.mapping.loader import load_mapping_dirs
 from healthsim_state.values import MISSING
 
 import strategies as S
@@ -161,6 +162,41 @@ def test_an_import_mapper_shares_the_compiled_plans_and_not_the_lookup_cache(map
     other = mapper.fresh()
     assert other.plan("vital_sign") is mapper.plan("vital_sign")  # generated once a registry
     assert other.reading is not mapper.reading and other.reading._lookup_cache is not mapper.reading._lookup_cache
+
+
+# A field read from inside a coding that the coding reader (between the two
+# fields) replaces by what it leaves: the second field must look in that, not in
+# the coding as the first field found it (no built-in mapping reads so).
+GADGET = """\
+entity: gadget
+table: gadgets
+primary_key: gadget_id
+fields:
+  - {column: gadget_id, path: gadget_id, type: varchar}
+  - {column: shown, path: shown, type: varchar}
+  - {column: kind, path: kind, type: varchar}
+  - {column: picked, path: picked, type: boolean}
+fhir:
+  - resource: Device
+    elements:
+      - {path: "type.coding[0].display", field: shown}
+      - path: type
+        coding: {system: "urn:kinds", code: kind}
+      - {path: "type.coding[0].userSelected", field: picked}
+"""
+
+
+def test_a_node_a_reader_replaced_is_looked_for_again(tmp_path):
+    (tmp_path / "gadget.yaml").write_text(GADGET, "utf-8")
+    mapper = FhirMapper(load_mapping_dirs([tmp_path]))
+    device = {"resourceType": "Device", "id": "g1", "identifier": [{"system": "urn:healthsim:gadget", "value": "G1"}],
+              "type": {"coding": [{"system": "urn:kinds", "code": "k", "display": "D", "userSelected": True,
+                                   "version": "2"}]}}
+    assert assert_same_reading(mapper, [device], ResourceRefs([device])) == 1
+    ((_, gadget),) = mapper.map_resource(_copy(device), refs=ResourceRefs([device]))
+    assert {k: gadget[k] for k in ("gadget_id", "shown", "kind", "picked")} == \
+        {"gadget_id": "G1", "shown": "D", "kind": "k", "picked": True}
+    assert gadget["_fhir"]["device"]["extra"] == {"type": {"coding": [{"version": "2"}]}}
 
 
 # Odd shapes: an element of an exported resource replaced by a value of another kind.
