@@ -155,7 +155,7 @@ def _wanted(source: _Source, element: d.Element, mapping, siblings: tuple[d.Elem
     wanted = _condition(element, mapping, siblings)
     if wanted is None:
         return ""
-    if element.without_field:
+    if not element.with_field:  # without: (with: decides when both are given, as in _condition)
         return f"{_column(source, mapping.field(element.without_field).path)} is None"
     convert = _converted_test(element.with_field, mapping, siblings)
     if convert is None:
