@@ -648,7 +648,7 @@ class StateManager:
         from .fhir.importer import import_fhir
         from .fhir.mapper import FhirMapper
         # a fresh mapper: its lookup cache (by resource type and id) is this input's only
-        mapper = FhirMapper({entity: codec.mapping for entity, codec in self.registry.codecs.items()})
+        mapper = FhirMapper.from_registry(self.registry).fresh()
         return import_fhir(self, paths, name, mapper=mapper, overwrite=overwrite)
 
 

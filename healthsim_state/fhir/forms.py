@@ -70,6 +70,11 @@ def forms_reader(element: d.Element, mapping, plan, decl, declared: Reader) -> R
         declared(resource, entity, context)
         if get(entity) is not None or peek_declared(resource) not in (MISSING, None):
             return  # read as declared (or there, and kept as it came)
+        other_forms(resource, entity, context)
+
+    def other_forms(resource: dict, entity: dict, context) -> None:
+        """The declared form was not read: the first other form present (the
+        generated readers call this after their inline read of the declared)."""
         for form, steps, peek, valid, primitive, keeps_time in alternatives:
             value = peek(resource)
             if value is MISSING or value is None:
@@ -86,6 +91,7 @@ def forms_reader(element: d.Element, mapping, plan, decl, declared: Reader) -> R
             _set(entity, path, value)
             context.forms[declared_path] = form
             return
+    read.other_forms = other_forms  # type: ignore[attr-defined]
     return read
 
 

@@ -26,6 +26,7 @@ both directions. The work is done below it:
 
 from __future__ import annotations
 
+import copy
 
 from ..errors import FhirMappingError
 from ..mapping import fhir_section as d
@@ -67,6 +68,15 @@ class FhirMapper:
             found = cls({entity: codec.mapping for entity, codec in registry.codecs.items()})
             registry._fhir_mapper = found
         return found
+
+    def fresh(self) -> "FhirMapper":
+        """This mapper with a reading of its own (an empty lookup cache: the
+        values of an input's resources are that input's), sharing the compiled
+        plans (the generated functions of every type, made once a registry,
+        not once an import)."""
+        other = copy.copy(self)  # the same _plans dict: plans compiled by either are the other's
+        other.reading = ResourceReader(other.plan, other._declared)
+        return other
 
     # --- what is declared ------------------------------------------------------------------
 

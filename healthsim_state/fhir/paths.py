@@ -129,6 +129,98 @@ def _compile_parent(steps: tuple[d.Step, ...]) -> None:
     _PARENTS[id(steps)] = (steps, namespace["parent"])
 
 
+_Key = tuple  # a path prefix's identity: (key, index, id(match)) a step
+
+
+def _key(steps: tuple[d.Step, ...]) -> _Key:
+    return tuple((step.key, step.index, id(step.match)) for step in steps)
+
+
+class _PathSource:
+    """A generated function's source (the readers of :mod:`.generated`, a
+    slice's finder): its lines, the names they use, and the nodes held in
+    locals (path prefix -> local name) at the current line, found from the
+    local ``root`` by :meth:`node` as :func:`_compile_parent` walks."""
+
+    def __init__(self, root: str = "R", names: dict[str, Any] | None = None) -> None:
+        self.lines: list[str] = []
+        self.names: dict[str, Any] = {"MISSING": MISSING, "_slice": _slice, **(names or {})}
+        self.held: dict[_Key, str] = {}
+        self.count = 0
+        self.root = root
+        self.indent = "    "  # where emit writes unless told
+
+    def name(self, prefix: str, value: Any) -> str:
+        self.count += 1
+        name = f"{prefix}{self.count}"
+        self.names[name] = value
+        return name
+
+    def local(self) -> str:
+        self.count += 1
+        return f"n{self.count}"
+
+    def emit(self, *lines: str, indent: str | None = None) -> None:
+        indent = self.indent if indent is None else indent
+        self.lines.extend(indent + line for line in lines)
+
+    def node(self, steps: tuple[d.Step, ...]) -> str:
+        """The local holding the node ``steps`` lead to from the root (MISSING
+        when the resource has none there): written here unless held."""
+        if not steps:
+            return self.root
+        key = _key(steps)
+        held = self.held.get(key)
+        if held is not None:
+            return held
+        above = self.node(steps[:-1])
+        step, var = steps[-1], self.local()
+        self.emit(f"{var} = {above}.get({step.key!r}, MISSING) if isinstance({above}, dict) else MISSING")
+        if step.index is not None:
+            i = step.index
+            if step.match:
+                match = self.name("M", step.match)
+                self.emit(f"{var} = _slice({var}, {match}, {i}) if isinstance({var}, list) else MISSING")
+            else:
+                self.emit(f"{var} = {var}[{i}] if isinstance({var}, list) and len({var}) > {i} else MISSING")
+        self.held[key] = var
+        return var
+
+    def holder(self, steps: tuple[d.Step, ...]) -> str:
+        """A local holding what the last step looks in (see :func:`.paths._compile_parent`)."""
+        above, last = self.node(steps[:-1]), steps[-1]
+        if last.index is None:  # the node itself when a dict: held as a node below it (forgotten with it)
+            key = _key(steps[:-1]) + (("", None, 0),)
+            var = self.held.get(key)
+            if var is None:
+                var = self.held[key] = self.local()
+                self.emit(f"{var} = {above} if isinstance({above}, dict) else MISSING")
+        else:
+            var = self.local()
+            self.emit(f"{var} = {above}.get({last.key!r}) if isinstance({above}, dict) else None",
+                      f"{var} = {var} if isinstance({var}, list) and len({var}) > {last.index} else MISSING")
+        return var
+
+    def found(self, steps: tuple[d.Step, ...], holder: str, value: str, *, none_missing: bool) -> None:
+        """``value = `` what the last step finds in ``holder`` (a list's None
+        as MISSING with ``none_missing``, as :func:`_peek` has it)."""
+        last = steps[-1]
+        if last.index is None:
+            self.emit(f"{value} = MISSING if {holder} is MISSING else {holder}.get({last.key!r}, MISSING)")
+        elif none_missing:
+            self.emit(f"{value} = MISSING if {holder} is MISSING or {holder}[{last.index}] is None "
+                      f"else {holder}[{last.index}]")
+        else:
+            self.emit(f"{value} = MISSING if {holder} is MISSING else {holder}[{last.index}]")
+
+    def moved(self, steps: tuple[d.Step, ...], below: bool = False) -> None:
+        """The element at ``steps`` may have been taken out (``below``: any
+        element below it): forget the nodes held there and beneath."""
+        key = _key(steps)
+        self.held = {k: v for k, v in self.held.items() if k[:len(key)] != key or (below and len(k) == len(key))}
+
+
+
 def _parent_generic(node: Any, steps: tuple[d.Step, ...]) -> Any:
     for step in steps[:-1]:
         if not isinstance(node, dict):
@@ -176,7 +268,6 @@ def _slice(items: list, match: tuple, index: int) -> Any:
 
 _SLICES = threading.local()
 _HASHABLE = (str, int, float, bool)  # JSON leaves an index of constants can hold
-_MATCH_PEEKERS: dict[int, tuple[tuple, list]] = {}  # id(match) -> (match, its peekers)
 _NOT_FOUND = object()
 
 
@@ -193,10 +284,19 @@ class _reading:
 
 
 def _find_slice(items: list, match: tuple, index: int) -> Any:
-    pairs = _MATCH_PEEKERS.get(id(match))
-    if pairs is None or pairs[0] is not match:
-        pairs = _MATCH_PEEKERS[id(match)] = (match, tuple((_peeker(steps), value) for steps, value in match))
-    pairs = pairs[1]
+    entry = _FINDERS.get(id(match))
+    if entry is None or entry[0] is not match:
+        entry = _FINDERS[id(match)] = (match, _slice_finder(match))
+    return entry[1](items, index)
+
+
+_FINDERS: dict[int, tuple[tuple, Callable[[list, int], Any]]] = {}  # id(match) -> (match, its finder)
+
+
+def _find_slice_peeking(items: list, match: tuple, index: int) -> Any:
+    """What :func:`_slice_finder`'s function finds, by a peek a constant an item:
+    the readable form (the tests hold the generated one to it)."""
+    pairs = tuple((_peeker(steps), value) for steps, value in match)
     for item in items:
         if not isinstance(item, dict):
             continue
@@ -215,6 +315,35 @@ def _find_slice(items: list, match: tuple, index: int) -> Any:
             all(peek(items[index]) is MISSING for peek, _ in pairs):
         return items[index]
     return MISSING
+
+
+def _slice_finder(match: tuple) -> Callable[[list, int], Any]:
+    """The search :func:`_slice` makes for one slice, generated once as
+    straight-line code (the constants' paths walked once an item, their
+    common nodes shared): the first dict item whose constants are equal
+    where present (one at least), else the dict at ``index`` holding none."""
+    source = _PathSource("item")
+    source.emit("for item in items:", "    if not isinstance(item, dict):", "        continue", "    equal = False")
+    source.indent = "        "
+    for steps, value in match:
+        found = source.local()
+        source.found(steps, source.holder(steps), found, none_missing=True)
+        source.emit(f"if {found} is not MISSING:", f"    if {found} != {source.name('V', value)}:", "        continue",
+                    "    equal = True")
+    source.emit("if equal:", "    return item")
+    source.indent, source.held = "    ", {}
+    source.emit("if index < len(items):", "    item = items[index]", "    if isinstance(item, dict):")
+    source.indent = "            "
+    for steps, _ in match:
+        found = source.local()
+        source.found(steps, source.holder(steps), found, none_missing=True)
+        source.emit(f"if {found} is not MISSING:", "    return MISSING")
+    source.emit("return item")
+    source.indent = "    "
+    source.emit("return MISSING")
+    lines = ["def find(items, index):", *source.lines]
+    exec(compile("\n".join(lines), "<fhir slice>", "exec"), source.names)
+    return source.names["find"]
 
 
 def _slice_order(root: Any, moved: list, memo: dict) -> list:
@@ -333,6 +462,40 @@ def _everywhere(node: Any, keys: tuple[tuple[str, bool], ...]) -> list:
     return found
 
 
+def _everywhere_function(keys: tuple[tuple[str, bool], ...]) -> Callable[[Any], list]:
+    """:func:`_everywhere` for one path, generated once as nested loops (no
+    list made a step)."""
+    lines, indent, node = ["def everywhere(node):", "    found = []"], "    ", "node"
+    for depth, (key, listed) in enumerate(keys):
+        value = f"v{depth}"
+        lines += [f"{indent}if isinstance({node}, dict):", f"{indent}    {value} = {node}.get({key!r}, MISSING)"]
+        indent += "    "
+        if listed:
+            lines += [f"{indent}if isinstance({value}, list):", f"{indent}    for i{depth} in {value}:"]
+            indent += "        "
+            value = f"i{depth}"
+        node = value
+    lines += [f"{indent}found.append({node})", "    return found"]
+    namespace: dict[str, Any] = {"MISSING": MISSING}
+    exec(compile("\n".join(lines), f"<fhir everywhere {'.'.join(k for k, _ in keys)}>", "exec"), namespace)
+    return namespace["everywhere"]
+
+
+def _constants_test(pairs: tuple[tuple[tuple[d.Step, ...], Any], ...]) -> Callable[[Any], bool]:
+    """Whether a resource holds every constant of ``pairs`` (path, value) at
+    its path, as :func:`_peek` finds it (slices by :func:`_slice`): one
+    function, the paths' common nodes walked once, the first difference ends it."""
+    source = _PathSource("R")
+    for steps, value in pairs:
+        found = source.local()
+        source.found(steps, source.holder(steps), found, none_missing=True)
+        source.emit(f"if {found} != {source.name('V', value)}:", "    return False")
+    source.emit("return True")
+    lines = ["def holds(R):", *source.lines]
+    exec(compile("\n".join(lines), "<fhir constants>", "exec"), source.names)
+    return source.names["holds"]
+
+
 def _drop(node: Any, steps: tuple[d.Step, ...]) -> None:
     holder = _parent(node, steps)
     if holder is MISSING:
@@ -389,7 +552,8 @@ def _prune_owned(node: Any) -> Any:
         gone = None
         for key, value in node.items():
             kind = value.__class__
-            if (kind is dict or kind is list) and _prune_owned(value) is MISSING:
+            # an empty one is MISSING without a call (most are: what the readers emptied)
+            if (kind is dict or kind is list) and (not value or _prune_owned(value) is MISSING):
                 if gone is None:
                     gone = [key]
                 else:
@@ -403,7 +567,7 @@ def _prune_owned(node: Any) -> Any:
         for index, item in enumerate(node):
             kind = item.__class__
             if kind is dict or kind is list:
-                if _prune_owned(item) is MISSING:
+                if not item or _prune_owned(item) is MISSING:
                     node[index] = None
                 else:
                     kept = True

@@ -2,7 +2,9 @@
 resource, one writer and one reader an element (:mod:`.writers`,
 :mod:`.readers`), compiled once when the type is first used, so a call runs
 no interpretation, only the closures (the pattern of
-:mod:`healthsim_state.engine.compile`).
+:mod:`healthsim_state.engine.compile`); the writers and the readers of a
+resource are then generated as one function each (``write_all``, and
+``read_all``: :mod:`.generated`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from ..mapping import fhir_section as d
 from ..mapping.model import Mapping
 from ..values import MISSING
 from .forms import forms_reader, forms_writer
+from .generated import general_reader, generated_reader, readers_in_order
 from .ids import resource_id as _resource_id
 from .paths import _compile_parent, _getter, _merge, _prune_owned, _set
 from .primitives import TIMES_KEY
-from .readers import ELEMENT_READERS, Reader, _children_reader, _constants_last, _Import, _restore_unfit
+from .readers import ELEMENT_READERS, Reader, _children_reader, _Import, _restore_unfit
 from .writers import ELEMENT_WRITERS, Writer, _children_writer, _Export, _generated_writer, _keep_unfit
 
 RESERVED_KEY = d.RESERVED_KEY
@@ -44,6 +47,7 @@ class _Resource:
     def __init__(self, decl: d.ResourceDeclaration, writers: list[Writer], readers: list[Reader],
                  whens: list[Callable], field_paths: dict[str, tuple[d.Step, ...]]):
         self.decl, self.writers, self.readers, self.whens = decl, writers, readers, whens
+        self.read_all: Reader = general_reader(readers)  # the plan puts the generated one here
         self.slot, self.resource_type = decl.slot, decl.resource
         self.field_paths = field_paths  # column -> the path it is written at (lookups on import)
         self.constants = {e.path: (e.steps, e.value) for e in decl.elements if e.kind == "value"}
@@ -71,6 +75,7 @@ class _Plan:
         self.key_fields = mapping.key_fields
         self.key_getters = [_getter(f.path) for f in self.key_fields]
         self.fields = {f.column: f for f in mapping.fields}
+        self.child_plans: list[_ChildPlan] = []  # folded types' (claim_line in Claim.item)
         self.resources = [self._compile(decl) for decl in decls.resources]
         self.by_slot = {r.slot: r for r in self.resources}
 
@@ -80,12 +85,15 @@ class _Plan:
         for element in decl.elements:
             writer, reader = _element(element, self.mapping, self, decl, decl.elements)
             writers.append(writer)
-            readers.append((element.kind == "value", reader))
+            readers.append(reader)
             if element.kind == "field":
                 field_paths[element.field] = element.steps
         whens = [_getter(self.fields[c].path) for c in decl.when]
-        compiled = _Resource(decl, writers, _constants_last(readers), whens, field_paths)
+        pairs = readers_in_order(decl.elements, readers)
+        compiled = _Resource(decl, writers, [reader for _, reader in pairs], whens, field_paths)
         compiled.write_all = _generated_writer(decl.elements, writers, self.mapping, decl.slot)
+        # One function reads the resource (see .generated); compiled.readers stay the general way.
+        compiled.read_all = generated_reader(pairs, self.mapping, decl.elements, f"{self.entity_type} {decl.slot}")
         return compiled
 
     def key_of(self, entity: dict) -> tuple:
@@ -109,7 +117,10 @@ class _ChildPlan:
         pairs = [_element(e, mapping, parent, decl, children.elements) for e in children.elements]
         self.writers = [w for w, _ in pairs]
         self.write_all = _generated_writer(children.elements, self.writers, mapping, f"{decl.slot} item")
-        self.readers = _constants_last([(e.kind == "value", r) for e, (_, r) in zip(children.elements, pairs)])
+        ordered = readers_in_order(children.elements, [r for _, r in pairs])
+        self.readers = [reader for _, reader in ordered]
+        self.read_all = generated_reader(ordered, mapping, children.elements, f"{decl.slot} item {mapping.entity}")
+        parent.child_plans.append(self)
 
     def item(self, kid: dict, context: _Export, slot: str) -> dict:
         item: dict[str, Any] = {}
@@ -133,8 +144,7 @@ class _ChildPlan:
             _set(kid, field.path, value)
         parents, context.drops = context.drops, []  # the parent's constants are dropped after all its elements
         parent_times, context.times = context.times, {}
-        for read in self.readers:
-            read(item, kid, context)
+        self.read_all(item, kid, context)
         context.drop_constants()
         context.drops = parents
         times, context.times = context.times, parent_times

@@ -17,9 +17,9 @@ from typing import Any, Callable, Iterable, Protocol
 from ..errors import FhirInputError
 from ..mapping import fhir_section as d
 from ..values import MISSING
-from .paths import (_HASHABLE, _PARENTS, _SLICES, _coding_shape, _copy, _drop, _everywhere, _field_and_getter,
-                    _columns_of, _getter, _original_steps, _peek, _peeker, _prune_owned, _put, _reading, _set,
-                    _slice_order)
+from .paths import (_HASHABLE, _PARENTS, _SLICES, _coding_shape, _columns_of, _constants_test, _copy, _drop,
+                    _everywhere_function, _field_and_getter, _getter, _original_steps, _peek, _peeker, _prune_owned,
+                    _put, _reading, _set, _slice_order)
 from .primitives import (ABSENT_KEY, ORIGINAL_VALUE, REFERENCE_FIELDS, TIMES_KEY, UCUM, UNFIT, VALID, _absent, _backward,
                          _condition, _day_of, _fits, _from_base64, _from_json, _identifier_rest, _identifier_values,
                          _keeps_time, _lookup_system, _primitive_of)
@@ -36,9 +36,11 @@ class ImportRefs(Protocol):
 
 
 class _Import:
-    __slots__ = ("refs", "entity", "children", "drops", "resource", "omitted", "ours", "forms", "times", "absent")
+    __slots__ = ("refs", "entity", "children", "drops", "resource", "omitted", "ours", "forms", "times", "absent",
+                 "lookup")
 
-    def __init__(self, refs, entity, resource, ours=False):
+    def __init__(self, refs, entity, resource, ours=False, lookup=None):
+        self.lookup = lookup  # the reading's lookup of a reference's target (ResourceReader._lookup)
         self.refs, self.entity, self.children, self.drops, self.omitted = refs, entity, [], [], []
         self.resource = resource  # the input, for messages
         self.ours = ours  # keyed by our entity identifier: made by our export (see REFERENCE_FIELDS)
@@ -82,21 +84,11 @@ Reader = Callable[[dict, dict, _Import], None]
 # --- element readers ---------------------------------------------------------------------------
 
 def _field_reader(element, mapping, plan, decl, siblings=()):
-    field = mapping.field(element.field)
-    steps, path = element.steps, field.path
-    primitive = _primitive_of(element, field)
-    valid = VALID.get(primitive)
-    forward = dict(element.values)
-    backward = _backward(element.values)
-    original_steps = _original_steps(steps)
-    parent = _PARENTS[id(steps)][1]
-    last = steps[-1]
+    parts = _field_parts(element, mapping, siblings)
+    parent = _PARENTS[id(element.steps)][1]
+    last = element.steps[-1]
     key, index = last.key, last.index
-    get = _getter(path)
-    keeps_time = _keeps_time(primitive, field)
-    # Another element writes the same field (a lab's test_name: code.coding[0].display
-    # and code.text): a resource that came with only the other goes out so.
-    twinned = any(other is not element and element.field in _columns_of(other) for other in siblings)
+    take, twinned, get = parts.take, parts.twinned, parts.get
 
     def read(resource: dict, entity: dict, context: _Import) -> None:
         holder = parent(resource)  # what peek(resource) looks in: found once for the drop too
@@ -105,6 +97,40 @@ def _field_reader(element, mapping, plan, decl, siblings=()):
             if twinned and get(entity) is not None:  # the twin, read before, found it
                 context.omitted.append(element.path)
             return
+        take(resource, entity, context, holder, value)
+    return read
+
+
+class _FieldParts:
+    """What a field element's reader does once its value is found: shared by
+    :func:`_field_reader` and the generated readers (:mod:`.generated`)."""
+
+    __slots__ = ("take", "twinned", "get", "field", "valid", "primitive", "plain", "original_steps")
+
+
+def _field_parts(element, mapping, siblings=()) -> _FieldParts:
+    field = mapping.field(element.field)
+    steps, path = element.steps, field.path
+    primitive = _primitive_of(element, field)
+    valid = VALID.get(primitive)
+    forward = dict(element.values)
+    backward = _backward(element.values)
+    original_steps = _original_steps(steps)
+    last = steps[-1]
+    key, index = last.key, last.index
+    keeps_time = _keeps_time(primitive, field)
+    parts = _FieldParts()
+    parts.field, parts.valid, parts.primitive = field, valid, primitive
+    parts.original_steps = original_steps if backward else None  # where a value map's original spelling is
+    # Nothing but the check, the fit and the move: what a generated reader writes inline.
+    parts.plain = not backward and primitive not in ("base64Binary", "json") and not keeps_time
+    parts.get = _getter(path)
+    # Another element writes the same field (a lab's test_name: code.coding[0].display
+    # and code.text): a resource that came with only the other goes out so.
+    parts.twinned = any(other is not element and element.field in _columns_of(other) for other in siblings)
+
+    def take(resource: dict, entity: dict, context: _Import, holder: Any, value: Any) -> None:
+        """The value found (not None) in ``holder``: checked, mapped, moved to the entity."""
         if valid is not None and not valid(value):
             raise context.invalid(element, value, primitive)
         if backward:
@@ -128,7 +154,8 @@ def _field_reader(element, mapping, plan, decl, siblings=()):
         else:
             holder[index] = None  # a placeholder: later items keep their positions
         _set(entity, path, value)
-    return read
+    parts.take = take
+    return parts
 
 
 def _value_reader(element, mapping, plan, decl, siblings=()):
@@ -169,15 +196,20 @@ def _coding_reader(element, mapping, plan, decl, siblings=()):
     bare, single, list_steps = _coding_shape(element)
     peek_list = _peeker(list_steps)
 
+    absent_first = bool(absent) and (bare or not single)  # a marker looked for before the codings
+
     def read(resource: dict, entity: dict, context: _Import) -> None:
-        if absent and (bare or not single) and peek(resource) == _absent(absent):
+        if absent_first and peek(resource) == _absent(absent):
             context.came_absent(resource, element)
             return
+        take(resource, entity, context, peek(resource) if bare else peek_list(resource))
+
+    def take(resource: dict, entity: dict, context: _Import, found: Any) -> None:
+        """What is at the path read (the bare Coding, or the list of codings): the code taken."""
         if bare:
-            found = peek(resource)
             codings = [found] if isinstance(found, dict) else None
         else:
-            codings = peek_list(resource)
+            codings = found
         if not isinstance(codings, list):
             return
         for index, coding in enumerate(codings):
@@ -207,6 +239,14 @@ def _coding_reader(element, mapping, plan, decl, siblings=()):
             else:
                 codings[index] = rest or None
             return
+    return _with_take(read, take, steps if bare else list_steps, inline=not absent_first)
+
+
+def _with_take(read: Reader, take: Callable, steps: tuple[d.Step, ...], inline: bool = True) -> Reader:
+    """A reader that peeks at ``steps`` and passes what it found to ``take``:
+    marked so, for the generated readers (:mod:`.generated`) to peek inline
+    (unless ``inline`` is false: the reader looks elsewhere first)."""
+    read.take, read.peeks, read.inline = take, steps, inline  # type: ignore[attr-defined]
     return read
 
 
@@ -218,7 +258,9 @@ def _quantity_reader(element, mapping, plan, decl, siblings=()):
     unit_field, get_unit = _field_and_getter(mapping, q.unit_field)
 
     def read(resource: dict, entity: dict, context: _Import) -> None:
-        quantity = peek(resource)
+        take(resource, entity, context, peek(resource))
+
+    def take(resource: dict, entity: dict, context: _Import, quantity: Any) -> None:
         if not isinstance(quantity, dict):
             return
         if absent and quantity == _absent(absent):
@@ -239,7 +281,7 @@ def _quantity_reader(element, mapping, plan, decl, siblings=()):
                 and quantity.get("unit", unit) == unit:
             for k in ("unit", "system", "code"):
                 quantity.pop(k, None)
-    return read
+    return _with_take(read, take, element.steps)
 
 
 def _reference_reader(element, mapping, plan, decl, siblings=()):
@@ -252,10 +294,11 @@ def _reference_reader(element, mapping, plan, decl, siblings=()):
     target_key = target_mapping.primary_key
     pairs = [(mapping.field(own), target_mapping.field(theirs)) for own, theirs in r.fields]
     systems = {_lookup_system(r.target, theirs.column, target_key): own for own, theirs in pairs}
-    lookup = plan.mapper.reading._lookup
 
     def read(resource: dict, entity: dict, context: _Import) -> None:
-        ref = peek(resource)
+        take(resource, entity, context, peek(resource))
+
+    def take(resource: dict, entity: dict, context: _Import, ref: Any) -> None:
         if not isinstance(ref, dict):
             return
         if absent and ref == _absent(absent):
@@ -265,7 +308,7 @@ def _reference_reader(element, mapping, plan, decl, siblings=()):
         target = context.refs.target(text) if isinstance(text, str) else None
         taken = False
         if target is not None:
-            values = lookup(r.target, target)
+            values = context.lookup(r.target, target)  # the reading's own cache: plans are shared
             if values is not None:
                 named = _reference_fields(ref)
                 for own, theirs in pairs:
@@ -289,7 +332,7 @@ def _reference_reader(element, mapping, plan, decl, siblings=()):
                 if _getter(own.path)(entity) is None:
                     _set(entity, own.path, values[0])
                 ref.pop("identifier")
-    return read
+    return _with_take(read, take, element.steps)
 
 
 def _reference_fields(ref: dict) -> tuple[str, ...] | None:
@@ -369,12 +412,6 @@ def _restore_unfit(node: dict, entity: dict) -> None:
                 _set(entity, tuple(dotted.split(".")), value)
             extensions[index] = None
             return
-
-
-def _constants_last(readers: list[tuple[bool, Reader]]) -> list[Reader]:
-    """Readers with the constants' last: a slice is found by its constants, so
-    they are taken out only once every field of the slice was read."""
-    return [reader for _, reader in sorted(readers, key=lambda pair: pair[0])]
 
 
 def _identifier_systems(resource: dict) -> set:
@@ -477,8 +514,8 @@ class ResourceReader:
         chosen = always
         if index:
             chosen = set(always)
-            for keys, by_constant in index:
-                for value in _everywhere(resource, keys):
+            for everywhere, by_constant in index:
+                for value in everywhere(resource):
                     if isinstance(value, _HASHABLE):
                         chosen.update(by_constant.get(value, ()))
         systems = _identifier_systems(resource)
@@ -488,17 +525,14 @@ class ResourceReader:
             carries = plan.system in systems
             if compiled.decl.own and not carries:
                 continue
-            for peek, constant in matches:
-                if peek(resource) != constant:
-                    break
-            else:
+            if matches(resource):
                 (own if carries else found).append((plan, compiled))
         return own or found
 
     def _options_of(self, resource_type: Any) -> tuple[list, tuple, frozenset]:
         """The compiled declarations of a resource type, each with its match
         constants (a peeker of the path, value); an index of their last match
-        constants (the keys of each path for :func:`_everywhere`, constant ->
+        constants (:func:`_everywhere` of each path, generated, constant ->
         positions); the positions of the declarations not in the index. Made
         once a type."""
         options = []
@@ -508,15 +542,14 @@ class ResourceReader:
             plan = self.plan(entity)
             compiled = plan.by_slot[decl.slot]
             position = len(options)
-            options.append((plan, compiled, tuple((_peeker(compiled.constants[path][0]), compiled.constants[path][1])
-                                                  for path in decl.match)))
+            options.append((plan, compiled, _constants_test(tuple(compiled.constants[path] for path in decl.match))))
             last = decl.match[-1] if decl.match else None
             constant = compiled.constants[last][1] if last is not None else None
             if last is None or not isinstance(constant, _HASHABLE):
                 always.add(position)
                 continue
             keys = tuple((step.key, step.index is not None) for step in compiled.constants[last][0])
-            by_path.setdefault(last, (keys, {}))[1].setdefault(constant, set()).add(position)
+            by_path.setdefault(last, (_everywhere_function(keys), {}))[1].setdefault(constant, set()).add(position)
         found = (options, tuple(by_path.values()), frozenset(always))
         if isinstance(resource_type, str):
             self._options[resource_type] = found
@@ -587,7 +620,7 @@ class ResourceReader:
                                  resource_type=resource_type, resource_id=rid, element="identifier")
         if keyed_by_id:
             record["keyed_by_id"] = True
-        context = _Import(refs, entity, resource, ours=not keyed_by_id)
+        context = _Import(refs, entity, resource, ours=not keyed_by_id, lookup=self._lookup)
         profile = compiled.decl.profile
         meta = copy.get("meta")
         if profile and isinstance(meta, dict) and isinstance(meta.get("profile"), list) and profile in meta["profile"]:
@@ -597,8 +630,7 @@ class ResourceReader:
             record["profile"] = False  # it came without our profile: it goes out without it
         _SLICES.memo = {}  # the copy's lists: new objects (ids of another resource's may be reused)
         _SLICES.moved = []
-        for read in compiled.readers:
-            read(copy, entity, context)
+        compiled.read_all(copy, entity, context)  # the readers, generated as one function (see .generated)
         moved, _SLICES.moved = _SLICES.moved, None
         memo, _SLICES.memo = _SLICES.memo, None  # dropping constants changes the lists; children read their items anew
         context.drop_constants()
