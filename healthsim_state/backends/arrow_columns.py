@@ -60,7 +60,8 @@ class _Lent:
 
 
 CONSTANTS = True
-"""Whether a column holding one value in every row goes as a parameter."""
+"""Whether a column holding one value in every row goes as a parameter
+(False: every column as an Arrow array; comparisons set it)."""
 
 
 def _one_value(values: list) -> bool:
@@ -71,6 +72,8 @@ def _one_value(values: list) -> bool:
     ``-0.0`` are equal; so are ``1`` and ``True``), equal strings do not.
     Strings compare by identity first, so a column of one object is one
     quick pass."""
+    if not values:
+        return False
     first = values[0]
     if first is not None and (first.__class__ is not str or "\x00" in first or not is_text(first)):
         return False
