@@ -190,6 +190,36 @@ def test_legacy_data_is_stored_alike_through_the_database(both_ways, monkeypatch
     assert generic[0] == "saved" and generic == columnar
 
 
+def test_a_column_of_one_text_in_every_row_goes_as_a_parameter_and_stores_the_same(both_ways, monkeypatch):
+    """Text (dates, timestamps and JSON as text too) or NULL in every row of
+    a chunk is a parameter of the insert, not an Arrow column: stored as the
+    row-wise way stores it. A number is never one (``-0.0`` equals ``0.0``),
+    nor a text a parameter would not carry as it is (NUL)."""
+    from healthsim_state.backends import arrow_columns
+
+    sent: list[list] = []
+    lent = arrow_columns.lent_columns
+
+    def recorded(*args, **kwargs):
+        view, selected, params = lent(*args, **kwargs)
+        sent.append(params)
+        return view, selected, params
+
+    monkeypatch.setattr(arrow_columns, "lent_columns", recorded)
+    labs = [{"lab_result_id": f"l{i}", "unit": "mg/dL", "value": "a\x00b", "numeric_value": -0.0 if i % 2 else 0.0,
+             "collected_time": "2024-01-15T10:30:00"} for i in range(40)]
+    claims = [{"claim_id": f"c{i}", "other_diagnoses": ["E11.9"], "service_date": "2024-01-15",
+               "extra_info": {"kept": True}} for i in range(40)]
+    generic, columnar = _save_both_ways(both_ways, {"lab_result": labs, "claim": claims}, monkeypatch)
+    assert generic[0] == "saved" and generic == columnar
+    params = [value for each in sent for value in each]
+    assert {"mg/dL", "2024-01-15T10:30:00", '["E11.9"]', None} <= set(params)
+    assert '{"extra_info":{"kept":true}}' in params  # one residual for all: a parameter too
+    assert not any(value.__class__ is float or value == "a\x00b" for value in params)
+    signs = {("-0.0" in row, "'l1'" in row) for row in columnar[1]["lab_results"] if "'l0'" in row or "'l1'" in row}
+    assert signs == {(False, False), (True, True)}  # a double keeps its sign
+
+
 # --- shapes --------------------------------------------------------------------------------------
 
 def test_entities_are_grouped_by_their_exact_key_sets_in_order_and_nested():

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import nanoarrow as na
 
 from ..column_types import ColumnType
+from ..values import is_text
 from .base import Constant
 
 
@@ -29,6 +30,10 @@ def lent_columns(columns: Sequence[str], arrays: Sequence[Any], types: Sequence[
         if isinstance(values, Constant):
             selected.append("?")
             params.append(values.value)
+            continue
+        if CONSTANTS and _one_value(values):  # no column to build or scan: the value is a parameter
+            selected.append(_read_of(ctype).format("?"))
+            params.append(values[0])
             continue
         arrows, read = arrow_arrays(values, ctype)
         inputs = []
@@ -52,6 +57,37 @@ class _Lent:
 
     def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
         return self.array.__arrow_c_stream__(requested_schema)
+
+
+CONSTANTS = True
+"""Whether a column holding one value in every row goes as a parameter
+(False: every column as an Arrow array; comparisons set it)."""
+
+
+def _one_value(values: list) -> bool:
+    """Whether every row holds the same value, and it is NULL or text a
+    parameter carries exactly as an Arrow string would: more than half the
+    columns of a typical chunk (fields no entity has, a source system, a
+    unit). Text only: equal numbers may differ as stored (``0.0`` and
+    ``-0.0`` are equal; so are ``1`` and ``True``), equal strings do not.
+    Strings compare by identity first, so a column of one object is one
+    quick pass."""
+    if not values:
+        return False
+    first = values[0]
+    if first is not None and (first.__class__ is not str or "\x00" in first or not is_text(first)):
+        return False
+    return values.count(first) == len(values)
+
+
+def _read_of(ctype: ColumnType | None) -> str:
+    """The expression a column of ISO text, JSON text or NULL is read with."""
+    if ctype is None:
+        return "{0}"
+    return _TEXT_READS.get(ctype.family, "{0}")
+
+
+_TEXT_READS = {"date": "CAST({0} AS DATE)", "timestamp": "CAST({0} AS TIMESTAMP)", "json": "CAST({0} AS JSON)"}
 
 
 def arrow_arrays(values: list, ctype: ColumnType | None) -> tuple[list[Any], str]:

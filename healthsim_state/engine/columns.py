@@ -75,6 +75,8 @@ def _of_class(cls: type, check: Callable[[Field, list], list[int]], rewrites: bo
         if types == {cls}:
             return check(field, values), []
         n = len(values)
+        if types == {_NONE}:  # an explicit null in every entity (legacy-shaped input): no mask to make
+            return [], list(range(n))
         classes = list(map(type, values))
         mask = list(map(is_, classes, repeat(cls)))
         inside = list(compress(range(n), mask))
