@@ -78,9 +78,11 @@ def _yaml() -> tuple[Any, Any]:
     return yaml, getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+@lru_cache(maxsize=1)
 def builtin_mapping_dir() -> Path:
     """The built-in mappings: inside the installed package, or the repo's
-    top-level ``mappings/`` when running from a source checkout."""
+    top-level ``mappings/`` when running from a source checkout. Found once
+    a process (the package does not move; every manager asks)."""
     packaged = Path(__file__).resolve().parents[1] / "mappings"
     if packaged.is_dir():
         return packaged
@@ -114,12 +116,20 @@ def fingerprint(dirs: Iterable[Path]) -> tuple:
     may reuse what they compiled from them."""
     parts = []
     for directory in dirs:
-        try:
-            entries = sorted(p for p in Path(directory).iterdir() if p.suffix in (".yaml", ".yml"))
-            parts.append((str(directory), tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in entries)))
+        try:  # every manager asks: one scandir and one stat a file, no Path objects
+            with os.scandir(directory) as found:
+                entries = sorted(entry.path for entry in found if _is_mapping_name(entry.name))
+            stats = [os.stat(path) for path in entries]
+            parts.append((str(directory), tuple((path, st.st_size, st.st_mtime_ns) for path, st in zip(entries, stats))))
         except OSError:
             parts.append((str(directory), None))
     return tuple(parts)
+
+
+def _is_mapping_name(name: str) -> bool:
+    """Whether a file name's suffix, as :attr:`Path.suffix` reads it (a last
+    dot that does not start the name), is ``.yaml`` or ``.yml``."""
+    return name.endswith((".yaml", ".yml")) and name.rfind(".") > 0
 
 
 def load_mapping_dirs(dirs: Iterable[Path]) -> dict[str, Mapping]:
