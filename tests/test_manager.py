@@ -98,6 +98,11 @@ def test_a_list_gives_each_scenario_its_own_tags_in_order(sm):
     listed = {item["name"]: item["tags"] for item in sm.list_scenarios()}
     assert listed == {"first": ["z", "a", "m"], "bare": [], "last": ["b", "a"]}
     assert [item["tags"] for item in sm.list_scenarios(limit=1, offset=1)] == [[]]
+    # a full page reads its own scenarios' tags, a page that holds every scenario all the tags
+    assert [item["tags"] for item in sm.list_scenarios(limit=2)] == [["b", "a"], []]
+    assert [item["tags"] for item in sm.list_scenarios(limit=4)] == [["b", "a"], [], ["z", "a", "m"]]
+    sm.delete_scenario("last")
+    assert [item["tags"] for item in sm.list_scenarios(limit=None)] == [[], ["z", "a", "m"]]
 
 
 # --- the shape of what comes back -------------------------------------------------------

@@ -16,7 +16,7 @@ import time
 from typing import Any, Iterable, NoReturn, Sequence
 
 from ..backends.base import Session
-from ..engine.batch import Chunk
+from ..engine.batch import Chunk, no_cyclic_gc
 from ..engine.compile import Codec
 from ..engine.registry import Registry
 from ..errors import (
@@ -201,13 +201,13 @@ class Scenarios:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += order + limit_offset(params, limit, offset)
-        rows = self.session.fetchall(sql, params)
-        if not rows:
-            return []
-        every = tag is None and search is None and not offset and (limit is None or len(rows) < limit)
-        tags = self.all_tags() if every else self.tags_of_page([row[0] for row in rows])
-        parsed: dict[str, dict[str, int]] = {}
-        return [_scenario_dict(row, parsed, tags.get(row[0], [])) for row in rows]
+        with no_cyclic_gc():  # a row makes a tuple, two dicts and a list: none cyclic
+            rows = self.session.fetchall(sql, params)
+            if not rows:
+                return []
+            every = tag is None and search is None and not offset and (limit is None or len(rows) < limit)
+            tags = self.all_tags() if every else self.tags_of_page([row[0] for row in rows])
+            return _scenario_dicts(rows, tags)
 
     def summary(self, scenario: dict[str, Any], version: int | None = None) -> dict[str, Any]:
         """A found scenario with its current tags; or with ``version``, as it
@@ -336,35 +336,41 @@ _second = operator.itemgetter(1)
 
 
 def _utc(value: _dt.datetime) -> _dt.datetime:
-    """A stored (naive, UTC) time as an aware one: made anew from its fields,
-    which costs a third of ``value.replace(tzinfo=...)`` (a list makes two a row)."""
-    return _datetime(value.year, value.month, value.day, value.hour, value.minute, value.second,
-                     value.microsecond, _UTC)
+    return value.replace(tzinfo=_UTC)
 
 
-_datetime = _dt.datetime
+def _scenario_dict(row: tuple) -> dict[str, Any]:
+    """A scenario's row (:data:`_SCENARIO_COLUMNS`, in order) as a dict."""
+    return _scenario_dicts((row,))[0]
 
 
-def _scenario_dict(row: tuple, parsed: dict[str, dict[str, int]] | None = None,
-                   tags: list[str] | None = None) -> dict[str, Any]:
-    """A scenario's row (:data:`_SCENARIO_COLUMNS`, in order) as a dict, with
-    ``tags`` when given. ``parsed``: the counts texts met so far (a list
-    parses each distinct text once, and copies it). Written out key by key:
-    a list makes one a row."""
-    scenario_id, name, description, created_at, updated_at, entity_count, text, version = row
-    if parsed is None or not isinstance(text, str):
-        counts = _counts(text)
-    else:
-        counts = parsed.get(text)
-        if counts is None:
-            counts = parsed[text] = _counts(text)
-        counts = counts.copy()
-    item = {"scenario_id": scenario_id, "name": name, "description": description,
-            "created_at": _utc(created_at), "updated_at": _utc(updated_at),
-            "entity_count": entity_count, "entity_counts": counts, "version": version}
-    if tags is not None:
-        item["tags"] = tags
-    return item
+def _scenario_dicts(rows: Iterable[tuple], tags: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """Scenarios' rows (:data:`_SCENARIO_COLUMNS`, in order) as dicts, each
+    with its tags (from ``tags`` by id) when given. One loop for a list's
+    every row, written out key by key (a list makes one a row): each
+    distinct counts text parsed once and copied; the stored (naive, UTC)
+    times made aware from their fields, a third of ``replace(tzinfo=...)``."""
+    parsed: dict[str, dict[str, int]] = {}
+    items = []
+    make, utc = _dt.datetime, _UTC
+    for scenario_id, name, description, created, updated, entity_count, text, version in rows:
+        if text.__class__ is str:
+            counts = parsed.get(text)
+            if counts is None:
+                counts = parsed[text] = _counts(text)
+            counts = counts.copy()
+        else:
+            counts = _counts(text)
+        item = {"scenario_id": scenario_id, "name": name, "description": description,
+                "created_at": make(created.year, created.month, created.day, created.hour, created.minute,
+                                   created.second, created.microsecond, utc),
+                "updated_at": make(updated.year, updated.month, updated.day, updated.hour, updated.minute,
+                                   updated.second, updated.microsecond, utc),
+                "entity_count": entity_count, "entity_counts": counts, "version": version}
+        if tags is not None:
+            item["tags"] = tags.get(scenario_id) or []
+        items.append(item)
+    return items
 
 
 def _counts(text: str | dict) -> dict[str, int]:
