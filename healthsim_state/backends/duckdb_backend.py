@@ -119,13 +119,13 @@ class DuckDBBackend(Backend):
         or let go, and a new file whose first write did not commit removed.
         (One writer at a time: a write holds the layout alone already.)"""
         with self._writer_turn(writable):
-            new = not self.exists()
             # a kept instance of the file is in use now: it holds the file, no need to queue; its
             # idle connection, when no other session has it, is this session's (no connect, no close)
             kept, lent = (None, None) if self.memory else WARM.hold(self.path, self.read_only)
             read_only = self.read_only if kept is None else kept  # a kept read-write instance serves a reader too
-            with self._queued(shared=self.read_only, create=not (new or self.read_only),
-                              queue=not (self.memory or kept is not None)) as deadline:
+            queue = not (self.memory or kept is not None)
+            new = queue and not self.exists()  # (a file system call: only where the queue needs it)
+            with self._queued(shared=self.read_only, create=not (new or self.read_only), queue=queue) as deadline:
                 con, made = (lent, False) if lent is not None else self._connect(writable, deadline, read_only)
                 committed = False
                 try:

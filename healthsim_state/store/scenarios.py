@@ -335,10 +335,6 @@ _UTC = _dt.timezone.utc
 _second = operator.itemgetter(1)
 
 
-def _utc(value: _dt.datetime) -> _dt.datetime:
-    return value.replace(tzinfo=_UTC)
-
-
 def _scenario_dict(row: tuple) -> dict[str, Any]:
     """A scenario's row (:data:`_SCENARIO_COLUMNS`, in order) as a dict."""
     return _scenario_dicts((row,))[0]
@@ -348,11 +344,11 @@ def _scenario_dicts(rows: Iterable[tuple], tags: dict[str, list[str]] | None = N
     """Scenarios' rows (:data:`_SCENARIO_COLUMNS`, in order) as dicts, each
     with its tags (from ``tags`` by id) when given. One loop for a list's
     every row, written out key by key (a list makes one a row): each
-    distinct counts text parsed once and copied; the stored (naive, UTC)
-    times made aware from their fields, a third of ``replace(tzinfo=...)``."""
+    distinct counts text parsed once and copied; the stored times made
+    aware (:func:`_aware`) without a call a value."""
     parsed: dict[str, dict[str, int]] = {}
-    items = []
-    make, utc = _dt.datetime, _UTC
+    items: list[dict[str, Any]] = []
+    append, make, utc = items.append, _dt.datetime, _UTC
     for scenario_id, name, description, created, updated, entity_count, text, version in rows:
         if text.__class__ is str:
             counts = parsed.get(text)
@@ -362,15 +358,23 @@ def _scenario_dicts(rows: Iterable[tuple], tags: dict[str, list[str]] | None = N
         else:
             counts = _counts(text)
         item = {"scenario_id": scenario_id, "name": name, "description": description,
-                "created_at": make(created.year, created.month, created.day, created.hour, created.minute,
-                                   created.second, created.microsecond, utc),
-                "updated_at": make(updated.year, updated.month, updated.day, updated.hour, updated.minute,
-                                   updated.second, updated.microsecond, utc),
+                "created_at": make(created.__reduce__()[1][0], utc),  # as _aware(created), inline
+                "updated_at": make(updated.__reduce__()[1][0], utc),
                 "entity_count": entity_count, "entity_counts": counts, "version": version}
         if tags is not None:
             item["tags"] = tags.get(scenario_id) or []
-        items.append(item)
+        append(item)
     return items
+
+
+def _aware(naive: _dt.datetime) -> _dt.datetime:
+    """A stored time (naive, in UTC) as an aware one. Made from the state a
+    pickle keeps of it (its ten bytes, from ``__reduce__``) with the
+    constructor pickle makes it again with, which takes the time zone
+    beside them: a quarter of the cost of ``naive.replace(tzinfo=utc)``, a
+    third of building it from its fields (a list of 300 scenarios makes
+    600). Every Python's ``datetime`` takes this form: old pickles load."""
+    return _dt.datetime(naive.__reduce__()[1][0], _UTC)
 
 
 def _counts(text: str | dict) -> dict[str, int]:
@@ -379,7 +383,7 @@ def _counts(text: str | dict) -> dict[str, int]:
 
 def _version_dict(row: tuple) -> dict[str, Any]:
     item = dict(zip(_VERSION_COLUMNS, row))
-    item["at"] = _utc(item.pop("saved_at"))
+    item["at"] = _aware(item.pop("saved_at"))
     item["tags"] = json.loads(item["tags"])
     item["entity_counts"] = _counts(item["entity_counts"])
     item["metadata"] = None if item["metadata"] is None else parse_exact(item["metadata"])
