@@ -464,6 +464,23 @@ class TypeRows:
         """Rows read with ``_live_rows_sql(after=True)``, each column in its
         read form: the dialect's conversions made on the non-null values of
         the columns it read as they are, a column at a time."""
+        if not self._conversions() or not rows:
+            return rows
+        return list(zip(*self.read_form_columns(rows)))
+
+    def read_form_columns(self, rows: list[tuple]) -> list[Sequence[Any]]:
+        """The columns of rows read with ``_live_rows_sql(after=True)``
+        (at least one), each in its read form (see :meth:`_in_read_form`):
+        what :func:`~healthsim_state.engine.batch.rebuild_columns` takes,
+        without turning them back into rows."""
+        columns: list[Sequence[Any]] = list(zip(*rows))
+        for index, convert in self._conversions():
+            columns[index] = [None if value is None else convert(value) for value in columns[index]]
+        return columns
+
+    def _conversions(self) -> list[tuple[int, Any]]:
+        """``(column index in a row, conversion)`` of the columns the dialect
+        reads as they are and turns into their read form in Python."""
         dialect = self.session.dialect
         key = ("store.read_after", dialect.name)
         after = self.codec.cache.get(key)
@@ -472,12 +489,7 @@ class TypeRows:
                 (index, convert) for index, convert in
                 enumerate((dialect.to_read_form(f.type) for f in self.mapping.fields), start=1)
                 if convert is not None]
-        if not after or not rows:
-            return rows
-        columns = list(zip(*rows))
-        for index, convert in after:
-            columns[index] = [None if value is None else convert(value) for value in columns[index]]
-        return list(zip(*columns))
+        return after
 
     def _live_data_sql(self, version: int | None) -> tuple[str, list[Any]]:
         names = ", ".join(quote(c) for c in data_columns(self.mapping))
@@ -543,7 +555,9 @@ def load_types(types: Sequence[tuple[TypeRows, int]], *, version: int | None = N
             fetched.append((index, rows, rows.fetch_raw(version=version, limit=limit, offset=offset)))
     ordered = limit is not None or bool(offset)
     for index, rows, raw in fetched:
-        loaded[index] = rebuild_rows(rows.codec, rows.read_form(raw, ordered=ordered))
+        if not ordered:
+            raw.sort(key=_first)  # nearly always stored in order already: one C pass checks it
+        loaded[index] = rebuild_columns(rows.codec, rows.read_form_columns(raw)) if raw else []
     return loaded  # type: ignore[return-value]
 
 
