@@ -121,7 +121,8 @@ def fingerprint(dirs: Iterable[Path]) -> tuple:
         try:  # every manager asks: one stat a file and one for the directory, no Path objects
             entries = _mapping_paths(str(directory))
             stats = [os.stat(path) for path in entries]
-            parts.append((str(directory), tuple((path, st.st_size, st.st_mtime_ns) for path, st in zip(entries, stats))))
+            parts.append((str(directory),
+                          tuple((path, st.st_size, st.st_mtime_ns) for path, st in zip(entries, stats))))
         except OSError:
             parts.append((str(directory), None))
     return tuple(parts)
