@@ -344,15 +344,25 @@ def measure_small(workdir: Path, rounds: int, *, background: int = 100, listed: 
     ]
     for kind, measure, path, operation in operations:
         for keep in (0.0, KEEP_OPEN):
-            yield _small_measure(kind, measure, _small_side(path, keep, operation), keep, rounds)
+            yield _small_measure(kind, measure, _small_side(path, keep, operation), keep, rounds, path)
             WARM.release(path)
 
 
-def _small_measure(kind: str, measure: str, ours: Callable[[], None], keep: float, rounds: int) -> dict:
+def _small_measure(kind: str, measure: str, ours: Callable[[], None], keep: float, rounds: int,
+                   path: Path) -> dict:
     """Ours against its floor; for a save also against ``statements``, every
-    call the save made (its bookkeeping too) replayed as a new scenario."""
-    ours()  # warm: mappings read, plans made, the kept instance open
+    call the save made (its bookkeeping too) replayed as a new scenario.
+    The recorded run starts with the file let go: a kept instance lends its
+    connection, made before the recording, to the next operation, which
+    then connects nothing that the recording could see; the connection
+    the recorded run keeps is let go after it (it records)."""
+    from healthsim_state.backends.duckdb_backend import WARM
+
+    ours()  # warm: mappings read, plans made
+    WARM.release(path)
     recorded = _recorded(ours)
+    WARM.release(path)
+    ours()  # the kept instance open again, for the rounds
     events = recorded.writes() if kind == "save" else recorded.statements()
     statements = _as_new_scenarios(recorded.statements()) if kind == "save" else None
     args, kwargs = recorded.connect

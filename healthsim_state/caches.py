@@ -44,6 +44,10 @@ class BoundedCache:
         return len(self._entries)
 
 
+# The mapping files a directory holds: directory -> (its device, inode, mtime and ctime
+# when listed, the files' paths). The exception to "never stale": checked against the
+# directory's own times, which every file added, removed or renamed in it moves.
+MAPPING_DIRECTORIES = BoundedCache(16)
 # This client's mapping files, parsed: fingerprint of the files -> {entity: Mapping}.
 LOCAL_MAPPINGS = BoundedCache(16)
 # A store's recorded mapping documents, read and checked: (store, entity, document) -> Mapping.

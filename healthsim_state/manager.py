@@ -27,6 +27,7 @@ from .layout import utc_now
 from .opening import OpenStore
 from .snapshot import Snapshot
 from .store import Changes, Scenarios, new_scenario_id, not_found
+from .store.rows import load_types
 
 if TYPE_CHECKING:
     from .evolution import SchemaReport
@@ -503,11 +504,11 @@ class StateManager:
             expected = sum(counts.get(entity) or 0 for entity in chosen)
             if limit is not None:
                 expected = min(expected, limit * len(chosen))
+            stored = [entity for entity in chosen if counts.get(entity)]
+            types = [(scenarios.rows(scenarios.registry.codecs[entity], scenario["scenario_id"]), counts[entity])
+                     for entity in stored]
             with no_cyclic_gc(kept=expected >= KEPT_RESULT):  # the fetch makes as many objects as the rebuild
-                for entity in chosen:
-                    if counts.get(entity):
-                        rows = scenarios.rows(scenarios.registry.codecs[entity], scenario["scenario_id"])
-                        entities[entity] = rows.load(counts[entity], version=version, limit=limit, offset=offset)
+                entities.update(zip(stored, load_types(types, version=version, limit=limit, offset=offset)))
             info["entities"] = entities
             return info
 

@@ -353,9 +353,10 @@ def test_a_kept_read_write_instance_serves_readers_so_a_mixed_burst_opens_the_fi
             writer.save_scenario(f"s{index}", {"patient": [{"patient_id": "p"}]})
             assert [s["name"] for s in reader.list_scenarios()][0] == f"s{index}"
             assert reader.load_scenario(f"s{index}")["entity_count"] == 1
-        # every session joined the writer's instance: none opened the file read-only, which would
-        # have let the kept read-write instance go (and the next write open the file again)
-        assert opened == [False] * 9
+        # every session joined the writer's instance (the first opened the file, the others
+        # took its kept connection): none opened the file read-only, which would have let the
+        # kept read-write instance go (and the next write open the file again)
+        assert opened == [False]
         with pytest.raises(ReadOnlyError):  # the read-only manager still refuses to write
             reader.save_scenario("x", {"patient": [{"patient_id": "p"}]})
         assert "x" not in {s["name"] for s in writer.list_scenarios()}
@@ -407,3 +408,23 @@ def test_keep_open_must_be_a_number_of_seconds():
     for bad in (-1, "1", True, float("nan"), 10_000):
         with pytest.raises(ValueError, match="keep_open"):
             StateManager(":memory:", keep_open=bad)
+
+
+def test_a_kept_connection_serves_one_session_at_a_time_and_outlives_a_release(db_path):
+    """A session on a kept file takes its idle connection; a session that
+    starts meanwhile connects one of its own; letting the file go while a
+    session has the connection closes it only when that session ends."""
+    from healthsim_state.backends.duckdb_backend import WARM
+
+    patient = {"patient": [{"patient_id": "p"}]}
+    with StateManager(db_path, keep_open=600) as sm:
+        sm.save_scenario("a", patient)
+        with sm.snapshot("a") as snap:  # has the kept connection
+            assert sm.load_scenario("a")["entity_count"] == 1  # on a connection of its own
+            sm.save_scenario("b", patient)
+            WARM.release(db_path)
+            assert [e["patient_id"] for e in snap.entities("patient")] == ["p"]  # still open
+        assert not _other_process_can_open(db_path)  # kept again when the snapshot ended
+        assert [s["name"] for s in sm.list_scenarios()] == ["b", "a"]
+    WARM.release(db_path)
+    assert _other_process_can_open(db_path)

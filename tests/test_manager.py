@@ -98,6 +98,11 @@ def test_a_list_gives_each_scenario_its_own_tags_in_order(sm):
     listed = {item["name"]: item["tags"] for item in sm.list_scenarios()}
     assert listed == {"first": ["z", "a", "m"], "bare": [], "last": ["b", "a"]}
     assert [item["tags"] for item in sm.list_scenarios(limit=1, offset=1)] == [[]]
+    # a full page reads its own scenarios' tags, a page that holds every scenario all the tags
+    assert [item["tags"] for item in sm.list_scenarios(limit=2)] == [["b", "a"], []]
+    assert [item["tags"] for item in sm.list_scenarios(limit=4)] == [["b", "a"], [], ["z", "a", "m"]]
+    sm.delete_scenario("last")
+    assert [item["tags"] for item in sm.list_scenarios(limit=None)] == [[], ["z", "a", "m"]]
 
 
 # --- the shape of what comes back -------------------------------------------------------
@@ -543,3 +548,18 @@ def test_validate_checks_without_writing(sm):
     with pytest.raises(ValidationError, match=r"patient\[1\] @ birthDate"):
         sm.validate({"patient": [patient(), patient("p2", birthDate="yesterday")]})
     assert sm.list_scenarios() == []
+
+
+def test_a_stored_time_is_made_aware_as_replace_makes_it():
+    """The fast form of a stored time's aware value (see scenarios._aware)
+    is exactly ``replace(tzinfo=utc)``, whatever the fields."""
+    from healthsim_state.store.scenarios import _aware
+
+    utc = dt.timezone.utc
+    for naive in (dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31, 23, 59, 59, 999999),
+                  dt.datetime(2026, 12, 7, 1, 2, 3), dt.datetime(2024, 2, 29, 12, 0, 0, 1),
+                  dt.datetime(1970, 1, 1, 0, 0, 0, 500000)):
+        made = _aware(naive)
+        assert made == naive.replace(tzinfo=utc) and made.tzinfo is utc and made.fold == 0
+        assert (made.year, made.month, made.day, made.hour, made.minute, made.second, made.microsecond) == (
+            naive.year, naive.month, naive.day, naive.hour, naive.minute, naive.second, naive.microsecond)

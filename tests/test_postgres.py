@@ -161,7 +161,7 @@ def test_a_load_sees_one_snapshot_while_another_client_overwrites(pg_url, monkey
     new = {"patient": [{"patient_id": f"new{i}"} for i in range(5)], "encounter": [{"encounter_id": "new"}]}
     with StateManager(pg_url) as sm:
         sm.save_scenario("moving", old)
-    original = TypeRows.fetch
+    original = TypeRows.fetch_raw  # a load reads each type's rows with it
     first_type_read, overwritten = threading.Event(), threading.Event()
 
     def fetch_then_pause(self, **options):
@@ -171,7 +171,7 @@ def test_a_load_sees_one_snapshot_while_another_client_overwrites(pg_url, monkey
             assert overwritten.wait(30)
         return rows
 
-    monkeypatch.setattr(TypeRows, "fetch", fetch_then_pause)
+    monkeypatch.setattr(TypeRows, "fetch_raw", fetch_then_pause)
     loaded: dict = {}
     reader = threading.Thread(target=lambda: loaded.update(StateManager(pg_url).load_scenario("moving")),
                               name="reader")

@@ -466,3 +466,39 @@ def test_main_called_with_arguments_leaves_the_collector_alone():
     code = ("import gc\nfrom healthsim_state.cli import main\ntry:\n    main(['--version'])\n"
             "except SystemExit:\n    pass\nprint(gc.get_freeze_count())")
     assert python(code).splitlines()[-1] == "0"
+
+
+def test_a_mapping_directory_is_listed_again_when_a_file_comes_or_goes(tmp_path, monkeypatch):
+    """The files a manager checks: a directory's listing is reused while its
+    own times stay (and only once they are older than a clock tick could
+    hide), so a file added, renamed or removed is seen by the next check."""
+    import os
+    import time
+
+    from healthsim_state.mapping import loader
+
+    monkeypatch.setattr(loader, "_RACY", 0.05)
+    listings = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(loader.os, "scandir", lambda path: listings.append(path) or real_scandir(path))
+    (tmp_path / "a.yaml").write_text("a")
+    (tmp_path / "notes.txt").write_text("not a mapping")
+
+    def files() -> list[str]:
+        ((_, held),) = loader.fingerprint([tmp_path])
+        return [os.path.basename(path) for path, _, _ in held]
+
+    time.sleep(0.1)
+    assert files() == ["a.yaml"] and files() == ["a.yaml"]
+    assert len(listings) == 1  # the second check stat'ed the directory and the file only
+    (tmp_path / "b.yml").write_text("b")
+    assert files() == ["a.yaml", "b.yml"]
+    time.sleep(0.1)
+    (tmp_path / "a.yaml").rename(tmp_path / "c.yaml")
+    assert files() == ["b.yml", "c.yaml"]
+    time.sleep(0.1)
+    (tmp_path / "b.yml").unlink()
+    assert files() == ["c.yaml"]
+    (tmp_path / "c.yaml").write_text("changed in place, longer")  # the file's own stat says it
+    ((_, ((_, size, _),)),) = loader.fingerprint([tmp_path])
+    assert size == len("changed in place, longer")

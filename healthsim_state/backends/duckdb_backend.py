@@ -119,25 +119,27 @@ class DuckDBBackend(Backend):
         or let go, and a new file whose first write did not commit removed.
         (One writer at a time: a write holds the layout alone already.)"""
         with self._writer_turn(writable):
-            new = not self.exists()
-            # a kept instance of the file is in use now: it holds the file, no need to queue
-            kept = None if self.memory else WARM.hold(self.path, self.read_only)
+            # a kept instance of the file is in use now: it holds the file, no need to queue; its
+            # idle connection, when no other session has it, is this session's (no connect, no close)
+            kept, lent = (None, None) if self.memory else WARM.hold(self.path, self.read_only)
             read_only = self.read_only if kept is None else kept  # a kept read-write instance serves a reader too
-            with self._queued(shared=self.read_only, create=not (new or self.read_only),
-                              queue=not (self.memory or kept is not None)) as deadline:
-                con, made = self._connect(writable, deadline, read_only)
+            queue = not (self.memory or kept is not None)
+            new = queue and not self.exists()  # (a file system call: only where the queue needs it)
+            with self._queued(shared=self.read_only, create=not (new or self.read_only), queue=queue) as deadline:
+                con, made = (lent, False) if lent is not None else self._connect(writable, deadline, read_only)
                 committed = False
                 try:
                     yield DuckDBSession(con, writable=writable, label=self.label, backend=self)
                     committed = True
                 finally:
                     if self.keep_open and (committed or not made):
-                        WARM.keep(self.path, read_only, self.keep_open)  # before the close: the instance lives on
+                        WARM.keep(self.path, read_only, self.keep_open, lent)  # before the close: the instance lives on
                     elif not self.memory:
-                        WARM.release(self.path)
+                        WARM.release(self.path, lent)
                     removing = made and not committed and _empty(con)
                     left = removing and not self._remove_new_file()  # while con holds DuckDB's lock on it
-                    _close_quietly(con)
+                    if lent is None:  # a lent connection went back (or was closed) above
+                        _close_quietly(con)
                     if left:  # Windows: an open file cannot be removed
                         self._remove_new_file()
 
@@ -343,57 +345,83 @@ def _writer_lock(key: str) -> threading.RLock:
 _COLUMNS_VIEW = "_healthsim_columns"
 
 
+class _Kept:
+    """One file's kept instance: its idle connection, the moment it may go
+    (None while a session uses the instance), and whether a session has
+    the connection itself (``lent``: then only that session closes it)."""
+
+    __slots__ = ("read_only", "con", "until", "lent")
+
+    def __init__(self, read_only: bool, con: duckdb.DuckDBPyConnection, until: float | None):
+        self.read_only, self.con, self.until, self.lent = read_only, con, until, False
+
+
 class _Warm:
     """Database instances kept open between operations (``keep_open``): one
     idle connection per file holds the instance, with the moment it may go
     (None while a session uses it); one daemon thread lets each go once its
     file has been idle for the time asked. (A timer thread per operation
-    cost a burst's every operation a thread start.) One process can
-    open a file with one set of settings: a reading session uses a kept
-    read-write instance as it is (its backend asks nothing of it that a
-    read-only one would refuse: it only reads), and a writing session lets a
-    kept read-only one go first. So a burst that mixes a server's reads and
-    writes opens the file once more at most, not at every change of mode."""
+    cost a burst's every operation a thread start.) A session lends the
+    idle connection when no other session has it (an operation on a kept
+    file then opens and closes nothing: a tenth of a small list's time); a
+    session that finds it lent connects to the instance as before. One
+    process can open a file with one set of settings: a reading session
+    uses a kept read-write instance as it is (its backend asks nothing of
+    it that a read-only one would refuse: it only reads), and a writing
+    session lets a kept read-only one go first. So a burst that mixes a
+    server's reads and writes opens the file once more at most, not at
+    every change of mode."""
 
     def __init__(self) -> None:
         self._lock = threading.Condition(threading.Lock())
-        self._kept: dict[Path, tuple[bool, duckdb.DuckDBPyConnection, float | None]] = {}
+        self._kept: dict[Path, _Kept] = {}
         self._sweeper: threading.Thread | None = None
         self._wake = 0.0  # when the sweeper wakes next
         atexit.register(self.release_all)
 
-    def hold(self, path: Path, read_only: bool) -> bool | None:
+    def hold(self, path: Path, read_only: bool) -> tuple[bool | None, duckdb.DuckDBPyConnection | None]:
         """A session of ``path`` starts: its instance may not go now. The
         kept instance's mode (read-only or not) when one serves the session
-        (the process holds the file already), else None."""
+        (the process holds the file already), else None; and its connection
+        when no other session has it (the session gives it back with
+        :meth:`keep` or :meth:`release`), else None."""
         with self._lock:
             found = self._kept.get(path)
             if found is None:
-                return None
-            mode, con, _ = found
-            if mode and not read_only:  # a writer cannot use a read-only instance
+                return None, None
+            if found.read_only and not read_only:  # a writer cannot use a read-only instance
                 del self._kept[path]
-                _close_quietly(con)
-                return None
-            self._kept[path] = (mode, con, None)
-            return mode
+                if not found.lent:  # (a lent one is closed by its session)
+                    _close_quietly(found.con)
+                return None, None
+            found.until = None
+            if found.lent:
+                return found.read_only, None
+            found.lent = True
+            return found.read_only, found.con
 
-    def keep(self, path: Path, read_only: bool, seconds: float) -> None:
-        """A session of ``path`` ends: keep its instance ``seconds`` more."""
+    def keep(self, path: Path, read_only: bool, seconds: float, lent: duckdb.DuckDBPyConnection | None = None) -> None:
+        """A session of ``path`` ends: keep its instance ``seconds`` more
+        (``lent``: the kept connection the session had, given back)."""
         with self._lock:
             found = self._kept.get(path)
-            if found is None or found[0] != read_only:
-                if found is not None:
-                    _close_quietly(found[1])
-                try:  # the session's connection is still open: this one shares its instance
-                    con = duckdb.connect(str(path), read_only=read_only, config=CONFIG)
-                except duckdb.Error:
-                    self._kept.pop(path, None)
-                    return
-            else:
-                con = found[1]
-            until = time.monotonic() + seconds
-            self._kept[path] = (read_only, con, until)
+            if found is not None and lent is not None and found.con is lent:
+                found.lent = False
+            elif found is None or found.read_only != read_only:
+                if found is not None and not found.lent:
+                    _close_quietly(found.con)
+                if lent is not None:
+                    con = lent  # let go or replaced meanwhile: the one lent is kept again
+                else:
+                    try:  # the session's connection is still open: this one shares its instance
+                        con = duckdb.connect(str(path), read_only=read_only, config=CONFIG)
+                    except duckdb.Error:
+                        self._kept.pop(path, None)
+                        return
+                found = self._kept[path] = _Kept(read_only, con, None)
+            elif lent is not None:  # another connection of the instance is kept now
+                _close_quietly(lent)
+            until = found.until = time.monotonic() + seconds
             if self._sweeper is None or not self._sweeper.is_alive():
                 self._wake = until
                 self._sweeper = threading.Thread(target=self._sweep, name="healthsim-keep-open", daemon=True)
@@ -401,12 +429,16 @@ class _Warm:
             elif until < self._wake:
                 self._lock.notify()  # it waits for a later moment: wake it to wait less
 
-    def release(self, path: Path) -> None:
-        """Let the kept instance of ``path`` go now (a session without keep_open ended)."""
+    def release(self, path: Path, lent: duckdb.DuckDBPyConnection | None = None) -> None:
+        """Let the kept instance of ``path`` go now (a session without
+        keep_open ended; ``lent``: the kept connection it had). A connection
+        another session has is closed by that session."""
         with self._lock:
             found = self._kept.pop(path, None)
-        if found is not None:
-            _close_quietly(found[1])
+        if found is not None and (not found.lent or found.con is lent):
+            _close_quietly(found.con)
+        if lent is not None and (found is None or found.con is not lent):
+            _close_quietly(lent)
 
     def release_all(self) -> None:
         for path in list(self._kept):
@@ -417,9 +449,10 @@ class _Warm:
         while True:
             with self._lock:
                 now = time.monotonic()
-                due = [path for path, (_, _, until) in self._kept.items() if until is not None and until <= now]
-                gone = [self._kept.pop(path)[1] for path in due]
-                waits = [until - now for (_, _, until) in self._kept.values() if until is not None]
+                idle = {path: kept.until for path, kept in self._kept.items()
+                        if kept.until is not None and not kept.lent}
+                gone = [self._kept.pop(path).con for path, until in idle.items() if until <= now]
+                waits = [until - now for until in idle.values() if until > now]
                 if not self._kept:
                     self._sweeper = None
                     return

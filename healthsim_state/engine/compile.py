@@ -398,16 +398,21 @@ class Codec:
     def columns(self) -> tuple[str, ...]:
         return tuple(f.column for f in self.mapping.fields)
 
+    @cached_property
+    def _parsed(self) -> tuple[int, ...]:
+        """:func:`_parsed` of the mapping, found once (a load asks it of every type)."""
+        return _parsed(self.mapping)
+
     def rebuild_rows(self, rows: list[tuple]) -> list[dict]:
         """The entities of rows ``(position, col_0, ..., residual)``, as
         :attr:`rebuild` makes them one at a time."""
         return self.rebuild_texts(rows, [row[-1] for row in rows],
-                                  [[row[i + 1] for row in rows] for i in _parsed(self.mapping)])
+                                  [[row[i + 1] for row in rows] for i in self._parsed])
 
     def rebuild_columns(self, columns: Sequence[Sequence[Any]]) -> list[dict]:
         """The same from the rows' columns ``(positions, col_0, ..., residuals)``
         (no row tuples made: ``zip`` hands each one over in turn)."""
-        return self.rebuild_texts(zip(*columns), columns[-1], [columns[i + 1] for i in _parsed(self.mapping)])
+        return self.rebuild_texts(zip(*columns), columns[-1], [columns[i + 1] for i in self._parsed])
 
     @property
     def key_indexes(self) -> tuple[int, ...]:

@@ -20,10 +20,12 @@ import dataclasses
 import json
 import os
 import re
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from ..caches import MAPPING_DIRECTORIES
 from ..column_types import TYPE_NAMES, column_type
 from ..errors import MappingError, Problem
 from ..values import MISSING, NotJSON, to_json
@@ -69,9 +71,11 @@ def _schema_problems(source: str | Path, entity: str | None, document: Any) -> l
     return [problem(source, entity, key_of(error, document), explain(error)) for error in errors]
 
 
+@lru_cache(maxsize=1)
 def builtin_mapping_dir() -> Path:
     """The built-in mappings: inside the installed package, or the repo's
-    top-level ``mappings/`` when running from a source checkout."""
+    top-level ``mappings/`` when running from a source checkout. Found once
+    a process (the package does not move; every manager asks)."""
     packaged = Path(__file__).resolve().parents[1] / "mappings"
     if packaged.is_dir():
         return packaged
@@ -105,12 +109,43 @@ def fingerprint(dirs: Iterable[Path]) -> tuple:
     may reuse what they compiled from them."""
     parts = []
     for directory in dirs:
-        try:
-            entries = sorted(p for p in Path(directory).iterdir() if p.suffix in (".yaml", ".yml"))
-            parts.append((str(directory), tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in entries)))
+        try:  # every manager asks: one stat a file and one for the directory, no Path objects
+            entries = _mapping_paths(str(directory))
+            stats = [os.stat(path) for path in entries]
+            parts.append((str(directory),
+                          tuple((path, st.st_size, st.st_mtime_ns) for path, st in zip(entries, stats))))
         except OSError:
             parts.append((str(directory), None))
     return tuple(parts)
+
+
+def _mapping_paths(directory: str) -> list[str]:
+    """The paths of the mapping files in ``directory``, sorted; listed again
+    only when the directory changed. Its modification time moves with every
+    file added, removed or renamed in it (Python's own import system finds
+    new modules so), and one stat costs a fifth of a listing's calls. A
+    directory changed in the last :data:`_RACY` seconds is listed every
+    time, as git treats a racily clean file: its clock ticks coarsely, and
+    a second change within one tick would leave the time as it was."""
+    status = os.stat(directory)
+    state = (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_ctime_ns)
+    listed = MAPPING_DIRECTORIES.get(directory)
+    if listed is not None and listed[0] == state:
+        return listed[1]
+    with os.scandir(directory) as found:  # after the stat: a change meanwhile is seen next time
+        paths = sorted(entry.path for entry in found if _is_mapping_name(entry.name))
+    if time.time_ns() - max(status.st_mtime_ns, status.st_ctime_ns) > _RACY * 1e9:
+        MAPPING_DIRECTORIES.put(directory, (state, paths))
+    return paths
+
+
+_RACY = 2.0  # seconds
+
+
+def _is_mapping_name(name: str) -> bool:
+    """Whether a file name's suffix, as :attr:`Path.suffix` reads it (a last
+    dot that does not start the name), is ``.yaml`` or ``.yml``."""
+    return name.endswith((".yaml", ".yml")) and name.rfind(".") > 0
 
 
 def load_mapping_dirs(dirs: Iterable[Path]) -> dict[str, Mapping]:

@@ -82,13 +82,25 @@ class TypeRows:
         """Rows ``(position, col_0, ..., residual)`` in saved order, of the
         current version or of ``version``; with ``limit``/``offset``, only
         that slice (sorted and cut in SQL)."""
+        return self.read_form(self.fetch_raw(version=version, limit=limit, offset=offset),
+                              ordered=limit is not None or bool(offset))
+
+    def fetch_raw(self, *, version: int | None = None, limit: int | None = None, offset: int = 0) -> list[tuple]:
+        """The rows of :meth:`fetch` as the query gives them: not yet in read
+        form (see :meth:`read_form`), and without ``limit`` or ``offset`` not
+        yet sorted."""
         sql, params = self._live_rows_sql(version, after=True)
-        if limit is None and not offset:
-            rows = self._in_read_form(self.session.fetchall(sql, params))
+        if limit is not None or offset:
+            sql += " ORDER BY _position" + limit_offset(params, limit, offset)
+        return self.session.fetchall(sql, params)
+
+    def read_form(self, rows: list[tuple], *, ordered: bool) -> list[tuple]:
+        """Rows of :meth:`fetch_raw` in read form, sorted by position unless
+        the query ``ordered`` them."""
+        rows = self._in_read_form(rows)
+        if not ordered:
             rows.sort(key=_first)  # nearly always stored in order already: one C pass checks it
-            return rows
-        return self._in_read_form(
-            self.session.fetchall(sql + " ORDER BY _position" + limit_offset(params, limit, offset), params))
+        return rows
 
     def fetch_columns(self, *, version: int | None = None) -> list[list]:
         """The same rows as :meth:`fetch` as columns ``(positions, col_0,
@@ -452,6 +464,23 @@ class TypeRows:
         """Rows read with ``_live_rows_sql(after=True)``, each column in its
         read form: the dialect's conversions made on the non-null values of
         the columns it read as they are, a column at a time."""
+        if not self._conversions() or not rows:
+            return rows
+        return list(zip(*self.read_form_columns(rows)))
+
+    def read_form_columns(self, rows: list[tuple]) -> list[Sequence[Any]]:
+        """The columns of rows read with ``_live_rows_sql(after=True)``
+        (at least one), each in its read form (see :meth:`_in_read_form`):
+        what :func:`~healthsim_state.engine.batch.rebuild_columns` takes,
+        without turning them back into rows."""
+        columns: list[Sequence[Any]] = list(zip(*rows))
+        for index, convert in self._conversions():
+            columns[index] = [None if value is None else convert(value) for value in columns[index]]
+        return columns
+
+    def _conversions(self) -> list[tuple[int, Any]]:
+        """``(column index in a row, conversion)`` of the columns the dialect
+        reads as they are and turns into their read form in Python."""
         dialect = self.session.dialect
         key = ("store.read_after", dialect.name)
         after = self.codec.cache.get(key)
@@ -460,12 +489,7 @@ class TypeRows:
                 (index, convert) for index, convert in
                 enumerate((dialect.to_read_form(f.type) for f in self.mapping.fields), start=1)
                 if convert is not None]
-        if not after or not rows:
-            return rows
-        columns = list(zip(*rows))
-        for index, convert in after:
-            columns[index] = [None if value is None else convert(value) for value in columns[index]]
-        return list(zip(*columns))
+        return after
 
     def _live_data_sql(self, version: int | None) -> tuple[str, list[Any]]:
         names = ", ".join(quote(c) for c in data_columns(self.mapping))
@@ -511,6 +535,31 @@ class Staged:
 
 
 # --- every type of a scenario at once ------------------------------------------------------------
+
+def load_types(types: Sequence[tuple[TypeRows, int]], *, version: int | None = None, limit: int | None = None,
+               offset: int = 0) -> list[list[dict]]:
+    """The entities of each type of a load (its rows and the count stored),
+    rebuilt, in saved order, as :meth:`TypeRows.load` gives them. The small
+    types (under :data:`COLUMNWISE_READ` rows) are all fetched first, their
+    queries one after the other, then all rebuilt: DuckDB's statements and
+    our Python each run with their own code and data still in the CPU's
+    caches (taking turns a type at a time, a small load's Python cost twice
+    its own time, and its statements a little more). A large type is loaded
+    alone, where it comes."""
+    loaded: list[list[dict] | None] = [None] * len(types)
+    fetched = []
+    for index, (rows, count) in enumerate(types):
+        if count >= COLUMNWISE_READ:  # its raw rows are not held beside the others'
+            loaded[index] = rows.load(count, version=version, limit=limit, offset=offset)
+        else:
+            fetched.append((index, rows, rows.fetch_raw(version=version, limit=limit, offset=offset)))
+    ordered = limit is not None or bool(offset)
+    for index, rows, raw in fetched:
+        if not ordered:
+            raw.sort(key=_first)  # nearly always stored in order already: one C pass checks it
+        loaded[index] = rebuild_columns(rows.codec, rows.read_form_columns(raw)) if raw else []
+    return loaded  # type: ignore[return-value]
+
 
 def by_type(chunks: Iterable[tuple[Codec, Chunk]]) -> Iterator[tuple[Codec, Iterator[Chunk]]]:
     """A batch's ``(codec, chunk)`` pairs (a type's chunks come together) as
