@@ -82,15 +82,18 @@ except ModuleNotFoundError as _missing:  # pragma: no cover - exercised in a sub
 # A write retires a row by setting its ``_until``: an UPDATE, which writes a
 # new version of the row. No index holds ``_until``, so where the row's page
 # has room for that version the update is HOT: no new index entry, and a
-# small WAL record. Pages filled only to this percentage keep that room (for
-# about a fifth of a full page's rows at once; for all the rows an overwrite
-# of a few percent changes), at that much more space a version. Fewer index
-# entries a version also spread out the leaf splits that otherwise all come in
-# one overwrite (the sixth of a 20,000-entity scenario: 1.4-1.8x the others);
-# lower fillfactors only move them later (70: to the eighth). New tables
-# only: an existing one keeps filling its pages whole (``ALTER TABLE ... SET
-# (fillfactor = ...)`` gives its new pages the room too).
-VERSIONS_FILLFACTOR = 85
+# small WAL record. Pages filled only to half keep room for a new version of
+# every row on them, so even an overwrite that changes every entity retires
+# each row in place (98% of 20,000 patients; at 85%, 18%). Where rows move,
+# each retirement also adds an index entry beside the dead one it replaces,
+# and the index's leaf pages, full at about the same version, pay for a
+# cleanup pass and a split in one overwrite (the UPDATE 70-270 ms a version
+# at 85% against 30-100 ms at half). What it costs: a scenario saved and never
+# overwritten takes 1.7x the pages of 85%; a page whose rows were retired
+# keeps them at half a page (the dead old versions go when the page is
+# pruned). New tables only: an existing one keeps its fillfactor
+# (``ALTER TABLE ... SET (fillfactor = 50)`` gives its new pages the room).
+VERSIONS_FILLFACTOR = 50
 
 DIALECT = Dialect(
     name="postgres",
