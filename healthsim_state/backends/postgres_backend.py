@@ -84,15 +84,16 @@ except ModuleNotFoundError as _missing:  # pragma: no cover - exercised in a sub
 # has room for that version the update is HOT: no new index entry, and a
 # small WAL record. Pages filled only to half keep room for a new version of
 # every row on them, so even an overwrite that changes every entity retires
-# each row in place (98% of 20,000 patients; at 85%, 18%). Where rows move,
-# each retirement also adds an index entry beside the dead one it replaces,
-# and the index's leaf pages, full at about the same version, pay for a
-# cleanup pass and a split in one overwrite (the UPDATE 70-270 ms a version
-# at 85% against 30-100 ms at half). What it costs: a scenario saved and never
-# overwritten takes 1.7x the pages of 85%; a page whose rows were retired
-# keeps them at half a page (the dead old versions go when the page is
-# pruned). New tables only: an existing one keeps its fillfactor
-# (``ALTER TABLE ... SET (fillfactor = 50)`` gives its new pages the room).
+# each row in place (98% of 20,000 patients; 18% at 85%, where the rest moved
+# to new pages, each with an index entry beside a dead one, and the index's
+# leaves, full at about the same version, paid for cleanup passes and splits
+# in one overwrite: its UPDATE took 70-270 ms against 30-100 ms, its WAL 12.3
+# MB against 7.7). The cost is room: a saved scenario's table takes 1.5x the
+# bytes of 85% (its rows 1.7x the pages), and a page of retired rows stays
+# half full, where at 85% vacuum gives the moved rows' room to later writes.
+# New tables only (new types', and those ``migrate-schema`` rewrites): an
+# existing one keeps its fill (``ALTER TABLE ... SET (fillfactor = 50)`` gives
+# its new pages the room).
 VERSIONS_FILLFACTOR = 50
 
 DIALECT = Dialect(
