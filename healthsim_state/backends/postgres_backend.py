@@ -112,6 +112,7 @@ DIALECT = Dialect(
     indexed=True,
     lock_rows=" FOR UPDATE",
     versions_storage=f" WITH (fillfactor = {VERSIONS_FILLFACTOR})",
+    row_id="ctid",
 )
 
 NUMERIC_OID = 1700
