@@ -577,6 +577,36 @@ def test_an_overwrite_plans_with_statistics_of_its_temporary_tables(pg_url, monk
     assert analyzed == ['ANALYZE "_healthsim_compare" ("old_position", "new_position")']
 
 
+def test_an_overwrite_retires_the_rows_it_compared_by_their_place(pg_url, monkeypatch):
+    """The rows an overwrite retires are the current ones its comparison
+    read: fetched again by their place (a TID scan), so the retiring UPDATE
+    reads none of the scenario's older versions (before: a second scan of
+    every version, 25 -> 70-100 ms over 10 overwrites of 20,000 entities)."""
+    from healthsim_state.backends.postgres_backend import PostgresSession
+
+    plans = []
+    original = PostgresSession.execute
+
+    def explained(self, sql, params=()):
+        if sql.startswith('UPDATE "patients__versions" SET _until'):
+            plans.append("\n".join(row[0] for row in self.fetchall("EXPLAIN " + sql, params)))
+        return original(self, sql, params)
+
+    def patients(revision):
+        return {"patient": [{"patient_id": f"p{i}", "mrn": f"M{revision}-{i}"} for i in range(2000)]}
+
+    with StateManager(pg_url) as sm:
+        for revision in range(3):
+            sm.save_scenario("s", patients(revision), overwrite=revision > 0)
+        monkeypatch.setattr(PostgresSession, "execute", explained)
+        sm.save_scenario("s", patients(3), overwrite=True)
+        assert sm.scenario_info("s")["version"] == 4
+    assert len(plans) == 1 and "Tid Scan on patients__versions" in plans[0] and "Seq Scan on patients" not in plans[0]
+    store = Store("postgres", pg_url)
+    assert store.sql("SELECT count(*), count(DISTINCT patient_id) FROM patients") == [(2000, 2000)]
+    assert store.sql("SELECT count(*) FROM patients__versions WHERE _until = 4") == [(2000,)]
+
+
 def test_the_backend_label_never_shows_the_password():
     backend = PostgresBackend("postgresql://me:s3cr%40t@db.example:5433/team?sslmode=require&password=other")
     assert "s3cr" not in backend.label and "other" not in backend.label and "db.example:5433/team" in backend.label
