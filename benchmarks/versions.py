@@ -25,7 +25,9 @@ tables, never analyzed; on PostgreSQL with ``--postgres``, a URL or
 ``start`` for a throwaway server, a new schema each series), then overwritten
 10 times with every entity changed. Targets: every overwrite within 3x the
 save, and version 10 within 1.5x version 2 (the first overwrite). Each
-position's median over ``--repeat`` series.
+position's median over ``--repeat`` series; with them, the bytes the store
+holds after the save and what each overwrite adds (tables and indexes; on
+PostgreSQL before any vacuum gives dead rows' room back).
 
 Timings are medians; the machine is shared, so compare ratios from one run.
 """
@@ -177,14 +179,33 @@ def _patients(count: int, round_: int, changed: float = 1.0) -> dict:
                         for i in range(count)]}
 
 
-def _overwrite_series(target: str, entities: int, overwrites: int, changed: float = 1.0) -> list[float]:
+def _overwrite_series(target: str, entities: int, overwrites: int, changed: float = 1.0
+                      ) -> tuple[list[float], int, int]:
     """Seconds of the first save, then of each overwrite (the share
-    ``changed`` of the entities changed), in a new store."""
+    ``changed`` of the entities changed), in a new store; and the bytes the
+    store holds after the save and after the last overwrite."""
     rounds = [_patients(entities, round_, changed) for round_ in range(overwrites + 1)]
+    times, sizes = [], []
     with StateManager(target) as sm:
         sm.create()  # the tables exist, empty and never analyzed, as on a new server
-        return [_timed(lambda: sm.save_scenario("s", data, overwrite=round_ > 0))
-                for round_, data in enumerate(rounds)]
+        for round_, data in enumerate(rounds):
+            times.append(_timed(lambda: sm.save_scenario("s", data, overwrite=round_ > 0)))
+            if round_ in (0, overwrites):
+                sizes.append(_stored_bytes(target))
+    return times, sizes[0], sizes[-1]
+
+
+def _stored_bytes(target: str) -> int:
+    """The bytes of a store: its tables with their indexes in the URL's
+    schema on a server, the file (and its write-ahead log) of DuckDB's."""
+    if not target.startswith("postgresql"):
+        return sum(os.path.getsize(path) for path in (target, target + ".wal") if os.path.exists(path))
+    import psycopg
+
+    with psycopg.connect(target) as con:
+        return int(con.execute("SELECT coalesce(sum(pg_total_relation_size(oid)), 0) FROM pg_class "
+                               "WHERE relkind = 'r' AND relnamespace = current_schema()::regnamespace")
+                   .fetchone()[0])
 
 
 def _fresh_stores(workdir: Path, postgres: str | None):
@@ -211,12 +232,15 @@ def _fresh_stores(workdir: Path, postgres: str | None):
 def measure_overwrites(workdir: Path, repeat: int, entities: int = 20_000, overwrites: int = 10,
                        postgres: str | None = None, changed: float = 1.0) -> dict:
     stores = _fresh_stores(workdir, postgres)
-    series = [_overwrite_series(next(stores), entities, overwrites, changed) for _ in range(repeat)]
+    runs = [_overwrite_series(next(stores), entities, overwrites, changed) for _ in range(repeat)]
     stores.close()
-    medians = [statistics.median(runs) for runs in zip(*series)]
+    medians = [statistics.median(times) for times in zip(*(times for times, _, _ in runs))]
     save, rest = medians[0], medians[1:]
+    saved_bytes = statistics.median(saved for _, saved, _ in runs)
     return {"measure": "overwrites", "backend": "postgres" if postgres else "duckdb", "entities": entities,
             "changed": changed, "series": repeat, "save_ms": round(save * 1000, 1),
+            "bytes_after_save": int(saved_bytes),
+            "bytes_per_overwrite": int(statistics.median((last - saved) / overwrites for _, saved, last in runs)),
             "overwrite_ms_by_version": {version: round(t * 1000, 1) for version, t in enumerate(rest, start=2)},
             "worst_overwrite_vs_save": round(max(rest) / save, 2),
             "version_10_vs_2": round(rest[min(8, len(rest) - 1)] / rest[0], 2),

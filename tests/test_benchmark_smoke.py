@@ -115,13 +115,14 @@ def test_the_versions_benchmark_measures_what_it_says(tmp_path):
 def test_the_overwrite_series_saves_then_overwrites_every_entity(tmp_path, request, backend):
     """Each series: one save and the overwrites asked for, every entity
     changed each time, into a new store (on a server: a schema of its own,
-    dropped after)."""
+    dropped after), and the bytes the store holds."""
     from benchmarks.versions import _patients, measure_overwrites
 
     postgres = request.getfixturevalue("pg_url") if backend == "postgres" else None
     result = measure_overwrites(tmp_path, repeat=2, entities=5, overwrites=3, postgres=postgres)
     assert result["backend"] == backend and result["series"] == 2 and result["entities"] == 5
     assert list(result["overwrite_ms_by_version"]) == [2, 3, 4] and result["save_ms"] > 0
+    assert result["bytes_after_save"] > 0 and result["bytes_per_overwrite"] > 0  # every entity changed: it grew
     first, second = _patients(5, 0)["patient"], _patients(5, 1)["patient"]
     assert all(a != b for a, b in zip(first, second)) and [a["patient_id"] for a in first] == \
         [b["patient_id"] for b in second]

@@ -68,6 +68,10 @@ class Dialect:
     it touches any of the scenario's rows: one lock, taken first, in one order.
     ``versions_storage`` ends the ``CREATE TABLE`` of a versions table: the
     engine's storage options for it (see :func:`healthsim_state.layout.entity_ddl`).
+    ``row_id`` names the system column of a row's physical place where the
+    engine fetches rows by a list of them directly (PostgreSQL's ``ctid``):
+    an overwrite then retires the current rows it compared by their places,
+    without reading every version of the scenario's rows a second time.
     """
 
     name: str
@@ -78,6 +82,7 @@ class Dialect:
     indexed: bool = False
     lock_rows: str = ""
     versions_storage: str = ""
+    row_id: str = ""
     table_exists: str = ("SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() "
                          "AND table_catalog = current_database() AND table_name = ?")
 

@@ -268,18 +268,24 @@ class TypeRows:
                             for c in columns if c != "_position")
         keys = [f"c.{quote(k)} AS {quote(f'_old_{i}')}, s.{quote(k)} AS {quote(f'_new_{i}')}"
                 for i, k in enumerate(mapping.primary_key)]
+        row_id = session.dialect.row_id
         # A full join is planned as a hash or merge join only (never a nested
         # loop), so it needs no statistics of the staged rows.
         compared = session.create_temp_as(
             "_healthsim_compare",
-            f"SELECT c._position AS old_position, s._position AS new_position, {', '.join(keys)} "
-            f"FROM (SELECT * FROM {quote(self.table)} WHERE scenario_id = ? AND _until IS NULL) c "
-            f"FULL OUTER JOIN {staging} s ON c._position = s._position "
+            f"SELECT c._position AS old_position, s._position AS new_position, {', '.join(keys)}"
+            + (f", c.{row_id} AS old_row" if row_id else "") +
+            f" FROM (SELECT {row_id + ', ' if row_id else ''}* FROM {quote(self.table)} "
+            f"WHERE scenario_id = ? AND _until IS NULL) c FULL OUTER JOIN {staging} s ON c._position = s._position "
             f"WHERE c._position IS NULL OR s._position IS NULL OR NOT ({same})", [self.scenario_id])
         session.analyze(compared, ("old_position", "new_position"))
         changes = self._count_changes(staging, compared)
         if changes.rewritten:
-            self._retire(version, f"SELECT old_position FROM {quote(compared)} WHERE old_position IS NOT NULL")
+            gone = f"FROM {quote(compared)} WHERE old_position IS NOT NULL"
+            if row_id:  # fetched by place: no second pass over every version of the scenario's rows
+                self._retire(version, None, rows=f"{row_id} = ANY(ARRAY(SELECT old_row {gone}))")
+            else:
+                self._retire(version, f"SELECT old_position {gone}")
             session.execute(f"INSERT INTO {quote(self.table)} (scenario_id, {names}, _since) SELECT ?, {names}, ? "
                             f"FROM {staging} WHERE _position IN "
                             f"(SELECT new_position FROM {quote(compared)} WHERE new_position IS NOT NULL)",
@@ -370,12 +376,15 @@ class TypeRows:
                 raise ValidationError(problems, summary="scenario not saved") from None
             raise
 
-    def _retire(self, version: int, positions: str | None) -> None:
+    def _retire(self, version: int, positions: str | None, *, rows: str | None = None) -> None:
         """Mark current rows (all, or those whose position the query
-        ``positions`` selects) replaced in ``version``."""
+        ``positions`` selects, or those the condition ``rows`` picks)
+        replaced in ``version``."""
         where = "scenario_id = ? AND _until IS NULL"
         if positions is not None:
             where += f" AND _position IN ({positions})"
+        if rows is not None:
+            where += f" AND {rows}"
         self.session.execute(f"UPDATE {quote(self.table)} SET _until = ? WHERE {where}", [version, self.scenario_id])
 
     def _compare(self, column: str, alias: str | None = None) -> str:
