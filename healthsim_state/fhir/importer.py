@@ -42,7 +42,7 @@ from ..engine.batch import no_cyclic_gc
 from ..errors import FhirInputError, ValidationError
 from .export import KEPT_TYPE, MANIFEST, PATIENT_ELEMENTS, provenance_patient
 from .origins import input_error
-from .references import ImportRefs, references_sharing
+from .references import ImportRefs, references_sharing, shared_references
 
 if TYPE_CHECKING:
     from .ports import ScenarioWriter
@@ -118,6 +118,7 @@ class _Input:
     resource: dict[str, Any]
     source: str
     local: str = ""
+    holders: list[tuple[str, dict[str, Any]]] | None = None  # its references, found as it was indexed
 
 
 def _error(message: str, *, source: str | None = None, resource_type: str | None = None,
@@ -296,6 +297,7 @@ def index_inputs(items: Iterable[tuple[dict[str, Any], str | None, str]]) -> tup
     refs = ImportRefs()
     inputs: list[_Input] = []
     sources: dict[str, str] = {}
+    strings: dict[str, str] = {}  # equal strings of the input made one object (see references_sharing)
     for resource, full_url, source in items:
         check_resource(resource, full_url, source)
         local = f"{resource['resourceType']}/{resource['id']}"
@@ -308,7 +310,7 @@ def index_inputs(items: Iterable[tuple[dict[str, Any], str | None, str]]) -> tup
                                  element="id")
         refs.add(resource, full_url)
         sources[local] = source
-        inputs.append(_Input(resource, source, local))
+        inputs.append(_Input(resource, source, local, shared_references(resource, strings)))  # one walk: both
     return refs, inputs
 
 
@@ -317,10 +319,12 @@ def resolve_references(refs: ImportRefs, inputs: list[_Input]) -> None:
     resource referring to itself or a cycle through one element of one type."""
     edges: dict[str, dict[str, list[str]]] = {}
     sources = {item.local: item for item in inputs}
-    strings: dict[str, str] = {}  # equal strings of the input made one object, on the same walk (see references_sharing)
+    strings: dict[str, str] = {}  # for inputs not indexed by index_inputs (no holders): shared here
     for item in inputs:
         kind = item.resource["resourceType"]
-        for where, holder in references_sharing(item.resource, strings):
+        holders = item.holders if item.holders is not None else references_sharing(item.resource, strings)
+        item.holders = None
+        for where, holder in holders:
             target = refs.canonical(holder["reference"])
             if target is None:
                 continue

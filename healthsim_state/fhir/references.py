@@ -288,6 +288,43 @@ def references_sharing(resource: dict[str, Any], strings: dict[str, str]) -> Ite
                         push(child)
 
 
+def shared_references(resource: dict[str, Any], strings: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    """:func:`references_sharing` as a list, by a plain loop (no generator
+    resumed a reference): what the importer's indexing walks once a resource,
+    as it reads it, keeping the holders for the resolving that follows."""
+    share = strings.setdefault
+    found: list[tuple[str, dict[str, Any]]] = []
+    add = found.append
+    for element, value in resource.items():
+        kind = value.__class__
+        if kind is str:
+            resource[element] = share(value, value)
+            continue
+        if kind is not dict and kind is not list:
+            continue
+        stack = [value]
+        pop, push = stack.pop, stack.append
+        while stack:
+            node = pop()
+            if node.__class__ is dict:
+                for key, child in node.items():
+                    kind = child.__class__
+                    if kind is str:
+                        node[key] = share(child, child)
+                    elif kind is dict or kind is list:
+                        push(child)
+                if node.get("reference").__class__ is str:
+                    add((element, node))
+            else:
+                for index, child in enumerate(node):
+                    kind = child.__class__
+                    if kind is str:
+                        node[index] = share(child, child)
+                    elif kind is dict or kind is list:
+                        push(child)
+    return found
+
+
 def rewrite_references(resource: dict[str, Any], rename: Any) -> None:
     """Replace, in place, each reference ``rename`` maps to a new text."""
     for _, holder in references_in(resource):
