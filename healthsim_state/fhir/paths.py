@@ -552,8 +552,12 @@ def _prune_owned(node: Any) -> Any:
         gone = None
         for key, value in node.items():
             kind = value.__class__
-            # an empty one is MISSING without a call (most are: what the readers emptied)
-            if (kind is dict or kind is list) and (not value or _prune_owned(value) is MISSING):
+            # an empty one is MISSING without a call (most are: what the readers emptied), and so is
+            # a list of None, {} and [] only (what is left of an identifier, a profile, a coding list):
+            # no item true, and none of the other false JSON values (0, 0.0, False, "": equal to 0 or "")
+            if (kind is dict and (not value or _prune_owned(value) is MISSING)) or \
+                    (kind is list and (not any(value) and 0 not in value and "" not in value
+                                      or _prune_owned(value) is MISSING)):
                 if gone is None:
                     gone = [key]
                 else:
@@ -567,7 +571,8 @@ def _prune_owned(node: Any) -> Any:
         for index, item in enumerate(node):
             kind = item.__class__
             if kind is dict or kind is list:
-                if not item or _prune_owned(item) is MISSING:
+                if not item or (kind is list and not any(item) and 0 not in item and "" not in item) \
+                        or _prune_owned(item) is MISSING:  # (as above)
                     node[index] = None
                 else:
                     kept = True
@@ -575,6 +580,218 @@ def _prune_owned(node: Any) -> Any:
                 kept = True
         return node if kept else MISSING
     return _prune(node)
+
+
+def _compacts_back(items: list, places: dict[int, int]) -> bool:
+    """Whether an export gives these slices their places without help: the list
+    held only them, in their declared order (absent ones close up), each taken whole."""
+    ranks = [position for _, position in sorted(places.items())]
+    return ranks == list(range(len(items))) and all(item is None or _prune(item) is MISSING for item in items)
+
+
+def _put_slices_back(made: dict, order: Any) -> None:
+    """Move made slices to the positions :func:`_slice_order` noted (outer lists first)."""
+    moves: dict[tuple, dict[int, int]] = {}
+    for path, declared, position in order if isinstance(order, list) else ():
+        moves.setdefault(tuple(path), {})[declared] = position
+    for path in sorted(moves, key=len):
+        items = made
+        for step in path:
+            ok = isinstance(items, dict) if isinstance(step, str) else isinstance(items, list) and step < len(items)
+            items = items[step] if ok else None
+        if not isinstance(items, list):
+            continue
+        places = {d: p for d, p in moves[path].items() if d < len(items) and items[d] is not None}
+        out: list = [None] * max([len(items), *(p + 1 for p in places.values())])
+        for declared, position in places.items():
+            out[position] = items[declared]
+        rest = []  # the others stay where they are, unless a moved slice took the place
+        for i, item in enumerate(items):
+            if i in places or item is None:
+                continue
+            if out[i] is None:
+                out[i] = item
+            else:
+                rest.append(item)
+        items[:] = out + rest
+
+
+def _peeker(steps: tuple[d.Step, ...]) -> Callable[[Any], Any]:
+    """:func:`_peek` for one path, bound once to its generated parent function
+    (a reader calls it for every resource: no lookup of the path each time)."""
+    entry = _PEEKERS.get(id(steps))
+    if entry is not None and entry[0] is steps:
+        return entry[1]
+    _compile_parent(steps)
+    parent = _PARENTS[id(steps)][1]
+    last = steps[-1]
+    key, index = last.key, last.index
+    if index is None:
+        def peek(node: Any) -> Any:
+            holder = parent(node)
+            return MISSING if holder is MISSING else holder.get(key, MISSING)
+    else:
+        def peek(node: Any) -> Any:
+            holder = parent(node)
+            if holder is MISSING:
+                return MISSING
+            value = holder[index]
+            return MISSING if value is None else value
+    _PEEKERS[id(steps)] = (steps, peek)
+    return peek
+
+
+_PEEKERS: dict[int, tuple[tuple, Callable[[Any], Any]]] = {}  # id(steps) -> (steps, peek); steps kept alive
+
+
+def _peek(node: Any, steps: tuple[d.Step, ...]) -> Any:
+    holder = _parent(node, steps)
+    if holder is MISSING:
+        return MISSING
+    last = steps[-1]
+    if last.index is None:
+        return holder.get(last.key, MISSING)
+    value = holder[last.index]
+    return MISSING if value is None else value
+
+
+def _everywhere(node: Any, keys: tuple[tuple[str, bool], ...]) -> list:
+    """Every value at a path, each list step taken at every position: what
+    :func:`_peek` finds there (by index or by slice) is always among them."""
+    found = [node]
+    for key, listed in keys:
+        found = [item.get(key, MISSING) for item in found if isinstance(item, dict)]
+        if listed:
+            found = [item for items in found if isinstance(items, list) for item in items]
+    return found
+
+
+def _everywhere_function(keys: tuple[tuple[str, bool], ...]) -> Callable[[Any], list]:
+    """:func:`_everywhere` for one path, generated once as nested loops (no
+    list made a step)."""
+    lines, indent, node = ["def everywhere(node):", "    found = []"], "    ", "node"
+    for depth, (key, listed) in enumerate(keys):
+        value = f"v{depth}"
+        lines += [f"{indent}if isinstance({node}, dict):", f"{indent}    {value} = {node}.get({key!r}, MISSING)"]
+        indent += "    "
+        if listed:
+            lines += [f"{indent}if isinstance({value}, list):", f"{indent}    for i{depth} in {value}:"]
+            indent += "        "
+            value = f"i{depth}"
+        node = value
+    lines += [f"{indent}found.append({node})", "    return found"]
+    namespace: dict[str, Any] = {"MISSING": MISSING}
+    exec(compile("\n".join(lines), f"<fhir everywhere {'.'.join(k for k, _ in keys)}>", "exec"), namespace)
+    return namespace["everywhere"]
+
+
+def _constants_test(pairs: tuple[tuple[tuple[d.Step, ...], Any], ...]) -> Callable[[Any], bool]:
+    """Whether a resource holds every constant of ``pairs`` (path, value) at
+    its path, as :func:`_peek` finds it (slices by :func:`_slice`): one
+    function, the paths' common nodes walked once, the first difference ends it."""
+    source = _PathSource("R")
+    for steps, value in pairs:
+        found = source.local()
+        source.found(steps, source.holder(steps), found, none_missing=True)
+        source.emit(f"if {found} != {source.name('V', value)}:", "    return False")
+    source.emit("return True")
+    lines = ["def holds(R):", *source.lines]
+    exec(compile("\n".join(lines), "<fhir constants>", "exec"), source.names)
+    return source.names["holds"]
+
+
+def _drop(node: Any, steps: tuple[d.Step, ...]) -> None:
+    holder = _parent(node, steps)
+    if holder is MISSING:
+        return
+    last = steps[-1]
+    if last.index is None:
+        holder.pop(last.key, None)
+    else:
+        holder[last.index] = None  # a placeholder: later items keep their positions
+
+
+def _prune(node: Any) -> Any:
+    """``node`` without empty objects, and without lists that hold only placeholders.
+    (Leaves are not passed to a call of their own: most of a resource is leaves;
+    JSON data holds plain dicts and lists, so their classes are compared, not
+    ``isinstance``d: this runs over every node of every imported resource.)"""
+    cls = node.__class__
+    if cls is dict:
+        out = {}
+        for key, value in node.items():
+            kind = value.__class__
+            if kind is dict or kind is list:
+                value = _prune(value)
+                if value is MISSING:
+                    continue
+            out[key] = value
+        return out if out else MISSING
+    if cls is list:
+        items = []
+        kept = False
+        for item in node:
+            kind = item.__class__
+            if kind is dict or kind is list:
+                item = _prune(item)
+                if item is MISSING:
+                    item = None
+            if item is not None:
+                kept = True
+            items.append(item)
+        return items if kept else MISSING
+    if isinstance(node, (dict, list)):  # a subclass (not from JSON): as plain data
+        return _prune(dict(node) if isinstance(node, dict) else list(node))
+    return node
+
+
+def _prune_owned(node: Any) -> Any:
+    """:func:`_prune` done in place, for a tree the reading owns (its copy of a
+    resource, or a resource given up to it): emptied objects and lists are
+    taken out of their holders, not rebuilt around the values that stay (a
+    third less time, and no second set of containers). Equal to
+    :func:`_prune`'s result; a subclass of dict or list is left to it."""
+    cls = node.__class__
+    if cls is dict:
+        gone = None
+        for key, value in node.items():
+            kind = value.__class__
+            # an empty one is MISSING without a call (most are: what the readers emptied), and so is
+            # a list of None, {} and [] only (what is left of an identifier, a profile, a coding list):
+            # no item true, and none of the other false JSON values (0, 0.0, False, "": equal to 0 or "")
+            if (kind is dict and (not value or _prune_owned(value) is MISSING)) or \
+                    (kind is list and (not any(value) and 0 not in value and "" not in value
+                                      or _prune_owned(value) is MISSING)):
+                if gone is None:
+                    gone = [key]
+                else:
+                    gone.append(key)
+        if gone is not None:
+            for key in gone:
+                del node[key]
+        return node if node else MISSING
+    if cls is list:
+        kept = False
+        for index, item in enumerate(node):
+            kind = item.__class__
+            if kind is dict or kind is list:
+                if not item or (kind is list and not any(item) and 0 not in item and "" not in item) \
+                        or _prune_owned(item) is MISSING:  # (as above)
+                    node[index] = None
+                else:
+                    kept = True
+            elif item is not None:
+                kept = True
+        return node if kept else MISSING
+    return _prune(node)
+
+
+def _emptied(items: list) -> bool:
+    """Whether a list holds only None, ``{}`` and ``[]`` (what the readers
+    leave of an identifier, a profile, a coding list): pruned whole, no call
+    an item. No item true, and none of the other false JSON values (0, 0.0,
+    False, "": each equal to 0 or to "")."""
+    return not any(items) and 0 not in items and "" not in items
 
 
 def _compact(node: Any) -> Any:
