@@ -252,13 +252,16 @@ def _slice(items: list, match: tuple, index: int) -> Any:
     else the item at ``index`` if it holds none of them; else MISSING.
     Remembered while one resource is read (see :func:`_reading`): every element
     of a slice looks for the same item."""
+    entry = _FINDERS.get(id(match))  # _find_slice, inline: most look-ups are new ones
+    if entry is None or entry[0] is not match:
+        entry = _FINDERS[id(match)] = (match, _slice_finder(match))
     memo = getattr(_SLICES, "memo", None)
     if memo is None:
-        return _find_slice(items, match, index)
+        return entry[1](items, index)
     key = (id(items), id(match), index)
     found = memo.get(key, _NOT_FOUND)
     if found is _NOT_FOUND:
-        found = memo[key] = _find_slice(items, match, index)
+        found = memo[key] = entry[1](items, index)
         if found is not MISSING and not (index < len(items) and items[index] is found):
             moved = getattr(_SLICES, "moved", None)
             if moved is not None:  # an import: the export must put it back there (see _slice_order)

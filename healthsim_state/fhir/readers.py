@@ -595,9 +595,12 @@ class ResourceReader:
         candidates = self._candidates(resource)
         if not candidates:
             return None
-        with _reading():
+        outer = getattr(_SLICES, "memo", None)  # what _reading does, without its object and calls
+        try:
             return self._from_resource(resource, refs, candidates,
-                                       from_copy=not (in_place and self.read_in_place(resource["resourceType"])))
+                                       from_copy=not (in_place and resource["resourceType"] not in self._looked_up))
+        finally:
+            _SLICES.memo = outer
 
     def _from_resource(self, resource: dict, refs: ImportRefs, candidates: list[tuple[Any, Any]] | None = None,
                        from_copy: bool = True) -> list[tuple[str, dict]]:
