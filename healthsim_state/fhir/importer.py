@@ -210,7 +210,11 @@ def read_resources(files: Iterable[Path]) -> Iterator[tuple[dict[str, Any], str 
                     document = _decode(line)  # the fast path: no per-line source text made
                 except (ValueError, RecursionError):
                     document = _load(line, f"{path}, line {number}")
-                yield from _resources_of(document, f"{path}, line {number}")
+                if document.__class__ is dict and document.get("resourceType").__class__ is str \
+                        and document["resourceType"] != "Bundle":  # the usual line: no generator of its own
+                    yield document, None, f"{path}, line {number}"
+                else:
+                    yield from _resources_of(document, f"{path}, line {number}")
 
 
 def _resources_of(document: Any, source: str) -> Iterator[tuple[dict[str, Any], str | None, str]]:
@@ -301,14 +305,14 @@ def index_inputs(items: Iterable[tuple[dict[str, Any], str | None, str]]) -> tup
     for resource, full_url, source in items:
         check_resource(resource, full_url, source)
         local = f"{resource['resourceType']}/{resource['id']}"
-        held = refs.holds(local)
+        held = refs.resources.get(local)  # refs.holds(local)
         if held is not None:
             if held == resource:
                 continue
             raise _error(f"the id is given to two different resources (first in {sources[local]})",
                                  source=source, resource_type=resource["resourceType"], resource_id=resource["id"],
                                  element="id")
-        refs.add(resource, full_url)
+        refs.add(resource, full_url, local)
         sources[local] = source
         inputs.append(_Input(resource, source, local, shared_references(resource, strings)))  # one walk: both
     return refs, inputs

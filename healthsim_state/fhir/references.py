@@ -164,10 +164,11 @@ class ImportRefs:
         self.resources: dict[str, dict[str, Any]] = {}
         self._aliases: dict[Any, str] = {}  # fullUrl, or (type, system or None, identifier value)
 
-    def add(self, resource: dict[str, Any], full_url: str | None = None) -> str:
-        """Index ``resource``; return its ``Type/id``. The caller checks for
-        duplicates first (:meth:`holds`)."""
-        local = f"{resource['resourceType']}/{resource['id']}"
+    def add(self, resource: dict[str, Any], full_url: str | None = None, local: str | None = None) -> str:
+        """Index ``resource``; return its ``Type/id`` (``local``, when the
+        caller made it already). The caller checks for duplicates first (:meth:`holds`)."""
+        if local is None:
+            local = f"{resource['resourceType']}/{resource['id']}"
         self.resources[local] = resource
         if full_url:
             self._alias(full_url, local)
