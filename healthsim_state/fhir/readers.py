@@ -22,7 +22,8 @@ from .paths import (_HASHABLE, _PARENTS, _SLICES, _coding_shape, _columns_of, _c
                     _put, _reading, _set, _slice_order)
 from .primitives import (ABSENT_KEY, ORIGINAL_VALUE, REFERENCE_FIELDS, TIMES_KEY, UCUM, UNFIT, VALID, _absent, _backward,
                          _condition, _day_of, _fits, _from_base64, _from_json, _identifier_rest, _identifier_values,
-                         _keeps_time, _lookup_system, _primitive_of)
+                         _FAST_TESTS, _fast_test, _keeps_time, _lookup_system, _primitive_of)
+from .references import ImportRefs as IndexRefs
 
 RESERVED_KEY = d.RESERVED_KEY
 _LOOKUP_CACHE_LIMIT = 200_000
@@ -37,10 +38,12 @@ class ImportRefs(Protocol):
 
 class _Import:
     __slots__ = ("refs", "entity", "children", "drops", "resource", "omitted", "ours", "forms", "times", "absent",
-                 "lookup")
+                 "lookup", "held")
 
     def __init__(self, refs, entity, resource, ours=False, lookup=None):
         self.lookup = lookup  # the reading's lookup of a reference's target (ResourceReader._lookup)
+        # The importer's index by Type/id (what its refs.target finds first), or None for other refs.
+        self.held = refs.resources if refs.__class__ is IndexRefs else None
         self.refs, self.entity, self.children, self.drops, self.omitted = refs, entity, [], [], []
         self.resource = resource  # the input, for messages
         self.ours = ours  # keyed by our entity identifier: made by our export (see REFERENCE_FIELDS)
@@ -294,6 +297,8 @@ def _reference_reader(element, mapping, plan, decl, siblings=()):
     target_key = target_mapping.primary_key
     pairs = [(mapping.field(own), target_mapping.field(theirs)) for own, theirs in r.fields]
     systems = {_lookup_system(r.target, theirs.column, target_key): own for own, theirs in pairs}
+    # Per pair what the loop below needs: the own column's fast test (_fits's first, inline) and path.
+    steps = [(own, theirs.column, _fast_test_of(own), own.path) for own, theirs in pairs]
 
     def read(resource: dict, entity: dict, context: _Import) -> None:
         take(resource, entity, context, peek(resource))
@@ -305,20 +310,28 @@ def _reference_reader(element, mapping, plan, decl, siblings=()):
             context.came_absent(resource, element)
             return
         text = ref.get("reference")
-        target = context.refs.target(text) if isinstance(text, str) else None
+        target = None
+        if text.__class__ is str:  # resolved: Type/id, the index's own key (else: as refs.target finds it)
+            if context.held is not None:
+                target = context.held.get(text)
+            if target is None:
+                target = context.refs.target(text)
         taken = False
         if target is not None:
             values = context.lookup(r.target, target)  # the reading's own cache: plans are shared
             if values is not None:
-                named = _reference_fields(ref)
-                for own, theirs in pairs:
+                named = _reference_fields(ref) if "extension" in ref else None
+                for own, column, fast, path in steps:
                     if named is None and taken and not context.ours:
                         break  # a foreign resource without a sign: the first column only
                     if named is not None and own.column not in named:
                         continue
-                    value = values.get(theirs.column)
-                    if value is not None and _fits(own, value) is not MISSING:
-                        _set(entity, own.path, value)
+                    value = values.get(column)
+                    if value is not None and ((fast is not None and fast(value)) or _fits(own, value) is not MISSING):
+                        if len(path) == 1:
+                            entity[path[0]] = value
+                        else:
+                            _set(entity, path, value)
                         taken = True
                 if taken:
                     ref.pop("reference")
@@ -333,6 +346,12 @@ def _reference_reader(element, mapping, plan, decl, siblings=()):
                     _set(entity, own.path, values[0])
                 ref.pop("identifier")
     return _with_take(read, take, element.steps)
+
+
+def _fast_test_of(field) -> Callable[[Any], bool] | None:
+    """The function of a field type's ``fast_test`` (:func:`.primitives._fits`'s first test)."""
+    test = _FAST_TESTS.get(field.type.fast_test, MISSING)
+    return _fast_test(field.type.fast_test) if test is MISSING else test
 
 
 def _reference_fields(ref: dict) -> tuple[str, ...] | None:
