@@ -192,6 +192,7 @@ def _coding_reader(element, mapping, plan, decl, siblings=()):
     c = element.coding
     steps, absent = element.steps, element.absent
     code_field, _ = _field_and_getter(mapping, c.code)
+    code_fast = _fast_test_of(code_field) if code_field is not None else None  # _fits's first test, inline
     display_field, _ = _field_and_getter(mapping, c.display)
     system_field, get_system = _field_and_getter(mapping, c.system_field)
     system_names = {url: name for name, url in reversed(c.systems)}
@@ -224,7 +225,7 @@ def _coding_reader(element, mapping, plan, decl, siblings=()):
             if get_system is not None and system not in system_names:
                 continue
             code = backward.get(coding["code"], coding["code"])
-            if _fits(code_field, code) is MISSING:
+            if not (code_fast is not None and code_fast(code)) and _fits(code_field, code) is MISSING:
                 continue
             _set(entity, code_field.path, code)
             taken = ["system", "code"]
@@ -259,6 +260,7 @@ def _quantity_reader(element, mapping, plan, decl, siblings=()):
     absent = element.absent
     value_field, _ = _field_and_getter(mapping, q.value)
     unit_field, get_unit = _field_and_getter(mapping, q.unit_field)
+    value_fast = _fast_test_of(value_field) if value_field is not None else None
 
     def read(resource: dict, entity: dict, context: _Import) -> None:
         take(resource, entity, context, peek(resource))
@@ -270,12 +272,15 @@ def _quantity_reader(element, mapping, plan, decl, siblings=()):
             context.came_absent(resource, element)
             return
         value = quantity.get("value")
-        if value is None or _fits(value_field, value) is MISSING:
+        if value is None:
+            return
+        fitted = value if value_fast is not None and value_fast(value) else _fits(value_field, value)  # _fits, once
+        if fitted is MISSING:
             return
         unit = quantity.get("unit", quantity.get("code"))
         if get_unit is None and q.unit is not None and unit is not None and unit != q.unit:
             return  # another unit than the column's: kept as it came, not misread
-        value = _fits(value_field, value)
+        value = fitted
         _set(entity, value_field.path, value)
         quantity.pop("value")
         if unit_field is not None and isinstance(unit, str):
