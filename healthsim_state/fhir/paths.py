@@ -111,10 +111,10 @@ def _compile_parent(steps: tuple[d.Step, ...]) -> None:
         if step.index is not None:
             lines += ["    if not isinstance(node, list):", "        return MISSING"]
             if step.match:
-                namespace[f"M{position}"] = step.match
+                namespace[f"S{position}"] = _slicer(step.match)
                 for relative, _ in step.match:
                     _compile_parent(relative)
-                lines.append(f"    node = _slice(node, M{position}, {step.index})")
+                lines.append(f"    node = S{position}(node, {step.index})")
             else:
                 lines += [f"    if len(node) <= {step.index}:", "        return MISSING",
                           f"    node = node[{step.index}]"]
@@ -179,8 +179,10 @@ class _PathSource:
         if step.index is not None:
             i = step.index
             if step.match:
-                match = self.name("M", step.match)
-                self.emit(f"{var} = _slice({var}, {match}, {i}) if isinstance({var}, list) else MISSING")
+                self.count += 1
+                found = f"m{self.count}_slice"  # _slice of this match (m<n>_slice: a slice look-up, read as one)
+                self.names[found] = _slicer(step.match)
+                self.emit(f"{var} = {found}({var}, {i}) if isinstance({var}, list) else MISSING")
             else:
                 self.emit(f"{var} = {var}[{i}] if isinstance({var}, list) and len({var}) > {i} else MISSING")
         self.held[key] = var
@@ -267,6 +269,31 @@ def _slice(items: list, match: tuple, index: int) -> Any:
             if moved is not None:  # an import: the export must put it back there (see _slice_order)
                 moved.append((items, index, next(i for i, item in enumerate(items) if item is found)))
     return found
+
+
+def _slicer(match: tuple) -> Callable[[list, int], Any]:
+    """:func:`_slice` of one ``match``, its finder bound (the generated code
+    calls it for every slice of every resource: no look-up of the finder a
+    call); the same memo and notes of moved slices as :func:`_slice`'s."""
+    entry = _FINDERS.get(id(match))
+    if entry is None or entry[0] is not match:
+        entry = _FINDERS[id(match)] = (match, _slice_finder(match))
+    find, match_id = entry[1], id(match)  # match is kept alive by _FINDERS
+
+    def slice_of(items: list, index: int) -> Any:
+        memo = getattr(_SLICES, "memo", None)
+        if memo is None:
+            return find(items, index)
+        key = (id(items), match_id, index)
+        found = memo.get(key, _NOT_FOUND)
+        if found is _NOT_FOUND:
+            found = memo[key] = find(items, index)
+            if found is not MISSING and not (index < len(items) and items[index] is found):
+                moved = getattr(_SLICES, "moved", None)
+                if moved is not None:  # an import: the export must put it back there (see _slice_order)
+                    moved.append((items, index, next(i for i, item in enumerate(items) if item is found)))
+        return found
+    return slice_of
 
 
 _SLICES = threading.local()
