@@ -397,21 +397,23 @@ def map_inputs(mapper: Any, registry: Any, refs: ImportRefs, inputs: list[_Input
     key_paths = {entity: [f.path for f in codec.mapping.key_fields] for entity, codec in registry.codecs.items()}
     read: Counter = Counter()
     kept: Counter = Counter()
+    map_resource, read_in_place = mapper.map_resource, mapper.read_in_place  # bound once, not once a resource
     for item in inputs:
         resource = item.resource
-        read[resource["resourceType"]] += 1
+        kind = resource["resourceType"]  # before the mapping: a resource read in place loses it
+        read[kind] += 1
         try:
-            made = mapper.map_resource(resource, refs=refs, in_place=True)  # read once: no copy needed
+            made = map_resource(resource, refs=refs, in_place=True)  # read once: no copy needed
         except FhirInputError as error:
             if getattr(error, "source", None) is None:  # the mapper's: say which file too
                 error.source = item.source  # type: ignore[attr-defined]
                 error.args = (f"{item.source}: {error}",)
             raise
         if made is None:  # no declaration reads it: kept as it came
-            kept[resource["resourceType"]] += 1
+            kept[kind] += 1
             _add(merged, KEPT_TYPE, kept_entity(resource), key_paths)
             continue
-        if mapper.read_in_place(item.local.partition("/")[0]):  # what is left of it: garbage now
+        if read_in_place(kind):  # what is left of it: garbage now
             refs.release(item.local)
             item.resource = None
         for entity_type, entity in made:
