@@ -10,7 +10,8 @@ per-patient Bundles). The steps, each over every input resource:
    from an ``urn:uuid:`` fullUrl when it has none), the dates, dateTimes and
    codes the declarations read (:data:`CHECKS`); an id given twice with two
    different contents is an error (the same resource twice, as per-patient
-   Bundles repeat a Practitioner, is read once);
+   Bundles repeat a Practitioner, is read once); on the same walk of each
+   resource as it is read, its equal strings are shared and its references found;
 2. index (:class:`ImportRefs`) and resolve: every reference to a resource of
    the input (``urn:uuid:``, ``Type/id``, an absolute URL, conditional
    ``Type?identifier=system|value``) becomes ``Type/id``, the form an export
