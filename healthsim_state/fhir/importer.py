@@ -10,7 +10,8 @@ per-patient Bundles). The steps, each over every input resource:
    from an ``urn:uuid:`` fullUrl when it has none), the dates, dateTimes and
    codes the declarations read (:data:`CHECKS`); an id given twice with two
    different contents is an error (the same resource twice, as per-patient
-   Bundles repeat a Practitioner, is read once);
+   Bundles repeat a Practitioner, is read once); on the same walk of each
+   resource as it is read, its equal strings are shared and its references found;
 2. index (:class:`ImportRefs`) and resolve: every reference to a resource of
    the input (``urn:uuid:``, ``Type/id``, an absolute URL, conditional
    ``Type?identifier=system|value``) becomes ``Type/id``, the form an export
@@ -42,7 +43,7 @@ from ..engine.batch import no_cyclic_gc
 from ..errors import FhirInputError, ValidationError
 from .export import KEPT_TYPE, MANIFEST, PATIENT_ELEMENTS, provenance_patient
 from .origins import input_error
-from .references import ImportRefs, references_sharing
+from .references import ImportRefs, references_sharing, shared_references
 
 if TYPE_CHECKING:
     from .ports import ScenarioWriter
@@ -118,6 +119,7 @@ class _Input:
     resource: dict[str, Any]
     source: str
     local: str = ""
+    holders: list[tuple[str, dict[str, Any]]] | None = None  # its references, found as it was indexed
 
 
 def _error(message: str, *, source: str | None = None, resource_type: str | None = None,
@@ -209,7 +211,11 @@ def read_resources(files: Iterable[Path]) -> Iterator[tuple[dict[str, Any], str 
                     document = _decode(line)  # the fast path: no per-line source text made
                 except (ValueError, RecursionError):
                     document = _load(line, f"{path}, line {number}")
-                yield from _resources_of(document, f"{path}, line {number}")
+                if document.__class__ is dict and document.get("resourceType").__class__ is str \
+                        and document["resourceType"] != "Bundle":  # the usual line: no generator of its own
+                    yield document, None, f"{path}, line {number}"
+                else:
+                    yield from _resources_of(document, f"{path}, line {number}")
 
 
 def _resources_of(document: Any, source: str) -> Iterator[tuple[dict[str, Any], str | None, str]]:
@@ -296,19 +302,20 @@ def index_inputs(items: Iterable[tuple[dict[str, Any], str | None, str]]) -> tup
     refs = ImportRefs()
     inputs: list[_Input] = []
     sources: dict[str, str] = {}
+    strings: dict[str, str] = {}  # equal strings of the input made one object (see references_sharing)
     for resource, full_url, source in items:
         check_resource(resource, full_url, source)
         local = f"{resource['resourceType']}/{resource['id']}"
-        held = refs.holds(local)
+        held = refs.resources.get(local)  # refs.holds(local)
         if held is not None:
             if held == resource:
                 continue
             raise _error(f"the id is given to two different resources (first in {sources[local]})",
                                  source=source, resource_type=resource["resourceType"], resource_id=resource["id"],
                                  element="id")
-        refs.add(resource, full_url)
+        refs.add(resource, full_url, local)
         sources[local] = source
-        inputs.append(_Input(resource, source, local))
+        inputs.append(_Input(resource, source, local, shared_references(resource, strings)))  # one walk: both
     return refs, inputs
 
 
@@ -317,10 +324,12 @@ def resolve_references(refs: ImportRefs, inputs: list[_Input]) -> None:
     resource referring to itself or a cycle through one element of one type."""
     edges: dict[str, dict[str, list[str]]] = {}
     sources = {item.local: item for item in inputs}
-    strings: dict[str, str] = {}  # equal strings of the input made one object, on the same walk (see references_sharing)
+    strings: dict[str, str] = {}  # for inputs not indexed by index_inputs (no holders): shared here
     for item in inputs:
         kind = item.resource["resourceType"]
-        for where, holder in references_sharing(item.resource, strings):
+        holders = item.holders if item.holders is not None else references_sharing(item.resource, strings)
+        item.holders = None
+        for where, holder in holders:
             target = refs.canonical(holder["reference"])
             if target is None:
                 continue
@@ -389,21 +398,23 @@ def map_inputs(mapper: Any, registry: Any, refs: ImportRefs, inputs: list[_Input
     key_paths = {entity: [f.path for f in codec.mapping.key_fields] for entity, codec in registry.codecs.items()}
     read: Counter = Counter()
     kept: Counter = Counter()
+    map_resource, read_in_place = mapper.map_resource, mapper.read_in_place  # bound once, not once a resource
     for item in inputs:
         resource = item.resource
-        read[resource["resourceType"]] += 1
+        kind = resource["resourceType"]  # before the mapping: a resource read in place loses it
+        read[kind] += 1
         try:
-            made = mapper.map_resource(resource, refs=refs, in_place=True)  # read once: no copy needed
+            made = map_resource(resource, refs=refs, in_place=True)  # read once: no copy needed
         except FhirInputError as error:
             if getattr(error, "source", None) is None:  # the mapper's: say which file too
                 error.source = item.source  # type: ignore[attr-defined]
                 error.args = (f"{item.source}: {error}",)
             raise
         if made is None:  # no declaration reads it: kept as it came
-            kept[resource["resourceType"]] += 1
+            kept[kind] += 1
             _add(merged, KEPT_TYPE, kept_entity(resource), key_paths)
             continue
-        if mapper.read_in_place(item.local.partition("/")[0]):  # what is left of it: garbage now
+        if read_in_place(kind):  # what is left of it: garbage now
             refs.release(item.local)
             item.resource = None
         for entity_type, entity in made:

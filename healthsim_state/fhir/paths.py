@@ -111,10 +111,10 @@ def _compile_parent(steps: tuple[d.Step, ...]) -> None:
         if step.index is not None:
             lines += ["    if not isinstance(node, list):", "        return MISSING"]
             if step.match:
-                namespace[f"M{position}"] = step.match
+                namespace[f"S{position}"] = _slicer(step.match)
                 for relative, _ in step.match:
                     _compile_parent(relative)
-                lines.append(f"    node = _slice(node, M{position}, {step.index})")
+                lines.append(f"    node = S{position}(node, {step.index})")
             else:
                 lines += [f"    if len(node) <= {step.index}:", "        return MISSING",
                           f"    node = node[{step.index}]"]
@@ -179,8 +179,10 @@ class _PathSource:
         if step.index is not None:
             i = step.index
             if step.match:
-                match = self.name("M", step.match)
-                self.emit(f"{var} = _slice({var}, {match}, {i}) if isinstance({var}, list) else MISSING")
+                self.count += 1
+                found = f"m{self.count}_slice"  # _slice of this match (m<n>_slice: a slice look-up, read as one)
+                self.names[found] = _slicer(step.match)
+                self.emit(f"{var} = {found}({var}, {i}) if isinstance({var}, list) else MISSING")
             else:
                 self.emit(f"{var} = {var}[{i}] if isinstance({var}, list) and len({var}) > {i} else MISSING")
         self.held[key] = var
@@ -252,18 +254,46 @@ def _slice(items: list, match: tuple, index: int) -> Any:
     else the item at ``index`` if it holds none of them; else MISSING.
     Remembered while one resource is read (see :func:`_reading`): every element
     of a slice looks for the same item."""
+    entry = _FINDERS.get(id(match))  # _find_slice, inline: most look-ups are new ones
+    if entry is None or entry[0] is not match:
+        entry = _FINDERS[id(match)] = (match, _slice_finder(match))
     memo = getattr(_SLICES, "memo", None)
     if memo is None:
-        return _find_slice(items, match, index)
+        return entry[1](items, index)
     key = (id(items), id(match), index)
     found = memo.get(key, _NOT_FOUND)
     if found is _NOT_FOUND:
-        found = memo[key] = _find_slice(items, match, index)
+        found = memo[key] = entry[1](items, index)
         if found is not MISSING and not (index < len(items) and items[index] is found):
             moved = getattr(_SLICES, "moved", None)
             if moved is not None:  # an import: the export must put it back there (see _slice_order)
                 moved.append((items, index, next(i for i, item in enumerate(items) if item is found)))
     return found
+
+
+def _slicer(match: tuple) -> Callable[[list, int], Any]:
+    """:func:`_slice` of one ``match``, its finder bound (the generated code
+    calls it for every slice of every resource: no look-up of the finder a
+    call); the same memo and notes of moved slices as :func:`_slice`'s."""
+    entry = _FINDERS.get(id(match))
+    if entry is None or entry[0] is not match:
+        entry = _FINDERS[id(match)] = (match, _slice_finder(match))
+    find, match_id = entry[1], id(match)  # match is kept alive by _FINDERS
+
+    def slice_of(items: list, index: int) -> Any:
+        memo = getattr(_SLICES, "memo", None)
+        if memo is None:
+            return find(items, index)
+        key = (id(items), match_id, index)
+        found = memo.get(key, _NOT_FOUND)
+        if found is _NOT_FOUND:
+            found = memo[key] = find(items, index)
+            if found is not MISSING and not (index < len(items) and items[index] is found):
+                moved = getattr(_SLICES, "moved", None)
+                if moved is not None:  # an import: the export must put it back there (see _slice_order)
+                    moved.append((items, index, next(i for i, item in enumerate(items) if item is found)))
+        return found
+    return slice_of
 
 
 _SLICES = threading.local()
@@ -552,8 +582,12 @@ def _prune_owned(node: Any) -> Any:
         gone = None
         for key, value in node.items():
             kind = value.__class__
-            # an empty one is MISSING without a call (most are: what the readers emptied)
-            if (kind is dict or kind is list) and (not value or _prune_owned(value) is MISSING):
+            # an empty one is MISSING without a call (most are: what the readers emptied), and so is
+            # a list of None, {} and [] only (what is left of an identifier, a profile, a coding list):
+            # no item true, and none of the other false JSON values (0, 0.0, False, "": equal to 0 or "")
+            if (kind is dict and (not value or _prune_owned(value) is MISSING)) or \
+                    (kind is list and (not any(value) and 0 not in value and "" not in value
+                                      or _prune_owned(value) is MISSING)):
                 if gone is None:
                     gone = [key]
                 else:
@@ -567,7 +601,8 @@ def _prune_owned(node: Any) -> Any:
         for index, item in enumerate(node):
             kind = item.__class__
             if kind is dict or kind is list:
-                if not item or _prune_owned(item) is MISSING:
+                if not item or (kind is list and not any(item) and 0 not in item and "" not in item) \
+                        or _prune_owned(item) is MISSING:  # (as above)
                     node[index] = None
                 else:
                     kept = True

@@ -257,6 +257,9 @@ def _identifier_values(identifier: dict, fields: tuple[Field, ...] | list[Field]
     if not isinstance(text, str):
         return None
     extensions = identifier.get("extension")
+    if extensions.__class__ is not list and len(fields) == 1 and fields[0].type.family == "varchar":
+        value = _fits(fields[0], text)  # the usual key: one text, as it is (what the general way below does)
+        return None if value is MISSING else (value,)
     encoded = isinstance(extensions, list) and {"url": JSON_TEXT, "valueBoolean": True} in extensions
     try:
         if len(fields) != 1:

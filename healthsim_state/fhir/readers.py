@@ -22,7 +22,8 @@ from .paths import (_HASHABLE, _PARENTS, _SLICES, _coding_shape, _columns_of, _c
                     _put, _reading, _set, _slice_order)
 from .primitives import (ABSENT_KEY, ORIGINAL_VALUE, REFERENCE_FIELDS, TIMES_KEY, UCUM, UNFIT, VALID, _absent, _backward,
                          _condition, _day_of, _fits, _from_base64, _from_json, _identifier_rest, _identifier_values,
-                         _keeps_time, _lookup_system, _primitive_of)
+                         _FAST_TESTS, _fast_test, _keeps_time, _lookup_system, _primitive_of)
+from .references import ImportRefs as IndexRefs
 
 RESERVED_KEY = d.RESERVED_KEY
 _LOOKUP_CACHE_LIMIT = 200_000
@@ -37,10 +38,12 @@ class ImportRefs(Protocol):
 
 class _Import:
     __slots__ = ("refs", "entity", "children", "drops", "resource", "omitted", "ours", "forms", "times", "absent",
-                 "lookup")
+                 "lookup", "held")
 
     def __init__(self, refs, entity, resource, ours=False, lookup=None):
         self.lookup = lookup  # the reading's lookup of a reference's target (ResourceReader._lookup)
+        # The importer's index by Type/id (what its refs.target finds first), or None for other refs.
+        self.held = refs.resources if refs.__class__ is IndexRefs else None
         self.refs, self.entity, self.children, self.drops, self.omitted = refs, entity, [], [], []
         self.resource = resource  # the input, for messages
         self.ours = ours  # keyed by our entity identifier: made by our export (see REFERENCE_FIELDS)
@@ -189,6 +192,7 @@ def _coding_reader(element, mapping, plan, decl, siblings=()):
     c = element.coding
     steps, absent = element.steps, element.absent
     code_field, _ = _field_and_getter(mapping, c.code)
+    code_fast = _fast_test_of(code_field) if code_field is not None else None  # _fits's first test, inline
     display_field, _ = _field_and_getter(mapping, c.display)
     system_field, get_system = _field_and_getter(mapping, c.system_field)
     system_names = {url: name for name, url in reversed(c.systems)}
@@ -221,7 +225,7 @@ def _coding_reader(element, mapping, plan, decl, siblings=()):
             if get_system is not None and system not in system_names:
                 continue
             code = backward.get(coding["code"], coding["code"])
-            if _fits(code_field, code) is MISSING:
+            if not (code_fast is not None and code_fast(code)) and _fits(code_field, code) is MISSING:
                 continue
             _set(entity, code_field.path, code)
             taken = ["system", "code"]
@@ -256,6 +260,7 @@ def _quantity_reader(element, mapping, plan, decl, siblings=()):
     absent = element.absent
     value_field, _ = _field_and_getter(mapping, q.value)
     unit_field, get_unit = _field_and_getter(mapping, q.unit_field)
+    value_fast = _fast_test_of(value_field) if value_field is not None else None
 
     def read(resource: dict, entity: dict, context: _Import) -> None:
         take(resource, entity, context, peek(resource))
@@ -267,12 +272,15 @@ def _quantity_reader(element, mapping, plan, decl, siblings=()):
             context.came_absent(resource, element)
             return
         value = quantity.get("value")
-        if value is None or _fits(value_field, value) is MISSING:
+        if value is None:
+            return
+        fitted = value if value_fast is not None and value_fast(value) else _fits(value_field, value)  # _fits, once
+        if fitted is MISSING:
             return
         unit = quantity.get("unit", quantity.get("code"))
         if get_unit is None and q.unit is not None and unit is not None and unit != q.unit:
             return  # another unit than the column's: kept as it came, not misread
-        value = _fits(value_field, value)
+        value = fitted
         _set(entity, value_field.path, value)
         quantity.pop("value")
         if unit_field is not None and isinstance(unit, str):
@@ -294,6 +302,8 @@ def _reference_reader(element, mapping, plan, decl, siblings=()):
     target_key = target_mapping.primary_key
     pairs = [(mapping.field(own), target_mapping.field(theirs)) for own, theirs in r.fields]
     systems = {_lookup_system(r.target, theirs.column, target_key): own for own, theirs in pairs}
+    # Per pair what the loop below needs: the own column's fast test (_fits's first, inline) and path.
+    steps = [(own, theirs.column, _fast_test_of(own), own.path) for own, theirs in pairs]
 
     def read(resource: dict, entity: dict, context: _Import) -> None:
         take(resource, entity, context, peek(resource))
@@ -305,20 +315,28 @@ def _reference_reader(element, mapping, plan, decl, siblings=()):
             context.came_absent(resource, element)
             return
         text = ref.get("reference")
-        target = context.refs.target(text) if isinstance(text, str) else None
+        target = None
+        if text.__class__ is str:  # resolved: Type/id, the index's own key (else: as refs.target finds it)
+            if context.held is not None:
+                target = context.held.get(text)
+            if target is None:
+                target = context.refs.target(text)
         taken = False
         if target is not None:
             values = context.lookup(r.target, target)  # the reading's own cache: plans are shared
             if values is not None:
-                named = _reference_fields(ref)
-                for own, theirs in pairs:
+                named = _reference_fields(ref) if "extension" in ref else None
+                for own, column, fast, path in steps:
                     if named is None and taken and not context.ours:
                         break  # a foreign resource without a sign: the first column only
                     if named is not None and own.column not in named:
                         continue
-                    value = values.get(theirs.column)
-                    if value is not None and _fits(own, value) is not MISSING:
-                        _set(entity, own.path, value)
+                    value = values.get(column)
+                    if value is not None and ((fast is not None and fast(value)) or _fits(own, value) is not MISSING):
+                        if len(path) == 1:
+                            entity[path[0]] = value
+                        else:
+                            _set(entity, path, value)
                         taken = True
                 if taken:
                     ref.pop("reference")
@@ -333,6 +351,12 @@ def _reference_reader(element, mapping, plan, decl, siblings=()):
                     _set(entity, own.path, values[0])
                 ref.pop("identifier")
     return _with_take(read, take, element.steps)
+
+
+def _fast_test_of(field) -> Callable[[Any], bool] | None:
+    """The function of a field type's ``fast_test`` (:func:`.primitives._fits`'s first test)."""
+    test = _FAST_TESTS.get(field.type.fast_test, MISSING)
+    return _fast_test(field.type.fast_test) if test is MISSING else test
 
 
 def _reference_fields(ref: dict) -> tuple[str, ...] | None:
@@ -595,9 +619,12 @@ class ResourceReader:
         candidates = self._candidates(resource)
         if not candidates:
             return None
-        with _reading():
+        outer = getattr(_SLICES, "memo", None)  # what _reading does, without its object and calls
+        try:
             return self._from_resource(resource, refs, candidates,
-                                       from_copy=not (in_place and self.read_in_place(resource["resourceType"])))
+                                       from_copy=not (in_place and resource["resourceType"] not in self._looked_up))
+        finally:
+            _SLICES.memo = outer
 
     def _from_resource(self, resource: dict, refs: ImportRefs, candidates: list[tuple[Any, Any]] | None = None,
                        from_copy: bool = True) -> list[tuple[str, dict]]:

@@ -164,10 +164,11 @@ class ImportRefs:
         self.resources: dict[str, dict[str, Any]] = {}
         self._aliases: dict[Any, str] = {}  # fullUrl, or (type, system or None, identifier value)
 
-    def add(self, resource: dict[str, Any], full_url: str | None = None) -> str:
-        """Index ``resource``; return its ``Type/id``. The caller checks for
-        duplicates first (:meth:`holds`)."""
-        local = f"{resource['resourceType']}/{resource['id']}"
+    def add(self, resource: dict[str, Any], full_url: str | None = None, local: str | None = None) -> str:
+        """Index ``resource``; return its ``Type/id`` (``local``, when the
+        caller made it already). The caller checks for duplicates first (:meth:`holds`)."""
+        if local is None:
+            local = f"{resource['resourceType']}/{resource['id']}"
         self.resources[local] = resource
         if full_url:
             self._alias(full_url, local)
@@ -286,6 +287,43 @@ def references_sharing(resource: dict[str, Any], strings: dict[str, str]) -> Ite
                         node[index] = share(child, child)
                     elif kind is dict or kind is list:
                         push(child)
+
+
+def shared_references(resource: dict[str, Any], strings: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    """:func:`references_sharing` as a list, by a plain loop (no generator
+    resumed a reference): what the importer's indexing walks once a resource,
+    as it reads it, keeping the holders for the resolving that follows."""
+    share = strings.setdefault
+    found: list[tuple[str, dict[str, Any]]] = []
+    add = found.append
+    for element, value in resource.items():
+        kind = value.__class__
+        if kind is str:
+            resource[element] = share(value, value)
+            continue
+        if kind is not dict and kind is not list:
+            continue
+        stack = [value]
+        pop, push = stack.pop, stack.append
+        while stack:
+            node = pop()
+            if node.__class__ is dict:
+                for key, child in node.items():
+                    kind = child.__class__
+                    if kind is str:
+                        node[key] = share(child, child)
+                    elif kind is dict or kind is list:
+                        push(child)
+                if node.get("reference").__class__ is str:
+                    add((element, node))
+            else:
+                for index, child in enumerate(node):
+                    kind = child.__class__
+                    if kind is str:
+                        node[index] = share(child, child)
+                    elif kind is dict or kind is list:
+                        push(child)
+    return found
 
 
 def rewrite_references(resource: dict[str, Any], rename: Any) -> None:
