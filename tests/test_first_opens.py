@@ -149,3 +149,58 @@ def test_a_scratch_file_a_killed_maker_left_is_removed_by_the_next_maker(tmp_pat
     assert not dead.exists() and not dead_wal.exists()
     assert live.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".new")) == [live.name]
+
+
+# --- a file removed between DuckDB's open and its lock ----------------------------------------
+
+def test_a_connection_to_a_file_removed_before_its_lock_is_made_again(tmp_path, monkeypatch):
+    """DuckDB opens a file, then locks it; a failed first write elsewhere
+    removes its new file while it holds that lock. A connect that opened the
+    file just before the removal gets the lock just after, on a file no longer
+    at the path: a save through it committed into the removed file, and was
+    lost with it (seen about once in 300 rounds of the test above under
+    HEALTHSIM_STRESS). Here the removal is made to fall in that moment."""
+    path = tmp_path / "s.duckdb"
+    removed = tmp_path / "removed.duckdb"
+    real_connect = duckdb.connect
+    moves = []
+
+    def connect(database=":memory:", *args, **kwargs):
+        con = real_connect(database, *args, **kwargs)
+        if database == str(path) and not moves:  # the first open of the path: its file goes from under it
+            os.rename(path, removed)
+            real_connect(str(tmp_path / "new.duckdb")).close()
+            os.rename(tmp_path / "new.duckdb", path)
+            moves.append(database)
+        return con
+
+    monkeypatch.setattr(duckdb, "connect", connect)
+    StateManager(path).save_scenario("kept", {"patients": [{"id": "p1"}]})
+    monkeypatch.undo()
+    assert moves  # the removal did fall between an open and its use
+    assert StateManager(path, read_only=True).load_scenario("kept")["entity_counts"] == {"patient": 1}
+
+
+def test_a_file_removed_while_duckdb_opens_it_is_made_again(tmp_path, monkeypatch):
+    """The same removal a moment earlier: DuckDB found the file, then could
+    not open it ("No such file or directory"). The path is tried again (and
+    the file made anew), not reported as a file that cannot be opened."""
+    path = tmp_path / "s.duckdb"
+    StateManager(path).save_scenario("first", {})
+    path.unlink()
+    duckdb.connect(str(path)).close()  # an empty new file, as another process's first write makes it
+    real_connect = duckdb.connect
+    removals = []
+
+    def connect(database=":memory:", *args, **kwargs):
+        if database == str(path) and not removals:
+            path.unlink()  # that first write failed: its file is removed
+            removals.append(database)
+            raise duckdb.IOException(f'IO Error: Cannot open file "{database}": No such file or directory')
+        return real_connect(database, *args, **kwargs)
+
+    monkeypatch.setattr(duckdb, "connect", connect)
+    StateManager(path).save_scenario("kept", {"patients": [{"id": "p1"}]})
+    monkeypatch.undo()
+    assert removals
+    assert StateManager(path, read_only=True).load_scenario("kept")["entity_counts"] == {"patient": 1}

@@ -524,14 +524,17 @@ def _open_waiting(path: Path, timeout: float, *, read_only: bool, config: dict[s
     while True:
         if not read_only and not path.exists():  # again each round: a failed first write elsewhere removes its file
             made = _make_whole(path) or made
+        before = _identity(path)
         try:
-            return duckdb.connect(str(path), read_only=read_only, config=settings), made
+            con = duckdb.connect(str(path), read_only=read_only, config=settings)
         except duckdb.Error as error:
             text = str(error)
             if _is_other_configuration(text):
                 blocker = _own_connection_message(path)
             elif _is_lock_conflict(text):
                 blocker = None
+            elif before is not None and _identity(path) != before:
+                continue  # removed (a failed first write elsewhere) while DuckDB opened it: again, anew
             elif _being_made(path) and backoff.wait():
                 continue  # made by a program that does not make it whole: it will be in a moment
             else:
@@ -549,6 +552,28 @@ def _open_waiting(path: Path, timeout: float, *, read_only: bool, config: dict[s
                     + (f" (PID {holder[1]})" if holder else "")
                     + f" and stayed locked for {timeout:g} s; wait for it to finish, stop it, or raise "
                     "HEALTHSIM_LOCK_TIMEOUT", path=path, pid=int(holder[1]) if holder else None) from None
+            continue
+        after = _identity(path)
+        if after is not None and before in (None, after):
+            return con, made
+        _close_quietly(con)  # opened, then removed from under it before DuckDB's lock: see _identity
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file at ``path`` (device and inode), or None where there is none.
+
+    DuckDB opens a file, then locks it. A failed first write elsewhere
+    removes its new file while holding that lock (``_remove_new_file``), so a
+    connect that opened the file just before the removal gets the lock just
+    after it, on a file no longer at the path: what it then commits is lost
+    with the file. A connection whose file is still the one the path named
+    before the connect holds the file at the path (no one removes a file
+    without its lock); any other is closed and made again."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _make_whole(path: Path) -> bool:
