@@ -21,7 +21,7 @@ from healthsim_state.fhir.paths import _copy, _prune, _prune_owned
 from healthsim_state.fhir.references import (
     ImportRefs,
     references_in,
-    references_sharing,
+    shared_references,
 )
 from healthsim_state.values import MISSING
 
@@ -88,7 +88,7 @@ def test_the_resolve_walk_shares_equal_strings_and_finds_every_reference():
     assert first["status"] is not second["status"]
     found = list(references_in(_copy(first)))
     strings: dict[str, str] = {}
-    shared = list(references_sharing(first, strings)) + list(references_sharing(second, strings))
+    shared = shared_references(first, strings) + shared_references(second, strings)
     assert [(where, holder["reference"]) for where, holder in shared[:len(found)]] == \
         [(where, holder["reference"]) for where, holder in found] == \
         [("patient", "Patient/p-1"), ("item", "Encounter/e-1")]

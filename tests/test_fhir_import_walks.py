@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from healthsim_state.fhir.paths import _copy, _prune, _prune_owned
-from healthsim_state.fhir.references import references_sharing, shared_references
+from healthsim_state.fhir.references import references_in, shared_references
 from healthsim_state.values import MISSING
 
 CLAIM = {"resourceType": "Claim", "id": "c-1", "status": "active",
@@ -16,11 +16,11 @@ CLAIM = {"resourceType": "Claim", "id": "c-1", "status": "active",
                    "detail": [{"reference": "Claim/c-2", "x": [{"reference": "Claim/c-3"}]}]}]}
 
 
-def test_the_indexing_walk_finds_what_the_resolve_walk_finds_in_its_order():
+def test_the_indexing_walk_finds_what_the_export_walk_finds_in_its_order():
     text = json.dumps(CLAIM)
     one, other = json.loads(text), json.loads(text)
     listed = shared_references(one, {})
-    walked = list(references_sharing(other, {}))
+    walked = list(references_in(other))
     assert [(where, holder["reference"]) for where, holder in listed] == \
         [(where, holder["reference"]) for where, holder in walked]
     assert sorted(holder["reference"] for _, holder in listed) == ["Claim/c-2", "Claim/c-3", "Encounter/e-1", "Patient/p-1"]

@@ -43,7 +43,7 @@ from ..engine.batch import no_cyclic_gc
 from ..errors import FhirInputError, ValidationError
 from .export import KEPT_TYPE, MANIFEST, PATIENT_ELEMENTS, provenance_patient
 from .origins import input_error
-from .references import ImportRefs, references_sharing, shared_references
+from .references import ImportRefs, shared_references
 
 if TYPE_CHECKING:
     from .ports import ScenarioWriter
@@ -302,7 +302,7 @@ def index_inputs(items: Iterable[tuple[dict[str, Any], str | None, str]]) -> tup
     refs = ImportRefs()
     inputs: list[_Input] = []
     sources: dict[str, str] = {}
-    strings: dict[str, str] = {}  # equal strings of the input made one object (see references_sharing)
+    strings: dict[str, str] = {}  # equal strings of the input made one object (see shared_references)
     for resource, full_url, source in items:
         check_resource(resource, full_url, source)
         local = f"{resource['resourceType']}/{resource['id']}"
@@ -327,7 +327,7 @@ def resolve_references(refs: ImportRefs, inputs: list[_Input]) -> None:
     strings: dict[str, str] = {}  # for inputs not indexed by index_inputs (no holders): shared here
     for item in inputs:
         kind = item.resource["resourceType"]
-        holders = item.holders if item.holders is not None else references_sharing(item.resource, strings)
+        holders = item.holders if item.holders is not None else shared_references(item.resource, strings)
         item.holders = None
         for where, holder in holders:
             target = refs.canonical(holder["reference"])

@@ -252,47 +252,16 @@ def references_in(resource: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any
                         push(child)
 
 
-def references_sharing(resource: dict[str, Any], strings: dict[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """:func:`references_in`, and on the way each string value of the
-    resource becomes the one object of its text in ``strings`` (it is added
-    there when new). Parsed JSON holds a new string for every value: the
-    per-patient Bundles of Synthea repeat their systems, codes and displays
-    (big1000: 600,000 string values, 30,000 texts, 43 MB of the 45 MB theirs),
-    and what an import keeps of them lives until its save is done."""
-    share = strings.setdefault
-    for element, value in resource.items():
-        kind = value.__class__
-        if kind is str:
-            resource[element] = share(value, value)
-            continue
-        if kind is not dict and kind is not list:
-            continue
-        stack = [value]
-        pop, push = stack.pop, stack.append
-        while stack:
-            node = pop()
-            if node.__class__ is dict:
-                for key, child in node.items():
-                    kind = child.__class__
-                    if kind is str:
-                        node[key] = share(child, child)
-                    elif kind is dict or kind is list:
-                        push(child)
-                if node.get("reference").__class__ is str:
-                    yield element, node
-            else:
-                for index, child in enumerate(node):
-                    kind = child.__class__
-                    if kind is str:
-                        node[index] = share(child, child)
-                    elif kind is dict or kind is list:
-                        push(child)
-
-
 def shared_references(resource: dict[str, Any], strings: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
-    """:func:`references_sharing` as a list, by a plain loop (no generator
-    resumed a reference): what the importer's indexing walks once a resource,
-    as it reads it, keeping the holders for the resolving that follows."""
+    """:func:`references_in` as a list, and on the way each string value of
+    the resource becomes the one object of its text in ``strings`` (added
+    there when new): what the importer's indexing walks once a resource, as
+    it reads it, keeping the holders for the resolving that follows. Parsed
+    JSON holds a new string for every value: the per-patient Bundles of
+    Synthea repeat their systems, codes and displays (big1000: 600,000
+    string values, 30,000 texts, 43 MB of the 45 MB theirs), and what an
+    import keeps of them lives until its save is done. (A plain loop: no
+    generator resumed a reference.)"""
     share = strings.setdefault
     found: list[tuple[str, dict[str, Any]]] = []
     add = found.append
