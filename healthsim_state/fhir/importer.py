@@ -227,7 +227,7 @@ def _resources_of(document: Any, source: str) -> Iterator[tuple[dict[str, Any], 
     kind = document.get("type")
     if kind not in BUNDLE_TYPES:
         raise _error(f"a Bundle of type {kind!r} is not read; the types read: {', '.join(BUNDLE_TYPES)}",
-                             source=source, resource_type="Bundle", resource_id=document.get("id"), element="type")
+                     source=source, resource_type="Bundle", resource_id=document.get("id"), element="type")
     for index, entry in enumerate(document.get("entry") or ()):
         if not isinstance(entry, dict):
             raise _error("a Bundle entry must be an object", source=source, element=f"entry[{index}]")
@@ -238,7 +238,7 @@ def _resources_of(document: Any, source: str) -> Iterator[tuple[dict[str, Any], 
         at = f"{source} entry[{index}]"
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             raise _error("not a FHIR resource (a JSON object with a resourceType)", source=at,
-                                 element=f"entry[{index}].resource")
+                         element=f"entry[{index}].resource")
         if resource["resourceType"] == "Bundle":
             yield from _resources_of(resource, at)
         else:
@@ -259,7 +259,7 @@ def check_resource(resource: dict[str, Any], full_url: str | None, source: str) 
     rid = resource["id"]
     if not isinstance(rid, str) or not _ID.fullmatch(rid):
         raise _error(f"{rid!r} is not a FHIR id (1 to 64 letters, digits, '-' and '.')", source=source,
-                             resource_type=kind, resource_id=str(rid), element="id")
+                     resource_type=kind, resource_id=str(rid), element="id")
     for name, value in resource.items():
         check = _CHECK_OF.get(name, _UNSEEN)
         if check is _UNSEEN:
@@ -272,7 +272,7 @@ def check_resource(resource: dict[str, Any], full_url: str | None, source: str) 
             for end in ("start", "end"):
                 if end in value and not _valid_datetime(value[end]):
                     raise _error(f"{value[end]!r} is not a dateTime", source=source, resource_type=kind,
-                                         resource_id=rid, element=f"{name}.{end}")
+                                 resource_id=rid, element=f"{name}.{end}")
         elif not check[0](value):
             raise _error(f"{value!r} is not {check[1]}", source=source, resource_type=kind,
                          resource_id=rid, element=name)
@@ -311,8 +311,8 @@ def index_inputs(items: Iterable[tuple[dict[str, Any], str | None, str]]) -> tup
             if held == resource:
                 continue
             raise _error(f"the id is given to two different resources (first in {sources[local]})",
-                                 source=source, resource_type=resource["resourceType"], resource_id=resource["id"],
-                                 element="id")
+                         source=source, resource_type=resource["resourceType"], resource_id=resource["id"],
+                         element="id")
         refs.add(resource, full_url, local)
         sources[local] = source
         inputs.append(_Input(resource, source, local, shared_references(resource, strings)))  # one walk: both
@@ -336,8 +336,8 @@ def resolve_references(refs: ImportRefs, inputs: list[_Input]) -> None:
             holder["reference"] = target
             if target == item.local:
                 raise _error(f"a reference cycle: the resource refers to itself ({target})",
-                                     source=item.source, resource_type=kind, resource_id=item.resource["id"],
-                                     element=where)
+                             source=item.source, resource_type=kind, resource_id=item.resource["id"],
+                             element=where)
             if target.startswith(kind + "/"):
                 edges.setdefault(where, {}).setdefault(item.local, []).append(target)
     for where, graph in edges.items():
@@ -345,8 +345,8 @@ def resolve_references(refs: ImportRefs, inputs: list[_Input]) -> None:
         if cycle:
             first = sources[cycle[0]]
             raise _error(f"a reference cycle through {where}: {' -> '.join(cycle + [cycle[0]])}",
-                                 source=first.source, resource_type=first.resource["resourceType"],
-                                 resource_id=first.resource["id"], element=where)
+                         source=first.source, resource_type=first.resource["resourceType"],
+                         resource_id=first.resource["id"], element=where)
 
 
 def _cycle(graph: dict[str, list[str]]) -> list[str] | None:
