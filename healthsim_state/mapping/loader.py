@@ -133,19 +133,13 @@ def _mapping_paths(directory: str) -> list[str]:
     if listed is not None and listed[0] == state:
         return listed[1]
     with os.scandir(directory) as found:  # after the stat: a change meanwhile is seen next time
-        paths = sorted(entry.path for entry in found if _is_mapping_name(entry.name))
+        paths = sorted(entry.path for entry in found if parsed_cache.is_mapping_name(entry.name) and entry.is_file())
     if time.time_ns() - max(status.st_mtime_ns, status.st_ctime_ns) > _RACY * 1e9:
         MAPPING_DIRECTORIES.put(directory, (state, paths))
     return paths
 
 
 _RACY = 2.0  # seconds
-
-
-def _is_mapping_name(name: str) -> bool:
-    """Whether a file name's suffix, as :attr:`Path.suffix` reads it (a last
-    dot that does not start the name), is ``.yaml`` or ``.yml``."""
-    return name.endswith((".yaml", ".yml")) and name.rfind(".") > 0
 
 
 def load_mapping_dirs(dirs: Iterable[Path]) -> dict[str, Mapping]:

@@ -70,7 +70,15 @@ def key_of(dirs: Iterable[Path], builtin: Path) -> str | None:
 
 def mapping_files(directory: Path) -> list[Path]:
     """The mapping files of ``directory``, in the order they are loaded."""
-    return sorted(p for p in Path(directory).iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    return sorted(p for p in Path(directory).iterdir() if is_mapping_name(p.name) and p.is_file())
+
+
+def is_mapping_name(name: str) -> bool:
+    """Whether a file name's suffix, as :attr:`Path.suffix` reads it (a last
+    dot that does not start the name), is ``.yaml`` or ``.yml``: the one
+    rule of what a mapping file is, for loading and for the fingerprint
+    alike (the fingerprint lists with ``os.scandir``, no Path objects)."""
+    return name.endswith((".yaml", ".yml")) and name.rfind(".") > 0
 
 
 def entry_path(dirs: Iterable[Path]) -> Path:
