@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -21,7 +22,7 @@ from healthsim_state.fhir.generated import general_reader
 from healthsim_state.fhir.importer import index_inputs, input_files, read_resources, resolve_references
 from healthsim_state.fhir.mapper import FhirMapper
 from healthsim_state.fhir.paths import (_constants_test, _copy, _everywhere, _everywhere_function, _find_slice,
-                                        _find_slice_peeking, _peek)
+                                        _peek, _peeker)
 from healthsim_state.mapping import fhir_section as d
 from healthsim_state.mapping.loader import load_mapping_dirs
 from healthsim_state.values import MISSING
@@ -122,6 +123,30 @@ def _lists(node):
         yield node
     for value in node.values() if isinstance(node, dict) else node if isinstance(node, list) else ():
         yield from _lists(value)
+
+
+def _find_slice_peeking(items: list, match: tuple, index: int) -> Any:
+    """What ``paths._slice_finder``'s generated function finds, by a peek a
+    constant an item: the readable form the generated one is held to."""
+    pairs = tuple((_peeker(steps), value) for steps, value in match)
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        equal = False  # one constant equal at least, and none that differs
+        for peek, value in pairs:
+            found = peek(item)
+            if found is MISSING:
+                continue
+            if found != value:
+                break
+            equal = True
+        else:
+            if equal:
+                return item
+    if index < len(items) and isinstance(items[index], dict) and \
+            all(peek(items[index]) is MISSING for peek, _ in pairs):
+        return items[index]
+    return MISSING
 
 
 def test_the_generated_path_functions_find_what_the_general_ones_find(mapper):

@@ -323,30 +323,6 @@ def _find_slice(items: list, match: tuple, index: int) -> Any:
 _FINDERS: dict[int, tuple[tuple, Callable[[list, int], Any]]] = {}  # id(match) -> (match, its finder)
 
 
-def _find_slice_peeking(items: list, match: tuple, index: int) -> Any:
-    """What :func:`_slice_finder`'s function finds, by a peek a constant an item:
-    the readable form (the tests hold the generated one to it)."""
-    pairs = tuple((_peeker(steps), value) for steps, value in match)
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        equal = False  # one constant equal at least, and none that differs
-        for peek, value in pairs:
-            found = peek(item)
-            if found is MISSING:
-                continue
-            if found != value:
-                break
-            equal = True
-        else:
-            if equal:
-                return item
-    if index < len(items) and isinstance(items[index], dict) and \
-            all(peek(items[index]) is MISSING for peek, _ in pairs):
-        return items[index]
-    return MISSING
-
-
 def _slice_finder(match: tuple) -> Callable[[list, int], Any]:
     """The search :func:`_slice` makes for one slice, generated once as
     straight-line code (the constants' paths walked once an item, their
