@@ -97,10 +97,7 @@ class TypeRows:
     def read_form(self, rows: list[tuple], *, ordered: bool) -> list[tuple]:
         """Rows of :meth:`fetch_raw` in read form, sorted by position unless
         the query ``ordered`` them."""
-        rows = self._in_read_form(rows)
-        if not ordered:
-            rows.sort(key=_first)  # nearly always stored in order already: one C pass checks it
-        return rows
+        return self._in_read_form(_in_saved_order(rows, ordered))
 
     def fetch_columns(self, *, version: int | None = None) -> list[list]:
         """The same rows as :meth:`fetch` as columns ``(positions, col_0,
@@ -564,8 +561,7 @@ def load_types(types: Sequence[tuple[TypeRows, int]], *, version: int | None = N
             fetched.append((index, rows, rows.fetch_raw(version=version, limit=limit, offset=offset)))
     ordered = limit is not None or bool(offset)
     for index, rows, raw in fetched:
-        if not ordered:
-            raw.sort(key=_first)  # nearly always stored in order already: one C pass checks it
+        raw = _in_saved_order(raw, ordered)
         loaded[index] = rebuild_columns(rows.codec, rows.read_form_columns(raw)) if raw else []
     return loaded  # type: ignore[return-value]
 
@@ -578,6 +574,15 @@ def by_type(chunks: Iterable[tuple[Codec, Chunk]]) -> Iterator[tuple[Codec, Iter
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+def _in_saved_order(rows: list[tuple], ordered: bool) -> list[tuple]:
+    """Rows ``(position, ...)`` sorted by position, in place, unless the
+    query ``ordered`` them (nearly always stored in order already: one C
+    pass checks it)."""
+    if not ordered:
+        rows.sort(key=_first)
+    return rows
+
 
 def _in_position_order(columns: list[list]) -> list[list]:
     """Columns whose first holds positions, reordered by it where it is not
