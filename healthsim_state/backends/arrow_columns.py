@@ -100,20 +100,18 @@ def arrow_arrays(values: list, ctype: ColumnType | None) -> tuple[list[Any], str
     family = ctype.family
     if family == "decimal":
         return [_decimal_array(values, ctype)], "{0}"
-    if family == "date":
-        return [na.c_array(values, na.string())], "CAST({0} AS DATE)"
+    if family in ("date", "json"):  # ISO or JSON text
+        return [na.c_array(values, na.string())], _TEXT_READS[family]
     if family == "timestamp":  # ISO text, or microseconds (from an offset) where computed
         kinds = set(map(type, values))
         if int not in kinds:
-            return [na.c_array(values, na.string())], "CAST({0} AS TIMESTAMP)"
+            return [na.c_array(values, na.string())], _TEXT_READS[family]
         if str not in kinds:
             return [na.c_array(values, _MICROS)], "{0}"
         texts = [v if v.__class__ is str else None for v in values]
         micros = [v if v.__class__ is int else None for v in values]
         return [na.c_array(texts, na.string()), na.c_array(micros, _MICROS)], \
             "coalesce(CAST({0} AS TIMESTAMP), {1})"
-    if family == "json":
-        return [na.c_array(values, na.string())], "CAST({0} AS JSON)"
     kind = _ARROW[family]
     if family in _TYPECODE and None not in values:
         return [na.c_array(array.array(_TYPECODE[family], values), kind)], "{0}"
