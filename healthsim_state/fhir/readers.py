@@ -20,7 +20,8 @@ from ..values import MISSING
 from .paths import (_HASHABLE, _PARENTS, _SLICES, _coding_shape, _columns_of, _constants_test, _copy, _drop,
                     _everywhere_function, _field_and_getter, _getter, _original_steps, _peek, _peeker, _prune_owned,
                     _put, _reading, _set, _slice_order)
-from .primitives import (ABSENT_KEY, ORIGINAL_VALUE, REFERENCE_FIELDS, TIMES_KEY, UCUM, UNFIT, VALID, _absent, _backward,
+from .primitives import (ABSENT_KEY, ORIGINAL_VALUE, QUANTITY_PARTS, REFERENCE_FIELDS, TIMES_KEY, UCUM, UNFIT, VALID,
+                         WITHOUT_KEY, _absent, _backward,
                          _condition, _day_of, _fits, _from_base64, _from_json, _identifier_rest, _identifier_values,
                          _FAST_TESTS, _fast_test, _keeps_time, _lookup_system, _primitive_of)
 from .references import ImportRefs as IndexRefs
@@ -38,7 +39,7 @@ class ImportRefs(Protocol):
 
 class _Import:
     __slots__ = ("refs", "entity", "children", "drops", "resource", "omitted", "ours", "forms", "times", "absent",
-                 "lookup", "held")
+                 "lookup", "held", "without")
 
     def __init__(self, refs, entity, resource, ours=False, lookup=None):
         self.lookup = lookup  # the reading's lookup of a reference's target (ResourceReader._lookup)
@@ -50,6 +51,7 @@ class _Import:
         self.forms: dict[str, str] = {}  # declared path -> the other form a value came in (see .forms)
         self.times: dict[str, str] = {}  # path -> a date-time whose day a date column took (see TIMES_KEY)
         self.absent: list[str] = []  # paths that came as a data-absent marker (see ABSENT_KEY)
+        self.without: dict[str, list[str]] = {}  # path -> parts a Quantity or Coding came without (see WITHOUT_KEY)
 
     def day_for(self, path: str, value: Any, field) -> Any:
         """A date-time with a time, read into a date column: its day (as
@@ -199,6 +201,10 @@ def _coding_reader(element, mapping, plan, decl, siblings=()):
     backward = _backward(c.values)
     bare, single, list_steps = _coding_shape(element)
     peek_list = _peeker(list_steps)
+    # Another element writes the display's column (a lab's test_name: code.text):
+    # a coding that came without a display goes out without one.
+    display_twinned = display_field is not None and any(
+        other is not element and c.display in _columns_of(other) for other in siblings)
 
     absent_first = bool(absent) and (bare or not single)  # a marker looked for before the codings
 
@@ -234,6 +240,8 @@ def _coding_reader(element, mapping, plan, decl, siblings=()):
             if display_field is not None and isinstance(coding.get("display"), str):
                 _set(entity, display_field.path, coding["display"])
                 taken.append("display")
+            elif display_twinned and "display" not in coding:
+                context.without[element.path] = ["display"]  # not written from the twin's value (see WITHOUT_KEY)
             rest = {k: v for k, v in coding.items() if k not in taken}
             if bare:
                 if rest:
@@ -282,6 +290,8 @@ def _quantity_reader(element, mapping, plan, decl, siblings=()):
             return  # another unit than the column's: kept as it came, not misread
         value = fitted
         _set(entity, value_field.path, value)
+        if "unit" not in quantity or "code" not in quantity or "system" not in quantity:
+            context.without[element.path] = [k for k in QUANTITY_PARTS if k not in quantity]  # see WITHOUT_KEY
         quantity.pop("value")
         if unit_field is not None and isinstance(unit, str):
             _set(entity, unit_field.path, unit)
@@ -672,6 +682,8 @@ class ResourceReader:
             record[ABSENT_KEY] = context.absent  # a marker goes out again where it came (see _writes_absent)
         if context.times:
             record[TIMES_KEY] = context.times  # written back as they came while the column keeps their day
+        if context.without:
+            record[WITHOUT_KEY] = context.without  # parts of a Quantity or Coding not added on export
         _restore_unfit(copy, entity)
         copy.pop("resourceType", None)
         copy.pop("id", None)
