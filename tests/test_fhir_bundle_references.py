@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
+from clirun import run
 
 from healthsim_state import StateManager
 from healthsim_state.fhir.references import references_in
-from clirun import run
 
 GONE_ENCOUNTER = "urn:uuid:0b0c0d0e-0000-4000-8000-00000000dead"
 

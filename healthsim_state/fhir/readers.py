@@ -406,6 +406,7 @@ def _children_reader(element, child_plan, plan, decl):
     linked to the parent by its key."""
     peek = _peeker(element.steps)
     child_type, slot = element.children.entity_type, decl.slot
+    unique = _item_key_check(element, child_plan)
 
     def read(resource: dict, entity: dict, context: _Import) -> None:
         items = peek(resource)
@@ -414,11 +415,53 @@ def _children_reader(element, child_plan, plan, decl):
         key = plan.key_of(entity)
         if any(v is None for v in key):
             return
+        made = []
         for index, item in enumerate(items):
             if isinstance(item, dict):
-                context.children.append((child_type, child_plan.entity(item, key, context, slot)))
+                try:
+                    kid = child_plan.entity(item, key, context, slot)
+                except FhirInputError as error:  # an item's element: named with its item
+                    raise _in_item(error, f"{element.path}[{index}]") from None
+                made.append((index, kid))
+                context.children.append((child_type, kid))
                 items[index] = None
+        if len(made) > 1:
+            unique(made, context)
     return read
+
+
+def _item_key_check(element, child_plan) -> Callable[[list, _Import], None]:
+    """A check that no two items of one resource (a Claim's) make children
+    with one key (two items of one ``sequence``): they would merge into one
+    entity, and an item would be lost. R4 says a sequence identifies its
+    item: such a resource is refused, its second item named."""
+    link = {field.column for field in child_plan.link}
+    own = [field for field in child_plan.mapping.key_fields if field.column not in link]
+    getters = [_getter(field.path) for field in own]
+    written = {e.field: e.path for e in element.children.elements if e.kind == "field"}
+    at = written.get(own[0].column) if own else None
+
+    def check(made: list, context: _Import) -> None:
+        seen: dict[tuple, int] = {}
+        for index, kid in made:
+            key = tuple(get(kid) for get in getters)
+            if None in key:
+                continue  # no key: the save names what is missing
+            first = seen.setdefault(key, index)
+            if first != index:
+                raise FhirInputError(
+                    f"{', '.join(map(str, key))} again ({element.path}[{first}] has it): each item needs its own, "
+                    f"else the two are one {child_plan.mapping.entity} ({', '.join(f.column for f in own)}) and one "
+                    "is lost", resource_type=context.resource.get("resourceType"),
+                    resource_id=context.resource.get("id"), element=f"{element.path}[{index}]" + (f".{at}" if at else ""))
+    return check
+
+
+def _in_item(error: FhirInputError, item: str) -> FhirInputError:
+    """``error`` of an element of a folded item, its element named inside ``item`` (``item[1].servicedDate``)."""
+    message = str(error).partition(": ")[2]  # after "Type/id @ element" (ids and paths hold no ": ")
+    element = f"{item}.{error.element}" if error.element else item
+    return FhirInputError(message, resource_type=error.resource_type, resource_id=error.resource_id, element=element)
 
 
 ELEMENT_READERS = {"field": _field_reader, "value": _value_reader, "coding": _coding_reader,
