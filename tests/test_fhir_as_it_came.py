@@ -98,3 +98,28 @@ def test_our_own_entities_get_the_full_declared_form(sm, tmp_path):
     assert lab["valueQuantity"] == {"value": 95, "unit": "mg/dL", "system": UCUM, "code": "mg/dL"}
     (rate,) = [r for r in observations if r["code"]["coding"][0]["code"] == "8867-4"]
     assert rate["valueQuantity"] == {"value": 70, "unit": "/min", "system": UCUM, "code": "/min"}
+
+
+# --- a kept date-time after its column changed and changed back ------------------------------
+
+TIMED = {"resourceType": "Condition", "id": "cond-timed", "code": {"text": "Sprain of ankle"},
+         "onsetDateTime": "2019-03-04T22:20:00-05:00"}
+
+
+def test_a_date_set_back_to_its_imported_day_goes_out_as_it_came(sm, tmp_path):
+    """Decided, not a defect: the kept text refines the column while the column
+    holds its day. An edit to another day goes out as that date; set back to the
+    imported day, the entity is what was imported and goes out as it came (the
+    export sees values, not their history; a time of that day is all the input said)."""
+    sm.import_fhir([ndjson(tmp_path / "in.ndjson", [TIMED])], "timed")
+    (entity,) = sm.load_scenario("timed", entity_types=["diagnosis"])["entities"]["diagnosis"]
+    sm.add_entities("timed", {"diagnoses": [dict(entity, diagnosed_date="2019-03-05")]})
+    sm.export_fhir("timed", tmp_path / "moved")
+    assert exported(tmp_path / "moved")["Condition/cond-timed"]["onsetDateTime"] == "2019-03-05"
+    sm.add_entities("timed", {"diagnoses": [dict(entity, diagnosed_date="2019-03-04")]})
+    sm.export_fhir("timed", tmp_path / "back")
+    assert exported(tmp_path / "back")["Condition/cond-timed"] == TIMED
+    # an edit that drops the record (the entity given without _fhir) is ours: the date goes out
+    sm.add_entities("timed", {"diagnoses": [{k: v for k, v in entity.items() if k != "_fhir"}]})
+    sm.export_fhir("timed", tmp_path / "ours")
+    assert [r["onsetDateTime"] for r in exported(tmp_path / "ours").values()] == ["2019-03-04"]
