@@ -419,21 +419,18 @@ def _write_bundles(resources: Iterator[dict[str, Any]], work: Path) -> tuple[lis
     groups: dict[str, list[str]] = {}
     for owner in patients:
         groups.setdefault(people.root(owner), []).append(owner)
-    people_files = []
+    named: dict[str, str] = {}  # root -> the exported Patient its Bundle is named after
     for root, owners in groups.items():
-        members = []
-        for owner in owners:
-            with open(spool / patients[owner], encoding="utf-8") as lines:
-                members += [json.loads(line) for line in lines]
         held = [owner for owner in owners if owner in exported]
-        if not held:  # no Patient of this person is exported: their resources are of no patient here
-            shared.update((f"{r['resourceType']}/{r['id']}", r) for r in members)
-            continue
-        named = root if root in exported else held[0]
-        people_files.append((f"Patient-{named.partition('/')[2]}.json", members))
+        if held:
+            named[root] = root if root in exported else held[0]
+        else:  # no Patient of this person is exported: their resources are of no patient here
+            shared.update((f"{r['resourceType']}/{r['id']}", r) for r in _spooled(spool, patients, owners))
     output: list[dict[str, Any]] = []
     unresolved: list[dict] = []
-    for file, members in people_files:
+    for root, patient in named.items():  # one person's Bundle in memory at a time
+        file = f"Patient-{patient.partition('/')[2]}.json"
+        members = _spooled(spool, patients, groups[root])
         output.append(_write_bundle(work / file, members, shared, file, exported, unresolved))
     if shared:
         output.append(_write_bundle(work / "shared.json", list(shared.values()), {}, "shared.json", exported,
@@ -441,6 +438,15 @@ def _write_bundles(resources: Iterator[dict[str, Any]], work: Path) -> tuple[lis
     shutil.rmtree(spool)
     unresolved.sort(key=lambda item: item["url"])  # as the output: stable order, whatever the Bundles' order
     return sorted(output, key=lambda item: item["url"]), unresolved
+
+
+def _spooled(spool: Path, patients: dict[str, str], owners: list[str]) -> list[dict[str, Any]]:
+    """The resources of ``owners`` (Patient/<id>), read back from their spool files."""
+    members = []
+    for owner in owners:
+        with open(spool / patients[owner], encoding="utf-8") as lines:
+            members += [json.loads(line) for line in lines]
+    return members
 
 
 def _linked_patients(resource: dict[str, Any]) -> list[str]:
