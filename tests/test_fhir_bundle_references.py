@@ -115,3 +115,19 @@ def test_a_complete_export_reports_nothing(db_path, tmp_path):
         source.write_text("".join(json.dumps(r) + "\n" for r in INPUT[:6]))
         manager.import_fhir([source], "whole")
         assert manager.export_fhir("whole", tmp_path / "b", bundles=True)["extension"]["unresolved"] == []
+
+
+def test_an_export_limited_by_type_keeps_each_patients_bundle_and_reports_what_it_left_out(sm, tmp_path):
+    # --type encounter: the Patients (and the kept Location, Organization) were loaded
+    # before; each patient's encounters stay together, named after that patient
+    manifest = sm.export_fhir("in", tmp_path / "b", bundles=True, entity_types=["encounter"])
+    written = bundles(tmp_path / "b")
+    assert sorted(written) == ["Patient-p1.json", "Patient-p2.json"]
+    assert set(held(written["Patient-p2.json"])) == {"Encounter/e2"}
+    assert [(item["url"], item["resource"], item["element"], item["reference"])
+            for item in manifest["extension"]["unresolved"]] == [
+        ("Patient-p1.json", "Encounter/e1", "subject", "Patient/p1"),
+        ("Patient-p1.json", "Encounter/e1", "location[0].location", "Location/loc1"),
+        ("Patient-p1.json", "Encounter/e1", "serviceProvider", "Organization/org1"),
+        ("Patient-p2.json", "Encounter/e2", "subject", "Patient/p2"),
+        ("Patient-p2.json", "Encounter/e2", "location[0].location", "Location/loc1")]

@@ -240,7 +240,8 @@ def export_fhir(manager: "ScenarioReader", name_or_id: str, directory: str | os.
             resources = iter_resources(snapshot, plan)
             with no_cyclic_gc():  # a resource is a fresh tree, freed as written: no cycle to collect
                 if bundles:
-                    output, unresolved = _write_bundles(resources, work)
+                    whole = since_version is None and entity_types is None
+                    output, unresolved = _write_bundles(resources, work, whole)
                 else:
                     output, unresolved = _write_ndjson(resources, work), None
             manifest = _manifest(snapshot.info, output, _write_deleted(deleted, work), bundles=bundles,
@@ -379,7 +380,8 @@ def full_url(local: str) -> str:
         return f"urn:uuid:{uuid.uuid5(BUNDLE_NAMESPACE, local)}"
 
 
-def _write_bundles(resources: Iterator[dict[str, Any]], work: Path) -> tuple[list[dict[str, Any]], list[dict]]:
+def _write_bundles(resources: Iterator[dict[str, Any]], work: Path, whole: bool = True
+                   ) -> tuple[list[dict[str, Any]], list[dict]]:
     """One transaction Bundle per person (``Patient-<id>.json``) and one of the
     resources of no patient of the export (``shared.json``); returns the
     manifest's output and the references no Bundle entry and no resource of
@@ -387,10 +389,12 @@ def _write_bundles(resources: Iterator[dict[str, Any]], work: Path) -> tuple[lis
 
     A person is a patient with the Patient resources linked to it
     (``Patient.link``: a member's, a trial subject's): their resources go in
-    one Bundle, named after the Patient the others link to. A resource whose
-    patient the export does not hold (a reference to a patient not in the
-    input) goes to ``shared.json``: a Bundle named after a patient holds that
-    Patient. Resources are spooled to one file per Patient first, so memory
+    one Bundle, named after the Patient the others link to. In an export of
+    the ``whole`` scenario, a resource whose patient the export does not hold
+    (a reference to a patient not in the input) goes to ``shared.json``: a
+    Bundle named after a patient holds that Patient. An export limited by
+    type or version keeps a patient's resources in that patient's Bundle,
+    its Patient loaded before. Resources are spooled to one file per Patient first, so memory
     holds one person's Bundle at a time, plus the resources of no patient
     (copied into each Bundle that refers to them, so that every reference
     resolves inside it)."""
@@ -424,6 +428,8 @@ def _write_bundles(resources: Iterator[dict[str, Any]], work: Path) -> tuple[lis
         held = [owner for owner in owners if owner in exported]
         if held:
             named[root] = root if root in exported else held[0]
+        elif not whole:  # the Patient is left out by --type or --since-version: a server holds it already
+            named[root] = root
         else:  # no Patient of this person is exported: their resources are of no patient here
             shared.update((f"{r['resourceType']}/{r['id']}", r) for r in _spooled(spool, patients, owners))
     output: list[dict[str, Any]] = []
