@@ -66,6 +66,19 @@ def test_foreign_quantities_and_codings_go_out_as_they_came(sm, tmp_path):
     assert (tmp_path / "again" / "Observation.ndjson").read_bytes() == (tmp_path / "out" / "Observation.ndjson").read_bytes()
 
 
+def test_a_display_and_a_text_that_differ_both_go_out_as_they_came(sm, tmp_path):
+    # test_name is written to code.coding[0].display and to code.text: the first read
+    # fills the column, the other, when it differs, is kept as it came (was: overwritten)
+    lab = observation("lab-two-names", "laboratory",
+                      {"coding": [{"system": LOINC, "code": "2345-7", "display": "Glucose [Mass/volume] in Serum"}],
+                       "text": "Glucose"}, {"value": 95, "unit": "mg/dL", "system": UCUM, "code": "mg/dL"})
+    sm.import_fhir([ndjson(tmp_path / "in.ndjson", [lab])], "in")
+    (entity,) = sm.load_scenario("in", entity_types=["lab_result"])["entities"]["lab_result"]
+    assert entity["test_name"] == "Glucose [Mass/volume] in Serum"
+    sm.export_fhir("in", tmp_path / "out")
+    assert exported(tmp_path / "out")["Observation/lab-two-names"] == lab
+
+
 def test_exported_again_and_imported_again_they_stay_as_they_came(sm, tmp_path):
     sm.import_fhir([ndjson(tmp_path / "in.ndjson", FOREIGN)], "in")
     sm.export_fhir("in", tmp_path / "out")

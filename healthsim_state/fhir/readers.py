@@ -127,12 +127,14 @@ def _field_parts(element, mapping, siblings=()) -> _FieldParts:
     parts = _FieldParts()
     parts.field, parts.valid, parts.primitive = field, valid, primitive
     parts.original_steps = original_steps if backward else None  # where a value map's original spelling is
-    # Nothing but the check, the fit and the move: what a generated reader writes inline.
-    parts.plain = not backward and primitive not in ("base64Binary", "json") and not keeps_time
     parts.get = _getter(path)
     # Another element writes the same field (a lab's test_name: code.coding[0].display
-    # and code.text): a resource that came with only the other goes out so.
-    parts.twinned = any(other is not element and element.field in _columns_of(other) for other in siblings)
+    # and code.text): a resource that came with only the other goes out so, and one
+    # whose two values differ keeps the second as it came (see take).
+    parts.twinned = twinned = any(other is not element and element.field in _columns_of(other) for other in siblings)
+    get = parts.get
+    # Nothing but the check, the fit and the move: what a generated reader writes inline.
+    parts.plain = not backward and primitive not in ("base64Binary", "json") and not keeps_time and not twinned
 
     def take(resource: dict, entity: dict, context: _Import, holder: Any, value: Any) -> None:
         """The value found (not None) in ``holder``: checked, mapped, moved to the entity."""
@@ -154,6 +156,8 @@ def _field_parts(element, mapping, siblings=()) -> _FieldParts:
         value = _fits(field, value) if value is not MISSING else MISSING
         if value is MISSING:
             return  # left in the resource: kept as it came
+        if twinned and not _same_or_none(get(entity), value):
+            return  # its twin read another value (a coding's display, another text): this one stays as it came
         if index is None:  # _drop(resource, steps), its holder known
             holder.pop(key, None)
         else:
@@ -195,7 +199,7 @@ def _coding_reader(element, mapping, plan, decl, siblings=()):
     steps, absent = element.steps, element.absent
     code_field, _ = _field_and_getter(mapping, c.code)
     code_fast = _fast_test_of(code_field) if code_field is not None else None  # _fits's first test, inline
-    display_field, _ = _field_and_getter(mapping, c.display)
+    display_field, get_display = _field_and_getter(mapping, c.display)
     system_field, get_system = _field_and_getter(mapping, c.system_field)
     system_names = {url: name for name, url in reversed(c.systems)}
     backward = _backward(c.values)
@@ -238,8 +242,9 @@ def _coding_reader(element, mapping, plan, decl, siblings=()):
             if system_field is not None:
                 _set(entity, system_field.path, system_names[system])
             if display_field is not None and isinstance(coding.get("display"), str):
-                _set(entity, display_field.path, coding["display"])
-                taken.append("display")
+                if not display_twinned or _same_or_none(get_display(entity), coding["display"]):
+                    _set(entity, display_field.path, coding["display"])
+                    taken.append("display")  # else its twin read another text: this display stays as it came
             elif display_twinned and "display" not in coding:
                 context.without[element.path] = ["display"]  # not written from the twin's value (see WITHOUT_KEY)
             rest = {k: v for k, v in coding.items() if k not in taken}
@@ -252,6 +257,11 @@ def _coding_reader(element, mapping, plan, decl, siblings=()):
                 codings[index] = rest or None
             return
     return _with_take(read, take, steps if bare else list_steps, inline=not absent_first)
+
+
+def _same_or_none(held: Any, value: Any) -> bool:
+    """Whether a column another element may have filled holds nothing yet, or ``value``."""
+    return held is None or held == value
 
 
 def _with_take(read: Reader, take: Callable, steps: tuple[d.Step, ...], inline: bool = True) -> Reader:
