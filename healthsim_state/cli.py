@@ -645,6 +645,7 @@ def _export_fhir(name_or_id: str, output: str | None, bundles: bool, force: bool
     deleted = f", {counted(gone, 'Bundle')} of deletions" if gone else ""
     click.echo(f"exported {summary['name']!r} (version {summary['version']}) to {target}/: {what}{deleted} "
                "and manifest.json")
+    _say_unresolved(manifest["extension"].get("unresolved") or [], target)
     if validate:
         from .fhir.export import validate_export
         checked, problems = validate_export(target, schema_file)
@@ -654,6 +655,21 @@ def _export_fhir(name_or_id: str, output: str | None, bundles: bool, force: bool
             raise CliError(f"{counted(len(problems), 'problem')} found: not valid FHIR R4 "
                            f"(the files are written, in {target})")
         click.echo(f"validated {counted(checked, 'resource')} against the FHIR R4 JSON Schema: all valid")
+
+
+def _say_unresolved(unresolved: list[dict], target: Path, shown: int = 20) -> None:
+    """The references of a Bundle export that no entry and no resource of the
+    export answers (kept as they came): on stderr, the first ``shown`` of them."""
+    if not unresolved:
+        return
+    verb = "names" if len(unresolved) == 1 else "name"
+    click.echo(f"{counted(len(unresolved), 'reference')} {verb} no resource of this export, kept as written (a "
+               f"server resolves such a reference only if it holds its target; all in {target}/manifest.json, "
+               "extension.unresolved):", err=True)
+    for item in unresolved[:shown]:
+        click.echo(f"  {item['url']}: {item['resource']} @ {item['element']}: {item['reference']}", err=True)
+    if len(unresolved) > shown:
+        click.echo(f"  ... and {len(unresolved) - shown} more", err=True)
 
 
 # --- versions -----------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from ..engine.batch import no_cyclic_gc
 from ..errors import UnknownEntityTypeError
 from ..interop.errors import OutputExistsError
-from .references import ExportRefs, NoRefs, field_value, links_to, references_in, rewrite_references
+from .paths import _copy
+from .references import ExportRefs, NoRefs, field_value, links_to, references_in
 from .spool import ChildSpool
 
 if TYPE_CHECKING:
@@ -238,9 +239,17 @@ def export_fhir(manager: "ScenarioReader", name_or_id: str, directory: str | os.
             deleted = since_plan(manager, snapshot, plan, since_version) if since_version is not None else []
             resources = iter_resources(snapshot, plan)
             with no_cyclic_gc():  # a resource is a fresh tree, freed as written: no cycle to collect
-                output = _write_bundles(resources, work) if bundles else _write_ndjson(resources, work)
+                if bundles:
+                    whole = since_version is None and entity_types is None
+                    output, unresolved = _write_bundles(resources, work, whole)
+                else:
+                    output, unresolved = _write_ndjson(resources, work), None
             manifest = _manifest(snapshot.info, output, _write_deleted(deleted, work), bundles=bundles,
                                  since=since_version, entity_types=entity_types)
+            if unresolved is not None:
+                # References a server cannot resolve from these Bundles (see _write_bundle): kept as
+                # they came, said here (Bulk Data lets a manifest carry extensions).
+                manifest["extension"]["unresolved"] = unresolved
         (work / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", "utf-8")
         os.chmod(work, 0o755)
         _replace(work, target)
@@ -371,27 +380,38 @@ def full_url(local: str) -> str:
         return f"urn:uuid:{uuid.uuid5(BUNDLE_NAMESPACE, local)}"
 
 
-def _write_bundles(resources: Iterator[dict[str, Any]], work: Path) -> list[dict[str, Any]]:
+def _write_bundles(resources: Iterator[dict[str, Any]], work: Path, whole: bool = True
+                   ) -> tuple[list[dict[str, Any]], list[dict]]:
     """One transaction Bundle per person (``Patient-<id>.json``) and one of the
-    resources of no patient (``shared.json``).
+    resources of no patient of the export (``shared.json``); returns the
+    manifest's output and the references no Bundle entry and no resource of
+    the export answers (see :func:`_write_bundle`).
 
     A person is a patient with the Patient resources linked to it
     (``Patient.link``: a member's, a trial subject's): their resources go in
-    one Bundle, named after the Patient the others link to. Resources are
-    spooled to one file per Patient first, so memory holds one person's
-    Bundle at a time, plus the resources of no patient (copied into each
-    Bundle that refers to them, so that every reference resolves inside it)."""
+    one Bundle, named after the Patient the others link to. In an export of
+    the ``whole`` scenario, a resource whose patient the export does not hold
+    (a reference to a patient not in the input) goes to ``shared.json``: a
+    Bundle named after a patient holds that Patient. An export limited by
+    type or version keeps a patient's resources in that patient's Bundle,
+    its Patient loaded before. Resources are spooled to one file per Patient first, so memory
+    holds one person's Bundle at a time, plus the resources of no patient
+    (copied into each Bundle that refers to them, so that every reference
+    resolves inside it)."""
     spool = work / ".spool"
     spool.mkdir()
     shared: dict[str, dict[str, Any]] = {}
     patients: dict[str, str] = {}  # Patient/<id> -> spool file name, in first-seen order
+    exported: set[str] = set()  # Type/id of every resource written
     people = _People()
     files = _OpenFiles()
     try:
         for resource in resources:
+            local = f"{resource['resourceType']}/{resource['id']}"
+            exported.add(local)
             owner = patient_of(resource)
             if owner is None:
-                shared[f"{resource['resourceType']}/{resource['id']}"] = resource
+                shared[local] = resource
                 continue
             people.add(owner)
             for other in _linked_patients(resource):
@@ -401,20 +421,38 @@ def _write_bundles(resources: Iterator[dict[str, Any]], work: Path) -> list[dict
     finally:
         files.close()
     groups: dict[str, list[str]] = {}
-    for owner, name in patients.items():
-        groups.setdefault(people.root(owner), []).append(name)
-    output = []
-    for root, names in groups.items():
-        members = []
-        for name in names:
-            with open(spool / name, encoding="utf-8") as lines:
-                members += [json.loads(line) for line in lines]
-        file = f"Patient-{root.partition('/')[2]}.json"
-        output.append(_write_bundle(work / file, members, shared, file))
+    for owner in patients:
+        groups.setdefault(people.root(owner), []).append(owner)
+    named: dict[str, str] = {}  # root -> the exported Patient its Bundle is named after
+    for root, owners in groups.items():
+        held = [owner for owner in owners if owner in exported]
+        if held:
+            named[root] = root if root in exported else held[0]
+        elif not whole:  # the Patient is left out by --type or --since-version: a server holds it already
+            named[root] = root
+        else:  # no Patient of this person is exported: their resources are of no patient here
+            shared.update((f"{r['resourceType']}/{r['id']}", r) for r in _spooled(spool, patients, owners))
+    output: list[dict[str, Any]] = []
+    unresolved: list[dict] = []
+    for root, patient in named.items():  # one person's Bundle in memory at a time
+        file = f"Patient-{patient.partition('/')[2]}.json"
+        members = _spooled(spool, patients, groups[root])
+        output.append(_write_bundle(work / file, members, shared, file, exported, unresolved))
     if shared:
-        output.append(_write_bundle(work / "shared.json", list(shared.values()), {}, "shared.json"))
+        output.append(_write_bundle(work / "shared.json", list(shared.values()), {}, "shared.json", exported,
+                                    unresolved))
     shutil.rmtree(spool)
-    return sorted(output, key=lambda item: item["url"])
+    unresolved.sort(key=lambda item: item["url"])  # as the output: stable order, whatever the Bundles' order
+    return sorted(output, key=lambda item: item["url"]), unresolved
+
+
+def _spooled(spool: Path, patients: dict[str, str], owners: list[str]) -> list[dict[str, Any]]:
+    """The resources of ``owners`` (Patient/<id>), read back from their spool files."""
+    members = []
+    for owner in owners:
+        with open(spool / patients[owner], encoding="utf-8") as lines:
+            members += [json.loads(line) for line in lines]
+    return members
 
 
 def _linked_patients(resource: dict[str, Any]) -> list[str]:
@@ -476,23 +514,52 @@ class _People:
 
 
 def _write_bundle(path: Path, members: list[dict[str, Any]], shared: dict[str, dict[str, Any]],
-                  url: str) -> dict[str, Any]:
+                  url: str, exported: set[str], unresolved: list[dict]) -> dict[str, Any]:
+    """Write one transaction Bundle of ``members`` with copies of the shared
+    resources they refer to (and those refer to, in turn). References to an
+    entry become its ``fullUrl``; one that names neither an entry nor any
+    resource of the export (``exported``), and is no conditional reference
+    (``Type?identifier=``, a server's search resolves it) or contained one
+    (``#id``), is kept as it came and added to ``unresolved``."""
     inside = {f"{r['resourceType']}/{r['id']}" for r in members}
-    wanted = [local for r in members for _, holder in references_in(r) if (local := holder["reference"]) in shared
-              and local not in inside]
-    for local in dict.fromkeys(wanted):
-        members.append(shared[local])
-        inside.add(local)
+    at = 0
+    while at < len(members):  # the list grows with the copies, whose own references are followed too
+        for _, holder in references_in(members[at]):
+            local = holder["reference"]
+            if local in shared and local not in inside:
+                members.append(_copy(shared[local]))  # a copy: the Bundle rewrites its references
+                inside.add(local)
+        at += 1
     names = {local: full_url(local) for local in inside}
     entries = []
     for resource in members:
-        rewrite_references(resource, names.get)
         local = f"{resource['resourceType']}/{resource['id']}"
+        for _, holder in references_in(resource):
+            text = holder["reference"]
+            found = names.get(text)
+            if found is not None:
+                holder["reference"] = found
+            elif text not in exported and "?" not in text and not text.startswith("#"):
+                unresolved.append({"url": url, "resource": local, "element": _path_to(resource, holder),
+                                   "reference": text})
         entries.append({"fullUrl": names[local], "resource": resource, "request": {"method": "PUT", "url": local}})
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     path.write_text(json.dumps(bundle, ensure_ascii=False, indent=1, default=_number) + "\n", "utf-8")
     return {"type": "Bundle", "url": url, "count": len(entries)}
 
+
+def _path_to(node: Any, target: dict[str, Any], path: str = "") -> str | None:
+    """The FHIR path (``location[0].location``) of the object ``target``
+    inside ``node``: for a report only, so found by a plain walk."""
+    if node is target:
+        return path
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in items:
+        where = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else key
+        found = _path_to(child, target, where)
+        if found is not None:
+            return found
+    return None
 
 
 def stream_resources(manager: "ScenarioReader", name_or_id: str, mapper: Any, *,

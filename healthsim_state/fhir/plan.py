@@ -18,7 +18,7 @@ from .forms import forms_reader, forms_writer
 from .generated import general_reader, generated_reader, readers_in_order
 from .ids import resource_id as _resource_id
 from .paths import _compile_parent, _getter, _merge, _prune_owned, _set
-from .primitives import TIMES_KEY
+from .primitives import TIMES_KEY, WITHOUT_KEY
 from .readers import ELEMENT_READERS, Reader, _children_reader, _Import, _restore_unfit
 from .writers import ELEMENT_WRITERS, Writer, _children_writer, _Export, _generated_writer, _keep_unfit
 
@@ -130,6 +130,9 @@ class _ChildPlan:
         parent_record = context.record
         if isinstance(record, dict) and TIMES_KEY in record and parent_record is not None:
             context.record = {**parent_record, TIMES_KEY: record[TIMES_KEY]}  # the item's kept date-times
+        without = record.get(WITHOUT_KEY) if isinstance(record, dict) else None
+        if context.record and (without or WITHOUT_KEY in context.record):
+            context.record = {**context.record, WITHOUT_KEY: without}  # the item's own, not its parent's
         self.write_all(kid, item, context)
         if context.unfit:
             _keep_unfit(item, context.unfit)
@@ -144,15 +147,19 @@ class _ChildPlan:
             _set(kid, field.path, value)
         parents, context.drops = context.drops, []  # the parent's constants are dropped after all its elements
         parent_times, context.times = context.times, {}
+        parent_without, context.without = context.without, {}
         self.read_all(item, kid, context)
         context.drop_constants()
         context.drops = parents
         times, context.times = context.times, parent_times
+        without, context.without = context.without, parent_without
         _restore_unfit(item, kid)
         extra = _prune_owned(item)  # the item is the reading's: its parent's list lets it go
         record = {"extra": extra} if extra is not MISSING else {}
         if times:
             record[TIMES_KEY] = times
+        if without:
+            record[WITHOUT_KEY] = without
         if record:
             kid[RESERVED_KEY] = {slot: record}
         return kid

@@ -332,6 +332,18 @@ def _primitive_of(element: d.Element, field: Field) -> str:
 
 TIMES_KEY = "times"  # in a resource's _fhir record: element path -> a date-time read into a date column
 ABSENT_KEY = "absent"  # in a resource's _fhir record: element paths that came as a data-absent marker
+# In a resource's _fhir record: element path -> the parts of its Quantity (unit,
+# system, code) or Coding (display) that the resource came without. The export
+# leaves them out, so a foreign element goes back as it came; our own entities
+# (no record) get the declaration's full form.
+WITHOUT_KEY = "without"
+QUANTITY_PARTS = ("unit", "system", "code")
+
+
+def _came_without(record: dict | None, path: str) -> Any:
+    """The parts the element at ``path`` came without (see WITHOUT_KEY); () for none."""
+    without = record.get(WITHOUT_KEY) if record else None
+    return without.get(path, ()) if isinstance(without, dict) else ()
 
 
 

@@ -20,7 +20,8 @@ from ..values import MISSING
 from .paths import (_HASHABLE, _PARENTS, _SLICES, _coding_shape, _columns_of, _constants_test, _copy, _drop,
                     _everywhere_function, _field_and_getter, _getter, _original_steps, _peek, _peeker, _prune_owned,
                     _put, _reading, _set, _slice_order)
-from .primitives import (ABSENT_KEY, ORIGINAL_VALUE, REFERENCE_FIELDS, TIMES_KEY, UCUM, UNFIT, VALID, _absent, _backward,
+from .primitives import (ABSENT_KEY, ORIGINAL_VALUE, QUANTITY_PARTS, REFERENCE_FIELDS, TIMES_KEY, UCUM, UNFIT, VALID,
+                         WITHOUT_KEY, _absent, _backward,
                          _condition, _day_of, _fits, _from_base64, _from_json, _identifier_rest, _identifier_values,
                          _FAST_TESTS, _fast_test, _keeps_time, _lookup_system, _primitive_of)
 from .references import ImportRefs as IndexRefs
@@ -38,7 +39,7 @@ class ImportRefs(Protocol):
 
 class _Import:
     __slots__ = ("refs", "entity", "children", "drops", "resource", "omitted", "ours", "forms", "times", "absent",
-                 "lookup", "held")
+                 "lookup", "held", "without")
 
     def __init__(self, refs, entity, resource, ours=False, lookup=None):
         self.lookup = lookup  # the reading's lookup of a reference's target (ResourceReader._lookup)
@@ -50,6 +51,7 @@ class _Import:
         self.forms: dict[str, str] = {}  # declared path -> the other form a value came in (see .forms)
         self.times: dict[str, str] = {}  # path -> a date-time whose day a date column took (see TIMES_KEY)
         self.absent: list[str] = []  # paths that came as a data-absent marker (see ABSENT_KEY)
+        self.without: dict[str, list[str]] = {}  # path -> parts a Quantity or Coding came without (see WITHOUT_KEY)
 
     def day_for(self, path: str, value: Any, field) -> Any:
         """A date-time with a time, read into a date column: its day (as
@@ -125,12 +127,14 @@ def _field_parts(element, mapping, siblings=()) -> _FieldParts:
     parts = _FieldParts()
     parts.field, parts.valid, parts.primitive = field, valid, primitive
     parts.original_steps = original_steps if backward else None  # where a value map's original spelling is
-    # Nothing but the check, the fit and the move: what a generated reader writes inline.
-    parts.plain = not backward and primitive not in ("base64Binary", "json") and not keeps_time
     parts.get = _getter(path)
     # Another element writes the same field (a lab's test_name: code.coding[0].display
-    # and code.text): a resource that came with only the other goes out so.
-    parts.twinned = any(other is not element and element.field in _columns_of(other) for other in siblings)
+    # and code.text): a resource that came with only the other goes out so, and one
+    # whose two values differ keeps the second as it came (see take).
+    parts.twinned = twinned = any(other is not element and element.field in _columns_of(other) for other in siblings)
+    get = parts.get
+    # Nothing but the check, the fit and the move: what a generated reader writes inline.
+    parts.plain = not backward and primitive not in ("base64Binary", "json") and not keeps_time and not twinned
 
     def take(resource: dict, entity: dict, context: _Import, holder: Any, value: Any) -> None:
         """The value found (not None) in ``holder``: checked, mapped, moved to the entity."""
@@ -152,6 +156,8 @@ def _field_parts(element, mapping, siblings=()) -> _FieldParts:
         value = _fits(field, value) if value is not MISSING else MISSING
         if value is MISSING:
             return  # left in the resource: kept as it came
+        if twinned and not _same_or_none(get(entity), value):
+            return  # its twin read another value (a coding's display, another text): this one stays as it came
         if index is None:  # _drop(resource, steps), its holder known
             holder.pop(key, None)
         else:
@@ -193,12 +199,16 @@ def _coding_reader(element, mapping, plan, decl, siblings=()):
     steps, absent = element.steps, element.absent
     code_field, _ = _field_and_getter(mapping, c.code)
     code_fast = _fast_test_of(code_field) if code_field is not None else None  # _fits's first test, inline
-    display_field, _ = _field_and_getter(mapping, c.display)
+    display_field, get_display = _field_and_getter(mapping, c.display)
     system_field, get_system = _field_and_getter(mapping, c.system_field)
     system_names = {url: name for name, url in reversed(c.systems)}
     backward = _backward(c.values)
     bare, single, list_steps = _coding_shape(element)
     peek_list = _peeker(list_steps)
+    # Another element writes the display's column (a lab's test_name: code.text):
+    # a coding that came without a display goes out without one.
+    display_twinned = display_field is not None and any(
+        other is not element and c.display in _columns_of(other) for other in siblings)
 
     absent_first = bool(absent) and (bare or not single)  # a marker looked for before the codings
 
@@ -232,8 +242,11 @@ def _coding_reader(element, mapping, plan, decl, siblings=()):
             if system_field is not None:
                 _set(entity, system_field.path, system_names[system])
             if display_field is not None and isinstance(coding.get("display"), str):
-                _set(entity, display_field.path, coding["display"])
-                taken.append("display")
+                if not display_twinned or _same_or_none(get_display(entity), coding["display"]):
+                    _set(entity, display_field.path, coding["display"])
+                    taken.append("display")  # else its twin read another text: this display stays as it came
+            elif display_twinned and "display" not in coding:
+                context.without[element.path] = ["display"]  # not written from the twin's value (see WITHOUT_KEY)
             rest = {k: v for k, v in coding.items() if k not in taken}
             if bare:
                 if rest:
@@ -244,6 +257,11 @@ def _coding_reader(element, mapping, plan, decl, siblings=()):
                 codings[index] = rest or None
             return
     return _with_take(read, take, steps if bare else list_steps, inline=not absent_first)
+
+
+def _same_or_none(held: Any, value: Any) -> bool:
+    """Whether a column another element may have filled holds nothing yet, or ``value``."""
+    return held is None or held == value
 
 
 def _with_take(read: Reader, take: Callable, steps: tuple[d.Step, ...], inline: bool = True) -> Reader:
@@ -282,6 +300,8 @@ def _quantity_reader(element, mapping, plan, decl, siblings=()):
             return  # another unit than the column's: kept as it came, not misread
         value = fitted
         _set(entity, value_field.path, value)
+        if "unit" not in quantity or "code" not in quantity or "system" not in quantity:
+            context.without[element.path] = [k for k in QUANTITY_PARTS if k not in quantity]  # see WITHOUT_KEY
         quantity.pop("value")
         if unit_field is not None and isinstance(unit, str):
             _set(entity, unit_field.path, unit)
@@ -396,6 +416,7 @@ def _children_reader(element, child_plan, plan, decl):
     linked to the parent by its key."""
     peek = _peeker(element.steps)
     child_type, slot = element.children.entity_type, decl.slot
+    unique = _item_key_check(element, child_plan)
 
     def read(resource: dict, entity: dict, context: _Import) -> None:
         items = peek(resource)
@@ -404,11 +425,53 @@ def _children_reader(element, child_plan, plan, decl):
         key = plan.key_of(entity)
         if any(v is None for v in key):
             return
+        made = []
         for index, item in enumerate(items):
             if isinstance(item, dict):
-                context.children.append((child_type, child_plan.entity(item, key, context, slot)))
+                try:
+                    kid = child_plan.entity(item, key, context, slot)
+                except FhirInputError as error:  # an item's element: named with its item
+                    raise _in_item(error, f"{element.path}[{index}]") from None
+                made.append((index, kid))
+                context.children.append((child_type, kid))
                 items[index] = None
+        if len(made) > 1:
+            unique(made, context)
     return read
+
+
+def _item_key_check(element, child_plan) -> Callable[[list, _Import], None]:
+    """A check that no two items of one resource (a Claim's) make children
+    with one key (two items of one ``sequence``): they would merge into one
+    entity, and an item would be lost. R4 says a sequence identifies its
+    item: such a resource is refused, its second item named."""
+    link = {field.column for field in child_plan.link}
+    own = [field for field in child_plan.mapping.key_fields if field.column not in link]
+    getters = [_getter(field.path) for field in own]
+    written = {e.field: e.path for e in element.children.elements if e.kind == "field"}
+    at = written.get(own[0].column) if own else None
+
+    def check(made: list, context: _Import) -> None:
+        seen: dict[tuple, int] = {}
+        for index, kid in made:
+            key = tuple(get(kid) for get in getters)
+            if None in key:
+                continue  # no key: the save names what is missing
+            first = seen.setdefault(key, index)
+            if first != index:
+                raise FhirInputError(
+                    f"{', '.join(map(str, key))} again ({element.path}[{first}] has it): each item needs its own, "
+                    f"else the two are one {child_plan.mapping.entity} ({', '.join(f.column for f in own)}) and one "
+                    "is lost", resource_type=context.resource.get("resourceType"),
+                    resource_id=context.resource.get("id"), element=f"{element.path}[{index}]" + (f".{at}" if at else ""))
+    return check
+
+
+def _in_item(error: FhirInputError, item: str) -> FhirInputError:
+    """``error`` of an element of a folded item, its element named inside ``item`` (``item[1].servicedDate``)."""
+    message = str(error).partition(": ")[2]  # after "Type/id @ element" (ids and paths hold no ": ")
+    element = f"{item}.{error.element}" if error.element else item
+    return FhirInputError(message, resource_type=error.resource_type, resource_id=error.resource_id, element=element)
 
 
 ELEMENT_READERS = {"field": _field_reader, "value": _value_reader, "coding": _coding_reader,
@@ -672,6 +735,8 @@ class ResourceReader:
             record[ABSENT_KEY] = context.absent  # a marker goes out again where it came (see _writes_absent)
         if context.times:
             record[TIMES_KEY] = context.times  # written back as they came while the column keeps their day
+        if context.without:
+            record[WITHOUT_KEY] = context.without  # parts of a Quantity or Coding not added on export
         _restore_unfit(copy, entity)
         copy.pop("resourceType", None)
         copy.pop("id", None)

@@ -26,8 +26,8 @@ from .paths import (_PADDING, _coding_shape, _compact, _field_and_getter, _gette
                     _put_lines, _put_slices_back, _putter, _room_at)
 from .primitives import (ABSENT_KEY, _FHIR_CODE, _FHIR_STRING, ORIGINAL_VALUE, REFERENCE_FIELDS, UCUM, UNFIT, _absent,
                          _as_decimal, _backward, _condition, _converted_test, _converter, _day_of, _day_taken,
-                         _fhir_value_of, _fits, _identifier, _keeps_time, _lookup_system, _primitive_of,
-                         _written_time)
+                         _came_without, _fhir_value_of, _fits, _identifier, _keeps_time, _lookup_system,
+                         _primitive_of, _written_time)
 
 RESERVED_KEY = d.RESERVED_KEY
 
@@ -203,6 +203,7 @@ def _coding_writer(element, mapping, plan, decl, siblings=()):
     systems = dict(c.systems)
     forward = dict(c.values)
     _, single, _ = _coding_shape(element)
+    path = element.path
 
     def keep_companions(entity: dict, context: _Export) -> None:
         """No coding is written: its display and system columns go to the unfit extension."""
@@ -236,7 +237,7 @@ def _coding_writer(element, mapping, plan, decl, siblings=()):
                 put(node, _absent(absent))
             return
         coding["code"] = code
-        if get_display is not None:
+        if get_display is not None and not (context.record and "display" in _came_without(context.record, path)):
             display = get_display(entity)
             if isinstance(display, str) and (display and display.isprintable() or _FHIR_STRING.match(display)):
                 coding["display"] = display
@@ -253,6 +254,7 @@ def _quantity_writer(element, mapping, plan, decl, siblings=()):
     value_field, get_value = _field_and_getter(mapping, q.value)
     unit_field, get_unit = _field_and_getter(mapping, q.unit_field)
     convert = _as_decimal  # Quantity.value is a decimal whatever the column (as: integer only reads back)
+    path = element.path
 
     def write(entity: dict, node: dict, context: _Export) -> None:
         given = get_value(entity)
@@ -272,10 +274,22 @@ def _quantity_writer(element, mapping, plan, decl, siblings=()):
         quantity: dict[str, Any] = {"value": value}
         if isinstance(unit, str) and _is_code(unit):
             quantity.update(unit=unit, system=UCUM, code=unit)
+            if context.record:
+                _leave_out(quantity, _came_without(context.record, path), get_unit is not None)
         elif get_unit is not None and unit is not None:
             context.unfit[unit_field.dotted] = unit
         put(node, quantity)
     return write
+
+
+def _leave_out(quantity: dict, parts: Any, unit_column: bool) -> None:
+    """The parts an imported Quantity came without taken out of the one written
+    (see WITHOUT_KEY), unless that leaves no unit while a column holds one: the
+    quantity came without unit and code, so the unit was set since."""
+    if unit_column and "unit" in parts and "code" in parts:
+        return
+    for part in parts:
+        quantity.pop(part, None)
 
 
 def _reference_writer(element, mapping, plan, decl, siblings=()):
