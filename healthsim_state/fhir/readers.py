@@ -542,16 +542,24 @@ class ResourceReader:
                 for value in everywhere(resource):
                     if isinstance(value, _HASHABLE):
                         chosen.update(by_constant.get(value, ()))
-        systems = _identifier_systems(resource)
-        found, own = [], []
+        # The identifier systems the resource carries: looked at only when a
+        # declaration is chosen by them (``own``), or to prefer among several.
+        systems = None
+        found = []
         for position in sorted(chosen) if len(chosen) < len(options) else range(len(options)):
             plan, compiled, matches = options[position]
-            carries = plan.system in systems
-            if compiled.decl.own and not carries:
-                continue
+            if compiled.decl.own:
+                if systems is None:
+                    systems = _identifier_systems(resource)
+                if plan.system not in systems:
+                    continue
             if matches(resource):
-                (own if carries else found).append((plan, compiled))
-        return own or found
+                found.append((plan, compiled))
+        if len(found) < 2:
+            return found
+        if systems is None:
+            systems = _identifier_systems(resource)
+        return [pair for pair in found if pair[0].system in systems] or found
 
     def _options_of(self, resource_type: Any) -> tuple[list, tuple, frozenset]:
         """The compiled declarations of a resource type, each with its match
@@ -686,16 +694,19 @@ class ResourceReader:
         (True); None when neither gives one."""
         identifiers = resource.get("identifier")
         if isinstance(identifiers, list):
+            system = plan.system
             for index, identifier in enumerate(identifiers):
-                if isinstance(identifier, dict) and identifier.get("system") == plan.system:
+                if isinstance(identifier, dict) and identifier.get("system") == system:
                     key = _identifier_values(identifier, plan.key_fields)
                     if key is not None:
                         for field, value in zip(plan.key_fields, key):
                             _set(entity, field.path, value)
-                        identifiers[index] = _identifier_rest(identifier)
+                        # system and value only (the usual): nothing is left of it
+                        identifiers[index] = None if len(identifier) == 2 else _identifier_rest(identifier)
                         return False
-        key = self._key_from(plan, {"id": resource.get("id")})
-        if key is None:
-            return None
-        _set(entity, plan.key_fields[0].path, key[0])
-        return True
+        rid = resource.get("id")  # _key_from's second way, without an identifier to look for
+        key_fields = plan.key_fields
+        if len(key_fields) == 1 and key_fields[0].type.family == "varchar" and isinstance(rid, str):
+            _set(entity, key_fields[0].path, rid)
+            return True
+        return None
