@@ -205,7 +205,8 @@ def read_resources(files: Iterable[Path]) -> Iterator[tuple[dict[str, Any], str 
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as error:
             raise _error(f"not UTF-8 text (byte {error.start})", source=str(path)) from None
-        for number, line in enumerate(text.split("\n"), start=1):
+        del data  # the text only, from here (an import's peak memory is while it reads its biggest file)
+        for number, line in enumerate(_lines(text), start=1):
             if line and not line.isspace():
                 try:
                     document = _decode(line)  # the fast path: no per-line source text made
@@ -216,6 +217,18 @@ def read_resources(files: Iterable[Path]) -> Iterator[tuple[dict[str, Any], str 
                     yield document, None, f"{path}, line {number}"
                 else:
                     yield from _resources_of(document, f"{path}, line {number}")
+
+
+def _lines(text: str) -> Iterator[str]:
+    """``text.split("\\n")``, one line at a time: no list of every line held
+    beside the text."""
+    start, end_of_text = 0, len(text)
+    while start <= end_of_text:
+        end = text.find("\n", start)
+        if end < 0:
+            end = end_of_text
+        yield text[start:end]
+        start = end + 1
 
 
 def _resources_of(document: Any, source: str) -> Iterator[tuple[dict[str, Any], str | None, str]]:
