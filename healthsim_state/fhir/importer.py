@@ -43,7 +43,7 @@ from ..engine.batch import no_cyclic_gc
 from ..errors import FhirInputError, ValidationError
 from .export import KEPT_TYPE, MANIFEST, PATIENT_ELEMENTS, provenance_patient
 from .origins import input_error
-from .references import ImportRefs, shared_references
+from .references import ImportRefs, reference_texts, shared_references
 
 if TYPE_CHECKING:
     from .ports import ScenarioWriter
@@ -120,6 +120,7 @@ class _Input:
     source: str
     local: str = ""
     holders: list[tuple[str, dict[str, Any]]] | None = None  # its references, found as it was indexed
+    texts: list[str] | None = None  # or their texts, found in its NDJSON line (see reference_texts)
 
 
 def _error(message: str, *, source: str | None = None, resource_type: str | None = None,
@@ -196,10 +197,18 @@ def _load(data: bytes | str, source: str) -> Any:
 
 def read_resources(files: Iterable[Path]) -> Iterator[tuple[dict[str, Any], str | None, str]]:
     """(resource, fullUrl, source) of every resource in the files."""
+    for resource, full_url, source, _ in read_with_text(files):
+        yield resource, full_url, source
+
+
+def read_with_text(files: Iterable[Path]) -> Iterator[tuple[dict[str, Any], str | None, str, str | None]]:
+    """:func:`read_resources`, each with the JSON text it was parsed from
+    when that is its own (an NDJSON line of one resource), else None."""
     for path in files:
         data = path.read_bytes()
         if path.suffix != ".ndjson":
-            yield from _resources_of(_load(data, str(path)), str(path))
+            for resource, full_url, source in _resources_of(_load(data, str(path)), str(path)):
+                yield resource, full_url, source, None
             continue
         try:
             text = data.decode("utf-8-sig")
@@ -214,9 +223,10 @@ def read_resources(files: Iterable[Path]) -> Iterator[tuple[dict[str, Any], str 
                     document = _load(line, f"{path}, line {number}")
                 if document.__class__ is dict and document.get("resourceType").__class__ is str \
                         and document["resourceType"] != "Bundle":  # the usual line: no generator of its own
-                    yield document, None, f"{path}, line {number}"
+                    yield document, None, f"{path}, line {number}", line
                 else:
-                    yield from _resources_of(document, f"{path}, line {number}")
+                    for resource, full_url, source in _resources_of(document, f"{path}, line {number}"):
+                        yield resource, full_url, source, None
 
 
 def _lines(text: str) -> Iterator[str]:
@@ -309,14 +319,17 @@ def _check_of(name: str) -> Any:
     return check
 
 
-def index_inputs(items: Iterable[tuple[dict[str, Any], str | None, str]]) -> tuple[ImportRefs, list[_Input]]:
+def index_inputs(items: Iterable[tuple]) -> tuple[ImportRefs, list[_Input]]:
     """Check every resource and index it; the same resource twice is read
-    once, two different ones under one ``Type/id`` are an error."""
+    once, two different ones under one ``Type/id`` are an error. ``items``:
+    :func:`read_resources`' (resource, fullUrl, source), or
+    :func:`read_with_text`'s (the text too: its references found there)."""
     refs = ImportRefs()
     inputs: list[_Input] = []
     sources: dict[str, str] = {}
     strings: dict[str, str] = {}  # equal strings of the input made one object (see shared_references)
-    for resource, full_url, source in items:
+    for item in items:
+        resource, full_url, source = item[0], item[1], item[2]
         check_resource(resource, full_url, source)
         local = f"{resource['resourceType']}/{resource['id']}"
         held = refs.resources.get(local)  # refs.holds(local)
@@ -328,7 +341,11 @@ def index_inputs(items: Iterable[tuple[dict[str, Any], str | None, str]]) -> tup
                          element="id")
         refs.add(resource, full_url, local)
         sources[local] = source
-        inputs.append(_Input(resource, source, local, shared_references(resource, strings)))  # one walk: both
+        texts = reference_texts(item[3]) if len(item) > 3 and item[3] is not None else None
+        if texts is not None:  # an NDJSON line: its references' texts found in it, no walk (see resolve_references)
+            inputs.append(_Input(resource, source, local, None, texts))
+        else:
+            inputs.append(_Input(resource, source, local, shared_references(resource, strings)))  # one walk: both
     return refs, inputs
 
 
@@ -338,8 +355,19 @@ def resolve_references(refs: ImportRefs, inputs: list[_Input]) -> None:
     edges: dict[str, dict[str, list[str]]] = {}
     sources = {item.local: item for item in inputs}
     strings: dict[str, str] = {}  # for inputs not indexed by index_inputs (no holders): shared here
+    held = refs.resources
     for item in inputs:
         kind = item.resource["resourceType"]
+        texts, item.texts = item.texts, None
+        if texts is not None:
+            # Its references' texts only (an NDJSON line): each one the Type/id of an input resource of
+            # another type (what our export writes) is left as it is and makes no edge: nothing to do.
+            prefix = kind + "/"
+            for text in texts:
+                if text not in held or text.startswith(prefix):
+                    break
+            else:
+                continue
         holders = item.holders if item.holders is not None else shared_references(item.resource, strings)
         item.holders = None
         for where, holder in holders:
@@ -486,7 +514,7 @@ def import_fhir(manager: "ScenarioWriter", paths: Iterable[str | Path], name: st
         raise _error("no input: give at least one file or directory")
     files = input_files(paths)
     with no_cyclic_gc():  # millions of containers and no cycles: a full collection would walk them all, often
-        refs, inputs = index_inputs(read_resources(files))
+        refs, inputs = index_inputs(read_with_text(files))
         resolve_references(refs, inputs)
         entities, read, kept = map_inputs(mapper, manager.registry, refs, inputs)
         resources = len(inputs)
