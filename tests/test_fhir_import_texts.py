@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from healthsim_state.fhir import importer
 from healthsim_state.fhir.importer import (
     index_inputs,
     input_files,
@@ -90,3 +91,18 @@ def test_a_cycle_is_found_from_the_texts_too(tmp_path):
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     with pytest.raises(ValueError, match="reference cycle through partOf"):
         resolved(read_with_text(input_files([path])))
+
+
+def test_a_check_remembers_the_texts_it_passed_only(monkeypatch):
+    monkeypatch.setattr(importer, "_PASSED_LIMIT", 2)
+    calls = []
+
+    def test(value):
+        calls.append(value)
+        return isinstance(value, str) and value.startswith("ok")
+    assert importer._passes(test, "ok-1") and importer._passes(test, "ok-1")
+    assert not importer._passes(test, "bad") and not importer._passes(test, "bad")
+    assert not importer._passes(test, 5) and not importer._passes(test, ["ok"])
+    assert calls == ["ok-1", "bad", "bad", 5, ["ok"]]
+    assert importer._passes(test, "ok-2") and importer._passes(test, "ok-3")  # the limit: forgotten, kept small
+    assert len(importer._PASSED[test]) <= 2
