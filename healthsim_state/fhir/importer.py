@@ -460,6 +460,7 @@ def map_inputs(mapper: Any, registry: Any, refs: ImportRefs, inputs: list[_Input
     read: Counter = Counter()
     kept: Counter = Counter()
     map_resource, read_in_place = mapper.map_resource, mapper.read_in_place  # bound once, not once a resource
+    places: dict[str, bool] = {}  # a resource type -> read_in_place's answer (one a type)
     for item in inputs:
         resource = item.resource
         kind = resource["resourceType"]  # before the mapping: a resource read in place loses it
@@ -475,7 +476,10 @@ def map_inputs(mapper: Any, registry: Any, refs: ImportRefs, inputs: list[_Input
             kept[kind] += 1
             _add(merged, KEPT_TYPE, kept_entity(resource), key_paths)
             continue
-        if read_in_place(kind):  # what is left of it: garbage now
+        in_place = places.get(kind)
+        if in_place is None:
+            in_place = places[kind] = read_in_place(kind)
+        if in_place:  # what is left of it: garbage now
             refs.release(item.local)
             item.resource = None
         for entity_type, entity in made:
