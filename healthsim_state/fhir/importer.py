@@ -215,6 +215,7 @@ def read_with_text(files: Iterable[Path]) -> Iterator[tuple[dict[str, Any], str 
         except UnicodeDecodeError as error:
             raise _error(f"not UTF-8 text (byte {error.start})", source=str(path)) from None
         del data  # the text only, from here (an import's peak memory is while it reads its biggest file)
+        where = f"{path}, line "  # each line's source: this and its number (no Path formatted a line)
         for number, line in enumerate(_lines(text), start=1):
             if line and not line.isspace():
                 try:
@@ -223,7 +224,7 @@ def read_with_text(files: Iterable[Path]) -> Iterator[tuple[dict[str, Any], str 
                     document = _load(line, f"{path}, line {number}")
                 if document.__class__ is dict and document.get("resourceType").__class__ is str \
                         and document["resourceType"] != "Bundle":  # the usual line: no generator of its own
-                    yield document, None, f"{path}, line {number}", line
+                    yield document, None, where + str(number), line
                 else:
                     for resource, full_url, source in _resources_of(document, f"{path}, line {number}"):
                         yield resource, full_url, source, None
