@@ -43,7 +43,7 @@ from ..engine.batch import no_cyclic_gc
 from ..errors import FhirInputError, ValidationError
 from .export import KEPT_TYPE, MANIFEST, PATIENT_ELEMENTS, provenance_patient
 from .origins import input_error
-from .references import ImportRefs, shared_references
+from .references import ImportRefs, reference_texts, shared_references
 
 if TYPE_CHECKING:
     from .ports import ScenarioWriter
@@ -120,6 +120,7 @@ class _Input:
     source: str
     local: str = ""
     holders: list[tuple[str, dict[str, Any]]] | None = None  # its references, found as it was indexed
+    texts: list[str] | None = None  # or their texts, found in its NDJSON line (see reference_texts)
 
 
 def _error(message: str, *, source: str | None = None, resource_type: str | None = None,
@@ -196,16 +197,26 @@ def _load(data: bytes | str, source: str) -> Any:
 
 def read_resources(files: Iterable[Path]) -> Iterator[tuple[dict[str, Any], str | None, str]]:
     """(resource, fullUrl, source) of every resource in the files."""
+    for resource, full_url, source, _ in read_with_text(files):
+        yield resource, full_url, source
+
+
+def read_with_text(files: Iterable[Path]) -> Iterator[tuple[dict[str, Any], str | None, str, str | None]]:
+    """:func:`read_resources`, each with the JSON text it was parsed from
+    when that is its own (an NDJSON line of one resource), else None."""
     for path in files:
         data = path.read_bytes()
         if path.suffix != ".ndjson":
-            yield from _resources_of(_load(data, str(path)), str(path))
+            for resource, full_url, source in _resources_of(_load(data, str(path)), str(path)):
+                yield resource, full_url, source, None
             continue
         try:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as error:
             raise _error(f"not UTF-8 text (byte {error.start})", source=str(path)) from None
-        for number, line in enumerate(text.split("\n"), start=1):
+        del data  # the text only, from here (an import's peak memory is while it reads its biggest file)
+        where = f"{path}, line "  # each line's source: this and its number (no Path formatted a line)
+        for number, line in enumerate(_lines(text), start=1):
             if line and not line.isspace():
                 try:
                     document = _decode(line)  # the fast path: no per-line source text made
@@ -213,9 +224,22 @@ def read_resources(files: Iterable[Path]) -> Iterator[tuple[dict[str, Any], str 
                     document = _load(line, f"{path}, line {number}")
                 if document.__class__ is dict and document.get("resourceType").__class__ is str \
                         and document["resourceType"] != "Bundle":  # the usual line: no generator of its own
-                    yield document, None, f"{path}, line {number}"
+                    yield document, None, where + str(number), line
                 else:
-                    yield from _resources_of(document, f"{path}, line {number}")
+                    for resource, full_url, source in _resources_of(document, f"{path}, line {number}"):
+                        yield resource, full_url, source, None
+
+
+def _lines(text: str) -> Iterator[str]:
+    """``text.split("\\n")``, one line at a time: no list of every line held
+    beside the text."""
+    start, end_of_text = 0, len(text)
+    while start <= end_of_text:
+        end = text.find("\n", start)
+        if end < 0:
+            end = end_of_text
+        yield text[start:end]
+        start = end + 1
 
 
 def _resources_of(document: Any, source: str) -> Iterator[tuple[dict[str, Any], str | None, str]]:
@@ -270,16 +294,36 @@ def check_resource(resource: dict[str, Any], full_url: str | None, source: str) 
             if not isinstance(value, dict):
                 continue
             for end in ("start", "end"):
-                if end in value and not _valid_datetime(value[end]):
+                if end in value and not _passes(_valid_datetime, value[end]):
                     raise _error(f"{value[end]!r} is not a dateTime", source=source, resource_type=kind,
                                  resource_id=rid, element=f"{name}.{end}")
-        elif not check[0](value):
+        elif not _passes(check[0], value):
             raise _error(f"{value!r} is not {check[1]}", source=source, resource_type=kind,
                          resource_id=rid, element=name)
 
 
 _CHECK_OF: dict[str, Any] = {}  # a top-level name -> its check, _PERIOD or None: found once a name
 _UNSEEN, _PERIOD = object(), object()
+_PASSED: dict[Any, set[str]] = {}  # a check -> texts it passed (statuses, the times of an encounter's vitals)
+_PASSED_LIMIT = 50_000
+
+
+def _passes(test: Any, value: Any) -> bool:
+    """``test(value)``, a text passed once not tested again (the tests are
+    pure: the same text passes the same test)."""
+    if value.__class__ is not str:
+        return test(value)
+    passed = _PASSED.get(test)
+    if passed is None:
+        passed = _PASSED[test] = set()
+    if value in passed:
+        return True
+    if not test(value):
+        return False
+    if len(passed) >= _PASSED_LIMIT:
+        passed.clear()
+    passed.add(value)
+    return True
 
 
 def _check_of(name: str) -> Any:
@@ -296,14 +340,17 @@ def _check_of(name: str) -> Any:
     return check
 
 
-def index_inputs(items: Iterable[tuple[dict[str, Any], str | None, str]]) -> tuple[ImportRefs, list[_Input]]:
+def index_inputs(items: Iterable[tuple]) -> tuple[ImportRefs, list[_Input]]:
     """Check every resource and index it; the same resource twice is read
-    once, two different ones under one ``Type/id`` are an error."""
+    once, two different ones under one ``Type/id`` are an error. ``items``:
+    :func:`read_resources`' (resource, fullUrl, source), or
+    :func:`read_with_text`'s (the text too: its references found there)."""
     refs = ImportRefs()
     inputs: list[_Input] = []
     sources: dict[str, str] = {}
     strings: dict[str, str] = {}  # equal strings of the input made one object (see shared_references)
-    for resource, full_url, source in items:
+    for item in items:
+        resource, full_url, source = item[0], item[1], item[2]
         check_resource(resource, full_url, source)
         local = f"{resource['resourceType']}/{resource['id']}"
         held = refs.resources.get(local)  # refs.holds(local)
@@ -315,7 +362,11 @@ def index_inputs(items: Iterable[tuple[dict[str, Any], str | None, str]]) -> tup
                          element="id")
         refs.add(resource, full_url, local)
         sources[local] = source
-        inputs.append(_Input(resource, source, local, shared_references(resource, strings)))  # one walk: both
+        texts = reference_texts(item[3]) if len(item) > 3 and item[3] is not None else None
+        if texts is not None:  # an NDJSON line: its references' texts found in it, no walk (see resolve_references)
+            inputs.append(_Input(resource, source, local, None, texts))
+        else:
+            inputs.append(_Input(resource, source, local, shared_references(resource, strings)))  # one walk: both
     return refs, inputs
 
 
@@ -325,8 +376,19 @@ def resolve_references(refs: ImportRefs, inputs: list[_Input]) -> None:
     edges: dict[str, dict[str, list[str]]] = {}
     sources = {item.local: item for item in inputs}
     strings: dict[str, str] = {}  # for inputs not indexed by index_inputs (no holders): shared here
+    held = refs.resources
     for item in inputs:
         kind = item.resource["resourceType"]
+        texts, item.texts = item.texts, None
+        if texts is not None:
+            # Its references' texts only (an NDJSON line): each one the Type/id of an input resource of
+            # another type (what our export writes) is left as it is and makes no edge: nothing to do.
+            prefix = kind + "/"
+            for text in texts:
+                if text not in held or text.startswith(prefix):
+                    break
+            else:
+                continue
         holders = item.holders if item.holders is not None else shared_references(item.resource, strings)
         item.holders = None
         for where, holder in holders:
@@ -399,6 +461,7 @@ def map_inputs(mapper: Any, registry: Any, refs: ImportRefs, inputs: list[_Input
     read: Counter = Counter()
     kept: Counter = Counter()
     map_resource, read_in_place = mapper.map_resource, mapper.read_in_place  # bound once, not once a resource
+    places: dict[str, bool] = {}  # a resource type -> read_in_place's answer (one a type)
     for item in inputs:
         resource = item.resource
         kind = resource["resourceType"]  # before the mapping: a resource read in place loses it
@@ -414,7 +477,10 @@ def map_inputs(mapper: Any, registry: Any, refs: ImportRefs, inputs: list[_Input
             kept[kind] += 1
             _add(merged, KEPT_TYPE, kept_entity(resource), key_paths)
             continue
-        if read_in_place(kind):  # what is left of it: garbage now
+        in_place = places.get(kind)
+        if in_place is None:
+            in_place = places[kind] = read_in_place(kind)
+        if in_place:  # what is left of it: garbage now
             refs.release(item.local)
             item.resource = None
         for entity_type, entity in made:
@@ -473,7 +539,7 @@ def import_fhir(manager: "ScenarioWriter", paths: Iterable[str | Path], name: st
         raise _error("no input: give at least one file or directory")
     files = input_files(paths)
     with no_cyclic_gc():  # millions of containers and no cycles: a full collection would walk them all, often
-        refs, inputs = index_inputs(read_resources(files))
+        refs, inputs = index_inputs(read_with_text(files))
         resolve_references(refs, inputs)
         entities, read, kept = map_inputs(mapper, manager.registry, refs, inputs)
         resources = len(inputs)

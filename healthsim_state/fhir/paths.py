@@ -140,7 +140,8 @@ class _PathSource:
     """A generated function's source (the readers of :mod:`.generated`, a
     slice's finder): its lines, the names they use, and the nodes held in
     locals (path prefix -> local name) at the current line, found from the
-    local ``root`` by :meth:`node` as :func:`_compile_parent` walks."""
+    local ``root`` by :meth:`node` as :func:`_compile_parent` walks. The root
+    is a dict (a resource, a list item its caller tested): no test of it."""
 
     def __init__(self, root: str = "R", names: dict[str, Any] | None = None) -> None:
         self.lines: list[str] = []
@@ -175,7 +176,10 @@ class _PathSource:
             return held
         above = self.node(steps[:-1])
         step, var = steps[-1], self.local()
-        self.emit(f"{var} = {above}.get({step.key!r}, MISSING) if isinstance({above}, dict) else MISSING")
+        if above == self.root:
+            self.emit(f"{var} = {above}.get({step.key!r}, MISSING)")
+        else:
+            self.emit(f"{var} = {above}.get({step.key!r}, MISSING) if isinstance({above}, dict) else MISSING")
         if step.index is not None:
             i = step.index
             if step.match:
@@ -191,6 +195,8 @@ class _PathSource:
     def holder(self, steps: tuple[d.Step, ...]) -> str:
         """A local holding what the last step looks in (see :func:`.paths._compile_parent`)."""
         above, last = self.node(steps[:-1]), steps[-1]
+        if last.index is None and above == self.root:
+            return above
         if last.index is None:  # the node itself when a dict: held as a node below it (forgotten with it)
             key = _key(steps[:-1]) + (("", None, 0),)
             var = self.held.get(key)
@@ -199,7 +205,8 @@ class _PathSource:
                 self.emit(f"{var} = {above} if isinstance({above}, dict) else MISSING")
         else:
             var = self.local()
-            self.emit(f"{var} = {above}.get({last.key!r}) if isinstance({above}, dict) else None",
+            test = "" if above == self.root else f" if isinstance({above}, dict) else None"
+            self.emit(f"{var} = {above}.get({last.key!r}){test}",
                       f"{var} = {var} if isinstance({var}, list) and len({var}) > {last.index} else MISSING")
         return var
 
@@ -207,7 +214,9 @@ class _PathSource:
         """``value = `` what the last step finds in ``holder`` (a list's None
         as MISSING with ``none_missing``, as :func:`_peek` has it)."""
         last = steps[-1]
-        if last.index is None:
+        if last.index is None and holder == self.root:
+            self.emit(f"{value} = {holder}.get({last.key!r}, MISSING)")
+        elif last.index is None:
             self.emit(f"{value} = MISSING if {holder} is MISSING else {holder}.get({last.key!r}, MISSING)")
         elif none_missing:
             self.emit(f"{value} = MISSING if {holder} is MISSING or {holder}[{last.index}] is None "

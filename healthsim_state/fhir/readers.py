@@ -535,7 +535,7 @@ class ResourceReader:
         for entity, decls in declared.items():
             for decl in decls.resources:
                 self._by_resource.setdefault(decl.resource, []).append((entity, decl))
-        self._options: dict[str, tuple[list, tuple, frozenset]] = {}  # see _options_of
+        self._options: dict[str, tuple[list, tuple, frozenset, list | None]] = {}  # see _options_of
         self._lookup_cache: dict[tuple, dict] = {}
         self._taken: dict[str, set[str]] = {}  # a type references name -> the columns they take from it
         for decls in declared.values():
@@ -592,7 +592,9 @@ class ResourceReader:
         compiled_options = self._options.get(resource_type)
         if compiled_options is None:
             compiled_options = self._options_of(resource_type)
-        options, index, always = compiled_options
+        options, index, always, only = compiled_options
+        if only is not None:  # one declaration, chosen by nothing: it reads every resource of the type
+            return only
         if not options:
             return []
         # A quick no first: a declaration whose last match constant is nowhere at
@@ -605,23 +607,33 @@ class ResourceReader:
                 for value in everywhere(resource):
                     if isinstance(value, _HASHABLE):
                         chosen.update(by_constant.get(value, ()))
-        systems = _identifier_systems(resource)
-        found, own = [], []
+        # The identifier systems the resource carries: looked at only when a
+        # declaration is chosen by them (``own``), or to prefer among several.
+        systems = None
+        found = []
         for position in sorted(chosen) if len(chosen) < len(options) else range(len(options)):
-            plan, compiled, matches = options[position]
-            carries = plan.system in systems
-            if compiled.decl.own and not carries:
-                continue
-            if matches(resource):
-                (own if carries else found).append((plan, compiled))
-        return own or found
+            plan, compiled, matches, own = options[position]
+            if own:
+                if systems is None:
+                    systems = _identifier_systems(resource)
+                if plan.system not in systems:
+                    continue
+            if matches is None or matches(resource):
+                found.append((plan, compiled))
+        if len(found) < 2:
+            return found
+        if systems is None:
+            systems = _identifier_systems(resource)
+        return [pair for pair in found if pair[0].system in systems] or found
 
-    def _options_of(self, resource_type: Any) -> tuple[list, tuple, frozenset]:
-        """The compiled declarations of a resource type, each with its match
-        constants (a peeker of the path, value); an index of their last match
-        constants (:func:`_everywhere` of each path, generated, constant ->
-        positions); the positions of the declarations not in the index. Made
-        once a type."""
+    def _options_of(self, resource_type: Any) -> tuple[list, tuple, frozenset, list | None]:
+        """The compiled declarations of a resource type, each with the test of
+        its match constants (None: it has none) and whether it is chosen by
+        its ``own`` identifier; an index of their last match constants
+        (:func:`_everywhere` of each path, generated, constant -> positions);
+        the positions of the declarations not in the index; and, for a type
+        of one declaration chosen by nothing (a Claim), the candidates of
+        every resource of the type (one list, never changed). Made once a type."""
         options = []
         by_path: dict[str, tuple[tuple, dict]] = {}
         always = set()
@@ -629,7 +641,8 @@ class ResourceReader:
             plan = self.plan(entity)
             compiled = plan.by_slot[decl.slot]
             position = len(options)
-            options.append((plan, compiled, _constants_test(tuple(compiled.constants[path] for path in decl.match))))
+            matches = _constants_test(tuple(compiled.constants[path] for path in decl.match)) if decl.match else None
+            options.append((plan, compiled, matches, bool(decl.own)))
             last = decl.match[-1] if decl.match else None
             constant = compiled.constants[last][1] if last is not None else None
             if last is None or not isinstance(constant, _HASHABLE):
@@ -637,7 +650,10 @@ class ResourceReader:
                 continue
             keys = tuple((step.key, step.index is not None) for step in compiled.constants[last][0])
             by_path.setdefault(last, (_everywhere_function(keys), {}))[1].setdefault(constant, set()).add(position)
-        found = (options, tuple(by_path.values()), frozenset(always))
+        only = None
+        if len(options) == 1 and options[0][2] is None and not options[0][3]:
+            only = [options[0][:2]]
+        found = (options, tuple(by_path.values()), frozenset(always), only)
         if isinstance(resource_type, str):
             self._options[resource_type] = found
         return found
@@ -751,16 +767,19 @@ class ResourceReader:
         (True); None when neither gives one."""
         identifiers = resource.get("identifier")
         if isinstance(identifiers, list):
+            system = plan.system
             for index, identifier in enumerate(identifiers):
-                if isinstance(identifier, dict) and identifier.get("system") == plan.system:
+                if isinstance(identifier, dict) and identifier.get("system") == system:
                     key = _identifier_values(identifier, plan.key_fields)
                     if key is not None:
                         for field, value in zip(plan.key_fields, key):
                             _set(entity, field.path, value)
-                        identifiers[index] = _identifier_rest(identifier)
+                        # system and value only (the usual): nothing is left of it
+                        identifiers[index] = None if len(identifier) == 2 else _identifier_rest(identifier)
                         return False
-        key = self._key_from(plan, {"id": resource.get("id")})
-        if key is None:
-            return None
-        _set(entity, plan.key_fields[0].path, key[0])
-        return True
+        rid = resource.get("id")  # _key_from's second way, without an identifier to look for
+        key_fields = plan.key_fields
+        if len(key_fields) == 1 and key_fields[0].type.family == "varchar" and isinstance(rid, str):
+            _set(entity, key_fields[0].path, rid)
+            return True
+        return None
