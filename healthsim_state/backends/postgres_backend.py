@@ -63,6 +63,7 @@ from ..errors import (
     TransactionConflictError,
 )
 from .base import Backend, Dialect, LayoutLockNeeded, Session, quote
+from .pg_copy import CopyPipe
 from .sqltext import numbered
 from .urls import redact, scrub
 
@@ -307,6 +308,7 @@ class PostgresBackend(Backend):
             try:
                 yield session
             finally:
+                session.wait_for_writes(quietly=True)  # whatever ended the session: no copy outlives it
                 _unlock(held, exclusive)
             _refresh_statistics(held.con, session.grown)
         finally:
@@ -316,10 +318,12 @@ class PostgresBackend(Backend):
         session.con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ" + ("" if session.writable else " READ ONLY"))
 
     def _commit(self, session: Session) -> None:
+        session.wait_for_writes()
         session.close_cursors()
         session.con.execute("COMMIT")
 
     def _rollback(self, session: Session) -> None:
+        session.wait_for_writes(quietly=True)
         session.close_cursors()
         _rollback(session.con)
 
@@ -372,11 +376,14 @@ class PostgresSession(Session):
         self.exclusive = exclusive
         self._translated = backend.translated  # ours at once: a caller inside the transaction may handle it
         self._copy_types: dict[str, dict[str, int]] = {}  # relation -> column -> type oid, this transaction
+        self._schema_types_known = False  # whether _copy_types holds every table of the current schema
         self._cursors: list[Any] = []
         self._named = 0
+        self._copies = CopyPipe(con)
         self.grown: dict[str, tuple[int, tuple[str, ...]]] = {}  # table -> (rows written, columns planned on)
 
     def _cursor(self, sql: str, params: Sequence[Any]) -> "psycopg.Cursor":
+        self.wait_for_writes()
         cursor = self.con.cursor()
         with self._translated():
             cursor.execute(numbered(sql), list(params) if params else None)
@@ -386,10 +393,12 @@ class PostgresSession(Session):
         self._cursor(sql, params).close()
         if _DDL.match(sql):
             self._copy_types.clear()  # a table may have changed its columns
+            self._schema_types_known = False
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """Every row, received in chunks: psycopg turns one chunk into tuples
         while the server sends the next (faster than waiting for all)."""
+        self.wait_for_writes()
         cursor = self.con.cursor()
         try:
             with self._translated():
@@ -399,6 +408,7 @@ class PostgresSession(Session):
 
     def stream(self, sql: str, params: Sequence[Any], batch_size: int) -> Iterator[list[tuple]]:
         """Rows from a server-side cursor, ``batch_size`` at a time."""
+        self.wait_for_writes()
         self._named += 1
         cursor = psycopg.RawServerCursor(self.con, f"_healthsim_stream_{self._named}")
         self._cursors.append(cursor)
@@ -408,6 +418,7 @@ class PostgresSession(Session):
                 rows = cursor.fetchmany(batch_size)
             while rows:
                 yield rows
+                self.wait_for_writes()  # the caller may have written between two batches
                 with self._translated():
                     rows = cursor.fetchmany(batch_size)
         finally:
@@ -428,29 +439,57 @@ class PostgresSession(Session):
                 pass
 
     def append(self, table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:
-        """Binary ``COPY``, each value sent as its column's type."""
+        """Binary ``COPY``, each value sent as its column's type; a large one
+        is still with the server when this returns (see :mod:`.pg_copy`)."""
         if not rows:
             return
         relation = quote(table)
         types = self._types_of(relation, columns)
         statement = f"COPY {relation} ({', '.join(map(quote, columns))}) FROM STDIN (FORMAT BINARY)"
-        with self._translated(), self.con.cursor().copy(statement) as copy:
-            copy.set_types(types)
-            write = copy.write_row
-            for row in rows:
-                write(row)
+        with self._translated():
+            self._copies.copy(statement, types, rows)
+
+    def wait_for_writes(self, quietly: bool = False) -> None:
+        """Wait for the copy still with the server, if any; raise its error
+        (not ``quietly``: a rollback follows, which needs only the wait)."""
+        try:
+            with self._translated():
+                self._copies.wait()
+        except Exception:
+            if not quietly:
+                raise
 
     def _types_of(self, relation: str, columns: Sequence[str]) -> list[int]:
         known = self._copy_types.get(relation)
         if known is None:
-            rows = self.fetchall("SELECT attname, atttypid FROM pg_attribute WHERE attrelid = ?::regclass "
-                                 "AND attnum > 0 AND NOT attisdropped", [relation])
-            known = self._copy_types[relation] = {name: int(oid) for name, oid in rows}
+            self._learn_types(relation)
+            known = self._copy_types[relation]
         try:
             return [_COPY_AS.get(known[column], known[column]) for column in columns]
         except KeyError as missing:
             raise StoreError(f"the database {self.label}: table {relation} has no column {missing.args[0]!r}") \
                 from None
+
+    def _learn_types(self, relation: str) -> None:
+        """The column types of ``relation`` and, the first time in a
+        transaction, of every table of the current schema: a large save then
+        asks once, not once per type, and asking waits for the copy in flight
+        (one connection, one statement at a time), which the next type's rows
+        would otherwise wait for before being formatted. The bare name
+        finds a table of the current schema unless a temporary table (one of
+        ours, ``_healthsim...``, never a store table's name) hides it."""
+        every = not self._schema_types_known
+        rows = self.fetchall("SELECT a.attrelid = ?::regclass, c.relname, a.attname, a.atttypid FROM pg_attribute a "
+                             "JOIN pg_class c ON c.oid = a.attrelid WHERE a.attnum > 0 AND NOT a.attisdropped "
+                             "AND (a.attrelid = ?::regclass OR ? AND c.relkind IN ('r', 'p') "
+                             "AND c.relnamespace = current_schema()::regnamespace)", [relation, relation, every])
+        found: dict[str, dict[str, int]] = {}
+        for own, table, name, oid in rows:
+            found.setdefault(relation if own else quote(table), {})[name] = int(oid)
+        for table, types in found.items():
+            self._copy_types.setdefault(table, types)
+        self._copy_types[relation] = found.get(relation, {})
+        self._schema_types_known = True
 
     def create_temp_as(self, name: str, sql: str, params: Sequence[Any] = ()) -> str:
         """A temporary table (in ``pg_temp``, so never one of the store's; the
