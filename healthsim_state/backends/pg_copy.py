@@ -48,19 +48,20 @@ class CopyPipe:
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def copy(self, statement: str, types: Sequence[int], rows: Sequence[tuple]) -> None:
+    def copy(self, statement: str, types: Sequence[int], rows: Sequence[tuple], dumpers: Sequence[type] = ()) -> None:
         """Write ``rows`` with ``statement`` (a ``COPY ... FROM STDIN (FORMAT
-        BINARY)``), each value sent as ``types`` says; a large write returns
+        BINARY)``), each value sent as ``types`` says (by the connection's
+        dumpers, or these ``dumpers`` for their types); a large write returns
         before the server has taken it."""
         if len(rows) < BACKGROUND_ROWS:
             self.wait()
-            with self.con.cursor().copy(statement) as copy:
+            with self._cursor(dumpers).copy(statement) as copy:
                 copy.set_types(types)
                 write = copy.write_row
                 for row in rows:
                     write(row)
             return
-        blocks = self._formatted(types, rows)  # while the previous copy, if any, is still with the server
+        blocks = self._formatted(types, rows, dumpers)  # while the previous copy, if any, is still with the server
         self.wait()
         self._worker = threading.Thread(target=self._send, args=(statement, blocks),
                                         name=THREAD_NAME, daemon=True)
@@ -75,9 +76,15 @@ class CopyPipe:
         if error is not None:
             raise error
 
-    def _formatted(self, types: Sequence[int], rows: Sequence[tuple]) -> list[Any]:
+    def _cursor(self, dumpers: Sequence[type]) -> "psycopg.Cursor":
+        cursor = self.con.cursor()
+        for dumper in dumpers:
+            cursor.adapters.register_dumper(None, dumper)  # this cursor's only
+        return cursor
+
+    def _formatted(self, types: Sequence[int], rows: Sequence[tuple], dumpers: Sequence[type]) -> list[Any]:
         collected = _Collected()
-        with psycopg.Copy(self.con.cursor(), binary=True, writer=collected) as formatter:
+        with psycopg.Copy(self._cursor(dumpers), binary=True, writer=collected) as formatter:
             formatter.set_types(types)
             write = formatter.write_row
             for row in rows:

@@ -62,8 +62,9 @@ from ..errors import (
     StoreError,
     TransactionConflictError,
 )
-from .base import Backend, Dialect, LayoutLockNeeded, Session, quote
-from .pg_copy import CopyPipe
+from ..column_types import ColumnType
+from .base import Backend, Dialect, LayoutLockNeeded, Session, quote, rows_of_columns
+from . import pg_copy
 from .sqltext import numbered
 from .urls import redact, scrub
 
@@ -163,6 +164,7 @@ def _adapters() -> AdaptersMap:
 
 
 ADAPTERS = _adapters()
+_DECIMAL_DUMPER = psycopg.adapters.get_dumper_by_oid(NUMERIC_OID, Format.BINARY)  # for Decimals only
 # The types binary COPY sends a column's value as, by the column's type: the
 # binary form of json (and of varchar) is its UTF-8 text.
 _COPY_AS = {114: 25, 1043: 25}
@@ -379,7 +381,7 @@ class PostgresSession(Session):
         self._schema_types_known = False  # whether _copy_types holds every table of the current schema
         self._cursors: list[Any] = []
         self._named = 0
-        self._copies = CopyPipe(con)
+        self._copies = pg_copy.CopyPipe(con)
         self.grown: dict[str, tuple[int, tuple[str, ...]]] = {}  # table -> (rows written, columns planned on)
 
     def _cursor(self, sql: str, params: Sequence[Any]) -> "psycopg.Cursor":
@@ -441,13 +443,22 @@ class PostgresSession(Session):
     def append(self, table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:
         """Binary ``COPY``, each value sent as its column's type; a large one
         is still with the server when this returns (see :mod:`.pg_copy`)."""
+        self._copy(table, columns, rows)
+
+    def append_columns(self, table: str, columns: Sequence[str], arrays: Sequence[Any],
+                       types: Sequence[ColumnType | None], length: int) -> None:
+        """As rows (see :meth:`append`), whose decimals are all ``Decimal``:
+        psycopg's own dumper packs them, without the float test of ours."""
+        self._copy(table, columns, rows_of_columns(arrays, types, length), (_DECIMAL_DUMPER,))
+
+    def _copy(self, table: str, columns: Sequence[str], rows: Sequence[tuple], dumpers: Sequence[type] = ()) -> None:
         if not rows:
             return
         relation = quote(table)
-        types = self._types_of(relation, columns)
+        types = self._types_of(relation, columns, every=len(rows) >= pg_copy.BACKGROUND_ROWS)
         statement = f"COPY {relation} ({', '.join(map(quote, columns))}) FROM STDIN (FORMAT BINARY)"
         with self._translated():
-            self._copies.copy(statement, types, rows)
+            self._copies.copy(statement, types, rows, dumpers)
 
     def wait_for_writes(self, quietly: bool = False) -> None:
         """Wait for the copy still with the server, if any; raise its error
@@ -459,10 +470,10 @@ class PostgresSession(Session):
             if not quietly:
                 raise
 
-    def _types_of(self, relation: str, columns: Sequence[str]) -> list[int]:
+    def _types_of(self, relation: str, columns: Sequence[str], every: bool = False) -> list[int]:
         known = self._copy_types.get(relation)
         if known is None:
-            self._learn_types(relation)
+            self._learn_types(relation, every)
             known = self._copy_types[relation]
         try:
             return [_COPY_AS.get(known[column], known[column]) for column in columns]
@@ -470,26 +481,26 @@ class PostgresSession(Session):
             raise StoreError(f"the database {self.label}: table {relation} has no column {missing.args[0]!r}") \
                 from None
 
-    def _learn_types(self, relation: str) -> None:
-        """The column types of ``relation`` and, the first time in a
-        transaction, of every table of the current schema: a large save then
-        asks once, not once per type, and asking waits for the copy in flight
-        (one connection, one statement at a time), which the next type's rows
-        would otherwise wait for before being formatted. The bare name
-        finds a table of the current schema unless a temporary table (one of
-        ours, ``_healthsim...``, never a store table's name) hides it."""
-        every = not self._schema_types_known
-        rows = self.fetchall("SELECT a.attrelid = ?::regclass, c.relname, a.attname, a.atttypid FROM pg_attribute a "
-                             "JOIN pg_class c ON c.oid = a.attrelid WHERE a.attnum > 0 AND NOT a.attisdropped "
-                             "AND (a.attrelid = ?::regclass OR ? AND c.relkind IN ('r', 'p') "
-                             "AND c.relnamespace = current_schema()::regnamespace)", [relation, relation, every])
-        found: dict[str, dict[str, int]] = {}
-        for own, table, name, oid in rows:
-            found.setdefault(relation if own else quote(table), {})[name] = int(oid)
-        for table, types in found.items():
-            self._copy_types.setdefault(table, types)
-        self._copy_types[relation] = found.get(relation, {})
-        self._schema_types_known = True
+    def _learn_types(self, relation: str, every: bool) -> None:
+        """The column types of ``relation`` and, when ``every`` and not yet in
+        this transaction, of every table of the current schema. A large save
+        asks once, not once per type: asking waits for the copy in flight
+        (one connection, one statement at a time), and the next type's rows
+        would wait with it before being formatted. (The bare name finds a
+        table of the current schema unless a temporary table hides it, and
+        ours, ``_healthsim...``, are never a store table's name.)"""
+        if every and not self._schema_types_known:
+            self._schema_types_known = True
+            for table, column, oid in self.fetchall(
+                    "SELECT c.relname, a.attname, a.atttypid FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                    "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p') "
+                    "AND a.attnum > 0 AND NOT a.attisdropped"):
+                self._copy_types.setdefault(quote(table), {})[column] = int(oid)
+            if relation in self._copy_types:
+                return
+        rows = self.fetchall("SELECT attname, atttypid FROM pg_attribute WHERE attrelid = ?::regclass "
+                             "AND attnum > 0 AND NOT attisdropped", [relation])
+        self._copy_types[relation] = {name: int(oid) for name, oid in rows}
 
     def create_temp_as(self, name: str, sql: str, params: Sequence[Any] = ()) -> str:
         """A temporary table (in ``pg_temp``, so never one of the store's; the
