@@ -25,6 +25,7 @@ from psycopg.copy import LibpqWriter, Writer
 # end costs the server less than a thread's start and hand-over cost us.
 BACKGROUND_ROWS = 2000
 THREAD_NAME = "healthsim-copy"
+_NEVER = 1 << 62  # bytes: a flush threshold never reached
 
 
 class _Collected(Writer):
@@ -92,9 +93,15 @@ class CopyPipe:
         return collected.blocks
 
     def _send(self, statement: str, blocks: list[Any]) -> None:
+        """The worker: the copy, holding the connection's lock (psycopg's)
+        until the server has taken every row. Every block goes into libpq's
+        buffer at once (it sends what the socket takes meanwhile, and the
+        rest at the copy's end): flushing each megabyte, psycopg's default,
+        would wake the worker for each, and each wake-up takes the GIL from
+        the thread flattening the next chunk."""
         try:
             cursor = self.con.cursor()
-            with cursor.copy(statement, writer=LibpqWriter(cursor, flush_threshold=1 << 62)) as copy:
+            with cursor.copy(statement, writer=LibpqWriter(cursor, flush_threshold=_NEVER)) as copy:
                 write = copy.write
                 for block in blocks:
                     write(block)
