@@ -64,7 +64,6 @@ from ..errors import (
 )
 from ..column_types import ColumnType
 from .base import Backend, Dialect, LayoutLockNeeded, Session, quote, rows_of_columns
-from . import pg_copy
 from .sqltext import numbered
 from .urls import redact, scrub
 
@@ -80,6 +79,8 @@ except ModuleNotFoundError as _missing:  # pragma: no cover - exercised in a sub
         raise
     raise MissingExtraError("a postgresql:// URL needs the PostgreSQL driver, an optional extra: "
                             "pip install 'healthsim-state[postgres]'") from None
+
+from . import pg_copy  # after the check above: it needs the driver
 
 # A write retires a row by setting its ``_until``: an UPDATE, which writes a
 # new version of the row. No index holds ``_until``, so where the row's page
