@@ -456,7 +456,7 @@ class PostgresSession(Session):
         if not rows:
             return
         relation = quote(table)
-        types = self._types_of(relation, columns, every=len(rows) >= pg_copy.BACKGROUND_ROWS)
+        types = self._types_of(relation, columns)
         statement = f"COPY {relation} ({', '.join(map(quote, columns))}) FROM STDIN (FORMAT BINARY)"
         with self._translated():
             self._copies.copy(statement, types, rows, dumpers)
@@ -471,10 +471,10 @@ class PostgresSession(Session):
             if not quietly:
                 raise
 
-    def _types_of(self, relation: str, columns: Sequence[str], every: bool = False) -> list[int]:
+    def _types_of(self, relation: str, columns: Sequence[str]) -> list[int]:
         known = self._copy_types.get(relation)
         if known is None:
-            self._learn_types(relation, every)
+            self._learn_types(relation)
             known = self._copy_types[relation]
         try:
             return [_COPY_AS.get(known[column], known[column]) for column in columns]
@@ -482,15 +482,16 @@ class PostgresSession(Session):
             raise StoreError(f"the database {self.label}: table {relation} has no column {missing.args[0]!r}") \
                 from None
 
-    def _learn_types(self, relation: str, every: bool) -> None:
-        """The column types of ``relation`` and, when ``every`` and not yet in
-        this transaction, of every table of the current schema. A large save
-        asks once, not once per type: asking waits for the copy in flight
-        (one connection, one statement at a time), and the next type's rows
-        would wait with it before being formatted. (The bare name finds a
-        table of the current schema unless a temporary table hides it, and
-        ours, ``_healthsim...``, are never a store table's name.)"""
-        if every and not self._schema_types_known:
+    def _learn_types(self, relation: str) -> None:
+        """The column types of ``relation``: asked for alone the first time
+        in a transaction; from the second table on (an operation that writes
+        many, such as a save, one table a type), with those of every table
+        of the current schema, once. Asking waits for the copy in flight (one
+        connection, one statement at a time), and a large save's next type
+        would wait with it before its rows are formatted. (The bare name
+        finds a table of the current schema unless a temporary table hides
+        it, and ours, ``_healthsim...``, never have a store table's name.)"""
+        if self._copy_types and not self._schema_types_known:
             self._schema_types_known = True
             for table, column, oid in self.fetchall(
                     "SELECT c.relname, a.attname, a.atttypid FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
