@@ -613,10 +613,10 @@ def test_an_overwrite_retires_the_rows_it_compared_by_their_place(pg_url, monkey
 # --- bulk writes not waited for (pg_copy) -----------------------------------------------------------
 
 @pytest.fixture
-def background_copies(monkeypatch) -> list[str]:
+def deferred_copies(monkeypatch) -> list[str]:
     """Copies of more than 50 rows are not waited for (small data stands for
     big); the list gets each such copy's statement as it is sent."""
-    monkeypatch.setattr(pg_copy, "BACKGROUND_ROWS", 50)
+    monkeypatch.setattr(pg_copy, "DEFERRED_ROWS", 50)
     sent, start = [], pg_copy.CopyPipe._start
 
     def recorded(self, statement):
@@ -642,7 +642,7 @@ def people(count: int, prefix: str = "p") -> dict[str, list[dict]]:
                            "admission_time": f"2024-03-0{1 + i % 9}T08:{i % 60:02d}:00"} for i in range(count)]}
 
 
-def test_a_save_whose_copies_are_not_waited_for_stores_what_a_file_stores(pg_url, tmp_path, background_copies):
+def test_a_save_whose_copies_are_not_waited_for_stores_what_a_file_stores(pg_url, tmp_path, deferred_copies):
     """A type's copy is with the server while the next type is flattened;
     what loads is what DuckDB loads."""
     data = people(300)
@@ -651,13 +651,13 @@ def test_a_save_whose_copies_are_not_waited_for_stores_what_a_file_stores(pg_url
         file.save_scenario("s", data)
         assert server.load_scenario("s")["entities"] == file.load_scenario("s")["entities"]
         assert pooled_and_idle(server)
-    assert [statement.split()[1] for statement in background_copies] == ['"patients__versions"',
+    assert [statement.split()[1] for statement in deferred_copies] == ['"patients__versions"',
                                                                           '"encounters__versions"']
 
 
 @pytest.mark.parametrize("table, column, value", [("patients__versions", "patient_id", "p299"),
                                                   ("encounters__versions", "encounter_id", "e299")])
-def test_a_background_copy_the_server_refuses_rolls_the_whole_save_back(pg_url, background_copies, table, column,
+def test_a_background_copy_the_server_refuses_rolls_the_whole_save_back(pg_url, deferred_copies, table, column,
                                                                          value):
     """The server refuses a row of a copy not waited for: the error surfaces
     at the session's next statement (the next type's copy, or the
@@ -676,10 +676,10 @@ def test_a_background_copy_the_server_refuses_rolls_the_whole_save_back(pg_url, 
         assert pooled_and_idle(sm)
     assert Store("postgres", pg_url).sql("SELECT (SELECT count(*) FROM patients__versions), "
                                          "(SELECT count(*) FROM encounters__versions)") == [(3, 3)]
-    assert background_copies[0].startswith('COPY "patients__versions"')
+    assert deferred_copies[0].startswith('COPY "patients__versions"')
 
 
-def test_a_copy_the_server_refuses_to_start_after_one_not_waited_for(pg_cluster, pg_url, background_copies):
+def test_a_copy_the_server_refuses_to_start_after_one_not_waited_for(pg_cluster, pg_url, deferred_copies):
     """The second type's ``COPY`` is refused as it starts (no right to
     insert) while the first's result is unread: that result is read first,
     then the refusal raised, and nothing of the save is kept."""
@@ -696,11 +696,11 @@ def test_a_copy_the_server_refuses_to_start_after_one_not_waited_for(pg_cluster,
         assert sm.list_scenarios() == []
         assert pooled_and_idle(sm)
     assert store.sql("SELECT count(*) FROM patients__versions") == [(0,)]
-    assert [statement.split()[1] for statement in background_copies] == ['"patients__versions"',
+    assert [statement.split()[1] for statement in deferred_copies] == ['"patients__versions"',
                                                                           '"encounters__versions"']
 
 
-def test_a_save_found_invalid_after_a_background_copy_keeps_nothing(pg_url, background_copies):
+def test_a_save_found_invalid_after_a_background_copy_keeps_nothing(pg_url, deferred_copies):
     """A problem in a later type is found while the first type's copy is
     with the server: the save is refused whole, and the copy is waited for
     before the rollback (one connection, one statement at a time)."""
@@ -712,10 +712,10 @@ def test_a_save_found_invalid_after_a_background_copy_keeps_nothing(pg_url, back
         assert sm.list_scenarios() == []
         sm.save_scenario("after", people(2))  # the connection went back to the pool usable
         assert [p["patient_id"] for p in sm.load_scenario("after")["entities"]["patient"]] == ["p0", "p1"]
-    assert len(background_copies) == 1 and background_copies[0].startswith('COPY "patients__versions"')
+    assert len(deferred_copies) == 1 and deferred_copies[0].startswith('COPY "patients__versions"')
 
 
-def test_a_value_the_driver_cannot_encode_fails_at_its_own_write(pg_url, background_copies):
+def test_a_value_the_driver_cannot_encode_fails_at_its_own_write(pg_url, deferred_copies):
     """Rows are formatted before anything is sent: a lone surrogate fails
     at its own write, named as a problem of its entity."""
     data = people(300)
@@ -725,7 +725,7 @@ def test_a_value_the_driver_cannot_encode_fails_at_its_own_write(pg_url, backgro
             sm.save_scenario("lost", data)
         assert sm.list_scenarios() == []
         assert pooled_and_idle(sm)
-    assert background_copies == []
+    assert deferred_copies == []
 
 
 def test_the_backend_label_never_shows_the_password():

@@ -32,7 +32,7 @@ from psycopg.copy import Writer
 
 # Rows from which a write is not waited for. Below, the server's part is
 # shorter than what the deferral costs.
-BACKGROUND_ROWS = 2000
+DEFERRED_ROWS = 2000
 # Bytes the socket's send buffer is asked for (the kernel may cap it:
 # net.core.wmem_max): a chunk's rows, 16,384 entities, are 1-5 MB.
 SEND_BUFFER = 4 << 20
@@ -64,7 +64,7 @@ class CopyPipe:
         BINARY)``), each value sent as ``types`` says (by the connection's
         dumpers, or these ``dumpers`` for their types); a large write returns
         before the server has taken it."""
-        if len(rows) < BACKGROUND_ROWS:
+        if len(rows) < DEFERRED_ROWS:
             self.wait()
             with self._cursor(dumpers).copy(statement) as copy:
                 copy.set_types(types)
