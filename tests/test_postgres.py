@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 from psycopg import errors as psycopg_errors
+from psycopg.pq import TransactionStatus
 
 import oracle
 from pgserver import PASSWORD_ROLE
@@ -33,7 +34,9 @@ from healthsim_state import (
     StateManager,
     StoreError,
     StoreNotFoundError,
+    ValidationError,
 )
+from healthsim_state.backends import pg_copy
 from healthsim_state.backends.postgres_backend import DIALECT, VERSIONS_FILLFACTOR, PostgresBackend, translate
 from healthsim_state.backends.urls import redact
 from healthsim_state.store import Scenarios, TypeRows
@@ -605,6 +608,124 @@ def test_an_overwrite_retires_the_rows_it_compared_by_their_place(pg_url, monkey
     store = Store("postgres", pg_url)
     assert store.sql("SELECT count(*), count(DISTINCT patient_id) FROM patients") == [(2000, 2000)]
     assert store.sql("SELECT count(*) FROM patients__versions WHERE _until = 4") == [(2000,)]
+
+
+# --- bulk writes not waited for (pg_copy) -----------------------------------------------------------
+
+@pytest.fixture
+def deferred_copies(monkeypatch) -> list[str]:
+    """Copies of more than 50 rows are not waited for (small data stands for
+    big); the list gets each such copy's statement as it is sent."""
+    monkeypatch.setattr(pg_copy, "DEFERRED_ROWS", 50)
+    sent, start = [], pg_copy.CopyPipe._start
+
+    def recorded(self, statement):
+        sent.append(statement)
+        start(self, statement)
+
+    monkeypatch.setattr(pg_copy.CopyPipe, "_start", recorded)
+    return sent
+
+
+def pooled_and_idle(sm) -> bool:
+    """Every connection the manager's pool kept is outside a transaction,
+    with no result left unread."""
+    idle = sm._backend._idle
+    return bool(idle) and all(held.con.info.transaction_status == TransactionStatus.IDLE
+                              and held.con.pgconn.get_result() is None for held in idle)
+
+
+def people(count: int, prefix: str = "p") -> dict[str, list[dict]]:
+    return {"patient": [{"patient_id": f"{prefix}{i}", "birth_date": f"19{i % 100:02d}-01-0{1 + i % 9}",
+                         "name": {"given": f"G{i}"}, "extra": {"n": i}} for i in range(count)],
+            "encounter": [{"encounter_id": f"e{i}", "patient_id": f"{prefix}{i}", "class_code": "AMB",
+                           "admission_time": f"2024-03-0{1 + i % 9}T08:{i % 60:02d}:00"} for i in range(count)]}
+
+
+def test_a_save_whose_copies_are_not_waited_for_stores_what_a_file_stores(pg_url, tmp_path, deferred_copies):
+    """A type's copy is with the server while the next type is flattened;
+    what loads is what DuckDB loads."""
+    data = people(300)
+    with StateManager(pg_url) as server, StateManager(tmp_path / "file.duckdb") as file:
+        server.save_scenario("s", data)
+        file.save_scenario("s", data)
+        assert server.load_scenario("s")["entities"] == file.load_scenario("s")["entities"]
+        assert pooled_and_idle(server)
+    assert [statement.split()[1] for statement in deferred_copies] == ['"patients__versions"',
+                                                                          '"encounters__versions"']
+
+
+@pytest.mark.parametrize("table, column, value", [("patients__versions", "patient_id", "p299"),
+                                                  ("encounters__versions", "encounter_id", "e299")])
+def test_a_background_copy_the_server_refuses_rolls_the_whole_save_back(pg_url, deferred_copies, table, column,
+                                                                         value):
+    """The server refuses a row of a copy not waited for: the error surfaces
+    at the session's next statement (the next type's copy, or the
+    bookkeeping after the last), the transaction rolls back, nothing of the
+    save is kept, and the connection goes back to the pool clean."""
+    with StateManager(pg_url) as sm:
+        sm.save_scenario("kept", people(3, "k"))
+        kept = sm.load_scenario("kept")
+        Store("postgres", pg_url).execute(f'ALTER TABLE {table} ADD CONSTRAINT "refused" CHECK ({column} <> '
+                                          f"'{value}')")
+        with pytest.raises(StoreError, match='"refused"') as caught:
+            sm.save_scenario("lost", people(300))
+        assert "could not be used" in str(caught.value)
+        assert [s["name"] for s in sm.list_scenarios()] == ["kept"]
+        assert sm.load_scenario("kept") == kept
+        assert pooled_and_idle(sm)
+    assert Store("postgres", pg_url).sql("SELECT (SELECT count(*) FROM patients__versions), "
+                                         "(SELECT count(*) FROM encounters__versions)") == [(3, 3)]
+    assert deferred_copies[0].startswith('COPY "patients__versions"')
+
+
+def test_a_copy_the_server_refuses_to_start_after_one_not_waited_for(pg_cluster, pg_url, deferred_copies):
+    """The second type's ``COPY`` is refused as it starts (no right to
+    insert) while the first's result is unread: that result is read first,
+    then the refusal raised, and nothing of the save is kept."""
+    StateManager(pg_url).create()
+    with pg_cluster.admin() as con:
+        con.execute("DROP ROLE IF EXISTS healthsim_writer")
+        con.execute("CREATE ROLE healthsim_writer LOGIN")
+    store = Store("postgres", pg_url)
+    store.execute("GRANT ALL ON ALL TABLES IN SCHEMA public TO healthsim_writer")
+    store.execute("REVOKE INSERT ON encounters__versions FROM healthsim_writer")
+    with StateManager(pg_url.replace("postgres@", "healthsim_writer@")) as sm:
+        with pytest.raises(StoreError, match="permission denied"):
+            sm.save_scenario("lost", people(300))
+        assert sm.list_scenarios() == []
+        assert pooled_and_idle(sm)
+    assert store.sql("SELECT count(*) FROM patients__versions") == [(0,)]
+    assert [statement.split()[1] for statement in deferred_copies] == ['"patients__versions"',
+                                                                          '"encounters__versions"']
+
+
+def test_a_save_found_invalid_after_a_background_copy_keeps_nothing(pg_url, deferred_copies):
+    """A problem in a later type is found while the first type's copy is
+    with the server: the save is refused whole, and the copy is waited for
+    before the rollback (one connection, one statement at a time)."""
+    data = people(300)
+    data["encounter"][-1]["admission_time"] = "not a time"
+    with StateManager(pg_url) as sm:
+        with pytest.raises(ValidationError, match=r"encounter\[299\] @ period.start"):
+            sm.save_scenario("lost", data)
+        assert sm.list_scenarios() == []
+        sm.save_scenario("after", people(2))  # the connection went back to the pool usable
+        assert [p["patient_id"] for p in sm.load_scenario("after")["entities"]["patient"]] == ["p0", "p1"]
+    assert len(deferred_copies) == 1 and deferred_copies[0].startswith('COPY "patients__versions"')
+
+
+def test_a_value_the_driver_cannot_encode_fails_at_its_own_write(pg_url, deferred_copies):
+    """Rows are formatted before anything is sent: a lone surrogate fails
+    at its own write, named as a problem of its entity."""
+    data = people(300)
+    data["patient"][7]["name"]["given"] = "A\ud800"
+    with StateManager(pg_url) as sm:
+        with pytest.raises(ValidationError, match=r"patient\[7\] @ name.given: the string holds a lone surrogate"):
+            sm.save_scenario("lost", data)
+        assert sm.list_scenarios() == []
+        assert pooled_and_idle(sm)
+    assert deferred_copies == []
 
 
 def test_the_backend_label_never_shows_the_password():

@@ -119,6 +119,15 @@ class Constant:
     value: Any
 
 
+def rows_of_columns(arrays: Sequence[Any], types: Sequence[ColumnType | None], length: int) -> list[tuple]:
+    """Columns as :meth:`Session.append_columns` takes them, turned into rows
+    of the values a row holds (``date``, ``datetime``, ``Decimal``)."""
+    series = [repeat(array.value, length) if isinstance(array, Constant)
+              else array if ctype is None else from_form(ctype, array)
+              for array, ctype in zip(arrays, types)]
+    return list(zip(*series))
+
+
 class Session(ABC):
     """One transaction on the store: run SQL, write and read rows in bulk.
 
@@ -183,10 +192,7 @@ class Session(ABC):
 
         This default turns the columns into rows for :meth:`append`; a backend
         overrides it with its fastest way to take columns."""
-        series = [repeat(array.value, length) if isinstance(array, Constant)
-                  else array if ctype is None else from_form(ctype, array)
-                  for array, ctype in zip(arrays, types)]
-        self.append(table, columns, list(zip(*series)))
+        self.append(table, columns, rows_of_columns(arrays, types, length))
 
     def create_staging(self, name: str, like: str, columns: Sequence[str]) -> str:
         """An empty temporary table ``name`` with these columns of table

@@ -62,7 +62,8 @@ from ..errors import (
     StoreError,
     TransactionConflictError,
 )
-from .base import Backend, Dialect, LayoutLockNeeded, Session, quote
+from ..column_types import ColumnType
+from .base import Backend, Dialect, LayoutLockNeeded, Session, quote, rows_of_columns
 from .sqltext import numbered
 from .urls import redact, scrub
 
@@ -78,6 +79,8 @@ except ModuleNotFoundError as _missing:  # pragma: no cover - exercised in a sub
         raise
     raise MissingExtraError("a postgresql:// URL needs the PostgreSQL driver, an optional extra: "
                             "pip install 'healthsim-state[postgres]'") from None
+
+from . import pg_copy  # after the check above: it needs the driver
 
 # A write retires a row by setting its ``_until``: an UPDATE, which writes a
 # new version of the row. No index holds ``_until``, so where the row's page
@@ -162,6 +165,7 @@ def _adapters() -> AdaptersMap:
 
 
 ADAPTERS = _adapters()
+_DECIMAL_DUMPER = psycopg.adapters.get_dumper_by_oid(NUMERIC_OID, Format.BINARY)  # for Decimals only
 # The types binary COPY sends a column's value as, by the column's type: the
 # binary form of json (and of varchar) is its UTF-8 text.
 _COPY_AS = {114: 25, 1043: 25}
@@ -307,6 +311,7 @@ class PostgresBackend(Backend):
             try:
                 yield session
             finally:
+                session.wait_for_writes(quietly=True)  # whatever ended the session: no copy outlives it
                 _unlock(held, exclusive)
             _refresh_statistics(held.con, session.grown)
         finally:
@@ -316,10 +321,12 @@ class PostgresBackend(Backend):
         session.con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ" + ("" if session.writable else " READ ONLY"))
 
     def _commit(self, session: Session) -> None:
+        session.wait_for_writes()
         session.close_cursors()
         session.con.execute("COMMIT")
 
     def _rollback(self, session: Session) -> None:
+        session.wait_for_writes(quietly=True)
         session.close_cursors()
         _rollback(session.con)
 
@@ -372,11 +379,14 @@ class PostgresSession(Session):
         self.exclusive = exclusive
         self._translated = backend.translated  # ours at once: a caller inside the transaction may handle it
         self._copy_types: dict[str, dict[str, int]] = {}  # relation -> column -> type oid, this transaction
+        self._schema_types_known = False  # whether _copy_types holds every table of the current schema
         self._cursors: list[Any] = []
         self._named = 0
+        self._copies = pg_copy.CopyPipe(con)
         self.grown: dict[str, tuple[int, tuple[str, ...]]] = {}  # table -> (rows written, columns planned on)
 
     def _cursor(self, sql: str, params: Sequence[Any]) -> "psycopg.Cursor":
+        self.wait_for_writes()
         cursor = self.con.cursor()
         with self._translated():
             cursor.execute(numbered(sql), list(params) if params else None)
@@ -386,10 +396,12 @@ class PostgresSession(Session):
         self._cursor(sql, params).close()
         if _DDL.match(sql):
             self._copy_types.clear()  # a table may have changed its columns
+            self._schema_types_known = False
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """Every row, received in chunks: psycopg turns one chunk into tuples
         while the server sends the next (faster than waiting for all)."""
+        self.wait_for_writes()
         cursor = self.con.cursor()
         try:
             with self._translated():
@@ -399,6 +411,7 @@ class PostgresSession(Session):
 
     def stream(self, sql: str, params: Sequence[Any], batch_size: int) -> Iterator[list[tuple]]:
         """Rows from a server-side cursor, ``batch_size`` at a time."""
+        self.wait_for_writes()
         self._named += 1
         cursor = psycopg.RawServerCursor(self.con, f"_healthsim_stream_{self._named}")
         self._cursors.append(cursor)
@@ -408,6 +421,7 @@ class PostgresSession(Session):
                 rows = cursor.fetchmany(batch_size)
             while rows:
                 yield rows
+                self.wait_for_writes()  # the caller may have written between two batches
                 with self._translated():
                     rows = cursor.fetchmany(batch_size)
         finally:
@@ -428,29 +442,67 @@ class PostgresSession(Session):
                 pass
 
     def append(self, table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:
-        """Binary ``COPY``, each value sent as its column's type."""
+        """Binary ``COPY``, each value sent as its column's type; a large one
+        is still with the server when this returns (see :mod:`.pg_copy`)."""
+        self._copy(table, columns, rows)
+
+    def append_columns(self, table: str, columns: Sequence[str], arrays: Sequence[Any],
+                       types: Sequence[ColumnType | None], length: int) -> None:
+        """As rows (see :meth:`append`), whose decimals are all ``Decimal``:
+        psycopg's own dumper packs them, without the float test of ours."""
+        self._copy(table, columns, rows_of_columns(arrays, types, length), (_DECIMAL_DUMPER,))
+
+    def _copy(self, table: str, columns: Sequence[str], rows: Sequence[tuple], dumpers: Sequence[type] = ()) -> None:
         if not rows:
             return
         relation = quote(table)
         types = self._types_of(relation, columns)
         statement = f"COPY {relation} ({', '.join(map(quote, columns))}) FROM STDIN (FORMAT BINARY)"
-        with self._translated(), self.con.cursor().copy(statement) as copy:
-            copy.set_types(types)
-            write = copy.write_row
-            for row in rows:
-                write(row)
+        with self._translated():
+            self._copies.copy(statement, types, rows, dumpers)
+
+    def wait_for_writes(self, quietly: bool = False) -> None:
+        """Wait for the copy still with the server, if any; raise its error
+        (not ``quietly``: a rollback follows, which needs only the wait)."""
+        try:
+            with self._translated():
+                self._copies.wait()
+        except Exception:
+            if not quietly:
+                raise
 
     def _types_of(self, relation: str, columns: Sequence[str]) -> list[int]:
         known = self._copy_types.get(relation)
         if known is None:
-            rows = self.fetchall("SELECT attname, atttypid FROM pg_attribute WHERE attrelid = ?::regclass "
-                                 "AND attnum > 0 AND NOT attisdropped", [relation])
-            known = self._copy_types[relation] = {name: int(oid) for name, oid in rows}
+            self._learn_types(relation)
+            known = self._copy_types[relation]
         try:
             return [_COPY_AS.get(known[column], known[column]) for column in columns]
         except KeyError as missing:
             raise StoreError(f"the database {self.label}: table {relation} has no column {missing.args[0]!r}") \
                 from None
+
+    def _learn_types(self, relation: str) -> None:
+        """The column types of ``relation``: asked for alone the first time
+        in a transaction; from the second table on (an operation that writes
+        many, such as a save, one table a type), with those of every table
+        of the current schema, once. Asking waits for the copy in flight (one
+        connection, one statement at a time), and a large save's next type
+        would wait with it before its rows are formatted. (The bare name
+        finds a table of the current schema unless a temporary table hides
+        it, and ours, ``_healthsim...``, never have a store table's name.)"""
+        if self._copy_types and not self._schema_types_known:
+            self._schema_types_known = True
+            for table, column, oid in self.fetchall(
+                    "SELECT c.relname, a.attname, a.atttypid FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                    "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p') "
+                    "AND a.attnum > 0 AND NOT a.attisdropped"):
+                self._copy_types.setdefault(quote(table), {})[column] = int(oid)
+            if relation in self._copy_types:
+                return
+        rows = self.fetchall("SELECT attname, atttypid FROM pg_attribute WHERE attrelid = ?::regclass "
+                             "AND attnum > 0 AND NOT attisdropped", [relation])
+        self._copy_types[relation] = {name: int(oid) for name, oid in rows}
 
     def create_temp_as(self, name: str, sql: str, params: Sequence[Any] = ()) -> str:
         """A temporary table (in ``pg_temp``, so never one of the store's; the
