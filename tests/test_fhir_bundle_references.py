@@ -167,3 +167,20 @@ def test_a_partial_export_of_a_generated_scenario_reports_nothing(db_path, tmp_p
     assert result.returncode == 0, result.stderr
     assert "resource of this export" not in result.stderr
     assert json.loads((tmp_path / "encounters" / "manifest.json").read_text())["extension"]["unresolved"] == []
+
+
+@pytest.mark.parametrize("name", ["in", "sample"])
+def test_resource_ids_are_the_ids_of_the_resources_an_entity_makes(sm, name):
+    # an imported entity keeps the ids it came with; a generated one's are made from its key
+    from healthsim_state.fhir.export import KEPT_TYPE, iter_resources, make_plan
+    from healthsim_state.fhir.mapper import FhirMapper
+    from healthsim_state.fhir.writers import resource_ids
+
+    sm.save_scenario("sample", json.loads(SAMPLE.read_text()))
+    with sm.snapshot(name) as snapshot:
+        plan = make_plan(snapshot, FhirMapper.from_registry(snapshot.registry))
+        plan.types = [entity_type for entity_type in plan.types if entity_type != KEPT_TYPE]
+        rendered = [f"{r['resourceType']}/{r['id']}" for r in iter_resources(snapshot, plan)]
+        made = [local for entity_type in plan.types for entity in snapshot.entities(entity_type)
+                for local in resource_ids(plan.mapper.plan(entity_type), entity, plan.scenario_id)]
+    assert len(made) >= 5 and sorted(made) == sorted(rendered)
