@@ -117,17 +117,70 @@ def test_a_complete_export_reports_nothing(db_path, tmp_path):
         assert manager.export_fhir("whole", tmp_path / "b", bundles=True)["extension"]["unresolved"] == []
 
 
-def test_an_export_limited_by_type_keeps_each_patients_bundle_and_reports_what_it_left_out(sm, tmp_path):
-    # --type encounter: the Patients (and the kept Location, Organization) were loaded
-    # before; each patient's encounters stay together, named after that patient
+def test_an_export_limited_by_type_keeps_each_patients_bundle_and_reports_nothing_it_left_out(sm, tmp_path):
+    # --type encounter: the Patients (and the kept Location, Organization) are resources
+    # of the scenario version, loaded before; each patient's encounters stay together
     manifest = sm.export_fhir("in", tmp_path / "b", bundles=True, entity_types=["encounter"])
     written = bundles(tmp_path / "b")
     assert sorted(written) == ["Patient-p1.json", "Patient-p2.json"]
     assert set(held(written["Patient-p2.json"])) == {"Encounter/e2"}
-    assert [(item["url"], item["resource"], item["element"], item["reference"])
-            for item in manifest["extension"]["unresolved"]] == [
-        ("Patient-p1.json", "Encounter/e1", "subject", "Patient/p1"),
-        ("Patient-p1.json", "Encounter/e1", "location[0].location", "Location/loc1"),
-        ("Patient-p1.json", "Encounter/e1", "serviceProvider", "Organization/org1"),
-        ("Patient-p2.json", "Encounter/e2", "subject", "Patient/p2"),
-        ("Patient-p2.json", "Encounter/e2", "location[0].location", "Location/loc1")]
+    assert held(written["Patient-p1.json"])["Encounter/e1"]["subject"] == {"reference": "Patient/p1"}
+    assert manifest["extension"]["unresolved"] == []
+
+
+def test_a_partial_export_still_reports_references_that_name_nothing_of_the_scenario(sm, tmp_path):
+    kept = sm.export_fhir("in", tmp_path / "kept", bundles=True, entity_types=["fhir_resource"])
+    assert manifest_unresolved(kept) == [("Immunization/imm1", "encounter", GONE_ENCOUNTER)]  # not Patient/p1
+    # a version later: an Immunization naming a Patient and an Encounter of the scenario, and a Location gone
+    sm.add_entities("in", {"fhir_resources": [{
+        "resource_type": "Immunization", "resource_id": "imm2", "patient_reference": "Patient/p2",
+        "resource": {"resourceType": "Immunization", "id": "imm2", "status": "completed",
+                     "vaccineCode": {"text": "Influenza"}, "patient": {"reference": "Patient/p2"},
+                     "occurrenceDateTime": "2022-10-01", "encounter": {"reference": "Encounter/e2"},
+                     "location": {"reference": "Location/gone"}}}]})
+    since = sm.export_fhir("in", tmp_path / "since", bundles=True, since_version=1)
+    assert set(held(bundles(tmp_path / "since")["Patient-p2.json"])) == {"Immunization/imm2"}
+    assert manifest_unresolved(since) == [("Immunization/imm2", "location", "Location/gone")]
+
+
+def manifest_unresolved(manifest: dict) -> list[tuple[str, str, str]]:
+    return [(item["resource"], item["element"], item["reference"]) for item in manifest["extension"]["unresolved"]]
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample-scenario.json"
+
+
+def test_a_partial_export_of_a_generated_scenario_reports_nothing(db_path, tmp_path):
+    with StateManager(db_path) as manager:
+        manager.save_scenario("sample", json.loads(SAMPLE.read_text()))
+        whole = manager.export_fhir("sample", tmp_path / "whole", bundles=True)
+        manager.add_entities("sample", {"encounters": [{
+            "encounterId": "ENC-NEW", "patient_id": "3f6c2a9e-8b1d-4e57-9a0c-5d2e7f41b8a3", "class": "AMB",
+            "status": "finished", "period": {"start": "2024-05-01T10:00:00Z"}}]})
+        since = manager.export_fhir("sample", tmp_path / "since", bundles=True, since_version=1)
+    written = [held(bundle) for bundle in bundles(tmp_path / "since").values()]
+    (encounter,) = [resource for resources in written for resource in resources.values()]
+    assert encounter["subject"]["reference"].startswith("Patient/")  # in the whole export, not in this one
+    assert whole["extension"]["unresolved"] == since["extension"]["unresolved"] == []
+    result = run(["--db", str(db_path), "export", "sample", "--format", "fhir-bundle", "--type", "encounter",
+                  "-o", str(tmp_path / "encounters")])
+    assert result.returncode == 0, result.stderr
+    assert "resource of this export" not in result.stderr
+    assert json.loads((tmp_path / "encounters" / "manifest.json").read_text())["extension"]["unresolved"] == []
+
+
+@pytest.mark.parametrize("name", ["in", "sample"])
+def test_resource_ids_are_the_ids_of_the_resources_an_entity_makes(sm, name):
+    # an imported entity keeps the ids it came with; a generated one's are made from its key
+    from healthsim_state.fhir.export import KEPT_TYPE, iter_resources, make_plan
+    from healthsim_state.fhir.mapper import FhirMapper
+    from healthsim_state.fhir.writers import resource_ids
+
+    sm.save_scenario("sample", json.loads(SAMPLE.read_text()))
+    with sm.snapshot(name) as snapshot:
+        plan = make_plan(snapshot, FhirMapper.from_registry(snapshot.registry))
+        plan.types = [entity_type for entity_type in plan.types if entity_type != KEPT_TYPE]
+        rendered = [f"{r['resourceType']}/{r['id']}" for r in iter_resources(snapshot, plan)]
+        made = [local for entity_type in plan.types for entity in snapshot.entities(entity_type)
+                for local in resource_ids(plan.mapper.plan(entity_type), entity, plan.scenario_id)]
+    assert len(made) >= 5 and sorted(made) == sorted(rendered)

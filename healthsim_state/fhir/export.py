@@ -31,6 +31,7 @@ from ..interop.errors import OutputExistsError
 from .paths import _copy
 from .references import ExportRefs, NoRefs, field_value, links_to, references_in
 from .spool import ChildSpool
+from .writers import resource_ids
 
 if TYPE_CHECKING:
     from ..snapshot import Snapshot
@@ -242,6 +243,8 @@ def export_fhir(manager: "ScenarioReader", name_or_id: str, directory: str | os.
                 if bundles:
                     whole = since_version is None and entity_types is None
                     output, unresolved = _write_bundles(resources, work, whole)
+                    if not whole:  # what the export left out on purpose a server holds already
+                        unresolved = _outside_the_version(snapshot, plan, unresolved)
                 else:
                     output, unresolved = _write_ndjson(resources, work), None
             manifest = _manifest(snapshot.info, output, _write_deleted(deleted, work), bundles=bundles,
@@ -444,6 +447,40 @@ def _write_bundles(resources: Iterator[dict[str, Any]], work: Path, whole: bool 
     shutil.rmtree(spool)
     unresolved.sort(key=lambda item: item["url"])  # as the output: stable order, whatever the Bundles' order
     return sorted(output, key=lambda item: item["url"]), unresolved
+
+
+def _outside_the_version(snapshot: "Snapshot", plan: Plan, unresolved: list[dict]) -> list[dict]:
+    """Of the references a partial export (``--type``, ``--since-version``)
+    could not resolve, those that name no resource a whole export of this
+    scenario version writes: a server loaded with the whole export (or the
+    earlier ones) resolves the others."""
+    if not unresolved:
+        return unresolved
+    held = _held_of(snapshot, plan, {item["reference"] for item in unresolved})
+    return [item for item in unresolved if item["reference"] not in held]
+
+
+def _held_of(snapshot: "Snapshot", plan: Plan, references: set[str]) -> set[str]:
+    """The ``references`` that are the ``Type/id`` of a resource of the
+    scenario version: found in the reference index, else among the ids (made,
+    not the resources rendered) of the entity types that make resources of
+    their types (read only then: a kept type also by its key)."""
+    held = references & plan.refs.targets()
+    wanted = references - held
+    kinds = {reference.partition("/")[0] for reference in wanted if reference.count("/") == 1}  # Type/id only
+    declared = set(plan.mapper.declared_types())
+    for entity_type in snapshot.entity_types() if kinds else ():
+        if entity_type == KEPT_TYPE:
+            found = (f"{e['resource_type']}/{e['resource_id']}" for e in snapshot.entities(entity_type))
+        elif entity_type in declared and entity_type not in plan.folded \
+                and kinds & _resource_types(plan.mapper, entity_type):
+            made = plan.mapper.plan(entity_type)
+            found = (local for e in snapshot.entities(entity_type)
+                     for local in resource_ids(made, e, plan.scenario_id))
+        else:
+            continue
+        held.update(local for local in found if local in wanted)
+    return held
 
 
 def _spooled(spool: Path, patients: dict[str, str], owners: list[str]) -> list[dict[str, Any]]:

@@ -70,6 +70,10 @@ class ExportRefs:
     def __len__(self) -> int:
         return len(self._index)
 
+    def targets(self) -> set[str]:
+        """Every ``Type/id`` the index answers: resources of the scenario version."""
+        return set(self._index.values()) | set(self._slots.values())
+
     @classmethod
     def build(cls, snapshot: "Snapshot", mapper: Any) -> "ExportRefs":
         """The index of a scenario version: one pass over each type other

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from ..mapping import fhir_section as d
 from ..mapping.model import Field, Mapping
@@ -76,16 +76,31 @@ def to_resources(plan, entity: dict, scenario_id: str, refs: ExportRefs,
     context = _Export(refs, scenario_id, children or {}, kept, key)
     out = []
     for resource in plan.resources:
-        if not (kept and resource.slot in kept):
-            # An entity that came from FHIR gets back what came, and the measured
-            # values edited in since; not a panel it never had.
-            if kept and not resource.whens:
-                continue
-            if resource.whens and resource.unwanted(entity):
-                continue
-        made = _make(plan, resource, entity, context)
-        out.append(made)
+        if _makes(resource, entity, kept):
+            out.append(_make(plan, resource, entity, context))
     return out
+
+
+def _makes(resource, entity: dict, kept: dict | None) -> bool:
+    """Does :func:`to_resources` make ``resource`` of the entity? An entity that
+    came from FHIR gets back what came, and the measured values edited in
+    since; not a panel it never had."""
+    if kept and resource.slot in kept:
+        return True
+    if kept and not resource.whens:
+        return False
+    return not (resource.whens and resource.unwanted(entity))
+
+
+def resource_ids(plan, entity: dict, scenario_id: str) -> Iterator[str]:
+    """``Type/id`` of each resource :func:`to_resources` makes of the entity,
+    without making them."""
+    kept = entity.get(RESERVED_KEY)
+    kept = kept if isinstance(kept, dict) else None
+    key = plan.key_of(entity)
+    for resource in plan.resources:
+        if _makes(resource, entity, kept):
+            yield f"{resource.resource_type}/{plan.slot_id(entity, resource.slot, scenario_id, key)}"
 
 
 def _make(plan, resource, entity: dict, context: _Export) -> dict:
