@@ -318,11 +318,3 @@ def reference_texts(text: str) -> list[str] | None:
         return None
     found = _REFERENCE_TEXT.findall(text)
     return found if len(found) == text.count('"reference"') else None
-
-
-def rewrite_references(resource: dict[str, Any], rename: Any) -> None:
-    """Replace, in place, each reference ``rename`` maps to a new text."""
-    for _, holder in references_in(resource):
-        new = rename(holder["reference"])
-        if new is not None:
-            holder["reference"] = new
