@@ -474,6 +474,15 @@ def _in_item(error: FhirInputError, item: str) -> FhirInputError:
     return FhirInputError(message, resource_type=error.resource_type, resource_id=error.resource_id, element=element)
 
 
+def _key_of_id(plan, rid: Any) -> tuple | None:
+    """A declaration's key taken from a resource's id, where an identifier
+    gives none: only for a key of one text column."""
+    key_fields = plan.key_fields
+    if len(key_fields) == 1 and key_fields[0].type.family == "varchar" and isinstance(rid, str):
+        return (rid,)
+    return None
+
+
 ELEMENT_READERS = {"field": _field_reader, "value": _value_reader, "coding": _coding_reader,
                    "quantity": _quantity_reader, "reference": _reference_reader}
 
@@ -670,10 +679,7 @@ class ResourceReader:
             for identifier in identifiers:
                 if isinstance(identifier, dict) and identifier.get("system") == plan.system:
                     return _identifier_values(identifier, plan.key_fields)
-        if len(plan.key_fields) == 1 and plan.key_fields[0].type.family == "varchar" \
-                and isinstance(resource.get("id"), str):
-            return (resource["id"],)
-        return None
+        return _key_of_id(plan, resource.get("id"))
 
     def read_in_place(self, resource_type: str) -> bool:
         """Whether :meth:`map_resource` with ``in_place`` takes the elements
@@ -777,9 +783,8 @@ class ResourceReader:
                         # system and value only (the usual): nothing is left of it
                         identifiers[index] = None if len(identifier) == 2 else _identifier_rest(identifier)
                         return False
-        rid = resource.get("id")  # _key_from's second way, without an identifier to look for
-        key_fields = plan.key_fields
-        if len(key_fields) == 1 and key_fields[0].type.family == "varchar" and isinstance(rid, str):
-            _set(entity, key_fields[0].path, rid)
-            return True
-        return None
+        key = _key_of_id(plan, resource.get("id"))
+        if key is None:
+            return None
+        _set(entity, plan.key_fields[0].path, key[0])
+        return True
