@@ -71,14 +71,19 @@ Writer = Callable[[dict, dict, _Export], None]
 def to_resources(plan, entity: dict, scenario_id: str, refs: ExportRefs,
                  children: dict[str, list[dict]] | None = None) -> list[dict]:
     key = plan.key_of(entity)
-    kept = entity.get(RESERVED_KEY)
-    kept = kept if isinstance(kept, dict) else None
+    kept = _kept_of(entity)
     context = _Export(refs, scenario_id, children or {}, kept, key)
     out = []
     for resource in plan.resources:
         if _makes(resource, entity, kept):
             out.append(_make(plan, resource, entity, context))
     return out
+
+
+def _kept_of(entity: dict) -> dict | None:
+    """What an entity that came from FHIR kept of its resources (slot -> record), or None."""
+    kept = entity.get(RESERVED_KEY)
+    return kept if isinstance(kept, dict) else None
 
 
 def _makes(resource, entity: dict, kept: dict | None) -> bool:
@@ -95,8 +100,7 @@ def _makes(resource, entity: dict, kept: dict | None) -> bool:
 def resource_ids(plan, entity: dict, scenario_id: str) -> Iterator[str]:
     """``Type/id`` of each resource :func:`to_resources` makes of the entity,
     without making them."""
-    kept = entity.get(RESERVED_KEY)
-    kept = kept if isinstance(kept, dict) else None
+    kept = _kept_of(entity)
     key = plan.key_of(entity)
     for resource in plan.resources:
         if _makes(resource, entity, kept):
