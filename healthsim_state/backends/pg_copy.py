@@ -67,10 +67,7 @@ class CopyPipe:
         if len(rows) < DEFERRED_ROWS:
             self.wait()
             with self._cursor(dumpers).copy(statement) as copy:
-                copy.set_types(types)
-                write = copy.write_row
-                for row in rows:
-                    write(row)
+                _write_rows(copy, types, rows)
             return
         blocks = self._formatted(types, rows, dumpers)  # while the previous copy, if any, is still with the server
         self.wait()
@@ -123,11 +120,16 @@ class CopyPipe:
     def _formatted(self, types: Sequence[int], rows: Sequence[tuple], dumpers: Sequence[type]) -> list[Any]:
         collected = _Collected()
         with psycopg.Copy(self._cursor(dumpers), binary=True, writer=collected) as formatter:
-            formatter.set_types(types)
-            write = formatter.write_row
-            for row in rows:
-                write(row)
+            _write_rows(formatter, types, rows)
         return collected.blocks
+
+
+def _write_rows(copy: "psycopg.Copy", types: Sequence[int], rows: Sequence[tuple]) -> None:
+    """Each row into ``copy``, every value as ``types`` says."""
+    copy.set_types(types)
+    write = copy.write_row
+    for row in rows:
+        write(row)
 
 
 def _result(pgconn: "pq.abc.PGconn") -> "pq.abc.PGresult | None":
