@@ -397,10 +397,10 @@ def _write_bundles(resources: Iterator[dict[str, Any]], work: Path, whole: bool 
     (a reference to a patient not in the input) goes to ``shared.json``: a
     Bundle named after a patient holds that Patient. An export limited by
     type or version keeps a patient's resources in that patient's Bundle,
-    its Patient loaded before. Resources are spooled to one file per Patient first, so memory
-    holds one person's Bundle at a time, plus the resources of no patient
-    (copied into each Bundle that refers to them, so that every reference
-    resolves inside it)."""
+    its Patient loaded before. Resources are spooled to one file per Patient
+    first, so memory holds one person's Bundle at a time, plus the resources
+    of no patient (copied into each Bundle that refers to them, so that every
+    reference resolves inside it)."""
     spool = work / ".spool"
     spool.mkdir()
     shared: dict[str, dict[str, Any]] = {}
